@@ -1,0 +1,34 @@
+# Two commands do all the set-up on a fresh machine:  make demo  and  make test.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Build llama.cpp for any x86-64 (same kernels, cacheable wheel); see ../shared/FINDINGS.md.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first, pinned: anything that asks for a newer torch would pull a multi-GB CUDA build.
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	bash scripts/setup-wordnet.sh $(BIN)/python || echo "WordNet not installed: METEOR will be reported as unavailable"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/mulcot demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check mulcot tests bench scripts
+
+clean:
+	rm -rf $(VENV) .pytest_cache mulcot-demo.db

@@ -1,0 +1,66 @@
+"""The ``mulcot`` command: a thin Typer shell over the library."""
+
+from __future__ import annotations
+
+import click
+import typer
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from mulcot import __version__
+from mulcot.cli import annotate, data, demo
+from mulcot.cli.common import err_console
+from mulcot.errors import MulcotError
+
+
+class MulcotGroup(TyperGroup):
+    """Root group: a user error becomes one line on stderr and a non-zero exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MulcotError as exc:
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: run the same command again to resume", highlight=False)
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    name="mulcot",
+    cls=MulcotGroup,
+    help="Distil a multimodal teacher's sentiment reasoning into a small student that explains and classifies "
+    "text+image posts (MulCoT-RD).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(data.app, name="data")
+app.command("annotate")(annotate.annotate)
+app.command("demo")(demo.demo)
+
+try:  # model commands need the heavy ML stack; the data commands work without it
+    from mulcot.cli import models as _models
+except ImportError:  # pragma: no cover - only when the models module is absent
+    _models = None
+if _models is not None:
+    app.add_typer(_models.app, name="models")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mulcot {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """mulcot: teacher → assistant → student reasoning distillation for multimodal sentiment."""
+
+
+def main() -> None:
+    """Console entry point."""
+    app()

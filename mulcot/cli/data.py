@@ -1,0 +1,162 @@
+"""``mulcot data``: import, list, inspect and export datasets."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
+from mulcot.datasets import EXPORT_FORMATS, FORMATS, export_dataset, import_dataset
+from mulcot.errors import MulcotError
+
+app = typer.Typer(help="Import, list, inspect and export datasets.", no_args_is_help=True)
+
+MAX_PROBLEMS_SHOWN = 20
+
+
+def _parse_ratio(value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(x) for x in value.split(",")]
+    except ValueError:
+        raise MulcotError(f"--split-ratio '{value}' is not three numbers like 8,1,1") from None
+
+
+@app.command("import")
+def import_(
+    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help=f"One of: {', '.join(FORMATS)}.")],
+    path: Annotated[Path, typer.Argument(help="A split file, or a folder of split files (train/dev/test).")],
+    name: Annotated[str | None, typer.Option(help="Dataset name (default: from the folder name).")] = None,
+    split: Annotated[str | None, typer.Option(help="Split of a single file, or the one split to take.")] = None,
+    images: Annotated[Path | None, typer.Option(help="Image folder (default: images/ beside the data).")] = None,
+    no_images: Annotated[bool, typer.Option("--no-images", help="Import text only (samples flagged).")] = False,
+    strict: Annotated[bool, typer.Option(help="Abort on any bad row; the store stays as it was.")] = False,
+    split_ratio: Annotated[
+        str | None, typer.Option(help="mvsa-raw: deterministic train,dev,test shares, e.g. 8,1,1.")
+    ] = None,
+    teacher: Annotated[str, typer.Option(help="mulcot-json: the model name to record for its chains.")] = (
+        "mulcot-rd-release"
+    ),
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Import a dataset into the store (idempotent: re-importing updates, never duplicates)."""
+    store = open_store(db)
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        console=err_console, transient=True, disable=as_json,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(f"importing {path}", total=None)
+
+        def progress(stage: str, done: int, total: int | None) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+
+        report = import_dataset(
+            store, fmt, path, name=name, split=split, images=images, no_images=no_images, strict=strict,
+            split_ratio=_parse_ratio(split_ratio), teacher=teacher, progress=progress,
+        )  # fmt: skip
+    if as_json:
+        print_json(report.as_dict())
+        return
+    for problem in report.problems[:MAX_PROBLEMS_SHOWN]:
+        err_console.print(f"[yellow]skipped[/] {escape(str(problem))}", highlight=False, soft_wrap=True)
+    if len(report.problems) > MAX_PROBLEMS_SHOWN:
+        err_console.print(f"… and {len(report.problems) - MAX_PROBLEMS_SHOWN} more bad rows (see --json)")
+    verb = "created" if report.created else "updated"
+    table = Table(title=f"dataset [bold]{escape(report.dataset)}[/] {verb} ({report.task}, {report.format})")
+    for col in ("split", "samples"):
+        table.add_column(col, justify="right" if col == "samples" else "left")
+    for s, n in sorted(report.splits.items()):
+        table.add_row(s, str(n))
+    console.print(table)
+    console.print(
+        f"rows read {report.rows_read}: added {report.added}, updated {report.updated}, unchanged "
+        f"{report.unchanged}, skipped {len(report.problems)}"
+        + (f", dropped by label cleaning {len(report.dropped)}" if report.dropped else "")
+        + (f"; chains added {report.chains_added}, already stored {report.chains_existing}"
+           if report.chains_added or report.chains_existing else "")
+        + (f"; text-only samples {report.text_only}" if report.text_only else ""),
+        highlight=False,
+    )  # fmt: skip
+
+
+@app.command("list")
+def list_(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """List the datasets in the store."""
+    store = open_store(db)
+    rows = store.list_datasets()
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print(f"no datasets in {store.path} yet: add one with [bold]mulcot data import[/]")
+        return
+    table = Table(title=str(store.path))
+    for col in ("name", "task", "format", "samples", "chains", "images"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["task"], r["format"], str(r["samples"]), str(r["chains"]),
+                      "yes" if r["has_images"] else "text only")  # fmt: skip
+    console.print(table)
+
+
+@app.command()
+def stats(name: Annotated[str, typer.Argument(help="Dataset name.")], db: DbOption = None,
+          as_json: JsonOption = False) -> None:  # fmt: skip
+    """Counts per split and label, images found, and the quality of each source's reasoning chains."""
+    store = open_store(db)
+    st = store.dataset_stats(name)
+    if as_json:
+        print_json(st)
+        return
+    labels = ("positive", "neutral", "negative", "unlabelled")
+    shown = [lab for lab in labels if any(lab in s["labels"] for s in st["splits"].values())]
+    table = Table(title=f"{escape(name)} ({st['task']}, {st['format']}): {st['samples']} samples")
+    table.add_column("split")
+    table.add_column("samples", justify="right")
+    for lab in shown:
+        table.add_column(lab, justify="right")
+    table.add_column("images", justify="right")
+    for split, s in st["splits"].items():
+        table.add_row(split, str(s["samples"]), *(str(s["labels"].get(lab, 0)) for lab in shown), str(s["images"]))
+    console.print(table)
+    if st["chains"]:
+        chains = Table(title="reasoning chains (final attempts)")
+        for col in ("source", "stage", "split", "chains", "parsed fully", "partially", "not at all",
+                    "Prediction = gold"):  # fmt: skip
+            chains.add_column(col, justify="left" if col in ("source", "stage", "split") else "right")
+        for c in st["chains"]:
+            pct = f"{c['correct']} ({100 * c['correct'] / c['chains']:.1f}%)" if c["chains"] else "0"
+            chains.add_row(c["source"], c["stage"], c["split"], str(c["chains"]), str(c["full"]),
+                           str(c["partial"]), str(c["unparsed"]), pct)  # fmt: skip
+        console.print(chains)
+    else:
+        console.print("no reasoning chains yet: [bold]mulcot annotate[/] makes them", highlight=False)
+
+
+@app.command()
+def export(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    fmt: Annotated[str, typer.Option("--format", help=f"One of: {', '.join(EXPORT_FORMATS)}.")] = "jsonl",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: stdout).")] = None,
+    split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
+    source: Annotated[str | None, typer.Option(help="Only chains from this source (teacher, assistant, …).")] = None,
+    all_chains: Annotated[
+        bool,
+        typer.Option("--all-chains", help="sharegpt: keep chains whose Prediction is not the gold label."),
+    ] = False,
+    db: DbOption = None,
+) -> None:
+    """Export a dataset as JSONL (samples + chains) or ShareGPT (LLaMA-Factory, <image> placeholders)."""
+    store = open_store(db)
+    target = out if out is not None else sys.stdout
+    n = export_dataset(store, name, fmt, target, split=split, source=source, correct_only=not all_chains)
+    if out is not None:
+        console.print(f"wrote {n} records to {out}", highlight=False)

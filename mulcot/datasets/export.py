@@ -1,0 +1,99 @@
+"""Write a dataset out: plain JSONL (samples with their chains) or ShareGPT (as LLaMA-Factory reads it)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from mulcot.errors import MulcotError
+from mulcot.prompts import get_prompt
+from mulcot.reasoning import format_prediction
+from mulcot.store import Store
+
+EXPORT_FORMATS = ("jsonl", "sharegpt")
+
+
+def _chains_by_sample(store: Store, dataset: str, split: str | None, source: str | None) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for chain in store.reasonings(dataset=dataset, split=split, source=source, final_only=True):
+        out.setdefault(chain["sample_id"], []).append(chain)
+    return out
+
+
+def _jsonl_records(store: Store, dataset: str, split: str | None, source: str | None) -> Iterator[dict[str, Any]]:
+    chains = _chains_by_sample(store, dataset, split, source)
+    for s in store.samples(dataset, split):
+        yield {
+            "id": s["key"], "split": s["split"], "text": s["text"], "aspect": s["aspect"], "label": s["label"],
+            "image": s["image_path"] if s["has_image"] else None,
+            "chains": [
+                {"source": c["source"], "model": c["model"], "stage": c["stage"], "prompt_version":
+                 c["prompt_version"], "text": c["text"], "prediction": c["prediction"],
+                 "parse_status": c["parse_status"]}
+                for c in chains.get(s["id"], [])
+            ],
+        }  # fmt: skip
+
+
+def _sharegpt_records(store: Store, dataset: str, split: str | None, source: str | None,
+                      correct_only: bool) -> Iterator[dict[str, Any]]:  # fmt: skip
+    task = store.require_dataset(dataset)["task"]
+    cot, label_prompt = get_prompt("cot", task), get_prompt("label", task)
+    chains = _chains_by_sample(store, dataset, split, source or "teacher")
+    for s in store.samples(dataset, split):
+        image = [s["image_path"]] if s["has_image"] else []
+        tag = "<image>" if image else ""
+        for chain in chains.get(s["id"], []):
+            if chain["parse_status"] != "full" or (correct_only and chain["prediction"] != s["label"]):
+                continue
+            yield {
+                "conversations": [
+                    {"from": "human", "value": tag + cot.render(s["text"], s["aspect"])},
+                    {"from": "gpt", "value": chain["text"]},
+                ],
+                "images": image,
+            }
+        if s["label"]:
+            yield {
+                "conversations": [
+                    {"from": "human", "value": tag + label_prompt.render(s["text"], s["aspect"])},
+                    {"from": "gpt", "value": format_prediction(s["label"])},
+                ],
+                "images": image,
+            }
+
+
+def export_dataset(store: Store, dataset: str, fmt: str, out: TextIO | Path, *, split: str | None = None,
+                   source: str | None = None, correct_only: bool = True) -> int:  # fmt: skip
+    """Write ``dataset`` in ``fmt`` to ``out`` (a path or an open text stream); returns the records written.
+
+    ShareGPT: for each sample, one reasoning example per fully parsed chain (P_cot → chain; by default only chains
+    whose Prediction equals the gold label, i.e. D_t) and one classification example (P_label → ``"Prediction"``),
+    with ``<image>`` placeholders and absolute image paths — a LLaMA-Factory ``sharegpt`` dataset.
+    """
+    store.require_dataset(dataset)
+    if fmt not in EXPORT_FORMATS:
+        raise MulcotError(f"unknown export format '{fmt}': use {' or '.join(EXPORT_FORMATS)}")
+    if fmt == "jsonl":
+        records = _jsonl_records(store, dataset, split, source)
+    else:
+        records = _sharegpt_records(store, dataset, split, source, correct_only)
+    stream = out.open("w", encoding="utf-8") if isinstance(out, Path) else out
+    n = 0
+    try:
+        if fmt == "jsonl":
+            for rec in records:
+                stream.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+        else:
+            stream.write("[\n")
+            for rec in records:
+                stream.write((",\n" if n else "") + json.dumps(rec, ensure_ascii=False))
+                n += 1
+            stream.write("\n]\n")
+    finally:
+        if isinstance(out, Path):
+            stream.close()
+    return n

@@ -1,0 +1,29 @@
+"""The embedded demo: what ``mulcot demo`` runs on the bundled real sample.
+
+Today it covers the stages that exist: import of the 60-post Twitter-2015 sample (TSV and the authors' JSON with
+teacher chains, attached to the same samples) and the dataset statistics. The later stages (annotate,
+train-assistant, expand, distill, eval, export) join it as they land.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mulcot.datasets import ImportReport, import_dataset
+from mulcot.sample import SAMPLE_DIR, SAMPLE_NAME
+from mulcot.store import Store
+
+
+@dataclass
+class DemoResult:
+    dataset: str
+    imports: list[ImportReport]
+    stats: dict[str, Any]
+
+
+def run_demo(store: Store, name: str = SAMPLE_NAME) -> DemoResult:
+    """Import the embedded sample (samples, then the teacher chains) and return its statistics."""
+    samples = import_dataset(store, "twitter-tsv", SAMPLE_DIR, name=name)
+    chains = import_dataset(store, "mulcot-json", SAMPLE_DIR / "chains", name=name, images=SAMPLE_DIR / "images")
+    return DemoResult(dataset=name, imports=[samples, chains], stats=store.dataset_stats(name))
