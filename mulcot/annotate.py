@@ -1,0 +1,279 @@
+"""Stage 1, CoT enhancement: the teacher annotates the training split in two passes, with ARC retries.
+
+- Pass 1 (P_pre, label-free) on every sample that has no final chain yet for this teacher and prompt version;
+  the correct ones form D_t1.
+- Pass 2 (P_exp, gold label given) on the samples pass 1 got wrong or could not produce a valid chain for; D_t2.
+- ARC, the adaptive retry controller: an output that does not parse into the five fields or has no valid label
+  (in pass 2: not the gold label it was given) is regenerated, up to ``max_retries`` times. Every attempt is stored;
+  the last one is marked final. A failed HTTP request (after its own retries) counts as an attempt.
+
+Results are committed as they arrive, so an interrupted run loses at most the requests in flight; running the
+same command again picks up where it stopped (attempts already made count toward the retry limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mulcot.errors import MulcotError
+from mulcot.prompts import get_prompt
+from mulcot.reasoning import parse_reasoning
+from mulcot.store import Store
+from mulcot.teacher import Teacher, TeacherConfig, TeacherError, image_data_url
+
+STAGES = ("predict", "explain")
+
+
+@dataclass
+class AnnotateConfig:
+    """What to annotate and how."""
+
+    dataset: str
+    teacher: TeacherConfig
+    split: str = "train"
+    stage: str = "both"  # predict | explain | both
+    concurrency: int = 8
+    max_retries: int = 3
+    budget_usd: float | None = None
+    limit: int | None = None
+    run_id: str | None = None
+
+
+@dataclass
+class AnnotateSummary:
+    """What a run did (this invocation only) and where the dataset now stands."""
+
+    run_id: str
+    samples: int = 0
+    requests: int = 0
+    predicted: int = 0
+    predicted_correct: int = 0
+    explained: int = 0
+    failed: int = 0
+    retries: dict[int, int] = field(default_factory=dict)  # retries needed -> (sample, stage) count
+    http_retries: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    cost_known: bool = True
+    wall_s: float = 0.0
+    stopped: str | None = None  # "budget" when the budget stopped it early
+    skipped_done: int = 0
+    teacher_set: int = 0  # |D_t| for the split after the run
+    failures: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Progress = Callable[[AnnotateSummary, int, int], None]  # summary so far, (sample, stage) jobs done, known
+
+
+class BudgetReached(Exception):
+    """No further request fits into the budget."""
+
+
+class _Budget:
+    def __init__(self, limit: float | None):
+        self.limit = limit
+        self.spent = 0.0
+        self.reserved = 0.0
+        self.largest = 0.0
+
+    def reserve(self, estimate: float) -> float:
+        if self.limit is None:
+            return 0.0
+        guess = max(self.largest, estimate)
+        if self.spent + self.reserved + guess > self.limit:
+            raise BudgetReached
+        self.reserved += guess
+        return guess
+
+    def settle(self, reserved: float, cost: float | None) -> None:
+        self.reserved -= reserved
+        if cost:
+            self.spent += cost
+            self.largest = max(self.largest, cost)
+
+
+class Annotator:
+    """Runs one annotation job against one store and one teacher."""
+
+    def __init__(self, store: Store, config: AnnotateConfig, teacher: Teacher | None = None,
+                 progress: Progress | None = None):  # fmt: skip
+        if config.stage not in ("predict", "explain", "both"):
+            raise MulcotError(f"unknown stage '{config.stage}': use predict, explain or both")
+        if config.concurrency < 1:
+            raise MulcotError("--concurrency must be at least 1")
+        if config.max_retries < 0:
+            raise MulcotError("--max-retries must be 0 or more")
+        self.store = store
+        self.config = config
+        self.dataset = store.require_dataset(config.dataset)
+        if config.split not in store.splits(config.dataset):
+            raise MulcotError(f"dataset '{config.dataset}' has no split '{config.split}' "
+                              f"(splits: {', '.join(store.splits(config.dataset))})")  # fmt: skip
+        self.teacher = teacher or Teacher(config.teacher)
+        self.progress = progress
+        self.task = self.dataset["task"]
+        self.prompts = {"predict": get_prompt("pre", self.task), "explain": get_prompt("exp", self.task)}
+        self.budget = _Budget(config.budget_usd)
+        self.run_id = config.run_id or f"annotate-{config.dataset}-{config.split}-{_slug(config.teacher.model)}"
+        self.summary = AnnotateSummary(run_id=self.run_id, cost_known=self.teacher.price is not None)
+        self._jobs_total = 0
+        self._jobs_done = 0
+        self._stop = False
+
+    # -- one (sample, stage) with ARC ---------------------------------------------------------------------
+
+    async def _attempts(self, sample: dict[str, Any], stage: str, done_attempts: int,
+                        sem: asyncio.Semaphore) -> dict[str, Any] | None:  # fmt: skip
+        """Run attempts until one is valid or the retries are spent; returns the final chain's summary."""
+        prompt_t = self.prompts[stage]
+        prompt = prompt_t.render(sample["text"], sample["aspect"], sample["label"] if stage == "explain" else None)
+        image = None
+        if sample["has_image"]:
+            image = await asyncio.to_thread(image_data_url, sample["image_path"], self.config.teacher.image_max_side)
+        last = self.config.max_retries + 1
+        attempt = done_attempts
+        while attempt < last:
+            if self._stop:
+                return None
+            attempt += 1
+            estimate = self.teacher.cost(len(prompt) // 3 + 300, self.config.teacher.max_tokens) or 0.0
+            try:
+                reserved = self.budget.reserve(estimate)
+            except BudgetReached:
+                self._stop = True
+                self.summary.stopped = "budget"
+                return None
+            error = None
+            async with sem:
+                try:
+                    comp = await self.teacher.complete(prompt, image)
+                except TeacherError as exc:
+                    comp, error = None, str(exc)
+            self.budget.settle(reserved, comp.cost_usd if comp else None)
+            self.summary.requests += 1
+            parsed = parse_reasoning(comp.text if comp else None)
+            valid = parsed.valid and (stage != "explain" or parsed.prediction == sample["label"])
+            if comp is not None and parsed.valid and not valid:
+                error = f"explained label {parsed.prediction} is not the gold label {sample['label']}"
+            elif comp is not None and not parsed.valid:
+                error = f"output missing {', '.join(parsed.missing)}"
+            final = valid or attempt >= last
+            row = {
+                "sample_id": sample["id"], "source": "teacher", "model": self.config.teacher.model, "stage": stage,
+                "prompt_version": prompt_t.version, "raw": comp.text if comp else None, "text": parsed.to_text(),
+                "fields": parsed.fields, "prediction": parsed.prediction, "parse_status": parsed.status,
+                "valid": valid, "attempt": attempt, "final": final, "run_id": self.run_id,
+                "error": None if valid else error, "origin": "annotate",
+            }  # fmt: skip
+            if comp is not None:
+                self.summary.http_retries += comp.http_retries
+                self.summary.tokens_in += comp.tokens_in
+                self.summary.tokens_out += comp.tokens_out
+                self.summary.cost_usd += comp.cost_usd or 0.0
+                row.update(tokens_in=comp.tokens_in, tokens_out=comp.tokens_out, cost_usd=comp.cost_usd,
+                           latency_s=round(comp.latency_s, 4))  # fmt: skip
+            self.store.add_reasoning(**row)
+            if final:
+                self._jobs_done += 1
+                retries = attempt - 1
+                self.summary.retries[retries] = self.summary.retries.get(retries, 0) + 1
+                if not valid:
+                    self.summary.failed += 1
+                    self.summary.failures.append(f"sample {sample['key']} ({stage}): {error}")
+                return {"valid": valid, "prediction": parsed.prediction}
+        return None
+
+    async def _sample(self, sample: dict[str, Any], state: dict[str, dict], sem: asyncio.Semaphore) -> None:
+        stages = STAGES if self.config.stage == "both" else (self.config.stage,)
+        pred = state["predict"].get(sample["id"])
+        pred_final = pred["final"] if pred else None
+        worked = False
+        if "predict" in stages and pred_final is None:
+            pred_final = await self._attempts(sample, "predict", pred["attempts"] if pred else 0, sem)
+            if pred_final is None:
+                return
+            worked = True
+            self.summary.predicted += 1
+            if pred_final["valid"] and pred_final["prediction"] == sample["label"]:
+                self.summary.predicted_correct += 1
+            self._report()
+        if "explain" in stages and sample["label"] and pred_final is not None:
+            needs = not pred_final["valid"] or pred_final["prediction"] != sample["label"]
+            exp = state["explain"].get(sample["id"])
+            if needs and (exp is None or exp["final"] is None):
+                self._jobs_total += 1
+                result = await self._attempts(sample, "explain", exp["attempts"] if exp else 0, sem)
+                if result is None:
+                    return
+                worked = True
+                if result["valid"]:
+                    self.summary.explained += 1
+                self._report()
+        if worked:
+            self.summary.samples += 1
+        else:
+            self.summary.skipped_done += 1
+
+    def _report(self) -> None:
+        if self.progress:
+            self.progress(self.summary, self._jobs_done, self._jobs_total)
+
+    async def run_async(self) -> AnnotateSummary:
+        start = time.perf_counter()
+        cfg = self.config
+        samples = self.store.samples(cfg.dataset, cfg.split)
+        if cfg.limit is not None:
+            samples = samples[: cfg.limit]
+        if not samples:
+            raise MulcotError(f"no samples in {cfg.dataset}/{cfg.split}")
+        state = {
+            stage: self.store.chain_progress(cfg.dataset, cfg.split, source="teacher", model=cfg.teacher.model,
+                                             stage=stage, prompt_version=self.prompts[stage].version)
+            for stage in STAGES
+        }  # fmt: skip
+        self._jobs_total = (
+            sum(1 for s in samples if (state["predict"].get(s["id"]) or {}).get("final") is None)
+            if cfg.stage != "explain"
+            else 0
+        )
+        existing = self.store.get_run(self.run_id)
+        config = {"annotate": {k: v for k, v in asdict(cfg).items() if k != "teacher"},
+                  "teacher": cfg.teacher.public(),
+                  "prompts": {s: p.version for s, p in self.prompts.items()}}  # fmt: skip
+        if existing is None or existing["kind"] == "annotate":
+            self.store.create_run(self.run_id, kind="annotate", dataset=cfg.dataset, config=config)
+        self._report()
+        sem = asyncio.Semaphore(cfg.concurrency)
+        try:
+            await asyncio.gather(*(self._sample(s, state, sem) for s in samples))
+            status = "stopped" if self.summary.stopped else "done"
+        except BaseException:
+            self.summary.wall_s = time.perf_counter() - start
+            self.store.update_run(self.run_id, status="interrupted", metrics=self.summary.as_dict())
+            raise
+        finally:
+            await self.teacher.aclose()
+        self.summary.wall_s = time.perf_counter() - start
+        self.summary.teacher_set = len(
+            {r["sample_id"] for r in self.store.teacher_set(cfg.dataset, cfg.split, cfg.teacher.model)}
+        )
+        self.store.update_run(self.run_id, status=status, metrics=self.summary.as_dict())
+        return self.summary
+
+
+def annotate(store: Store, config: AnnotateConfig, progress: Progress | None = None,
+             teacher: Teacher | None = None) -> AnnotateSummary:  # fmt: skip
+    """Annotate ``config.split`` of ``config.dataset`` with the teacher (blocking)."""
+    return asyncio.run(Annotator(store, config, teacher=teacher, progress=progress).run_async())
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text.split("/")[-1])

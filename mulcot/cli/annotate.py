@@ -1,0 +1,107 @@
+"""``mulcot annotate``: two-stage teacher CoT enhancement with ARC retries."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mulcot.annotate import AnnotateConfig, AnnotateSummary
+from mulcot.annotate import annotate as run_annotate
+from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
+from mulcot.errors import MulcotError
+from mulcot.teacher import DEFAULT_KEY_ENV, TeacherConfig
+
+
+def _price(value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        a, b = (float(x) for x in value.split(","))
+        return a, b
+    except ValueError:
+        raise MulcotError(f"--price '{value}' is not 'INPUT,OUTPUT' USD per 1M tokens, e.g. 0.15,0.60") from None
+
+
+def annotate(
+    dataset: Annotated[str, typer.Argument(help="Dataset name in the store.")],
+    teacher: Annotated[str, typer.Option("--teacher", help="Teacher model name at the endpoint, e.g. gpt-4o-mini.")],
+    split: Annotated[str, typer.Option(help="Split to annotate (the method annotates train).")] = "train",
+    base_url: Annotated[
+        str | None,
+        typer.Option(help="OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp, …); default: OpenAI."),
+    ] = None,  # fmt: skip
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = DEFAULT_KEY_ENV,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 8,
+    max_retries: Annotated[int, typer.Option(help="ARC: regenerations of an invalid output.")] = 3,
+    budget_usd: Annotated[float | None, typer.Option(help="Stop before the cost would exceed this.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N samples of the split.")] = None,
+    stage: Annotated[str, typer.Option(help="predict (P_pre), explain (P_exp) or both.")] = "both",
+    price: Annotated[str | None, typer.Option(help="USD per 1M tokens 'IN,OUT' (overrides the price table).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per request before it is retried.")] = 120.0,
+    http_retries: Annotated[int, typer.Option(help="Retries of a request on 429/5xx/timeouts.")] = 5,
+    image_max_side: Annotated[int, typer.Option(help="Images are downsized to this longer side (px).")] = 280,
+    max_tokens: Annotated[int, typer.Option(help="Completion token limit per request.")] = 1024,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (endpoint default if unset).")] = None,
+    json_mode: Annotated[bool, typer.Option(help="Ask for a JSON object (response_format), where supported.")] = False,
+    run: Annotated[str | None, typer.Option(help="Run id (default: annotate-DATASET-SPLIT-MODEL).")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Have the teacher write five-field reasoning for a split: pass 1 predicts, pass 2 explains the misses."""
+    store = open_store(db)
+    cfg = AnnotateConfig(
+        dataset=dataset, split=split, stage=stage, concurrency=concurrency, max_retries=max_retries,
+        budget_usd=budget_usd, limit=limit, run_id=run,
+        teacher=TeacherConfig(model=teacher, base_url=base_url, key_env=api_key_env, timeout_s=timeout,
+                              http_retries=http_retries, temperature=temperature, max_tokens=max_tokens,
+                              json_mode=json_mode, image_max_side=image_max_side, price=_price(price)),
+    )  # fmt: skip
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), console=err_console, disable=as_json, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(f"annotating {dataset}/{split}", total=None, info="")
+
+        def progress(s: AnnotateSummary, done: int, total: int) -> None:
+            cost = f"${s.cost_usd:.4f}" if s.cost_known else "cost n/a"
+            bar.update(task, completed=done, total=total,
+                       info=f"{s.requests} req · {s.tokens_in + s.tokens_out} tok · {cost}")  # fmt: skip
+
+        summary = run_annotate(store, cfg, progress=progress)
+    if as_json:
+        print_json(summary.as_dict())
+        return
+    _print_summary(summary, dataset, split)
+
+
+def _print_summary(s: AnnotateSummary, dataset: str, split: str) -> None:
+    table = Table(title=f"annotate {escape(dataset)}/{escape(split)} ({escape(s.run_id)})", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows = [
+        ("samples annotated now", s.samples),
+        ("already done before", s.skipped_done),
+        ("stage 1 predictions", s.predicted),
+        ("stage 1 correct (D_t1)", s.predicted_correct),
+        ("stage 2 explained (D_t2)", s.explained),
+        ("failed after all retries", s.failed),
+        ("retries (ARC)", ", ".join(f"{k}×:{v}" for k, v in sorted(s.retries.items())) or "-"),
+        ("HTTP retries", s.http_retries),
+        ("requests", s.requests),
+        ("tokens in / out", f"{s.tokens_in} / {s.tokens_out}"),
+        ("cost", f"${s.cost_usd:.4f}" if s.cost_known else "unknown (model not in the price table: --price)"),
+        ("wall time", f"{s.wall_s:.1f} s"),
+        (f"D_t for {split} now", s.teacher_set),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    console.print(table)
+    for failure in s.failures[:10]:
+        err_console.print(f"[yellow]failed[/] {escape(failure)}", soft_wrap=True)
+    if s.stopped == "budget":
+        console.print("[yellow]stopped: the next request could exceed --budget-usd; raise it and run again to "
+                      "continue[/]")  # fmt: skip

@@ -1,0 +1,206 @@
+"""The teacher: any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, llama.cpp server, …),
+reached through the ``openai`` SDK's async client over real HTTP.
+
+HTTP-level failures are retried here (429 honours ``Retry-After``; 5xx, timeouts and dropped connections back off
+exponentially with jitter); output-level retries (ARC) are the annotator's business. The API key is held in memory
+only: it never appears in :meth:`TeacherConfig.public`, which is what gets stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from mulcot.errors import MulcotError
+
+# USD per 1M tokens (input, output), list prices; override with --price. Unknown models cost 0 and are flagged.
+PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-5": (1.25, 10.00),
+    "gpt-5-mini": (0.25, 2.00),
+    "gpt-5-nano": (0.05, 0.40),
+}
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+
+
+class TeacherError(MulcotError):
+    """A request failed for good (after the HTTP retries), or the endpoint refused it."""
+
+
+def price_for(model: str, override: tuple[float, float] | None = None) -> tuple[float, float] | None:
+    """(input, output) USD per 1M tokens for ``model`` (longest known prefix), or None when unknown."""
+    if override is not None:
+        return override
+    name = model.split("/")[-1].lower()
+    for known in sorted(PRICES, key=len, reverse=True):
+        if name == known or name.startswith(known + "-20"):
+            return PRICES[known]
+    return None
+
+
+def image_data_url(path: str | Path, max_side: int = 280, quality: int = 90) -> str:
+    """The image as a base64 JPEG data URL, downsized so that its longer side is at most ``max_side``."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if max(im.size) > max_side:
+            im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@dataclass
+class TeacherConfig:
+    """How to reach the teacher. ``api_key`` is resolved from ``key_env`` when not given and never stored."""
+
+    model: str
+    base_url: str | None = None
+    key_env: str = DEFAULT_KEY_ENV
+    api_key: str | None = field(default=None, repr=False)
+    timeout_s: float = 120.0
+    http_retries: int = 5
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    temperature: float | None = None
+    max_tokens: int = 1024
+    json_mode: bool = False
+    image_max_side: int = 280
+    price: tuple[float, float] | None = None
+
+    def resolve_key(self) -> str:
+        key = self.api_key or os.environ.get(self.key_env)
+        if key:
+            return key
+        if self.base_url:  # local servers (vLLM, llama.cpp, Ollama) take any key
+            return "not-needed"
+        raise MulcotError(
+            f"no API key: set {self.key_env} (or pass --api-key-env NAME, or --base-url for a local server)"
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The configuration as stored with a run: everything but the key."""
+        data = asdict(self)
+        data.pop("api_key")
+        return data
+
+
+@dataclass
+class Completion:
+    """One successful chat completion."""
+
+    text: str
+    tokens_in: int
+    tokens_out: int
+    latency_s: float
+    http_retries: int
+    cost_usd: float | None
+
+
+def _retry_after(exc: Exception) -> float | None:
+    response = getattr(exc, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+class Teacher:
+    """Async access to one teacher model."""
+
+    def __init__(self, config: TeacherConfig, client: Any = None):
+        import openai
+
+        self.config = config
+        self._openai = openai
+        self.client = client or openai.AsyncOpenAI(
+            api_key=config.resolve_key(), base_url=config.base_url, timeout=config.timeout_s, max_retries=0
+        )
+        self.price = price_for(config.model, config.price)
+
+    def cost(self, tokens_in: int, tokens_out: int) -> float | None:
+        if self.price is None:
+            return None
+        return (tokens_in * self.price[0] + tokens_out * self.price[1]) / 1e6
+
+    def messages(self, prompt: str, image_url: str | None) -> list[dict[str, Any]]:
+        content: list[dict[str, Any]] = []
+        if image_url:
+            content.append({"type": "image_url", "image_url": {"url": image_url}})
+        content.append({"type": "text", "text": prompt})
+        return [{"role": "user", "content": content}]
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempt)
+        return delay * (0.5 + random.random() / 2)
+
+    async def complete(self, prompt: str, image_url: str | None = None) -> Completion:
+        """One chat completion, retrying transient HTTP failures; raises :class:`TeacherError` when it gives up."""
+        oa = self._openai
+        kwargs: dict[str, Any] = {"model": self.config.model, "messages": self.messages(prompt, image_url),
+                                  "max_tokens": self.config.max_tokens}  # fmt: skip
+        if self.config.temperature is not None:
+            kwargs["temperature"] = self.config.temperature
+        if self.config.json_mode:
+            kwargs["response_format"] = {"type": "json_object"}
+        retries = 0
+        while True:
+            start = time.perf_counter()
+            try:
+                resp = await self.client.chat.completions.create(**kwargs)
+            except oa.RateLimitError as exc:
+                wait = _retry_after(exc)
+                reason = "HTTP 429 rate limited"
+                wait = self._backoff(retries) if wait is None else min(wait, self.config.backoff_max_s)
+            except oa.APIStatusError as exc:
+                if exc.status_code < 500 and exc.status_code not in (408, 409):
+                    raise TeacherError(f"the teacher endpoint refused the request: HTTP {exc.status_code} "
+                                       f"{_short(exc.message)}") from None  # fmt: skip
+                reason, wait = f"HTTP {exc.status_code}", self._backoff(retries)
+            except oa.APITimeoutError:
+                reason, wait = f"timed out after {self.config.timeout_s:g} s", self._backoff(retries)
+            except oa.APIConnectionError as exc:
+                reason, wait = (
+                    f"connection failed ({_short(str(exc.__cause__ or exc))})",
+                    self._backoff(retries),
+                )
+            else:
+                choice = resp.choices[0] if resp.choices else None
+                text = (choice.message.content or "") if choice else ""
+                usage = resp.usage
+                t_in = usage.prompt_tokens if usage else 0
+                t_out = usage.completion_tokens if usage else 0
+                return Completion(text=text, tokens_in=t_in, tokens_out=t_out,
+                                  latency_s=time.perf_counter() - start, http_retries=retries,
+                                  cost_usd=self.cost(t_in, t_out))  # fmt: skip
+            if retries >= self.config.http_retries:
+                raise TeacherError(f"{reason}; gave up after {retries + 1} tries")
+            retries += 1
+            await asyncio.sleep(wait)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
