@@ -128,15 +128,21 @@ def stats(name: Annotated[str, typer.Argument(help="Dataset name.")], db: DbOpti
         table.add_row(split, str(s["samples"]), *(str(s["labels"].get(lab, 0)) for lab in shown), str(s["images"]))
     console.print(table)
     if st["chains"]:
-        chains = Table(title="reasoning chains (final attempts)")
-        for col in ("source", "stage", "split", "chains", "parsed fully", "partially", "not at all",
-                    "Prediction = gold"):  # fmt: skip
+        chains = Table(title="reasoning chains (final attempts; parsed fully, partially, not at all)")
+        for col in ("source", "stage", "split", "chains", "full", "partial", "none", "= gold"):
             chains.add_column(col, justify="left" if col in ("source", "stage", "split") else "right")
         for c in st["chains"]:
-            pct = f"{c['correct']} ({100 * c['correct'] / c['chains']:.1f}%)" if c["chains"] else "0"
-            chains.add_row(c["source"], c["stage"], c["split"], str(c["chains"]), str(c["full"]),
-                           str(c["partial"]), str(c["unparsed"]), pct)  # fmt: skip
+            pct = f"{100 * c['correct'] / c['chains']:.1f}%" if c["chains"] else "-"
+            chains.add_row(
+                c["source"], c["stage"], c["split"], str(c["chains"]), str(c["full"]), str(c["partial"]),
+                str(c["unparsed"]), pct,
+            )  # fmt: skip
         console.print(chains)
+        if st["teacher_set"]:
+            dt = ", ".join(f"{split} {n}" for split, n in sorted(st["teacher_set"].items()))
+            console.print(
+                f"teacher set D_t (samples with a correct, fully parsed teacher chain): {dt}", highlight=False
+            )
     else:
         console.print("no reasoning chains yet: [bold]mulcot annotate[/] makes them", highlight=False)
 

@@ -1,0 +1,77 @@
+"""`mulcot data …` and `mulcot demo` through the CLI."""
+
+import json
+
+from typer.testing import CliRunner
+
+from mulcot.cli import app
+from mulcot.sample import SAMPLE_DIR, SAMPLE_NAME
+from mulcot.store import Store
+
+runner = CliRunner()
+
+
+def _invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_import_list_stats_json(tmp_path):
+    db = tmp_path / "m.db"
+    out = json.loads(_invoke("data", "import", "twitter-tsv", SAMPLE_DIR, "--name", "s", "--db", db, "--json").stdout)
+    assert out["added"] == 60 and out["splits"] == {"train": 36, "dev": 12, "test": 12} and out["problems"] == []
+    again = json.loads(_invoke("data", "import", "twitter-tsv", SAMPLE_DIR, "--name", "s", "--db", db, "--json").stdout)
+    assert (again["added"], again["unchanged"]) == (0, 60)
+    listed = json.loads(_invoke("data", "list", "--db", db, "--json").stdout)
+    assert [(d["name"], d["samples"], d["chains"]) for d in listed] == [("s", 60, 0)]
+    text = _invoke("data", "import", "mulcot-json", SAMPLE_DIR / "chains", "--name", "s", "--images",
+                   SAMPLE_DIR / "images", "--db", db).stdout  # fmt: skip
+    text = " ".join(text.split())
+    assert "chains added 60" in text and "unchanged 60" in text
+    stats = json.loads(_invoke("data", "stats", "s", "--db", db, "--json").stdout)
+    assert stats["samples"] == 60 and stats["splits"]["train"]["labels"] == {"negative": 12, "neutral": 12,
+                                                                              "positive": 12}  # fmt: skip
+    assert sum(c["chains"] for c in stats["chains"]) == 60
+    assert stats["teacher_set"]["train"] == 34  # two release chains in train disagree with the gold label
+    table = _invoke("data", "stats", "s", "--db", db).stdout
+    assert "teacher set D_t" in table and "train" in table
+
+
+def test_list_empty_and_unknown_dataset(tmp_path):
+    db = tmp_path / "m.db"
+    assert "no datasets" in _invoke("data", "list", "--db", db).stdout
+    r = runner.invoke(app, ["data", "stats", "nope", "--db", str(db)])
+    assert r.exit_code == 1 and "no dataset named 'nope'" in r.output
+
+
+def test_export_jsonl_and_sharegpt(tmp_path):
+    db = tmp_path / "m.db"
+    _invoke("demo", "--db", db)
+    lines = _invoke("data", "export", SAMPLE_NAME, "--format", "jsonl", "--split", "train", "--db", db).stdout
+    records = [json.loads(x) for x in lines.splitlines()]
+    assert len(records) == 36 and all(len(r["chains"]) == 1 for r in records)
+    assert records[0]["image"].endswith(".jpg") and records[0]["aspect"]
+
+    out = tmp_path / "train.json"
+    _invoke("data", "export", SAMPLE_NAME, "--format", "sharegpt", "--split", "train", "--out", out, "--db", db)
+    data = json.loads(out.read_text())
+    reasoning = [d for d in data if "Text_analysis" in d["conversations"][1]["value"]]
+    labels = [d for d in data if d["conversations"][1]["value"].startswith('"Prediction"')]
+    assert len(reasoning) == 34 and len(labels) == 36  # D_t chains + one label example per sample
+    assert all(d["conversations"][0]["value"].startswith("<image>") and len(d["images"]) == 1 for d in data)
+    assert all(d["conversations"][0]["from"] == "human" and d["conversations"][1]["from"] == "gpt" for d in data)
+    every = tmp_path / "all.json"
+    _invoke("data", "export", SAMPLE_NAME, "--format", "sharegpt", "--split", "train", "--all-chains", "--out",
+            every, "--db", db)  # fmt: skip
+    assert len(json.loads(every.read_text())) == 36 + 36
+
+
+def test_demo_is_idempotent(tmp_path):
+    db = tmp_path / "demo.db"
+    first = " ".join(_invoke("demo", "--db", db).stdout.split())
+    assert "teacher chains added 60" in first
+    second = " ".join(_invoke("demo", "--db", db).stdout.split())
+    assert "teacher chains added 0, already stored 60" in second
+    with Store.open(db) as s:
+        assert s.dataset_stats(SAMPLE_NAME)["samples"] == 60
