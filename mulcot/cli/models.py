@@ -1,0 +1,57 @@
+"""``mulcot models``: model utilities (tiny offline test models)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mulcot.cli.common import JsonOption, console, err_console, print_json
+
+app = typer.Typer(help="Model utilities: tiny random-weight Qwen-VL models for offline tests and demos.")
+
+
+@app.callback()
+def models() -> None:
+    """Model utilities: tiny random-weight Qwen-VL models for offline tests and demos."""
+
+
+class TinyFamily(str, Enum):
+    qwen25_vl = "qwen2.5-vl"
+    qwen3_vl = "qwen3-vl"
+
+
+@app.command()
+def tiny(
+    out: Annotated[Path, typer.Argument(help="Folder to write the model to (must be empty or absent).")],
+    family: Annotated[TinyFamily, typer.Option("--family", "-f", help="Model family.")] = TinyFamily.qwen25_vl,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: same seed, same weights.")] = 0,
+    vocab: Annotated[
+        str, typer.Option(help="qwen2: the real vocabulary (GGUF-convertible); compact: 4k tokens, fast to train.")
+    ] = "qwen2",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing model folder at OUT.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Build a tiny random-weight Qwen-VL model on the real Qwen2 tokenizer (offline, CPU, seconds).
+
+    The folder is a complete Hugging Face model (weights, config, tokenizer, image processor, chat
+    template) that llama.cpp's converter accepts. The first run downloads the llama-cpp-python sdist once
+    for the vocabulary.
+    """
+    from mulcot.models.tiny import build_tiny
+
+    def say(message: str) -> None:
+        if not json_out:
+            err_console.print(f"[dim]{message}[/]", highlight=False)
+
+    path = build_tiny(out, family=family.value, seed=seed, vocab=vocab, overwrite=force, progress=say)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    if json_out:
+        print_json({"path": str(path), "family": family.value, "seed": seed, "vocab": vocab, "bytes": size})
+        return
+    console.print(
+        f"Built tiny [bold]{family.value}[/] model ({vocab} vocabulary, seed {seed}) in [cyan]{path}[/] "
+        f"({size / 1e6:.1f} MB)"
+    )
