@@ -16,7 +16,7 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
-	bash scripts/setup-wordnet.sh $(BIN)/python || echo "WordNet not installed: METEOR will be reported as unavailable"
+	PYTHON=$(BIN)/python bash scripts/setup-wordnet.sh || echo "WordNet not installed: METEOR will be reported as unavailable"
 	touch $@
 
 install: $(VENV)/.installed
