@@ -1,0 +1,166 @@
+"""Training items and their collation into model inputs for the multi-task objective.
+
+Every item is one (sample, reasoning chain) pair; the collator turns it into two sequences over the same image and
+text (DESIGN.md §1, stage 2):
+
+- reasoning task: P_cot → the reasoning text (canonical five-field form);
+- classification task: P_label → ``"Prediction": <label>``.
+
+Labels are the input ids with everything but the assistant's answer (and its end-of-turn token) set to -100, so
+cross-entropy only counts target tokens; ``task_ids`` says which task each sequence belongs to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mulcot.errors import MulcotError
+from mulcot.prompts import get_prompt
+from mulcot.reasoning import format_prediction
+from mulcot.store import Store
+
+IGNORE = -100
+TASK_CLS, TASK_REA = 0, 1
+DEFAULT_MAX_PIXELS = 280 * 280  # the authors' image budget
+DEFAULT_MIN_PIXELS = 56 * 56
+
+
+@dataclass
+class TrainItem:
+    """One (sample, chain) pair."""
+
+    sample_id: int
+    text: str
+    aspect: str | None
+    label: str
+    image_path: str | None
+    chain: str | None  # canonical reasoning text; None: classification only
+    chain_id: int | None = None
+
+
+def teacher_items(
+    store: Store, dataset: str, split: str = "train", *, allow_text_only: bool = False
+) -> list[TrainItem]:
+    """D_t of a split as training items; refuses an empty D_t and (unless allowed) a text-only dataset."""
+    ds = store.require_dataset(dataset)
+    if not ds["has_images"] and not allow_text_only:
+        raise MulcotError(
+            f"dataset '{dataset}' was imported without images (--no-images), but the models are vision-language "
+            "models: import it with its images, or pass --allow-text-only"
+        )
+    chains = store.teacher_set(dataset, split)
+    if not chains:
+        raise MulcotError(
+            f"no teacher reasoning (D_t) for {dataset}/{split}: run `mulcot annotate {dataset} --split {split}` "
+            "first, or import chains with `mulcot data import mulcot-json`"
+        )
+    samples = {s["id"]: s for s in store.samples(dataset, split)}
+    return [_item(samples[c["sample_id"]], c["text"], c["id"]) for c in chains]
+
+
+def sample_items(store: Store, dataset: str, split: str) -> list[TrainItem]:
+    """Every labelled sample of a split, without chains (for dev evaluation)."""
+    items = [_item(s, None, None) for s in store.samples(dataset, split) if s["label"]]
+    if not items:
+        raise MulcotError(f"no labelled samples in {dataset}/{split}")
+    return items
+
+
+def _item(sample: dict[str, Any], chain: str | None, chain_id: int | None) -> TrainItem:
+    return TrainItem(
+        sample_id=sample["id"], text=sample["text"], aspect=sample["aspect"], label=sample["label"],
+        image_path=sample["image_path"] if sample["has_image"] else None, chain=chain, chain_id=chain_id,
+    )  # fmt: skip
+
+
+def user_message(prompt: str, with_image: bool) -> dict[str, Any]:
+    content: list[dict[str, Any]] = [{"type": "image"}] if with_image else []
+    content.append({"type": "text", "text": prompt})
+    return {"role": "user", "content": content}
+
+
+def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
+    """An RGB PIL image, downsized (aspect kept) to at most ``max_pixels`` pixels."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    w, h = im.size
+    if w * h > max_pixels:
+        scale = (max_pixels / (w * h)) ** 0.5
+        im = im.resize((max(28, int(w * scale)), max(28, int(h * scale))), Image.Resampling.BICUBIC)
+    return im
+
+
+class MultiTaskCollator:
+    """Turns :class:`TrainItem` lists into padded model inputs with ``labels`` and ``task_ids``."""
+
+    def __init__(self, processor: Any, task: str, *, tasks: tuple[int, ...] = (TASK_REA, TASK_CLS),
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_length: int | None = None):  # fmt: skip
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.prompts = {TASK_REA: get_prompt("cot", task), TASK_CLS: get_prompt("label", task)}
+        self.tasks = tasks
+        self.max_pixels = max_pixels
+        self.max_length = max_length
+        self.answer_marker = self.tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
+        self.end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if self.tokenizer.pad_token_id is None:
+            raise MulcotError("the tokenizer has no pad token")
+
+    def sequences(self, item: TrainItem, task_id: int) -> tuple[list[dict[str, Any]], str]:
+        """Chat messages (user prompt + assistant target) for one task of one item."""
+        prompt = self.prompts[task_id].render(item.text, item.aspect)
+        if task_id == TASK_REA:
+            if item.chain is None:
+                raise MulcotError(f"sample {item.sample_id} has no reasoning chain for the reasoning task")
+            target = item.chain
+        else:
+            target = format_prediction(item.label)
+        return [user_message(prompt, item.image_path is not None),
+                {"role": "assistant", "content": [{"type": "text", "text": target}]}], target  # fmt: skip
+
+    def _mask(self, ids: list[int]) -> list[int]:
+        """Labels for one sequence: only the answer after the last ``<|im_start|>assistant\\n`` and its
+        ``<|im_end|>`` are targets."""
+        m = self.answer_marker
+        start = None
+        for i in range(len(ids) - len(m), -1, -1):
+            if ids[i : i + len(m)] == m:
+                start = i + len(m)
+                break
+        if start is None:
+            raise MulcotError("the chat template did not produce an assistant turn (unsupported template)")
+        labels = [IGNORE] * len(ids)
+        for j in range(start, len(ids)):
+            labels[j] = ids[j]
+            if ids[j] == self.end_of_turn:
+                break
+        return labels
+
+    def __call__(self, items: list[TrainItem], tasks: tuple[int, ...] | None = None) -> dict[str, Any]:
+        import torch
+
+        texts, images, task_ids = [], [], []
+        for task_id in tasks or self.tasks:
+            for item in items:
+                messages, _ = self.sequences(item, task_id)
+                texts.append(self.processor.apply_chat_template(messages, tokenize=False))
+                if item.image_path is not None:
+                    images.append(load_image(item.image_path, self.max_pixels))
+                task_ids.append(task_id)
+        self.tokenizer.padding_side = "right"
+        batch = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        labels = torch.full_like(batch["input_ids"], IGNORE)
+        for row, mask in enumerate(batch["attention_mask"]):
+            n = int(mask.sum())
+            labels[row, :n] = torch.tensor(self._mask(batch["input_ids"][row, :n].tolist()))
+        batch["labels"] = labels
+        batch["task_ids"] = torch.tensor(task_ids)
+        if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
+            raise MulcotError(
+                f"a sequence of {batch['input_ids'].shape[1]} tokens exceeds --max-length {self.max_length}: "
+                "lower --max-pixels or raise --max-length"
+            )
+        return dict(batch)
