@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -99,21 +100,23 @@ def _trainer_classes() -> tuple[type, type]:
     import torch
     from transformers import Trainer, TrainerCallback
 
-    from mulcot.losses import multitask_loss, task_means, token_ce
+    from mulcot.losses import distill_loss, multitask_loss, task_means, token_ce
     from mulcot.sft_data import TASK_CLS, TASK_REA
 
     class MultiTaskTrainer(Trainer):
         """HF Trainer with the multi-task loss and generation-based dev evaluation."""
 
         def __init__(self, *args: Any, task_weights: tuple[float, float], single_pass: bool, collator: Any,
-                     dev_eval: Callable[[Any], dict[str, float]] | None = None, **kwargs: Any):  # fmt: skip
+                     dev_eval: Callable[[Any], dict[str, float]] | None = None, loss_hook: Any = None,
+                     **kwargs: Any):  # fmt: skip
             super().__init__(*args, data_collator=lambda items: items, **kwargs)
             self.task_weights = task_weights
             self.single_pass = single_pass
             self.collator = collator
             self.dev_eval = dev_eval
+            self.loss_hook = loss_hook  # distillation: adds the soft (KL) term
             self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
-            self._parts: dict[str, list[float]] = {"ce_cls": [], "ce_rea": []}
+            self._parts: dict[str, list[float]] = defaultdict(list)
 
         def _forward(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             batch = self._prepare_inputs(batch)
@@ -126,7 +129,16 @@ def _trainer_classes() -> tuple[type, type]:
                          num_items_in_batch: Any = None) -> Any:  # fmt: skip
             w_cls, w_rea = self.task_weights
             tasks = tuple(t for t, w in ((TASK_REA, w_rea), (TASK_CLS, w_cls)) if w > 0)
-            if self.single_pass or len(tasks) == 1:
+            if self.loss_hook is not None:
+                batch = self._prepare_inputs(self.collator(inputs, tasks))
+                labels, task_ids = batch.pop("labels"), batch.pop("task_ids")
+                logits = model(**batch).logits
+                ce, mask = token_ce(logits, labels)
+                kl = self.loss_hook.kl(inputs, tasks, batch, logits, labels)
+                cfg = self.loss_hook.config
+                loss, parts = distill_loss(task_means(ce, mask, task_ids), task_means(kl, mask, task_ids), w_cls,
+                                           w_rea, cfg.lam, cfg.tau, cfg.tau_squared)  # fmt: skip
+            elif self.single_pass or len(tasks) == 1:
                 logits, labels, task_ids = self._forward(model, self.collator(inputs, tasks))
                 loss, parts = multitask_loss(logits, labels, task_ids, w_cls, w_rea)
             else:  # one forward pass per task (to compare with the single pass)
@@ -303,7 +315,8 @@ def plot_curves(folder: Path) -> Path | None:
 
 
 def train_assistant(store: Store, config: TrainConfig, *, resume: bool = False, progress: Progress | None = None,
-                    items: list[Any] | None = None, kind: str = "train-assistant") -> TrainResult:  # fmt: skip
+                    items: list[Any] | None = None, kind: str = "train-assistant",
+                    loss_hook: Any = None) -> TrainResult:  # fmt: skip
     """Train (or resume) a multi-task LoRA run; records it in the store and writes ``runs/<name>/``."""
     from mulcot.sft_data import sample_items, teacher_items
 
@@ -343,7 +356,7 @@ def train_assistant(store: Store, config: TrainConfig, *, resume: bool = False, 
     store.create_run(config.name, kind=kind, dataset=config.dataset,
                      config={**config.public(), "family": family}, output_dir=str(folder))  # fmt: skip
     try:
-        result = _train(store, config, model, processor, task, items, dev_items, folder, resume, progress)
+        result = _train(store, config, model, processor, task, items, dev_items, folder, resume, progress, loss_hook)
     except KeyboardInterrupt:
         store.update_run(config.name, status="interrupted", error="interrupted: resume with --resume")
         raise
@@ -370,7 +383,8 @@ def _oom_message(exc: BaseException, config: TrainConfig) -> str | None:
 
 
 def _train(store: Store, config: TrainConfig, model: Any, processor: Any, task: str, items: list[Any],
-           dev_items: list[Any], folder: Path, resume: bool, progress: Progress | None) -> TrainResult:  # fmt: skip
+           dev_items: list[Any], folder: Path, resume: bool, progress: Progress | None,
+           loss_hook: Any = None) -> TrainResult:  # fmt: skip
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import TrainingArguments
@@ -401,14 +415,17 @@ def _train(store: Store, config: TrainConfig, model: Any, processor: Any, task: 
         learning_rate=config.lr,
         optim="adamw_torch",
         warmup_steps=config.warmup_steps,
-        lr_scheduler_type="reduce_lr_on_plateau",
+        # halve on a dev-accuracy plateau; without a dev split there is nothing to watch: a constant lr
+        lr_scheduler_type="reduce_lr_on_plateau" if dev_items else "constant",
         lr_scheduler_kwargs={
             "mode": "max",
             "factor": config.lr_factor,
             "patience": max(0, config.plateau_epochs - 1),
             "min_lr": config.min_lr,
             "threshold": 0.0,
-        },  # fmt: skip
+        }
+        if dev_items
+        else {},
         eval_strategy="epoch" if dev_items else "no",
         metric_for_best_model="accuracy",  # what the plateau scheduler watches; the best epoch uses "select"
         greater_is_better=True,
@@ -427,6 +444,8 @@ def _train(store: Store, config: TrainConfig, model: Any, processor: Any, task: 
         label_names=[],
     )
     collator = MultiTaskCollator(processor, task, max_pixels=config.max_pixels)
+    if loss_hook is not None:
+        loss_hook.prepare(processor, collator, folder)
     dev_eval = None
     if dev_items:
         dev_eval = dev_evaluator(processor, task, dev_items, batch_size=config.dev_batch_size,
@@ -441,6 +460,7 @@ def _train(store: Store, config: TrainConfig, model: Any, processor: Any, task: 
     trainer = MultiTaskTrainer(model=model, args=args, train_dataset=items, eval_dataset=dev_items or None,
                                task_weights=config.task_weights,
                                single_pass=config.single_pass, collator=collator, dev_eval=dev_eval,
+                               loss_hook=loss_hook,
                                callbacks=[callback])  # fmt: skip
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

@@ -8,7 +8,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from mulcot import __version__
-from mulcot.cli import annotate, data, demo, train
+from mulcot.cli import annotate, data, demo, distill, train
 from mulcot.cli.common import err_console
 from mulcot.errors import MulcotError
 
@@ -39,6 +39,8 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.command("annotate")(annotate.annotate)
 app.command("train-assistant")(train.train_assistant)
+app.command("expand")(distill.expand)
+app.command("distill")(distill.distill)
 app.command("demo")(demo.demo)
 
 try:  # model commands need the heavy ML stack; the data commands work without it

@@ -33,10 +33,12 @@ def training_progress(as_json: bool) -> tuple[Progress, Any]:
 
     def progress(event: dict[str, Any]) -> None:
         if event["event"] in ("begin", "step"):
-            bar.update(task, completed=event["step"], total=event["total"])
+            bar.update(task, description="training", completed=event["step"], total=event["total"])
         elif event["event"] == "log" and "loss" in event:
             state["info"] = f"loss {event['loss']:.4f} lr {event.get('learning_rate', 0):.2e}"
             bar.update(task, info=state["info"])
+        elif event["event"] == "soft_labels":
+            bar.update(task, description="soft labels", completed=event["done"], total=event["total"])
         elif event["event"] == "eval":
             m = event["metrics"]
             best = event["best"] or {}

@@ -1,0 +1,241 @@
+"""Stage 4, the student's joint learning on D_all = D_t ∪ D_a with the assistant's soft labels.
+
+L = (1−λ)·(λ_cls·CE_cls + λ_rea·CE_rea) + λ·(λ_cls·KL_cls + λ_rea·KL_rea)  (:func:`mulcot.losses.distill_loss`)
+
+KL(p_a ‖ p_s) compares the assistant's and the student's temperature-softened next-token distributions **at target
+positions only** (the positions whose next token is part of the answer). The authors' released code also counts
+prompt, image and padding positions; mulcot does not, so the soft term teaches what the student must say, not how
+to echo its prompt.
+
+Soft labels, two modes:
+
+- ``cache`` (default, memory-frugal): the assistant runs once over every training sequence and its top-k
+  log-probs and token ids per target position are written to safetensors shards under ``runs/<student>/soft_labels``
+  (indexed in the store); the assistant then leaves memory and the student trains alone. Estimator: both
+  distributions renormalised over the assistant's k ids, ``p_a,k = softmax(log p_a[ids]/τ)``,
+  ``p_s,k = softmax(z_s[ids]/τ)``, KL summed over those k (:func:`mulcot.losses.kl_topk`); with k = vocabulary
+  size it equals the full KL.
+- ``online``: the assistant stays resident and the full KL over the common vocabulary prefix is computed per batch.
+
+Assistant and student must share the tokenizer (Qwen2.5-VL-7B → 3B, Qwen3-VL-8B → 2B do); their output layers may
+differ in padding rows, so the KL uses the common vocabulary prefix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mulcot.errors import MulcotError
+from mulcot.runs import RunRef, resolve_run
+from mulcot.sft_data import TASK_CLS, TASK_REA, TrainItem, teacher_items
+from mulcot.store import Store
+from mulcot.training import TrainConfig, TrainResult, train_assistant
+
+SOFT_MODES = ("cache", "online")
+SHARD_ITEMS = 64
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """A student run: the training settings plus the assistant and the distillation knobs."""
+
+    assistant: str = ""
+    lam: float = 0.3
+    tau: float = 2.0
+    tau_squared: bool = False
+    soft_labels: str = "cache"
+    top_k: int = 32
+    include_expanded: bool = True
+
+
+def item_key(item: TrainItem, task: int) -> str:
+    """Cache key of one training sequence: the classification sequence is the same for every chain of a sample."""
+    return f"s{item.sample_id}/cls" if task == TASK_CLS else f"c{item.chain_id}/rea"
+
+
+def check_tokenizers(assistant_tok: Any, student_tok: Any, assistant: str, student: str) -> None:
+    """Refuse a pair whose tokenizers differ: soft labels are only comparable token for token."""
+    a, s = assistant_tok.get_vocab(), student_tok.get_vocab()
+    if a != s:
+        only_a = len(set(a) - set(s))
+        only_s = len(set(s) - set(a))
+        moved = sum(1 for t in set(a) & set(s) if a[t] != s[t])
+        raise MulcotError(
+            f"the assistant ({assistant}) and the student ({student}) do not share a tokenizer ({only_a} tokens only "
+            f"in the assistant's, {only_s} only in the student's, {moved} with other ids): distillation needs one "
+            "vocabulary, e.g. Qwen2.5-VL-7B → 3B or Qwen3-VL-8B → 2B"
+        )
+
+
+def distill_items(store: Store, config: DistillConfig, ref: RunRef) -> list[TrainItem]:
+    """D_all = D_t ∪ D_a as training items (one per chain)."""
+    items = teacher_items(store, config.dataset, config.split, allow_text_only=config.allow_text_only)
+    if config.include_expanded:
+        samples = {s["id"]: s for s in store.samples(config.dataset, config.split)}
+        for c in store.assistant_set(config.dataset, config.split, ref.run_id):
+            s = samples[c["sample_id"]]
+            items.append(
+                TrainItem(sample_id=s["id"], text=s["text"], aspect=s["aspect"], label=s["label"],
+                          image_path=s["image_path"] if s["has_image"] else None, chain=c["text"], chain_id=c["id"])
+            )  # fmt: skip
+    return items
+
+
+class SoftLabelCache:
+    """Reads cached top-k soft labels by item key (safetensors shards, opened lazily)."""
+
+    def __init__(self, folder: Path, index: dict[str, dict[str, Any]]):
+        self.folder = folder
+        self.index = index
+        self._open: dict[str, Any] = {}
+
+    def get(self, key: str) -> tuple[Any, Any]:
+        from safetensors import safe_open
+
+        entry = self.index.get(key)
+        if entry is None:
+            raise MulcotError(f"soft label '{key}' is not in the cache: rerun distill to complete it")
+        shard = entry["shard"]
+        if shard not in self._open:
+            self._open[shard] = safe_open(str(self.folder / shard), framework="pt")
+        f = self._open[shard]
+        return f.get_tensor(f"{key}.ids"), f.get_tensor(f"{key}.logprobs")
+
+
+def build_soft_label_cache(store: Store, run_id: str, folder: Path, assistant: Any, collator: Any,
+                           items: list[TrainItem], top_k: int, progress: Callable[[int, int], None] | None = None,
+                           batch_size: int = 4) -> SoftLabelCache:  # fmt: skip
+    """Run the assistant once over every training sequence and store top-k log-probs per target position
+    (resumable: sequences already indexed are skipped; each shard is written whole, then indexed)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    index = store.soft_label_index(run_id)
+    todo: list[tuple[TrainItem, int]] = []
+    seen = set(index)
+    for item in items:
+        for task in (TASK_REA, TASK_CLS):
+            key = item_key(item, task)
+            if key not in seen:
+                seen.add(key)
+                todo.append((item, task))
+    device = next(assistant.parameters()).device
+    assistant.eval()
+    done = 0
+    for shard_start in range(0, len(todo), SHARD_ITEMS):
+        shard_jobs = todo[shard_start : shard_start + SHARD_ITEMS]
+        tensors: dict[str, torch.Tensor] = {}
+        entries = []
+        for b in range(0, len(shard_jobs), batch_size):
+            jobs = shard_jobs[b : b + batch_size]
+            for task in (TASK_REA, TASK_CLS):
+                group = [it for it, t in jobs if t == task]
+                if not group:
+                    continue
+                batch = collator(group, (task,))
+                labels = batch.pop("labels")
+                batch.pop("task_ids")
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with torch.inference_mode():
+                    logits = assistant(**batch).logits[:, :-1].float()
+                mask = labels[:, 1:] != -100
+                for row, item in enumerate(group):
+                    logp = torch.log_softmax(logits[row][mask[row].to(device)], dim=-1)
+                    k = min(top_k, logp.size(-1))
+                    top = logp.topk(k, dim=-1)
+                    key = item_key(item, task)
+                    tensors[f"{key}.ids"] = top.indices.to(torch.int32).cpu().contiguous()
+                    tensors[f"{key}.logprobs"] = top.values.to(torch.float32).cpu().contiguous()
+                    entries.append((key, int(mask[row].sum()), k))
+            done += len(jobs)
+            if progress:
+                progress(done, len(todo))
+        shard = f"shard-{len(list(folder.glob('shard-*.safetensors'))):05d}.safetensors"
+        tmp = folder / (shard + ".tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, folder / shard)
+        store.add_soft_labels(run_id, shard, entries)
+    return SoftLabelCache(folder, store.soft_label_index(run_id))
+
+
+def distill(store: Store, config: DistillConfig, *, resume: bool = False,
+            progress: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:  # fmt: skip
+    """Train the student on D_all with the hard and soft losses (same Trainer machinery as train-assistant)."""
+    if config.soft_labels not in SOFT_MODES:
+        raise MulcotError(f"--soft-labels must be one of {', '.join(SOFT_MODES)}")
+    if not 0 <= config.lam <= 1:
+        raise MulcotError("--lam (λ) must be between 0 and 1")
+    if config.tau <= 0:
+        raise MulcotError("--tau must be positive")
+    if config.top_k < 1:
+        raise MulcotError("--top-k must be at least 1")
+    ref = resolve_run(store, config.assistant)
+    items = distill_items(store, config, ref)
+    soft = _SoftLabels(store, config, ref, items, progress)
+    return train_assistant(store, config, resume=resume, progress=progress, items=items, kind="distill",
+                           loss_hook=soft)  # fmt: skip
+
+
+class _SoftLabels:
+    """Plugs the soft term into the Trainer: prepares the cache (or loads the assistant) once the student and its
+    collator exist, then returns per-position KL for each batch."""
+
+    def __init__(self, store: Store, config: DistillConfig, ref: RunRef, items: list[TrainItem],
+                 progress: Callable[[dict[str, Any]], None] | None):  # fmt: skip
+        self.store, self.config, self.ref, self.items, self.progress = store, config, ref, items, progress
+        self.cache: SoftLabelCache | None = None
+        self.assistant: Any = None
+
+    def prepare(self, student_processor: Any, collator: Any, folder: Path) -> None:
+        from mulcot.models import load_model, load_with_adapter
+
+        base, processor, _ = load_model(self.ref.base_model, device=self.config.device, dtype=self.config.dtype)
+        check_tokenizers(processor.tokenizer, student_processor.tokenizer, self.ref.base_model, self.config.model)
+        assistant = load_with_adapter(base, self.ref.adapter)
+        assistant.eval()
+        if self.config.soft_labels == "online":
+            self.assistant = assistant
+            return
+
+        def report(done: int, total: int) -> None:
+            if self.progress:
+                self.progress({"event": "soft_labels", "done": done, "total": total})
+
+        self.cache = build_soft_label_cache(self.store, self.config.name, folder / "soft_labels", assistant,
+                                            collator, self.items, self.config.top_k, report)  # fmt: skip
+        del assistant, base
+
+    def kl(self, items: list[TrainItem], tasks: tuple[int, ...], batch: dict[str, Any], student_logits: Any,
+           labels: Any) -> Any:  # fmt: skip
+        """Per-position KL [batch, seq-1] (zero off target positions) for the batch's sequences."""
+        import torch
+
+        from mulcot.losses import kl_full, kl_topk
+
+        mask = labels[:, 1:] != -100
+        z_s = student_logits[:, :-1]
+        out = torch.zeros(mask.shape, device=z_s.device, dtype=torch.float32)
+        if self.assistant is not None:
+            a_batch = {k: v.to(next(self.assistant.parameters()).device) for k, v in batch.items()}
+            with torch.no_grad():
+                z_a = self.assistant(**a_batch).logits[:, :-1].to(z_s.device)
+            return kl_full(z_s, z_a, self.config.tau) * mask
+        row = 0
+        for task in tasks:
+            for item in items:
+                ids, logprobs = self.cache.get(item_key(item, task))  # type: ignore[union-attr]
+                positions = mask[row].nonzero().flatten()
+                if len(positions) != ids.shape[0]:
+                    raise MulcotError(
+                        f"cached soft labels for {item_key(item, task)} cover {ids.shape[0]} positions but the "
+                        f"student sees {len(positions)}: the tokenizers or prompts changed since the cache was built"
+                    )
+                out[row, positions] = kl_topk(z_s[row, positions], ids.to(z_s.device), logprobs.to(z_s.device),
+                                              self.config.tau)  # fmt: skip
+                row += 1
+        return out

@@ -1,0 +1,160 @@
+"""expand and distill on tiny models (compact vocabulary), CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mulcot.distill import DistillConfig, _SoftLabels, distill, distill_items, item_key
+from mulcot.errors import MulcotError
+from mulcot.expand import ExpandConfig, expand
+from mulcot.models import load_model
+from mulcot.runs import resolve_run
+from mulcot.sample import SAMPLE_NAME
+from mulcot.sft_data import TASK_CLS, TASK_REA, MultiTaskCollator
+from mulcot.training import TrainConfig, _trainer_classes, train_assistant
+
+FAST = dict(batch_size=2, grad_accum=1, max_pixels=56 * 56, lr=2e-3, lora_dropout=0.0, dev_max_new_tokens=8)
+
+
+@pytest.fixture
+def assistant(demo_store, compact_model, tmp_path):
+    """A tiny assistant trained for two steps on D_t."""
+    cfg = TrainConfig(dataset=SAMPLE_NAME, model=str(compact_model()), name="asst", runs_dir=str(tmp_path / "runs"),
+                      epochs=1, max_train_items=4, dev_split=None, **FAST)  # fmt: skip
+    return train_assistant(demo_store, cfg)
+
+
+def _dcfg(compact_model, tmp_path, **kw) -> DistillConfig:
+    base = dict(dataset=SAMPLE_NAME, model=str(compact_model()), name="stud", runs_dir=str(tmp_path / "runs"),
+                assistant=str(tmp_path / "runs" / "asst"), dev_split=None, **FAST)  # fmt: skip
+    return DistillConfig(**{**base, **kw})
+
+
+def test_expand_refuses_other_splits(demo_store, assistant):
+    for split in ("dev", "test"):
+        with pytest.raises(MulcotError, match="training split only"):
+            expand(demo_store, ExpandConfig(dataset=SAMPLE_NAME, assistant=assistant.folder, split=split))
+
+
+def test_expand_stores_chains_resumes_and_keeps_only_correct(demo_store, assistant):
+    cfg = ExpandConfig(dataset=SAMPLE_NAME, assistant=assistant.folder, n=2, limit=3, max_new_tokens=24,
+                       max_pixels=56 * 56)  # fmt: skip
+    first = expand(demo_store, cfg)
+    assert first.generated == 6 and first.samples == 3
+    assert sum(first.kept.values()) + sum(first.rejected.values()) == 6
+    chains = demo_store.reasonings(dataset=SAMPLE_NAME, source="assistant", stage="expand")
+    assert len(chains) == 6 and {c["run_id"] for c in chains} == {"asst"} and {c["split"] for c in chains} == {"train"}
+    again = expand(demo_store, cfg)
+    assert again.generated == 0 and again.skipped_done == 3
+    # D_a holds exactly the fully parsed chains whose Prediction is the gold label: add some by hand
+    samples = demo_store.samples(SAMPLE_NAME, "train")[:3]
+    good = json.dumps({"x": 1})
+    from mulcot.reasoning import Reasoning, parse_reasoning
+
+    made = {}
+    for s, label, kind in ((samples[0], samples[0]["label"], "right"),
+                           (samples[1], "positive" if samples[1]["label"] != "positive" else "negative", "wrong"),
+                           (samples[2], samples[2]["label"], "partial")):  # fmt: skip
+        text = Reasoning("t", "i", "c", "f", label).to_text()
+        if kind == "partial":
+            text = text.split("\n\n", 1)[1]
+        p = parse_reasoning(text)
+        made[kind] = demo_store.add_reasoning(sample_id=s["id"], source="assistant", model="asst", stage="expand",
+                                              raw=text, text=p.to_text(), fields=p.fields, prediction=p.prediction,
+                                              parse_status=p.status, run_id="asst", final=True)  # fmt: skip
+    assert good
+    d_a = {r["id"] for r in demo_store.assistant_set(SAMPLE_NAME, "train", "asst")}
+    assert made["right"] in d_a and made["wrong"] not in d_a and made["partial"] not in d_a
+    ref = resolve_run(demo_store, assistant.folder)
+    items = distill_items(demo_store, _dcfg(lambda: "unused", Path(assistant.folder).parent.parent), ref)
+    assert len(items) == 34 + len(d_a)  # D_all = D_t ∪ D_a
+
+
+def _batch_losses(demo_store, compact_model, tmp_path, assistant, modes):
+    """The distill loss of one fixed batch under each soft-label mode (and plain multi-task SFT)."""
+    model, processor, _ = load_model(compact_model())
+    model.eval()
+    collator = MultiTaskCollator(processor, "masc", max_pixels=56 * 56)
+    Trainer, _ = _trainer_classes()
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path / "o"), report_to=[], use_cpu=True, label_names=[])
+    ref = resolve_run(demo_store, assistant.folder)
+    items = distill_items(demo_store, _dcfg(compact_model, tmp_path), ref)[:2]
+    out = {}
+    for name, kw in modes.items():
+        cfg = _dcfg(compact_model, tmp_path, name=f"stud-{name}", **kw)
+        hook = None
+        if name != "sft":
+            hook = _SoftLabels(demo_store, cfg, ref, items, None)
+            hook.prepare(processor, collator, tmp_path / f"f-{name}")
+        trainer = Trainer(model=model, args=args, task_weights=(0.2, 0.8), single_pass=True, collator=collator,
+                          loss_hook=hook)  # fmt: skip
+        with torch.no_grad():
+            out[name] = trainer.compute_loss(model, items)
+        out[f"{name}-parts"] = {k: v[-1] for k, v in trainer._parts.items()}
+    return out
+
+
+def test_lambda_zero_is_sft_and_cached_equals_online(demo_store, compact_model, tmp_path, assistant):
+    losses = _batch_losses(demo_store, compact_model, tmp_path, assistant, {
+        "sft": {}, "zero": {"lam": 0.0, "soft_labels": "online"},
+        "online": {"lam": 0.3}, "cache": {"lam": 0.3, "soft_labels": "cache", "top_k": 10**6},
+    })  # fmt: skip
+    assert torch.equal(losses["zero"], losses["sft"])
+    assert losses["online-parts"]["kl_rea"] > 0
+    assert torch.allclose(losses["cache"], losses["online"], rtol=1e-5), (losses["cache"], losses["online"])
+    assert losses["cache"] != losses["sft"]
+
+
+def test_soft_labels_only_at_target_positions(demo_store, compact_model, tmp_path, assistant):
+    model, processor, _ = load_model(compact_model())
+    collator = MultiTaskCollator(processor, "masc", max_pixels=56 * 56)
+    ref = resolve_run(demo_store, assistant.folder)
+    items = distill_items(demo_store, _dcfg(compact_model, tmp_path), ref)[:2]
+    cfg = _dcfg(compact_model, tmp_path, top_k=8)
+    hook = _SoftLabels(demo_store, cfg, ref, items, None)
+    hook.prepare(processor, collator, tmp_path / "f")
+    batch = collator(items, (TASK_REA, TASK_CLS))
+    labels = batch.pop("labels")
+    batch.pop("task_ids")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    kl = hook.kl(items, (TASK_REA, TASK_CLS), batch, logits, labels)
+    mask = labels[:, 1:] != -100
+    assert (kl[~mask] == 0).all() and (kl[mask] > 0).all()
+    changed = logits.clone()
+    changed[~torch.nn.functional.pad(mask, (0, 1))] += 7.0  # every non-target position
+    assert torch.equal(hook.kl(items, (TASK_REA, TASK_CLS), batch, changed, labels), kl)
+    index = demo_store.soft_label_index("stud")
+    assert {item_key(items[0], TASK_CLS), item_key(items[0], TASK_REA)} <= set(index)
+    assert all(v["k"] == 8 for v in index.values())
+
+
+def test_tokenizer_mismatch_is_refused(demo_store, compact_model, tmp_path, assistant):
+    cfg = _dcfg(compact_model, tmp_path, model=str(compact_model("qwen3-vl")))
+    with pytest.raises(MulcotError, match="do not share a tokenizer"):
+        distill(demo_store, cfg)
+
+
+@pytest.mark.slow
+def test_end_to_end_teacher_assistant_expand_student(demo_store, compact_model, tmp_path, assistant):
+    summary = expand(demo_store, ExpandConfig(dataset=SAMPLE_NAME, assistant=assistant.folder, limit=6,
+                                              max_new_tokens=16, max_pixels=56 * 56))  # fmt: skip
+    assert summary.generated == 6
+    cfg = _dcfg(compact_model, tmp_path, epochs=2, max_train_items=16, batch_size=4, dev_split="dev",
+                max_dev_samples=4, top_k=16)  # fmt: skip
+    result = distill(demo_store, cfg)
+    log = [json.loads(x) for x in (Path(result.folder) / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert len(steps) == 8 and all("kl_rea" in r and "kl_cls" in r for r in steps)
+    assert sum(r["loss"] for r in steps[-4:]) < sum(r["loss"] for r in steps[:4])
+    run = demo_store.get_run("stud")
+    assert run["kind"] == "distill" and run["status"] == "done"
+    assert run["config"]["lam"] == 0.3 and run["config"]["tau"] == 2.0 and run["config"]["top_k"] == 16
+    assert (Path(result.folder) / "adapter" / "adapter_config.json").is_file()
+    assert list((Path(result.folder) / "soft_labels").glob("shard-*.safetensors"))
