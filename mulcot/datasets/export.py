@@ -97,3 +97,35 @@ def export_dataset(store: Store, dataset: str, fmt: str, out: TextIO | Path, *, 
         if isinstance(out, Path):
             stream.close()
     return n
+
+
+RATING_FORMATS = ("jsonl", "csv")
+RATING_FIELDS = (
+    "id", "dataset", "split", "key", "gold", "reasoning_id", "source", "model", "stage", "prompt_version", "run_id",
+    "prediction", "faithfulness", "usefulness", "comment", "rater", "created_at",
+)  # fmt: skip
+
+
+def export_ratings(store: Store, out: TextIO | Path, *, dataset: str | None = None, fmt: str = "jsonl") -> int:
+    """Write the human ratings of chains (``mulcot tui``), each with its chain and sample, as JSONL or CSV to
+    ``out`` (a path or an open text stream); ``dataset`` limits them to one dataset. Returns the rows written."""
+    import csv
+
+    if fmt not in RATING_FORMATS:
+        raise MulcotError(f"unknown ratings format '{fmt}': use {' or '.join(RATING_FORMATS)}")
+    if dataset is not None:
+        store.require_dataset(dataset)
+    rows = store.ratings(dataset=dataset)
+    stream = out.open("w", encoding="utf-8", newline="") if isinstance(out, Path) else out
+    try:
+        if fmt == "csv":
+            writer = csv.DictWriter(stream, fieldnames=RATING_FIELDS, extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            for row in rows:
+                stream.write(json.dumps({k: row[k] for k in RATING_FIELDS}, ensure_ascii=False) + "\n")
+    finally:
+        if isinstance(out, Path):
+            stream.close()
+    return len(rows)
