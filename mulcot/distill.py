@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mulcot.errors import MulcotError
+from mulcot.losses import prediction_mask
 from mulcot.runs import RunRef, resolve_run
 from mulcot.sft_data import TASK_CLS, TASK_REA, TrainItem, teacher_items
 from mulcot.store import Store
@@ -140,18 +141,20 @@ def build_soft_label_cache(store: Store, run_id: str, folder: Path, assistant: A
                 batch = collator(group, (task,))
                 labels = batch.pop("labels")
                 batch.pop("task_ids")
+                mask = prediction_mask(labels)
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with torch.inference_mode():
-                    logits = assistant(**batch).logits[:, :-1].float()
-                mask = labels[:, 1:] != -100
-                for row, item in enumerate(group):
-                    logp = torch.log_softmax(logits[row][mask[row].to(device)], dim=-1)
-                    k = min(top_k, logp.size(-1))
-                    top = logp.topk(k, dim=-1)
+                    logits = assistant(**batch, logits_to_keep=mask.to(device)).logits.float()
+                logp = torch.log_softmax(logits, dim=-1)
+                k = min(top_k, logp.size(-1))
+                top = logp.topk(k, dim=-1)
+                counts = mask.sum(dim=1).tolist()
+                for item, ids, values, n in zip(group, top.indices.split(counts), top.values.split(counts), counts,
+                                                strict=True):  # fmt: skip
                     key = item_key(item, task)
-                    tensors[f"{key}.ids"] = top.indices.to(torch.int32).cpu().contiguous()
-                    tensors[f"{key}.logprobs"] = top.values.to(torch.float32).cpu().contiguous()
-                    entries.append((key, int(mask[row].sum()), k))
+                    tensors[f"{key}.ids"] = ids.to(torch.int32).cpu().contiguous()
+                    tensors[f"{key}.logprobs"] = values.to(torch.float32).cpu().contiguous()
+                    entries.append((key, int(n), k))
             done += len(jobs)
             if progress:
                 progress(done, len(todo))
@@ -211,31 +214,31 @@ class _SoftLabels:
         del assistant, base
 
     def kl(self, items: list[TrainItem], tasks: tuple[int, ...], batch: dict[str, Any], student_logits: Any,
-           labels: Any) -> Any:  # fmt: skip
-        """Per-position KL [batch, seq-1] (zero off target positions) for the batch's sequences."""
+           mask: Any) -> Any:  # fmt: skip
+        """KL(p_a ‖ p_s) per target position ([N], the rows of ``student_logits`` = the True positions of ``mask``)."""
         import torch
 
         from mulcot.losses import kl_full, kl_topk
 
-        mask = labels[:, 1:] != -100
-        z_s = student_logits[:, :-1]
-        out = torch.zeros(mask.shape, device=z_s.device, dtype=torch.float32)
         if self.assistant is not None:
-            a_batch = {k: v.to(next(self.assistant.parameters()).device) for k, v in batch.items()}
+            device = next(self.assistant.parameters()).device
+            a_batch = {k: v.to(device) for k, v in batch.items()}
             with torch.no_grad():
-                z_a = self.assistant(**a_batch).logits[:, :-1].to(z_s.device)
-            return kl_full(z_s, z_a, self.config.tau) * mask
+                z_a = self.assistant(**a_batch, logits_to_keep=mask.to(device)).logits.to(student_logits.device)
+            return kl_full(student_logits, z_a, self.config.tau)
+        ids, logprobs = [], []
+        counts = mask.sum(dim=1).tolist()
         row = 0
         for task in tasks:
             for item in items:
-                ids, logprobs = self.cache.get(item_key(item, task))  # type: ignore[union-attr]
-                positions = mask[row].nonzero().flatten()
-                if len(positions) != ids.shape[0]:
+                i, lp = self.cache.get(item_key(item, task))  # type: ignore[union-attr]
+                if i.shape[0] != counts[row]:
                     raise MulcotError(
-                        f"cached soft labels for {item_key(item, task)} cover {ids.shape[0]} positions but the "
-                        f"student sees {len(positions)}: the tokenizers or prompts changed since the cache was built"
+                        f"cached soft labels for {item_key(item, task)} cover {i.shape[0]} positions but the "
+                        f"student sees {counts[row]}: the tokenizers or prompts changed since the cache was built"
                     )
-                out[row, positions] = kl_topk(z_s[row, positions], ids.to(z_s.device), logprobs.to(z_s.device),
-                                              self.config.tau)  # fmt: skip
+                ids.append(i)
+                logprobs.append(lp)
                 row += 1
-        return out
+        device = student_logits.device
+        return kl_topk(student_logits, torch.cat(ids).to(device), torch.cat(logprobs).to(device), self.config.tau)

@@ -1,6 +1,10 @@
 """The method's losses, each in one short function that mirrors its formula (DESIGN.md §1).
 
 Stage 2 (assistant):  L = λ_cls·CE_cls + λ_rea·CE_rea, CE over target tokens only (labels -100 elsewhere).
+
+Logits are only computed where a loss needs them: at the positions that predict a target token (``prediction_mask``),
+passed to the model as ``logits_to_keep``. With Qwen's 152k-token vocabulary the full [batch, seq, vocab] logits
+would dominate memory and, for small models, compute.
 """
 
 from __future__ import annotations
@@ -11,33 +15,38 @@ import torch.nn.functional as F
 from mulcot.sft_data import IGNORE, TASK_CLS, TASK_REA
 
 
-def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token next-token cross-entropy and its target mask, both [batch, seq-1] (position t predicts t+1)."""
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE
-    ce = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1).clamp(min=0),
-        reduction="none",
-    ).view_as(shift_labels)
-    return ce * mask, mask
+def prediction_mask(labels: torch.Tensor) -> torch.Tensor:
+    """[batch, seq] bool: the positions whose *next* token is a target (the only logits the losses need)."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != IGNORE
+    return mask
 
 
-def task_means(ce: torch.Tensor, mask: torch.Tensor, task_ids: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Mean per-token loss of each task over its target tokens in the batch (0 when a task has none)."""
+def position_tasks(mask: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+    """The task of each masked position, flattened in row-major order (as ``logits[mask]``)."""
+    return task_ids[:, None].expand_as(mask)[mask]
+
+
+def target_ce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per masked position: ``logits`` are [N, V], one row per True of ``mask`` in row-major order
+    (what the model returns with ``logits_to_keep=mask``; ``full_logits[mask]`` gives the same)."""
+    targets = labels[:, 1:][mask[:, :-1]]
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def task_means(values: torch.Tensor, tasks: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Mean of per-position ``values`` over each task's target positions in the batch (0 when a task has none)."""
     out = {}
     for task in (TASK_CLS, TASK_REA):
-        m = mask & (task_ids == task)[:, None]
-        out[task] = (ce * m).sum() / m.sum().clamp(min=1)
+        m = tasks == task
+        out[task] = (values * m).sum() / m.sum().clamp(min=1)
     return out
 
 
-def multitask_loss(logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor, w_cls: float,
-                   w_rea: float) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
-    """L = λ_cls·CE_cls + λ_rea·CE_rea over one batch that holds both tasks' sequences."""
-    ce, mask = token_ce(logits, labels)
-    parts = task_means(ce, mask, task_ids)
+def multitask_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, task_ids: torch.Tensor,
+                   w_cls: float, w_rea: float) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """L = λ_cls·CE_cls + λ_rea·CE_rea over one batch that holds both tasks' sequences (logits at ``mask``)."""
+    parts = task_means(target_ce(logits, labels, mask), position_tasks(mask, task_ids))
     loss = w_cls * parts[TASK_CLS] + w_rea * parts[TASK_REA]
     return loss, {"ce_cls": float(parts[TASK_CLS].detach()), "ce_rea": float(parts[TASK_REA].detach())}
 
@@ -64,11 +73,6 @@ def kl_topk(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs:
     log_ps = F.log_softmax(z_s / tau, dim=-1)
     log_pa = F.log_softmax(topk_logprobs.float() / tau, dim=-1)
     return (log_pa.exp() * (log_pa - log_ps)).sum(-1)
-
-
-def masked_task_mean(values: torch.Tensor, mask: torch.Tensor, task_ids: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Per-task mean of per-position ``values`` [batch, seq] over the masked positions."""
-    return task_means(values * mask, mask, task_ids)
 
 
 def distill_loss(

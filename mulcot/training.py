@@ -97,10 +97,9 @@ def selection_score(accuracy: float, f1: float) -> float:
 
 def _trainer_classes() -> tuple[type, type]:
     """Build the Trainer subclass and the callback lazily (transformers is heavy to import)."""
-    import torch
     from transformers import Trainer, TrainerCallback
 
-    from mulcot.losses import distill_loss, multitask_loss, task_means, token_ce
+    from mulcot.losses import distill_loss, multitask_loss, position_tasks, prediction_mask, target_ce, task_means
     from mulcot.sft_data import TASK_CLS, TASK_REA
 
     class MultiTaskTrainer(Trainer):
@@ -118,35 +117,35 @@ def _trainer_classes() -> tuple[type, type]:
             self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
             self._parts: dict[str, list[float]] = defaultdict(list)
 
-        def _forward(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            batch = self._prepare_inputs(batch)
-            labels = batch.pop("labels")
-            task_ids = batch.pop("task_ids")
-            logits = model(**batch).logits
-            return logits, labels, task_ids
+        def _forward(self, model: Any, items: Any, tasks: tuple[int, ...]) -> dict[str, Any]:
+            """Collate, run the model and return logits at the target-predicting positions only ([N, V])."""
+            batch = self._prepare_inputs(self.collator(items, tasks))
+            labels, task_ids = batch.pop("labels"), batch.pop("task_ids")
+            mask = prediction_mask(labels)
+            logits = model(**batch, logits_to_keep=mask).logits
+            return {"batch": batch, "labels": labels, "task_ids": task_ids, "mask": mask, "logits": logits}
 
         def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:  # fmt: skip
             w_cls, w_rea = self.task_weights
             tasks = tuple(t for t, w in ((TASK_REA, w_rea), (TASK_CLS, w_cls)) if w > 0)
             if self.loss_hook is not None:
-                batch = self._prepare_inputs(self.collator(inputs, tasks))
-                labels, task_ids = batch.pop("labels"), batch.pop("task_ids")
-                logits = model(**batch).logits
-                ce, mask = token_ce(logits, labels)
-                kl = self.loss_hook.kl(inputs, tasks, batch, logits, labels)
+                f = self._forward(model, inputs, tasks)
+                pos_tasks = position_tasks(f["mask"], f["task_ids"])
+                ce = target_ce(f["logits"], f["labels"], f["mask"])
+                kl = self.loss_hook.kl(inputs, tasks, f["batch"], f["logits"], f["mask"])
                 cfg = self.loss_hook.config
-                loss, parts = distill_loss(task_means(ce, mask, task_ids), task_means(kl, mask, task_ids), w_cls,
-                                           w_rea, cfg.lam, cfg.tau, cfg.tau_squared)  # fmt: skip
+                loss, parts = distill_loss(task_means(ce, pos_tasks), task_means(kl, pos_tasks), w_cls, w_rea,
+                                           cfg.lam, cfg.tau, cfg.tau_squared)  # fmt: skip
             elif self.single_pass or len(tasks) == 1:
-                logits, labels, task_ids = self._forward(model, self.collator(inputs, tasks))
-                loss, parts = multitask_loss(logits, labels, task_ids, w_cls, w_rea)
+                f = self._forward(model, inputs, tasks)
+                loss, parts = multitask_loss(f["logits"], f["labels"], f["mask"], f["task_ids"], w_cls, w_rea)
             else:  # one forward pass per task (to compare with the single pass)
                 means = {}
                 for task in tasks:
-                    logits, labels, task_ids = self._forward(model, self.collator(inputs, (task,)))
-                    ce, mask = token_ce(logits, labels)
-                    means[task] = task_means(ce, mask, task_ids)[task]
+                    f = self._forward(model, inputs, (task,))
+                    ce = target_ce(f["logits"], f["labels"], f["mask"])
+                    means[task] = task_means(ce, position_tasks(f["mask"], f["task_ids"]))[task]
                 zero = next(iter(means.values())) * 0
                 loss = w_cls * means.get(TASK_CLS, zero) + w_rea * means.get(TASK_REA, zero)
                 parts = {k: float(means.get(t, zero).detach()) for k, t in (("ce_cls", TASK_CLS), ("ce_rea", TASK_REA))}
@@ -277,6 +276,23 @@ def _save_adapter(model: Any, processor: Any, dest: Path, meta: dict[str, Any]) 
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp, dest)
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint that was written to the end (a kill during saving leaves one without its trainer
+    state); incomplete newer ones are removed so the Trainer's own rotation does not trip on them."""
+    if not folder.is_dir():
+        return None
+    found = sorted(
+        (p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for path in found:
+        if (path / "trainer_state.json").is_file() and any(path.glob("adapter_model.*")):
+            return path
+        shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def plot_curves(folder: Path) -> Path | None:
@@ -466,8 +482,8 @@ def _train(store: Store, config: TrainConfig, model: Any, processor: Any, task: 
 
     trainer.remove_callback(PrinterCallback)  # progress goes through our callback; stdout stays clean for --json
     trainer.remove_callback(ProgressCallback)
-    has_checkpoint = any((folder / "checkpoints").glob("checkpoint-*")) if (folder / "checkpoints").exists() else False
-    output = trainer.train(resume_from_checkpoint=True if resume and has_checkpoint else None)
+    checkpoint = last_complete_checkpoint(folder / "checkpoints") if resume else None
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if callback.best is None:  # no dev split: the last state is the result
         save_best(trainer.model, {"epoch": trainer.state.epoch, "step": trainer.state.global_step})
     _atomic_copy(folder / "best", folder / "adapter")

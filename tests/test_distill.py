@@ -11,6 +11,7 @@ import torch
 from mulcot.distill import DistillConfig, _SoftLabels, distill, distill_items, item_key
 from mulcot.errors import MulcotError
 from mulcot.expand import ExpandConfig, expand
+from mulcot.losses import prediction_mask
 from mulcot.models import load_model
 from mulcot.runs import resolve_run
 from mulcot.sample import SAMPLE_NAME
@@ -122,14 +123,19 @@ def test_soft_labels_only_at_target_positions(demo_store, compact_model, tmp_pat
     batch = collator(items, (TASK_REA, TASK_CLS))
     labels = batch.pop("labels")
     batch.pop("task_ids")
+    mask = prediction_mask(labels)
     with torch.no_grad():
-        logits = model(**batch).logits
-    kl = hook.kl(items, (TASK_REA, TASK_CLS), batch, logits, labels)
-    mask = labels[:, 1:] != -100
-    assert (kl[~mask] == 0).all() and (kl[mask] > 0).all()
-    changed = logits.clone()
-    changed[~torch.nn.functional.pad(mask, (0, 1))] += 7.0  # every non-target position
-    assert torch.equal(hook.kl(items, (TASK_REA, TASK_CLS), batch, changed, labels), kl)
+        full = model(**batch).logits
+    kl = hook.kl(items, (TASK_REA, TASK_CLS), batch, full[mask], mask)
+    assert kl.shape == (int(mask.sum()),) and (kl > 0).all()
+    # the KL reads the student's logits at target-predicting positions only
+    changed = full.clone()
+    changed[~mask] += 7.0
+    assert torch.equal(hook.kl(items, (TASK_REA, TASK_CLS), batch, changed[mask], mask), kl)
+    # and the model computes exactly those logits when asked with logits_to_keep
+    with torch.no_grad():
+        kept = model(**batch, logits_to_keep=mask).logits
+    assert torch.allclose(kept, full[mask], atol=1e-5)
     index = demo_store.soft_label_index("stud")
     assert {item_key(items[0], TASK_CLS), item_key(items[0], TASK_REA)} <= set(index)
     assert all(v["k"] == 8 for v in index.values())

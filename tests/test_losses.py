@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from mulcot.losses import multitask_loss, token_ce
+from mulcot.losses import multitask_loss, position_tasks, prediction_mask, target_ce, task_means
 from mulcot.sft_data import IGNORE, TASK_CLS, TASK_REA
 
 
@@ -25,35 +25,51 @@ def _nll(logits, row, pos, target):
     return -(z[target] - torch.logsumexp(z, 0)).item()
 
 
+def _loss(logits, labels, task_ids, w_cls, w_rea):
+    """The loss as training computes it: logits only at the target-predicting positions."""
+    mask = prediction_mask(labels)
+    return multitask_loss(logits[mask], labels, mask, task_ids, w_cls, w_rea)
+
+
+def test_prediction_mask_and_flat_order():
+    logits, labels, task_ids = _fixed_batch()
+    mask = prediction_mask(labels)
+    assert mask.nonzero().tolist() == [[0, 1], [0, 2], [1, 2], [1, 3], [2, 3]]
+    assert position_tasks(mask, task_ids).tolist() == [TASK_REA] * 4 + [TASK_CLS]
+    ce = target_ce(logits[mask], labels, mask)
+    assert math.isclose(ce[0].item(), _nll(logits, 0, 2, 1), rel_tol=1e-6)
+    assert math.isclose(ce[-1].item(), _nll(logits, 2, 4, 6), rel_tol=1e-6)
+    means = task_means(ce, position_tasks(mask, task_ids))
+    assert math.isclose(means[TASK_CLS].item(), ce[-1].item(), rel_tol=1e-6)
+
+
 def test_weighted_ce_by_hand():
     logits, labels, task_ids = _fixed_batch()
     rea = [_nll(logits, 0, 2, 1), _nll(logits, 0, 3, 2), _nll(logits, 1, 3, 4), _nll(logits, 1, 4, 5)]
     cls = [_nll(logits, 2, 4, 6)]
     expected = 0.2 * sum(cls) / len(cls) + 0.8 * sum(rea) / len(rea)
-    loss, parts = multitask_loss(logits, labels, task_ids, 0.2, 0.8)
+    loss, parts = _loss(logits, labels, task_ids, 0.2, 0.8)
     assert math.isclose(loss.item(), expected, rel_tol=1e-6)
     assert math.isclose(parts["ce_cls"], cls[0], rel_tol=1e-6)
     assert math.isclose(parts["ce_rea"], sum(rea) / 4, rel_tol=1e-6)
-    loss_11, _ = multitask_loss(logits, labels, task_ids, 0.5, 0.5)
+    loss_11, _ = _loss(logits, labels, task_ids, 0.5, 0.5)
     assert math.isclose(loss_11.item(), 0.5 * cls[0] + 0.5 * sum(rea) / 4, rel_tol=1e-6)
 
 
 def test_only_target_positions_count():
     logits, labels, task_ids = _fixed_batch()
-    before, _ = multitask_loss(logits, labels, task_ids, 0.2, 0.8)
+    before, _ = _loss(logits, labels, task_ids, 0.2, 0.8)
     changed = logits.clone()
     changed[0, 3:] += 100.0  # row 0 predicts its targets from positions 1 and 2 only
     changed[2, :3] -= 50.0  # row 2's single target is predicted from position 3
-    after, _ = multitask_loss(changed, labels, task_ids, 0.2, 0.8)
+    after, _ = _loss(changed, labels, task_ids, 0.2, 0.8)
     assert torch.allclose(before, after)
-    ce, mask = token_ce(logits, labels)
-    assert mask.sum() == 5 and (ce[~mask] == 0).all()
 
 
 def test_task_without_tokens_contributes_zero():
     logits, labels, task_ids = _fixed_batch()
-    only_rea = multitask_loss(logits[:2], labels[:2], task_ids[:2], 0.2, 0.8)[0]
-    assert math.isclose(only_rea.item(), 0.8 * multitask_loss(logits, labels, task_ids, 0, 1)[0].item(), rel_tol=1e-6)
+    only_rea = _loss(logits[:2], labels[:2], task_ids[:2], 0.2, 0.8)[0]
+    assert math.isclose(only_rea.item(), 0.8 * _loss(logits, labels, task_ids, 0, 1)[0].item(), rel_tol=1e-6)
 
 
 def test_kl_full_by_hand_and_vocab_prefix():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,9 @@ from typing import Any
 import torch
 
 from mulcot.errors import ModelError, NotFoundError
+
+# peft asks transformers a deprecated question about every model it wraps; the warning is theirs, not the user's.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 # model_type in config.json → mulcot family name
 FAMILIES: dict[str, str] = {
