@@ -1,8 +1,5 @@
-"""The embedded demo: what ``mulcot demo`` runs on the bundled real sample.
-
-Today it covers the stages that exist: import of the 60-post Twitter-2015 sample (TSV and the authors' JSON with
-teacher chains, attached to the same samples) and the dataset statistics. The later stages (annotate,
-train-assistant, expand, distill, eval, export) join it as they land.
+"""The embedded sample in a store, teacher chains included: the starting point of tests, benchmarks and the TUI's
+examples (``mulcot demo`` itself runs the whole pipeline through the bundled tiny-cpu recipe).
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ class DemoResult:
 
 
 def run_demo(store: Store, name: str = SAMPLE_NAME) -> DemoResult:
-    """Import the embedded sample (samples, then the teacher chains) and return its statistics."""
+    """Import the embedded sample (samples, then the authors' teacher chains) and return its statistics."""
     samples = import_dataset(store, "twitter-tsv", SAMPLE_DIR, name=name)
     chains = import_dataset(store, "mulcot-json", SAMPLE_DIR / "chains", name=name, images=SAMPLE_DIR / "images")
     return DemoResult(dataset=name, imports=[samples, chains], stats=store.dataset_stats(name))

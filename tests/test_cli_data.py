@@ -1,4 +1,4 @@
-"""`mulcot data …` and `mulcot demo` through the CLI."""
+"""`mulcot data …` through the CLI."""
 
 import json
 
@@ -45,9 +45,15 @@ def test_list_empty_and_unknown_dataset(tmp_path):
     assert r.exit_code == 1 and "no dataset named 'nope'" in r.output
 
 
+def _sample_with_chains(db):
+    _invoke("data", "import", "twitter-tsv", SAMPLE_DIR, "--name", SAMPLE_NAME, "--db", db)
+    return _invoke("data", "import", "mulcot-json", SAMPLE_DIR / "chains", "--name", SAMPLE_NAME, "--images",
+                   SAMPLE_DIR / "images", "--db", db).stdout  # fmt: skip
+
+
 def test_export_jsonl_and_sharegpt(tmp_path):
     db = tmp_path / "m.db"
-    _invoke("demo", "--db", db)
+    _sample_with_chains(db)
     lines = _invoke("data", "export", SAMPLE_NAME, "--format", "jsonl", "--split", "train", "--db", db).stdout
     records = [json.loads(x) for x in lines.splitlines()]
     assert len(records) == 36 and all(len(r["chains"]) == 1 for r in records)
@@ -67,11 +73,11 @@ def test_export_jsonl_and_sharegpt(tmp_path):
     assert len(json.loads(every.read_text())) == 36 + 36
 
 
-def test_demo_is_idempotent(tmp_path):
+def test_reimport_of_chains_is_idempotent(tmp_path):
     db = tmp_path / "demo.db"
-    first = " ".join(_invoke("demo", "--db", db).stdout.split())
-    assert "teacher chains added 60" in first
-    second = " ".join(_invoke("demo", "--db", db).stdout.split())
-    assert "teacher chains added 0, already stored 60" in second
+    first = " ".join(_sample_with_chains(db).split())
+    assert "chains added 60" in first
+    second = " ".join(_sample_with_chains(db).split())
+    assert "chains added 0, already stored 60" in second
     with Store.open(db) as s:
         assert s.dataset_stats(SAMPLE_NAME)["samples"] == 60

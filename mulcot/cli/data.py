@@ -158,11 +158,23 @@ def export(
         bool,
         typer.Option("--all-chains", help="sharegpt: keep chains whose Prediction is not the gold label."),
     ] = False,
+    ratings: Annotated[
+        bool,
+        typer.Option("--ratings", help="Write the human ratings of this dataset's chains (from mulcot tui) "
+                     "instead: JSONL, or CSV with --format csv."),
+    ] = False,
     db: DbOption = None,
 ) -> None:
     """Export a dataset as JSONL (samples + chains) or ShareGPT (LLaMA-Factory, <image> placeholders)."""
     store = open_store(db)
     target = out if out is not None else sys.stdout
+    if ratings:
+        from mulcot.datasets.export import export_ratings
+
+        n = export_ratings(store, target, dataset=name, fmt=fmt)
+        if out is not None:
+            console.print(f"wrote {n} ratings to {out}", highlight=False)
+        return
     n = export_dataset(store, name, fmt, target, split=split, source=source, correct_only=not all_chains)
     if out is not None:
         console.print(f"wrote {n} records to {out}", highlight=False)
