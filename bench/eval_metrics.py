@@ -2,8 +2,11 @@
 scored against a shuffled copy of themselves (every prediction gets another sample's reasoning as reference).
 
 Model loading (Sim model, WordNet's first load) is timed apart from scoring. Goal: scoring < 30 s on 2 cores.
+With ``--cache``, Sim embeddings go through the on-disk embedding cache (mulcot.metrics.EmbeddingCache) in a
+fresh folder (or ``--cache-dir``) and the scoring runs twice: cold (everything embedded and written to the cache),
+then warm (everything read back) — what a repeated evaluation against the same teacher references costs.
 
-    .venv/bin/python bench/eval_metrics.py [--threads 2] [--json out.json]
+    .venv/bin/python bench/eval_metrics.py [--threads 2] [--cache [--cache-dir DIR]] [--json out.json]
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", action="store_true", help="also corpus-level BLEU / Distinct")
     ap.add_argument("--nltk-data", type=Path, default=None, help="nltk data dir holding WordNet")
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    ap.add_argument("--cache", action="store_true", help="score cold then warm through the embedding cache")
+    ap.add_argument("--cache-dir", type=Path, default=None, help="embedding cache folder (default: a fresh temp one)")
     args = ap.parse_args(argv)
 
     from rich.console import Console
@@ -76,12 +81,27 @@ def main(argv: list[str] | None = None) -> int:
     M.reasoning_metrics(["warm up the tokenizers ."], ["warm up ."], metrics=["bleu", "distinct_1"])
     load["warm_up"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    scores = M.reasoning_metrics(chains, shuffled, corpus=args.corpus, nltk_data_dir=args.nltk_data)
-    wall = time.perf_counter() - t
+    cache_runs: list[dict] = []
+    if args.cache:
+        import tempfile
 
+        cache_dir = args.cache_dir or Path(tempfile.mkdtemp(prefix="mulcot-emb-"))
+        for label in ("cold", "warm"):
+            t = time.perf_counter()
+            scores = M.reasoning_metrics(
+                chains, shuffled, corpus=args.corpus, nltk_data_dir=args.nltk_data, embedding_cache=cache_dir
+            )
+            cache_runs.append({"run": label, "scoring_wall_s": time.perf_counter() - t,
+                               "sim_s": scores.score_seconds.get("sim"), **(scores.sim_cache or {})})  # fmt: skip
+        wall = cache_runs[-1]["scoring_wall_s"]
+    else:
+        t = time.perf_counter()
+        scores = M.reasoning_metrics(chains, shuffled, corpus=args.corpus, nltk_data_dir=args.nltk_data)
+        wall = time.perf_counter() - t
+
+    warm = " (warm embedding cache)" if cache_runs else ""
     table = Table(
-        title=f"reasoning metrics: {len(chains)} chains vs a shuffled copy ({args.threads} threads)"
+        title=f"reasoning metrics: {len(chains)} chains vs a shuffled copy ({args.threads} threads){warm}"
     )
     table.add_column("metric")
     table.add_column("mean", justify="right")
@@ -112,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     for m, why in scores.unavailable.items():
         console.print(f"[yellow]{m}: {why}[/yellow]")
+    if cache_runs:
+        cache_table = Table(title=f"embedding cache {cache_runs[0].get('dir')}")
+        for col in ("run", "scoring wall s", "sim s", "texts cached", "texts embedded"):
+            cache_table.add_column(col, justify="left" if col == "run" else "right")
+        for r in cache_runs:
+            cache_table.add_row(r["run"], f"{r['scoring_wall_s']:.2f}", f"{r['sim_s']:.2f}", str(r.get("cached")),
+                                str(r.get("embedded")))  # fmt: skip
+        console.print(cache_table)
 
     if args.json:
         result = {
@@ -130,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             "goal_s": GOAL_S,
             "goal_met": ok,
             "load_s": {**load, "imports": import_s},
+            "embedding_cache_runs": cache_runs,
             "scores": scores.to_dict(),
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

