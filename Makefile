@@ -17,6 +17,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	PYTHON=$(BIN)/python bash scripts/setup-wordnet.sh || echo "WordNet not installed: METEOR will be reported as unavailable"
+	# llama.cpp's converter from the installed llama-cpp-python's sdist, and the Qwen2 tokenizer the tiny models use
+	$(BIN)/python -c "from mulcot.models.tiny import tokenizer_dir; tokenizer_dir()"
 	touch $@
 
 install: $(VENV)/.installed
@@ -31,4 +33,4 @@ lint: install
 	$(BIN)/ruff check mulcot tests bench scripts
 
 clean:
-	rm -rf $(VENV) .pytest_cache mulcot-demo.db
+	rm -rf $(VENV) .pytest_cache mulcot-demo.db mulcot-demo-runs

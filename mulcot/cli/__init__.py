@@ -8,7 +8,8 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from mulcot import __version__
-from mulcot.cli import annotate, data, demo, distill, train
+from mulcot.cli import annotate, data, distill, export, models, predict, run, train, tui
+from mulcot.cli import eval as eval_cli
 from mulcot.cli.common import err_console
 from mulcot.errors import MulcotError
 
@@ -36,19 +37,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+# in pipeline order: data, the six stages, then the whole pipeline and the tools
 app.add_typer(data.app, name="data")
 app.command("annotate")(annotate.annotate)
 app.command("train-assistant")(train.train_assistant)
 app.command("expand")(distill.expand)
 app.command("distill")(distill.distill)
-app.command("demo")(demo.demo)
-
-try:  # model commands need the heavy ML stack; the data commands work without it
-    from mulcot.cli import models as _models
-except ImportError:  # pragma: no cover - only when the models module is absent
-    _models = None
-if _models is not None:
-    app.add_typer(_models.app, name="models")
+app.add_typer(eval_cli.app, name="eval")
+app.command("export")(export.export)
+app.command("predict")(predict.predict)
+app.command("run")(run.run)
+app.command("demo")(run.demo)
+app.command("tui")(tui.tui)
+app.command("doctor")(run.doctor)
+app.add_typer(models.app, name="models")
 
 
 def _version(value: bool) -> None:
