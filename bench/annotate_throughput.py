@@ -1,8 +1,9 @@
 """Annotation throughput against a local OpenAI-compatible server with a fixed latency per request.
 
 N real Twitter-2015 training posts (with their images, base64-encoded per request as in a real run) are annotated
-at several concurrency levels; the server answers every request with a valid chain after a fixed delay, so the
-numbers measure mulcot's own overhead and its use of concurrency. Concurrency 1 is what the authors' loop does.
+at several concurrency levels; the server (in its own process, as a remote teacher would be) answers every request
+with a valid chain after a fixed delay, so the numbers measure mulcot's own overhead and its use of concurrency.
+Concurrency 1 is what the authors' loop does.
 
     python bench/annotate_throughput.py [--n 500] [--latency 0.2] [--levels 1,4,16,64] [--json]
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -24,8 +27,22 @@ from mulcot.datasets import import_dataset
 from mulcot.reasoning import Reasoning
 from mulcot.sample import SAMPLE_DIR
 from mulcot.store import Store
+from mulcot.teacher import TeacherConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "twitter2015"
+
+
+def _serve(gold: dict, latency: float, queue) -> None:
+    """The teacher: a local OpenAI-compatible server answering every prompt with a valid chain after ``latency``."""
+
+    def responder(body: dict) -> Reply:
+        label = gold[post_of(body)]
+        text = Reasoning("Text.", "Image.", "No conflict.", f"Overall {label}.", label).to_text()
+        return Reply(text=text, delay_s=latency)
+
+    server = ChatServer(responder).start()
+    queue.put(server.base_url)
+    threading.Event().wait()
 
 
 def main() -> None:
@@ -44,22 +61,19 @@ def main() -> None:
         n = min(args.n, len(store.samples("bench", "train")))
         gold = {(s["text"], s["aspect"]): s["label"] for s in store.samples("bench", "train")}
 
-        def responder(body: dict) -> Reply:
-            label = gold[post_of(body)]
-            text = Reasoning("Text.", "Image.", "No conflict.", f"Overall {label}.", label).to_text()
-            return Reply(text=text, delay_s=args.latency)
-
+        queue: mp.Queue = mp.Queue()
+        server = mp.Process(target=_serve, args=(gold, args.latency, queue), daemon=True)
+        server.start()
+        base_url = queue.get(timeout=60)
         rows = []
-        with ChatServer(responder) as server:
+        try:
             for level in levels:
-                from mulcot.teacher import TeacherConfig
-
                 cfg = AnnotateConfig(
                     dataset="bench",
                     split="train",
                     limit=n,
                     concurrency=level,
-                    teacher=TeacherConfig(model=f"bench-c{level}", base_url=server.base_url, api_key="x"),
+                    teacher=TeacherConfig(model=f"bench-c{level}", base_url=base_url, api_key="x"),
                 )
                 start = time.perf_counter()
                 summary = annotate(store, cfg)
@@ -67,6 +81,8 @@ def main() -> None:
                 assert summary.predicted == n, summary
                 rows.append({"concurrency": level, "samples": n, "wall_s": round(wall, 2),
                              "samples_per_s": round(n / wall, 2)})  # fmt: skip
+        finally:
+            server.terminate()
         base = rows[0]["samples_per_s"]
         for r in rows:
             r["speedup"] = round(r["samples_per_s"] / base, 2)

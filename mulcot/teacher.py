@@ -156,7 +156,10 @@ class Teacher:
     async def complete(self, prompt: str, image_url: str | None = None) -> Completion:
         """One chat completion, retrying transient HTTP failures; raises :class:`TeacherError` when it gives up."""
         oa = self._openai
-        kwargs: dict[str, Any] = {"model": self.config.model, "messages": self.messages(prompt, image_url),
+        # The messages travel as extra_body: the SDK would otherwise walk the whole payload, base64 image included,
+        # through its typed transform (~8 ms of CPU per request, the largest cost of a request on our side).
+        kwargs: dict[str, Any] = {"model": self.config.model, "messages": [],
+                                  "extra_body": {"messages": self.messages(prompt, image_url)},
                                   "max_tokens": self.config.max_tokens}  # fmt: skip
         if self.config.temperature is not None:
             kwargs["temperature"] = self.config.temperature
