@@ -23,6 +23,9 @@ def config(size: str) -> Any:
     t.hidden_size, t.num_hidden_layers, t.num_attention_heads = spec["hidden"], spec["layers"], spec["heads"]
     t.num_key_value_heads, t.intermediate_size = spec["kv"], spec["inter"]
     t.head_dim = spec["hidden"] // spec["heads"]
+    t.layer_types = ["full_attention"] * spec["layers"]
+    half = t.head_dim // 2  # mrope splits the rotary half-dimension into (temporal, height, width) like Qwen's 16/24/24
+    t.rope_parameters["mrope_section"] = [half // 4, 3 * half // 8, half - half // 4 - 3 * half // 8]
     t.initializer_range = 0.02
     v = cfg.vision_config
     v.depth, v.hidden_size, v.out_hidden_size = spec["vdepth"], spec["vhidden"], spec["hidden"]

@@ -91,7 +91,7 @@ def steps(work: Path, mode: str, n_steps: int, batch: int) -> dict:
         loss.backward()
         opt.step()
         opt.zero_grad()
-        return float(loss)
+        return loss.item()
 
     step(items[:batch])
     start = time.perf_counter()

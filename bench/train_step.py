@@ -57,7 +57,7 @@ def worker(size: str, mode: str, steps: int, batch: int, processor_dir: str) -> 
         loss.backward()
         opt.step()
         opt.zero_grad()
-        return float(loss)
+        return loss.item()
 
     step(items[:batch])  # warm-up
     torch.manual_seed(0)
