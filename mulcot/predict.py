@@ -49,7 +49,7 @@ class PredictConfig:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
-    n_threads: int | None = None  # llama.cpp threads (default: all cores)
+    n_threads: int | None = None  # llama.cpp threads (default: llama-cpp-python's, half the logical cores)
     ctx: int = 4096  # llama.cpp context length
     max_pixels: int = DEFAULT_MAX_PIXELS  # images are downsized (aspect kept) to at most this many pixels
     image_max_side: int | None = None  # ... and to at most this many pixels on their longer side
@@ -273,7 +273,7 @@ class GGUFBackend:
                     sent = yield token
 
         self._llama_cpp = llama_cpp
-        threads = self.config.n_threads or os.cpu_count() or 1
+        threads = self.config.n_threads  # None: llama-cpp-python's defaults
         handler = None
         if self.mmproj_path is not None:
             try:
@@ -287,9 +287,10 @@ class GGUFBackend:
         except (ValueError, RuntimeError, OSError) as err:
             raise ModelError(f"llama.cpp cannot load {self.model_path} (corrupt or unsupported GGUF?): {err}") from err
         self.handler = handler
-        if handler is not None:
+        init = getattr(handler, "_init_mtmd_context", None)  # llama-cpp-python loads the projector lazily
+        if init is not None:
             try:
-                handler._init_mtmd_context(self.llm)  # load the projector now, so a bad one fails here
+                init(self.llm)  # load the projector now, so a bad one fails here
             except (ValueError, RuntimeError, OSError) as err:
                 self.close()
                 detail = _last_log()

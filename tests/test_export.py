@@ -318,7 +318,7 @@ def test_llama_cpp_and_transformers_give_the_same_first_tokens(
     # random weights may pick special tokens or the output layer's padding rows (ids past the tokenizer): bytes
     # are compared over the ordinary tokens
     plain = [i for i in expected if i < len(tok) and i not in tok.all_special_ids]
-    with GGUFBackend(result.text_gguf, result.mmproj_gguf, PredictConfig(max_tokens=N_TOKENS, n_threads=2)) as gg:
+    with GGUFBackend(result.text_gguf, result.mmproj_gguf, PredictConfig(max_tokens=N_TOKENS, n_threads=1)) as gg:
         got = gg.generate_one(prompt, image)
         raw_bytes = gg.token_bytes(plain)
     assert got.token_ids == expected
@@ -339,7 +339,7 @@ def test_quantized_files_load_and_generate(family: str, exported: Callable[[str]
     for q in ("q8_0", "q4_k_m"):
         path = result.quantized[q]
         assert Path(path).stat().st_size < Path(result.text_gguf).stat().st_size
-        with GGUFBackend(path, result.mmproj_gguf, PredictConfig(max_tokens=5, n_threads=2, ignore_eos=True)) as gg:
+        with GGUFBackend(path, result.mmproj_gguf, PredictConfig(max_tokens=5, n_threads=1, ignore_eos=True)) as gg:
             assert gg.info["file_type"] == QUANT_TYPES[q]
             got = gg.generate_one(prompt, _image(SIDE[family]))
         assert got.tokens_out == 5 and len(got.token_ids) == 5
@@ -406,7 +406,8 @@ def test_corrupt_or_missing_mmproj_is_one_clear_line(tmp_path: Path, exported: C
     runner = CliRunner()
 
     def run(*args: str) -> Any:
-        return runner.invoke(_cli(), ["predict", *args, "--image", str(image), "--text", "a post", "--max-tokens", "4"])
+        return runner.invoke(_cli(), ["predict", *args, "--image", str(image), "--text", "a post", "--max-tokens", "4",
+                                      "--n-threads", "1"])  # fmt: skip
 
     def one_line_error(r: Any, *needles: str) -> None:
         assert r.exit_code != 0, r.output
@@ -433,7 +434,8 @@ def test_predict_single_post_gguf_and_hf_agree(tmp_path: Path, exported: Callabl
     result = exported("qwen2.5-vl")
     image = tmp_path / "post.png"
     _image(224).save(image)
-    common = ["--image", str(image), "--text", POST[0], "--aspect", POST[1], "--max-tokens", "12", "--json"]
+    common = ["--image", str(image), "--text", POST[0], "--aspect", POST[1], "--max-tokens", "12", "--n-threads", "1",
+              "--json"]  # fmt: skip
     runner = CliRunner()
     gg = runner.invoke(_cli(), ["predict", "--gguf", result.out, "--quant", "f16", *common])
     assert gg.exit_code == 0, gg.output
@@ -453,7 +455,7 @@ def test_predict_batch_stores_student_gguf_chains_and_resumes(demo_store: Any, e
     from mulcot.sample import SAMPLE_NAME
 
     result = exported("qwen2.5-vl")
-    config = PredictConfig(max_tokens=8, label_max_tokens=4, n_threads=2, max_pixels=56 * 56)
+    config = PredictConfig(max_tokens=8, label_max_tokens=4, n_threads=1, max_pixels=56 * 56)
     seen: list[int] = []
     with GGUFBackend(result.text_gguf, result.mmproj_gguf, config) as gg:
         summary = predict_dataset(demo_store, gg, SAMPLE_NAME, "test", limit=3, prompts=("cot", "label"),
@@ -480,7 +482,7 @@ def test_predict_batch_stores_student_gguf_chains_and_resumes(demo_store: Any, e
 
     # the CLI resumes it: 3 already there, 1 more
     r = CliRunner().invoke(_cli(), ["predict", "--gguf", result.text_gguf, "--dataset", SAMPLE_NAME, "--split", "test",
-                                    "--limit", "4", "--max-tokens", "8", "--max-pixels", "3136", "--n-threads", "2",
+                                    "--limit", "4", "--max-tokens", "8", "--max-pixels", "3136", "--n-threads", "1",
                                     "--db", str(demo_store.path), "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
     again = json.loads(r.stdout)

@@ -47,7 +47,9 @@ def predict(
     temperature: Annotated[float, typer.Option(help="0 is greedy decoding.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling (temperature > 0).")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    n_threads: Annotated[int | None, typer.Option(help="llama.cpp threads (default: all cores).")] = None,
+    n_threads: Annotated[
+        int | None, typer.Option(help="llama.cpp threads (default: half the logical cores, as llama-cpp-python).")
+    ] = None,
     ctx: Annotated[int, typer.Option(help="llama.cpp context length (tokens).")] = 4096,
     max_pixels: Annotated[int, typer.Option(help="Downsize images to at most this many pixels.")] = 280 * 280,
     image_max_side: Annotated[int | None, typer.Option(help="... and to at most this long a side.")] = None,
