@@ -78,8 +78,11 @@ def _config(size: str, text_layers: int | None) -> Any:
         cfg.vision_config.initializer_range = 0.02
     if text_layers:
         cfg.text_config.num_hidden_layers = text_layers
-        if hasattr(cfg.text_config, "layer_types") and cfg.text_config.layer_types:
-            cfg.text_config.layer_types = cfg.text_config.layer_types[:text_layers]
+    n = cfg.text_config.num_hidden_layers
+    if getattr(cfg.text_config, "layer_types", None) is not None:  # derived from the tiny config's layer count
+        cfg.text_config.layer_types = ["full_attention"] * n
+    if getattr(cfg.text_config, "max_window_layers", None) is not None:
+        cfg.text_config.max_window_layers = n
     return cfg
 
 
@@ -130,13 +133,13 @@ def _prompt() -> tuple[str, str]:
     return get_prompt("cot", "masc").render(text.replace("$T$", aspect), aspect), str(image)
 
 
-def child_llama(gguf: str, mmproj: str, tokens: int, threads: int) -> dict[str, Any]:
+def child_llama(gguf: str, mmproj: str, tokens: int, threads: int, ctx: int) -> dict[str, Any]:
     from mulcot.predict import GGUFBackend, PredictConfig, prepare_image
 
     prompt, image_path = _prompt()
     image = prepare_image(image_path, max_pixels=SIDE * SIDE)
     t0 = time.perf_counter()
-    backend = GGUFBackend(gguf, mmproj, PredictConfig(max_tokens=tokens, n_threads=threads, ctx=4096,
+    backend = GGUFBackend(gguf, mmproj, PredictConfig(max_tokens=tokens, n_threads=threads, ctx=ctx,
                                                       ignore_eos=True))  # fmt: skip
     load = time.perf_counter() - t0
     inner, marks = backend.llm.generate, []
@@ -269,7 +272,7 @@ def prepare(size: str, work: Path, quants: list[str], text_layers: int | None, q
         t0 = time.time()
         res, rss, err = _spawn(["_build", size, str(model_dir), str(text_layers or 0)], timeout=7200)
         if res is None:
-            raise SystemExit(f"building {tag} failed: {err}")
+            raise RuntimeError(f"building {tag} failed: {err[-500:]}")
         _say(f"[{tag}] built {res['params'] / 1e9:.2f} B parameters in {time.time() - t0:.0f} s", quiet)
     meta = json.loads((model_dir / "bench.json").read_text())
     q = [x for x in quants if x != "f16"]
@@ -286,10 +289,10 @@ def prepare(size: str, work: Path, quants: list[str], text_layers: int | None, q
 
 
 def measure(size: str, prep: dict[str, Any], quants: list[str], hf: list[str], tokens: int, threads: int,
-            quiet: bool) -> list[dict[str, Any]]:  # fmt: skip
+            ctx: int, quiet: bool) -> list[dict[str, Any]]:  # fmt: skip
     rows: list[dict[str, Any]] = []
     params = prep["params"]
-    plan = [("llama.cpp", q, ["_llama", prep["gguf"][q], prep["mmproj"], str(tokens), str(threads)],
+    plan = [("llama.cpp", q, ["_llama", prep["gguf"][q], prep["mmproj"], str(tokens), str(threads), str(ctx)],
              prep["sizes"][q] + Path(prep["mmproj"]).stat().st_size) for q in quants]  # fmt: skip
     plan += [("transformers", d, ["_hf", prep["model_dir"], d, str(tokens), str(threads)],
               params * (4 if d == "fp32" else 2)) for d in hf]  # fmt: skip
@@ -399,6 +402,8 @@ def render(report: dict[str, Any]) -> None:
             console.print(f"Goal (Q4_K_M ≥ {GOAL_SPEED:.0f}x faster and ≤ {GOAL_MEMORY:.2f} of the memory of "
                           f"transformers fp32): {verdict} — {goal['speedup']:.2f}x ({goal['basis']}), "
                           f"{goal['memory']:.2f} of the memory")  # fmt: skip
+    for size, err in report.get("errors", {}).items():
+        console.print(f"[red]{size}: not measured: {err}[/]")
     console.print("Wall-clock figures count time lost to other processes on the machine (load avg column); CPU "
                   "time does not, and with --threads 1 it equals the wall time on an idle core.")  # fmt: skip
 
@@ -410,6 +415,7 @@ def main() -> None:
     parser.add_argument("--quants", default="f16,q8_0,q4_k_m", help="GGUF types to measure")
     parser.add_argument("--hf", default="fp32,bf16", help="transformers dtypes to measure (fp32 is the baseline)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--ctx", type=int, default=2048, help="llama.cpp context (the request needs ~700 tokens)")
     parser.add_argument("--text-layers", type=int, default=None, help="fewer language-model layers, real widths")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "mulcot-edge-bench")
     parser.add_argument("--clean", action="store_true", help="delete the built models and GGUFs afterwards")
@@ -424,11 +430,17 @@ def main() -> None:
             parser.error(f"unknown size {s} (known: {', '.join(SIZES)})")
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ["BENCH_WORK"] = str(args.work)
-    report: dict[str, Any] = {"tokens": args.tokens, "threads": args.threads, "image": f"{SIDE}x{SIDE}",
-                              "sizes": {}}  # fmt: skip
+    report: dict[str, Any] = {"tokens": args.tokens, "threads": args.threads, "ctx": args.ctx,
+                              "image": f"{SIDE}x{SIDE}", "sizes": {}, "errors": {}}  # fmt: skip
+    partial = args.work / f"report-{time.strftime('%Y%m%d-%H%M%S')}.json"
     for size in sizes:
-        prep = prepare(size, args.work, quants, args.text_layers, args.quiet)
-        rows = measure(size, prep, quants, hf, args.tokens, args.threads, args.quiet)
+        try:
+            prep = prepare(size, args.work, quants, args.text_layers, args.quiet)
+        except Exception as err:  # a size that cannot be built or exported is reported, not fatal
+            report["errors"][size] = str(err)
+            _say(f"[{size}] {err}", args.quiet)
+            continue
+        rows = measure(size, prep, quants, hf, args.tokens, args.threads, args.ctx, args.quiet)
         info = {"size": size, "params": prep["params"], "text_layers": args.text_layers, "gguf_bytes": prep["sizes"],
                 "results": rows}  # fmt: skip
         q4 = next((r for r in rows if r["type"] == "q4_k_m" and "speedup_vs_fp32" in r), None)
@@ -439,6 +451,7 @@ def main() -> None:
             met = speed >= GOAL_SPEED and q4["memory_vs_fp32"] <= GOAL_MEMORY
             info["goal"] = {"speedup": speed, "basis": basis, "memory": q4["memory_vs_fp32"], "met": met}
         report["sizes"][prep["tag"]] = info
+        partial.write_text(json.dumps(report, indent=2))  # what is measured so far survives an interruption
         if args.clean:
             shutil.rmtree(args.work / prep["tag"], ignore_errors=True)
     report["machine"] = machine()
@@ -453,7 +466,7 @@ def _child(argv: list[str]) -> None:
     if kind == "_build":
         result = child_build(argv[1], argv[2], int(argv[3]) or None)
     elif kind == "_llama":
-        result = child_llama(argv[1], argv[2], int(argv[3]), int(argv[4]))
+        result = child_llama(argv[1], argv[2], int(argv[3]), int(argv[4]), int(argv[5]))
     else:
         result = child_hf(argv[1], argv[2], int(argv[3]), int(argv[4]))
     print(json.dumps(result), flush=True)
