@@ -9,7 +9,7 @@ configuration: load time, time to the first token (image encoding + prompt), req
 rest, load excluded), decode tokens/s, peak RSS, and speed / memory relative to transformers fp32.
 
     python bench/edge_latency.py [--sizes 2b,3b] [--tokens 256] [--quants f16,q8_0,q4_k_m] [--hf fp32,bf16]
-                                 [--threads 2] [--text-layers N] [--work DIR] [--json]
+                                 [--threads 2] [--mmap on|off|both] [--text-layers N] [--work DIR] [--json]
 
 A configuration whose estimated memory exceeds what the machine has free is skipped and says so; ``--text-layers``
 measures the real widths with fewer language-model layers (stated in the results).
@@ -133,13 +133,13 @@ def _prompt() -> tuple[str, str]:
     return get_prompt("cot", "masc").render(text.replace("$T$", aspect), aspect), str(image)
 
 
-def child_llama(gguf: str, mmproj: str, tokens: int, threads: int, ctx: int) -> dict[str, Any]:
+def child_llama(gguf: str, mmproj: str, tokens: int, threads: int, ctx: int, mmap: bool) -> dict[str, Any]:
     from mulcot.predict import GGUFBackend, PredictConfig, prepare_image
 
     prompt, image_path = _prompt()
     image = prepare_image(image_path, max_pixels=SIDE * SIDE)
     t0 = time.perf_counter()
-    backend = GGUFBackend(gguf, mmproj, PredictConfig(max_tokens=tokens, n_threads=threads, ctx=ctx,
+    backend = GGUFBackend(gguf, mmproj, PredictConfig(max_tokens=tokens, n_threads=threads, ctx=ctx, mmap=mmap,
                                                       ignore_eos=True))  # fmt: skip
     load = time.perf_counter() - t0
     inner, marks = backend.llm.generate, []
@@ -289,11 +289,17 @@ def prepare(size: str, work: Path, quants: list[str], text_layers: int | None, q
 
 
 def measure(size: str, prep: dict[str, Any], quants: list[str], hf: list[str], tokens: int, threads: int,
-            ctx: int, quiet: bool) -> list[dict[str, Any]]:  # fmt: skip
+            ctx: int, mmap: str, quiet: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """Each configuration in its own process. ``mmap``: on (llama.cpp's and ``mulcot predict``'s default), off, or
+    both (every quant mapped, and Q4_K_M once more read into memory)."""
     rows: list[dict[str, Any]] = []
     params = prep["params"]
-    plan = [("llama.cpp", q, ["_llama", prep["gguf"][q], prep["mmproj"], str(tokens), str(threads), str(ctx)],
-             prep["sizes"][q] + Path(prep["mmproj"]).stat().st_size) for q in quants]  # fmt: skip
+    llama = [(q, mmap != "off") for q in quants]
+    if mmap == "both" and "q4_k_m" in quants:
+        llama.append(("q4_k_m", False))
+    plan = [("llama.cpp", q + ("" if mapped else " no-mmap"),
+             ["_llama", prep["gguf"][q], prep["mmproj"], str(tokens), str(threads), str(ctx), "1" if mapped else "0"],
+             prep["sizes"][q] + Path(prep["mmproj"]).stat().st_size) for q, mapped in llama]  # fmt: skip
     plan += [("transformers", d, ["_hf", prep["model_dir"], d, str(tokens), str(threads)],
               params * (4 if d == "fp32" else 2)) for d in hf]  # fmt: skip
     for runtime, kind, args, weight_bytes in plan:
@@ -375,7 +381,7 @@ def render(report: dict[str, Any]) -> None:
         layers = f", {info['text_layers']} LM layers" if info.get("text_layers") else ""
         table = Table(title=f"{spec['label']}{layers} — random weights, {info['params'] / 1e9:.2f} B params; one "
                             f"{SIDE}x{SIDE} image, {report['tokens']} tokens (EOS ignored), {report['threads']} "
-                            f"threads, {m['cpu']}")  # fmt: skip
+                            f"threads, ctx {report.get('ctx')}, {m['cpu']}")  # fmt: skip
         for col in ("runtime", "type", "load s", "1st token s", "latency s", "CPU s", "decode tok/s",
                     "decode tok/CPU-s", "peak RSS GB", "speed vs fp32", "speed vs fp32 (CPU)", "memory vs fp32",
                     "load avg"):  # fmt: skip
@@ -416,6 +422,8 @@ def main() -> None:
     parser.add_argument("--hf", default="fp32,bf16", help="transformers dtypes to measure (fp32 is the baseline)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--ctx", type=int, default=2048, help="llama.cpp context (the request needs ~700 tokens)")
+    parser.add_argument("--mmap", choices=("on", "off", "both"), default="both",
+                        help="llama.cpp maps the GGUF (on), reads it (off), or both: Q4_K_M measured both ways")
     parser.add_argument("--text-layers", type=int, default=None, help="fewer language-model layers, real widths")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "mulcot-edge-bench")
     parser.add_argument("--clean", action="store_true", help="delete the built models and GGUFs afterwards")
@@ -430,7 +438,7 @@ def main() -> None:
             parser.error(f"unknown size {s} (known: {', '.join(SIZES)})")
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ["BENCH_WORK"] = str(args.work)
-    report: dict[str, Any] = {"tokens": args.tokens, "threads": args.threads, "ctx": args.ctx,
+    report: dict[str, Any] = {"tokens": args.tokens, "threads": args.threads, "ctx": args.ctx, "mmap": args.mmap,
                               "image": f"{SIDE}x{SIDE}", "sizes": {}, "errors": {}}  # fmt: skip
     partial = args.work / f"report-{time.strftime('%Y%m%d-%H%M%S')}.json"
     for size in sizes:
@@ -440,10 +448,10 @@ def main() -> None:
             report["errors"][size] = str(err)
             _say(f"[{size}] {err}", args.quiet)
             continue
-        rows = measure(size, prep, quants, hf, args.tokens, args.threads, args.ctx, args.quiet)
+        rows = measure(size, prep, quants, hf, args.tokens, args.threads, args.ctx, args.mmap, args.quiet)
         info = {"size": size, "params": prep["params"], "text_layers": args.text_layers, "gguf_bytes": prep["sizes"],
                 "results": rows}  # fmt: skip
-        q4 = next((r for r in rows if r["type"] == "q4_k_m" and "speedup_vs_fp32" in r), None)
+        q4 = next((r for r in rows if r["type"].split()[0] == "q4_k_m" and "speedup_vs_fp32" in r), None)
         if q4 is not None:
             # with one thread, CPU time is the contention-free latency; with more, spin-waits inflate it: use wall
             basis = "CPU time" if args.threads == 1 else "wall clock"
@@ -466,7 +474,7 @@ def _child(argv: list[str]) -> None:
     if kind == "_build":
         result = child_build(argv[1], argv[2], int(argv[3]) or None)
     elif kind == "_llama":
-        result = child_llama(argv[1], argv[2], int(argv[3]), int(argv[4]), int(argv[5]))
+        result = child_llama(argv[1], argv[2], int(argv[3]), int(argv[4]), int(argv[5]), argv[6] == "1")
     else:
         result = child_hf(argv[1], argv[2], int(argv[3]), int(argv[4]))
     print(json.dumps(result), flush=True)

@@ -51,6 +51,7 @@ class PredictConfig:
     seed: int = 0
     n_threads: int | None = None  # llama.cpp threads (default: llama-cpp-python's, half the logical cores)
     ctx: int = 4096  # llama.cpp context length
+    mmap: bool = True  # llama.cpp maps the GGUF (False: reads it into memory; lower peak RSS with repacked quants)
     max_pixels: int = DEFAULT_MAX_PIXELS  # images are downsized (aspect kept) to at most this many pixels
     image_max_side: int | None = None  # ... and to at most this many pixels on their longer side
     batch_size: int = 4  # transformers backend
@@ -283,7 +284,7 @@ class GGUFBackend:
         try:
             self.llm = RecordingLlama(model_path=str(self.model_path), chat_handler=handler, n_ctx=self.config.ctx,
                                       n_threads=threads, n_threads_batch=threads, seed=self.config.seed,
-                                      verbose=False)  # fmt: skip
+                                      use_mmap=self.config.mmap, verbose=False)  # fmt: skip
         except (ValueError, RuntimeError, OSError) as err:
             raise ModelError(f"llama.cpp cannot load {self.model_path} (corrupt or unsupported GGUF?): {err}") from err
         self.handler = handler

@@ -51,6 +51,9 @@ def predict(
         int | None, typer.Option(help="llama.cpp threads (default: half the logical cores, as llama-cpp-python).")
     ] = None,
     ctx: Annotated[int, typer.Option(help="llama.cpp context length (tokens).")] = 4096,
+    mmap: Annotated[
+        bool, typer.Option("--mmap/--no-mmap", help="Map the GGUF (default) or read it into memory.")
+    ] = True,
     max_pixels: Annotated[int, typer.Option(help="Downsize images to at most this many pixels.")] = 280 * 280,
     image_max_side: Annotated[int | None, typer.Option(help="... and to at most this long a side.")] = None,
     batch_size: Annotated[int, typer.Option(help="hf backend batch size.")] = 4,
@@ -72,7 +75,7 @@ def predict(
     if backend not in ("gguf", "hf"):
         raise MulcotError(f"unknown --backend '{backend}' (use gguf or hf)")
     config = PredictConfig(max_tokens=max_tokens, label_max_tokens=label_max_tokens, temperature=temperature,
-                           top_p=top_p, seed=seed, n_threads=n_threads, ctx=ctx, max_pixels=max_pixels,
+                           top_p=top_p, seed=seed, n_threads=n_threads, ctx=ctx, mmap=mmap, max_pixels=max_pixels,
                            image_max_side=image_max_side, batch_size=batch_size, device=device,
                            dtype=dtype)  # fmt: skip
     prompts = ("cot", "label") if label else ("cot",)
