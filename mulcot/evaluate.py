@@ -9,8 +9,9 @@ What is evaluated — the *subject* — is either
   ``{"Prediction": label}``, ``parse_status`` ``full`` when a label was found, else ``none``). Both are stored as
   final reasonings with source ``assistant`` (train-assistant runs), ``student`` (distill runs) or ``model``
   (anything else), ``model`` = the base model, ``run_id`` = the run, and the prompt's version. Generation is
-  resumable: samples that already have a final chain (or answer) for the same source, model, run and prompt
-  version are not generated again, and the model is not even loaded when nothing is missing.
+  resumable: samples that already have a final chain (or answer) for the same source, model, run, adapter weights
+  (their sha256, in ``origin``) and prompt version are not generated again, and the model is not even loaded when
+  nothing is missing.
 - a **source** of stored chains (:func:`resolve_source`): ``teacher``, ``assistant``, ``student``,
   ``student-gguf`` (any source name) or a run id. One model's chains are evaluated, never a mix
   (:func:`choose_group`): among the (source, model, run) groups with final chains (label answers aside), the one
@@ -62,6 +63,7 @@ from mulcot.metrics import (
     reasoning_metrics,
 )
 from mulcot.prompts import get_prompt
+from mulcot.runs import RunRef, adapter_digest, find_adapter, resolve_run
 from mulcot.store import Store
 
 #: progress(stage, done, total): "loading model", "chains", "labels", then the metric names while scoring.
@@ -109,49 +111,17 @@ class Subject:
     adapter: str | None = None
     folder: str | None = None  # the run's folder, when there is one
     run_kind: str | None = None
+    adapter_sha256: str | None = None  # generated chains are reused only for the very same adapter weights
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _run_name_from_adapter(adapter: Path) -> str | None:
-    meta = adapter / "mulcot.json"
-    if meta.is_file():
-        try:
-            name = json.loads(meta.read_text(encoding="utf-8")).get("run")
-        except (OSError, ValueError):
-            name = None
-        if isinstance(name, str) and name:
-            return name
-    return adapter.parent.name if adapter.name in ("adapter", "best") else None
-
-
-def _adapter_meta_base(adapter: Path) -> str | None:
-    meta = adapter / "mulcot.json"
-    if meta.is_file():
-        try:
-            base = json.loads(meta.read_text(encoding="utf-8")).get("base")
-        except (OSError, ValueError):
-            base = None
-        if isinstance(base, str) and base:
-            return base
-    return None
-
-
-def _adapter_subject(store: Store, adapter: Path, folder: Path | None, run_name: str | None) -> Subject:
-    from mulcot.models import adapter_base_model
-
-    run = store.get_run(run_name) if run_name else None
-    base = None
-    if run is not None:
-        base = (run.get("config") or {}).get("model")
-    base = base or _adapter_meta_base(adapter) or adapter_base_model(adapter)
-    if not base:
-        raise MulcotError(f"cannot tell the base model of the adapter in {adapter}: its adapter_config.json names none")
-    kind = run["kind"] if run is not None else None
+def _adapter_subject(ref: RunRef) -> Subject:
     return Subject(
-        kind="model", name=run_name or adapter.name, source=RUN_KIND_SOURCE.get(kind or "", "model"), run_id=run_name,
-        model=base, adapter=str(adapter), folder=str(folder) if folder else None, run_kind=kind,
+        kind="model", name=ref.run_id, source=RUN_KIND_SOURCE.get(ref.kind or "", "model"), run_id=ref.run_id,
+        model=ref.base_model, adapter=str(ref.adapter), folder=str(ref.folder) if ref.folder else None,
+        run_kind=ref.kind, adapter_sha256=adapter_digest(ref.adapter),
     )  # fmt: skip
 
 
@@ -163,38 +133,22 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def resolve_model(store: Store, spec: str, runs_dir: str | os.PathLike[str] = "runs") -> Subject:
-    """What ``--model SPEC`` names: a run folder (holding ``adapter/``), an adapter folder
-    (``adapter_config.json``), a model folder (``config.json``), a run name (in the store, or a folder under
-    ``runs_dir``) or else a hub id."""
+    """What ``--model SPEC`` names: a run (its folder, its adapter folder or its name, in the store or under
+    ``runs_dir``: see :func:`mulcot.runs.resolve_run`), a model folder (``config.json``) or else a hub id."""
     path = Path(spec).expanduser()
-    if path.is_dir():
-        if (path / "adapter_config.json").is_file():
-            folder = path.parent if path.name in ("adapter", "best") else None
-            return _adapter_subject(store, path, folder, _run_name_from_adapter(path))
-        if (path / "adapter" / "adapter_config.json").is_file():
-            name = _run_name_from_adapter(path / "adapter") or path.name
-            return _adapter_subject(store, path / "adapter", path, name)
+    if path.is_dir() and find_adapter(path) is None:
         if (path / "config.json").is_file():
             from mulcot.models import model_family
 
             model_family(path)  # refuses what is not a Qwen-VL model before anything else happens
             return Subject(kind="model", name=path.name, source="model", model=str(path.resolve()))
-        raise MulcotError(
-            f"{spec} is neither a run folder (with adapter/), an adapter folder (adapter_config.json) nor a model "
-            "folder (config.json)"
-        )
-    run = store.get_run(spec)
-    if run is not None:
-        folder = Path(run["output_dir"]) if run.get("output_dir") else Path(runs_dir) / spec
-        adapter = folder / "adapter"
-        if not (adapter / "adapter_config.json").is_file():
+        if not (path / "best" / "adapter_config.json").is_file():
             raise MulcotError(
-                f"run '{spec}' ({run['kind']}, {run['status']}) has no adapter in {adapter}: finish or resume its "
-                "training first"
+                f"{spec} is neither a run folder (with adapter/), an adapter folder (adapter_config.json) nor a "
+                "model folder (config.json)"
             )
-        return _adapter_subject(store, adapter, folder, spec)
-    if (Path(runs_dir) / spec).is_dir():
-        return resolve_model(store, str(Path(runs_dir) / spec), runs_dir)
+    if path.is_dir() or store.get_run(spec) is not None or (Path(runs_dir) / spec).is_dir():
+        return _adapter_subject(resolve_run(store, spec, runs_dir))
     if _looks_like_path(spec):
         raise NotFoundError(f"model folder not found: {spec}")
     from mulcot.models import model_family
@@ -384,6 +338,8 @@ def _stored_outputs(store: Store, dataset: str, split: str, subject: Subject, st
     for r in store.reasonings(dataset=dataset, split=split, source=subject.source, stage=stage, run_id=subject.run_id):
         if r["run_id"] != subject.run_id or r["model"] != subject.model or r["prompt_version"] != version:
             continue
+        if subject.adapter_sha256 and not (r["origin"] or "").endswith("@" + subject.adapter_sha256[:12]):
+            continue  # generated by other weights under the same run name (retrained, or an older mulcot)
         if _is_final(r) and (r["sample_id"] not in out or r["id"] > out[r["sample_id"]]["id"]):
             out[r["sample_id"]] = r
     return out
@@ -419,6 +375,8 @@ def _generate_missing(store: Store, subject: Subject, config: EvalConfig, task: 
         model = load_with_adapter(model, subject.adapter)
     tok = processor.tokenizer
     origin = f"eval:{subject.adapter or subject.model}"
+    if subject.adapter_sha256:
+        origin += "@" + subject.adapter_sha256[:12]
     for prompt, stage, max_new, version, todo, _ in plan:
         stage_name = "chains" if stage == STAGE_EVAL else "labels"
         gcfg = GenerationConfig(max_new_tokens=max_new, batch_size=config.batch_size,

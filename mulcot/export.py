@@ -21,7 +21,6 @@ kept in ``logs/``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from mulcot.errors import ExportError, ModelError, MulcotError, NotFoundError
+from mulcot.runs import adapter_digest, resolve_run, sha256_file
 
 MANIFEST = "manifest.json"
 MODELFILE = "Modelfile"
@@ -140,14 +140,6 @@ class ExportSource:
 def _say(progress: Progress | None, step: str, status: str, message: str = "", index: int = 0, total: int = 0) -> None:
     if progress is not None:
         progress(ExportEvent(step=step, status=status, message=message, index=index, total=total))
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_versions() -> dict[str, str | None]:
@@ -358,8 +350,6 @@ def resolve_source(source: str | os.PathLike[str], store: Any = None, *, base_mo
     is_adapter = (path / "adapter_config.json").is_file() or (path / "adapter" / "adapter_config.json").is_file()
     if path.is_dir() and (path / "config.json").is_file() and not is_adapter:
         return ExportSource(kind="model", path=path, base_model=str(path))
-    from mulcot.runs import resolve_run
-
     ref = resolve_run(store, source)
     task = None
     if store is not None:
@@ -367,21 +357,10 @@ def resolve_source(source: str | os.PathLike[str], store: Any = None, *, base_mo
         if run is not None and run.get("dataset"):
             ds = store.get_dataset(run["dataset"])
             task = ds["task"] if ds else None
-    kind = "adapter" if (path / "adapter_config.json").is_file() else "run"
-    return ExportSource(kind=kind, path=ref.folder if kind == "run" else ref.adapter,
+    kind = "adapter" if (path / "adapter_config.json").is_file() or ref.folder is None else "run"
+    return ExportSource(kind=kind, path=ref.folder if ref.folder is not None and kind == "run" else ref.adapter,
                         base_model=base_model or ref.base_model, adapter=ref.adapter, run_id=ref.run_id,
                         task=task)  # fmt: skip
-
-
-def _adapter_digest(adapter: Path) -> str:
-    files = sorted(adapter.glob("adapter_model*.safetensors")) or sorted(adapter.glob("adapter_model*.bin"))
-    if not files:
-        raise ModelError(f"{adapter} has no adapter weights (adapter_model.safetensors)")
-    digest = hashlib.sha256()
-    for f in files + [adapter / "adapter_config.json"]:
-        digest.update(f.name.encode())
-        digest.update(sha256_file(f).encode())
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------------ merge
@@ -472,7 +451,7 @@ def merge_adapter(
         "merged_by": "mulcot.export.merge_adapter",
         "base_model": base_model,
         "adapter": str(adapter),
-        "adapter_sha256": _adapter_digest(adapter),
+        "adapter_sha256": adapter_digest(adapter),
         "family": family,
         "dtype": str(save_dtype).removeprefix("torch."),
     }
@@ -729,7 +708,7 @@ def export(config: ExportConfig, *, store: Any = None, progress: Progress | None
         record("merge", "skipped", [hf_dir], t0, f"{source.path} is a full model: converted as it is")
     else:
         assert source.adapter is not None
-        digest = _adapter_digest(source.adapter)
+        digest = adapter_digest(source.adapter)
         problem = merged_folder_problem(hf_dir, digest)
         if problem is None:
             record("merge", "skipped", [hf_dir], t0, f"{hf_dir} is already merged")
@@ -895,7 +874,7 @@ def write_manifest(out: Path, result: ExportResult, source: ExportSource, config
             "path": str(source.path),
             "run": source.run_id,
             "adapter": str(source.adapter) if source.adapter else None,
-            "adapter_sha256": _adapter_digest(source.adapter) if source.adapter else None,
+            "adapter_sha256": adapter_digest(source.adapter) if source.adapter else None,
             "task": source.task,
         },
         "base_model": source.base_model,

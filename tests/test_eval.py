@@ -372,3 +372,11 @@ def test_model_run_generates_stores_scores_and_resumes(demo_store, compact_model
     assert (plain.subject.source, plain.subject.run_id, plain.n) == ("model", None, 2)
     assert Path(plain.files["json"]).parent == runs / "eval" / f"{SAMPLE_NAME}-test-model"
     assert len(demo_store.reasonings(dataset=SAMPLE_NAME, source="model")) == 4
+    # the same run name with other weights (retrained): nothing the old weights generated is reused
+    from safetensors.torch import load_file, save_file
+
+    weights = runs / "tiny" / "adapter" / "adapter_model.safetensors"
+    save_file({k: v * 2 for k, v in load_file(weights).items()}, weights)
+    fresh = json.loads(_run(*args).stdout)
+    assert fresh["metrics"]["generated"] == {"chains_generated": 3, "chains_reused": 0, "labels_generated": 3,
+                                             "labels_reused": 0}  # fmt: skip
