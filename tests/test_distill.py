@@ -164,3 +164,26 @@ def test_end_to_end_teacher_assistant_expand_student(demo_store, compact_model, 
     assert run["config"]["lam"] == 0.3 and run["config"]["tau"] == 2.0 and run["config"]["top_k"] == 16
     assert (Path(result.folder) / "adapter" / "adapter_config.json").is_file()
     assert list((Path(result.folder) / "soft_labels").glob("shard-*.safetensors"))
+
+
+def test_distill_cli_passes_every_flag_to_the_run(demo_store, compact_model, tmp_path, assistant):
+    """``mulcot distill`` shares its training flags with ``train-assistant``; what is typed is what the run
+    records."""
+    from typer.testing import CliRunner
+
+    from mulcot.cli import app
+
+    args = ["distill", SAMPLE_NAME, "--assistant", "asst", "--student", str(compact_model()), "--name", "cli-stud",
+            "--db", str(demo_store.path), "--runs-dir", str(tmp_path / "runs"), "--no-dev", "--epochs", "1",
+            "--max-train-items", "2", "--batch-size", "2", "--grad-accum", "1", "--max-pixels", "3136",
+            "--lam", "0.5", "--tau", "1.5", "--top-k", "4", "--task-weights", "0.5,0.5", "--min-lr", "1e-5",
+            "--two-pass", "--lora-r", "4", "--lora-dropout", "0", "--seed", "7", "--json"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["run"] == "cli-stud"
+    config = demo_store.get_run("cli-stud")["config"]
+    assert (config["lam"], config["tau"], config["top_k"], config["min_lr"], config["seed"]) == (0.5, 1.5, 4, 1e-5, 7)
+    assert config["task_weights"] == [0.5, 0.5] and config["single_pass"] is False and config["dev_split"] is None
+    assert config["lora_r"] == 4 and config["assistant"] == "asst" and config["model"] == str(compact_model())
+    bad = CliRunner().invoke(app, [*args[:-1], "--task-weights", "0.5", "--name", "x"])
+    assert bad.exit_code != 0 and "--task-weights '0.5' is not 'CLS,REA'" in bad.output

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,9 +9,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mulcot.cli import training_options as o
 from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
-from mulcot.cli.train import parse_weights, print_result, training_progress
+from mulcot.cli.train import print_result, training_progress
 from mulcot.labels import LABELS
+from mulcot.training import TrainConfig as T
 
 
 def expand(
@@ -74,31 +75,33 @@ def distill(
     ),
     top_k: Annotated[int, typer.Option(help="Cached soft labels: top-k log-probs per target position.")] = 32,
     no_expanded: Annotated[bool, typer.Option("--no-expanded", help="Train on D_t only (skip D_a).")] = False,
-    split: Annotated[str, typer.Option(help="Training split.")] = "train",
-    dev_split: Annotated[str, typer.Option(help="Dev split for per-epoch evaluation.")] = "dev",
-    no_dev: Annotated[bool, typer.Option("--no-dev", help="Skip dev evaluation (keeps the last epoch).")] = False,
-    task_weights: Annotated[str, typer.Option(help="λ_cls,λ_rea (paper 0.2,0.8).")] = "0.2,0.8",
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
-    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
-    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
-    lora_targets: Annotated[str, typer.Option(help="language, all, or module names.")] = "language",
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-4,
-    batch_size: Annotated[int, typer.Option(help="Chains per micro-batch (each gives 2 sequences).")] = 2,
-    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 20,
-    epochs: Annotated[float, typer.Option(help="Epochs at most.")] = 20,
-    plateau_epochs: Annotated[int, typer.Option(help="Halve the lr after this many epochs without dev gain.")] = 2,
-    max_pixels: Annotated[int, typer.Option(help="Images are downsized to at most this many pixels.")] = 280 * 280,
-    device: Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: best available).")] = None,
-    dtype: Annotated[str | None, typer.Option(help="bf16, fp16 or fp32.")] = None,
-    load_in_4bit: Annotated[bool, typer.Option(help="QLoRA through bitsandbytes.")] = False,
-    gradient_checkpointing: Annotated[bool, typer.Option(help="Trade compute for memory.")] = False,
-    save_steps: Annotated[int | None, typer.Option(help="Checkpoint every N steps (default: epoch).")] = None,
-    max_train_items: Annotated[int | None, typer.Option(help="Use only the first N chains.")] = None,
-    max_dev_samples: Annotated[int | None, typer.Option(help="Evaluate on the first N dev samples.")] = None,
-    allow_text_only: Annotated[bool, typer.Option(help="Train on a dataset imported without images.")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
-    resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")] = False,
+    split: o.Split = T.split,
+    dev_split: o.DevSplit = "dev",
+    no_dev: o.NoDev = False,
+    task_weights: o.TaskWeights = o.TASK_WEIGHTS,
+    lora_r: o.LoraR = T.lora_r,
+    lora_alpha: o.LoraAlpha = T.lora_alpha,
+    lora_dropout: o.LoraDropout = T.lora_dropout,
+    lora_targets: o.LoraTargets = T.lora_targets,
+    lr: o.Lr = T.lr,
+    batch_size: o.BatchSize = T.batch_size,
+    grad_accum: o.GradAccum = T.grad_accum,
+    epochs: o.Epochs = T.epochs,
+    plateau_epochs: o.PlateauEpochs = T.plateau_epochs,
+    min_lr: o.MinLr = T.min_lr,
+    max_pixels: o.MaxPixels = T.max_pixels,
+    two_pass: o.TwoPass = False,
+    device: o.Device = None,
+    dtype: o.Dtype = None,
+    load_in_4bit: o.LoadIn4bit = False,
+    gradient_checkpointing: o.GradientCheckpointing = False,
+    save_steps: o.SaveSteps = None,
+    max_train_items: o.MaxTrainItems = None,
+    max_dev_samples: o.MaxDevSamples = None,
+    allow_text_only: o.AllowTextOnly = False,
+    seed: o.Seed = T.seed,
+    runs_dir: o.RunsDir = o.RUNS_DIR,
+    resume: o.Resume = False,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -107,16 +110,9 @@ def distill(
     from mulcot.distill import distill as run
 
     store = open_store(db)
-    cfg = DistillConfig(
-        dataset=dataset, model=student, name=name or f"student-{dataset}", split=split,
-        dev_split=None if no_dev else dev_split, task_weights=parse_weights(task_weights), lora_r=lora_r,
-        lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets, lr=lr, batch_size=batch_size,
-        grad_accum=grad_accum, epochs=epochs, plateau_epochs=plateau_epochs, max_pixels=max_pixels, device=device,
-        dtype=dtype, load_in_4bit=load_in_4bit, gradient_checkpointing=gradient_checkpointing, save_steps=save_steps,
-        max_train_items=max_train_items, max_dev_samples=max_dev_samples, allow_text_only=allow_text_only, seed=seed,
-        runs_dir=str(runs_dir), assistant=assistant, lam=lam, tau=tau, tau_squared=tau_squared,
-        soft_labels=soft_labels, top_k=top_k, include_expanded=not no_expanded,
-    )  # fmt: skip
+    cfg = DistillConfig(dataset=dataset, model=student, name=name or f"student-{dataset}", assistant=assistant,
+                        lam=lam, tau=tau, tau_squared=tau_squared, soft_labels=soft_labels, top_k=top_k,
+                        include_expanded=not no_expanded, **o.training_fields(locals()))  # fmt: skip
     bar, progress = training_progress(as_json)
     with bar:
         result = run(store, cfg, resume=resume, progress=progress)
