@@ -343,6 +343,10 @@ def test_quantized_files_load_and_generate(family: str, exported: Callable[[str]
             assert gg.info["file_type"] == QUANT_TYPES[q]
             got = gg.generate_one(prompt, _image(SIDE[family]))
         assert got.tokens_out == 5 and len(got.token_ids) == 5
+        # --no-mmap reads the file instead of mapping it: the same model, the same greedy tokens
+        config = PredictConfig(max_tokens=5, n_threads=1, ignore_eos=True, mmap=False)
+        with GGUFBackend(path, result.mmproj_gguf, config) as gg:
+            assert gg.generate_one(prompt, _image(SIDE[family])).token_ids == got.token_ids
 
 
 @pytest.mark.slow

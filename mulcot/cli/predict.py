@@ -52,8 +52,10 @@ def predict(
     ] = None,
     ctx: Annotated[int, typer.Option(help="llama.cpp context length (tokens).")] = 4096,
     mmap: Annotated[
-        bool, typer.Option("--mmap/--no-mmap", help="Map the GGUF (default) or read it into memory.")
-    ] = True,
+        bool,
+        typer.Option("--mmap/--no-mmap",
+                     help="Map the GGUF instead of reading it (quantized GGUFs then use more RAM)."),  # fmt: skip
+    ] = False,
     max_pixels: Annotated[int, typer.Option(help="Downsize images to at most this many pixels.")] = 280 * 280,
     image_max_side: Annotated[int | None, typer.Option(help="... and to at most this long a side.")] = None,
     batch_size: Annotated[int, typer.Option(help="hf backend batch size.")] = 4,
