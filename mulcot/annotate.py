@@ -130,14 +130,21 @@ class Annotator:
 
     # -- one (sample, stage) with ARC ---------------------------------------------------------------------
 
-    async def _attempts(self, sample: dict[str, Any], stage: str, done_attempts: int,
-                        sem: asyncio.Semaphore) -> dict[str, Any] | None:  # fmt: skip
+    async def _image(self, sample: dict[str, Any], cache: dict[str, str | None]) -> str | None:
+        """The sample's image as a data URL, encoded once per sample (off the event loop)."""
+        if "url" not in cache:
+            cache["url"] = None
+            if sample["has_image"]:
+                cache["url"] = await asyncio.to_thread(image_data_url, sample["image_path"],
+                                                       self.config.teacher.image_max_side)  # fmt: skip
+        return cache["url"]
+
+    async def _attempts(self, sample: dict[str, Any], stage: str, done_attempts: int, sem: asyncio.Semaphore,
+                        image_cache: dict[str, str | None]) -> dict[str, Any] | None:  # fmt: skip
         """Run attempts until one is valid or the retries are spent; returns the final chain's summary."""
         prompt_t = self.prompts[stage]
         prompt = prompt_t.render(sample["text"], sample["aspect"], sample["label"] if stage == "explain" else None)
-        image = None
-        if sample["has_image"]:
-            image = await asyncio.to_thread(image_data_url, sample["image_path"], self.config.teacher.image_max_side)
+        image = await self._image(sample, image_cache)
         last = self.config.max_retries + 1
         attempt = done_attempts
         while attempt < last:
@@ -196,8 +203,9 @@ class Annotator:
         pred = state["predict"].get(sample["id"])
         pred_final = pred["final"] if pred else None
         worked = False
+        image_cache: dict[str, str | None] = {}
         if "predict" in stages and pred_final is None:
-            pred_final = await self._attempts(sample, "predict", pred["attempts"] if pred else 0, sem)
+            pred_final = await self._attempts(sample, "predict", pred["attempts"] if pred else 0, sem, image_cache)
             if pred_final is None:
                 return
             worked = True
@@ -210,7 +218,7 @@ class Annotator:
             exp = state["explain"].get(sample["id"])
             if needs and (exp is None or exp["final"] is None):
                 self._jobs_total += 1
-                result = await self._attempts(sample, "explain", exp["attempts"] if exp else 0, sem)
+                result = await self._attempts(sample, "explain", exp["attempts"] if exp else 0, sem, image_cache)
                 if result is None:
                     return
                 worked = True
@@ -252,8 +260,18 @@ class Annotator:
             self.store.create_run(self.run_id, kind="annotate", dataset=cfg.dataset, config=config)
         self._report()
         sem = asyncio.Semaphore(cfg.concurrency)
+        # `concurrency` workers share one iterator: only that many samples (and encoded images) are in memory at
+        # once, however large the split, and each image is encoded just before its request
+        pending = iter(samples)
+
+        async def worker() -> None:
+            for sample in pending:
+                if self._stop:
+                    return
+                await self._sample(sample, state, sem)
+
         try:
-            await asyncio.gather(*(self._sample(s, state, sem) for s in samples))
+            await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, len(samples)))))
             status = "stopped" if self.summary.stopped else "done"
         except BaseException:
             self.summary.wall_s = time.perf_counter() - start

@@ -124,6 +124,42 @@ def test_two_stages_arc_and_http_retries(sample_store):
     assert again.samples == 0 and again.skipped_done == 36
 
 
+def test_only_concurrency_samples_are_in_memory_and_each_image_is_encoded_once(sample_store, monkeypatch):
+    """However large the split, at most ``concurrency`` samples are in progress (their images encoded, their
+    answers pending); a sample that is explained again reuses its encoded image."""
+    import mulcot.annotate as annotate_module
+
+    real = annotate_module.image_data_url
+    counts = {"encoded": 0, "served": 0}
+    seen: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def encode(*args, **kwargs):
+        with lock:
+            counts["encoded"] += 1
+        return real(*args, **kwargs)
+
+    script = Script(sample_store, "t15")
+    for i, label in enumerate(list(script.gold.values())[:6]):
+        script.set(i, "predict", [Reply(text=chain(WRONG[label]))])
+
+    def responder(body: dict) -> Reply:
+        with lock:
+            seen.append((counts["encoded"], counts["served"]))
+        time.sleep(0.01)
+        reply = script(body)
+        with lock:
+            counts["served"] += 1
+        return reply
+
+    monkeypatch.setattr(annotate_module, "image_data_url", encode)
+    with ChatServer(responder) as server:
+        summary = annotate(sample_store, _cfg(server, concurrency=3))
+    assert summary.predicted == 36 and summary.explained == 6 and summary.requests == 42
+    assert counts["encoded"] == sum(1 for s in sample_store.samples("t15", "train") if s["has_image"])
+    assert all(encoded <= served + 3 for encoded, served in seen), seen
+
+
 def test_failures_are_stored_and_do_not_stop_the_run(sample_store):
     script = Script(sample_store, "t15")
     script.set(0, "predict", [Reply(text="I refuse.")])
