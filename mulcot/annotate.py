@@ -139,7 +139,7 @@ class Annotator:
                                                        self.config.teacher.image_max_side)  # fmt: skip
         return cache["url"]
 
-    async def _attempts(self, sample: dict[str, Any], stage: str, done_attempts: int, sem: asyncio.Semaphore,
+    async def _attempts(self, sample: dict[str, Any], stage: str, done_attempts: int,
                         image_cache: dict[str, str | None]) -> dict[str, Any] | None:  # fmt: skip
         """Run attempts until one is valid or the retries are spent; returns the final chain's summary."""
         prompt_t = self.prompts[stage]
@@ -159,11 +159,10 @@ class Annotator:
                 self.summary.stopped = "budget"
                 return None
             error = None
-            async with sem:
-                try:
-                    comp = await self.teacher.complete(prompt, image)
-                except TeacherError as exc:
-                    comp, error = None, str(exc)
+            try:
+                comp = await self.teacher.complete(prompt, image)
+            except TeacherError as exc:
+                comp, error = None, str(exc)
             self.budget.settle(reserved, comp.cost_usd if comp else None)
             self.summary.requests += 1
             parsed = parse_reasoning(comp.text if comp else None)
@@ -198,14 +197,14 @@ class Annotator:
                 return {"valid": valid, "prediction": parsed.prediction}
         return None
 
-    async def _sample(self, sample: dict[str, Any], state: dict[str, dict], sem: asyncio.Semaphore) -> None:
+    async def _sample(self, sample: dict[str, Any], state: dict[str, dict]) -> None:
         stages = STAGES if self.config.stage == "both" else (self.config.stage,)
         pred = state["predict"].get(sample["id"])
         pred_final = pred["final"] if pred else None
         worked = False
         image_cache: dict[str, str | None] = {}
         if "predict" in stages and pred_final is None:
-            pred_final = await self._attempts(sample, "predict", pred["attempts"] if pred else 0, sem, image_cache)
+            pred_final = await self._attempts(sample, "predict", pred["attempts"] if pred else 0, image_cache)
             if pred_final is None:
                 return
             worked = True
@@ -218,7 +217,7 @@ class Annotator:
             exp = state["explain"].get(sample["id"])
             if needs and (exp is None or exp["final"] is None):
                 self._jobs_total += 1
-                result = await self._attempts(sample, "explain", exp["attempts"] if exp else 0, sem, image_cache)
+                result = await self._attempts(sample, "explain", exp["attempts"] if exp else 0, image_cache)
                 if result is None:
                     return
                 worked = True
@@ -259,16 +258,16 @@ class Annotator:
         if existing is None or existing["kind"] == "annotate":
             self.store.create_run(self.run_id, kind="annotate", dataset=cfg.dataset, config=config)
         self._report()
-        sem = asyncio.Semaphore(cfg.concurrency)
-        # `concurrency` workers share one iterator: only that many samples (and encoded images) are in memory at
-        # once, however large the split, and each image is encoded just before its request
+        # `concurrency` workers share one iterator, each with one request in flight: only that many samples (and
+        # encoded images) are in memory at once, however large the split, and each image is encoded just before
+        # its request
         pending = iter(samples)
 
         async def worker() -> None:
             for sample in pending:
                 if self._stop:
                     return
-                await self._sample(sample, state, sem)
+                await self._sample(sample, state)
 
         try:
             await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, len(samples)))))

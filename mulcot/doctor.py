@@ -57,27 +57,18 @@ def run_checks() -> list[Check]:
             )
     except ImportError:
         checks.append(Check("torch", "fail", "not installed", "pip install torch (CPU: torch==2.13.0 here)"))
-    for dist in ("transformers", "peft", "accelerate", "sentence-transformers", "openai", "textual"):
+    packages = [
+        (d, "fail", f"pip install {d}")
+        for d in ("transformers", "peft", "accelerate", "sentence-transformers", "openai", "textual")
+    ]
+    packages += [
+        ("bitsandbytes", "warn", "only needed for --load-in-4bit (pip install bitsandbytes, on CUDA)"),
+        ("llama-cpp-python", "fail", "pip install llama-cpp-python (builds llama.cpp; needs a C++ compiler)"),
+    ]
+    for dist, if_missing, fix in packages:
         v = _version(dist)
-        checks.append(Check(dist, "ok" if v else "fail", v or "not installed", None if v else f"pip install {dist}"))
-    bnb = _version("bitsandbytes")
-    checks.append(
-        Check(
-            "bitsandbytes",
-            "ok" if bnb else "warn",
-            bnb or "not installed",
-            None if bnb else "only needed for --load-in-4bit (pip install bitsandbytes, on CUDA)",
-        )
-    )
+        checks.append(Check(dist, "ok" if v else if_missing, v or "not installed", None if v else fix))
     llama = _version("llama-cpp-python")
-    checks.append(
-        Check(
-            "llama-cpp-python",
-            "ok" if llama else "fail",
-            llama or "not installed",
-            None if llama else "pip install llama-cpp-python (builds llama.cpp; needs a C++ compiler)",
-        )
-    )
     if llama:
         from mulcot.llamacpp import cache_root
 

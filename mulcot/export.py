@@ -381,7 +381,7 @@ def _checkpoint_dtype(model_dir: str) -> str | None:
     return None
 
 
-def merged_folder_problem(folder: Path, adapter_digest: str | None = None) -> str | None:
+def merged_folder_problem(folder: Path, digest: str | None = None) -> str | None:
     """Why ``folder`` is not a complete merged export (None when it is)."""
     if not folder.is_dir():
         return "missing"
@@ -393,13 +393,13 @@ def merged_folder_problem(folder: Path, adapter_digest: str | None = None) -> st
         missing.append("tokenizer.json")
     if missing:
         return f"incomplete (missing {', '.join(missing)})"
-    if adapter_digest is not None:
+    if digest is not None:
         stamp = folder / MERGE_STAMP
         try:
             recorded = json.loads(stamp.read_text(encoding="utf-8")).get("adapter_sha256")
         except (OSError, ValueError):
             recorded = None
-        if recorded != adapter_digest:
+        if recorded != digest:
             return "a merge of a different adapter"
     return None
 
@@ -410,6 +410,7 @@ def merge_adapter(
     dest: str | os.PathLike[str],
     *,
     dtype: str | None = None,
+    digest: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Merge the LoRA ``adapter`` into ``base_model`` and save a complete Hugging Face folder at ``dest``.
@@ -451,7 +452,7 @@ def merge_adapter(
         "merged_by": "mulcot.export.merge_adapter",
         "base_model": base_model,
         "adapter": str(adapter),
-        "adapter_sha256": adapter_digest(adapter),
+        "adapter_sha256": digest or adapter_digest(adapter),
         "family": family,
         "dtype": str(save_dtype).removeprefix("torch."),
     }
@@ -473,6 +474,29 @@ def _failure_reason(output: str, fallback: str) -> str:
         if re.search(r"error|exception|failed|not supported|cannot|can not", line, re.IGNORECASE):
             return line[:400]
     return (lines[-1] if lines else fallback)[:400]
+
+
+def _run_tool(tool: str, cmd: list[str], tmp: Path, log_file: str | os.PathLike[str] | None,
+              env: dict[str, str] | None = None) -> None:  # fmt: skip
+    """Run llama.cpp's ``tool`` (converter or quantizer) writing ``tmp``; its output goes to ``log_file``.
+    Raises :class:`ModelError` with the telling line (and removes ``tmp``) when it fails."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    except OSError as err:  # pragma: no cover - no interpreter
+        raise ModelError(f"cannot run llama.cpp's {tool}: {err}") from err
+    output = (done.stdout or "") + (done.stderr or "")
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(log_file).write_text(" ".join(cmd) + "\n\n" + output, encoding="utf-8")
+    if done.returncode == 0 and tmp.is_file():
+        return
+    tmp.unlink(missing_ok=True)
+    if "No module named 'llama_cpp'" in output:
+        raise ModelError(f"llama.cpp's {tool} needs llama-cpp-python, which is not installed: "
+                         "pip install llama-cpp-python")  # fmt: skip
+    reason = _failure_reason(output, f"the {tool} exited with {done.returncode}")
+    where = f" (full log: {log_file})" if log_file else ""
+    raise ModelError(f"llama.cpp's {tool} failed: {reason}{where}")
 
 
 def convert_to_gguf(
@@ -503,19 +527,7 @@ def convert_to_gguf(
     if model_name:
         cmd += ["--model-name", model_name]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    except OSError as err:  # pragma: no cover - no interpreter
-        raise ModelError(f"cannot run llama.cpp's converter: {err}") from err
-    output = (done.stdout or "") + (done.stderr or "")
-    if log_file is not None:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(log_file).write_text(" ".join(cmd) + "\n\n" + output, encoding="utf-8")
-    if done.returncode != 0 or not tmp.is_file():
-        tmp.unlink(missing_ok=True)
-        reason = _failure_reason(output, f"the converter exited with {done.returncode}")
-        where = f" (full log: {log_file})" if log_file else ""
-        raise ModelError(f"llama.cpp's converter failed: {reason}{where}")
+    _run_tool("converter", cmd, tmp, log_file, env=env)
     check_gguf(tmp, "mmproj" if mmproj else "text")
     os.replace(tmp, out)
     return out
@@ -556,18 +568,7 @@ def quantize_gguf(
     tmp.unlink(missing_ok=True)
     code = "import sys; from mulcot.export import _quantize_main; sys.exit(_quantize_main(sys.argv[1:]))"
     cmd = [sys.executable, "-c", code, str(src), str(tmp), str(ftype), str(threads or os.cpu_count() or 1)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    output = (done.stdout or "") + (done.stderr or "")
-    if log_file is not None:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(log_file).write_text(" ".join(cmd) + "\n\n" + output, encoding="utf-8")
-    if done.returncode != 0 or not tmp.is_file():
-        tmp.unlink(missing_ok=True)
-        if "No module named 'llama_cpp'" in output:
-            raise ModelError("quantizing needs llama-cpp-python, which is not installed: pip install llama-cpp-python")
-        reason = _failure_reason(output, f"the quantizer exited with {done.returncode}")
-        where = f" (full log: {log_file})" if log_file else ""
-        raise ModelError(f"llama.cpp's quantizer failed: {reason}{where}")
+    _run_tool("quantizer", cmd, tmp, log_file)
     info = check_gguf(tmp, "text")
     if info["file_type"] is not None and int(info["file_type"]) != ftype:
         tmp.unlink(missing_ok=True)
@@ -703,6 +704,7 @@ def export(config: ExportConfig, *, store: Any = None, progress: Progress | None
     # 1. merge
     t0 = time.perf_counter()
     hf_dir = out / HF_DIR
+    digest = None  # the adapter's sha256: read once, for the merge check, the merge stamp and the manifest
     if source.kind == "model":
         hf_dir = source.path
         record("merge", "skipped", [hf_dir], t0, f"{source.path} is a full model: converted as it is")
@@ -718,7 +720,8 @@ def export(config: ExportConfig, *, store: Any = None, progress: Progress | None
                                            "another --out")  # fmt: skip
             _say(progress, "merge", "start", f"merging {source.adapter} into {source.base_model}", 1, total)
             try:
-                merge_adapter(source.base_model, source.adapter, hf_dir, dtype=config.dtype, progress=say("merge"))
+                merge_adapter(source.base_model, source.adapter, hf_dir, dtype=config.dtype, digest=digest,
+                              progress=say("merge"))  # fmt: skip
             except ExportError:
                 raise
             except MulcotError as err:
@@ -797,7 +800,7 @@ def export(config: ExportConfig, *, store: Any = None, progress: Progress | None
     t0 = time.perf_counter()
     _say(progress, "manifest", "start", "hashing files, writing manifest.json and Modelfile", total, total)
     try:
-        manifest = write_manifest(out, result, source, config, quants, names)
+        manifest = write_manifest(out, result, source, config, quants, names, adapter_sha256=digest)
     except OSError as err:
         raise ExportError("manifest", f"cannot write the manifest: {err}") from err
     result.manifest = str(out / MANIFEST)
@@ -830,7 +833,8 @@ def _file_entry(out: Path, path: Path, role: str, kind: str | None, previous: di
 
 
 def write_manifest(out: Path, result: ExportResult, source: ExportSource, config: ExportConfig,
-                   quants: tuple[str, ...], names: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+                   quants: tuple[str, ...], names: dict[str, str], *,
+                   adapter_sha256: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Write ``manifest.json`` (and, with GGUF files, the ``Modelfile``); returns the manifest."""
     from mulcot import llamacpp
     from mulcot.prompts import PROMPT_NAMES, TASKS, get_prompt
@@ -874,7 +878,7 @@ def write_manifest(out: Path, result: ExportResult, source: ExportSource, config
             "path": str(source.path),
             "run": source.run_id,
             "adapter": str(source.adapter) if source.adapter else None,
-            "adapter_sha256": adapter_digest(source.adapter) if source.adapter else None,
+            "adapter_sha256": adapter_sha256 or (adapter_digest(source.adapter) if source.adapter else None),
             "task": source.task,
         },
         "base_model": source.base_model,
