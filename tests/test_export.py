@@ -67,7 +67,10 @@ def _make_student(root: Path, family: str) -> Path:
 
     base = build_tiny(root / "base", family, seed=0)
     model, processor, _ = load_model(base)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=LANGUAGE_ONLY))
+    with torch.random.fork_rng():  # lora_A is drawn from the global RNG: the same adapter every session
+        torch.manual_seed(7)
+        lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=LANGUAGE_ONLY)
+        peft_model = get_peft_model(model, lora)
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
