@@ -19,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mulcot.chains import EXPLAIN, PREDICT, arc_accepts, arc_error, chain_row
 from mulcot.errors import MulcotError
 from mulcot.prompts import get_prompt
-from mulcot.reasoning import parse_reasoning
 from mulcot.store import Store
 from mulcot.teacher import Teacher, TeacherConfig, TeacherError, image_data_url
 
-STAGES = ("predict", "explain")
+STAGES = (PREDICT, EXPLAIN)  # the teacher's two passes
 
 
 @dataclass
@@ -165,20 +165,14 @@ class Annotator:
                 comp, error = None, str(exc)
             self.budget.settle(reserved, comp.cost_usd if comp else None)
             self.summary.requests += 1
-            parsed = parse_reasoning(comp.text if comp else None)
-            valid = parsed.valid and (stage != "explain" or parsed.prediction == sample["label"])
-            if comp is not None and parsed.valid and not valid:
-                error = f"explained label {parsed.prediction} is not the gold label {sample['label']}"
-            elif comp is not None and not parsed.valid:
-                error = f"output missing {', '.join(parsed.missing)}"
-            final = valid or attempt >= last
-            row = {
-                "sample_id": sample["id"], "source": "teacher", "model": self.config.teacher.model, "stage": stage,
-                "prompt_version": prompt_t.version, "raw": comp.text if comp else None, "text": parsed.to_text(),
-                "fields": parsed.fields, "prediction": parsed.prediction, "parse_status": parsed.status,
-                "valid": valid, "attempt": attempt, "final": final, "run_id": self.run_id,
-                "error": None if valid else error, "origin": "annotate",
-            }  # fmt: skip
+            row = chain_row(
+                sample_id=sample["id"], source="teacher", model=self.config.teacher.model, stage=stage,
+                output=comp.text if comp else None, run_id=self.run_id, prompt_version=prompt_t.version,
+                origin="annotate", attempt=attempt, error=error,
+            )  # fmt: skip
+            accepted = arc_accepts(row, sample["label"])
+            row["final"] = final = accepted or attempt >= last
+            row["error"] = None if accepted else arc_error(row, sample["label"])
             if comp is not None:
                 self.summary.http_retries += comp.http_retries
                 self.summary.tokens_in += comp.tokens_in
@@ -191,10 +185,10 @@ class Annotator:
                 self._jobs_done += 1
                 retries = attempt - 1
                 self.summary.retries[retries] = self.summary.retries.get(retries, 0) + 1
-                if not valid:
+                if not accepted:
                     self.summary.failed += 1
-                    self.summary.failures.append(f"sample {sample['key']} ({stage}): {error}")
-                return {"valid": valid, "prediction": parsed.prediction}
+                    self.summary.failures.append(f"sample {sample['key']} ({stage}): {row['error']}")
+                return {"accepted": accepted, "valid": row["valid"], "prediction": row["prediction"]}
         return None
 
     async def _sample(self, sample: dict[str, Any], state: dict[str, dict]) -> None:
@@ -221,7 +215,7 @@ class Annotator:
                 if result is None:
                     return
                 worked = True
-                if result["valid"]:
+                if result["accepted"]:
                     self.summary.explained += 1
                 self._report()
         if worked:
@@ -251,12 +245,9 @@ class Annotator:
             if cfg.stage != "explain"
             else 0
         )
-        existing = self.store.get_run(self.run_id)
         config = {"annotate": {k: v for k, v in asdict(cfg).items() if k != "teacher"},
                   "teacher": cfg.teacher.public(),
                   "prompts": {s: p.version for s, p in self.prompts.items()}}  # fmt: skip
-        if existing is None or existing["kind"] == "annotate":
-            self.store.create_run(self.run_id, kind="annotate", dataset=cfg.dataset, config=config)
         self._report()
         # `concurrency` workers share one iterator, each with one request in flight: only that many samples (and
         # encoded images) are in memory at once, however large the split, and each image is encoded just before
@@ -269,20 +260,17 @@ class Annotator:
                     return
                 await self._sample(sample, state)
 
-        try:
-            await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, len(samples)))))
-            status = "stopped" if self.summary.stopped else "done"
-        except BaseException:
-            self.summary.wall_s = time.perf_counter() - start
-            self.store.update_run(self.run_id, status="interrupted", metrics=self.summary.as_dict())
-            raise
-        finally:
-            await self.teacher.aclose()
-        self.summary.wall_s = time.perf_counter() - start
-        self.summary.teacher_set = len(
-            {r["sample_id"] for r in self.store.teacher_set(cfg.dataset, cfg.split, cfg.teacher.model)}
-        )
-        self.store.update_run(self.run_id, status=status, metrics=self.summary.as_dict())
+        with self.store.run(self.run_id, kind="annotate", dataset=cfg.dataset, config=config) as run:
+            run.metrics = self.summary  # recorded however the run ends
+            try:
+                await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, len(samples)))))
+            finally:
+                self.summary.wall_s = time.perf_counter() - start
+                await self.teacher.aclose()
+            self.summary.teacher_set = len(
+                {r["sample_id"] for r in self.store.teacher_set(cfg.dataset, cfg.split, cfg.teacher.model)}
+            )
+            run.status = "stopped" if self.summary.stopped else "done"
         return self.summary
 
 

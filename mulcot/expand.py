@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mulcot.chains import EXPAND, chain_row
 from mulcot.errors import MulcotError
 from mulcot.prompts import get_prompt
-from mulcot.reasoning import parse_reasoning
-from mulcot.runs import resolve_run
+from mulcot.runs import RunRef, resolve_run
 from mulcot.store import Store
 
 Progress = Callable[[int, int], None]
@@ -65,9 +65,6 @@ class ExpandSummary:
 
 def expand(store: Store, config: ExpandConfig, progress: Progress | None = None) -> ExpandSummary:
     """Generate ``n`` sampled chains per training sample with the assistant; returns the summary."""
-    from mulcot.generation import GenerationConfig, generate
-    from mulcot.metrics import classification_metrics
-    from mulcot.models import load_model, load_with_adapter
     from mulcot.sft_data import sample_items
 
     start = time.perf_counter()
@@ -86,55 +83,65 @@ def expand(store: Store, config: ExpandConfig, progress: Progress | None = None)
     items = sample_items(store, config.dataset, "train")
     if config.limit is not None:
         items = items[: config.limit]
-    done = store.chain_counts(config.dataset, "train", source="assistant", stage="expand", run_id=ref.run_id,
+    done = store.chain_counts(config.dataset, "train", source="assistant", stage=EXPAND, run_id=ref.run_id,
                               prompt_version=cot.version)  # fmt: skip
     todo = [it for it in items if done.get(it.sample_id, 0) < config.n]
     summary = ExpandSummary(run_id=ref.run_id, skipped_done=len(items) - len(todo))
-    if todo:
-        base, processor, _ = load_model(ref.base_model, device=config.device, dtype=config.dtype)
-        model = load_with_adapter(base, ref.adapter)
-        gen = GenerationConfig(
-            max_new_tokens=config.max_new_tokens,
-            do_sample=True,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            batch_size=config.batch_size,
-            max_pixels=config.max_pixels,
-        )
-        for offset in range(0, len(todo), config.batch_size):
-            chunk = todo[offset : offset + config.batch_size]
-            per_item = [config.n - done.get(it.sample_id, 0) for it in chunk]
-            gen.num_return_sequences = max(per_item)
-            gen.seed = config.seed + offset + sum(done.get(it.sample_id, 0) for it in chunk)
-            answers = generate(model, processor, chunk, "cot", ds["task"], gen)
-            with store.transaction():
-                for item, texts, want in zip(chunk, answers, per_item, strict=True):
-                    for text in texts[:want]:
-                        parsed = parse_reasoning(text)
-                        store.add_reasoning(
-                            sample_id=item.sample_id, source="assistant", model=ref.run_id, stage="expand",
-                            prompt_version=cot.version, raw=text, text=parsed.to_text(), fields=parsed.fields,
-                            prediction=parsed.prediction, parse_status=parsed.status,
-                            valid=parsed.valid and parsed.prediction == item.label, attempt=1, final=True,
-                            run_id=ref.run_id, origin="expand",
-                        )  # fmt: skip
-                        summary.generated += 1
-            summary.samples += len(chunk)
-            if progress:
-                progress(summary.samples, len(todo))
-    # figures over every chain the run has for the split (this invocation and earlier ones)
-    chains = store.reasonings(dataset=config.dataset, split="train", source="assistant", stage="expand",
-                              run_id=ref.run_id)  # fmt: skip
+    record = {"assistant": ref.run_id, "adapter": str(ref.adapter), "base_model": ref.base_model,
+              **{k: v for k, v in asdict(config).items() if k not in ("dataset", "assistant")}}  # fmt: skip
+    with store.run(f"expand-{ref.run_id}-{config.dataset}", kind="expand", dataset=config.dataset,
+                   config=record) as run:  # fmt: skip
+        run.metrics = summary
+        if todo:
+            _generate(store, config, ref, ds["task"], cot.version, todo, done, summary, progress)
+        _figures(store, config.dataset, ref.run_id, summary)
+        summary.wall_s = time.perf_counter() - start
+    return summary
+
+
+def _generate(store: Store, config: ExpandConfig, ref: RunRef, task: str, version: str, todo: list[Any],
+              done: dict[int, int], summary: ExpandSummary, progress: Progress | None) -> None:  # fmt: skip
+    """Sample the missing chains batch by batch, committing each batch."""
+    from mulcot.generation import GenerationConfig, generate
+    from mulcot.models import load_model, load_with_adapter
+
+    base, processor, _ = load_model(ref.base_model, device=config.device, dtype=config.dtype)
+    model = load_with_adapter(base, ref.adapter)
+    gen = GenerationConfig(max_new_tokens=config.max_new_tokens, do_sample=True, temperature=config.temperature,
+                           top_p=config.top_p, batch_size=config.batch_size, max_pixels=config.max_pixels)  # fmt: skip
+    for offset in range(0, len(todo), config.batch_size):
+        chunk = todo[offset : offset + config.batch_size]
+        per_item = [config.n - done.get(it.sample_id, 0) for it in chunk]
+        gen.num_return_sequences = max(per_item)
+        gen.seed = config.seed + offset + sum(done.get(it.sample_id, 0) for it in chunk)
+        answers = generate(model, processor, chunk, "cot", task, gen)
+        rows = [
+            chain_row(sample_id=item.sample_id, source="assistant", model=ref.base_model, stage=EXPAND, output=text,
+                      run_id=ref.run_id, prompt_version=version, origin="expand")
+            for item, texts, want in zip(chunk, answers, per_item, strict=True)
+            for text in texts[:want]
+        ]  # fmt: skip
+        store.add_reasonings(rows)
+        summary.generated += len(rows)
+        summary.samples += len(chunk)
+        if progress:
+            progress(summary.samples, len(todo))
+
+
+def _figures(store: Store, dataset: str, run_id: str, summary: ExpandSummary) -> None:
+    """D_a and classification figures over every chain the run has for the training split (this invocation and
+    earlier ones)."""
+    from mulcot.metrics import classification_metrics
+
+    chains = store.reasonings(dataset=dataset, split="train", source="assistant", stage=EXPAND, run_id=run_id)
+    kept_ids = {c["id"] for c in store.assistant_set(dataset, "train", run_id)}
     kept: Counter = Counter()
     rejected: Counter = Counter()
     for c in chains:
-        good = c["parse_status"] == "full" and c["prediction"] == c["gold"]
-        (kept if good else rejected)[c["gold"]] += 1
-        summary.unparsed += c["parse_status"] != "full"
+        (kept if c["id"] in kept_ids else rejected)[c["gold"]] += 1
+        summary.unparsed += not c["valid"]
     summary.kept, summary.rejected = dict(kept), dict(rejected)
     if chains:
         m = classification_metrics([c["gold"] for c in chains], [c["prediction"] or "invalid" for c in chains])
         summary.accuracy, summary.weighted_f1, summary.macro_f1 = m["accuracy"], m["weighted_f1"], m["macro_f1"]
-    summary.assistant_set = len(store.assistant_set(config.dataset, "train", ref.run_id))
-    summary.wall_s = time.perf_counter() - start
-    return summary
+    summary.assistant_set = len(kept_ids)

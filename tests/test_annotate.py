@@ -182,9 +182,9 @@ def test_failures_are_stored_and_do_not_stop_the_run(sample_store):
         ("predict", 1, 0, 0),
         ("predict", 2, 0, 0),
         ("predict", 3, 1, 0),
-        ("explain", 1, 0, 0),
-        ("explain", 2, 0, 0),
-        ("explain", 3, 1, 0),
+        ("explain", 1, 0, 1),  # valid = parsed; ARC rejects them for explaining another label than the gold one
+        ("explain", 2, 0, 1),
+        ("explain", 3, 1, 1),
     ]
     assert "not the gold label" in zero[-1]["error"]
     one = sample_store.reasonings(dataset="t15", source="teacher", sample_id=_sid(sample_store, script, 1))

@@ -115,3 +115,64 @@ def test_reasonings_runs_and_eval(store):
         store.create_run("r1", kind="distill")
     store.add_eval_result(dataset="d", split="test", metrics={"acc": 1.0}, n=1, source="teacher")
     assert store.eval_results("d")[0]["metrics"] == {"acc": 1.0}
+
+
+def test_run_context_records_status_transitions(store):
+    with store.run("a", kind="annotate", dataset=None, config={"x": 1}) as run:
+        assert store.get_run("a")["status"] == "running"
+        run.metrics = {"n": 3}
+    assert store.get_run("a")["status"] == "done" and store.get_run("a")["metrics"] == {"n": 3}
+    with pytest.raises(KeyboardInterrupt), store.run("a", kind="annotate") as run:
+        run.metrics = {"n": 4}
+        raise KeyboardInterrupt
+    got = store.get_run("a")
+    assert got["status"] == "interrupted" and got["metrics"] == {"n": 4} and "run the same command" in got["error"]
+    with pytest.raises(ValueError), store.run("a", kind="annotate"):
+        raise ValueError("disk full")
+    assert store.get_run("a")["status"] == "failed" and store.get_run("a")["error"] == "disk full"
+    with store.run("a", kind="annotate") as run:
+        run.status = "stopped"
+    assert store.get_run("a")["status"] == "stopped" and store.get_run("a")["error"] is None
+    with pytest.raises(StoreError, match="already exists as a annotate run"), store.run("a", kind="distill"):
+        pass
+
+
+def test_migration_gives_valid_one_meaning(tmp_path, monkeypatch):
+    """A store written before m005 (valid = parsed *and* correct for expansions and explanations, final NULL
+    allowed, expansion chains naming the run as model) reads with one meaning after the upgrade."""
+    from mulcot.store import migrations
+
+    path = tmp_path / "old.db"
+    with monkeypatch.context() as m:
+        m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:4])
+        with Store.open(path) as old:
+            with old.transaction():
+                old.upsert_dataset("d", task="msa", format="jsonl", source="x", images_root=None, has_images=False)
+                sid = old.upsert_samples("d", [_sample("1")]).ids[("train", "1")]
+            old.create_run("asst", kind="train-assistant", config={"model": "Qwen/Qwen2.5-VL-7B-Instruct"})
+            rows = [
+                # what expand wrote for a parsed chain with the wrong label, and annotate for a wrong explanation
+                ("assistant", "expand", "asst", "negative", "full", 0, 1, "asst"),
+                ("teacher", "explain", "gpt", "neutral", "full", 0, 0, None),
+                ("teacher", "predict", "gpt", None, "none", 0, 1, None),
+                ("teacher", "predict", "gpt", "positive", "full", 1, None, None),
+            ]
+            for source, stage, model, pred, status, valid, final, run_id in rows:
+                old.db.execute(
+                    "INSERT INTO reasonings (sample_id, source, model, stage, prediction, parse_status, valid, final,"
+                    " run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [sid, source, model, stage, pred, status, valid, final, run_id],
+                )
+    with Store.open(path) as new:
+        assert new.applied_migrations()[-1] == "m005_valid_means_parsed"
+        got = [(r["source"], r["stage"], r["model"], r["valid"], r["final"]) for r in new.reasonings(dataset="d")]
+        assert got == [
+            ("assistant", "expand", "Qwen/Qwen2.5-VL-7B-Instruct", 1, 1),
+            ("teacher", "explain", "gpt", 1, 0),
+            ("teacher", "predict", "gpt", 0, 1),
+            ("teacher", "predict", "gpt", 1, 1),
+        ]
+        marks = new.browse_page(dataset="d")[0]["marks"]
+        assert marks["assistant"]["outcome"] == "wrong" and marks["teacher"]["outcome"] == "failed"
+        assert [c["sample_id"] for c in new.teacher_set("d")] == [sid]  # the correct prediction, final now
+        assert new.assistant_set("d", "train", "asst") == []  # a wrong expansion is valid but not in D_a

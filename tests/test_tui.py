@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from mulcot import store as store_module
 from mulcot.datasets.export import export_ratings
 from mulcot.demo import run_demo
 from mulcot.errors import NotFoundError, StoreError
@@ -23,6 +22,7 @@ from mulcot.labels import LABELS
 from mulcot.reasoning import Reasoning
 from mulcot.sample import SAMPLE_NAME
 from mulcot.store import Store
+from mulcot.store import migrations as store_migrations
 from mulcot.tui import ChainBrowser, Filters, SampleTable
 
 NASTY = ["'", '"', "%", ";--", "*", "NEAR(", "a' OR 1=1; --", '"unclosed', "x AND", "(", "^a", "text:foo", "-", "\\"]
@@ -211,6 +211,31 @@ def test_browse_sample_groups_retries(demo_db):
 # -------------------------------------------------------------------------------------------- store: ratings
 
 
+def test_wrong_expansion_chain_is_wrong_not_failed(tmp_path):
+    """A parsed expansion chain with another label than the gold one is *wrong* (as a wrong teacher prediction is),
+    in the table's marks, the outcome filter and the detail view; only an unparsed one is *failed*."""
+    from mulcot.chains import chain_row
+    from mulcot.tui.detail import chain_outcome
+
+    with Store.open(tmp_path / "m.db") as s:
+        run_demo(s)
+        first, second = s.samples(SAMPLE_NAME, "train")[:2]
+        other = LABELS[(LABELS.index(first["label"]) + 1) % 3]
+        wrong = Reasoning("t", "i", "c", "f", other).to_text()
+        s.add_reasonings([
+            chain_row(sample_id=first["id"], source="assistant", model="base", stage="expand", output=wrong,
+                      run_id="asst", origin="expand"),
+            chain_row(sample_id=second["id"], source="assistant", model="base", stage="expand", output="no idea",
+                      run_id="asst", origin="expand"),
+        ])  # fmt: skip
+        marks = {r["id"]: r["marks"]["assistant"]["outcome"] for r in s.browse_page(limit=100, source="assistant")}
+        assert marks == {first["id"]: "wrong", second["id"]: "failed"}
+        assert s.browse_count(source="assistant", outcome="wrong") == 1
+        assert s.browse_count(source="assistant", outcome="failed") == 1
+        chain = next(c for c in s.browse_sample(first["id"])["chains"] if c["source"] == "assistant")
+        assert chain["valid"] == 1 and chain_outcome(chain) == "wrong"
+
+
 def test_ratings_store_summary_and_export(db):
     with Store.open(db) as s:
         teacher = s.reasonings(source="teacher")[0]["id"]
@@ -245,7 +270,7 @@ def test_ratings_store_summary_and_export(db):
 def test_old_schema_is_migrated_and_indexed(tmp_path, monkeypatch):
     old = tmp_path / "old.db"
     with monkeypatch.context() as m:
-        m.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
+        m.setattr(store_migrations, "MIGRATIONS", store_migrations.MIGRATIONS[:1])
         with Store.open(old) as s:
             run_demo(s)
             assert s.applied_migrations() == ["m001_initial"] and "samples_fts" not in s.db.table_names()

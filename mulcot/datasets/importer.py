@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mulcot.chains import RELEASE_ORIGIN, chain_row
 from mulcot.datasets import jsonl, mvsa, release, tombert
 from mulcot.datasets.common import (
     ImageChecker,
@@ -21,7 +22,6 @@ from mulcot.datasets.common import (
     split_from_name,
 )
 from mulcot.errors import DataError, MulcotError
-from mulcot.reasoning import parse_reasoning
 from mulcot.store import Store
 
 FORMATS: dict[str, str] = {
@@ -255,13 +255,9 @@ def import_dataset(
                 if store.reasoning_exists(sample_id, chain.source, chain.stage, chain.raw, chain.model):
                     report.chains_existing += 1
                     continue
-                parsed = parse_reasoning(chain.raw)
-                store.add_reasoning(
-                    sample_id=sample_id, source=chain.source, model=chain.model, stage=chain.stage, raw=chain.raw,
-                    text=parsed.to_text(), fields=parsed.fields, prediction=parsed.prediction,
-                    parse_status=parsed.status, valid=parsed.valid, attempt=1, final=True,
-                    origin=f"import:{row.file}",
-                )  # fmt: skip
+                store.add_reasoning(**chain_row(sample_id=sample_id, source=chain.source, model=chain.model,
+                                                stage=chain.stage, output=chain.raw,
+                                                origin=f"{RELEASE_ORIGIN}{row.file}"))  # fmt: skip
                 report.chains_added += 1
     report.splits = dict(Counter(r.split for r in good))
     report.labels = dict(Counter(r.label or "unlabelled" for r in good))

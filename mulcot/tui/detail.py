@@ -19,13 +19,10 @@ from mulcot.tui.state import OUTCOME_MARK
 FIELD_TITLES = {f: f.replace("_", " ") for f in FIELDS}
 
 
-def chain_outcome(chain: dict[str, Any], gold: str | None) -> str:
-    """correct / wrong / failed (no valid prediction) / predicted (no gold label to compare with)."""
-    if chain.get("valid") == 0 or chain.get("prediction") is None:
-        return "failed"
-    if gold is None:
-        return "predicted"
-    return "correct" if chain["prediction"] == gold else "wrong"
+def chain_outcome(chain: dict[str, Any], gold: str | None = None) -> str:
+    """correct / wrong / failed (no valid prediction) / predicted (no gold label): the ``outcome`` the store
+    computed for the chain (:data:`mulcot.store.chains.OUTCOME`, the one definition)."""
+    return chain["outcome"]
 
 
 OUTCOME_STYLE = {"correct": "bold green", "wrong": "bold red", "failed": "bold yellow", "predicted": "bold"}

@@ -1,0 +1,31 @@
+"""The project store: one SQLite file (sqlite-utils, WAL), the single source of truth, and the only package with
+SQL. One module per group of tables:
+
+- :mod:`~mulcot.store.connection` — opening, migrations, all-or-nothing transactions;
+- :mod:`~mulcot.store.migrations` — the forward migrations (``_mulcot_migrations`` records which ran);
+- :mod:`~mulcot.store.samples` — ``datasets`` and ``samples``;
+- :mod:`~mulcot.store.chains` — ``reasonings`` (every chain, every attempt), D_t, D_a, statistics, ``soft_labels``;
+- :mod:`~mulcot.store.runs` — ``runs`` and :meth:`Store.run`, the one place a run's status changes;
+- :mod:`~mulcot.store.results` — ``eval_results``;
+- :mod:`~mulcot.store.browse` — the TUI's read model and ``ratings``.
+"""
+
+from __future__ import annotations
+
+from mulcot.store.browse import BrowseMixin
+from mulcot.store.chains import REASONING_COLUMNS, ChainsMixin
+from mulcot.store.connection import DEFAULT_DB, default_db_path, now
+from mulcot.store.migrations import MIGRATIONS
+from mulcot.store.results import ResultsMixin
+from mulcot.store.runs import RunRecord, RunsMixin
+from mulcot.store.samples import SAMPLE_CONTENT, SamplesMixin, UpsertCounts
+
+
+class Store(SamplesMixin, ChainsMixin, RunsMixin, ResultsMixin, BrowseMixin):
+    """A project store. Open with :meth:`Store.open`; safe to share between threads (one lock for writes)."""
+
+
+__all__ = [
+    "DEFAULT_DB", "MIGRATIONS", "REASONING_COLUMNS", "SAMPLE_CONTENT", "RunRecord", "Store", "UpsertCounts",
+    "default_db_path", "now",
+]  # fmt: skip

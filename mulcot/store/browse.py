@@ -1,0 +1,320 @@
+"""The TUI's read model: paged, filtered sample lists with per-source marks, one sample with its chains and retry
+attempts, full-text search — and the one thing the browser writes: human ratings of chains."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mulcot.errors import NotFoundError, StoreError
+from mulcot.store.chains import FINAL, OUTCOME, OUTCOMES, SOURCES, STAGES
+from mulcot.store.connection import Connection, from_json, now
+
+
+class BrowseMixin(Connection):
+    """Browsing and rating chains."""
+
+    BROWSE_OUTCOMES = OUTCOMES
+    SOURCE_ORDER = SOURCES
+    STAGE_ORDER = STAGES
+
+    @staticmethod
+    def fts_query(text: str) -> str | None:
+        """The FTS5 query for words a user typed: each whitespace-separated word becomes a quoted phrase (inner
+        quotes doubled, so no FTS5 syntax such as NEAR(, *, ^, column: or AND/OR survives), all words required, the
+        last one also as a prefix. None when nothing searchable is left (only punctuation)."""
+        words = [w for w in text.split() if any(ch.isalnum() for ch in w)]
+        if not words:
+            return None
+        phrases = ['"' + w.replace('"', '""') + '"' for w in words]
+        return " ".join(phrases) + "*"
+
+    def _browse_where(
+        self,
+        *,
+        dataset: str | None = None,
+        split: str | None = None,
+        gold: str | None = None,
+        predicted: str | None = None,
+        source: str | None = None,
+        stage: str | None = None,
+        outcome: str | None = None,
+        run_id: str | None = None,
+        search: str | None = None,
+    ) -> tuple[str, str, list[Any]]:
+        """FROM and WHERE clauses over ``samples s`` and the column that orders the rows by sample id. A search
+        joins the full-text index and is driven by it (its rowids come in sample-id order). Chain filters
+        (source, run, stage, predicted label, outcome) select the samples that have one final chain meeting them."""
+        tables, where, params = "samples s", [], []
+        if search is not None and search.strip():
+            query = self.fts_query(search)
+            if query is None:
+                where.append("0")
+            else:
+                tables = "samples_fts f JOIN samples s ON s.id = f.rowid"
+                where.append("samples_fts MATCH ?")
+                params.append(query)
+        for col, value in (("s.dataset", dataset), ("s.split", split), ("s.label", gold)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                params.append(value)
+        chain: list[str] = []
+        for col, value in (("r.source", source), ("r.run_id", run_id), ("r.stage", stage), ("r.prediction", predicted)):
+            if value is not None:
+                chain.append(f"{col} = ?")
+                params.append(value)
+        if outcome is not None:
+            if outcome not in OUTCOMES:
+                raise StoreError(f"unknown outcome '{outcome}': use {', '.join(OUTCOMES)}")
+            chain.append(f"({OUTCOME}) = ?")
+            params.append(outcome)
+        if chain:
+            where.append(
+                f"EXISTS (SELECT 1 FROM reasonings r WHERE r.sample_id = s.id AND {FINAL}"
+                " AND " + " AND ".join(chain) + ")"
+            )
+        return tables, " AND ".join(where) or "1", params
+
+    def browse_tree(self, *, chains: bool = True) -> list[dict[str, Any]]:
+        """Datasets (name, task, samples, chains) each with its splits (split, samples, chains). Counting chains
+        reads every chain's index entry; ``chains=False`` leaves them None (instant)."""
+        tree: dict[str, dict[str, Any]] = {}
+        for d in self.db.query("SELECT name, task FROM datasets ORDER BY name"):
+            tree[d["name"]] = {"name": d["name"], "task": d["task"], "samples": 0, "chains": 0 if chains else None,
+                               "splits": {}}  # fmt: skip
+        for r in self.db.query("SELECT dataset, split, COUNT(*) AS n FROM samples GROUP BY dataset, split"):
+            ds = tree.get(r["dataset"])
+            if ds is not None:
+                ds["splits"][r["split"]] = {"split": r["split"], "samples": r["n"], "chains": 0 if chains else None}
+                ds["samples"] += r["n"]
+        query = (
+            "SELECT s.dataset, s.split, COUNT(*) AS n FROM reasonings r JOIN samples s ON s.id = r.sample_id"
+            " GROUP BY s.dataset, s.split"
+        )
+        for r in self.db.query(query) if chains else []:
+            ds = tree.get(r["dataset"])
+            if ds is not None and r["split"] in ds["splits"]:
+                ds["splits"][r["split"]]["chains"] = r["n"]
+                ds["chains"] += r["n"]
+        order = {"train": 0, "dev": 1, "test": 2}
+        return [
+            {**ds, "splits": sorted(ds["splits"].values(), key=lambda s: (order.get(s["split"], 3), s["split"]))}
+            for ds in tree.values()
+        ]
+
+    def browse_choices(self) -> dict[str, list[str]]:
+        """The values the chain filters can take in this store: sources, stages and run ids (all in use)."""
+
+        def distinct(col: str) -> set[str]:  # a loose index scan: one index seek per distinct value
+            return {
+                r["v"]
+                for r in self.db.query(
+                    f"WITH RECURSIVE v(v) AS (SELECT MIN({col}) FROM reasonings UNION ALL"
+                    f" SELECT (SELECT MIN({col}) FROM reasonings WHERE {col} > v.v) FROM v WHERE v.v IS NOT NULL)"
+                    " SELECT v FROM v WHERE v IS NOT NULL"
+                )
+            }
+
+        sources, stages, runs = distinct("source"), distinct("stage"), distinct("run_id")
+
+        def ordered(values: set[str], first: tuple[str, ...]) -> list[str]:
+            return [v for v in first if v in values] + sorted(values - set(first))
+
+        return {
+            "sources": ordered(sources, self.SOURCE_ORDER),
+            "stages": ordered(stages, self.STAGE_ORDER),
+            "runs": sorted(runs),
+        }
+
+    def browse_count(self, **filters: Any) -> int:
+        """How many samples match the filters (see :meth:`browse_page`)."""
+        tables, where, params = self._browse_where(**filters)
+        return self.db.execute(f"SELECT COUNT(*) FROM {tables} WHERE {where}", params).fetchone()[0]
+
+    def browse_page(
+        self,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        after_id: int | None = None,
+        before_id: int | None = None,
+        from_end: bool = False,
+        **filters: Any,
+    ) -> list[dict[str, Any]]:
+        """One page of the samples matching ``filters``, in id order, each with a text excerpt and ``marks``: per
+        source, the outcome of its final chains (``wrong`` before ``failed`` before ``correct``; ``predicted`` when
+        the sample has no gold label) and that chain's prediction.
+
+        Filters: dataset, split, gold (label), predicted (label), source, run_id, stage, outcome (correct, wrong,
+        failed) and search (free text over text, aspect and chains; any input is safe). Paging: ``offset`` rows
+        after the start, or keyset — rows after ``after_id`` / the ``limit`` rows before ``before_id`` — or, with
+        ``from_end``, the page ending ``offset`` rows before the last match (cheap near the end).
+        """
+        tables, where, params = self._browse_where(**filters)
+        order = "f.rowid" if tables.startswith("samples_fts") else "s.id"
+        descending = from_end or before_id is not None
+        if after_id is not None:
+            where += f" AND {order} > ?"
+            params.append(after_id)
+        if before_id is not None:
+            where += f" AND {order} < ?"
+            params.append(before_id)
+        rows = list(
+            self.db.query(
+                "SELECT s.id, s.dataset, s.split, s.key, s.label, s.aspect, substr(s.text, 1, 240) AS text,"
+                f" s.has_image FROM {tables} WHERE {where} ORDER BY {order} {'DESC' if descending else 'ASC'}"
+                " LIMIT ? OFFSET ?",
+                [*params, limit, offset],
+            )
+        )
+        if descending:
+            rows.reverse()
+        marks = self._browse_marks([r["id"] for r in rows], stage=filters.get("stage"), run_id=filters.get("run_id"))
+        for r in rows:
+            r["marks"] = marks.get(r["id"], {})
+        return rows
+
+    def _browse_marks(
+        self, sample_ids: list[int], *, stage: str | None = None, run_id: str | None = None
+    ) -> dict[int, dict[str, dict[str, Any]]]:
+        rank = {"wrong": 3, "failed": 2, "correct": 1, "predicted": 0}
+        out: dict[int, dict[str, dict[str, Any]]] = {}
+        if not sample_ids:
+            return out
+        sql = (
+            f"SELECT r.sample_id, r.source, r.prediction, {OUTCOME} AS outcome FROM reasonings r"
+            " JOIN samples s ON s.id = r.sample_id"
+            f" WHERE r.sample_id IN ({', '.join('?' for _ in sample_ids)}) AND {FINAL}"
+        )
+        params: list[Any] = list(sample_ids)
+        for col, value in (("r.stage", stage), ("r.run_id", run_id)):
+            if value is not None:
+                sql += f" AND {col} = ?"
+                params.append(value)
+        for r in self.db.query(sql + " ORDER BY r.id", params):
+            outcome = r["outcome"]
+            per = out.setdefault(r["sample_id"], {})
+            mark = per.get(r["source"])
+            if mark is None or rank[outcome] > rank[mark["outcome"]]:
+                per[r["source"]] = {"outcome": outcome, "prediction": r["prediction"],
+                                    "chains": (mark or {}).get("chains", 0) + 1}  # fmt: skip
+            else:
+                mark["chains"] += 1
+        return out
+
+    def browse_sample(self, sample_id: int) -> dict[str, Any]:
+        """One sample with its chains: each final chain (or, for an unfinished retry sequence, its last attempt)
+        with ``fields`` parsed, ``attempts`` (every attempt of that sequence, this one last: attempt, valid,
+        parse status, prediction, error, tokens, cost, latency), totals over the attempts, and its ``ratings``.
+        Chains are ordered teacher, assistant, student (then others), predict, explain, expand."""
+        sample = self.get_sample(sample_id)
+        rows = list(self.db.query(f"SELECT r.*, {OUTCOME} AS outcome FROM reasonings r JOIN samples s"
+                                  " ON s.id = r.sample_id WHERE r.sample_id = ? ORDER BY r.id", [sample_id]))
+        sequences: dict[tuple, list[dict[str, Any]]] = {}
+        for r in rows:
+            key = (r["source"], r["model"], r["stage"], r["prompt_version"], r["run_id"])
+            sequences.setdefault(key, []).append(r)
+        chains: list[dict[str, Any]] = []
+        for seq in sequences.values():
+            pending: list[dict[str, Any]] = []
+            for r in seq:
+                pending.append(r)
+                if r["final"] == 1:
+                    chains.append(self._browse_chain(pending))
+                    pending = []
+            if pending:
+                chains.append(self._browse_chain(pending))
+        ratings: dict[int, list[dict[str, Any]]] = {}
+        ids = [c["id"] for c in chains]
+        if ids:
+            for r in self.db.query(
+                f"SELECT * FROM ratings WHERE reasoning_id IN ({', '.join('?' for _ in ids)}) ORDER BY id", ids
+            ):
+                ratings.setdefault(r["reasoning_id"], []).append(r)
+        for c in chains:
+            c["ratings"] = ratings.get(c["id"], [])
+        src_rank = {s: i for i, s in enumerate(self.SOURCE_ORDER)}
+        stage_rank = {s: i for i, s in enumerate(self.STAGE_ORDER)}
+        chains.sort(key=lambda c: (src_rank.get(c["source"], 9), c["source"], stage_rank.get(c["stage"], 9), c["id"]))
+        return {"sample": sample, "chains": chains}
+
+    @staticmethod
+    def _browse_chain(attempts: list[dict[str, Any]]) -> dict[str, Any]:
+        chain = dict(attempts[-1])
+        chain["fields"] = from_json(chain["fields"]) or {}
+        keep = ("id", "attempt", "valid", "parse_status", "prediction", "outcome", "error", "tokens_in",
+                "tokens_out", "cost_usd", "latency_s")  # fmt: skip
+        chain["attempts"] = [{k: a[k] for k in keep} for a in attempts]
+        for key in ("tokens_in", "tokens_out", "cost_usd", "latency_s"):
+            values = [a[key] for a in attempts if a[key] is not None]
+            chain[f"total_{key}"] = sum(values) if values else None
+        return chain
+
+    # -- ratings -----------------------------------------------------------------------------------------------
+
+    def add_rating(
+        self,
+        reasoning_id: int,
+        *,
+        faithfulness: int,
+        usefulness: int,
+        comment: str | None = None,
+        rater: str | None = None,
+    ) -> int:
+        """Store a human rating of one chain (faithfulness and usefulness, integers 1-5); returns its id."""
+        for name, value in (("faithfulness", faithfulness), ("usefulness", usefulness)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5:
+                raise StoreError(f"{name} must be an integer from 1 to 5, not {value!r}")
+        if not self.db.execute("SELECT 1 FROM reasonings WHERE id = ?", [reasoning_id]).fetchall():
+            raise NotFoundError(f"no reasoning chain with id {reasoning_id}")
+        comment = (comment or "").strip() or None
+        with self.transaction():
+            return self._insert(
+                "ratings",
+                {"reasoning_id": reasoning_id, "faithfulness": faithfulness, "usefulness": usefulness,
+                 "comment": comment, "rater": rater, "created_at": now()},
+            )  # fmt: skip
+
+    def ratings(
+        self,
+        *,
+        dataset: str | None = None,
+        split: str | None = None,
+        source: str | None = None,
+        reasoning_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Ratings in the order given, each with its chain (source, model, stage, prompt version, run, prediction)
+        and sample (dataset, split, key, gold label)."""
+        where, params = [], []
+        for col, value in (("s.dataset", dataset), ("s.split", split), ("r.source", source),
+                           ("t.reasoning_id", reasoning_id)):  # fmt: skip
+            if value is not None:
+                where.append(f"{col} = ?")
+                params.append(value)
+        sql = (
+            "SELECT t.id, t.reasoning_id, t.faithfulness, t.usefulness, t.comment, t.rater, t.created_at,"
+            " r.source, r.model, r.stage, r.prompt_version, r.run_id, r.prediction,"
+            " s.dataset, s.split, s.key, s.label AS gold"
+            " FROM ratings t JOIN reasonings r ON r.id = t.reasoning_id JOIN samples s ON s.id = r.sample_id"
+        )
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return list(self.db.query(sql + " ORDER BY t.id", params))
+
+    def rating_summary(self, *, dataset: str | None = None, split: str | None = None) -> list[dict[str, Any]]:
+        """Mean ratings per source and model: ratings, chains rated, mean faithfulness, mean usefulness."""
+        where, params = [], []
+        for col, value in (("s.dataset", dataset), ("s.split", split)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                params.append(value)
+        sql = (
+            "SELECT r.source, r.model, COUNT(*) AS ratings, COUNT(DISTINCT t.reasoning_id) AS chains,"
+            " AVG(t.faithfulness) AS faithfulness, AVG(t.usefulness) AS usefulness"
+            " FROM ratings t JOIN reasonings r ON r.id = t.reasoning_id JOIN samples s ON s.id = r.sample_id"
+        )
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = list(self.db.query(sql + " GROUP BY r.source, r.model", params))
+        rank = {s: i for i, s in enumerate(self.SOURCE_ORDER)}
+        rows.sort(key=lambda r: (rank.get(r["source"], 9), r["source"], r["model"] or ""))
+        return rows

@@ -1,0 +1,183 @@
+"""Schema migrations: forward only, each applied once, in definition order, as plain functions (the pattern of
+simonw/llm); ``_mulcot_migrations`` records which ran. Each runs in its own transaction (see
+:meth:`mulcot.store.connection.Connection.migrate`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+
+
+def migration(fn: Callable[[sqlite_utils.Database], None]) -> Callable[[sqlite_utils.Database], None]:
+    """Register a forward migration; they run in definition order, each once."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["datasets"].create(
+        {
+            "name": str, "task": str, "format": str, "source": str, "images_root": str, "has_images": int,
+            "created_at": str, "updated_at": str,
+        },
+        pk="name",
+        not_null={"task", "format"},
+    )  # fmt: skip
+    db["samples"].create(
+        {
+            "id": int, "dataset": str, "split": str, "key": str, "text": str, "raw_text": str, "aspect": str,
+            "label": str, "image_name": str, "image_path": str, "image_sha256": str, "has_image": int,
+            "meta": str, "created_at": str, "updated_at": str,
+        },
+        pk="id",
+        not_null={"dataset", "split", "key", "text"},
+        foreign_keys=[("dataset", "datasets", "name")],
+    )  # fmt: skip
+    db["samples"].create_index(["dataset", "split", "key"], unique=True)
+    db["samples"].create_index(["dataset", "label"])
+    db["runs"].create(
+        {
+            "id": str, "kind": str, "dataset": str, "status": str, "config": str, "metrics": str,
+            "output_dir": str, "recipe_hash": str, "error": str, "created_at": str, "updated_at": str,
+            "finished_at": str,
+        },
+        pk="id",
+        not_null={"kind", "status"},
+    )  # fmt: skip
+    db["reasonings"].create(
+        {
+            "id": int, "sample_id": int, "source": str, "model": str, "stage": str, "prompt_version": str,
+            "raw": str, "text": str, "fields": str, "prediction": str, "parse_status": str, "valid": int,
+            "attempt": int, "final": int, "tokens_in": int, "tokens_out": int, "cost_usd": float,
+            "latency_s": float, "run_id": str, "error": str, "origin": str, "created_at": str,
+        },
+        pk="id",
+        not_null={"sample_id", "source", "stage"},
+        foreign_keys=[("sample_id", "samples", "id")],
+    )  # fmt: skip
+    db["reasonings"].create_index(["sample_id", "source", "stage"])
+    db["reasonings"].create_index(["source", "model", "prompt_version", "final"])
+    db["reasonings"].create_index(["run_id"])
+    db["eval_results"].create(
+        {
+            "id": int, "run_id": str, "dataset": str, "split": str, "source": str, "model": str, "n": int,
+            "metrics": str, "config": str, "created_at": str,
+        },
+        pk="id",
+        not_null={"dataset", "split", "metrics"},
+    )  # fmt: skip
+    db["eval_results"].create_index(["dataset", "split"])
+
+
+# The text of every chain of a sample (raw output, else the canonical text), one per line: what search sees.
+_SAMPLE_CHAINS_SQL = (
+    "SELECT COALESCE(group_concat(COALESCE(r.raw, r.text, ''), char(10)), '') FROM reasonings r"
+    " WHERE r.sample_id = {sid}"
+)
+
+
+@migration
+def m002_browse_search(db: sqlite_utils.Database) -> None:
+    """Browsing (TUI): full-text search over a sample's text, aspect and chains, kept in sync by triggers (one FTS5
+    document per sample, rowid = sample id), and covering indexes for paged, filtered sample lists."""
+    db.execute(
+        "CREATE VIRTUAL TABLE samples_fts USING fts5(text, aspect, chains, tokenize = 'unicode61 remove_diacritics 2')"
+    )
+    db.execute(
+        "INSERT INTO samples_fts (rowid, text, aspect, chains) SELECT s.id, s.text, s.aspect, ("
+        + _SAMPLE_CHAINS_SQL.format(sid="s.id")
+        + ") FROM samples s"
+    )
+    db.execute(
+        "CREATE TRIGGER samples_fts_insert AFTER INSERT ON samples BEGIN"
+        " INSERT OR REPLACE INTO samples_fts (rowid, text, aspect, chains)"
+        f" VALUES (new.id, new.text, new.aspect, ({_SAMPLE_CHAINS_SQL.format(sid='new.id')})); END"
+    )
+    db.execute(
+        "CREATE TRIGGER samples_fts_update AFTER UPDATE OF id, text, aspect ON samples BEGIN"
+        " DELETE FROM samples_fts WHERE rowid = old.id;"
+        " INSERT OR REPLACE INTO samples_fts (rowid, text, aspect, chains)"
+        f" VALUES (new.id, new.text, new.aspect, ({_SAMPLE_CHAINS_SQL.format(sid='new.id')})); END"
+    )
+    db.execute("CREATE TRIGGER samples_fts_delete AFTER DELETE ON samples BEGIN"
+               " DELETE FROM samples_fts WHERE rowid = old.id; END")  # fmt: skip
+    db.execute(
+        "CREATE TRIGGER reasonings_fts_insert AFTER INSERT ON reasonings BEGIN"
+        " UPDATE samples_fts SET chains = COALESCE(NULLIF(chains, '') || char(10), '')"
+        " || COALESCE(new.raw, new.text, '') WHERE rowid = new.sample_id; END"
+    )
+    db.execute(
+        "CREATE TRIGGER reasonings_fts_update AFTER UPDATE OF sample_id, raw, text ON reasonings BEGIN"
+        f" UPDATE samples_fts SET chains = ({_SAMPLE_CHAINS_SQL.format(sid='old.sample_id')})"
+        " WHERE rowid = old.sample_id;"
+        f" UPDATE samples_fts SET chains = ({_SAMPLE_CHAINS_SQL.format(sid='new.sample_id')})"
+        " WHERE rowid = new.sample_id AND new.sample_id IS NOT old.sample_id; END"
+    )
+    db.execute(
+        "CREATE TRIGGER reasonings_fts_delete AFTER DELETE ON reasonings BEGIN"
+        f" UPDATE samples_fts SET chains = ({_SAMPLE_CHAINS_SQL.format(sid='old.sample_id')})"
+        " WHERE rowid = old.sample_id; END"
+    )
+    db.execute("CREATE INDEX idx_samples_dataset ON samples (dataset)")
+    db.execute("CREATE INDEX idx_samples_dataset_split ON samples (dataset, split)")
+    db.execute("CREATE INDEX idx_reasonings_browse ON reasonings (sample_id, source, stage, final, valid, prediction)")
+    db.execute("CREATE INDEX idx_reasonings_stage ON reasonings (stage)")
+
+
+@migration
+def m003_ratings(db: sqlite_utils.Database) -> None:
+    """Human ratings of chains (beyond the paper): faithfulness and usefulness 1-5, an optional comment."""
+    db.execute(
+        """
+        CREATE TABLE ratings (
+          id INTEGER PRIMARY KEY,
+          reasoning_id INTEGER NOT NULL REFERENCES reasonings (id) ON DELETE CASCADE,
+          faithfulness INTEGER NOT NULL CHECK (faithfulness BETWEEN 1 AND 5),
+          usefulness INTEGER NOT NULL CHECK (usefulness BETWEEN 1 AND 5),
+          comment TEXT,
+          rater TEXT,
+          created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX idx_ratings_reasoning ON ratings (reasoning_id)")
+
+
+@migration
+def m004_soft_label_index(db: sqlite_utils.Database) -> None:
+    """Where each cached soft label lives: the assistant's top-k log-probs per target position of one training
+    sequence, in a safetensors shard under the distill run's folder."""
+    db.execute(
+        """
+        CREATE TABLE soft_labels (
+          run_id TEXT NOT NULL,
+          item_key TEXT NOT NULL,
+          shard TEXT NOT NULL,
+          positions INTEGER NOT NULL,
+          k INTEGER NOT NULL,
+          created_at TEXT NOT NULL,
+          PRIMARY KEY (run_id, item_key)
+        )
+        """
+    )
+
+
+
+@migration
+def m005_valid_means_parsed(db: sqlite_utils.Database) -> None:
+    """One meaning for ``valid``: the output parsed into the five fields with a valid label (a label answer: a label
+    was found). Earlier versions also required the gold label in expand and in annotate's explain stage; correctness
+    is now derived from ``prediction`` and the sample's label (:func:`mulcot.chains.outcome`). ``final`` is never
+    NULL: a chain outside a retry sequence is its own final attempt. Expansion chains name the base model in
+    ``model`` like every other generated chain (the run is ``run_id``)."""
+    db.execute("UPDATE reasonings SET valid = (parse_status IS 'full') WHERE valid IS NOT (parse_status IS 'full')")
+    db.execute("UPDATE reasonings SET final = 1 WHERE final IS NULL")
+    db.execute(
+        "UPDATE reasonings SET model = COALESCE((SELECT json_extract(r.config, '$.model') FROM runs r"
+        " WHERE r.id = reasonings.run_id), model)"
+        " WHERE source = 'assistant' AND stage = 'expand' AND model IS run_id"
+    )
