@@ -28,8 +28,8 @@ STUDENT, ASSISTANT = "medium", "large"
 def _setup(work: Path):
     from mulcot.datasets import import_dataset
     from mulcot.sample import SAMPLE_DIR
-    from mulcot.sft_data import teacher_items
     from mulcot.store import Store
+    from mulcot.train.items import teacher_items
 
     store = Store.open(work / "bench.db")
     if not store.get_dataset("s"):
@@ -41,9 +41,9 @@ def _setup(work: Path):
 def build_cache(work: Path, top_k: int, n_items: int) -> dict:
     import torch
 
-    from mulcot.distill import build_soft_label_cache
     from mulcot.models import load_model
-    from mulcot.sft_data import MultiTaskCollator
+    from mulcot.train.items import MultiTaskCollator
+    from mulcot.train.soft_labels import build_soft_label_cache
 
     torch.set_num_threads(2)
     store, items = _setup(work)
@@ -59,11 +59,12 @@ def steps(work: Path, mode: str, n_steps: int, batch: int) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from mulcot.distill import DistillConfig, SoftLabelCache, _SoftLabels
     from mulcot.models import load_model
     from mulcot.runs import RunRef
-    from mulcot.sft_data import MultiTaskCollator
-    from mulcot.training import LANGUAGE_ONLY, _trainer_classes
+    from mulcot.train.config import LANGUAGE_ONLY, DistillConfig
+    from mulcot.train.items import MultiTaskCollator
+    from mulcot.train.soft_labels import SoftLabelCache, SoftLabels
+    from mulcot.train.student import DistillTrainer
 
     torch.set_num_threads(2)
     store, items = _setup(work)
@@ -71,7 +72,7 @@ def steps(work: Path, mode: str, n_steps: int, batch: int) -> dict:
     student = get_peft_model(student, LoraConfig(r=16, lora_alpha=32, target_modules=LANGUAGE_ONLY))
     cfg = DistillConfig(dataset="s", model=str(work / STUDENT), name="bench", assistant=str(work / ASSISTANT))
     ref = RunRef("bench-assistant", None, work, work, str(work / ASSISTANT))
-    hook = _SoftLabels(store, cfg, ref, items, None)
+    hook = SoftLabels(store, cfg, ref, items, None)
     if mode == "online":
         hook.assistant, _, _ = load_model(work / ASSISTANT)
         hook.assistant.eval()
@@ -79,12 +80,11 @@ def steps(work: Path, mode: str, n_steps: int, batch: int) -> dict:
         hook.cache = SoftLabelCache(work / "soft_labels", store.soft_label_index("bench"))
     collator = MultiTaskCollator(processor, "masc")
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-4)
-    trainer_cls, _ = _trainer_classes()
     from transformers import TrainingArguments
 
     args = TrainingArguments(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, label_names=[])
-    trainer = trainer_cls(model=student, args=args, task_weights=(0.2, 0.8), single_pass=True, collator=collator,
-                          loss_hook=hook)  # fmt: skip
+    trainer = DistillTrainer(model=student, args=args, task_weights=(0.2, 0.8), single_pass=True, collator=collator,
+                             soft_labels=hook)  # fmt: skip
 
     def step(chunk) -> float:
         loss = trainer.compute_loss(student, chunk)  # the product's own distillation loss

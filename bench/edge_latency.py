@@ -165,7 +165,7 @@ def child_hf(model_dir: str, dtype: str, tokens: int, threads: int) -> dict[str,
 
     from mulcot.models import load_model
     from mulcot.predict import prepare_image
-    from mulcot.sft_data import user_message
+    from mulcot.train.items import user_message
 
     torch.set_num_threads(threads)
     prompt, image_path = _prompt()

@@ -30,9 +30,10 @@ def worker(size: str, mode: str, steps: int, batch: int, processor_dir: str) -> 
     from mulcot.datasets import import_dataset
     from mulcot.models import load_processor
     from mulcot.sample import SAMPLE_DIR
-    from mulcot.sft_data import MultiTaskCollator, teacher_items
     from mulcot.store import Store
-    from mulcot.training import LANGUAGE_ONLY, _trainer_classes
+    from mulcot.train.assistant import MultiTaskTrainer as trainer_cls
+    from mulcot.train.config import LANGUAGE_ONLY
+    from mulcot.train.items import MultiTaskCollator, teacher_items
 
     torch.set_num_threads(2)
     store = Store.open(Path(tempfile.mkdtemp()) / "b.db")
@@ -45,7 +46,6 @@ def worker(size: str, mode: str, steps: int, batch: int, processor_dir: str) -> 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     collator = MultiTaskCollator(processor, "masc", max_pixels=280 * 280)
 
-    trainer_cls, _ = _trainer_classes()
     from transformers import TrainingArguments
 
     args = TrainingArguments(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, label_names=[])

@@ -3,7 +3,7 @@
 What is evaluated — the *subject* — is either
 
 - a **model** (:func:`resolve_model`): a run (``runs/<name>`` or its name), a LoRA adapter folder, or a plain model
-  folder / hub id. For each labelled sample of the split it generates with Hugging Face (:mod:`mulcot.generation`,
+  folder / hub id. For each labelled sample of the split it generates with Hugging Face (:mod:`mulcot.train.generation`,
   greedy) the reasoning chain (prompt P_cot, stored with stage ``"eval"``) and the label-head answer (prompt
   P_label, stored with stage ``"label"``: ``raw`` = the answer, ``prediction`` = its label, ``fields`` =
   ``{"Prediction": label}``, ``parse_status`` ``full`` when a label was found, else ``none``). Both are stored as
@@ -348,9 +348,9 @@ def _stored_outputs(store: Store, dataset: str, split: str, subject: Subject, st
 def _generate_missing(store: Store, subject: Subject, config: EvalConfig, task: str, items: list[Any],
                       progress: Progress | None) -> dict[str, int]:  # fmt: skip
     """Generate chains and label answers for the items without them; returns counts."""
-    from mulcot.generation import GenerationConfig, generate
     from mulcot.reasoning import format_prediction, parse_reasoning
-    from mulcot.sft_data import DEFAULT_MAX_PIXELS
+    from mulcot.train.generation import GenerationConfig, generate
+    from mulcot.train.items import DEFAULT_MAX_PIXELS
 
     plan = []
     for prompt, stage, max_new in (("cot", STAGE_EVAL, config.max_new_tokens),
@@ -456,7 +456,7 @@ def default_out_dir(config: EvalConfig, subject: Subject) -> Path:
 def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = None) -> EvalResult:
     """Run one evaluation (see the module doc): generate what is missing (model mode), score, store the result and
     write its files. Raises :class:`MulcotError` on bad settings or when there is nothing to evaluate."""
-    from mulcot.sft_data import sample_items
+    from mulcot.train.items import sample_items
 
     began = time.perf_counter()
     if (config.model is None) == (config.source is None):

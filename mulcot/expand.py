@@ -65,7 +65,7 @@ class ExpandSummary:
 
 def expand(store: Store, config: ExpandConfig, progress: Progress | None = None) -> ExpandSummary:
     """Generate ``n`` sampled chains per training sample with the assistant; returns the summary."""
-    from mulcot.sft_data import sample_items
+    from mulcot.train.items import sample_items
 
     start = time.perf_counter()
     ds = store.require_dataset(config.dataset)
@@ -102,8 +102,8 @@ def expand(store: Store, config: ExpandConfig, progress: Progress | None = None)
 def _generate(store: Store, config: ExpandConfig, ref: RunRef, task: str, version: str, todo: list[Any],
               done: dict[int, int], summary: ExpandSummary, progress: Progress | None) -> None:  # fmt: skip
     """Sample the missing chains batch by batch, committing each batch."""
-    from mulcot.generation import GenerationConfig, generate
     from mulcot.models import load_model, load_with_adapter
+    from mulcot.train.generation import GenerationConfig, generate
 
     base, processor, _ = load_model(ref.base_model, device=config.device, dtype=config.dtype)
     model = load_with_adapter(base, ref.adapter)

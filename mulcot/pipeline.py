@@ -138,24 +138,25 @@ class Pipeline:
         return out
 
     def _train_config(self, cls: type, stage: str, section: Any, **extra: Any) -> Any:
-        tr, d = self.recipe.training, self.recipe.dataset
-        return cls(
-            dataset=d.name, model=self.model_path(section.model), name=self.run_name(stage), split=d.train_split,
-            dev_split=d.dev_split, task_weights=tuple(tr.task_weights), lora_r=section.lora_r,
-            lora_alpha=section.lora_alpha, lora_dropout=section.lora_dropout, lora_targets=section.lora_targets,
-            lr=tr.lr, batch_size=tr.batch_size, grad_accum=tr.grad_accum, epochs=tr.epochs,
-            plateau_epochs=tr.plateau_epochs, max_pixels=tr.max_pixels, max_train_items=tr.max_train_items,
-            max_dev_samples=tr.max_dev_samples, save_steps=tr.save_steps, device=tr.device, dtype=tr.dtype,
-            load_in_4bit=tr.load_in_4bit, gradient_checkpointing=tr.gradient_checkpointing, seed=tr.seed,
-            allow_text_only=d.no_images, runs_dir=str(self.runs_dir), **extra,
-        )  # fmt: skip
+        """``cls`` (TrainConfig or DistillConfig) from the recipe: every knob of [training] and of the model's
+        section by name (both are derived from the config's fields), the rest from [dataset] and the run."""
+        from mulcot.train.config import config_fields
+
+        d = self.recipe.dataset
+        knobs = {f.name: getattr(self.recipe.training, f.name) for f in config_fields(cls, section="training")}
+        for name in ("model", "student"):
+            knobs.update({f.name: getattr(section, f.name) for f in config_fields(cls, section=name)})
+        knobs["task_weights"] = tuple(knobs["task_weights"])
+        return cls(dataset=d.name, model=self.model_path(section.model), name=self.run_name(stage),
+                   split=d.train_split, dev_split=d.dev_split, allow_text_only=d.no_images, runs_dir=str(self.runs_dir),
+                   **knobs, **extra)  # fmt: skip
 
     def _resume(self, name: str) -> bool:
         run = self.store.get_run(name)
         return run is not None and run["status"] != "done"
 
     def stage_train_assistant(self) -> dict[str, Any]:
-        from mulcot.training import TrainConfig, train_assistant
+        from mulcot.train import TrainConfig, train_assistant
 
         cfg = self._train_config(TrainConfig, "train-assistant", self.recipe.assistant)
         done = self.store.get_run(cfg.name)
@@ -183,11 +184,10 @@ class Pipeline:
                 "weighted_f1": round(s.weighted_f1, 4), "macro_f1": round(s.macro_f1, 4)}  # fmt: skip
 
     def stage_distill(self) -> dict[str, Any]:
-        from mulcot.distill import DistillConfig, distill
+        from mulcot.train import DistillConfig, distill
 
         st = self.recipe.student
-        cfg = self._train_config(DistillConfig, "distill", st, assistant=self.run_name("train-assistant"), lam=st.lam,
-                                 tau=st.tau, tau_squared=st.tau_squared, soft_labels=st.soft_labels, top_k=st.top_k,
+        cfg = self._train_config(DistillConfig, "distill", st, assistant=self.run_name("train-assistant"),
                                  include_expanded=not self.recipe.expand.skip)  # fmt: skip
         done = self.store.get_run(cfg.name)
         if done is not None and done["status"] == "done":

@@ -30,7 +30,7 @@ from mulcot.errors import DataError, ModelError, MulcotError, NotFoundError
 from mulcot.export import check_gguf, read_manifest, safe_name
 from mulcot.prompts import get_prompt
 from mulcot.reasoning import format_prediction, parse_reasoning
-from mulcot.sft_data import DEFAULT_MAX_PIXELS
+from mulcot.train.items import DEFAULT_MAX_PIXELS
 
 SOURCE_GGUF = "student-gguf"
 SOURCE_HF = "student-hf"
@@ -410,7 +410,7 @@ class GGUFBackend:
 
 class HFBackend:
     """transformers on a Hugging Face folder (a merged export's ``hf/``), a run / adapter folder (base + adapter)
-    or a run name, through :func:`mulcot.generation.generate`."""
+    or a run name, through :func:`mulcot.train.generation.generate`."""
 
     kind = "hf"
     source = SOURCE_HF
@@ -445,8 +445,8 @@ class HFBackend:
         self.close()
 
     def generate(self, posts: Sequence[Post], prompt: str, task: str) -> list[Generated]:
-        from mulcot.generation import GenerationConfig, generate
-        from mulcot.sft_data import TrainItem
+        from mulcot.train.generation import GenerationConfig, generate
+        from mulcot.train.items import TrainItem
 
         cfg = self.config
         limit = cfg.label_max_tokens if prompt == "label" else cfg.max_tokens

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from mulcot.errors import MulcotError
+from mulcot.train.config import DistillConfig, TrainConfig, config_fields, default_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,10 +28,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 FORMATS = ("twitter-tsv", "mvsa-raw", "clmlf-json", "mulcot-json", "jsonl")
-SOFT_LABEL_MODES = ("cache", "online")
 METRICS = ("sim", "meteor", "bleu", "rouge_l", "distinct_1", "distinct_2")
 QUANTS = ("q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k")
-LORA_TARGETS = ("language", "all")
 STAGES = ("import", "annotate", "train-assistant", "expand", "distill", "eval", "export")
 
 
@@ -66,41 +65,27 @@ class TeacherSection:
     skip: bool = False  # the data already carries teacher chains (mulcot-json)
 
 
-@dataclass
-class ModelSection:
-    model: str
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: str = "language"
+def _section(name: str, cls: type, section: str, *, base: type | None = None,
+             own: tuple[tuple[str, type], ...] = ()) -> type:
+    """A recipe section made of the config fields of one ``section`` (:mod:`mulcot.train.config`): same names,
+    defaults, help and checks (a tuple becomes a TOML list)."""
+    hints = get_type_hints(cls)
+    specs: list[Any] = list(own)
+    for f in config_fields(cls, section=section):
+        tp, default = hints[f.name], default_of(f)
+        if get_origin(tp) is tuple:
+            tp, default = list[get_args(tp)[0]], list(default)
+        if isinstance(default, list):
+            specs.append((f.name, tp, field(default_factory=lambda d=default: list(d), metadata=f.metadata)))
+        else:
+            specs.append((f.name, tp, field(default=default, metadata=f.metadata)))
+    return dataclasses.make_dataclass(name, specs, bases=(base,) if base else ())
 
 
-@dataclass
-class StudentSection(ModelSection):
-    lam: float = 0.3
-    tau: float = 2.0
-    tau_squared: bool = False
-    soft_labels: str = "cache"
-    top_k: int = 32
-
-
-@dataclass
-class TrainingSection:
-    task_weights: list[float] = field(default_factory=lambda: [0.2, 0.8])
-    lr: float = 3e-4
-    batch_size: int = 2
-    grad_accum: int = 20
-    epochs: float = 20
-    plateau_epochs: int = 2
-    max_pixels: int = 280 * 280
-    max_train_items: int | None = None
-    max_dev_samples: int | None = None
-    save_steps: int | None = None
-    device: str | None = None
-    dtype: str | None = None
-    load_in_4bit: bool = False
-    gradient_checkpointing: bool = False
-    seed: int = 42
+# [assistant] and [student]: the model and its LoRA; [student] adds the distillation knobs; [training]: the rest
+ModelSection = _section("ModelSection", TrainConfig, "model", own=(("model", str),))
+StudentSection = _section("StudentSection", DistillConfig, "student", base=ModelSection)
+TrainingSection = _section("TrainingSection", TrainConfig, "training")
 
 
 @dataclass
@@ -166,15 +151,10 @@ class Recipe:
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-_ALLOWED = {
-    "dataset.format": FORMATS,
-    "student.soft_labels": SOFT_LABEL_MODES,
-    "assistant.lora_targets": LORA_TARGETS,
-    "student.lora_targets": LORA_TARGETS,
-}
+# checks of the sections that are not derived from a config (those carry ``choices`` / ``min`` in their metadata)
+_ALLOWED = {"dataset.format": FORMATS}
 _ALLOWED_ITEMS = {"eval.metrics": METRICS, "export.quant": QUANTS}
-_POSITIVE = {"teacher.concurrency", "training.batch_size", "training.grad_accum", "expand.n", "student.top_k",
-             "assistant.lora_r", "student.lora_r"}  # fmt: skip
+_POSITIVE = {"teacher.concurrency", "expand.n"}
 
 
 def _type_name(tp: Any) -> str:
@@ -216,13 +196,14 @@ def _build(cls: type, data: Any, file: str, prefix: str) -> Any:
             kwargs[key] = _build(tp, value, file, full)
             continue
         value = _check_value(file, full, value, tp)
-        if full in _ALLOWED and value not in _ALLOWED[full]:
-            raise RecipeError(f"{file}: '{full}' is {value!r}; allowed: {', '.join(_ALLOWED[full])}")
+        allowed = _ALLOWED.get(full) or known[key].metadata.get("choices")
+        if allowed and value not in allowed:
+            raise RecipeError(f"{file}: '{full}' is {value!r}; allowed: {', '.join(allowed)}")
         if full in _ALLOWED_ITEMS:
             for item in value:
                 if item not in _ALLOWED_ITEMS[full]:
                     raise RecipeError(f"{file}: '{full}' has {item!r}; allowed: {', '.join(_ALLOWED_ITEMS[full])}")
-        if full in _POSITIVE and value is not None and value < 1:
+        if (full in _POSITIVE or known[key].metadata.get("min") == 1) and value is not None and value < 1:
             raise RecipeError(f"{file}: '{full}' must be at least 1, got {value!r}")
         kwargs[key] = value
     missing = [

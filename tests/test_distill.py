@@ -8,15 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from mulcot.distill import DistillConfig, _SoftLabels, distill, distill_items, item_key
 from mulcot.errors import MulcotError
 from mulcot.expand import ExpandConfig, expand
-from mulcot.losses import prediction_mask
 from mulcot.models import load_model
 from mulcot.runs import resolve_run
 from mulcot.sample import SAMPLE_NAME
-from mulcot.sft_data import TASK_CLS, TASK_REA, MultiTaskCollator
-from mulcot.training import TrainConfig, _trainer_classes, train_assistant
+from mulcot.train.assistant import MultiTaskTrainer, train_assistant
+from mulcot.train.config import DistillConfig, TrainConfig
+from mulcot.train.items import TASK_CLS, TASK_REA, MultiTaskCollator
+from mulcot.train.losses import prediction_mask
+from mulcot.train.soft_labels import SoftLabels, item_key
+from mulcot.train.student import DistillTrainer, distill, distill_items
 
 FAST = dict(batch_size=2, grad_accum=1, max_pixels=56 * 56, lr=2e-3, lora_dropout=0.0, dev_max_new_tokens=8)
 
@@ -80,7 +82,6 @@ def _batch_losses(demo_store, compact_model, tmp_path, assistant, modes):
     model, processor, _ = load_model(compact_model())
     model.eval()
     collator = MultiTaskCollator(processor, "masc", max_pixels=56 * 56)
-    Trainer, _ = _trainer_classes()
     from transformers import TrainingArguments
 
     args = TrainingArguments(output_dir=str(tmp_path / "o"), report_to=[], use_cpu=True, label_names=[])
@@ -91,10 +92,10 @@ def _batch_losses(demo_store, compact_model, tmp_path, assistant, modes):
         cfg = _dcfg(compact_model, tmp_path, name=f"stud-{name}", **kw)
         hook = None
         if name != "sft":
-            hook = _SoftLabels(demo_store, cfg, ref, items, None)
+            hook = SoftLabels(demo_store, cfg, ref, items, None)
             hook.prepare(processor, collator, tmp_path / f"f-{name}")
-        trainer = Trainer(model=model, args=args, task_weights=(0.2, 0.8), single_pass=True, collator=collator,
-                          loss_hook=hook)  # fmt: skip
+        common = {"model": model, "args": args, "task_weights": (0.2, 0.8), "single_pass": True, "collator": collator}
+        trainer = DistillTrainer(**common, soft_labels=hook) if hook else MultiTaskTrainer(**common)
         with torch.no_grad():
             out[name] = trainer.compute_loss(model, items)
         out[f"{name}-parts"] = {k: v[-1] for k, v in trainer._parts.items()}
@@ -118,7 +119,7 @@ def test_soft_labels_only_at_target_positions(demo_store, compact_model, tmp_pat
     ref = resolve_run(demo_store, assistant.folder)
     items = distill_items(demo_store, _dcfg(compact_model, tmp_path), ref)[:2]
     cfg = _dcfg(compact_model, tmp_path, top_k=8)
-    hook = _SoftLabels(demo_store, cfg, ref, items, None)
+    hook = SoftLabels(demo_store, cfg, ref, items, None)
     hook.prepare(processor, collator, tmp_path / "f")
     batch = collator(items, (TASK_REA, TASK_CLS))
     labels = batch.pop("labels")

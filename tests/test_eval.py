@@ -311,7 +311,7 @@ def test_eval_group_routing():
 
 @pytest.mark.slow
 def test_model_run_generates_stores_scores_and_resumes(demo_store, compact_model, tmp_path, monkeypatch):
-    from mulcot.training import TrainConfig, train_assistant
+    from mulcot.train import TrainConfig, train_assistant
 
     runs = tmp_path / "runs"
     cfg = TrainConfig(dataset=SAMPLE_NAME, model=str(compact_model()), name="tiny", runs_dir=str(runs), epochs=1,

@@ -63,7 +63,7 @@ def _make_student(root: Path, family: str) -> Path:
     from peft import LoraConfig, get_peft_model
 
     from mulcot.models import build_tiny, load_model
-    from mulcot.training import LANGUAGE_ONLY
+    from mulcot.train.config import LANGUAGE_ONLY
 
     base = build_tiny(root / "base", family, seed=0)
     model, processor, _ = load_model(base)
@@ -138,7 +138,7 @@ def _image(side: int) -> Image.Image:
 
 
 def _hf_inputs(processor: Any, prompt: str, image: Image.Image | None) -> Any:
-    from mulcot.sft_data import user_message
+    from mulcot.train.items import user_message
 
     text = processor.apply_chat_template([user_message(prompt, image is not None)], add_generation_prompt=True,
                                          tokenize=False)  # fmt: skip

@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from mulcot.losses import multitask_loss, position_tasks, prediction_mask, target_ce, task_means
-from mulcot.sft_data import IGNORE, TASK_CLS, TASK_REA
+from mulcot.train.items import IGNORE, TASK_CLS, TASK_REA
+from mulcot.train.losses import multitask_loss, position_tasks, prediction_mask, target_ce, task_means
 
 
 def _fixed_batch():
@@ -73,7 +73,7 @@ def test_task_without_tokens_contributes_zero():
 
 
 def test_kl_full_by_hand_and_vocab_prefix():
-    from mulcot.losses import kl_full
+    from mulcot.train.losses import kl_full
 
     zs = torch.tensor([[1.0, 2.0, 0.5, 9.0]])  # student has a padding row (index 3) the assistant lacks
     za = torch.tensor([[0.0, 1.0, 3.0]])
@@ -86,7 +86,7 @@ def test_kl_full_by_hand_and_vocab_prefix():
 
 
 def test_kl_topk_by_hand_and_full_equivalence():
-    from mulcot.losses import kl_full, kl_topk
+    from mulcot.train.losses import kl_full, kl_topk
 
     torch.manual_seed(1)
     zs, za = torch.randn(2, 4, 11), torch.randn(2, 4, 11)
@@ -104,7 +104,7 @@ def test_kl_topk_by_hand_and_full_equivalence():
 
 
 def test_distill_loss_formula_and_lambda_zero():
-    from mulcot.losses import distill_loss
+    from mulcot.train.losses import distill_loss
 
     ce = {TASK_CLS: torch.tensor(2.0), TASK_REA: torch.tensor(3.0)}
     kl = {TASK_CLS: torch.tensor(0.5), TASK_REA: torch.tensor(0.25)}

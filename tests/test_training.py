@@ -18,8 +18,10 @@ from mulcot.cli import app
 from mulcot.errors import MulcotError
 from mulcot.models import load_model
 from mulcot.sample import SAMPLE_NAME
-from mulcot.sft_data import IGNORE, TASK_CLS, TASK_REA, MultiTaskCollator, teacher_items
-from mulcot.training import TrainConfig, _trainer_classes, train_assistant
+from mulcot.train.assistant import MultiTaskTrainer as Trainer
+from mulcot.train.assistant import train_assistant
+from mulcot.train.config import TrainConfig
+from mulcot.train.items import IGNORE, TASK_CLS, TASK_REA, MultiTaskCollator, teacher_items
 
 FAST = dict(batch_size=2, grad_accum=1, max_pixels=56 * 56, lr=2e-3, lora_dropout=0.0, dev_max_new_tokens=8)
 
@@ -58,7 +60,6 @@ def test_one_pass_equals_two_passes(demo_store, compact_model, tmp_path):
     model.eval()
     items = teacher_items(demo_store, SAMPLE_NAME, "train")[:3]
     collator = MultiTaskCollator(processor, "masc", max_pixels=56 * 56)
-    Trainer, _ = _trainer_classes()
     from transformers import TrainingArguments
 
     args = TrainingArguments(output_dir=str(tmp_path / "o"), report_to=[], use_cpu=True, label_names=[])
@@ -92,8 +93,8 @@ def test_training_lowers_the_loss_and_writes_the_run(demo_store, compact_model, 
     assert run["status"] == "done" and run["kind"] == "train-assistant" and run["metrics"]["best"]["epoch"] >= 1
     assert {e["event"] for e in events} >= {"begin", "step", "log", "eval"}
     # the saved adapter loads on its base and generates
-    from mulcot.generation import GenerationConfig, generate
     from mulcot.models import load_with_adapter
+    from mulcot.train.generation import GenerationConfig, generate
 
     base, processor, _ = load_model(compact_model())
     tuned = load_with_adapter(base, folder / "adapter")
@@ -114,7 +115,7 @@ def test_plateau_halves_the_lr_and_best_epoch_breaks_ties(demo_store, compact_mo
 
         return evaluate
 
-    monkeypatch.setattr("mulcot.training.dev_evaluator", scripted)
+    monkeypatch.setattr("mulcot.train.selection.dev_evaluator", scripted)
     cfg = _cfg(compact_model(), tmp_path, epochs=5, max_train_items=2, lr=1e-3)
     result = train_assistant(demo_store, cfg)
     log = [json.loads(x) for x in (Path(result.folder) / "log.jsonl").read_text().splitlines()]

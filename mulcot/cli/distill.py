@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mulcot.cli import training_options as o
 from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
-from mulcot.cli.train import print_result, training_progress
+from mulcot.cli.config_options import config_options
+from mulcot.cli.train import report, training_progress
 from mulcot.labels import LABELS
-from mulcot.training import TrainConfig as T
+from mulcot.train.config import DistillConfig
 
 
 def expand(
@@ -62,63 +62,24 @@ def expand(
     )
 
 
+@config_options(DistillConfig)
 def distill(
     dataset: Annotated[str, typer.Argument(help="Dataset with teacher chains (and the assistant's expansion).")],
     assistant: Annotated[str, typer.Option(help="The trained assistant: runs/NAME, an adapter folder or a run name.")],
     student: Annotated[str, typer.Option(help="Student base model: hub id (Qwen/Qwen2.5-VL-3B-Instruct) or folder.")],
     name: Annotated[str | None, typer.Option(help="Run name (default: student-DATASET).")] = None,
-    lam: Annotated[float, typer.Option(help="λ: weight of the soft (KL) loss against the hard (CE) loss.")] = 0.3,
-    tau: Annotated[float, typer.Option(help="τ: softmax temperature of the soft labels.")] = 2.0,
-    tau_squared: Annotated[bool, typer.Option(help="Scale the soft loss by τ² (Hinton et al.).")] = False,
-    soft_labels: Annotated[str, typer.Option(help="cache (top-k on disk, frugal) or online (assistant resident).")] = (
-        "cache"
-    ),
-    top_k: Annotated[int, typer.Option(help="Cached soft labels: top-k log-probs per target position.")] = 32,
-    no_expanded: Annotated[bool, typer.Option("--no-expanded", help="Train on D_t only (skip D_a).")] = False,
-    split: o.Split = T.split,
-    dev_split: o.DevSplit = "dev",
-    no_dev: o.NoDev = False,
-    task_weights: o.TaskWeights = o.TASK_WEIGHTS,
-    lora_r: o.LoraR = T.lora_r,
-    lora_alpha: o.LoraAlpha = T.lora_alpha,
-    lora_dropout: o.LoraDropout = T.lora_dropout,
-    lora_targets: o.LoraTargets = T.lora_targets,
-    lr: o.Lr = T.lr,
-    batch_size: o.BatchSize = T.batch_size,
-    grad_accum: o.GradAccum = T.grad_accum,
-    epochs: o.Epochs = T.epochs,
-    plateau_epochs: o.PlateauEpochs = T.plateau_epochs,
-    min_lr: o.MinLr = T.min_lr,
-    max_pixels: o.MaxPixels = T.max_pixels,
-    two_pass: o.TwoPass = False,
-    device: o.Device = None,
-    dtype: o.Dtype = None,
-    load_in_4bit: o.LoadIn4bit = False,
-    gradient_checkpointing: o.GradientCheckpointing = False,
-    save_steps: o.SaveSteps = None,
-    max_train_items: o.MaxTrainItems = None,
-    max_dev_samples: o.MaxDevSamples = None,
-    allow_text_only: o.AllowTextOnly = False,
-    seed: o.Seed = T.seed,
-    runs_dir: o.RunsDir = o.RUNS_DIR,
-    resume: o.Resume = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Train the student on D_all = D_t ∪ D_a: L = (1−λ)·(hard CE) + λ·(KL to the assistant at target positions)."""
-    from mulcot.distill import DistillConfig
-    from mulcot.distill import distill as run
+    from mulcot.train.student import distill as run
 
     store = open_store(db)
     cfg = DistillConfig(dataset=dataset, model=student, name=name or f"student-{dataset}", assistant=assistant,
-                        lam=lam, tau=tau, tau_squared=tau_squared, soft_labels=soft_labels, top_k=top_k,
-                        include_expanded=not no_expanded, **o.training_fields(locals()))  # fmt: skip
+                        **(options or {}))  # fmt: skip
     bar, progress = training_progress(as_json)
     with bar:
         result = run(store, cfg, resume=resume, progress=progress)
-    summary = {"run": result.run, "folder": result.folder, "adapter": result.adapter, "best": result.best,
-               "steps": result.steps, "train_loss": result.train_loss, "wall_s": round(result.wall_s, 1)}  # fmt: skip
-    if as_json:
-        print_json(summary)
-        return
-    print_result(summary)
+    report(result, as_json)

@@ -9,9 +9,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mulcot.cli import training_options as o
 from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
-from mulcot.training import TrainConfig as T
+from mulcot.cli.config_options import config_options
+from mulcot.train.config import TrainConfig
 
 
 def training_progress(as_json: bool) -> tuple[Progress, Any]:
@@ -44,49 +44,29 @@ def training_progress(as_json: bool) -> tuple[Progress, Any]:
     return bar, progress
 
 
+@config_options(TrainConfig)
 def train_assistant(
     dataset: Annotated[str, typer.Argument(help="Dataset with teacher chains (D_t).")],
     model: Annotated[str, typer.Option(help="Base model: hub id (Qwen/Qwen2.5-VL-7B-Instruct) or folder.")],
     name: Annotated[str | None, typer.Option(help="Run name (folder runs/NAME); default: assistant-DATASET.")] = None,
-    split: o.Split = T.split,
-    dev_split: o.DevSplit = "dev",
-    no_dev: o.NoDev = False,
-    task_weights: o.TaskWeights = o.TASK_WEIGHTS,
-    lora_r: o.LoraR = T.lora_r,
-    lora_alpha: o.LoraAlpha = T.lora_alpha,
-    lora_dropout: o.LoraDropout = T.lora_dropout,
-    lora_targets: o.LoraTargets = T.lora_targets,
-    lr: o.Lr = T.lr,
-    batch_size: o.BatchSize = T.batch_size,
-    grad_accum: o.GradAccum = T.grad_accum,
-    epochs: o.Epochs = T.epochs,
-    plateau_epochs: o.PlateauEpochs = T.plateau_epochs,
-    min_lr: o.MinLr = T.min_lr,
-    max_pixels: o.MaxPixels = T.max_pixels,
-    two_pass: o.TwoPass = False,
-    device: o.Device = None,
-    dtype: o.Dtype = None,
-    load_in_4bit: o.LoadIn4bit = False,
-    gradient_checkpointing: o.GradientCheckpointing = False,
-    save_steps: o.SaveSteps = None,
-    max_train_items: o.MaxTrainItems = None,
-    max_dev_samples: o.MaxDevSamples = None,
-    allow_text_only: o.AllowTextOnly = False,
-    seed: o.Seed = T.seed,
-    runs_dir: o.RunsDir = o.RUNS_DIR,
-    resume: o.Resume = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Train the assistant: LoRA on L = λ_cls·CE_cls + λ_rea·CE_rea over teacher reasoning (D_t)."""
-    from mulcot.training import train_assistant as run
+    from mulcot.train.assistant import train_assistant as run
 
     store = open_store(db)
-    config = T(dataset=dataset, model=model, name=name or f"assistant-{dataset}",
-                         **o.training_fields(locals()))  # fmt: skip
+    config = TrainConfig(dataset=dataset, model=model, name=name or f"assistant-{dataset}", **(options or {}))
     bar, progress = training_progress(as_json)
     with bar:
         result = run(store, config, resume=resume, progress=progress)
+    report(result, as_json)
+
+
+def report(result: Any, as_json: bool) -> None:
+    """A training run's result: a table, or JSON with --json."""
     summary = {"run": result.run, "folder": result.folder, "adapter": result.adapter, "best": result.best,
                "steps": result.steps, "train_loss": result.train_loss, "wall_s": round(result.wall_s, 1)}  # fmt: skip
     if as_json:

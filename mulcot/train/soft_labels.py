@@ -1,56 +1,29 @@
-"""Stage 4, the student's joint learning on D_all = D_t ∪ D_a with the assistant's soft labels.
-
-L = (1−λ)·(λ_cls·CE_cls + λ_rea·CE_rea) + λ·(λ_cls·KL_cls + λ_rea·KL_rea)  (:func:`mulcot.losses.distill_loss`)
-
-KL(p_a ‖ p_s) compares the assistant's and the student's temperature-softened next-token distributions **at target
-positions only** (the positions whose next token is part of the answer). The authors' released code also counts
-prompt, image and padding positions; mulcot does not, so the soft term teaches what the student must say, not how
-to echo its prompt.
-
-Soft labels, two modes:
+"""The assistant's soft labels for the student's KL term, in two modes.
 
 - ``cache`` (default, memory-frugal): the assistant runs once over every training sequence and its top-k
   log-probs and token ids per target position are written to safetensors shards under ``runs/<student>/soft_labels``
   (indexed in the store); the assistant then leaves memory and the student trains alone. Estimator: both
   distributions renormalised over the assistant's k ids, ``p_a,k = softmax(log p_a[ids]/τ)``,
-  ``p_s,k = softmax(z_s[ids]/τ)``, KL summed over those k (:func:`mulcot.losses.kl_topk`); with k = vocabulary
+  ``p_s,k = softmax(z_s[ids]/τ)``, KL summed over those k (:func:`mulcot.train.losses.kl_topk`); with k = vocabulary
   size it equals the full KL.
 - ``online``: the assistant stays resident and the full KL over the common vocabulary prefix is computed per batch.
-
-Assistant and student must share the tokenizer (Qwen2.5-VL-7B → 3B, Qwen3-VL-8B → 2B do); their output layers may
-differ in padding rows, so the KL uses the common vocabulary prefix.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mulcot.errors import MulcotError
-from mulcot.losses import prediction_mask
-from mulcot.runs import RunRef, resolve_run
-from mulcot.sft_data import TASK_CLS, TASK_REA, TrainItem, teacher_items
+from mulcot.runs import RunRef
 from mulcot.store import Store
-from mulcot.training import TrainConfig, TrainResult, train_assistant
+from mulcot.train.config import DistillConfig
+from mulcot.train.items import TASK_CLS, TASK_REA, TrainItem
+from mulcot.train.losses import prediction_mask
 
-SOFT_MODES = ("cache", "online")
 SHARD_ITEMS = 64
-
-
-@dataclass
-class DistillConfig(TrainConfig):
-    """A student run: the training settings plus the assistant and the distillation knobs."""
-
-    assistant: str = ""
-    lam: float = 0.3
-    tau: float = 2.0
-    tau_squared: bool = False
-    soft_labels: str = "cache"
-    top_k: int = 32
-    include_expanded: bool = True
 
 
 def item_key(item: TrainItem, task: int) -> str:
@@ -70,20 +43,6 @@ def check_tokenizers(assistant_tok: Any, student_tok: Any, assistant: str, stude
             f"in the assistant's, {only_s} only in the student's, {moved} with other ids): distillation needs one "
             "vocabulary, e.g. Qwen2.5-VL-7B → 3B or Qwen3-VL-8B → 2B"
         )
-
-
-def distill_items(store: Store, config: DistillConfig, ref: RunRef) -> list[TrainItem]:
-    """D_all = D_t ∪ D_a as training items (one per chain)."""
-    items = teacher_items(store, config.dataset, config.split, allow_text_only=config.allow_text_only)
-    if config.include_expanded:
-        samples = {s["id"]: s for s in store.samples(config.dataset, config.split)}
-        for c in store.assistant_set(config.dataset, config.split, ref.run_id):
-            s = samples[c["sample_id"]]
-            items.append(
-                TrainItem(sample_id=s["id"], text=s["text"], aspect=s["aspect"], label=s["label"],
-                          image_path=s["image_path"] if s["has_image"] else None, chain=c["text"], chain_id=c["id"])
-            )  # fmt: skip
-    return items
 
 
 class SoftLabelCache:
@@ -166,25 +125,7 @@ def build_soft_label_cache(store: Store, run_id: str, folder: Path, assistant: A
     return SoftLabelCache(folder, store.soft_label_index(run_id))
 
 
-def distill(store: Store, config: DistillConfig, *, resume: bool = False,
-            progress: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:  # fmt: skip
-    """Train the student on D_all with the hard and soft losses (same Trainer machinery as train-assistant)."""
-    if config.soft_labels not in SOFT_MODES:
-        raise MulcotError(f"--soft-labels must be one of {', '.join(SOFT_MODES)}")
-    if not 0 <= config.lam <= 1:
-        raise MulcotError("--lam (λ) must be between 0 and 1")
-    if config.tau <= 0:
-        raise MulcotError("--tau must be positive")
-    if config.top_k < 1:
-        raise MulcotError("--top-k must be at least 1")
-    ref = resolve_run(store, config.assistant)
-    items = distill_items(store, config, ref)
-    soft = _SoftLabels(store, config, ref, items, progress)
-    return train_assistant(store, config, resume=resume, progress=progress, items=items, kind="distill",
-                           loss_hook=soft)  # fmt: skip
-
-
-class _SoftLabels:
+class SoftLabels:
     """Plugs the soft term into the Trainer: prepares the cache (or loads the assistant) once the student and its
     collator exist, then returns per-position KL for each batch."""
 
@@ -218,7 +159,7 @@ class _SoftLabels:
         """KL(p_a ‖ p_s) per target position ([N], the rows of ``student_logits`` = the True positions of ``mask``)."""
         import torch
 
-        from mulcot.losses import kl_full, kl_topk
+        from mulcot.train.losses import kl_full, kl_topk
 
         if self.assistant is not None:
             device = next(self.assistant.parameters()).device

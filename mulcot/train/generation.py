@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mulcot.prompts import get_prompt
-from mulcot.sft_data import DEFAULT_MAX_PIXELS, TrainItem, load_image, user_message
+from mulcot.train.items import DEFAULT_MAX_PIXELS, TrainItem, load_image, user_message
 
 Progress = Callable[[int, int], None]
 

@@ -1,0 +1,39 @@
+"""Stages 2 and 4: training the assistant (multi-task LoRA) and distilling the student.
+
+- :mod:`~mulcot.train.config` — ``TrainConfig`` / ``DistillConfig``: every knob declared once (importable without
+  torch; the CLI flags and recipe sections are derived from it);
+- :mod:`~mulcot.train.items` — training items and their collation into the two task sequences;
+- :mod:`~mulcot.train.losses` — the objectives (CE at target tokens, KL at target positions);
+- :mod:`~mulcot.train.generation` — greedy or sampled generation from P_cot / P_label;
+- :mod:`~mulcot.train.assistant` — ``MultiTaskTrainer`` and ``train_assistant``;
+- :mod:`~mulcot.train.student` — ``DistillTrainer(MultiTaskTrainer)`` and ``distill``;
+- :mod:`~mulcot.train.soft_labels` — the assistant's top-k cache or the resident assistant;
+- :mod:`~mulcot.train.loop` — the run both stages share (record, LoRA, ``TrainingArguments``, best adapter);
+- :mod:`~mulcot.train.selection`, :mod:`~mulcot.train.callbacks`, :mod:`~mulcot.train.checkpoints`.
+
+The heavy names load on first use, so ``import mulcot.train`` does not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mulcot.train.config import DistillConfig, TrainConfig
+
+_LAZY = {
+    "train_assistant": "mulcot.train.assistant",
+    "MultiTaskTrainer": "mulcot.train.assistant",
+    "distill": "mulcot.train.student",
+    "DistillTrainer": "mulcot.train.student",
+    "TrainResult": "mulcot.train.loop",
+}
+
+__all__ = ["DistillConfig", "TrainConfig", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(name)

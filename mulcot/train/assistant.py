@@ -1,0 +1,110 @@
+"""Stage 2: the assistant learns teacher reasoning with multi-task LoRA (HF Trainer + peft).
+
+``MultiTaskTrainer`` overrides only ``compute_loss`` (the multi-task objective of :mod:`mulcot.train.losses`) and
+``evaluate`` (dev accuracy from generated ``"Prediction"`` answers, :mod:`mulcot.train.selection`). Everything else
+is the Trainer's (:mod:`mulcot.train.loop`). The best epoch (dev accuracy, ties broken by macro-F1 on MASC or
+weighted-F1 on MSA) is kept in ``runs/<name>/best/`` as it is found, and copied to ``runs/<name>/adapter/`` when the
+run finishes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from transformers import Trainer
+
+from mulcot.store import Store
+from mulcot.train.config import TrainConfig
+from mulcot.train.items import TASK_CLS, TASK_REA, teacher_items
+from mulcot.train.loop import Progress, TrainResult, check_request, fit
+from mulcot.train.losses import multitask_loss, position_tasks, prediction_mask, target_ce, task_means
+
+
+class MultiTaskTrainer(Trainer):
+    """HF Trainer with the multi-task loss and generation-based dev evaluation."""
+
+    def __init__(self, *args: Any, task_weights: tuple[float, float], collator: Any, single_pass: bool = True,
+                 dev_eval: Callable[[Any], dict[str, float]] | None = None, **kwargs: Any):  # fmt: skip
+        super().__init__(*args, data_collator=lambda items: items, **kwargs)
+        self.task_weights = task_weights
+        self.single_pass = single_pass
+        self.collator = collator
+        self.dev_eval = dev_eval
+        self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+        self._parts: dict[str, list[float]] = defaultdict(list)
+
+    @property
+    def tasks(self) -> tuple[int, ...]:
+        """The tasks with a non-zero weight, reasoning first."""
+        w_cls, w_rea = self.task_weights
+        return tuple(t for t, w in ((TASK_REA, w_rea), (TASK_CLS, w_cls)) if w > 0)
+
+    def forward_targets(self, model: Any, items: Any, tasks: tuple[int, ...]) -> dict[str, Any]:
+        """Collate, run the model and return logits at the target-predicting positions only ([N, V])."""
+        batch = self._prepare_inputs(self.collator(items, tasks))
+        labels, task_ids = batch.pop("labels"), batch.pop("task_ids")
+        mask = prediction_mask(labels)
+        logits = model(**batch, logits_to_keep=mask).logits
+        return {"batch": batch, "labels": labels, "task_ids": task_ids, "mask": mask, "logits": logits}
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:  # fmt: skip
+        """L = λ_cls·CE_cls + λ_rea·CE_rea over target tokens (:func:`mulcot.train.losses.multitask_loss`)."""
+        w_cls, w_rea = self.task_weights
+        tasks = self.tasks
+        if self.single_pass or len(tasks) == 1:
+            f = self.forward_targets(model, inputs, tasks)
+            loss, parts = multitask_loss(f["logits"], f["labels"], f["mask"], f["task_ids"], w_cls, w_rea)
+        else:  # one forward pass per task (to compare with the single pass)
+            means = {}
+            for task in tasks:
+                f = self.forward_targets(model, inputs, (task,))
+                ce = target_ce(f["logits"], f["labels"], f["mask"])
+                means[task] = task_means(ce, position_tasks(f["mask"], f["task_ids"]))[task]
+            zero = next(iter(means.values())) * 0
+            loss = w_cls * means.get(TASK_CLS, zero) + w_rea * means.get(TASK_REA, zero)
+            parts = {k: float(means.get(t, zero).detach()) for k, t in (("ce_cls", TASK_CLS), ("ce_rea", TASK_REA))}
+        self.record(parts)
+        return (loss, None) if return_outputs else loss
+
+    def record(self, parts: dict[str, float]) -> None:
+        """Keep a step's loss parts (ce_cls, ce_rea, …) to log their mean with the loss."""
+        for key, value in parts.items():
+            self._parts[key].append(value)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs:
+            for key, values in self._parts.items():
+                if values:
+                    logs[key] = round(sum(values) / len(values), 6)
+                values.clear()
+        super().log(logs, *args, **kwargs)
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
+                 metric_key_prefix: str = "eval") -> dict[str, float]:  # fmt: skip
+        if self.dev_eval is None:
+            return {}
+        start = time.perf_counter()
+        raw = self.dev_eval(self.model)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in raw.items()}
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - start, 3)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def prediction_step(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - evaluate is overridden
+        raise NotImplementedError
+
+
+def train_assistant(store: Store, config: TrainConfig, *, resume: bool = False, progress: Progress | None = None,
+                    items: list[Any] | None = None) -> TrainResult:  # fmt: skip
+    """Train (or resume) the assistant on D_t (or ``items``); records the run and writes ``runs/<name>/``."""
+    check_request(store, config, resume)
+    store.require_dataset(config.dataset)
+    if items is None:
+        items = teacher_items(store, config.dataset, config.split, allow_text_only=config.allow_text_only)
+    return fit(store, config, kind="train-assistant", items=items, trainer_class=MultiTaskTrainer, resume=resume,
+               progress=progress)  # fmt: skip

@@ -1,0 +1,89 @@
+"""What the Trainer reports while it trains: a per-step JSONL log, the best epoch (kept as it is found), progress
+events, and the loss/accuracy curves drawn from the log."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class RunCallback(TrainerCallback):
+    """Per-step JSONL log, best-epoch tracking and progress events."""
+
+    def __init__(self, folder: Path, progress: Progress | None, save_best: Callable[[Any, dict], None],
+                 best: dict[str, Any] | None):  # fmt: skip
+        self.folder = folder
+        self.progress = progress
+        self.save_best = save_best
+        self.best = best
+        self.started = time.perf_counter()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.progress:
+            self.progress({"event": "begin", "step": state.global_step, "total": state.max_steps})
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **(logs or {})}
+        with (self.folder / "log.jsonl").open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.progress:
+            self.progress({"event": "log", "total": state.max_steps, **record})
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.progress:
+            self.progress({"event": "step", "step": state.global_step, "total": state.max_steps,
+                           "elapsed": time.perf_counter() - self.started})  # fmt: skip
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None,
+                    model: Any = None, **kwargs: Any) -> None:  # fmt: skip
+        metrics = metrics or {}
+        score = metrics.get("eval_select")
+        if score is None:
+            return
+        if self.best is None or score > self.best["eval_select"]:
+            self.best = {**metrics, "epoch": round(state.epoch or 0, 4), "step": state.global_step}
+            self.save_best(kwargs.get("model") or model, self.best)
+        if self.progress:
+            self.progress({"event": "eval", "epoch": state.epoch, "metrics": metrics, "best": self.best})
+
+
+def plot_curves(folder: Path) -> Path | None:
+    """Loss per step and dev accuracy per epoch as ``curves.png``."""
+    log = folder / "log.jsonl"
+    if not log.exists():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    train = [r for r in rows if "loss" in r]
+    dev = [r for r in rows if "eval_accuracy" in r]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    if train:
+        a.plot([r["step"] for r in train], [r["loss"] for r in train], label="loss")
+        for key in ("ce_cls", "ce_rea"):
+            if any(key in r for r in train):
+                a.plot([r["step"] for r in train if key in r], [r[key] for r in train if key in r], label=key)
+    a.set_xlabel("step")
+    a.set_title("training loss")
+    a.legend()
+    if dev:
+        b.plot([r["epoch"] for r in dev], [r["eval_accuracy"] for r in dev], marker="o", label="accuracy")
+        b.plot([r["epoch"] for r in dev], [r["eval_macro_f1"] for r in dev], marker="x", label="macro-F1")
+        b.legend()
+    b.set_xlabel("epoch")
+    b.set_title("dev")
+    fig.tight_layout()
+    out = folder / "curves.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

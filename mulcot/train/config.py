@@ -1,0 +1,142 @@
+"""The training runs' settings: pure dataclasses, importable without torch (TRL's ``*Config`` shape).
+
+Each field is declared once, with its help text, and everything else is derived from it: the command-line flags of
+``train-assistant`` and ``distill`` (:func:`mulcot.cli.config_options.config_options`), the recipe sections
+``[training]``, ``[assistant]`` and ``[student]`` (:mod:`mulcot.recipes`) and what ``mulcot run`` passes to the
+trainers (:mod:`mulcot.pipeline`). Field metadata:
+
+- ``help``: the flag's help text;
+- ``section``: where a recipe sets it — ``training`` (shared by both training stages), ``model`` (per model:
+  [assistant] and [student]), ``student`` (distillation only: [student]); absent: set by the command or the
+  pipeline itself (dataset, names, splits, folders);
+- ``flag`` / ``invert``: a flag named differently from the field (``--two-pass`` sets ``single_pass`` False);
+- ``none_flag``: a second flag that sets the field to None (``--no-dev``);
+- ``parse``: a function from the flag's text to the value (``--task-weights 0.2,0.8``);
+- ``choices`` / ``min``: allowed values, checked in recipes;
+- ``cli``: False keeps a field off the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from mulcot.errors import MulcotError
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Language model only: Qwen-VL vision blocks also have gate/up/down_proj, which a plain suffix match would hit
+# (as the authors' code does: --lora-targets all).
+LANGUAGE_ONLY = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+LORA_TARGET_CHOICES = ("language", "all")
+SOFT_MODES = ("cache", "online")
+
+
+def parse_weights(value: str | tuple | list) -> tuple[float, float]:
+    """``"0.2,0.8"`` (or a pair) -> (λ_cls, λ_rea)."""
+    try:
+        cls, rea = (float(x) for x in (value.split(",") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        raise MulcotError(f"--task-weights '{value}' is not 'CLS,REA', e.g. 0.2,0.8") from None
+    return cls, rea
+
+
+def _f(default: Any = MISSING, help: str = "", **meta: Any) -> Any:
+    """A config field: its default and its metadata (see the module docstring)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class TrainConfig:
+    """A training run's settings (train-assistant; distill adds :class:`DistillConfig`'s)."""
+
+    dataset: str = _f(help="Dataset with teacher chains (D_t).", cli=False)
+    model: str = _f(help="Base model: hub id (Qwen/Qwen2.5-VL-7B-Instruct) or folder.", cli=False)
+    name: str = _f(help="Run name (folder runs/NAME).", cli=False)
+    split: str = _f("train", "Training split.")
+    dev_split: str | None = _f("dev", "Dev split for per-epoch evaluation.",
+                               none_flag=("--no-dev", "Skip dev evaluation (keeps the last epoch)."))  # fmt: skip
+    task_weights: tuple[float, float] = _f(
+        (0.2, 0.8), "λ_cls,λ_rea: 0.2,0.8 (paper) or 0.5,0.5 (authors' code).", section="training", parse=parse_weights
+    )
+    lora_r: int = _f(16, "LoRA rank.", section="model", min=1)
+    lora_alpha: int = _f(32, "LoRA alpha.", section="model")
+    lora_dropout: float = _f(0.05, "LoRA dropout.", section="model")
+    lora_targets: str = _f("language", "language (LM projections), all (suffix match, vision MLPs too, as the authors' "
+                           "code) or module names.", section="model", choices=LORA_TARGET_CHOICES)  # fmt: skip
+    lr: float = _f(3e-4, "AdamW learning rate.", section="training")
+    batch_size: int = _f(2, "Chains per micro-batch (each gives 2 sequences).", section="training", min=1)
+    grad_accum: int = _f(20, "Gradient accumulation steps.", section="training", min=1)
+    epochs: float = _f(20, "Epochs at most.", section="training")
+    plateau_epochs: int = _f(2, "Halve the lr after this many epochs without dev gain.", section="training")
+    lr_factor: float = _f(0.5, "Factor of the lr on a dev plateau.", section="training")
+    min_lr: float = _f(1e-6, "Floor of the lr halving.", section="training")
+    warmup_steps: int = _f(0, "Linear lr warm-up, in optimizer steps.", section="training")
+    max_pixels: int = _f(280 * 280, "Images are downsized to at most this many pixels.", section="training")
+    single_pass: bool = _f(True, "One forward pass per task instead of one for both.", section="training",
+                           flag="--two-pass", invert=True)  # fmt: skip
+    device: str | None = _f(None, "cuda, cuda:1, mps or cpu (default: best available).", section="training")
+    dtype: str | None = _f(None, "bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU).", section="training")
+    load_in_4bit: bool = _f(False, "QLoRA through bitsandbytes.", section="training")
+    gradient_checkpointing: bool = _f(False, "Trade compute for memory.", section="training")
+    seed: int = _f(42, "Random seed.", section="training")
+    max_train_items: int | None = _f(None, "Use only the first N chains.", section="training")
+    max_dev_samples: int | None = _f(None, "Evaluate on the first N dev samples.", section="training")
+    save_steps: int | None = _f(None, "Checkpoint every N optimizer steps (default: each epoch).", section="training")
+    dev_batch_size: int = _f(8, "Dev samples per generation batch.", section="training", min=1)
+    dev_max_new_tokens: int = _f(16, "Token limit of a dev label answer.", section="training", min=1)
+    allow_text_only: bool = _f(False, "Train on a dataset imported without images.")
+    runs_dir: str = _f("runs", "Where run folders go.")
+    extra: dict[str, Any] = _f({}, "Free-form notes kept with the run.", cli=False)
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def folder(self) -> Path:
+        """The run folder, ``runs_dir/name``."""
+        return Path(self.runs_dir) / self.name
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """A student run: the training settings plus the assistant and the distillation knobs."""
+
+    assistant: str = _f("", "The trained assistant: runs/NAME, an adapter folder or a run name.", cli=False)
+    lam: float = _f(0.3, "λ: weight of the soft (KL) loss against the hard (CE) loss.", section="student")
+    tau: float = _f(2.0, "τ: softmax temperature of the soft labels.", section="student")
+    tau_squared: bool = _f(False, "Scale the soft loss by τ² (Hinton et al.).", section="student")
+    soft_labels: str = _f("cache", "cache (top-k on disk, frugal) or online (assistant resident).", section="student",
+                          choices=SOFT_MODES)  # fmt: skip
+    top_k: int = _f(32, "Cached soft labels: top-k log-probs per target position.", section="student", min=1)
+    include_expanded: bool = _f(True, "Train on D_t only (skip D_a).", flag="--no-expanded", invert=True)
+
+
+def config_fields(cls: type, *, section: str | None = None, cli: bool | None = None) -> list[Field]:
+    """The fields of a config class, optionally those of one recipe ``section`` or those on the command line."""
+    out = []
+    for f in fields(cls):
+        if section is not None and f.metadata.get("section") != section:
+            continue
+        if cli is not None and f.metadata.get("cli", True) != cli:
+            continue
+        out.append(f)
+    return out
+
+
+def default_of(f: Field) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+
+
+def lora_target_modules(spec: str) -> str | list[str]:
+    """peft ``target_modules`` for ``language`` (default), ``all`` (suffix match, vision MLPs too) or a list."""
+    if spec == "language":
+        return LANGUAGE_ONLY
+    if spec == "all":
+        return list(LORA_TARGETS)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise MulcotError("--lora-targets is empty: use language, all, or module names like q_proj,v_proj")
+    return names

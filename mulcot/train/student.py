@@ -1,0 +1,97 @@
+"""Stage 4, the student's joint learning on D_all = D_t ∪ D_a with the assistant's soft labels.
+
+L = (1−λ)·(λ_cls·CE_cls + λ_rea·CE_rea) + λ·(λ_cls·KL_cls + λ_rea·KL_rea)  (:func:`mulcot.train.losses.distill_loss`)
+
+KL(p_a ‖ p_s) compares the assistant's and the student's temperature-softened next-token distributions **at target
+positions only** (the positions whose next token is part of the answer). The authors' released code also counts
+prompt, image and padding positions; mulcot does not, so the soft term teaches what the student must say, not how
+to echo its prompt.
+
+Soft labels, two modes:
+
+- ``cache`` (default, memory-frugal): the assistant runs once over every training sequence and its top-k
+  log-probs and token ids per target position are written to safetensors shards under ``runs/<student>/soft_labels``
+  (indexed in the store); the assistant then leaves memory and the student trains alone. Estimator: both
+  distributions renormalised over the assistant's k ids, ``p_a,k = softmax(log p_a[ids]/τ)``,
+  ``p_s,k = softmax(z_s[ids]/τ)``, KL summed over those k (:func:`mulcot.train.losses.kl_topk`); with k = vocabulary
+  size it equals the full KL.
+- ``online``: the assistant stays resident and the full KL over the common vocabulary prefix is computed per batch.
+
+Assistant and student must share the tokenizer (Qwen2.5-VL-7B → 3B, Qwen3-VL-8B → 2B do); their output layers may
+differ in padding rows, so the KL uses the common vocabulary prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mulcot.errors import MulcotError
+from mulcot.runs import RunRef, resolve_run
+from mulcot.store import Store
+from mulcot.train.assistant import MultiTaskTrainer
+from mulcot.train.config import SOFT_MODES, DistillConfig
+from mulcot.train.items import TrainItem, teacher_items
+from mulcot.train.loop import Progress, TrainResult, check_request, fit
+from mulcot.train.losses import distill_loss, position_tasks, target_ce, task_means
+from mulcot.train.soft_labels import SoftLabels
+
+
+class DistillTrainer(MultiTaskTrainer):
+    """``MultiTaskTrainer`` whose loss adds the assistant's soft labels:
+    L = (1−λ)·(λ_cls·CE_cls + λ_rea·CE_rea) + λ·(λ_cls·KL_cls + λ_rea·KL_rea)."""
+
+    def __init__(self, *args: Any, soft_labels: SoftLabels, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.soft_labels = soft_labels
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:  # fmt: skip
+        w_cls, w_rea = self.task_weights
+        cfg = self.soft_labels.config
+        f = self.forward_targets(model, inputs, self.tasks)
+        tasks = position_tasks(f["mask"], f["task_ids"])
+        ce = target_ce(f["logits"], f["labels"], f["mask"])
+        kl = self.soft_labels.kl(inputs, self.tasks, f["batch"], f["logits"], f["mask"])
+        loss, parts = distill_loss(task_means(ce, tasks), task_means(kl, tasks), w_cls, w_rea, cfg.lam, cfg.tau,
+                                   cfg.tau_squared)  # fmt: skip
+        self.record(parts)
+        return (loss, None) if return_outputs else loss
+
+
+def distill_items(store: Store, config: DistillConfig, ref: RunRef) -> list[TrainItem]:
+    """D_all = D_t ∪ D_a as training items (one per chain)."""
+    items = teacher_items(store, config.dataset, config.split, allow_text_only=config.allow_text_only)
+    if config.include_expanded:
+        samples = {s["id"]: s for s in store.samples(config.dataset, config.split)}
+        for c in store.assistant_set(config.dataset, config.split, ref.run_id):
+            s = samples[c["sample_id"]]
+            items.append(
+                TrainItem(sample_id=s["id"], text=s["text"], aspect=s["aspect"], label=s["label"],
+                          image_path=s["image_path"] if s["has_image"] else None, chain=c["text"], chain_id=c["id"])
+            )  # fmt: skip
+    return items
+
+
+
+def distill(store: Store, config: DistillConfig, *, resume: bool = False,
+            progress: Progress | None = None) -> TrainResult:  # fmt: skip
+    """Train the student on D_all with the hard and soft losses (the same run machinery as train-assistant)."""
+    if config.soft_labels not in SOFT_MODES:
+        raise MulcotError(f"--soft-labels must be one of {', '.join(SOFT_MODES)}")
+    if not 0 <= config.lam <= 1:
+        raise MulcotError("--lam (λ) must be between 0 and 1")
+    if config.tau <= 0:
+        raise MulcotError("--tau must be positive")
+    if config.top_k < 1:
+        raise MulcotError("--top-k must be at least 1")
+    check_request(store, config, resume)
+    ref = resolve_run(store, config.assistant)
+    items = distill_items(store, config, ref)
+    soft = SoftLabels(store, config, ref, items, progress)
+
+    def extras(processor: Any, collator: Any, folder: Any) -> dict[str, Any]:
+        soft.prepare(processor, collator, folder)
+        return {"soft_labels": soft}
+
+    return fit(store, config, kind="distill", items=items, trainer_class=DistillTrainer, extras=extras,
+               resume=resume, progress=progress)  # fmt: skip
