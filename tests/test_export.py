@@ -18,7 +18,6 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from mulcot import llamacpp
 from mulcot.errors import ExportError, ModelError, MulcotError, NotFoundError
 from mulcot.export import (
     MANIFEST,
@@ -29,6 +28,7 @@ from mulcot.export import (
     export,
     gguf_names,
     inspect_gguf,
+    llamacpp,
     modelfile_text,
     parse_quants,
     resolve_source,

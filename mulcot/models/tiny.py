@@ -1,7 +1,7 @@
 """Tiny random-weight Qwen2.5-VL / Qwen3-VL models on the real Qwen2 tokenizer, built offline.
 
 The tokenizer is rebuilt from llama.cpp's ``models/ggml-vocab-qwen2.gguf`` (shipped in the llama-cpp-python
-sdist, see :mod:`mulcot.llamacpp`): the real byte-level BPE vocabulary and merges plus the Qwen-VL special
+sdist, see :mod:`mulcot.export.llamacpp`): the real byte-level BPE vocabulary and merges plus the Qwen-VL special
 tokens at their real ids. Its pre-tokenizer hash is one llama.cpp knows, so a tiny model converts to GGUF
 unpatched. Parsing the GGUF takes ~20 s, so built tokenizers are cached in ``$MULCOT_CACHE/tokenizers/``.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mulcot.errors import ModelError
-from mulcot.llamacpp import cache_root, qwen2_vocab_path
+from mulcot.export.llamacpp import cache_root, qwen2_vocab_path
 
 Progress = Callable[[str], None]
 

@@ -1,0 +1,48 @@
+"""Offline inference with the exported student: llama.cpp (llama-cpp-python) on the GGUF files, or transformers on
+a Hugging Face folder for comparison.
+
+* :mod:`~mulcot.predict.config`: settings, input post and raw generation, shared by both backends;
+* :mod:`~mulcot.predict.images`: the image pixels both backends see;
+* :mod:`~mulcot.predict.gguf_backend` and :mod:`~mulcot.predict.hf_backend`: the two backends;
+* :mod:`~mulcot.predict.backends`: a backend opened from CLI-style arguments (an export folder, a GGUF, a model);
+* :mod:`~mulcot.predict.batch`: one post, or a dataset split stored as chains for ``mulcot eval``.
+"""
+
+from mulcot.predict.backends import BACKENDS, find_gguf, open_backend
+from mulcot.predict.batch import (
+    STAGE,
+    STAGE_LABEL,
+    STAGES,
+    BatchProgress,
+    BatchSummary,
+    PostPrediction,
+    predict_dataset,
+    predict_post,
+)
+from mulcot.predict.config import SOURCE_GGUF, SOURCE_HF, Generated, Post, PredictConfig
+from mulcot.predict.gguf_backend import GGUFBackend
+from mulcot.predict.hf_backend import HFBackend
+from mulcot.predict.images import image_data_url, prepare_image
+
+__all__ = [
+    "BACKENDS",
+    "SOURCE_GGUF",
+    "SOURCE_HF",
+    "STAGE",
+    "STAGES",
+    "STAGE_LABEL",
+    "BatchProgress",
+    "BatchSummary",
+    "GGUFBackend",
+    "Generated",
+    "HFBackend",
+    "Post",
+    "PostPrediction",
+    "PredictConfig",
+    "find_gguf",
+    "image_data_url",
+    "open_backend",
+    "predict_dataset",
+    "predict_post",
+    "prepare_image",
+]

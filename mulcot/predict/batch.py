@@ -1,0 +1,228 @@
+"""Predicting with a backend: one post, or every sample of a dataset split.
+
+The student is asked with the reasoning prompt P_cot; its answer is parsed into the five fields and the label
+(:func:`mulcot.reasoning.parse_reasoning`). In batch mode every answer is stored as a chain (source
+``student-gguf``, stage ``eval``, model = the GGUF file name, prompt version of P_cot) so ``mulcot eval`` can score
+it; samples that already have one for that model and prompt are skipped, so an interrupted run resumes. With
+the label prompt P_label too, its answers are stored as ``mulcot.evaluate`` stores them (stage ``label``, fields
+``{"Prediction": label}``), so eval reports the label head beside the chains' own Prediction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mulcot.errors import DataError, ModelError, MulcotError
+from mulcot.export.gguf import safe_name
+from mulcot.predict.config import Generated, Post
+from mulcot.prompts import get_prompt
+from mulcot.reasoning import format_prediction, parse_reasoning
+
+if TYPE_CHECKING:
+    from mulcot.predict.gguf_backend import GGUFBackend
+    from mulcot.predict.hf_backend import HFBackend
+
+STAGE = "eval"  # stage of reasoning chains (P_cot), as mulcot.evaluate stores them
+STAGE_LABEL = "label"  # stage of label-prompt answers (P_label), as mulcot.evaluate stores them
+STAGES = {"cot": STAGE, "label": STAGE_LABEL}
+
+
+@dataclass
+class PostPrediction:
+    """What the student made of one post with one prompt."""
+
+    prompt: str
+    task: str
+    prompt_version: str
+    raw: str
+    fields: dict[str, str]
+    prediction: str | None
+    parse_status: str
+    valid: bool
+    tokens_in: int | None
+    tokens_out: int
+    latency_s: float
+    finish_reason: str | None = None
+    token_ids: list[int] | None = None
+
+    def as_dict(self, with_ids: bool = False) -> dict[str, Any]:
+        out = asdict(self)
+        if not with_ids:
+            out.pop("token_ids")
+        return out
+
+
+def _prediction(gen: Generated, prompt: str, task: str) -> PostPrediction:
+    template = get_prompt(prompt, task)
+    parsed = parse_reasoning(gen.text)
+    if prompt == "cot":
+        fields, status, valid = parsed.fields, parsed.status, parsed.valid
+    else:  # a label answer: only its label counts
+        label = parsed.prediction
+        fields, status, valid = ({"Prediction": label} if label else {}), ("full" if label else "none"), bool(label)
+    return PostPrediction(prompt=prompt, task=task, prompt_version=template.version, raw=gen.text,
+                          fields=fields, prediction=parsed.prediction, parse_status=status, valid=valid,
+                          tokens_in=gen.tokens_in, tokens_out=gen.tokens_out, latency_s=round(gen.latency_s, 4),
+                          finish_reason=gen.finish_reason, token_ids=gen.token_ids)  # fmt: skip
+
+
+def _check_prompts(prompts: Sequence[str]) -> None:
+    if not prompts or any(p not in STAGES for p in prompts) or prompts[0] != "cot" and "cot" in prompts:
+        raise MulcotError(f"prompts must be cot and/or label (cot first), not {list(prompts)}")
+
+
+def predict_post(backend: GGUFBackend | HFBackend, post: Post, *, task: str | None = None,
+                 prompts: Sequence[str] = ("cot",)) -> list[PostPrediction]:  # fmt: skip
+    """Predict one post with each of ``prompts`` (``cot``: the five-field reasoning; ``label``: the label only).
+    ``task`` defaults to ``masc`` when the post has an aspect, else ``msa``."""
+    _check_prompts(prompts)
+    task = task or ("masc" if post.aspect else "msa")
+    if task == "masc" and not post.aspect:
+        raise MulcotError("an aspect-level (masc) prediction needs --aspect")
+    return [_prediction(backend.generate([post], p, task)[0], p, task) for p in prompts]
+
+
+@dataclass
+class BatchSummary:
+    """A batch prediction run: what it did now, and the figures over every stored chain of the model."""
+
+    run_id: str
+    model: str
+    source: str
+    dataset: str
+    split: str
+    prompt_version: str
+    predicted: int = 0
+    skipped_done: int = 0
+    samples: int = 0
+    chains: int = 0  # final chains of this model and prompt on the split (this run and earlier ones)
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    weighted_f1: float | None = None
+    invalid: int = 0
+    mean_latency_s: float | None = None
+    tokens_per_s: float | None = None
+    wall_s: float = 0.0
+    extra_prompts: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+BatchProgress = Callable[[int, int, PostPrediction | None], None]
+
+
+def predict_dataset(
+    store: Any,
+    backend: GGUFBackend | HFBackend,
+    dataset: str,
+    split: str = "test",
+    *,
+    limit: int | None = None,
+    run_id: str | None = None,
+    source: str | None = None,
+    prompts: Sequence[str] = ("cot",),
+    progress: BatchProgress | None = None,
+) -> BatchSummary:
+    """Predict every sample of ``dataset``/``split`` (the first ``limit``) and store each answer as a chain (source
+    ``student-gguf`` or ``student-hf``, stage ``eval``, model = the backend's name); samples that already have a
+    final chain for this model and prompt are skipped. The run is recorded in the store (kind ``predict``)."""
+    start = time.perf_counter()
+    _check_prompts(prompts)
+    ds = store.require_dataset(dataset)
+    task = ds["task"]
+    if split not in store.splits(dataset):
+        raise MulcotError(f"dataset '{dataset}' has no split '{split}' (splits: {', '.join(store.splits(dataset))})")
+    source = source or backend.source
+    samples = store.samples(dataset, split)
+    if limit is not None:
+        samples = samples[:limit]
+    cot = get_prompt("cot", task)
+    run_id = run_id or f"predict-{safe_name(backend.name)}-{dataset}-{split}"
+    summary = BatchSummary(run_id=run_id, model=backend.name, source=source, dataset=dataset, split=split,
+                           prompt_version=cot.version)  # fmt: skip
+    todo: dict[str, list[dict[str, Any]]] = {}
+    for p in prompts:
+        version = get_prompt(p, task).version
+        done = store.chain_progress(dataset, split, source=source, model=backend.name, stage=STAGES[p],
+                                    prompt_version=version)  # fmt: skip
+        todo[p] = [s for s in samples if (done.get(s["id"]) or {}).get("final") is None]
+    summary.skipped_done = len(samples) - len(todo[prompts[0]])
+    needs_vision = any(s["has_image"] for p in prompts for s in todo[p])
+    if needs_vision and not backend.has_vision:
+        raise ModelError(
+            f"{backend.name} has no vision projector (mmproj) loaded, but {dataset}/{split} has images: export with "
+            "`mulcot export` (writes mmproj-*.gguf beside it) or pass --mmproj FILE"
+        )
+    for s in {s["id"]: s for p in prompts for s in todo[p]}.values():
+        if s["has_image"] and not (s["image_path"] and Path(s["image_path"]).is_file()):
+            raise DataError(f"image of sample {s['key']} not found: {s['image_path']}", file=s["image_path"])
+    config = {"backend": backend.kind, "model": backend.name, "split": split, "prompts": list(prompts),
+              "limit": limit, **{k: v for k, v in asdict(backend.config).items() if k not in ("device",)}}  # fmt: skip
+    store.create_run(run_id, kind="predict", dataset=dataset, config=config)
+    total = sum(len(v) for v in todo.values())
+    count = 0
+    if progress:
+        progress(0, total, None)
+    try:
+        for p in prompts:
+            for offset in range(0, len(todo[p]), backend.config.batch_size if backend.kind == "hf" else 1):
+                chunk = todo[p][offset : offset + (backend.config.batch_size if backend.kind == "hf" else 1)]
+                posts = [Post(text=s["text"], aspect=s["aspect"], image=s["image_path"] if s["has_image"] else None)
+                         for s in chunk]  # fmt: skip
+                gens = backend.generate(posts, p, task)
+                for sample, gen in zip(chunk, gens, strict=True):
+                    pred = _prediction(gen, p, task)
+                    if p == "cot":
+                        text = parse_reasoning(pred.raw).to_text()
+                    else:
+                        text = format_prediction(pred.prediction) if pred.prediction else pred.raw
+                    store.add_reasoning(
+                        sample_id=sample["id"], source=source, model=backend.name, stage=STAGES[p],
+                        prompt_version=pred.prompt_version, raw=pred.raw, text=text,
+                        fields=pred.fields, prediction=pred.prediction, parse_status=pred.parse_status,
+                        valid=pred.valid, attempt=1, final=True, tokens_in=pred.tokens_in, tokens_out=pred.tokens_out,
+                        latency_s=pred.latency_s, run_id=run_id, origin="predict",
+                    )  # fmt: skip
+                    count += 1
+                    if p == prompts[0]:
+                        summary.predicted += 1
+                    else:
+                        summary.extra_prompts[p] = summary.extra_prompts.get(p, 0) + 1
+                    if progress:
+                        progress(count, total, pred)
+    except KeyboardInterrupt:
+        store.update_run(run_id, status="interrupted", error="interrupted: run the same command again to resume")
+        raise
+    except Exception as exc:
+        store.update_run(run_id, status="failed", error=str(exc)[:500])
+        raise
+    summary.samples = len(samples)
+    _score(store, summary, task)
+    summary.wall_s = round(time.perf_counter() - start, 3)
+    store.update_run(run_id, status="done", metrics=summary.as_dict())
+    return summary
+
+
+def _score(store: Any, summary: BatchSummary, task: str) -> None:
+    """Figures over every final chain of the model and prompt on the split."""
+    from mulcot.metrics import classification_metrics
+
+    chains = [c for c in store.reasonings(dataset=summary.dataset, split=summary.split, source=summary.source,
+                                          stage=STAGE, final_only=True)
+              if c["model"] == summary.model and c["prompt_version"] == summary.prompt_version]  # fmt: skip
+    summary.chains = len(chains)
+    summary.invalid = sum(1 for c in chains if not c["valid"])
+    latencies = [c["latency_s"] for c in chains if c["latency_s"] is not None]
+    if latencies:
+        summary.mean_latency_s = round(sum(latencies) / len(latencies), 4)
+        tokens = sum(c["tokens_out"] or 0 for c in chains if c["latency_s"] is not None)
+        summary.tokens_per_s = round(tokens / sum(latencies), 2) if sum(latencies) > 0 else None
+    labelled = [c for c in chains if c["gold"]]
+    if labelled:
+        m = classification_metrics([c["gold"] for c in labelled], [c["prediction"] for c in labelled])
+        summary.accuracy, summary.macro_f1, summary.weighted_f1 = m["accuracy"], m["macro_f1"], m["weighted_f1"]

@@ -1,0 +1,224 @@
+"""The GGUF backend: llama.cpp (llama-cpp-python) on an export's text GGUF and vision projector.
+
+It uses ``llama_cpp.llama_chat_format.MTMDChatHandler`` with the mmproj: it renders the chat template embedded in
+the text GGUF (the student's own), so prompts match transformers' token for token (the Qwen2.5-VL-specific handler
+drops the newline after ``<|im_start|>assistant`` and drifts). Decoding is greedy at temperature 0 (no repeat
+penalty, as transformers), so the two backends give the same tokens for the same image pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mulcot.errors import ModelError
+from mulcot.export.gguf import check_gguf
+from mulcot.predict.config import SOURCE_GGUF, Generated, Post, PredictConfig
+from mulcot.predict.images import image_data_url, prepare_image
+from mulcot.prompts import get_prompt
+
+_LOG_CALLBACK: Any = None
+_LOG_TAIL: list[str] = []
+
+
+def _quiet_mtmd() -> None:
+    """Send mtmd's (vision encoder's) log lines to a buffer instead of stderr; warnings and errors are kept for
+    error messages."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is not None:
+        return
+    import ctypes
+
+    import llama_cpp
+    import llama_cpp.mtmd_cpp as mtmd
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        if level in (2, 3):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+            _LOG_TAIL.append(text.decode("utf-8", "replace").strip())
+            del _LOG_TAIL[:-20]
+
+    _LOG_CALLBACK = callback
+    for name in ("mtmd_log_set", "mtmd_helper_log_set"):
+        setter = getattr(mtmd, name, None)
+        if setter is not None:
+            setter(callback, ctypes.c_void_p(0))
+
+
+def _last_log() -> str:
+    return next((line for line in reversed(_LOG_TAIL) if line), "")
+
+
+class GGUFBackend:
+    """llama.cpp on a text GGUF, with the vision projector through ``MTMDChatHandler`` when one is given."""
+
+    kind = "gguf"
+    source = SOURCE_GGUF
+
+    def __init__(self, model: str | os.PathLike[str], mmproj: str | os.PathLike[str] | None = None,
+                 config: PredictConfig | None = None):  # fmt: skip
+        self.config = config or PredictConfig()
+        self.model_path = Path(model)
+        self.mmproj_path = Path(mmproj) if mmproj is not None else None
+        self.info = check_gguf(self.model_path, "text")
+        if self.mmproj_path is not None:
+            check_gguf(self.mmproj_path, "mmproj")
+        self.name = self.model_path.name
+        try:
+            import llama_cpp
+            from llama_cpp.llama_chat_format import MTMDChatHandler
+        except ImportError as err:
+            raise ModelError("GGUF inference needs llama-cpp-python: pip install llama-cpp-python") from err
+        _quiet_mtmd()
+
+        class RecordingLlama(llama_cpp.Llama):
+            """Records every token ``generate`` yields (the ids behind the text) and when the first came."""
+
+            recorded: list[int]
+            first_token_at: float | None
+
+            def generate(self, tokens: Sequence[int], **kwargs: Any) -> Any:
+                self.recorded, self.first_token_at = [], None
+                inner = super().generate(tokens, **kwargs)
+                sent = None
+                while True:
+                    try:
+                        token = inner.send(sent)
+                    except StopIteration:
+                        return
+                    if self.first_token_at is None:
+                        self.first_token_at = time.perf_counter()
+                    self.recorded.append(int(token))
+                    sent = yield token
+
+        self._llama_cpp = llama_cpp
+        threads = self.config.n_threads  # None: llama-cpp-python's defaults
+        handler = None
+        if self.mmproj_path is not None:
+            try:
+                handler = MTMDChatHandler(clip_model_path=str(self.mmproj_path), verbose=False)
+            except ValueError as err:
+                raise ModelError(f"cannot use the vision projector {self.mmproj_path}: {err}") from err
+        try:
+            self.llm = RecordingLlama(model_path=str(self.model_path), chat_handler=handler, n_ctx=self.config.ctx,
+                                      n_threads=threads, n_threads_batch=threads, seed=self.config.seed,
+                                      use_mmap=self.config.mmap, verbose=False)  # fmt: skip
+        except (ValueError, RuntimeError, OSError) as err:
+            raise ModelError(f"llama.cpp cannot load {self.model_path} (corrupt or unsupported GGUF?): {err}") from err
+        self.handler = handler
+        init = getattr(handler, "_init_mtmd_context", None)  # llama-cpp-python loads the projector lazily
+        if init is not None:
+            try:
+                init(self.llm)  # load the projector now, so a bad one fails here
+            except (ValueError, RuntimeError, OSError) as err:
+                self.close()
+                detail = _last_log()
+                raise ModelError(
+                    f"llama.cpp cannot load the vision projector {self.mmproj_path} (corrupt, or not the projector "
+                    f"of {self.model_path.name}?){': ' + detail if detail else ''}"
+                ) from err
+        self._eog = self._eog_ids() if self.config.ignore_eos else []
+
+    @property
+    def has_vision(self) -> bool:
+        return self.handler is not None
+
+    def _eog_ids(self) -> list[int]:
+        vocab = self._llama_cpp.llama_model_get_vocab(self.llm.model)
+        return [i for i in range(self.llm.n_vocab()) if self._llama_cpp.llama_vocab_is_eog(vocab, i)]
+
+    def token_bytes(self, ids: Sequence[int], special: bool = False) -> bytes:
+        """The bytes of ``ids``. (llama-cpp-python 0.3.36's ``detokenize`` reads each piece into a 32-byte buffer
+        and silently drops longer tokens, such as runs of spaces or dashes; this grows the buffer instead.)"""
+        import ctypes
+
+        vocab = self._llama_cpp.llama_model_get_vocab(self.llm.model)
+        size = 64
+        buf = ctypes.create_string_buffer(size)
+        out = bytearray()
+        for token in ids:
+            n = self._llama_cpp.llama_token_to_piece(vocab, int(token), buf, size, 0, special)
+            if n < 0:
+                size = -n
+                buf = ctypes.create_string_buffer(size)
+                n = self._llama_cpp.llama_token_to_piece(vocab, int(token), buf, size, 0, special)
+            out += buf.raw[: max(n, 0)]
+        return bytes(out)
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()
+            self.llm = None
+
+    def __enter__(self) -> GGUFBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def generate_one(self, prompt: str, image: Any = None, max_tokens: int | None = None) -> Generated:
+        """Generate for one rendered prompt and an optional PIL image (at most ``max_tokens``, default the
+        config's)."""
+        cfg = self.config
+        limit = max_tokens or cfg.max_tokens
+        if image is not None and self.handler is None:
+            raise ModelError(
+                f"{self.name} has no vision projector (mmproj) loaded, so it cannot read images: export with "
+                "`mulcot export` (writes mmproj-*.gguf beside it) or pass --mmproj FILE"
+            )
+        if self.handler is not None:
+            content: Any = [{"type": "text", "text": prompt}]
+            if image is not None:
+                content.insert(0, {"type": "image_url", "image_url": {"url": image_data_url(image)}})
+        else:
+            content = prompt
+        greedy = cfg.temperature <= 0
+        kwargs: dict[str, Any] = {
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": limit,
+            "temperature": 0.0 if greedy else cfg.temperature,
+            "top_p": 1.0 if greedy else cfg.top_p,
+            "top_k": 1 if greedy else 0,
+            "min_p": 0.0,
+            "repeat_penalty": 1.0,
+            "seed": cfg.seed,
+        }
+        if self._eog:
+            kwargs["logit_bias"] = {i: float("-inf") for i in self._eog}
+        start = time.perf_counter()
+        try:
+            out = self.llm.create_chat_completion(**kwargs)
+        except ValueError as err:
+            message = str(err)
+            if "n_ctx" in message:
+                raise ModelError(f"{message}: raise --ctx or lower --max-pixels / --max-tokens") from err
+            detail = _last_log()
+            raise ModelError(f"llama.cpp failed: {message}{' (' + detail + ')' if detail else ''}") from err
+        latency = time.perf_counter() - start
+        # llama-cpp-python may go past max_tokens to complete a multi-byte character: keep max_tokens ids, as
+        # transformers does
+        ids = list(self.llm.recorded)[:limit]
+        vocab = self._llama_cpp.llama_model_get_vocab(self.llm.model)
+        while ids and self._llama_cpp.llama_vocab_is_eog(vocab, ids[-1]):
+            ids.pop()
+        # the ids' bytes decoded as transformers does (U+FFFD for broken UTF-8, special tokens left out)
+        text = self.token_bytes(ids).decode("utf-8", errors="replace").strip()
+        first = self.llm.first_token_at - start if self.llm.first_token_at is not None else None
+        return Generated(text=text, token_ids=ids, tokens_in=out["usage"]["prompt_tokens"], tokens_out=len(ids),
+                         latency_s=latency, first_token_s=first,
+                         finish_reason=out["choices"][0].get("finish_reason"))  # fmt: skip
+
+    def generate(self, posts: Sequence[Post], prompt: str, task: str) -> list[Generated]:
+        template = get_prompt(prompt, task)
+        out = []
+        for post in posts:
+            image = None
+            if post.image is not None:
+                image = prepare_image(post.image, self.config.max_pixels, self.config.image_max_side)
+            limit = self.config.label_max_tokens if prompt == "label" else self.config.max_tokens
+            out.append(self.generate_one(template.render(post.text, post.aspect), image, limit))
+        return out
