@@ -60,7 +60,7 @@ def steps(work: Path, mode: str, n_steps: int, batch: int) -> dict:
     from peft import LoraConfig, get_peft_model
 
     from mulcot.models import load_model
-    from mulcot.runs import RunRef
+    from mulcot.refs import RunRef
     from mulcot.train.config import LANGUAGE_ONLY, DistillConfig
     from mulcot.train.items import MultiTaskCollator
     from mulcot.train.soft_labels import SoftLabelCache, SoftLabels

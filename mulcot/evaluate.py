@@ -63,7 +63,7 @@ from mulcot.metrics import (
     reasoning_metrics,
 )
 from mulcot.prompts import get_prompt
-from mulcot.runs import RunRef, adapter_digest, find_adapter, resolve_run
+from mulcot.refs import RunRef, adapter_digest, find_adapter, resolve_run
 from mulcot.store import Store
 
 #: progress(stage, done, total): "loading model", "chains", "labels", then the metric names while scoring.
@@ -134,7 +134,7 @@ def _looks_like_path(spec: str) -> bool:
 
 def resolve_model(store: Store, spec: str, runs_dir: str | os.PathLike[str] = "runs") -> Subject:
     """What ``--model SPEC`` names: a run (its folder, its adapter folder or its name, in the store or under
-    ``runs_dir``: see :func:`mulcot.runs.resolve_run`), a model folder (``config.json``) or else a hub id."""
+    ``runs_dir``: see :func:`mulcot.refs.resolve_run`), a model folder (``config.json``) or else a hub id."""
     path = Path(spec).expanduser()
     if path.is_dir() and find_adapter(path) is None:
         if (path / "config.json").is_file():

@@ -17,7 +17,7 @@ from typing import Any
 from mulcot.chains import EXPAND, chain_row
 from mulcot.errors import MulcotError
 from mulcot.prompts import get_prompt
-from mulcot.runs import RunRef, resolve_run
+from mulcot.refs import RunRef, resolve_run
 from mulcot.store import Store
 
 Progress = Callable[[int, int], None]

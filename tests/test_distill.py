@@ -11,7 +11,7 @@ import torch
 from mulcot.errors import MulcotError
 from mulcot.expand import ExpandConfig, expand
 from mulcot.models import load_model
-from mulcot.runs import resolve_run
+from mulcot.refs import resolve_run
 from mulcot.sample import SAMPLE_NAME
 from mulcot.train.assistant import MultiTaskTrainer, train_assistant
 from mulcot.train.config import DistillConfig, TrainConfig

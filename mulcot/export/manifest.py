@@ -15,7 +15,7 @@ from mulcot.errors import ModelError, MulcotError
 from mulcot.export import llamacpp
 from mulcot.export.gguf import outtype_mmproj
 from mulcot.export.ollama import MODELFILE, modelfile_text
-from mulcot.runs import adapter_digest, sha256_file
+from mulcot.refs import adapter_digest, sha256_file
 
 if TYPE_CHECKING:
     from mulcot.export.source import ExportSource

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mulcot.errors import MulcotError
-from mulcot.runs import adapter_digest
+from mulcot.refs import adapter_digest
 
 MERGE_STAMP = "mulcot_merge.json"
 

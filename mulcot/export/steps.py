@@ -41,7 +41,7 @@ from mulcot.export.manifest import MANIFEST, write_manifest
 from mulcot.export.merge import merge_adapter, merged_folder_problem
 from mulcot.export.ollama import MODELFILE
 from mulcot.export.source import resolve_source
-from mulcot.runs import adapter_digest
+from mulcot.refs import adapter_digest
 
 HF_DIR = "hf"
 LOG_DIR = "logs"

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from mulcot.errors import ModelError, NotFoundError
+from mulcot.refs import looks_like_path
 
 # peft asks transformers a deprecated question about every model it wraps; the warning is theirs, not the user's.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -66,13 +67,6 @@ def _offline() -> bool:
     )
 
 
-def _looks_like_path(name: str) -> bool:
-    """True for what a user means as a folder (``./x``, ``/x``, ``~/x``, ``a/b/c``), not a hub id."""
-    if name.startswith((".", "/", "~", os.sep)) or name.count("/") > 1:
-        return True
-    return os.sep != "/" and os.sep in name
-
-
 def _read_config(path_or_id: str | os.PathLike[str]) -> tuple[dict[str, Any], bool]:
     """The raw ``config.json`` of a folder or hub id, and whether it is local."""
     name = str(path_or_id)
@@ -87,7 +81,7 @@ def _read_config(path_or_id: str | os.PathLike[str]) -> tuple[dict[str, Any], bo
             raise ModelError(f"cannot read {config_file}: {err}") from err
     if path.exists():
         raise ModelError(f"{path} is a file, not a Hugging Face model folder")
-    if _looks_like_path(name):
+    if looks_like_path(name):
         raise NotFoundError(f"model folder not found: {name}")
     from huggingface_hub import hf_hub_download
 

@@ -12,6 +12,7 @@ from mulcot.export.manifest import read_manifest
 from mulcot.predict.config import PredictConfig
 from mulcot.predict.gguf_backend import GGUFBackend
 from mulcot.predict.hf_backend import HFBackend
+from mulcot.refs import resolve
 
 BACKENDS = ("gguf", "hf")
 
@@ -80,7 +81,8 @@ def open_backend(
     if backend == "gguf":
         if gguf is None:
             raise MulcotError("the gguf backend needs --gguf DIR|FILE (an export folder or a text GGUF)")
-        text, projector = find_gguf(gguf, quant=quant, mmproj=mmproj)
+        ref = resolve(store, gguf, allow=("export", "gguf"), what="GGUF file or export folder")
+        text, projector = find_gguf(ref.path or gguf, quant=quant, mmproj=mmproj)
         return GGUFBackend(text, projector, config)
     if backend == "hf":
         if model is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mulcot.errors import MulcotError
-from mulcot.runs import RunRef
+from mulcot.refs import RunRef
 from mulcot.store import Store
 from mulcot.train.config import DistillConfig
 from mulcot.train.items import TASK_CLS, TASK_REA, TrainItem

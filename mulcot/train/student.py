@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from mulcot.errors import MulcotError
-from mulcot.runs import RunRef, resolve_run
+from mulcot.refs import RunRef, resolve_run
 from mulcot.store import Store
 from mulcot.train.assistant import MultiTaskTrainer
 from mulcot.train.config import SOFT_MODES, DistillConfig

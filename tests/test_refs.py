@@ -1,4 +1,4 @@
-"""One resolver for trained adapters (mulcot.runs), as expand, distill, eval, export and predict see it."""
+"""One resolver for trained adapters (mulcot.refs), as expand, distill, eval, export and predict see it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from mulcot.errors import ModelError, NotFoundError
 from mulcot.evaluate import resolve_model
-from mulcot.runs import adapter_digest, resolve_run
+from mulcot.refs import adapter_digest, resolve_run
 
 
 def _adapter(folder: Path, base: str = "/models/base", weights: bytes = b"w1", meta: dict | None = None) -> Path:

@@ -1,6 +1,10 @@
-"""Finding a trained LoRA adapter from what a user types: ``runs/NAME``, an adapter folder, or a run name.
+"""What a string on the command line names — the one resolver.
 
-The one resolver behind ``expand``, ``distill``, ``eval --model``, ``export`` and ``predict --backend hf``.
+:func:`resolve` answers for every command that takes a model: a run (``runs/NAME``, its folder, or its name in the
+store), an adapter folder (``adapter/``, a ``best/`` checkpoint or any PEFT folder), a model folder
+(``config.json``), an export folder (``manifest.json`` / GGUF files), a GGUF file, or else a hub id — and
+:func:`looks_like_path` is the one rule that tells a folder a user means from a hub id. ``expand``, ``distill``,
+``eval --model``, ``export``, ``predict`` and model loading all go through here.
 """
 
 from __future__ import annotations
@@ -12,8 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mulcot.errors import ModelError, NotFoundError
+from mulcot.errors import ModelError, MulcotError, NotFoundError
 from mulcot.store import Store
+
+KINDS = ("run", "adapter", "model", "export", "gguf", "hub")
+
+
+def looks_like_path(spec: str | os.PathLike[str]) -> bool:
+    """True for what a user means as a folder or file (``./x``, ``/x``, ``~/x``, ``a/b/c``, ``x.gguf``), not a hub
+    id (``org/name``)."""
+    spec = str(spec)
+    if spec.startswith((".", "/", "~", os.sep)) or spec.count("/") > 1 or spec.endswith(".gguf"):
+        return True
+    return os.sep != "/" and os.sep in spec
 
 
 @dataclass
@@ -100,3 +115,61 @@ def adapter_digest(adapter: str | os.PathLike[str]) -> str:
         digest.update(f.name.encode())
         digest.update(sha256_file(f).encode())
     return digest.hexdigest()
+
+
+@dataclass
+class Ref:
+    """What a command-line string names (:func:`resolve`)."""
+
+    kind: str  # one of KINDS
+    spec: str
+    path: Path | None = None  # the folder or file (None for a hub id or a run whose folder is its adapter's parent)
+    run: RunRef | None = None  # for kind run / adapter
+
+    @property
+    def model(self) -> str:
+        """The model to load: the base model of an adapter, else the folder or hub id itself."""
+        if self.run is not None:
+            return self.run.base_model
+        return str(self.path) if self.path is not None else self.spec
+
+
+def _is_export(path: Path) -> bool:
+    return (path / "manifest.json").is_file() or any(path.glob("*.gguf"))
+
+
+def resolve(store: Store | None, spec: str | os.PathLike[str], runs_dir: str | os.PathLike[str] = "runs", *,
+            allow: tuple[str, ...] = KINDS, what: str = "model") -> Ref:  # fmt: skip
+    """What ``spec`` names, as one of ``allow``'s kinds; anything else is refused in one line naming ``what`` the
+    command wanted. A hub id is only recognised, not fetched (loading does that)."""
+    text = str(spec)
+    path = Path(text).expanduser()
+    ref: Ref
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise MulcotError(f"{path} is a file, not a {what} (a folder, a GGUF file, a run name or a hub id)")
+        ref = Ref("gguf", text, path)
+    elif path.is_dir() and find_adapter(path) is None and (path / "config.json").is_file():
+        ref = Ref("model", text, path)
+    elif path.is_dir() and find_adapter(path) is None and _is_export(path):
+        ref = Ref("export", text, path)
+    elif path.is_dir() and find_adapter(path) is None and not (path / "best" / "adapter_config.json").is_file():
+        raise MulcotError(f"{text} is neither a run folder (with adapter/), an adapter folder (adapter_config.json), "
+                          "a model folder (config.json) nor an export folder (GGUF files)")  # fmt: skip
+    elif path.is_dir() or (store is not None and store.get_run(text) is not None) or (Path(runs_dir) / text).is_dir():
+        run = resolve_run(store, text, runs_dir)
+        kind = "adapter" if (path / "adapter_config.json").is_file() or run.folder is None else "run"
+        ref = Ref(kind, text, run.folder if kind == "run" else run.adapter, run)
+    elif looks_like_path(text) or "hub" not in allow:
+        if "hub" in allow:
+            raise NotFoundError(f"model folder not found: {text}")
+        if "run" in allow:
+            raise NotFoundError(f"no run folder, adapter folder or run named '{text}'")
+        raise NotFoundError(f"{what} not found: {text}")
+    else:
+        ref = Ref("hub", text)
+    if ref.kind not in allow:
+        want = ", ".join("run" if k == "adapter" else k for k in allow if k != "adapter")
+        raise MulcotError(f"{text} is {'an' if ref.kind[0] in 'aeiou' else 'a'} {ref.kind}, but this needs a {what} "
+                          f"({want})")  # fmt: skip
+    return ref
