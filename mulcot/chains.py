@@ -20,13 +20,29 @@ from mulcot.store.chains import EVAL, EXPAND, EXPLAIN, LABEL, OUTCOMES, PREDICT,
 
 __all__ = [
     "EVAL", "EXPAND", "EXPLAIN", "LABEL", "OUTCOMES", "PREDICT", "SOURCES", "STAGES", "arc_accepts", "arc_error",
-    "chain_row", "release_chain",
+    "chain_row", "parse_output", "release_chain",
 ]  # fmt: skip
 
 # Teachers whose chains were not written by mulcot's stage 1 but taken from a release that keeps only the chains that
 # passed (correct stage-1 answers and gold-conditioned explanations): importing the authors' JSON, or replaying it.
 RELEASE_ORIGIN = "import:"
 REPLAY_PREFIX = "replay:"
+
+
+def parse_output(stage: str, output: str | None) -> dict[str, Any]:
+    """What a model's output says: ``text`` (canonical form), ``fields``, ``prediction``, ``parse_status`` and
+    ``valid``. A ``label`` answer keeps only its label (``fields = {"Prediction": label}``); every other stage is
+    parsed into the five fields."""
+    parsed = parse_reasoning(output)
+    if stage == LABEL:
+        label = parsed.prediction
+        text = format_prediction(label) if label else output
+        fields = {"Prediction": label} if label else {}
+        status = "full" if label else "none"
+    else:
+        text, fields, status = parsed.to_text(), parsed.fields, parsed.status
+    return {"text": text, "fields": fields, "prediction": parsed.prediction, "parse_status": status,
+            "valid": status == "full"}  # fmt: skip
 
 
 def chain_row(
@@ -47,23 +63,11 @@ def chain_row(
     cost_usd: float | None = None,
     latency_s: float | None = None,
 ) -> dict[str, Any]:
-    """The ``reasonings`` row for one output (``None`` when the request failed): parsed, with its validity.
-
-    A ``label`` answer keeps only its label (``fields = {"Prediction": label}``); every other stage is parsed into
-    the five fields."""
-    parsed = parse_reasoning(output)
-    if stage == LABEL:
-        label = parsed.prediction
-        text = format_prediction(label) if label else output
-        fields = {"Prediction": label} if label else {}
-        status = "full" if label else "none"
-    else:
-        text, fields, status = parsed.to_text(), parsed.fields, parsed.status
+    """The ``reasonings`` row for one output (``None`` when the request failed), parsed by :func:`parse_output`."""
     return {
         "sample_id": sample_id, "source": source, "model": model, "stage": stage, "prompt_version": prompt_version,
-        "raw": output, "text": text, "fields": fields, "prediction": parsed.prediction, "parse_status": status,
-        "valid": status == "full", "attempt": attempt, "final": final, "run_id": run_id, "error": error,
-        "origin": origin, "tokens_in": tokens_in, "tokens_out": tokens_out, "cost_usd": cost_usd,
+        "raw": output, **parse_output(stage, output), "attempt": attempt, "final": final, "run_id": run_id,
+        "error": error, "origin": origin, "tokens_in": tokens_in, "tokens_out": tokens_out, "cost_usd": cost_usd,
         "latency_s": latency_s,
     }  # fmt: skip
 

@@ -10,9 +10,7 @@ a Hugging Face folder for comparison.
 
 from mulcot.predict.backends import BACKENDS, find_gguf, open_backend
 from mulcot.predict.batch import (
-    STAGE,
-    STAGE_LABEL,
-    STAGES,
+    PROMPT_STAGES,
     BatchProgress,
     BatchSummary,
     PostPrediction,
@@ -28,9 +26,7 @@ __all__ = [
     "BACKENDS",
     "SOURCE_GGUF",
     "SOURCE_HF",
-    "STAGE",
-    "STAGES",
-    "STAGE_LABEL",
+    "PROMPT_STAGES",
     "BatchProgress",
     "BatchSummary",
     "GGUFBackend",

@@ -16,19 +16,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mulcot.chains import EVAL, LABEL, chain_row, parse_output
 from mulcot.errors import DataError, ModelError, MulcotError
 from mulcot.export.gguf import safe_name
 from mulcot.predict.config import Generated, Post
 from mulcot.prompts import get_prompt
-from mulcot.reasoning import format_prediction, parse_reasoning
 
 if TYPE_CHECKING:
     from mulcot.predict.gguf_backend import GGUFBackend
     from mulcot.predict.hf_backend import HFBackend
 
-STAGE = "eval"  # stage of reasoning chains (P_cot), as mulcot.evaluate stores them
-STAGE_LABEL = "label"  # stage of label-prompt answers (P_label), as mulcot.evaluate stores them
-STAGES = {"cot": STAGE, "label": STAGE_LABEL}
+PROMPT_STAGES = {"cot": EVAL, "label": LABEL}  # the stage a prompt's answers are stored under, as eval stores them
 
 
 @dataclass
@@ -58,20 +56,16 @@ class PostPrediction:
 
 def _prediction(gen: Generated, prompt: str, task: str) -> PostPrediction:
     template = get_prompt(prompt, task)
-    parsed = parse_reasoning(gen.text)
-    if prompt == "cot":
-        fields, status, valid = parsed.fields, parsed.status, parsed.valid
-    else:  # a label answer: only its label counts
-        label = parsed.prediction
-        fields, status, valid = ({"Prediction": label} if label else {}), ("full" if label else "none"), bool(label)
+    said = parse_output(PROMPT_STAGES[prompt], gen.text)  # a label answer: only its label counts
     return PostPrediction(prompt=prompt, task=task, prompt_version=template.version, raw=gen.text,
-                          fields=fields, prediction=parsed.prediction, parse_status=status, valid=valid,
+                          fields=said["fields"], prediction=said["prediction"], parse_status=said["parse_status"],
+                          valid=said["valid"],
                           tokens_in=gen.tokens_in, tokens_out=gen.tokens_out, latency_s=round(gen.latency_s, 4),
                           finish_reason=gen.finish_reason, token_ids=gen.token_ids)  # fmt: skip
 
 
 def _check_prompts(prompts: Sequence[str]) -> None:
-    if not prompts or any(p not in STAGES for p in prompts) or prompts[0] != "cot" and "cot" in prompts:
+    if not prompts or any(p not in PROMPT_STAGES for p in prompts) or prompts[0] != "cot" and "cot" in prompts:
         raise MulcotError(f"prompts must be cot and/or label (cot first), not {list(prompts)}")
 
 
@@ -148,7 +142,7 @@ def predict_dataset(
     todo: dict[str, list[dict[str, Any]]] = {}
     for p in prompts:
         version = get_prompt(p, task).version
-        done = store.chain_progress(dataset, split, source=source, model=backend.name, stage=STAGES[p],
+        done = store.chain_progress(dataset, split, source=source, model=backend.name, stage=PROMPT_STAGES[p],
                                     prompt_version=version)  # fmt: skip
         todo[p] = [s for s in samples if (done.get(s["id"]) or {}).get("final") is None]
     summary.skipped_done = len(samples) - len(todo[prompts[0]])
@@ -163,31 +157,26 @@ def predict_dataset(
             raise DataError(f"image of sample {s['key']} not found: {s['image_path']}", file=s["image_path"])
     config = {"backend": backend.kind, "model": backend.name, "split": split, "prompts": list(prompts),
               "limit": limit, **{k: v for k, v in asdict(backend.config).items() if k not in ("device",)}}  # fmt: skip
-    store.create_run(run_id, kind="predict", dataset=dataset, config=config)
     total = sum(len(v) for v in todo.values())
     count = 0
     if progress:
         progress(0, total, None)
-    try:
+    with store.run(run_id, kind="predict", dataset=dataset, config=config) as run:
+        run.metrics = summary
         for p in prompts:
-            for offset in range(0, len(todo[p]), backend.config.batch_size if backend.kind == "hf" else 1):
-                chunk = todo[p][offset : offset + (backend.config.batch_size if backend.kind == "hf" else 1)]
+            step = backend.config.batch_size if backend.kind == "hf" else 1
+            for offset in range(0, len(todo[p]), step):
+                chunk = todo[p][offset : offset + step]
                 posts = [Post(text=s["text"], aspect=s["aspect"], image=s["image_path"] if s["has_image"] else None)
                          for s in chunk]  # fmt: skip
                 gens = backend.generate(posts, p, task)
                 for sample, gen in zip(chunk, gens, strict=True):
                     pred = _prediction(gen, p, task)
-                    if p == "cot":
-                        text = parse_reasoning(pred.raw).to_text()
-                    else:
-                        text = format_prediction(pred.prediction) if pred.prediction else pred.raw
-                    store.add_reasoning(
-                        sample_id=sample["id"], source=source, model=backend.name, stage=STAGES[p],
-                        prompt_version=pred.prompt_version, raw=pred.raw, text=text,
-                        fields=pred.fields, prediction=pred.prediction, parse_status=pred.parse_status,
-                        valid=pred.valid, attempt=1, final=True, tokens_in=pred.tokens_in, tokens_out=pred.tokens_out,
-                        latency_s=pred.latency_s, run_id=run_id, origin="predict",
-                    )  # fmt: skip
+                    store.add_reasoning(**chain_row(
+                        sample_id=sample["id"], source=source, model=backend.name, stage=PROMPT_STAGES[p],
+                        output=pred.raw, run_id=run_id, prompt_version=pred.prompt_version, origin="predict",
+                        tokens_in=pred.tokens_in, tokens_out=pred.tokens_out, latency_s=pred.latency_s,
+                    ))  # fmt: skip
                     count += 1
                     if p == prompts[0]:
                         summary.predicted += 1
@@ -195,16 +184,9 @@ def predict_dataset(
                         summary.extra_prompts[p] = summary.extra_prompts.get(p, 0) + 1
                     if progress:
                         progress(count, total, pred)
-    except KeyboardInterrupt:
-        store.update_run(run_id, status="interrupted", error="interrupted: run the same command again to resume")
-        raise
-    except Exception as exc:
-        store.update_run(run_id, status="failed", error=str(exc)[:500])
-        raise
-    summary.samples = len(samples)
-    _score(store, summary, task)
-    summary.wall_s = round(time.perf_counter() - start, 3)
-    store.update_run(run_id, status="done", metrics=summary.as_dict())
+        summary.samples = len(samples)
+        _score(store, summary, task)
+        summary.wall_s = round(time.perf_counter() - start, 3)
     return summary
 
 
@@ -213,7 +195,7 @@ def _score(store: Any, summary: BatchSummary, task: str) -> None:
     from mulcot.metrics import classification_metrics
 
     chains = [c for c in store.reasonings(dataset=summary.dataset, split=summary.split, source=summary.source,
-                                          stage=STAGE, final_only=True)
+                                          stage=EVAL, final_only=True)
               if c["model"] == summary.model and c["prompt_version"] == summary.prompt_version]  # fmt: skip
     summary.chains = len(chains)
     summary.invalid = sum(1 for c in chains if not c["valid"])
