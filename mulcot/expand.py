@@ -65,8 +65,8 @@ class ExpandSummary:
 
 def expand(store: Store, config: ExpandConfig, progress: Progress | None = None) -> ExpandSummary:
     """Generate ``n`` sampled chains per training sample with the assistant; returns the summary."""
+    from mulcot.evaluate.metrics import classification_metrics
     from mulcot.generation import GenerationConfig, generate
-    from mulcot.metrics import classification_metrics
     from mulcot.models import load_model, load_with_adapter
     from mulcot.sft_data import sample_items
 

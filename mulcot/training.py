@@ -221,8 +221,8 @@ def _trainer_classes() -> tuple[type, type]:
 def dev_evaluator(processor: Any, task: str, items: list[Any], *, batch_size: int, max_new_tokens: int,
                   max_pixels: int) -> Callable[[Any], dict[str, float]]:  # fmt: skip
     """A function model -> dev metrics from the label prompt (greedy ``"Prediction"`` answers)."""
+    from mulcot.evaluate.metrics import classification_metrics
     from mulcot.generation import GenerationConfig, generate
-    from mulcot.metrics import classification_metrics
     from mulcot.reasoning import parse_reasoning
 
     gold = [it.label for it in items]

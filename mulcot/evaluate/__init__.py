@@ -24,10 +24,10 @@ What is evaluated — the *subject* — is either
 Scores (:func:`evaluate`):
 
 - classification against the gold labels, separately from the label head (when there is one) and from the chain's
-  own ``Prediction`` (:func:`mulcot.metrics.classification_metrics`: accuracy, weighted-F1 — reported for MSA —
+  own ``Prediction`` (:func:`mulcot.evaluate.metrics.classification_metrics`: accuracy, weighted-F1 — reported for MSA —
   and macro-F1 — reported for MASC —, both always in the JSON), and their consistency (share of samples where
-  both agree, :func:`mulcot.metrics.consistency`);
-- reasoning metrics (:func:`mulcot.metrics.reasoning_metrics`: Sim, METEOR, BLEU, ROUGE-L, Distinct-1/2) of the
+  both agree, :func:`mulcot.evaluate.metrics.consistency`);
+- reasoning metrics (:func:`mulcot.evaluate.metrics.reasoning_metrics`: Sim, METEOR, BLEU, ROUGE-L, Distinct-1/2) of the
   chains against reference chains from ``refs`` (default ``teacher``; none when the teacher itself is evaluated,
   then only Distinct-n). A sample's reference is its ``refs`` source's final chain ranked by
   :data:`REFERENCE_STAGE_ORDER`: a correct ``predict`` chain or an ``explain`` chain (the teacher set D_t), then a
@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from mulcot.errors import DataError, MulcotError, NotFoundError
-from mulcot.metrics import (
+from mulcot.evaluate.metrics import (
     REASONING_METRICS,
     ReasoningScores,
     classification_metrics,
@@ -867,7 +867,7 @@ class FileScores:
 def score_files(preds: str | os.PathLike[str], refs: str | os.PathLike[str], *, field_name: str = "text",
                 progress: Progress | None = None, **options: Any) -> FileScores:  # fmt: skip
     """Score the chains of ``preds`` against those of ``refs`` (paired by order) with the reasoning metrics;
-    ``options`` go to :func:`mulcot.metrics.reasoning_metrics` (sim_model, corpus, metrics, nltk_data_dir,
+    ``options`` go to :func:`mulcot.evaluate.metrics.reasoning_metrics` (sim_model, corpus, metrics, nltk_data_dir,
     embedding_cache, …)."""
     p = read_chain_file(preds, field_name=field_name)
     r = read_chain_file(refs, field_name=field_name)
