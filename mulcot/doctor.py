@@ -97,7 +97,7 @@ def run_checks() -> list[Check]:
     except Exception as exc:  # noqa: BLE001 - report, do not crash the doctor
         checks.append(Check("WordNet (METEOR)", "warn", f"could not check: {exc}"))
     try:
-        from mulcot.metrics import default_sim_model_path
+        from mulcot.evaluate.metrics import default_sim_model_path
 
         path = default_sim_model_path()
         checks.append(

@@ -131,7 +131,7 @@ def _generate(store: Store, config: ExpandConfig, ref: RunRef, task: str, versio
 def _figures(store: Store, dataset: str, run_id: str, summary: ExpandSummary) -> None:
     """D_a and classification figures over every chain the run has for the training split (this invocation and
     earlier ones)."""
-    from mulcot.metrics import classification_metrics
+    from mulcot.evaluate.metrics import classification_metrics
 
     chains = store.reasonings(dataset=dataset, split="train", source="assistant", stage=EXPAND, run_id=run_id)
     kept_ids = {c["id"] for c in store.assistant_set(dataset, "train", run_id)}

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mulcot import metrics as M
 from mulcot.errors import MulcotError
 from mulcot.evaluate import EvalConfig, compare_results, evaluate, read_chain_file, select_chains
+from mulcot.evaluate import metrics as M
 from mulcot.labels import normalize_label
 from mulcot.prompts import get_prompt
 from mulcot.reasoning import parse_reasoning

@@ -192,7 +192,7 @@ def predict_dataset(
 
 def _score(store: Any, summary: BatchSummary, task: str) -> None:
     """Figures over every final chain of the model and prompt on the split."""
-    from mulcot.metrics import classification_metrics
+    from mulcot.evaluate.metrics import classification_metrics
 
     chains = [c for c in store.reasonings(dataset=summary.dataset, split=summary.split, source=summary.source,
                                           stage=EVAL, final_only=True)

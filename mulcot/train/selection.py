@@ -15,7 +15,7 @@ def selection_score(accuracy: float, f1: float) -> float:
 def dev_evaluator(processor: Any, task: str, items: list[Any], *, batch_size: int, max_new_tokens: int,
                   max_pixels: int) -> Callable[[Any], dict[str, float]]:  # fmt: skip
     """A function model -> dev metrics from the label prompt (greedy ``"Prediction"`` answers)."""
-    from mulcot.metrics import classification_metrics
+    from mulcot.evaluate.metrics import classification_metrics
     from mulcot.reasoning import parse_reasoning
     from mulcot.train.generation import GenerationConfig, generate
 

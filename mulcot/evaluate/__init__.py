@@ -1,0 +1,68 @@
+"""Stage 5: evaluation of a model, or of stored chains, on a split (DESIGN.md §1 Stage 5).
+
+- :mod:`~mulcot.evaluate.select`: what is evaluated (a model or a source of stored chains) and which chains and
+  references stand for it;
+- :mod:`~mulcot.evaluate.generate`: model mode, the chains and label answers generated where missing (resumable);
+- :mod:`~mulcot.evaluate.run`: :func:`evaluate`, one evaluation from its :class:`EvalConfig` to its stored
+  :class:`EvalResult`;
+- :mod:`~mulcot.evaluate.metrics`: the classification and reasoning metrics;
+- :mod:`~mulcot.evaluate.report`: the result's files, the paper's table row, :func:`compare_results`;
+- :mod:`~mulcot.evaluate.files`: :func:`score_files` scores two files of chains.
+
+No printing here: progress goes through callbacks.
+"""
+
+from mulcot.evaluate.files import FileScores, read_chain_file, score_files
+from mulcot.evaluate.report import (
+    METRIC_DEFINITIONS,
+    PAPER_COLUMNS,
+    compare_results,
+    paper_row,
+    plot_confusion,
+    write_outputs,
+)
+from mulcot.evaluate.run import EvalConfig, EvalResult, Progress, default_out_dir, evaluate, human_ratings
+from mulcot.evaluate.select import (
+    KNOWN_SOURCES,
+    REFERENCE_STAGE_ORDER,
+    RUN_KIND_SOURCE,
+    STAGE_EVAL,
+    STAGE_LABEL,
+    SUBJECT_STAGE_ORDER,
+    Subject,
+    choose_group,
+    resolve_model,
+    resolve_source,
+    select_chains,
+    select_references,
+)
+
+__all__ = [
+    "KNOWN_SOURCES",
+    "METRIC_DEFINITIONS",
+    "PAPER_COLUMNS",
+    "REFERENCE_STAGE_ORDER",
+    "RUN_KIND_SOURCE",
+    "STAGE_EVAL",
+    "STAGE_LABEL",
+    "SUBJECT_STAGE_ORDER",
+    "EvalConfig",
+    "EvalResult",
+    "FileScores",
+    "Progress",
+    "Subject",
+    "choose_group",
+    "compare_results",
+    "default_out_dir",
+    "evaluate",
+    "human_ratings",
+    "paper_row",
+    "plot_confusion",
+    "read_chain_file",
+    "resolve_model",
+    "resolve_source",
+    "score_files",
+    "select_chains",
+    "select_references",
+    "write_outputs",
+]

@@ -1,0 +1,172 @@
+"""Results as people read them: the files of a result, the paper's table row, stored results side by side.
+
+:func:`write_outputs` writes ``result.json``, ``per_sample.jsonl`` and ``confusion.png`` (:func:`plot_confusion`);
+:func:`paper_row` gives the Table 3/4/5 numbers; :func:`compare_results` finds stored results to compare;
+:data:`METRIC_DEFINITIONS` is the footer of the eval table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mulcot.errors import MulcotError, NotFoundError
+from mulcot.evaluate.metrics import REASONING_METRICS
+from mulcot.store import Store
+
+if TYPE_CHECKING:
+    from mulcot.evaluate.run import EvalResult
+
+PAPER_COLUMNS = ("accuracy", "f1", "sim", "meteor", "bleu", "rouge_l", "distinct_1", "distinct_2")
+
+#: One line per metric: its exact definition (the footer of the eval table).
+METRIC_DEFINITIONS: dict[str, str] = {
+    "Acc": "share of samples whose predicted label equals the gold label; from the label prompt (P_label) when the "
+    "model has a label head, else from the chain's own Prediction; an unparseable answer counts as wrong",
+    "w-F1": "F1 per label (2PR/(P+R)) averaged with weights = gold support (scikit-learn 'weighted'); reported for MSA",
+    "m-F1": "unweighted mean of the three labels' F1 (scikit-learn 'macro'); reported for MASC",
+    "Cons.": "share of samples where the chain's own Prediction equals the label head's prediction (both valid)",
+    "Sim": "cosine similarity of all-MiniLM-L6-v2 sentence embeddings of chain and reference (256 word pieces), "
+    "mean over pairs",
+    "METEOR": "nltk meteor_score (alpha 0.9, beta 3, gamma 0.5, WordNet synonyms, Porter stems) on lowercased "
+    "Treebank tokens, mean over pairs",
+    "BLEU": "sacrebleu sentence BLEU, 13a tokens, 4-gram, no smoothing, mean over pairs (corpus BLEU with --corpus)",
+    "ROUGE-L": "F of the summary-level union LCS (rouge 1.0.1: sentences split at '.', whitespace words), mean over "
+    "pairs",
+    "Dist-1/2": "distinct n-grams / all n-grams of a chain's lowercased Treebank tokens, mean over chains (pooled "
+    "over all chains with --corpus)",
+}
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_outputs(result: EvalResult, folder: str | os.PathLike[str]) -> dict[str, str]:
+    """Write ``result.json``, ``per_sample.jsonl`` and ``confusion.png`` into ``folder``; returns their paths."""
+    out = Path(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MulcotError(f"cannot create the output folder {out}: {err.strerror or err}") from None
+    files = {"json": str(out / "result.json"), "per_sample": str(out / "per_sample.jsonl"),
+             "confusion": str(out / "confusion.png")}  # fmt: skip
+    result.files = files
+    (out / "result.json").write_text(json.dumps(_json_safe(result.to_dict()), indent=2, ensure_ascii=False,
+                                                default=str), encoding="utf-8")  # fmt: skip
+    with (out / "per_sample.jsonl").open("w", encoding="utf-8") as fh:
+        for row in result.per_sample:
+            fh.write(json.dumps(_json_safe(row), ensure_ascii=False) + "\n")
+    heads = (
+        [(f"label prompt (n={result.metrics['label']['n']})", result.metrics["label"])]
+        if result.metrics.get("label")
+        else []
+    )
+    heads.append((f"chain Prediction (n={result.metrics['chain']['n']})", result.metrics["chain"]))
+    plot_confusion(heads, out / "confusion.png", title=f"{result.subject.name} on {result.dataset}/{result.split}")
+    return files
+
+
+def plot_confusion(heads: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike[str], *,
+                   title: str = "") -> Path:  # fmt: skip
+    """One confusion-matrix panel per (title, classification_metrics dict): gold rows × predicted columns, with an
+    ``invalid`` column for unparseable predictions; counts in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(heads), figsize=(4.6 * len(heads), 4.0), squeeze=False)
+    for ax, (name, m) in zip(axes[0], heads, strict=True):
+        labels = m["labels"]
+        matrix = [row + [m["per_label"][lab]["invalid"]] for row, lab in zip(m["confusion_matrix"], labels,
+                                                                            strict=True)]  # fmt: skip
+        cols = [*labels, "invalid"]
+        peak = max(1, max(max(r) for r in matrix))
+        ax.imshow(matrix, cmap="Blues", vmin=0, vmax=peak)
+        ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("gold")
+        ax.set_title(f"{name}\nacc {m['accuracy']:.3f}", fontsize=10)
+        for r, row in enumerate(matrix):
+            for c, v in enumerate(row):
+                ax.text(c, r, str(v), ha="center", va="center", color="white" if v > peak / 2 else "black")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def paper_row(result: dict[str, Any]) -> dict[str, Any]:
+    """The Table 3/4/5 numbers of a stored or fresh result (``EvalResult.to_dict()`` or a store row): accuracy,
+    the task's F1 (``f1_name``), Sim, METEOR, BLEU, ROUGE-L, Distinct-1/2 (corpus-level when computed) and
+    consistency; None where not computed."""
+    m = result["metrics"]
+    head = m.get("headline") or {}
+    reasoning = m.get("reasoning") or {}
+    values = reasoning.get("headline") or {}
+    row: dict[str, Any] = {
+        "accuracy": head.get("accuracy"), "f1": head.get("f1"), "f1_name": m.get("f1_reported"),
+        "from": head.get("from"), "consistency": m.get("consistency"),
+    }  # fmt: skip
+    for k in REASONING_METRICS:
+        row[k] = values.get(k)
+    return row
+
+
+# -------------------------------------------------------------------------------------------------- compare
+
+
+def _row_dict(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in ("id", "dataset", "split", "source", "model", "run_id", "n", "metrics", "config",
+                                "created_at") if k in row}  # fmt: skip
+
+
+def compare_results(store: Store, specs: Sequence[str], *, dataset: str | None = None,
+                    split: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Stored evaluation results for each spec, in order: an eval result id (``12`` or ``#12``), else the latest
+    result of a run id, else of a source name, else of a model (optionally within one dataset / split)."""
+    if not specs:
+        raise MulcotError("name at least one evaluation result, run or source to compare")
+    rows = store.eval_results(dataset)
+    by_id = {r["id"]: r for r in rows} if dataset is None else {r["id"]: r for r in store.eval_results()}
+    scoped = [r for r in rows if split is None or r["split"] == split]
+    out = []
+    for spec in specs:
+        text = spec.strip()
+        if re.fullmatch(r"#?\d+", text):
+            rid = int(text.lstrip("#"))
+            if rid not in by_id:
+                raise NotFoundError(f"no evaluation result #{rid} in {store.path}")
+            out.append(_row_dict(by_id[rid]))
+            continue
+        found = None
+        for col in ("run_id", "source", "model"):
+            matches = [r for r in scoped if r.get(col) == text]
+            if matches:
+                found = max(matches, key=lambda r: r["id"])
+                break
+        if found is None:
+            known = sorted({str(r.get(c)) for r in scoped for c in ("run_id", "source") if r.get(c)})
+            where = f" for {dataset or 'any dataset'}" + (f"/{split}" if split else "")
+            raise NotFoundError(
+                f"no evaluation result for '{text}'{where} (results exist for: {', '.join(known) or 'nothing yet'}; "
+                "run `mulcot eval DATASET ...` first)"
+            )
+        out.append(_row_dict(found))
+    return out
