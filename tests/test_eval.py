@@ -89,6 +89,27 @@ def test_teacher_through_the_cli_table(demo_store, tmp_path):
     assert data["metrics"]["chain"]["accuracy"] == 1.0 and data["n"] == 12
 
 
+def test_release_chains_are_labelled_gold_conditioned(demo_store, tmp_path):
+    """The release holds only kept chains (correct answers and gold-conditioned explanations): its 100 % is labelled
+    as such wherever it is shown; a teacher's own stage-1 chains are scored as predictions. Every eval is a run."""
+    from mulcot.chains import chain_row
+
+    runs = str(tmp_path / "runs")
+    result = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, source="teacher", runs_dir=runs))
+    assert result.metrics["gold_conditioned"] is True
+    flat = " ".join(_run("eval", SAMPLE_NAME, "--source", "teacher", "--db", demo_store.path, "--out",
+                         tmp_path / "o").stdout.split())  # fmt: skip
+    assert "teacher* 100.00" in flat and "*: gold-conditioned, a release's kept chains" in flat
+    for r in demo_store.reasonings(dataset=SAMPLE_NAME, split="test", source="teacher"):
+        demo_store.add_reasoning(**chain_row(sample_id=r["sample_id"], source="teacher", model="gpt-4o-mini",
+                                             stage="predict", output=r["raw"], run_id="annot", origin="annotate"))
+    own = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, source="annot", runs_dir=runs))
+    assert own.metrics["gold_conditioned"] is False and own.subject.model == "gpt-4o-mini"
+    recorded = {r["id"]: r for r in demo_store.list_runs(kind="eval")}
+    assert recorded[f"eval-annot-{SAMPLE_NAME}-test"]["status"] == "done"
+    assert recorded[f"eval-teacher-{SAMPLE_NAME}-test"]["metrics"]["gold_conditioned"] is True
+
+
 def test_authors_teacher_accuracy(tmp_path):
     """The authors' released teacher chains of the Twitter-2015 test split: accuracy = the share of chains whose
     Prediction equals the gold label (1016/1037)."""

@@ -89,7 +89,8 @@ def paper_table(results: list[dict[str, Any]], title: str, *, with_ids: bool = F
         header = f1 if key == "f1" else HEADERS[key]
         table.add_column(header, justify="right", no_wrap=True, min_width=max(len(header), 6))
     for result, row in zip(results, rows, strict=True):
-        table.add_row(escape(_display_name(result, with_ids)), *(_pct(row[k]) for k in keys))
+        name = _display_name(result, with_ids) + ("*" if row["gold_conditioned"] else "")
+        table.add_row(escape(name), *(_pct(row[k]) for k in keys))
     shown = ["Acc", "w-F1" if f1 == "w-F1" else "m-F1" if f1 == "m-F1" else None]
     lines = ["All values × 100; '-' = not computed."]
     if f1 == "F1*":
@@ -97,6 +98,8 @@ def paper_table(results: list[dict[str, Any]], title: str, *, with_ids: bool = F
         shown = ["Acc", "w-F1", "m-F1"]
     for key in [*(s for s in shown if s), "Cons.", "Sim", "METEOR", "BLEU", "ROUGE-L", "Dist-1/2"]:
         lines.append(f"{key}: {METRIC_DEFINITIONS[key]}.")
+    if any(r["gold_conditioned"] for r in rows):
+        lines.append(f"*: gold-conditioned, {METRIC_DEFINITIONS['gold-conditioned']}.")
     table.caption = "\n".join(escape(x) for x in lines)
     return table
 

@@ -73,8 +73,14 @@ def _print_result(result: Any) -> None:
         for title, _ in cols:
             m.add_column(title, justify="right")
         for row in result.metrics:
-            m.add_row(row["subject"], *(f"{100 * row[k]:.1f}" if isinstance(row.get(k), float | int) else "-"
-                                        for _, k in cols))  # fmt: skip
+            name = row["subject"] + ("*" if row.get("gold_conditioned") else "")
+            m.add_row(name, *(f"{100 * row[k]:.1f}" if isinstance(row.get(k), float | int) else "-"
+                              for _, k in cols))  # fmt: skip
+        if any(row.get("gold_conditioned") for row in result.metrics):
+            from mulcot.evaluate import METRIC_DEFINITIONS
+
+            m.caption = escape(f"*: gold-conditioned, {METRIC_DEFINITIONS['gold-conditioned']}.")
+            m.caption_justify = "left"
         console.print(m)
     if result.files:
         f = Table(title="files produced", show_header=False)

@@ -31,8 +31,8 @@ from mulcot.evaluate.select import (
     SUBJECT_STAGE_ORDER,
     Subject,
     choose_group,
+    resolve_chain_source,
     resolve_model,
-    resolve_source,
     select_chains,
     select_references,
 )
@@ -60,7 +60,7 @@ __all__ = [
     "plot_confusion",
     "read_chain_file",
     "resolve_model",
-    "resolve_source",
+    "resolve_chain_source",
     "score_files",
     "select_chains",
     "select_references",

@@ -40,6 +40,9 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "pairs",
     "Dist-1/2": "distinct n-grams / all n-grams of a chain's lowercased Treebank tokens, mean over chains (pooled "
     "over all chains with --corpus)",
+    "gold-conditioned": "a release's kept chains (imported or replayed): correct stage-1 answers and explanations "
+    "written given the gold label, the teacher's wrong answers left out, so Acc and F1 measure no model; the "
+    "chains serve as references",
 }
 
 
@@ -123,6 +126,7 @@ def paper_row(result: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "accuracy": head.get("accuracy"), "f1": head.get("f1"), "f1_name": m.get("f1_reported"),
         "from": head.get("from"), "consistency": m.get("consistency"),
+        "gold_conditioned": bool(m.get("gold_conditioned")),
     }  # fmt: skip
     for k in REASONING_METRICS:
         row[k] = values.get(k)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mulcot.chains import release_chain
 from mulcot.errors import MulcotError, NotFoundError
 from mulcot.evaluate.generate import _generate_missing, _stored_outputs
 from mulcot.evaluate.metrics import (
@@ -36,7 +37,7 @@ from mulcot.evaluate.metrics import (
     normalize_metric_names,
     reasoning_metrics,
 )
-from mulcot.evaluate.report import METRIC_DEFINITIONS, write_outputs
+from mulcot.evaluate.report import METRIC_DEFINITIONS, paper_row, write_outputs
 from mulcot.evaluate.select import (
     STAGE_EVAL,
     STAGE_LABEL,
@@ -44,8 +45,8 @@ from mulcot.evaluate.select import (
     _group_key,
     _label_answers,
     choose_group,
+    resolve_chain_source,
     resolve_model,
-    resolve_source,
     select_chains,
     select_references,
 )
@@ -148,21 +149,31 @@ def default_out_dir(config: EvalConfig, subject: Subject) -> Path:
 
 def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = None) -> EvalResult:
     """Run one evaluation (see the module doc): generate what is missing (model mode), score, store the result and
-    write its files. Raises :class:`MulcotError` on bad settings or when there is nothing to evaluate."""
-    from mulcot.train.items import sample_items
-
-    began = time.perf_counter()
+    write its files; the evaluation is recorded as a run (kind ``eval``). Raises :class:`MulcotError` on bad
+    settings or when there is nothing to evaluate."""
     if (config.model is None) == (config.source is None):
         raise MulcotError("name what to evaluate: --model RUN_OR_FOLDER or --source teacher|assistant|student|RUN")
     if config.limit is not None and config.limit < 1:
         raise MulcotError("--limit must be at least 1")
     if config.batch_size < 1:
         raise MulcotError("--batch-size must be at least 1")
-    ds = store.require_dataset(config.dataset)
-    task = ds["task"]
+    store.require_dataset(config.dataset)
     splits = store.splits(config.dataset)
     if config.split not in splits:
         raise NotFoundError(f"dataset '{config.dataset}' has no split '{config.split}' (splits: {', '.join(splits)})")
+    what = re.sub(r"[^A-Za-z0-9._-]+", "-", str(config.model or config.source)).strip("-")
+    with store.run(f"eval-{what}-{config.dataset}-{config.split}", kind="eval", dataset=config.dataset,
+                   config=config.public()) as run:  # fmt: skip
+        result = _evaluate(store, config, progress)
+        run.metrics = {"eval_result": result.id, "n": result.n, **paper_row(result.to_dict())}
+    return result
+
+
+def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> EvalResult:
+    from mulcot.train.items import sample_items
+
+    began = time.perf_counter()
+    task = store.require_dataset(config.dataset)["task"]
     samples = store.samples(config.dataset, config.split)
     labelled = [s for s in samples if s["label"]]
     if not labelled:
@@ -186,7 +197,7 @@ def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = No
         label_rows = {sid: r for sid, r in labels.items() if sid in wanted}
     else:
         assert config.source is not None
-        subject = resolve_source(store, config.dataset, config.split, config.source)
+        subject = resolve_chain_source(store, config.dataset, config.split, config.source)
         rows = store.reasonings(dataset=config.dataset, split=config.split, source=subject.source,
                                 run_id=subject.run_id)  # fmt: skip
         rows = [r for r in rows if r["sample_id"] in gold_by_id]
@@ -221,6 +232,9 @@ def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = No
         metrics["consistency"] = None
         metrics["consistency_n"] = 0
     head = "label" if label_ids and len(label_ids) == len(ids) else "chain"
+    # chains kept by a release (imported or replayed): their Predictions were correct zero-shot or written given
+    # the gold label, so their accuracy measures no model; the row says so wherever it is shown
+    metrics["gold_conditioned"] = head == "chain" and all(release_chain(chains[i]) for i in ids)
     metrics["headline"] = {
         "from": head,
         "accuracy": metrics[head]["accuracy"],

@@ -4,7 +4,7 @@ The subject is either
 
 - a **model** (:func:`resolve_model`): a run (``runs/<name>`` or its name), a LoRA adapter folder, or a plain model
   folder / hub id; its chains and label answers are generated where missing (:mod:`mulcot.evaluate.generate`);
-- a **source** of stored chains (:func:`resolve_source`): ``teacher``, ``assistant``, ``student``,
+- a **source** of stored chains (:func:`resolve_chain_source`): ``teacher``, ``assistant``, ``student``,
   ``student-gguf`` (any source name) or a run id. One model's chains are evaluated, never a mix
   (:func:`choose_group`): among the (source, model, run) groups with final chains (label answers aside), the one
   covering the most samples of the split, ties to the newest; the others are listed in the result
@@ -23,15 +23,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from mulcot.errors import MulcotError, NotFoundError
-from mulcot.refs import RunRef, adapter_digest, find_adapter, resolve_run
+from mulcot.errors import NotFoundError
+from mulcot.refs import RunRef, adapter_digest, resolve
 from mulcot.store import Store
+from mulcot.store.chains import EVAL, LABEL, is_final
 
-STAGE_EVAL = "eval"
-STAGE_LABEL = "label"
+STAGE_EVAL, STAGE_LABEL = EVAL, LABEL  # a chain from P_cot; an answer to P_label
 KNOWN_SOURCES = ("teacher", "assistant", "student", "student-gguf")
 SUBJECT_STAGE_ORDER = ("eval", "predict", "explain", "expand")
 REFERENCE_STAGE_ORDER = ("predict (correct) or explain", "predict (wrong)", "other stages")
@@ -64,35 +63,18 @@ def _adapter_subject(ref: RunRef) -> Subject:
     )  # fmt: skip
 
 
-def _looks_like_path(spec: str) -> bool:
-    """A folder as a user writes it (``./x``, ``/x``, ``~/x``, ``a/b/c``), not a hub id (``org/name``)."""
-    if spec.startswith((".", "/", "~", os.sep)) or spec.count("/") > 1:
-        return True
-    return os.sep != "/" and os.sep in spec
-
-
 def resolve_model(store: Store, spec: str, runs_dir: str | os.PathLike[str] = "runs") -> Subject:
-    """What ``--model SPEC`` names: a run (its folder, its adapter folder or its name, in the store or under
-    ``runs_dir``: see :func:`mulcot.refs.resolve_run`), a model folder (``config.json``) or else a hub id."""
-    path = Path(spec).expanduser()
-    if path.is_dir() and find_adapter(path) is None:
-        if (path / "config.json").is_file():
-            from mulcot.models import model_family
-
-            model_family(path)  # refuses what is not a Qwen-VL model before anything else happens
-            return Subject(kind="model", name=path.name, source="model", model=str(path.resolve()))
-        if not (path / "best" / "adapter_config.json").is_file():
-            raise MulcotError(
-                f"{spec} is neither a run folder (with adapter/), an adapter folder (adapter_config.json) nor a "
-                "model folder (config.json)"
-            )
-    if path.is_dir() or store.get_run(spec) is not None or (Path(runs_dir) / spec).is_dir():
-        return _adapter_subject(resolve_run(store, spec, runs_dir))
-    if _looks_like_path(spec):
-        raise NotFoundError(f"model folder not found: {spec}")
+    """What ``--model SPEC`` names (:func:`mulcot.refs.resolve`): a run (its folder, its adapter folder or its name,
+    in the store or under ``runs_dir``), a model folder (``config.json``) or else a hub id."""
+    ref = resolve(store, spec, runs_dir, allow=("run", "adapter", "model", "hub"), what="model to evaluate")
+    if ref.run is not None:
+        return _adapter_subject(ref.run)
     from mulcot.models import model_family
 
-    model_family(spec)  # a hub id: fetched (or found in the cache) and checked now
+    model_family(ref.model)  # refuses what is not a supported model (a hub id: fetched or found in the cache)
+    if ref.kind == "model":
+        assert ref.path is not None
+        return Subject(kind="model", name=ref.path.name, source="model", model=str(ref.path.resolve()))
     return Subject(kind="model", name=spec, source="model", model=spec)
 
 
@@ -106,7 +88,7 @@ def _available_sources(store: Store, dataset: str, split: str) -> tuple[list[str
     return sorted(sources), sorted(runs)
 
 
-def resolve_source(store: Store, dataset: str, split: str, spec: str) -> Subject:
+def resolve_chain_source(store: Store, dataset: str, split: str, spec: str) -> Subject:
     """What ``--source SPEC`` names: a source with chains in this split (teacher, assistant, student, student-gguf,
     …) or a run id whose chains are stored."""
     sources, runs = _available_sources(store, dataset, split)
@@ -126,10 +108,6 @@ def resolve_source(store: Store, dataset: str, split: str, spec: str) -> Subject
 # ----------------------------------------------------------------------------------------------- chain choice
 
 
-def _is_final(row: dict[str, Any]) -> bool:
-    return row.get("final") is None or row["final"] == 1
-
-
 def _stage_rank(stage: str | None) -> int:
     return SUBJECT_STAGE_ORDER.index(stage) if stage in SUBJECT_STAGE_ORDER else len(SUBJECT_STAGE_ORDER)
 
@@ -139,7 +117,7 @@ def select_chains(rows: Iterable[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     first stage of :data:`SUBJECT_STAGE_ORDER` present, then the newest (highest id)."""
     best: dict[int, dict[str, Any]] = {}
     for r in rows:
-        if not _is_final(r) or r["stage"] == STAGE_LABEL:
+        if not is_final(r) or r["stage"] == STAGE_LABEL:
             continue
         cur = best.get(r["sample_id"])
         if cur is None or (_stage_rank(r["stage"]), -r["id"]) < (_stage_rank(cur["stage"]), -cur["id"]):
@@ -158,7 +136,7 @@ def choose_group(rows: Iterable[dict[str, Any]]) -> tuple[tuple[str, str | None,
     samples: dict[tuple[str, str | None, str | None], set[int]] = {}
     newest: dict[tuple[str, str | None, str | None], int] = {}
     for r in rows:
-        if not _is_final(r) or r["stage"] == STAGE_LABEL:
+        if not is_final(r) or r["stage"] == STAGE_LABEL:
             continue
         key = _group_key(r)
         samples.setdefault(key, set()).add(r["sample_id"])
@@ -186,7 +164,7 @@ def select_references(rows: Iterable[dict[str, Any]]) -> dict[int, dict[str, Any
     :data:`REFERENCE_STAGE_ORDER`, newest first."""
     best: dict[int, dict[str, Any]] = {}
     for r in rows:
-        if not _is_final(r) or r["stage"] == STAGE_LABEL:
+        if not is_final(r) or r["stage"] == STAGE_LABEL:
             continue
         cur = best.get(r["sample_id"])
         if cur is None or (_ref_rank(r), -r["id"]) < (_ref_rank(cur), -cur["id"]):
@@ -198,7 +176,7 @@ def _label_answers(rows: Iterable[dict[str, Any]]) -> dict[tuple[int, str, str |
     """Newest final label answer per (sample, source, model, run)."""
     out: dict[tuple[int, str, str | None, str | None], dict[str, Any]] = {}
     for r in rows:
-        if r["stage"] != STAGE_LABEL or not _is_final(r):
+        if r["stage"] != STAGE_LABEL or not is_final(r):
             continue
         key = (r["sample_id"], r["source"], r["model"], r["run_id"])
         if key not in out or r["id"] > out[key]["id"]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from mulcot.errors import NotFoundError, StoreError
-from mulcot.store.chains import FINAL, OUTCOME, OUTCOMES, SOURCES, STAGES
+from mulcot.store.chains import FINAL, OUTCOME, OUTCOMES, SOURCES, STAGES, is_final
 from mulcot.store.connection import Connection, from_json, now
 
 
@@ -218,7 +218,7 @@ class BrowseMixin(Connection):
             pending: list[dict[str, Any]] = []
             for r in seq:
                 pending.append(r)
-                if r["final"] == 1:
+                if is_final(r):
                     chains.append(self._browse_chain(pending))
                     pending = []
             if pending:

@@ -38,6 +38,14 @@ OUTCOMES = ("correct", "wrong", "failed")
 
 # The SQL of the chain concepts, over ``reasonings r JOIN samples s ON s.id = r.sample_id``.
 FINAL = "r.final = 1"
+
+
+def is_final(row: dict[str, Any]) -> bool:
+    """:data:`FINAL` for a row already read (pure functions over rows use it): the last attempt of its sequence."""
+    return row.get("final") in (1, True)
+
+
+
 OUTCOME = (
     "CASE WHEN r.valid = 0 OR r.prediction IS NULL THEN 'failed' WHEN s.label IS NULL THEN 'predicted'"
     " WHEN r.prediction = s.label THEN 'correct' ELSE 'wrong' END"
