@@ -25,7 +25,7 @@ from mulcot.prompts import get_prompt
 from mulcot.store import Store
 from mulcot.teacher import Teacher, TeacherConfig, TeacherError, image_data_url
 
-STAGES = (PREDICT, EXPLAIN)  # the teacher's two passes
+PASSES = (PREDICT, EXPLAIN)  # the teacher's two passes (chain stages)
 
 
 @dataclass
@@ -192,7 +192,7 @@ class Annotator:
         return None
 
     async def _sample(self, sample: dict[str, Any], state: dict[str, dict]) -> None:
-        stages = STAGES if self.config.stage == "both" else (self.config.stage,)
+        stages = PASSES if self.config.stage == "both" else (self.config.stage,)
         pred = state["predict"].get(sample["id"])
         pred_final = pred["final"] if pred else None
         worked = False
@@ -238,7 +238,7 @@ class Annotator:
         state = {
             stage: self.store.chain_progress(cfg.dataset, cfg.split, source="teacher", model=cfg.teacher.model,
                                              stage=stage, prompt_version=self.prompts[stage].version)
-            for stage in STAGES
+            for stage in PASSES
         }  # fmt: skip
         self._jobs_total = (
             sum(1 for s in samples if (state["predict"].get(s["id"]) or {}).get("final") is None)

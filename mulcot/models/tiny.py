@@ -8,6 +8,9 @@ unpatched. Parsing the GGUF takes ~20 s, so built tokenizers are cached in ``$MU
 Shapes follow what is known to work end to end (forward/backward, generate, LoRA, merge, GGUF text + mmproj):
 text hidden 64, intermediate 128, 2 layers, 4 heads (head dim 16), 2 KV heads; vision depth 4 (Qwen2.5-VL:
 full attention in blocks 1 and 3, evenly spaced as llama.cpp's mmproj converter needs), hidden 32, 2 heads.
+
+Over 400 lines on purpose: the tokenizer rebuild, the two families' configs and the processors that must agree
+with them are one unit that tests and benchmarks use together.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from typing import Any
 
 from mulcot.errors import NotFoundError, StoreError
 from mulcot.store.chains import FINAL, OUTCOME, OUTCOMES, SOURCES, STAGES, is_final
-from mulcot.store.connection import Connection, from_json, now
+from mulcot.store.connection import Connection, equals, from_json, now
 
 
 class BrowseMixin(Connection):
@@ -53,15 +53,11 @@ class BrowseMixin(Connection):
                 tables = "samples_fts f JOIN samples s ON s.id = f.rowid"
                 where.append("samples_fts MATCH ?")
                 params.append(query)
-        for col, value in (("s.dataset", dataset), ("s.split", split), ("s.label", gold)):
-            if value is not None:
-                where.append(f"{col} = ?")
-                params.append(value)
-        chain: list[str] = []
-        for col, value in (("r.source", source), ("r.run_id", run_id), ("r.stage", stage), ("r.prediction", predicted)):
-            if value is not None:
-                chain.append(f"{col} = ?")
-                params.append(value)
+        sample_clauses, sample_params = equals(("s.dataset", dataset), ("s.split", split), ("s.label", gold))
+        chain, chain_params = equals(("r.source", source), ("r.run_id", run_id), ("r.stage", stage),
+                                     ("r.prediction", predicted))  # fmt: skip
+        where += sample_clauses
+        params += sample_params + chain_params
         if outcome is not None:
             if outcome not in OUTCOMES:
                 raise StoreError(f"unknown outcome '{outcome}': use {', '.join(OUTCOMES)}")
@@ -185,11 +181,9 @@ class BrowseMixin(Connection):
             " JOIN samples s ON s.id = r.sample_id"
             f" WHERE r.sample_id IN ({', '.join('?' for _ in sample_ids)}) AND {FINAL}"
         )
-        params: list[Any] = list(sample_ids)
-        for col, value in (("r.stage", stage), ("r.run_id", run_id)):
-            if value is not None:
-                sql += f" AND {col} = ?"
-                params.append(value)
+        clauses, more = equals(("r.stage", stage), ("r.run_id", run_id))
+        sql += "".join(f" AND {c}" for c in clauses)
+        params: list[Any] = [*sample_ids, *more]
         for r in self.db.query(sql + " ORDER BY r.id", params):
             outcome = r["outcome"]
             per = out.setdefault(r["sample_id"], {})
@@ -284,12 +278,8 @@ class BrowseMixin(Connection):
     ) -> list[dict[str, Any]]:
         """Ratings in the order given, each with its chain (source, model, stage, prompt version, run, prediction)
         and sample (dataset, split, key, gold label)."""
-        where, params = [], []
-        for col, value in (("s.dataset", dataset), ("s.split", split), ("r.source", source),
-                           ("t.reasoning_id", reasoning_id)):  # fmt: skip
-            if value is not None:
-                where.append(f"{col} = ?")
-                params.append(value)
+        where, params = equals(("s.dataset", dataset), ("s.split", split), ("r.source", source),
+                               ("t.reasoning_id", reasoning_id))  # fmt: skip
         sql = (
             "SELECT t.id, t.reasoning_id, t.faithfulness, t.usefulness, t.comment, t.rater, t.created_at,"
             " r.source, r.model, r.stage, r.prompt_version, r.run_id, r.prediction,"
@@ -302,11 +292,7 @@ class BrowseMixin(Connection):
 
     def rating_summary(self, *, dataset: str | None = None, split: str | None = None) -> list[dict[str, Any]]:
         """Mean ratings per source and model: ratings, chains rated, mean faithfulness, mean usefulness."""
-        where, params = [], []
-        for col, value in (("s.dataset", dataset), ("s.split", split)):
-            if value is not None:
-                where.append(f"{col} = ?")
-                params.append(value)
+        where, params = equals(("s.dataset", dataset), ("s.split", split))
         sql = (
             "SELECT r.source, r.model, COUNT(*) AS ratings, COUNT(DISTINCT t.reasoning_id) AS chains,"
             " AVG(t.faithfulness) AS faithfulness, AVG(t.usefulness) AS usefulness"

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from mulcot.errors import StoreError
-from mulcot.store.connection import Connection, from_json, now, to_json
+from mulcot.store.connection import Connection, equals, from_json, now, to_json
 
 REASONING_COLUMNS = (
     "sample_id", "source", "model", "stage", "prompt_version", "raw", "text", "fields", "prediction",
@@ -33,7 +33,7 @@ SOURCES = ("teacher", "assistant", "student")
 # why it was written: stage 1 (predict, explain), stage 3 (expand), and evaluation (eval: a chain from P_cot;
 # label: an answer to P_label)
 PREDICT, EXPLAIN, EXPAND, EVAL, LABEL = "predict", "explain", "expand", "eval", "label"
-STAGES = (PREDICT, EXPLAIN, EXPAND, EVAL, LABEL)
+STAGES = (PREDICT, EXPLAIN, EXPAND, EVAL, LABEL)  # chain stages (the pipeline's are recipes.PIPELINE_STAGES)
 OUTCOMES = ("correct", "wrong", "failed")
 
 # The SQL of the chain concepts, over ``reasonings r JOIN samples s ON s.id = r.sample_id``.
@@ -138,14 +138,8 @@ class ChainsMixin(Connection):
         final_only: bool = False,
     ) -> list[dict[str, Any]]:
         """Chains matching the filters, joined with their sample's dataset, split, key and gold label."""
-        where, params = [], []
-        for col, value in (
-            ("s.dataset", dataset), ("s.split", split), ("r.source", source), ("r.stage", stage),
-            ("r.sample_id", sample_id), ("r.run_id", run_id),
-        ):  # fmt: skip
-            if value is not None:
-                where.append(f"{col} = ?")
-                params.append(value)
+        where, params = equals(("s.dataset", dataset), ("s.split", split), ("r.source", source), ("r.stage", stage),
+                               ("r.sample_id", sample_id), ("r.run_id", run_id))  # fmt: skip
         if final_only:
             where.append(FINAL)
         sql = f"SELECT r.*, s.dataset, s.split, s.key, s.label AS gold FROM {_JOIN}"
@@ -171,14 +165,9 @@ class ChainsMixin(Connection):
             FROM {_JOIN}
             WHERE s.dataset = ? AND r.source = ? AND r.model IS ? AND r.stage = ? AND r.prompt_version IS ?
         """
-        params: list[Any] = [dataset, source, model, stage, prompt_version]
-        if split is not None:
-            sql += " AND s.split = ?"
-            params.append(split)
-        if run_id is not None:
-            sql += " AND r.run_id = ?"
-            params.append(run_id)
-        sql += " GROUP BY r.sample_id"
+        clauses, more = equals(("s.split", split), ("r.run_id", run_id))
+        sql += "".join(f" AND {c}" for c in clauses) + " GROUP BY r.sample_id"
+        params: list[Any] = [dataset, source, model, stage, prompt_version, *more]
         out: dict[int, dict[str, Any]] = {}
         finals = []
         for r in self.db.query(sql, params):
@@ -213,14 +202,9 @@ class ChainsMixin(Connection):
 
     def teacher_set(self, dataset: str, split: str | None = None, model: str | None = None) -> list[dict[str, Any]]:
         """D_t (:data:`TEACHER_SET`) of a dataset, optionally one split and one teacher model."""
-        sql = f"SELECT r.*, s.split, s.key, s.label AS gold FROM {_JOIN} WHERE s.dataset = ? AND {TEACHER_SET}"
-        params: list[Any] = [dataset]
-        if split is not None:
-            sql += " AND s.split = ?"
-            params.append(split)
-        if model is not None:
-            sql += " AND r.model = ?"
-            params.append(model)
+        clauses, params = equals(("s.dataset", dataset), ("s.split", split), ("r.model", model))
+        sql = f"SELECT r.*, s.split, s.key, s.label AS gold FROM {_JOIN} WHERE {TEACHER_SET}"
+        sql += "".join(f" AND {c}" for c in clauses)
         return _with_fields(self.db.query(sql + " ORDER BY r.sample_id, r.id", params))
 
     def assistant_set(self, dataset: str, split: str, run_id: str) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +40,26 @@ def to_json(value: Any) -> str | None:
 
 def from_json(value: str | None) -> Any:
     return None if value is None else json.loads(value)
+
+
+def decoded(rows: Iterable[dict[str, Any]], *columns: str) -> list[dict[str, Any]]:
+    """Rows with their JSON ``columns`` read back into Python values."""
+    out = []
+    for row in rows:
+        for col in columns:
+            row[col] = from_json(row[col])
+        out.append(row)
+    return out
+
+
+def equals(*pairs: tuple[str, Any]) -> tuple[list[str], list[Any]]:
+    """``col = ?`` clauses and their parameters for the (column, value) pairs whose value is not None."""
+    clauses, params = [], []
+    for col, value in pairs:
+        if value is not None:
+            clauses.append(f"{col} = ?")
+            params.append(value)
+    return clauses, params
 
 
 class Connection:

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from mulcot.store.connection import Connection, from_json, now, to_json
+from mulcot.store.connection import Connection, decoded, equals, now, to_json
 
 
 class ResultsMixin(Connection):
     """Evaluation results."""
 
-    def add_eval_result(
-        self,
-        *,
-        dataset: str,
-        split: str,
-        metrics: dict,
-        n: int,
-        source: str | None = None,
-        model: str | None = None,
-        run_id: str | None = None,
-        config: dict | None = None,
-    ) -> int:
+    def add_eval_result(self, *, dataset: str, split: str, metrics: dict, n: int, source: str | None = None,
+                        model: str | None = None, run_id: str | None = None, config: dict | None = None) -> int:
+        """Store one evaluation's metrics (and settings) for a split; returns its id."""
         with self.transaction():
             return self._insert(
                 "eval_results",
@@ -30,12 +21,6 @@ class ResultsMixin(Connection):
             )  # fmt: skip
 
     def eval_results(self, dataset: str | None = None) -> list[dict[str, Any]]:
-        sql, params = "SELECT * FROM eval_results", []
-        if dataset:
-            sql += " WHERE dataset = ?"
-            params.append(dataset)
-        out = list(self.db.query(sql + " ORDER BY id", params))
-        for r in out:
-            r["metrics"] = from_json(r["metrics"])
-            r["config"] = from_json(r["config"])
-        return out
+        clauses, params = equals(("dataset", dataset or None))
+        sql = "SELECT * FROM eval_results" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+        return decoded(self.db.query(sql + " ORDER BY id", params), "metrics", "config")

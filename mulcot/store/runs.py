@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mulcot.errors import StoreError
-from mulcot.store.connection import Connection, from_json, now, to_json
+from mulcot.store.connection import Connection, decoded, equals, now, to_json
 
 RUNNING, DONE, FAILED, INTERRUPTED, STOPPED = "running", "done", "failed", "interrupted", "stopped"
 FINISHED = (DONE, FAILED, INTERRUPTED, STOPPED)
@@ -82,20 +82,11 @@ class RunsMixin(Connection):
             self._update("runs", "id", run_id, values)
 
     @contextmanager
-    def run(
-        self,
-        run_id: str,
-        *,
-        kind: str,
-        dataset: str | None = None,
-        config: dict | None = None,
-        output_dir: str | None = None,
-        recipe_hash: str | None = None,
-        resume_hint: str = "run the same command again to resume",
-    ) -> Iterator[RunRecord]:
-        """Record a run around its work: ``running`` now, then ``done`` / ``interrupted`` / ``failed``."""
-        self.create_run(run_id, kind=kind, dataset=dataset, config=config, output_dir=output_dir,
-                        recipe_hash=recipe_hash)  # fmt: skip
+    def run(self, run_id: str, *, kind: str, resume_hint: str = "run the same command again to resume",
+            **record: Any) -> Iterator[RunRecord]:  # fmt: skip
+        """Record a run around its work: ``running`` now (:meth:`create_run` takes ``record``: dataset, config,
+        output_dir, recipe_hash), then ``done`` / ``interrupted`` / ``failed``."""
+        self.create_run(run_id, kind=kind, **record)
         record = RunRecord(id=run_id, resume_hint=resume_hint)
         try:
             yield record
@@ -117,21 +108,10 @@ class RunsMixin(Connection):
         self.update_run(record.id, **values)
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]))
-        if not rows:
-            return None
-        run = rows[0]
-        run["config"] = from_json(run["config"])
-        run["metrics"] = from_json(run["metrics"])
-        return run
+        rows = decoded(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]), "config", "metrics")
+        return rows[0] if rows else None
 
     def list_runs(self, kind: str | None = None) -> list[dict[str, Any]]:
-        sql, params = "SELECT * FROM runs", []
-        if kind:
-            sql += " WHERE kind = ?"
-            params.append(kind)
-        runs = list(self.db.query(sql + " ORDER BY created_at, id", params))
-        for run in runs:
-            run["config"] = from_json(run["config"])
-            run["metrics"] = from_json(run["metrics"])
-        return runs
+        clauses, params = equals(("kind", kind or None))
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+        return decoded(self.db.query(sql + " ORDER BY created_at, id", params), "config", "metrics")

@@ -7,15 +7,9 @@ positions only** (the positions whose next token is part of the answer). The aut
 prompt, image and padding positions; mulcot does not, so the soft term teaches what the student must say, not how
 to echo its prompt.
 
-Soft labels, two modes:
-
-- ``cache`` (default, memory-frugal): the assistant runs once over every training sequence and its top-k
-  log-probs and token ids per target position are written to safetensors shards under ``runs/<student>/soft_labels``
-  (indexed in the store); the assistant then leaves memory and the student trains alone. Estimator: both
-  distributions renormalised over the assistant's k ids, ``p_a,k = softmax(log p_a[ids]/τ)``,
-  ``p_s,k = softmax(z_s[ids]/τ)``, KL summed over those k (:func:`mulcot.train.losses.kl_topk`); with k = vocabulary
-  size it equals the full KL.
-- ``online``: the assistant stays resident and the full KL over the common vocabulary prefix is computed per batch.
+Soft labels come cached (top-k on disk, the default) or online (the assistant resident):
+:mod:`mulcot.train.soft_labels`. ``DistillTrainer`` is ``MultiTaskTrainer`` with the soft term added in
+``compute_loss`` and nothing else.
 
 Assistant and student must share the tokenizer (Qwen2.5-VL-7B → 3B, Qwen3-VL-8B → 2B do); their output layers may
 differ in padding rows, so the KL uses the common vocabulary prefix.

@@ -17,17 +17,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mulcot.errors import MetricsError, WordNetMissingError
+from mulcot.evaluate.metrics import text as overlap
 from mulcot.evaluate.metrics.sim import default_sim_model_path, load_sim_model, sim_scores
 from mulcot.evaluate.metrics.sim_cache import EmbeddingCache
-from mulcot.evaluate.metrics.text import (
-    corpus_bleu,
-    corpus_distinct_n,
-    distinct_n,
-    meteor,
-    rouge_l_f,
-    sentence_bleu,
-    tokenize,
-)
 
 #: Reasoning metrics, in report order.
 REASONING_METRICS: tuple[str, ...] = ("sim", "meteor", "bleu", "rouge_l", "distinct_1", "distinct_2")
@@ -196,14 +188,14 @@ def reasoning_metrics(
         texts = preds + refs if wordnet_reader is not None else preds
         for text in texts:
             if text not in tokens:
-                tokens[text] = tokenize(text)
+                tokens[text] = overlap.tokenize(text)
         scores.score_seconds["tokenize"] = time.perf_counter() - start
 
     if wordnet_reader is not None:
         start = time.perf_counter()
         values = []
         for i, (p, r) in enumerate(zip(preds, refs, strict=True), 1):
-            values.append(meteor(tokens[p], tokens[r], wordnet_reader))
+            values.append(overlap.meteor(tokens[p], tokens[r], wordnet_reader))
             tick("meteor", i)
         scores.per_pair["meteor"] = values
         scores.score_seconds["meteor"] = time.perf_counter() - start
@@ -212,18 +204,18 @@ def reasoning_metrics(
         start = time.perf_counter()
         values = []
         for i, (p, r) in enumerate(zip(preds, refs, strict=True), 1):
-            values.append(sentence_bleu(p, r))
+            values.append(overlap.sentence_bleu(p, r))
             tick("bleu", i)
         scores.per_pair["bleu"] = values
         if corpus:
-            scores.corpus["bleu"] = corpus_bleu(preds, refs)
+            scores.corpus["bleu"] = overlap.corpus_bleu(preds, refs)
         scores.score_seconds["bleu"] = time.perf_counter() - start
 
     if "rouge_l" in chosen:
         start = time.perf_counter()
         values = []
         for i, (p, r) in enumerate(zip(preds, refs, strict=True), 1):
-            values.append(rouge_l_f(p, r))
+            values.append(overlap.rouge_l_f(p, r))
             tick("rouge_l", i)
         scores.per_pair["rouge_l"] = values
         scores.score_seconds["rouge_l"] = time.perf_counter() - start
@@ -232,9 +224,9 @@ def reasoning_metrics(
         name = f"distinct_{k}"
         if name in chosen:
             start = time.perf_counter()
-            scores.per_pair[name] = [distinct_n(tokens[p], k) for p in preds]
+            scores.per_pair[name] = [overlap.distinct_n(tokens[p], k) for p in preds]
             if corpus:
-                scores.corpus[name] = corpus_distinct_n((tokens[p] for p in preds), k)
+                scores.corpus[name] = overlap.corpus_distinct_n((tokens[p] for p in preds), k)
             scores.score_seconds[name] = time.perf_counter() - start
             tick(name, n)
 
