@@ -279,7 +279,7 @@ def prepare(size: str, work: Path, quants: list[str], text_layers: int | None, q
     _say(f"[{tag}] exporting to GGUF (f16 + mmproj{', ' + ', '.join(q) if q else ''}; resumes)", quiet)
     t0 = time.time()
     result = export(ExportConfig(source=str(model_dir), out=str(work / tag / "gguf"), quants=tuple(q), name=tag),
-                    progress=lambda e: _say(f"[{tag}]   {e.step}: {e.status} {e.message}", quiet)
+                    progress=lambda e: _say(f"[{tag}]   {e.get('step')}: {e.kind} {e.message}", quiet)
                     if e.status in ("done", "skipped") else None)  # fmt: skip
     _say(f"[{tag}] export ready in {time.time() - t0:.0f} s", quiet)
     files = {"f16": result.text_gguf, **result.quantized}

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mulcot.chains import EXPLAIN, PREDICT, arc_accepts, arc_error, chain_row
 from mulcot.errors import MulcotError
+from mulcot.events import Progress, emit
 from mulcot.prompts import get_prompt
 from mulcot.store import Store
 from mulcot.teacher import Teacher, TeacherConfig, TeacherError, image_data_url
@@ -70,7 +70,6 @@ class AnnotateSummary:
         return asdict(self)
 
 
-Progress = Callable[[AnnotateSummary, int, int], None]  # summary so far, (sample, stage) jobs done, known
 
 
 class BudgetReached(Exception):
@@ -224,8 +223,8 @@ class Annotator:
             self.summary.skipped_done += 1
 
     def _report(self) -> None:
-        if self.progress:
-            self.progress(self.summary, self._jobs_done, self._jobs_total)
+        """(sample, stage) jobs done of those known so far, with the summary so far."""
+        emit(self.progress, "annotate", done=self._jobs_done, total=self._jobs_total, summary=self.summary)
 
     async def run_async(self) -> AnnotateSummary:
         start = time.perf_counter()

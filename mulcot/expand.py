@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mulcot.chains import EXPAND, chain_row
 from mulcot.errors import MulcotError
+from mulcot.events import Progress, emit
 from mulcot.prompts import get_prompt
 from mulcot.refs import RunRef, resolve_run
 from mulcot.store import Store
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -124,8 +122,7 @@ def _generate(store: Store, config: ExpandConfig, ref: RunRef, task: str, versio
         store.add_reasonings(rows)
         summary.generated += len(rows)
         summary.samples += len(chunk)
-        if progress:
-            progress(summary.samples, len(todo))
+        emit(progress, "expand", done=summary.samples, total=len(todo))
 
 
 def _figures(store: Store, dataset: str, run_id: str, summary: ExpandSummary) -> None:

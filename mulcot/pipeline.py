@@ -9,16 +9,16 @@ same command picks up inside the stage that was interrupted.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mulcot.errors import MulcotError
+from mulcot.events import DONE, INFO, SKIPPED, START, Progress, emit
 from mulcot.recipes import PIPELINE_STAGES, Recipe
 from mulcot.store import Store
 
-Report = Callable[[dict[str, Any]], None]  # {"event": "stage", "stage", "status", ...} or a stage's own event
+Report = Progress  # run events (stage "run": start / done / skipped / info) and each stage's own events
 
 
 @dataclass
@@ -74,7 +74,7 @@ class Pipeline:
         family = spec.split(":", 1)[1]
         out = self.runs_dir / "models" / f"tiny-{family}"
         if not (out / "config.json").is_file():
-            self.report({"event": "info", "message": f"building a tiny random-weight {family} model in {out}"})
+            emit(self.report, "run", INFO, message=f"building a tiny random-weight {family} model in {out}")
             build_tiny(out, family, seed=0, overwrite=True)
         return str(out)
 
@@ -108,7 +108,7 @@ class Pipeline:
             responder = ReplayResponder.from_release(_sample_path(t.replay, "chains"))
             server = ChatServer(responder, model="replay").start()
             base_url, model = server.base_url, f"replay:{responder.source}"
-            self.report({"event": "info", "message": f"teacher REPLAY: {responder.describe()} served at {base_url}"})
+            emit(self.report, "run", INFO, message=f"teacher REPLAY: {responder.describe()} served at {base_url}")
         splits = [d.train_split]
         ev = self.recipe.eval.split
         if t.references and ev != d.train_split and ev in self.store.splits(d.name):
@@ -122,8 +122,7 @@ class Pipeline:
                     teacher=TeacherConfig(model=model, base_url=base_url, key_env=t.api_key_env,
                                           image_max_side=t.image_max_side, backoff_base_s=0.05 if server else 1.0),
                 )  # fmt: skip
-                summary = annotate(self.store, cfg, progress=lambda s, done, total: self.report(
-                    {"event": "progress", "done": done, "total": total}))  # fmt: skip
+                summary = annotate(self.store, cfg, progress=self.report)
                 self.cost += summary.cost_usd
                 if summary.stopped == "budget":
                     raise MulcotError("annotate stopped at teacher.budget_usd: raise it in the recipe and run again")
@@ -164,7 +163,7 @@ class Pipeline:
             result_best = (done["metrics"] or {}).get("best")
             self.files["assistant adapter"] = str(Path(done["output_dir"]) / "adapter")
             return {"run": cfg.name, "best": result_best}
-        result = train_assistant(self.store, cfg, resume=self._resume(cfg.name), progress=self._training_progress)
+        result = train_assistant(self.store, cfg, resume=self._resume(cfg.name), progress=self.report)
         self.files["assistant adapter"] = result.adapter
         return {"run": result.run, "best": _best(result.best), "steps": result.steps}
 
@@ -178,8 +177,7 @@ class Pipeline:
                            temperature=e.temperature, max_new_tokens=e.max_new_tokens, limit=e.limit,
                            max_pixels=self.recipe.training.max_pixels, device=self.recipe.training.device,
                            dtype=self.recipe.training.dtype)  # fmt: skip
-        s = expand(self.store, cfg, progress=lambda done, total: self.report(
-            {"event": "progress", "done": done, "total": total}))  # fmt: skip
+        s = expand(self.store, cfg, progress=self.report)
         return {"generated": s.generated, "assistant_set": s.assistant_set, "accuracy": round(s.accuracy, 4),
                 "weighted_f1": round(s.weighted_f1, 4), "macro_f1": round(s.macro_f1, 4)}  # fmt: skip
 
@@ -193,7 +191,7 @@ class Pipeline:
         if done is not None and done["status"] == "done":
             self.files["student adapter"] = str(Path(done["output_dir"]) / "adapter")
             return {"run": cfg.name, "best": (done["metrics"] or {}).get("best")}
-        result = distill(self.store, cfg, resume=self._resume(cfg.name), progress=self._training_progress)
+        result = distill(self.store, cfg, resume=self._resume(cfg.name), progress=self.report)
         self.files["student adapter"] = result.adapter
         return {"run": result.run, "best": _best(result.best), "steps": result.steps}
 
@@ -227,7 +225,7 @@ class Pipeline:
         result = export(
             ExportConfig(source=self.run_name("distill"), out=str(out_dir), quants=tuple(x.quant), gguf=x.gguf),
             store=self.store,
-            progress=lambda e: self.report({"event": "info", "message": f"export {e.step}: {e.status} {e.message}"}),
+            progress=self.report,
         )
         self.files["merged student (HF)"] = result.hf_dir
         for key, value in (("text GGUF", result.text_gguf), ("mmproj GGUF", result.mmproj_gguf),
@@ -259,16 +257,6 @@ class Pipeline:
                 "prediction": pred.prediction, "parse_status": pred.parse_status, "raw": pred.raw[:300],
                 "latency_s": pred.latency_s}  # fmt: skip
 
-    def _training_progress(self, event: dict[str, Any]) -> None:
-        if event["event"] in ("begin", "step"):
-            self.report({"event": "progress", "done": event["step"], "total": event["total"]})
-        elif event["event"] == "soft_labels":
-            self.report({"event": "progress", "done": event["done"], "total": event["total"]})
-        elif event["event"] == "eval":
-            m = event["metrics"]
-            self.report({"event": "info", "message": f"epoch {event['epoch']:.0f}: dev accuracy "
-                                                     f"{m['eval_accuracy']:.4f}"})  # fmt: skip
-
     # -- driver ------------------------------------------------------------------------------------------
 
     def run(self, start: str | None = None, stop: str | None = None) -> PipelineResult:
@@ -296,16 +284,16 @@ class Pipeline:
         if prior is not None and prior["status"] == "done" and prior["recipe_hash"] == digest:
             summary = (prior["metrics"] or {}).get("summary", {})
             self._restore(stage, summary)
-            self.report({"event": "stage", "stage": stage, "status": "skipped"})
+            emit(self.report, "run", SKIPPED, message=stage)
             return StageOutcome(stage, "skipped", summary=summary)
-        self.report({"event": "stage", "stage": stage, "status": "start"})
+        emit(self.report, "run", START, message=stage)
         start = time.perf_counter()
         with self.store.run(ledger, kind="pipeline", dataset=self.recipe.dataset.name, recipe_hash=digest,
                             config={"recipe": self.recipe.as_dict(), "stage": stage}) as run:  # fmt: skip
             summary = getattr(self, "stage_" + stage.replace("-", "_"))()
             seconds = time.perf_counter() - start
             run.metrics = {"summary": _jsonable(summary), "seconds": seconds, "files": dict(self.files)}
-        self.report({"event": "stage", "stage": stage, "status": "done", "seconds": seconds, "summary": summary})
+        emit(self.report, "run", DONE, message=stage, seconds=seconds, summary=summary)
         return StageOutcome(stage, "done", seconds, summary)
 
     def _restore(self, stage: str, summary: dict[str, Any]) -> None:

@@ -19,11 +19,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mulcot.errors import ExportError, ModelError, MulcotError, NotFoundError
+from mulcot.events import Event
 from mulcot.export import (
     MANIFEST,
     QUANT_TYPES,
     ExportConfig,
-    ExportEvent,
     check_gguf,
     export,
     gguf_names,
@@ -387,7 +387,7 @@ def test_rerun_resumes_and_a_failed_step_is_named(
 
     # 3. the rerun resumes: no second merge, then convert, quantize and manifest
     monkeypatch.delenv("FAKE_FAIL")
-    events: list[ExportEvent] = []
+    events: list[Event] = []
     resumed = export(config, progress=events.append)
     assert [(s.step, s.status) for s in resumed.steps] == [
         ("merge", "skipped"), ("convert-text", "done"), ("convert-mmproj", "done"), ("quantize-q4_k_m", "done"),
@@ -466,7 +466,7 @@ def test_predict_batch_stores_student_gguf_chains_and_resumes(demo_store: Any, e
     seen: list[int] = []
     with GGUFBackend(result.text_gguf, result.mmproj_gguf, config) as gg:
         summary = predict_dataset(demo_store, gg, SAMPLE_NAME, "test", limit=3, prompts=("cot", "label"),
-                                  progress=lambda done, total, pred: seen.append(done))  # fmt: skip
+                                  progress=lambda event: seen.append(event.done))  # fmt: skip
     assert summary.predicted == 3 and summary.extra_prompts == {"label": 3} and summary.skipped_done == 0
     assert seen[-1] == 6
     model = "student-qwen2.5-vl-F16.gguf"

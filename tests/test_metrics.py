@@ -239,7 +239,7 @@ def test_reasoning_metrics_reference_values(ref: dict, nltk_data: Path) -> None:
         ref["refs"],
         corpus=True,
         nltk_data_dir=nltk_data,
-        progress=lambda m, d, t: calls.append((m, d, t)),
+        progress=lambda e: calls.append((e.message, e.done, e.total)),
     )
     assert scores.n == 3 and scores.unavailable == {}
     assert scores.metrics == M.REASONING_METRICS

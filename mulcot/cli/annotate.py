@@ -13,6 +13,7 @@ from mulcot.annotate import AnnotateConfig, AnnotateSummary
 from mulcot.annotate import annotate as run_annotate
 from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
 from mulcot.errors import MulcotError
+from mulcot.events import Event
 from mulcot.teacher import DEFAULT_KEY_ENV, TeacherConfig
 
 
@@ -66,9 +67,10 @@ def annotate(
     ) as bar:  # fmt: skip
         task = bar.add_task(f"annotating {dataset}/{split}", total=None, info="")
 
-        def progress(s: AnnotateSummary, done: int, total: int) -> None:
+        def progress(event: Event) -> None:
+            s = event.summary
             cost = f"${s.cost_usd:.4f}" if s.cost_known else "cost n/a"
-            bar.update(task, completed=done, total=total,
+            bar.update(task, completed=event.done, total=event.total,
                        info=f"{s.requests} req · {s.tokens_in + s.tokens_out} tok · {cost}")  # fmt: skip
 
         summary = run_annotate(store, cfg, progress=progress)

@@ -14,6 +14,7 @@ from rich.table import Table
 from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
 from mulcot.datasets import EXPORT_FORMATS, FORMATS, export_dataset, import_dataset
 from mulcot.errors import MulcotError
+from mulcot.events import Event
 
 app = typer.Typer(help="Import, list, inspect and export datasets.", no_args_is_help=True)
 
@@ -55,8 +56,8 @@ def import_(
     ) as bar:  # fmt: skip
         task = bar.add_task(f"importing {path}", total=None)
 
-        def progress(stage: str, done: int, total: int | None) -> None:
-            bar.update(task, description=stage, completed=done, total=total)
+        def progress(event: Event) -> None:
+            bar.update(task, description=event.message, completed=event.done, total=event.total)
 
         report = import_dataset(
             store, fmt, path, name=name, split=split, images=images, no_images=no_images, strict=strict,

@@ -44,7 +44,7 @@ def expand(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, disable=as_json, transient=True) as bar:  # fmt: skip
         task = bar.add_task(f"expanding {dataset}/train", total=None)
-        summary = run(store, cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        summary = run(store, cfg, progress=lambda e: bar.update(task, completed=e.done, total=e.total))
     if as_json:
         print_json(summary.as_dict())
         return

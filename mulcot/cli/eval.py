@@ -20,6 +20,7 @@ from typer.core import TyperGroup
 
 from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
 from mulcot.errors import MulcotError
+from mulcot.events import Event
 
 
 class DefaultCommandGroup(TyperGroup):
@@ -55,10 +56,11 @@ def _progress_bar(as_json: bool) -> tuple[Progress, Any]:
     names = {"chains": "generating chains (P_cot)", "labels": "generating label answers (P_label)",
              "loading model": "loading the model"}  # fmt: skip
 
-    def progress(stage: str, done: int, total: int | None) -> None:
+    def progress(event: Event) -> None:
+        stage, total = event.message, event.total
         if stage not in tasks:
             tasks[stage] = bar.add_task(names.get(stage, f"scoring {stage}"), total=total)
-        bar.update(tasks[stage], completed=done, total=total)
+        bar.update(tasks[stage], completed=event.done, total=total)
 
     return bar, progress
 

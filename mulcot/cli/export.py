@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mulcot.cli.common import DbOption, JsonOption, console, err_console, print_json
 from mulcot.errors import MulcotError
+from mulcot.events import Event
 
 
 def _store_for(source: str, db: Path | None) -> Any:
@@ -65,7 +66,7 @@ def export(
     """Export a trained student for offline use: merge the LoRA adapter (complete Hugging Face folder), convert it
     with llama.cpp's own converter to a text GGUF and a vision projector (mmproj) GGUF, quantize with llama.cpp's
     quantizer, and write manifest.json and an Ollama Modelfile. A rerun skips the steps already done."""
-    from mulcot.export import ExportConfig, ExportEvent, parse_quants
+    from mulcot.export import ExportConfig, parse_quants
     from mulcot.export import export as run_export
 
     quants = parse_quants(quant)
@@ -77,17 +78,15 @@ def export(
                           dtype=dtype, threads=threads, force=force)  # fmt: skip
     status = None if as_json else err_console.status("exporting", spinner="dots")
 
-    def progress(event: ExportEvent) -> None:
+    def progress(event: Event) -> None:
         if as_json or status is None:
             return
-        where = f"[{event.index}/{event.total}] {event.step}"
-        if event.status == "start":
+        where = f"[{event.done}/{event.total}] {event.get('step')}" if event.done else str(event.get("step", ""))
+        if event.kind in ("start", "info"):
             status.update(f"{where}: {escape(event.message)}")
-        elif event.status == "info":
-            status.update(f"{where}: {escape(event.message)}")
-        elif event.status == "done":
+        elif event.kind == "done":
             err_console.print(f"[green]✓[/] {where}", highlight=False)
-        elif event.status == "skipped":
+        elif event.kind == "skipped":
             err_console.print(f"[dim]↷ {where}: {escape(event.message)}[/]", highlight=False)
 
     try:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from mulcot.cli.common import JsonOption, console, err_console, print_json
+from mulcot.events import Event
 
 app = typer.Typer(help="Model utilities: tiny random-weight Qwen-VL models for offline tests and demos.")
 
@@ -42,9 +43,9 @@ def tiny(
     """
     from mulcot.models.tiny import build_tiny
 
-    def say(message: str) -> None:
+    def say(event: Event) -> None:
         if not json_out:
-            err_console.print(f"[dim]{message}[/]", highlight=False)
+            err_console.print(f"[dim]{event.message}[/]", highlight=False)
 
     path = build_tiny(out, family=family.value, seed=seed, vocab=vocab, overwrite=force, progress=say)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
 from mulcot.errors import MulcotError
+from mulcot.events import Event
 
 _LABEL_STYLE = {"positive": "bold green", "neutral": "bold yellow", "negative": "bold red"}
 
@@ -106,9 +107,10 @@ def predict(
                            console=err_console, disable=as_json)  # fmt: skip
             task_id = bar.add_task(f"predict {runner.name}", total=None, info="")
 
-            def progress(done: int, total: int, pred: Any) -> None:
+            def progress(event: Event) -> None:
+                pred = event.get("prediction")
                 info = f"last: {pred.prediction or 'invalid'} ({pred.latency_s:.1f} s)" if pred is not None else ""
-                bar.update(task_id, completed=done, total=total, info=info)
+                bar.update(task_id, completed=event.done, total=event.total, info=info)
 
             with bar:
                 summary = predict_dataset(store, runner, dataset, split, limit=limit, run_id=name, prompts=prompts,

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
+from mulcot.events import DONE, INFO, PROGRESS, SKIPPED, START, Event
 
 
 class _View:
@@ -27,28 +28,33 @@ class _View:
         self.task: Any = None
         self.stage = ""
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: Event) -> None:
         if self.quiet:
             return
-        kind = event["event"]
-        if kind == "stage":
+        if event.stage == "run" and event.kind in (START, DONE, SKIPPED):
             if self.task is not None:
                 self.bar.remove_task(self.task)
                 self.task = None
-            stage, status = event["stage"], event["status"]
-            if status == "start":
+            stage = event.message
+            if event.kind == START:
                 self.stage = stage
                 self.bar.console.print(f"[bold]▶ {stage}[/]")
                 self.task = self.bar.add_task(stage, total=None)
-            elif status == "done":
-                self.bar.console.print(f"[green]✓ {stage}[/] ({event['seconds']:.1f} s) {_short(event['summary'])}",
+            elif event.kind == DONE:
+                self.bar.console.print(f"[green]✓ {stage}[/] ({event.seconds:.1f} s) {_short(event.summary)}",
                                        highlight=False)  # fmt: skip
             else:
                 self.bar.console.print(f"[dim]· {stage}: already done for this recipe, skipped[/]")
-        elif kind == "progress" and self.task is not None:
-            self.bar.update(self.task, completed=event["done"], total=event["total"])
-        elif kind == "info":
-            self.bar.console.print(f"  [dim]{escape(event['message'])}[/]", highlight=False)
+        elif event.kind == "eval":  # a training run's dev evaluation
+            line = f"epoch {event.epoch:.0f}: dev accuracy {event.metrics['eval_accuracy']:.4f}"
+            self.bar.console.print(f"  [dim]{line}[/]", highlight=False)
+        elif event.stage == "export" and event.kind != PROGRESS:
+            line = f"export {event.get('step', '')}: {event.kind} {event.message}".rstrip()
+            self.bar.console.print(f"  [dim]{escape(line)}[/]", highlight=False)
+        elif event.kind == INFO:
+            self.bar.console.print(f"  [dim]{escape(event.message)}[/]", highlight=False)
+        elif event.done is not None and self.task is not None:
+            self.bar.update(self.task, completed=event.done, total=event.total)
 
 
 def _short(summary: dict[str, Any]) -> str:

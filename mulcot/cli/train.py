@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
 from mulcot.cli.config_options import config_options
+from mulcot.events import Event
 from mulcot.train.config import TrainConfig
 
 
@@ -23,19 +24,19 @@ def training_progress(as_json: bool) -> tuple[Progress, Any]:
     task = bar.add_task("training", total=None, info="")
     state: dict[str, Any] = {"info": ""}
 
-    def progress(event: dict[str, Any]) -> None:
-        if event["event"] in ("begin", "step"):
-            bar.update(task, description="training", completed=event["step"], total=event["total"])
-        elif event["event"] == "log" and "loss" in event:
+    def progress(event: Event) -> None:
+        if event.kind in ("begin", "step"):
+            bar.update(task, description="training", completed=event.done, total=event.total)
+        elif event.kind == "log" and "loss" in event:
             state["info"] = f"loss {event['loss']:.4f} lr {event.get('learning_rate', 0):.2e}"
             bar.update(task, info=state["info"])
-        elif event["event"] == "soft_labels":
-            bar.update(task, description="soft labels", completed=event["done"], total=event["total"])
-        elif event["event"] == "eval":
-            m = event["metrics"]
-            best = event["best"] or {}
+        elif event.stage == "soft_labels":
+            bar.update(task, description="soft labels", completed=event.done, total=event.total)
+        elif event.kind == "eval":
+            m = event.metrics
+            best = event.best or {}
             bar.console.print(
-                f"epoch {event['epoch']:.0f}: dev acc {m['eval_accuracy']:.4f} m-F1 {m['eval_macro_f1']:.4f} "
+                f"epoch {event.epoch:.0f}: dev acc {m['eval_accuracy']:.4f} m-F1 {m['eval_macro_f1']:.4f} "
                 f"w-F1 {m['eval_weighted_f1']:.4f} (best: epoch {best.get('epoch', '-')}, acc "
                 f"{best.get('eval_accuracy', 0):.4f})",
                 highlight=False,

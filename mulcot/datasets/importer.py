@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from mulcot.datasets.common import (
     split_from_name,
 )
 from mulcot.errors import DataError, MulcotError
+from mulcot.events import Progress, emit
 from mulcot.store import Store
 
 FORMATS: dict[str, str] = {
@@ -34,7 +35,6 @@ FORMATS: dict[str, str] = {
 _SUFFIX = {"twitter-tsv": ".tsv", "clmlf-json": ".json", "mulcot-json": ".json", "jsonl": ".jsonl"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-Progress = Callable[[str, int, int | None], None]
 
 
 class ImportAborted(DataError):
@@ -197,8 +197,8 @@ def import_dataset(
                           images_root=str(checker.root) if checker else None)  # fmt: skip
     good: list[SampleRow] = []
     for n, item in enumerate(rows, start=1):
-        if progress and n % 200 == 0:
-            progress("checking rows", n, None)
+        if n % 200 == 0:
+            emit(progress, "import", message="checking rows", done=n, total=None)
         if isinstance(item, DataError):
             report.problems.append(item)
             continue
@@ -240,8 +240,7 @@ def import_dataset(
             raise DataError(f"no valid rows to import; first problem: {report.problems[0]}", file=str(path))
         raise DataError("no rows to import", file=str(path))
 
-    if progress:
-        progress("writing", 0, len(good))
+    emit(progress, "import", message="writing", done=0, total=len(good))
     with store.transaction():
         report.created = store.upsert_dataset(
             name, task=task, format=fmt, source=str(path.resolve()), images_root=report.images_root,
@@ -262,6 +261,5 @@ def import_dataset(
     report.splits = dict(Counter(r.split for r in good))
     report.labels = dict(Counter(r.label or "unlabelled" for r in good))
     report.text_only = sum(1 for r in good if not r.has_image)
-    if progress:
-        progress("writing", len(good), len(good))
+    emit(progress, "import", message="writing", done=len(good), total=len(good))
     return report

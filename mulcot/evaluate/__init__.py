@@ -21,7 +21,7 @@ from mulcot.evaluate.report import (
     plot_confusion,
     write_outputs,
 )
-from mulcot.evaluate.run import EvalConfig, EvalResult, Progress, default_out_dir, evaluate, human_ratings
+from mulcot.evaluate.run import EvalConfig, EvalResult, default_out_dir, evaluate, human_ratings
 from mulcot.evaluate.select import (
     KNOWN_SOURCES,
     REFERENCE_STAGE_ORDER,
@@ -36,6 +36,7 @@ from mulcot.evaluate.select import (
     select_chains,
     select_references,
 )
+from mulcot.events import Progress
 
 __all__ = [
     "KNOWN_SOURCES",

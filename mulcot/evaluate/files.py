@@ -16,7 +16,7 @@ from typing import Any
 from mulcot.errors import DataError, MulcotError
 from mulcot.evaluate.metrics import ReasoningScores, reasoning_metrics
 from mulcot.evaluate.report import METRIC_DEFINITIONS
-from mulcot.evaluate.run import Progress
+from mulcot.events import Progress
 
 
 def read_chain_file(path: str | os.PathLike[str], *, field_name: str = "text") -> list[str]:
@@ -126,9 +126,5 @@ def score_files(preds: str | os.PathLike[str], refs: str | os.PathLike[str], *, 
     if len(p) != len(r):
         raise MulcotError(f"{preds} has {len(p)} chains but {refs} has {len(r)}: they are paired by order")
 
-    def cb(metric: str, done: int, total: int) -> None:
-        if progress:
-            progress(metric, done, total)
-
-    scores = reasoning_metrics(p, r, progress=cb, **options)
+    scores = reasoning_metrics(p, r, progress=progress, **options)
     return FileScores(preds=str(preds), refs=str(refs), scores=scores)

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from mulcot.chains import chain_row
 from mulcot.evaluate.select import STAGE_EVAL, STAGE_LABEL, Subject
+from mulcot.events import Progress, emit
 from mulcot.prompts import get_prompt
 from mulcot.store import Store
 
 if TYPE_CHECKING:
-    from mulcot.evaluate.run import EvalConfig, Progress
+    from mulcot.evaluate.run import EvalConfig
 
 
 def _stored_outputs(store: Store, dataset: str, split: str, subject: Subject, stage: str,
@@ -60,8 +61,7 @@ def _generate_missing(store: Store, subject: Subject, config: EvalConfig, task: 
     from mulcot.models import load_model, load_with_adapter
 
     assert subject.model is not None
-    if progress:
-        progress("loading model", 0, None)
+    emit(progress, "eval", message="loading model", done=0, total=None)
     model, processor, _ = load_model(subject.model, device=config.device, dtype=config.dtype,
                                      load_in_4bit=config.load_in_4bit)  # fmt: skip
     if subject.adapter:
@@ -74,8 +74,7 @@ def _generate_missing(store: Store, subject: Subject, config: EvalConfig, task: 
         stage_name = "chains" if stage == STAGE_EVAL else "labels"
         gcfg = GenerationConfig(max_new_tokens=max_new, batch_size=config.batch_size,
                                 max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS)  # fmt: skip
-        if progress:
-            progress(stage_name, 0, len(todo))
+        emit(progress, "eval", message=stage_name, done=0, total=len(todo))
         for start in range(0, len(todo), config.batch_size):
             chunk = todo[start : start + config.batch_size]
             began = time.perf_counter()
@@ -90,6 +89,5 @@ def _generate_missing(store: Store, subject: Subject, config: EvalConfig, task: 
                     tokens_out=len(tok(raw, add_special_tokens=False)["input_ids"]), latency_s=per_item,
                 ))  # fmt: skip
             store.add_reasonings(rows)
-            if progress:
-                progress(stage_name, min(start + len(chunk), len(todo)), len(todo))
+            emit(progress, "eval", message=stage_name, done=min(start + len(chunk), len(todo)), total=len(todo))
     return counts

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,11 +49,9 @@ from mulcot.evaluate.select import (
     select_chains,
     select_references,
 )
+from mulcot.events import Progress
 from mulcot.prompts import get_prompt
 from mulcot.store import Store
-
-#: progress(stage, done, total): "loading model", "chains", "labels", then the metric names while scoring.
-Progress = Callable[[str, int, int | None], None]
 
 
 @dataclass
@@ -274,10 +271,6 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
     common = dict(sim_model=config.sim_model, corpus=config.corpus, nltk_data_dir=config.nltk_data_dir,
                   embedding_cache=True if config.embedding_cache else None)  # fmt: skip
 
-    def metric_progress(metric: str, done: int, total: int) -> None:
-        if progress:
-            progress(metric, done, total)
-
     ref_metrics = [m for m in chosen if not m.startswith("distinct")]
     distinct_metrics = [m for m in chosen if m.startswith("distinct")]
     scores: ReasoningScores | None = None
@@ -285,12 +278,12 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
         scores = reasoning_metrics([subject_texts[i] for i in paired],
                                    [_text(ref_rows[i], canonical=True) for i in paired],
                                    metrics=chosen if len(paired) == len(ids) else ref_metrics,
-                                   progress=metric_progress, **common)  # type: ignore[arg-type]  # fmt: skip
+                                   progress=progress, **common)  # type: ignore[arg-type]  # fmt: skip
         for m, values in scores.per_pair.items():
             per_pair[m] = dict(zip(paired, values, strict=True))
     if distinct_metrics and (scores is None or len(paired) != len(ids)):
         texts = [subject_texts[i] for i in ids]
-        distinct = reasoning_metrics(texts, texts, metrics=distinct_metrics, progress=metric_progress,
+        distinct = reasoning_metrics(texts, texts, metrics=distinct_metrics, progress=progress,
                                      **{**common, "sim_model": None})  # type: ignore[arg-type]  # fmt: skip
         for m, values in distinct.per_pair.items():
             per_pair[m] = dict(zip(ids, values, strict=True))

@@ -15,10 +15,10 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from mulcot.errors import ModelError, MulcotError
+from mulcot.events import Progress
 from mulcot.export.gguf import OUTTYPES, QUANT_TYPES, check_gguf, parse_quants
 from mulcot.export.llamacpp import converter_script
 
@@ -64,7 +64,7 @@ def convert_to_gguf(
     llama_cpp_dir: str | os.PathLike[str] | None = None,
     log_file: str | os.PathLike[str] | None = None,
     model_name: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> Path:
     """Run llama.cpp's ``convert_hf_to_gguf.py`` (``--mmproj`` for the vision projector) on ``hf_dir``.
 

@@ -17,13 +17,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 from mulcot.errors import ModelError, NotFoundError
-
-Progress = Callable[[str], None]
+from mulcot.events import INFO, Progress, emit
 
 DIST_NAME = "llama-cpp-python"
 CONVERTER_SCRIPT = "convert_hf_to_gguf.py"
@@ -53,8 +51,7 @@ def installed_version() -> str | None:
 
 
 def _say(progress: Progress | None, message: str) -> None:
-    if progress is not None:
-        progress(message)
+    emit(progress, "export", INFO, message=message, step="converter")
 
 
 def _llama_cpp_root(path: Path) -> Path | None:

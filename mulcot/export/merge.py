@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 from mulcot.errors import MulcotError
+from mulcot.events import INFO, Progress, emit
 from mulcot.refs import adapter_digest
 
 MERGE_STAMP = "mulcot_merge.json"
@@ -63,7 +63,7 @@ def merge_adapter(
     *,
     dtype: str | None = None,
     digest: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> Path:
     """Merge the LoRA ``adapter`` into ``base_model`` and save a complete Hugging Face folder at ``dest``.
 
@@ -78,12 +78,11 @@ def merge_adapter(
     adapter = Path(adapter).expanduser()
     dest = Path(dest)
     save_dtype = resolve_dtype(dtype or _checkpoint_dtype(base_model) or "fp32", "cpu")
-    if progress:
-        progress(f"Loading {base_model} (float32, CPU) and the adapter {adapter}")
+    emit(progress, "export", INFO, message=f"Loading {base_model} (float32, CPU) and the adapter {adapter}",
+         step="merge")
     base, processor, family = load_model(base_model, device="cpu", dtype="fp32")
     peft_model = load_with_adapter(base, adapter)
-    if progress:
-        progress("Merging the LoRA weights into the base model")
+    emit(progress, "export", INFO, message="Merging the LoRA weights into the base model", step="merge")
     merged = peft_model.merge_and_unload()
     merged = merged.to(save_dtype)
     if (adapter / "tokenizer_config.json").is_file():
@@ -94,8 +93,8 @@ def merge_adapter(
     tmp = dest.with_name(dest.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    if progress:
-        progress(f"Saving the merged model ({str(save_dtype).removeprefix('torch.')}) to {dest}")
+    dtype_name = str(save_dtype).removeprefix("torch.")
+    emit(progress, "export", INFO, message=f"Saving the merged model ({dtype_name}) to {dest}", step="merge")
     with quiet_progress_bars():
         merged.save_pretrained(tmp)
     processor.save_pretrained(tmp)

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mulcot.errors import ExportError, MulcotError
+from mulcot.events import Progress, emit
 from mulcot.export.convert import _failure_reason, convert_to_gguf, quantize_gguf
 from mulcot.export.gguf import (
     _OUTTYPE_FTYPES,
@@ -46,20 +46,6 @@ from mulcot.refs import adapter_digest
 HF_DIR = "hf"
 LOG_DIR = "logs"
 _MARKER = ".mulcot-export"
-
-Progress = Callable[["ExportEvent"], None]
-
-
-@dataclass
-class ExportEvent:
-    """One progress report: ``status`` is ``start``, ``done``, ``skipped`` or ``info``."""
-
-    step: str
-    status: str
-    message: str = ""
-    index: int = 0
-    total: int = 0
-
 
 @dataclass
 class ExportConfig:
@@ -109,8 +95,8 @@ class ExportResult:
 
 
 def _say(progress: Progress | None, step: str, status: str, message: str = "", index: int = 0, total: int = 0) -> None:
-    if progress is not None:
-        progress(ExportEvent(step=step, status=status, message=message, index=index, total=total))
+    """An export event (stage ``export``, kind = the step's status: start, done, skipped or info)."""
+    emit(progress, "export", status, done=index, total=total, message=message, step=step, status=status)
 
 
 def _prepare_out(out: Path, force: bool) -> None:
@@ -170,9 +156,6 @@ def export(config: ExportConfig, *, store: Any = None, progress: Progress | None
         results.append(StepResult(step, status, [str(p) for p in outputs], round(time.perf_counter() - t0, 3)))
         _say(progress, step, status, message, steps.index(step) + 1, total)
 
-    def say(step: str) -> Callable[[str], None]:
-        return lambda message: _say(progress, step, "info", message, steps.index(step) + 1, total)
-
     # 1. merge
     t0 = time.perf_counter()
     hf_dir = out / HF_DIR
@@ -193,7 +176,7 @@ def export(config: ExportConfig, *, store: Any = None, progress: Progress | None
             _say(progress, "merge", "start", f"merging {source.adapter} into {source.base_model}", 1, total)
             try:
                 merge_adapter(source.base_model, source.adapter, hf_dir, dtype=config.dtype, digest=digest,
-                              progress=say("merge"))  # fmt: skip
+                              progress=progress)  # fmt: skip
             except ExportError:
                 raise
             except MulcotError as err:
@@ -223,7 +206,7 @@ def export(config: ExportConfig, *, store: Any = None, progress: Progress | None
             from concurrent.futures import ThreadPoolExecutor
 
             try:  # fetch/extract the converter once, before the processes start
-                converter_script(llama_cpp_dir=config.llama_cpp_dir, progress=say(next(iter(jobs))))
+                converter_script(llama_cpp_dir=config.llama_cpp_dir, progress=progress)
             except MulcotError as err:
                 raise ExportError(next(iter(jobs)), str(err)) from err
             with ThreadPoolExecutor(max_workers=len(jobs)) as pool:

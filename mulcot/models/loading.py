@@ -11,7 +11,7 @@ import importlib.util
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from mulcot.errors import ModelError, NotFoundError
+from mulcot.events import INFO, Progress, emit
 from mulcot.refs import looks_like_path
 
 # peft asks transformers a deprecated question about every model it wraps; the warning is theirs, not the user's.
@@ -43,7 +44,6 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
-Progress = Callable[[str], None]
 
 
 @contextmanager
@@ -220,7 +220,7 @@ def load_model(
     Returns ``(model, processor, family)``; the model is in eval mode on ``device`` (default: cuda, else mps,
     else cpu) in ``dtype`` (default: bf16 on cuda, fp16 where bf16 is unsupported or on mps, fp32 on cpu).
     The processor is image-only (no video processor) unless torchvision is installed. ``load_in_4bit`` uses
-    bitsandbytes NF4. ``progress`` receives one-line status messages.
+    bitsandbytes NF4. ``progress`` receives an info event.
     """
     from mulcot.models.processor import load_processor
 
@@ -235,9 +235,8 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if quantization is not None:
         kwargs |= {"quantization_config": quantization, "device_map": {"": device}}
-    if progress is not None:
-        bits = "4-bit NF4" if quantization is not None else str(torch_dtype).removeprefix("torch.")
-        progress(f"Loading {family} model {name} on {device} ({bits})")
+    bits = "4-bit NF4" if quantization is not None else str(torch_dtype).removeprefix("torch.")
+    emit(progress, "models", INFO, message=f"Loading {family} model {name} on {device} ({bits})")
     try:
         with quiet_progress_bars():
             model = model_class(family).from_pretrained(source, **kwargs)

@@ -20,14 +20,12 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mulcot.errors import ModelError
+from mulcot.events import INFO, Progress, emit
 from mulcot.export.llamacpp import cache_root, qwen2_vocab_path
-
-Progress = Callable[[str], None]
 
 FAMILIES = ("qwen2.5-vl", "qwen3-vl")
 
@@ -250,8 +248,7 @@ _TOKENIZER_FORMAT = 1  # bump when the cached tokenizer folders must be rebuilt
 
 
 def _say(progress: Progress | None, message: str) -> None:
-    if progress is not None:
-        progress(message)
+    emit(progress, "models", INFO, message=message)
 
 
 def _check_family(family: str) -> None:

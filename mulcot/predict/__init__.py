@@ -11,7 +11,6 @@ a Hugging Face folder for comparison.
 from mulcot.predict.backends import BACKENDS, find_gguf, open_backend
 from mulcot.predict.batch import (
     PROMPT_STAGES,
-    BatchProgress,
     BatchSummary,
     PostPrediction,
     predict_dataset,
@@ -27,7 +26,6 @@ __all__ = [
     "SOURCE_GGUF",
     "SOURCE_HF",
     "PROMPT_STAGES",
-    "BatchProgress",
     "BatchSummary",
     "GGUFBackend",
     "Generated",

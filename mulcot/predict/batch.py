@@ -11,13 +11,14 @@ the label prompt P_label too, its answers are stored as ``mulcot.evaluate`` stor
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mulcot.chains import EVAL, LABEL, chain_row, parse_output
 from mulcot.errors import DataError, ModelError, MulcotError
+from mulcot.events import Progress, emit
 from mulcot.export.gguf import safe_name
 from mulcot.predict.config import Generated, Post
 from mulcot.prompts import get_prompt
@@ -107,7 +108,6 @@ class BatchSummary:
         return asdict(self)
 
 
-BatchProgress = Callable[[int, int, PostPrediction | None], None]
 
 
 def predict_dataset(
@@ -120,7 +120,7 @@ def predict_dataset(
     run_id: str | None = None,
     source: str | None = None,
     prompts: Sequence[str] = ("cot",),
-    progress: BatchProgress | None = None,
+    progress: Progress | None = None,
 ) -> BatchSummary:
     """Predict every sample of ``dataset``/``split`` (the first ``limit``) and store each answer as a chain (source
     ``student-gguf`` or ``student-hf``, stage ``eval``, model = the backend's name); samples that already have a
@@ -159,8 +159,7 @@ def predict_dataset(
               "limit": limit, **{k: v for k, v in asdict(backend.config).items() if k not in ("device",)}}  # fmt: skip
     total = sum(len(v) for v in todo.values())
     count = 0
-    if progress:
-        progress(0, total, None)
+    emit(progress, "predict", done=0, total=total)
     with store.run(run_id, kind="predict", dataset=dataset, config=config) as run:
         run.metrics = summary
         for p in prompts:
@@ -182,8 +181,7 @@ def predict_dataset(
                         summary.predicted += 1
                     else:
                         summary.extra_prompts[p] = summary.extra_prompts.get(p, 0) + 1
-                    if progress:
-                        progress(count, total, pred)
+                    emit(progress, "predict", done=count, total=total, prediction=pred)
         summary.samples = len(samples)
         _score(store, summary, task)
         summary.wall_s = round(time.perf_counter() - start, 3)

@@ -11,7 +11,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-Progress = Callable[[dict[str, Any]], None]
+from mulcot.events import Progress, emit
 
 
 class RunCallback(TrainerCallback):
@@ -26,20 +26,17 @@ class RunCallback(TrainerCallback):
         self.started = time.perf_counter()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.progress:
-            self.progress({"event": "begin", "step": state.global_step, "total": state.max_steps})
+        emit(self.progress, "train", "begin", done=state.global_step, total=state.max_steps)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         record = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **(logs or {})}
         with (self.folder / "log.jsonl").open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        if self.progress:
-            self.progress({"event": "log", "total": state.max_steps, **record})
+        emit(self.progress, "train", "log", done=state.global_step, total=state.max_steps, **record)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.progress:
-            self.progress({"event": "step", "step": state.global_step, "total": state.max_steps,
-                           "elapsed": time.perf_counter() - self.started})  # fmt: skip
+        emit(self.progress, "train", "step", done=state.global_step, total=state.max_steps,
+             elapsed=time.perf_counter() - self.started)
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None,
                     model: Any = None, **kwargs: Any) -> None:  # fmt: skip
@@ -50,8 +47,7 @@ class RunCallback(TrainerCallback):
         if self.best is None or score > self.best["eval_select"]:
             self.best = {**metrics, "epoch": round(state.epoch or 0, 4), "step": state.global_step}
             self.save_best(kwargs.get("model") or model, self.best)
-        if self.progress:
-            self.progress({"event": "eval", "epoch": state.epoch, "metrics": metrics, "best": self.best})
+        emit(self.progress, "train", "eval", epoch=state.epoch, metrics=metrics, best=self.best)
 
 
 def plot_curves(folder: Path) -> Path | None:

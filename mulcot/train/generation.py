@@ -3,14 +3,13 @@ left padding, stopping at the end of the turn. Shared by dev evaluation, expand,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mulcot.events import Progress, emit
 from mulcot.prompts import get_prompt
 from mulcot.train.items import DEFAULT_MAX_PIXELS, TrainItem, load_image, user_message
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -68,8 +67,7 @@ def generate(model: Any, processor: Any, items: Sequence[TrainItem], prompt: str
             decoded = tok.batch_decode(new, skip_special_tokens=True)
             n = cfg.num_return_sequences
             out.extend([d.strip() for d in decoded[i * n : (i + 1) * n]] for i in range(len(chunk)))
-            if progress:
-                progress(len(out), len(items))
+            emit(progress, "generate", done=len(out), total=len(items))
     finally:
         tok.padding_side = "right"
         if was_training:

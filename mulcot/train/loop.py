@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from mulcot.errors import MulcotError
+from mulcot.events import Progress
 from mulcot.store import Store
 from mulcot.train import selection
 from mulcot.train.checkpoints import atomic_copy, last_complete_checkpoint, save_adapter
 from mulcot.train.config import TrainConfig, lora_target_modules
 
-Progress = Callable[[dict[str, Any]], None]
 # (processor, collator, run folder) -> extra keyword arguments for the Trainer subclass (e.g. the soft labels)
 TrainerExtras = Callable[[Any, Any, Path], dict[str, Any]]
 

@@ -12,11 +12,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mulcot.errors import MulcotError
+from mulcot.events import Progress, emit
 from mulcot.refs import RunRef
 from mulcot.store import Store
 from mulcot.train.config import DistillConfig
@@ -67,7 +67,7 @@ class SoftLabelCache:
 
 
 def build_soft_label_cache(store: Store, run_id: str, folder: Path, assistant: Any, collator: Any,
-                           items: list[TrainItem], top_k: int, progress: Callable[[int, int], None] | None = None,
+                           items: list[TrainItem], top_k: int, progress: Progress | None = None,
                            batch_size: int = 4) -> SoftLabelCache:  # fmt: skip
     """Run the assistant once over every training sequence and store top-k log-probs per target position
     (resumable: sequences already indexed are skipped; each shard is written whole, then indexed)."""
@@ -115,8 +115,7 @@ def build_soft_label_cache(store: Store, run_id: str, folder: Path, assistant: A
                     tensors[f"{key}.logprobs"] = values.to(torch.float32).cpu().contiguous()
                     entries.append((key, int(n), k))
             done += len(jobs)
-            if progress:
-                progress(done, len(todo))
+            emit(progress, "soft_labels", done=done, total=len(todo))
         shard = f"shard-{len(list(folder.glob('shard-*.safetensors'))):05d}.safetensors"
         tmp = folder / (shard + ".tmp")
         save_file(tensors, str(tmp))
@@ -130,7 +129,7 @@ class SoftLabels:
     collator exist, then returns per-position KL for each batch."""
 
     def __init__(self, store: Store, config: DistillConfig, ref: RunRef, items: list[TrainItem],
-                 progress: Callable[[dict[str, Any]], None] | None):  # fmt: skip
+                 progress: Progress | None):  # fmt: skip
         self.store, self.config, self.ref, self.items, self.progress = store, config, ref, items, progress
         self.cache: SoftLabelCache | None = None
         self.assistant: Any = None
@@ -146,12 +145,8 @@ class SoftLabels:
             self.assistant = assistant
             return
 
-        def report(done: int, total: int) -> None:
-            if self.progress:
-                self.progress({"event": "soft_labels", "done": done, "total": total})
-
         self.cache = build_soft_label_cache(self.store, self.config.name, folder / "soft_labels", assistant,
-                                            collator, self.items, self.config.top_k, report)  # fmt: skip
+                                            collator, self.items, self.config.top_k, self.progress)  # fmt: skip
         del assistant, base
 
     def kl(self, items: list[TrainItem], tasks: tuple[int, ...], batch: dict[str, Any], student_logits: Any,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,14 +20,13 @@ from mulcot.errors import MetricsError, WordNetMissingError
 from mulcot.evaluate.metrics import text as overlap
 from mulcot.evaluate.metrics.sim import default_sim_model_path, load_sim_model, sim_scores
 from mulcot.evaluate.metrics.sim_cache import EmbeddingCache
+from mulcot.events import Progress, emit
 
 #: Reasoning metrics, in report order.
 REASONING_METRICS: tuple[str, ...] = ("sim", "meteor", "bleu", "rouge_l", "distinct_1", "distinct_2")
 #: Metrics with a corpus-level variant (``corpus=True``).
 CORPUS_METRICS: tuple[str, ...] = ("bleu", "distinct_1", "distinct_2")
 
-#: progress(metric, done, total): called while scoring, e.g. to drive a progress bar.
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -125,7 +124,7 @@ def reasoning_metrics(
     ``corpus``: also compute corpus-level BLEU and Distinct-n (``ReasoningScores.corpus``).
     ``nltk_data_dir``: where to look for WordNet (default: see :func:`mulcot.wordnet.search_dirs`); when it
     is missing, METEOR is listed in ``unavailable`` with the fix and the other metrics still run.
-    ``progress(metric, done, total)`` is called as scoring advances. ``embedding_cache``: True keeps Sim
+    ``progress`` receives an event per step of scoring (``message`` = the metric). ``embedding_cache``: True keeps Sim
     embeddings on disk under :func:`default_embedding_cache_dir`, a path keeps them there, None/False does
     not (see :class:`EmbeddingCache`; only for models loaded by :func:`load_sim_model`). Raises
     :class:`MetricsError` on different lengths, no pairs, an unknown metric or an unloadable Sim model.
@@ -163,8 +162,8 @@ def reasoning_metrics(
         scores.load_seconds["sim_model"] = time.perf_counter() - start
 
     def tick(metric: str, done: int) -> None:
-        if progress and (done == n or done % 64 == 0):
-            progress(metric, done, n)
+        if done == n or done % 64 == 0:
+            emit(progress, "eval", message=metric, done=done, total=n)
 
     # -- scoring
     if "sim" in chosen:

