@@ -67,6 +67,7 @@ class TrainConfig:
     lora_targets: str = _f("language", "language (LM projections), all (suffix match, vision MLPs too, as the authors' "
                            "code) or module names.", section="model", choices=LORA_TARGET_CHOICES)  # fmt: skip
     lr: float = _f(3e-4, "AdamW learning rate.", section="training")
+    weight_decay: float = _f(0.0, "AdamW weight decay (0, the Trainer's default, as before).", section="training")
     batch_size: int = _f(2, "Chains per micro-batch (each gives 2 sequences).", section="training", min=1)
     grad_accum: int = _f(20, "Gradient accumulation steps.", section="training", min=1)
     epochs: float = _f(20, "Epochs at most.", section="training")

@@ -135,6 +135,7 @@ def training_arguments(config: TrainConfig, model: Any, n_items: int, with_dev: 
         gradient_accumulation_steps=config.grad_accum,
         num_train_epochs=config.epochs,
         learning_rate=config.lr,
+        weight_decay=config.weight_decay,
         optim="adamw_torch",
         warmup_steps=config.warmup_steps,
         # halve on a dev-accuracy plateau; without a dev split there is nothing to watch: a constant lr
