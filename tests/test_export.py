@@ -35,6 +35,7 @@ from mulcot.export import (
     sha256_file,
 )
 from mulcot.prompts import get_prompt
+from mulcot.store import Store
 
 FAMILIES = ("qwen2.5-vl", "qwen3-vl")
 # Image sides both runtimes keep as they are (multiples of patch x merge: 28 / 32, above mtmd's and transformers'
@@ -504,10 +505,13 @@ def test_export_cli_json(tmp_path: Path, exported: Callable[[str], Any], student
     result = exported("qwen3-vl")
     runner = CliRunner()
     r = runner.invoke(_cli(), ["export", str(student("qwen3-vl")), "--out", result.out, "--quant", "q8_0,q4_k_m",
-                               "--json"])  # fmt: skip
+                               "--db", str(tmp_path / "m.db"), "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["default_gguf"].endswith("Q4_K_M.gguf") and {s["status"] for s in out["steps"][:-1]} == {"skipped"}
+    with Store.open(tmp_path / "m.db") as store:  # the export is recorded as a run
+        [run] = store.list_runs(kind="export")
+        assert run["status"] == "done" and run["metrics"]["default_gguf"] == out["default_gguf"]
     bad = runner.invoke(_cli(), ["export", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert bad.exit_code != 0 and "Traceback" not in bad.output and "no run folder" in bad.output
     bad = runner.invoke(_cli(), ["export", str(student("qwen3-vl")), "--out", str(tmp_path / "o"), "--quant", "q9"])

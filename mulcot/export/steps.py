@@ -40,7 +40,7 @@ from mulcot.export.llamacpp import converter_script
 from mulcot.export.manifest import MANIFEST, write_manifest
 from mulcot.export.merge import merge_adapter, merged_folder_problem
 from mulcot.export.ollama import MODELFILE
-from mulcot.export.source import resolve_source
+from mulcot.export.source import ExportSource, resolve_source
 from mulcot.refs import adapter_digest
 
 HF_DIR = "hf"
@@ -133,13 +133,25 @@ def _gguf_ok(path: Path, role: str, file_type: int | None = None) -> bool:
 
 
 def export(config: ExportConfig, *, store: Any = None, progress: Progress | None = None) -> ExportResult:
-    """Run the export steps (merge, convert, quantize, manifest) into ``config.out``; see the module docstring."""
-    start = time.perf_counter()
+    """Run the export steps (merge, convert, quantize, manifest) into ``config.out``; see the module docstring.
+    With a store, the export is recorded as a run (kind ``export``)."""
     if config.outtype not in OUTTYPES:
         raise MulcotError(f"unknown --outtype '{config.outtype}' (use one of: {', '.join(OUTTYPES)})")
     quants = parse_quants(config.quants) if config.gguf else ()
     source = resolve_source(config.source, store, base_model=config.base_model)
     name = safe_name(config.name or source.run_id or source.path.name)
+    if store is None:
+        return _export(config, source, name, quants, progress)
+    record = {**asdict(config), "source_kind": source.kind, "base_model": source.base_model}
+    with store.run(f"export-{name}", kind="export", dataset=None, config=record, output_dir=config.out) as run:
+        result = _export(config, source, name, quants, progress)
+        run.metrics = result
+    return result
+
+
+def _export(config: ExportConfig, source: ExportSource, name: str, quants: tuple[str, ...],
+            progress: Progress | None) -> ExportResult:  # fmt: skip
+    start = time.perf_counter()
     out = Path(config.out).expanduser()
     _prepare_out(out, config.force)
     logs = out / LOG_DIR
