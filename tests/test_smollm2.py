@@ -76,3 +76,64 @@ def test_smollm2_folder_is_a_plain_hf_model(smollm2_dir: Path, tmp_path: Path) -
         answer = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     text = tok.decode(answer[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     assert len(text.split()) >= 3 and text.isascii()  # real weights answer in words, random ones do not
+
+
+def _first_sentences(chain: str) -> str:
+    """The teacher chain cut to the first sentence of each field: still the canonical five fields, a third of the
+    tokens (what keeps this test to a couple of minutes on 2 cores)."""
+    import re
+
+    from mulcot.reasoning import format_reasoning, parse_reasoning
+
+    parsed = parse_reasoning(chain)
+    fields = {k: re.split(r"(?<=[.!?])\s", v.strip())[0] for k, v in parsed.fields.items() if k != "Prediction"}
+    return format_reasoning({**fields, "Prediction": parsed.prediction})
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_smollm2_learns_labels_and_chains(demo_store, smollm2_dir: Path, tmp_path: Path) -> None:
+    """Real weights, the whole text-only path: LoRA-train SmolLM2 (multi-task, through train_assistant) on three
+    posts of the embedded sample, one per label, then generate through mulcot's own prompts and chat template.
+    The label prompt must give exactly ``"Prediction": "<gold>"`` and stop (so the answer and its end-of-turn token
+    were the targets: a mask or template error fails here), and the reasoning prompt a chain that parses into all
+    five fields with the gold Prediction. Zero-shot, the same model does not."""
+    import dataclasses
+
+    from mulcot.models import load_model, load_with_adapter
+    from mulcot.reasoning import format_prediction, parse_reasoning
+    from mulcot.sample import SAMPLE_NAME
+    from mulcot.train.assistant import train_assistant
+    from mulcot.train.config import TrainConfig
+    from mulcot.train.generation import GenerationConfig, generate
+    from mulcot.train.items import teacher_items
+
+    chosen = {}
+    for item in teacher_items(demo_store, SAMPLE_NAME, "train"):
+        chosen.setdefault(item.label, item)  # the first post of each label
+    items = [dataclasses.replace(chosen[label], chain=_first_sentences(chosen[label].chain))
+             for label in ("negative", "neutral", "positive")]  # fmt: skip
+    assert all(parse_reasoning(i.chain).valid for i in items)
+
+    base, processor, family = load_model(smollm2_dir)
+    assert family == "llama" and processor.text_only
+    gold = [format_prediction(i.label) for i in items]
+    zero_shot = [a[0] for a in generate(base, processor, items, "label", "masc", GenerationConfig(max_new_tokens=16))]
+    assert zero_shot != gold, "zero-shot SmolLM2 already answers exactly: the test would prove nothing"
+
+    config = TrainConfig(dataset=SAMPLE_NAME, model=str(smollm2_dir), name="smol", runs_dir=str(tmp_path / "runs"),
+                         dev_split=None, batch_size=1, grad_accum=1, lr=1e-3, epochs=8, lora_dropout=0.0,
+                         seed=0)  # fmt: skip
+    result = train_assistant(demo_store, config, items=items)
+    run = demo_store.get_run("smol")
+    assert run["config"]["family"] == "llama" and run["config"]["image_input"] == "none"
+
+    model = load_with_adapter(base, result.adapter)
+    labels = [a[0] for a in generate(model, processor, items, "label", "masc", GenerationConfig(max_new_tokens=16))]
+    assert labels == gold
+    chains = [a[0] for a in generate(model, processor, items, "cot", "masc", GenerationConfig(max_new_tokens=200))]
+    for item, chain in zip(items, chains, strict=True):
+        parsed = parse_reasoning(chain)
+        assert parsed.valid and parsed.form == "text", chain
+        assert parsed.prediction == item.label and parsed.prediction_source == "field", chain
+        assert chain.startswith('"Text_analysis": ') and chain.rstrip().endswith(f'"Prediction": "{item.label}"')
