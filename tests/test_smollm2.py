@@ -137,3 +137,16 @@ def test_smollm2_learns_labels_and_chains(demo_store, smollm2_dir: Path, tmp_pat
         assert parsed.valid and parsed.form == "text", chain
         assert parsed.prediction == item.label and parsed.prediction_source == "field", chain
         assert chain.startswith('"Text_analysis": ') and chain.rstrip().endswith(f'"Prediction": "{item.label}"')
+
+    # exported (merged, one text GGUF and no vision projector, quantized), llama.cpp gives the same labels
+    from mulcot.export.steps import ExportConfig, export
+    from mulcot.predict.backends import open_backend
+    from mulcot.predict.config import Post, PredictConfig
+
+    exported = export(ExportConfig(source=result.folder, out=str(tmp_path / "export"), quants=("q8_0",)))
+    assert exported.mmproj_gguf is None and not list(Path(exported.out).glob("mmproj*"))
+    posts = [Post(text=i.text, aspect=i.aspect) for i in items]
+    for gguf in (exported.text_gguf, exported.out):  # f16, then the export folder's default (Q8_0)
+        with open_backend("gguf", gguf=gguf, config=PredictConfig(n_threads=2)) as backend:
+            assert backend.text_only and not backend.has_vision
+            assert [g.text for g in backend.generate(posts, "label", "masc")] == gold, backend.name

@@ -73,6 +73,21 @@ def test_train_text_assistant_records_image_input(demo_store, tiny_text_model, c
     assert json.loads((Path(result.folder) / "config.json").read_text())["image_input"] == "mixed"
     assert (Path(result.adapter) / "adapter_config.json").is_file()
 
+    # exported: merged HF folder without an image processor; predict's HF backend reads captions, refuses images
+    from mulcot.export.steps import ExportConfig, export
+    from mulcot.predict.config import Post, PredictConfig
+    from mulcot.predict.hf_backend import HFBackend
+
+    exported = export(ExportConfig(source=result.folder, out=str(tmp_path / "export"), gguf=False))
+    assert exported.family == "qwen2" and exported.mmproj_gguf is None
+    assert not (Path(exported.hf_dir) / "preprocessor_config.json").exists()
+    with HFBackend(exported.hf_dir, PredictConfig(label_max_tokens=4)) as backend:
+        assert backend.text_only and not backend.has_vision
+        assert len(backend.generate([Post(text="great $T$", aspect="game", caption="a stadium")], "label", "masc")) == 1
+        with pytest.raises(ModelError, match="text-only") as err:
+            backend.generate([Post(text="x", aspect="y", image=first.image_path)], "label", "masc")
+        assert "\n" not in str(err.value)
+
     # a Qwen-VL student cannot learn from a text-only assistant's soft labels (nor the reverse)
     bad = DistillConfig(dataset=SAMPLE_NAME, model=str(compact_model()), assistant=result.folder, name="vl-student",
                         runs_dir=str(tmp_path / "runs"), **FAST)  # fmt: skip
@@ -81,10 +96,15 @@ def test_train_text_assistant_records_image_input(demo_store, tiny_text_model, c
     assert "text-only" in str(err.value) and "Qwen-VL" in str(err.value) and "\n" not in str(err.value)
     assert demo_store.get_run("vl-student") is None
 
-    # a text-only student with the same tokenizer distils
+    # the text assistant expands (sampled chains for the training split), and a text-only student with the same
+    # tokenizer distils from D_t and those chains
+    from mulcot.expand import ExpandConfig, expand
+
+    summary = expand(demo_store, ExpandConfig(dataset=SAMPLE_NAME, assistant=result.folder, limit=2,
+                                              max_new_tokens=8))  # fmt: skip
+    assert summary.generated == 2
     good = DistillConfig(dataset=SAMPLE_NAME, model=str(tiny_text_model()), assistant=result.folder,
-                         name="text-student", runs_dir=str(tmp_path / "runs"), include_expanded=False,
-                         **FAST)  # fmt: skip
+                         name="text-student", runs_dir=str(tmp_path / "runs"), **FAST)  # fmt: skip
     distilled = distill(demo_store, good)
     assert demo_store.get_run("text-student")["config"]["image_input"] == "mixed"
     assert (Path(distilled.adapter) / "adapter_config.json").is_file()

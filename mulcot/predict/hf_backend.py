@@ -42,7 +42,8 @@ class HFBackend:
             self.name = source.run_id or Path(model).name
         from mulcot.models.loading import is_text_family
 
-        self.has_vision = not is_text_family(self.family)
+        self.text_only = is_text_family(self.family)
+        self.has_vision = not self.text_only
 
     def close(self) -> None:
         self.model = None
@@ -71,7 +72,7 @@ class HFBackend:
             if post.image is not None:  # the same pixels as the GGUF backend, handed over as an in-memory PNG
                 image = io.BytesIO(_png(prepare_image(post.image, cfg.max_pixels, cfg.image_max_side)))
             items.append(TrainItem(sample_id=i, text=post.text, aspect=post.aspect, label="", image_path=image,  # type: ignore[arg-type]
-                                   chain=None))  # fmt: skip
+                                   chain=None, caption=post.caption))  # fmt: skip
         out: list[Generated] = []
         tok = self.processor.tokenizer
         for startat in range(0, len(items), cfg.batch_size):
