@@ -80,10 +80,20 @@ _PLACEHOLDER = re.compile(r"\{(text|aspect|label)\}")
 _LABEL_FORMAT = 'Answer with one line only: "Prediction": "<one of: positive, neutral, negative>"'
 
 
+_IMAGE_LINE = "\nImage: the attached image."
+
+
 def _post(task: str) -> str:
     if task == "masc":
-        return "Text: {text}\nTarget aspect: {aspect}\nImage: the attached image."
-    return "Text: {text}\nImage: the attached image."
+        return "Text: {text}\nTarget aspect: {aspect}" + _IMAGE_LINE
+    return "Text: {text}" + _IMAGE_LINE
+
+
+def image_as_text(prompt: str, caption: str | None) -> str:
+    """A rendered prompt for a text-only backbone (paper, Appendix G): the attached image becomes its caption
+    (``Image (described in words): ...``), or, without one, the image line is dropped."""
+    line = f"\nImage (described in words): {' '.join(caption.split())}" if caption and caption.strip() else ""
+    return prompt.replace(_IMAGE_LINE, line, 1)
 
 
 def _object(task: str) -> str:

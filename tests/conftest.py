@@ -63,3 +63,45 @@ def demo_store(tmp_path) -> Store:
     run_demo(s)
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory):
+    """``tiny_text_model(chat_template=True)``: a tiny random-weight Qwen2 text-only causal LM (model_type
+    ``qwen2``) on the compact 4k vocabulary with a ChatML chat template (or none), built once per session."""
+    built: dict[bool, Path] = {}
+
+    def get(chat_template: bool = True) -> Path:
+        if chat_template not in built:
+            import torch
+            from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+
+            from mulcot.models.tiny import compact_tokenizer_dir
+
+            out = tmp_path_factory.mktemp(f"tiny-text-{int(chat_template)}") / "model"
+            tok = Qwen2Tokenizer.from_pretrained(str(compact_tokenizer_dir("qwen2.5-vl")))
+            for key in ("is_local", "local_files_only"):
+                tok.init_kwargs.pop(key, None)
+            end, eot = tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|im_end|>")
+            config = Qwen2Config(vocab_size=-(-len(tok) // 64) * 64, hidden_size=64, intermediate_size=128,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 tie_word_embeddings=True, bos_token_id=end, eos_token_id=eot,
+                                 pad_token_id=end)  # fmt: skip
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = Qwen2ForCausalLM(config).eval()
+            model.generation_config = GenerationConfig(bos_token_id=end, eos_token_id=eot, pad_token_id=end)
+            model.save_pretrained(out)
+            if chat_template:
+                tok.chat_template = (
+                    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+                    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+                )
+            else:
+                tok.chat_template = None
+            tok.save_pretrained(out)
+            (out / "chat_template.jinja").unlink(missing_ok=True) if not chat_template else None
+            built[chat_template] = out
+        return built[chat_template]
+
+    return get

@@ -247,19 +247,16 @@ def test_processor_round_trip(
 
 
 def test_unsupported_model_type_is_refused(tmp_path: Path) -> None:
-    from transformers import Qwen2Config
-
     from mulcot.models import load_model, model_family
 
-    Qwen2Config(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
-    ).save_pretrained(tmp_path)
+    # a vision encoder is neither a Qwen-VL model nor a causal LM (text-only causal LMs are backbones now)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit"}))
     with pytest.raises(ModelError) as err:
         model_family(tmp_path)
     message = str(err.value)
-    assert "'qwen2'" in message and "qwen2_5_vl" in message and "qwen3_vl" in message
+    assert "'vit'" in message and "qwen2_5_vl" in message and "qwen3_vl" in message and "causal LM" in message
     assert "\n" not in message
-    with pytest.raises(ModelError, match="'qwen2'"):
+    with pytest.raises(ModelError, match="'vit'"):
         load_model(tmp_path)
 
 

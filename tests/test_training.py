@@ -129,8 +129,8 @@ def test_bad_input(demo_store, compact_model, tmp_path):
         train_assistant(demo_store, _cfg(tmp_path / "nope", tmp_path))
     plain = tmp_path / "plain"
     plain.mkdir()
-    (plain / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
-    with pytest.raises(MulcotError, match="supports only Qwen-VL"):
+    (plain / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    with pytest.raises(MulcotError, match="supports Qwen-VL models .* and text-only causal LMs"):
         train_assistant(demo_store, _cfg(plain, tmp_path))
     from mulcot.datasets import import_dataset
     from mulcot.sample import SAMPLE_DIR

@@ -70,8 +70,9 @@ def write_manifest(out: Path, result: ExportResult, source: ExportSource, config
             files.append(_file_entry(out, f, "hf", None, previous))
     if result.text_gguf:
         files.append(_file_entry(out, Path(result.text_gguf), "gguf-text", config.outtype, previous))
-        files.append(_file_entry(out, Path(result.mmproj_gguf or ""), "gguf-mmproj", outtype_mmproj(config.outtype),
-                                 previous))  # fmt: skip
+        if result.mmproj_gguf:  # a text-only backbone has no vision projector
+            files.append(_file_entry(out, Path(result.mmproj_gguf), "gguf-mmproj", outtype_mmproj(config.outtype),
+                                     previous))  # fmt: skip
     for q, path in result.quantized.items():
         files.append(_file_entry(out, Path(path), "gguf-quant", q, previous))
     modelfile = None

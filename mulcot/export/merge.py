@@ -33,11 +33,24 @@ def _checkpoint_dtype(model_dir: str) -> str | None:
     return None
 
 
+def _text_only_folder(folder: Path) -> bool:
+    """True when ``folder``'s config names a text-only backbone (not a Qwen-VL family)."""
+    from mulcot.models.loading import FAMILIES
+
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        return False
+    return model_type not in FAMILIES
+
+
 def merged_folder_problem(folder: Path, digest: str | None = None) -> str | None:
     """Why ``folder`` is not a complete merged export (None when it is)."""
     if not folder.is_dir():
         return "missing"
-    needed = ("config.json", "generation_config.json", "tokenizer_config.json", "preprocessor_config.json")
+    needed = ["config.json", "generation_config.json", "tokenizer_config.json"]
+    if not _text_only_folder(folder):  # a Qwen-VL model ships its image processor too
+        needed.append("preprocessor_config.json")
     missing = [n for n in needed if not (folder / n).is_file()]
     if not any(folder.glob("*.safetensors")):
         missing.append("*.safetensors")
@@ -98,7 +111,8 @@ def merge_adapter(
     with quiet_progress_bars():
         merged.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    processor.image_processor.save_pretrained(tmp)  # preprocessor_config.json, as the real checkpoints ship it
+    if getattr(processor, "image_processor", None) is not None:  # a text-only backbone has none
+        processor.image_processor.save_pretrained(tmp)  # preprocessor_config.json, as the real checkpoints ship it
     stamp = {
         "merged_by": "mulcot.export.merge_adapter",
         "base_model": base_model,

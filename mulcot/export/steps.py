@@ -7,7 +7,7 @@ that produced new output):
 1. ``merge`` (:mod:`~mulcot.export.merge`): the adapter merged into its base model, saved as a Hugging Face folder
    ``hf/``. A full model folder given as the source is converted as it is.
 2. ``convert-text`` / ``convert-mmproj`` (:mod:`~mulcot.export.convert`): the text GGUF and the vision projector
-   (mmproj) GGUF, in two converter processes side by side.
+   (mmproj) GGUF, in two converter processes side by side (a text-only backbone: the text GGUF alone).
 3. ``quantize-<type>`` (:mod:`~mulcot.export.convert`): one GGUF per quantization type.
 4. ``manifest`` (:mod:`~mulcot.export.manifest`): ``manifest.json`` and an Ollama ``Modelfile``.
 
@@ -122,6 +122,12 @@ def _family(model_dir: str) -> str:
     return model_family(model_dir)
 
 
+def _text_only(model: str) -> bool:
+    from mulcot.models.loading import is_text_family
+
+    return is_text_family(_family(model))
+
+
 def _gguf_ok(path: Path, role: str, file_type: int | None = None) -> bool:
     if not path.is_file():
         return False
@@ -156,9 +162,12 @@ def _export(config: ExportConfig, source: ExportSource, name: str, quants: tuple
     _prepare_out(out, config.force)
     logs = out / LOG_DIR
 
+    # a text-only backbone (paper, Appendix G) has no vision projector: one text GGUF, no mmproj
+    text_only = _text_only(str(source.path if source.kind == "model" else source.base_model))
+    roles = (("convert-text", "text"),) if text_only else (("convert-text", "text"), ("convert-mmproj", "mmproj"))
     steps = ["merge"]
     if config.gguf:
-        steps += ["convert-text", "convert-mmproj"] + [f"quantize-{q}" for q in quants]
+        steps += [step for step, _ in roles] + [f"quantize-{q}" for q in quants]
     steps.append("manifest")
     total = len(steps)
     results: list[StepResult] = []
@@ -206,7 +215,7 @@ def _export(config: ExportConfig, source: ExportSource, name: str, quants: tuple
     if config.gguf:
         # 2. convert: text model and vision projector, in two converter processes side by side
         jobs: dict[str, tuple[str, Path, str, float]] = {}
-        for step, role in (("convert-text", "text"), ("convert-mmproj", "mmproj")):
+        for step, role in roles:
             t0 = time.perf_counter()
             target = out / names[role]
             kind = config.outtype if role == "text" else outtype_mmproj(config.outtype)
@@ -240,7 +249,7 @@ def _export(config: ExportConfig, source: ExportSource, name: str, quants: tuple
         else:
             text_new = False
         result.text_gguf = str(out / names["text"])
-        result.mmproj_gguf = str(out / names["mmproj"])
+        result.mmproj_gguf = None if text_only else str(out / names["mmproj"])
 
         # 3. quantize
         for q in quants:

@@ -1,8 +1,10 @@
-"""Load a Qwen-VL model and its processor from a local folder or a Hugging Face Hub id.
+"""Load a model and its processor from a local folder or a Hugging Face Hub id.
 
-Supported families (from the config's ``model_type``): Qwen2.5-VL (``qwen2_5_vl``), Qwen3-VL
-(``qwen3_vl``) and Qwen2-VL (``qwen2_vl``). Anything else is refused with a one-line
-:class:`~mulcot.errors.ModelError`.
+Vision-language families (from the config's ``model_type``): Qwen2.5-VL (``qwen2_5_vl``), Qwen3-VL
+(``qwen3_vl``) and Qwen2-VL (``qwen2_vl``). Text-only backbones (paper, Appendix G): any other Hugging Face causal
+LM with a chat template (Llama/SmolLM, Qwen2/2.5/3 text, ...); its family is its ``model_type`` and its processor a
+:class:`~mulcot.models.processor.TextProcessor` (the image becomes text: a caption, or nothing). Anything else is
+refused with a one-line :class:`~mulcot.errors.ModelError`.
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ def _hub_problem(err: BaseException) -> str:
 
 
 def model_family(path_or_id: str | os.PathLike[str]) -> str:
-    """The mulcot family (``qwen2.5-vl``, ``qwen3-vl``, ``qwen2-vl``) of a model folder or hub id.
+    """The mulcot family (``qwen2.5-vl``, ``qwen3-vl``, ``qwen2-vl``, or a text-only causal LM's ``model_type``,
+    e.g. ``llama``, ``qwen2``, ``qwen3``) of a model folder or hub id.
 
     Raises :class:`NotFoundError` when the model cannot be found and :class:`ModelError` for any other family.
     """
@@ -127,10 +130,24 @@ def family_of_model_type(model_type: str | None, name: str = "the model") -> str
     """Map a config ``model_type`` to a mulcot family, refusing unsupported ones with a clear message."""
     if model_type in FAMILIES:
         return FAMILIES[model_type]
+    if model_type and model_type in _causal_lm_types():
+        return model_type
     supported = ", ".join(f"{k} ({v})" for k, v in FAMILIES.items())
     raise ModelError(
-        f"{name} is a '{model_type or 'unknown'}' model; mulcot supports only Qwen-VL models: {supported}"
+        f"{name} is a '{model_type or 'unknown'}' model; mulcot supports Qwen-VL models ({supported}) and "
+        "text-only causal LMs (llama, qwen2, qwen3, ...)"
     )
+
+
+def _causal_lm_types() -> set[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def is_text_family(family: str) -> bool:
+    """True for a text-only backbone (any family that is not a Qwen-VL one)."""
+    return family not in FAMILIES.values()
 
 
 def default_device() -> str:
@@ -178,8 +195,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
 
 
 def model_class(family: str) -> Any:
-    """The transformers ``*ForConditionalGeneration`` class of a family."""
+    """The transformers ``*ForConditionalGeneration`` class of a Qwen-VL family; ``AutoModelForCausalLM`` for a
+    text-only one."""
     import transformers
+
+    if is_text_family(family):
+        return transformers.AutoModelForCausalLM
 
     names = {
         "qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration",
@@ -215,12 +236,13 @@ def load_model(
     trust_remote_code: bool = False,
     progress: Progress | None = None,
 ) -> tuple[Any, Any, str]:
-    """Load a Qwen-VL model, its processor and its family from a local folder or a Hugging Face Hub id.
+    """Load a model, its processor and its family from a local folder or a Hugging Face Hub id.
 
     Returns ``(model, processor, family)``; the model is in eval mode on ``device`` (default: cuda, else mps,
     else cpu) in ``dtype`` (default: bf16 on cuda, fp16 where bf16 is unsupported or on mps, fp32 on cpu).
-    The processor is image-only (no video processor) unless torchvision is installed. ``load_in_4bit`` uses
-    bitsandbytes NF4. ``progress`` receives an info event.
+    A Qwen-VL processor is image-only (no video processor) unless torchvision is installed; a text-only model's
+    is a :class:`~mulcot.models.processor.TextProcessor` (refused in one line without a chat template, before
+    the weights are read). ``load_in_4bit`` uses bitsandbytes NF4. ``progress`` receives an info event.
     """
     from mulcot.models.processor import load_processor
 
@@ -239,10 +261,13 @@ def load_model(
     emit(progress, "models", INFO, message=f"Loading {family} model {name} on {device} ({bits})")
     try:
         with quiet_progress_bars():
+            if is_text_family(family):  # no chat template: refused before the weights are read
+                processor = load_processor(source, family, trust_remote_code=trust_remote_code)
             model = model_class(family).from_pretrained(source, **kwargs)
             if quantization is None:
                 model = model.to(device)
-            processor = load_processor(source, family, trust_remote_code=trust_remote_code)
+            if not is_text_family(family):
+                processor = load_processor(source, family, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, ImportError) as err:
         raise ModelError(f"cannot load {family} model from {name}: {_first_line(err)}") from err
     model.eval()

@@ -1,4 +1,4 @@
-"""Qwen-VL processors that work without torchvision: images only, no video processor.
+"""Qwen-VL processors that work without torchvision (images only, no video processor), and the text-only one.
 
 transformers 5.x builds the Qwen-VL video processors (and the default image processor) on torchvision,
 which does not install beside the CPU torch here. These subclasses take only ``image_processor`` and
@@ -106,6 +106,87 @@ PROCESSOR_CLASSES: dict[str, type[ProcessorMixin]] = {
 }
 
 
+_PROBE_USER, _PROBE_ANSWER = "mulcot-probe-user", "mulcot-probe-answer"
+
+
+class TextProcessor:
+    """The processor of a text-only backbone: its tokenizer behind the Qwen-VL processor's interface.
+
+    ``apply_chat_template`` takes the same messages as a Qwen-VL processor (content as a list of parts) and joins
+    their text parts; an image part is refused in one line (the image of a text-only backbone travels as text, in
+    the prompt). ``answer_marker`` (the text the template puts before an assistant answer) and ``end_of_turn_id``
+    (the token that ends it) are read off the chat template, so masks and stopping work for any template.
+    """
+
+    text_only = True
+
+    def __init__(self, tokenizer: Any, name: str = "the model"):
+        self.tokenizer = tokenizer
+        self.name = name
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelError(
+                f"{name} has no chat template (tokenizer_config.json / chat_template.jinja): mulcot needs one to "
+                "build prompts and answers; use an instruct/chat model"
+            )
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.answer_marker, self.end_of_turn_id = self._read_template()
+
+    def _read_template(self) -> tuple[str, int]:
+        tok = self.tokenizer
+        user = [{"role": "user", "content": _PROBE_USER}]
+        try:
+            bare = tok.apply_chat_template(user, tokenize=False)
+            prompt = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+            full = tok.apply_chat_template(user + [{"role": "assistant", "content": _PROBE_ANSWER}], tokenize=False)
+        except Exception as err:  # a template that cannot render a plain user/assistant exchange
+            problem = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelError(f"the chat template of {self.name} cannot render a chat turn: {problem}") from err
+        marker = prompt[len(bare) :] if prompt.startswith(bare) else ""
+        if not marker.strip() or _PROBE_ANSWER not in full:
+            raise ModelError(f"the chat template of {self.name} has no generation prompt for an assistant turn")
+        after = full[full.index(_PROBE_ANSWER) + len(_PROBE_ANSWER) :]
+        special = set(tok.all_special_ids) | {i for t, i in tok.get_added_vocab().items() if t.startswith("<")}
+        ends = [i for i in tok.encode(after, add_special_tokens=False) if i in special]
+        end = ends[0] if ends else tok.eos_token_id
+        if end is None:
+            raise ModelError(f"the chat template of {self.name} does not end an assistant turn with a special token")
+        return marker, end
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        flat = []
+        for message in messages:
+            content = message["content"]
+            if isinstance(content, list):
+                if any(part.get("type") == "image" for part in content):
+                    raise ModelError(
+                        f"{self.name} is a text-only model and cannot read images (its image travels as a caption)"
+                    )
+                content = "".join(part.get("text", "") for part in content)
+            flat.append({**message, "content": content})
+        return self.tokenizer.apply_chat_template(flat, **kwargs)
+
+    def __call__(self, text: Any = None, images: Any = None, **kwargs: Any) -> Any:
+        if images:
+            raise ModelError(f"{self.name} is a text-only model and cannot read images")
+        # the chat template already wrote any begin-of-sequence token
+        return self.tokenizer(text, add_special_tokens=False, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Any:
+        for key in ("is_local", "local_files_only"):
+            self.tokenizer.init_kwargs.pop(key, None)
+        files = self.tokenizer.save_pretrained(save_directory, *args, **kwargs)
+        tidy_tokenizer_config(Path(save_directory) / "tokenizer_config.json")
+        return files
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike[str], **kwargs: Any) -> TextProcessor:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path_or_id), **kwargs)
+        return cls(tokenizer, str(path_or_id))
+
+
 def processor_class(family: str) -> type[ProcessorMixin]:
     """The image-only processor class for a model family (``qwen2.5-vl``, ``qwen3-vl``, ``qwen2-vl``)."""
     try:
@@ -119,8 +200,11 @@ def load_processor(path_or_id: str | os.PathLike[str], family: str, **kwargs: An
     """Load a Qwen-VL processor from a folder or hub id.
 
     With torchvision installed the stock ``AutoProcessor`` is tried first; otherwise (or if it yields no image
-    processor) the image-only class for ``family`` is used, with the PIL image processor.
+    processor) the image-only class for ``family`` is used, with the PIL image processor. A text-only family gets
+    a :class:`TextProcessor`.
     """
+    if family not in PROCESSOR_CLASSES:
+        return TextProcessor.from_pretrained(path_or_id, **kwargs)  # type: ignore[return-value]
     if torchvision_available():
         from transformers import AutoProcessor
 

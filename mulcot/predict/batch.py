@@ -146,14 +146,15 @@ def predict_dataset(
                                     prompt_version=version)  # fmt: skip
         todo[p] = [s for s in samples if (done.get(s["id"]) or {}).get("final") is None]
     summary.skipped_done = len(samples) - len(todo[prompts[0]])
-    needs_vision = any(s["has_image"] for p in prompts for s in todo[p])
+    text_only = getattr(backend, "text_only", False)  # a text-only backbone reads captions, never images
+    needs_vision = not text_only and any(s["has_image"] for p in prompts for s in todo[p])
     if needs_vision and not backend.has_vision:
         raise ModelError(
             f"{backend.name} has no vision projector (mmproj) loaded, but {dataset}/{split} has images: export with "
             "`mulcot export` (writes mmproj-*.gguf beside it) or pass --mmproj FILE"
         )
     for s in {s["id"]: s for p in prompts for s in todo[p]}.values():
-        if s["has_image"] and not (s["image_path"] and Path(s["image_path"]).is_file()):
+        if s["has_image"] and not text_only and not (s["image_path"] and Path(s["image_path"]).is_file()):
             raise DataError(f"image of sample {s['key']} not found: {s['image_path']}", file=s["image_path"])
     config = {"backend": backend.kind, "model": backend.name, "split": split, "prompts": list(prompts),
               "limit": limit, **{k: v for k, v in asdict(backend.config).items() if k not in ("device",)}}  # fmt: skip
@@ -166,8 +167,9 @@ def predict_dataset(
             step = backend.config.batch_size if backend.kind == "hf" else 1
             for offset in range(0, len(todo[p]), step):
                 chunk = todo[p][offset : offset + step]
-                posts = [Post(text=s["text"], aspect=s["aspect"], image=s["image_path"] if s["has_image"] else None)
-                         for s in chunk]  # fmt: skip
+                posts = [Post(text=s["text"], aspect=s["aspect"],
+                              image=s["image_path"] if s["has_image"] and not text_only else None,
+                              caption=(s.get("meta") or {}).get("caption")) for s in chunk]  # fmt: skip
                 gens = backend.generate(posts, p, task)
                 for sample, gen in zip(chunk, gens, strict=True):
                     pred = _prediction(gen, p, task)

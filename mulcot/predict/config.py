@@ -49,8 +49,10 @@ class Generated:
 
 @dataclass
 class Post:
-    """A post to predict: text, optional aspect (MASC) and optional image (a path)."""
+    """A post to predict: text, optional aspect (MASC), optional image (a path) and optional caption (the image in
+    words, what a text-only backbone reads instead)."""
 
     text: str
     aspect: str | None = None
     image: str | os.PathLike[str] | None = None
+    caption: str | None = None

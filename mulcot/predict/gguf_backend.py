@@ -18,7 +18,7 @@ from mulcot.errors import ModelError
 from mulcot.export.gguf import check_gguf
 from mulcot.predict.config import SOURCE_GGUF, Generated, Post, PredictConfig
 from mulcot.predict.images import image_data_url, prepare_image
-from mulcot.prompts import get_prompt
+from mulcot.prompts import get_prompt, image_as_text
 
 _LOG_CALLBACK: Any = None
 _LOG_TAIL: list[str] = []
@@ -64,6 +64,8 @@ class GGUFBackend:
         self.model_path = Path(model)
         self.mmproj_path = Path(mmproj) if mmproj is not None else None
         self.info = check_gguf(self.model_path, "text")
+        # a text-only backbone (llama, qwen2, qwen3, ...; not qwen2vl/qwen3vl): captions stand for images
+        self.text_only = mmproj is None and "vl" not in str(self.info.get("architecture") or "").lower()
         if self.mmproj_path is not None:
             check_gguf(self.mmproj_path, "mmproj")
         self.name = self.model_path.name
@@ -217,8 +219,14 @@ class GGUFBackend:
         out = []
         for post in posts:
             image = None
+            if post.image is not None and self.text_only:
+                raise ModelError(f"{self.name} is a text-only model and cannot read images: leave out the image "
+                                 "(a text-only backbone reads a caption, if the store has one)")
             if post.image is not None:
                 image = prepare_image(post.image, self.config.max_pixels, self.config.image_max_side)
             limit = self.config.label_max_tokens if prompt == "label" else self.config.max_tokens
-            out.append(self.generate_one(template.render(post.text, post.aspect), image, limit))
+            text = template.render(post.text, post.aspect)
+            if self.text_only:
+                text = image_as_text(text, post.caption)
+            out.append(self.generate_one(text, image, limit))
         return out

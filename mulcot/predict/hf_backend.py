@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mulcot.errors import ModelError
 from mulcot.predict.config import SOURCE_HF, Generated, Post, PredictConfig
 from mulcot.predict.images import _png, prepare_image
 
@@ -39,8 +40,10 @@ class HFBackend:
                                                            dtype=self.config.dtype)  # fmt: skip
             self.model = load_with_adapter(base, source.adapter)
             self.name = source.run_id or Path(model).name
+        from mulcot.models.loading import is_text_family
 
-    has_vision = True
+        self.text_only = is_text_family(self.family)
+        self.has_vision = not self.text_only
 
     def close(self) -> None:
         self.model = None
@@ -63,10 +66,13 @@ class HFBackend:
         items = []
         for i, post in enumerate(posts):
             image = None
+            if post.image is not None and not self.has_vision:
+                raise ModelError(f"{self.name} is a text-only {self.family} model and cannot read images: "
+                                 "leave out the image (a text-only backbone reads a caption, if the store has one)")
             if post.image is not None:  # the same pixels as the GGUF backend, handed over as an in-memory PNG
                 image = io.BytesIO(_png(prepare_image(post.image, cfg.max_pixels, cfg.image_max_side)))
             items.append(TrainItem(sample_id=i, text=post.text, aspect=post.aspect, label="", image_path=image,  # type: ignore[arg-type]
-                                   chain=None))  # fmt: skip
+                                   chain=None, caption=post.caption))  # fmt: skip
         out: list[Generated] = []
         tok = self.processor.tokenizer
         for startat in range(0, len(items), cfg.batch_size):

@@ -148,6 +148,16 @@ class SamplesMixin(Connection):
         rows[0]["meta"] = from_json(rows[0]["meta"]) or {}
         return rows[0]
 
+    def set_caption(self, sample_id: int, caption: str | None) -> None:
+        """Store (or, with None, remove) a sample's image caption, ``meta["caption"]``: what a text-only
+        backbone reads in place of the image."""
+        meta = self.get_sample(sample_id)["meta"]
+        if caption is None:
+            meta.pop("caption", None)
+        else:
+            meta["caption"] = caption
+        self.db["samples"].update(sample_id, {"meta": to_json(meta), "updated_at": now()})
+
     def splits(self, dataset: str) -> list[str]:
         return [
             r["split"]

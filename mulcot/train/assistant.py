@@ -19,7 +19,7 @@ from transformers import Trainer
 from mulcot.store import Store
 from mulcot.train.config import TrainConfig
 from mulcot.train.items import TASK_CLS, TASK_REA, teacher_items
-from mulcot.train.loop import Progress, TrainResult, check_request, fit
+from mulcot.train.loop import Progress, TrainResult, allow_text_only, check_request, fit
 from mulcot.train.losses import multitask_loss, position_tasks, prediction_mask, target_ce, task_means
 
 
@@ -105,6 +105,6 @@ def train_assistant(store: Store, config: TrainConfig, *, resume: bool = False, 
     check_request(store, config, resume)
     store.require_dataset(config.dataset)
     if items is None:
-        items = teacher_items(store, config.dataset, config.split, allow_text_only=config.allow_text_only)
+        items = teacher_items(store, config.dataset, config.split, allow_text_only=allow_text_only(store, config))
     return fit(store, config, kind="train-assistant", items=items, trainer_class=MultiTaskTrainer, resume=resume,
                progress=progress)  # fmt: skip

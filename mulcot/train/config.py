@@ -131,10 +131,11 @@ def default_of(f: Field) -> Any:
     return f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
 
 
-def lora_target_modules(spec: str) -> str | list[str]:
-    """peft ``target_modules`` for ``language`` (default), ``all`` (suffix match, vision MLPs too) or a list."""
+def lora_target_modules(spec: str, *, text_only: bool = False) -> str | list[str]:
+    """peft ``target_modules`` for ``language`` (default), ``all`` (suffix match, vision MLPs too) or a list.
+    A text-only backbone is all language model: ``language`` is then the plain suffix match."""
     if spec == "language":
-        return LANGUAGE_ONLY
+        return list(LORA_TARGETS) if text_only else LANGUAGE_ONLY
     if spec == "all":
         return list(LORA_TARGETS)
     names = [s.strip() for s in spec.split(",") if s.strip()]

@@ -1,5 +1,5 @@
-"""Batched generation with a Hugging Face Qwen-VL model (optionally with a LoRA adapter): greedy or sampling,
-left padding, stopping at the end of the turn. Shared by dev evaluation, expand, eval and predict."""
+"""Batched generation with a Hugging Face model, Qwen-VL or text-only (optionally with a LoRA adapter): greedy or
+sampling, left padding, stopping at the end of the turn. Shared by dev evaluation, expand, eval and predict."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from mulcot.events import Progress, emit
 from mulcot.prompts import get_prompt
-from mulcot.train.items import DEFAULT_MAX_PIXELS, TrainItem, load_image, user_message
+from mulcot.train.items import DEFAULT_MAX_PIXELS, TrainItem, is_text_only, load_image, render_prompt, user_message
 
 
 @dataclass
@@ -35,7 +35,11 @@ def generate(model: Any, processor: Any, items: Sequence[TrainItem], prompt: str
     cfg = config or GenerationConfig()
     template = get_prompt(prompt, task)
     tok = processor.tokenizer
-    end_ids = [i for i in (tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id) if i is not None]
+    text_only = is_text_only(processor)
+    end_of_turn = getattr(processor, "end_of_turn_id", None)
+    if end_of_turn is None:
+        end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")
+    end_ids = list(dict.fromkeys(i for i in (end_of_turn, tok.eos_token_id) if i is not None))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -47,9 +51,10 @@ def generate(model: Any, processor: Any, items: Sequence[TrainItem], prompt: str
             chunk = items[start : start + cfg.batch_size]
             texts, images = [], []
             for item in chunk:
-                messages = [user_message(template.render(item.text, item.aspect), item.image_path is not None)]
+                with_image = item.image_path is not None and not text_only
+                messages = [user_message(render_prompt(template, item, text_only), with_image)]
                 texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-                if item.image_path is not None:
+                if with_image:
                     images.append(load_image(item.image_path, cfg.max_pixels))
             tok.padding_side = "left"
             batch = processor(text=texts, images=images or None, padding=True, return_tensors="pt").to(device)

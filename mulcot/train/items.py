@@ -8,6 +8,10 @@ text (DESIGN.md §1, stage 2):
 
 Labels are the input ids with everything but the assistant's answer (and its end-of-turn token) set to -100, so
 cross-entropy only counts target tokens; ``task_ids`` says which task each sequence belongs to.
+
+A text-only backbone (a :class:`~mulcot.models.processor.TextProcessor`) gets no image: the prompt carries the
+sample's caption (``meta["caption"]`` in the store) when there is one, otherwise no image line at all
+(:func:`mulcot.prompts.image_as_text`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mulcot.errors import MulcotError
-from mulcot.prompts import get_prompt
+from mulcot.prompts import PromptTemplate, get_prompt, image_as_text
 from mulcot.reasoning import format_prediction
 from mulcot.store import Store
 
@@ -37,6 +41,7 @@ class TrainItem:
     image_path: str | None
     chain: str | None  # canonical reasoning text; None: classification only
     chain_id: int | None = None
+    caption: str | None = None  # the image in words, for text-only backbones
 
 
 def teacher_items(
@@ -47,7 +52,7 @@ def teacher_items(
     if not ds["has_images"] and not allow_text_only:
         raise MulcotError(
             f"dataset '{dataset}' was imported without images (--no-images), but the models are vision-language "
-            "models: import it with its images, or pass --allow-text-only"
+            "models: import it with its images, pass --allow-text-only, or use a text-only model"
         )
     chains = store.teacher_set(dataset, split)
     if not chains:
@@ -56,22 +61,47 @@ def teacher_items(
             "first, or import chains with `mulcot data import mulcot-json`"
         )
     samples = {s["id"]: s for s in store.samples(dataset, split)}
-    return [_item(samples[c["sample_id"]], c["text"], c["id"]) for c in chains]
+    return [sample_item(samples[c["sample_id"]], c["text"], c["id"]) for c in chains]
 
 
 def sample_items(store: Store, dataset: str, split: str) -> list[TrainItem]:
     """Every labelled sample of a split, without chains (for dev evaluation)."""
-    items = [_item(s, None, None) for s in store.samples(dataset, split) if s["label"]]
+    items = [sample_item(s) for s in store.samples(dataset, split) if s["label"]]
     if not items:
         raise MulcotError(f"no labelled samples in {dataset}/{split}")
     return items
 
 
-def _item(sample: dict[str, Any], chain: str | None, chain_id: int | None) -> TrainItem:
+def sample_item(sample: dict[str, Any], chain: str | None = None, chain_id: int | None = None) -> TrainItem:
+    """A store sample (with one of its chains, or none) as a training item."""
+    meta = sample.get("meta") or {}
     return TrainItem(
         sample_id=sample["id"], text=sample["text"], aspect=sample["aspect"], label=sample["label"],
         image_path=sample["image_path"] if sample["has_image"] else None, chain=chain, chain_id=chain_id,
+        caption=meta.get("caption") if isinstance(meta, dict) else None,
     )  # fmt: skip
+
+
+def is_text_only(processor: Any) -> bool:
+    """True when ``processor`` belongs to a text-only backbone (images travel as captions)."""
+    return bool(getattr(processor, "text_only", False))
+
+
+def render_prompt(template: PromptTemplate, item: TrainItem, text_only: bool) -> str:
+    """The prompt of one item; for a text-only backbone the image line becomes the caption (or nothing)."""
+    prompt = template.render(item.text, item.aspect)
+    return image_as_text(prompt, item.caption) if text_only else prompt
+
+
+def image_input(items: list[TrainItem], text_only: bool) -> dict[str, Any]:
+    """What stood for the image in a run's prompts (recorded in the run config): ``image`` (the pixels, Qwen-VL),
+    ``caption`` (every item captioned), ``none`` (no caption: text only) or ``mixed``."""
+    n = len(items)
+    if not text_only:
+        return {"image_input": "image", "items": n, "with_image": sum(i.image_path is not None for i in items)}
+    captioned = sum(bool(i.caption and i.caption.strip()) for i in items)
+    kind = "none" if captioned == 0 else "caption" if captioned == n else "mixed"
+    return {"image_input": kind, "items": n, "captioned": captioned}
 
 
 def user_message(prompt: str, with_image: bool) -> dict[str, Any]:
@@ -104,21 +134,25 @@ class MultiTaskCollator:
         self.tasks = tasks
         self.max_pixels = max_pixels
         self.max_length = max_length
-        self.answer_marker = self.tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
-        self.end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.text_only = is_text_only(processor)
+        marker = getattr(processor, "answer_marker", "<|im_start|>assistant\n")
+        self.answer_marker = self.tokenizer.encode(marker, add_special_tokens=False)
+        self.end_of_turn = getattr(processor, "end_of_turn_id", None)
+        if self.end_of_turn is None:
+            self.end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         if self.tokenizer.pad_token_id is None:
             raise MulcotError("the tokenizer has no pad token")
 
     def sequences(self, item: TrainItem, task_id: int) -> tuple[list[dict[str, Any]], str]:
         """Chat messages (user prompt + assistant target) for one task of one item."""
-        prompt = self.prompts[task_id].render(item.text, item.aspect)
+        prompt = render_prompt(self.prompts[task_id], item, self.text_only)
         if task_id == TASK_REA:
             if item.chain is None:
                 raise MulcotError(f"sample {item.sample_id} has no reasoning chain for the reasoning task")
             target = item.chain
         else:
             target = format_prediction(item.label)
-        return [user_message(prompt, item.image_path is not None),
+        return [user_message(prompt, item.image_path is not None and not self.text_only),
                 {"role": "assistant", "content": [{"type": "text", "text": target}]}], target  # fmt: skip
 
     def _mask(self, ids: list[int]) -> list[int]:
@@ -147,7 +181,7 @@ class MultiTaskCollator:
             for item in items:
                 messages, _ = self.sequences(item, task_id)
                 texts.append(self.processor.apply_chat_template(messages, tokenize=False))
-                if item.image_path is not None:
+                if item.image_path is not None and not self.text_only:
                     images.append(load_image(item.image_path, self.max_pixels))
                 task_ids.append(task_id)
         self.tokenizer.padding_side = "right"

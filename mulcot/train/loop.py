@@ -55,12 +55,22 @@ def check_request(store: Store, config: TrainConfig, resume: bool) -> None:
         raise MulcotError("--task-weights must be two non-negative numbers, e.g. 0.2,0.8")
 
 
+def allow_text_only(store: Store, config: TrainConfig) -> bool:
+    """A dataset without images may train a text-only backbone, or a Qwen-VL one with --allow-text-only (the
+    model's family is only looked up for a dataset without images)."""
+    from mulcot.models.loading import is_text_family, model_family
+
+    if config.allow_text_only or store.require_dataset(config.dataset)["has_images"]:
+        return config.allow_text_only
+    return is_text_family(model_family(config.model))
+
+
 def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], trainer_class: type,
         extras: TrainerExtras | None = None, resume: bool = False,
         progress: Progress | None = None) -> TrainResult:  # fmt: skip
     """Train (or resume) one LoRA run of ``trainer_class`` on ``items``; records it in the store as ``kind``."""
     from mulcot.models import load_model
-    from mulcot.train.items import sample_items
+    from mulcot.train.items import image_input, is_text_only, sample_items
 
     start = time.perf_counter()
     folder = config.folder
@@ -75,9 +85,11 @@ def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], train
         dev_items = sample_items(store, config.dataset, config.dev_split)[: config.max_dev_samples or None]
     model, processor, family = load_model(config.model, device=config.device, dtype=config.dtype,
                                           load_in_4bit=config.load_in_4bit)  # fmt: skip
+    # what stood for the image: the pixels (Qwen-VL), or for a text-only backbone the caption or nothing
+    recorded = {**config.public(), "family": family, **image_input(items, is_text_only(processor))}
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config.public(), indent=2, default=str))
-    with store.run(config.name, kind=kind, dataset=config.dataset, config={**config.public(), "family": family},
+    (folder / "config.json").write_text(json.dumps(recorded, indent=2, default=str))
+    with store.run(config.name, kind=kind, dataset=config.dataset, config=recorded,
                    output_dir=str(folder), resume_hint="resume with --resume") as run:  # fmt: skip
         try:
             result = _train(config, model, processor, task, items, dev_items, resume, progress, trainer_class,
@@ -110,8 +122,12 @@ def add_lora(model: Any, config: TrainConfig) -> Any:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    from mulcot.models.loading import FAMILIES
+
+    text_only = getattr(model.config, "model_type", None) not in FAMILIES
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=lora_target_modules(config.lora_targets), task_type="CAUSAL_LM")  # fmt: skip
+                      target_modules=lora_target_modules(config.lora_targets, text_only=text_only),
+                      task_type="CAUSAL_LM")  # fmt: skip
     model = get_peft_model(model, lora)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -24,8 +24,8 @@ from mulcot.refs import RunRef, resolve_run
 from mulcot.store import Store
 from mulcot.train.assistant import MultiTaskTrainer
 from mulcot.train.config import SOFT_MODES, DistillConfig
-from mulcot.train.items import TrainItem, teacher_items
-from mulcot.train.loop import Progress, TrainResult, check_request, fit
+from mulcot.train.items import TrainItem, sample_item, teacher_items
+from mulcot.train.loop import Progress, TrainResult, allow_text_only, check_request, fit
 from mulcot.train.losses import distill_loss, position_tasks, target_ce, task_means
 from mulcot.train.soft_labels import SoftLabels
 
@@ -54,17 +54,27 @@ class DistillTrainer(MultiTaskTrainer):
 
 def distill_items(store: Store, config: DistillConfig, ref: RunRef) -> list[TrainItem]:
     """D_all = D_t ∪ D_a as training items (one per chain)."""
-    items = teacher_items(store, config.dataset, config.split, allow_text_only=config.allow_text_only)
+    items = teacher_items(store, config.dataset, config.split, allow_text_only=allow_text_only(store, config))
     if config.include_expanded:
         samples = {s["id"]: s for s in store.samples(config.dataset, config.split)}
         for c in store.assistant_set(config.dataset, config.split, ref.run_id):
-            s = samples[c["sample_id"]]
-            items.append(
-                TrainItem(sample_id=s["id"], text=s["text"], aspect=s["aspect"], label=s["label"],
-                          image_path=s["image_path"] if s["has_image"] else None, chain=c["text"], chain_id=c["id"])
-            )  # fmt: skip
+            items.append(sample_item(samples[c["sample_id"]], c["text"], c["id"]))
     return items
 
+
+def check_backbones(config: DistillConfig, ref: RunRef) -> None:
+    """Refuse, in one line, a Qwen-VL student with a text-only assistant or the reverse: the soft labels of one
+    are over prompts the other never sees (an image versus its caption)."""
+    from mulcot.models.loading import is_text_family, model_family
+
+    student, assistant = model_family(config.model), model_family(ref.base_model)
+    if is_text_family(student) != is_text_family(assistant):
+        kind = {True: "text-only", False: "vision-language (Qwen-VL)"}
+        raise MulcotError(
+            f"the student {config.model} is a {kind[is_text_family(student)]} model ({student}) but the assistant "
+            f"{ref.run_id} is a {kind[is_text_family(assistant)]} one ({assistant}): distil between two text-only "
+            "or two Qwen-VL models"
+        )
 
 
 def distill(store: Store, config: DistillConfig, *, resume: bool = False,
@@ -80,6 +90,7 @@ def distill(store: Store, config: DistillConfig, *, resume: bool = False,
         raise MulcotError("--top-k must be at least 1")
     check_request(store, config, resume)
     ref = resolve_run(store, config.assistant)
+    check_backbones(config, ref)
     items = distill_items(store, config, ref)
     soft = SoftLabels(store, config, ref, items, progress)
 
