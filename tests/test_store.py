@@ -66,6 +66,21 @@ def test_upsert_is_idempotent_and_reports_changes(store):
     assert [s["label"] for s in store.samples("d")] == ["positive", "negative", "positive"]
 
 
+def test_caption_survives_a_reimport_that_keeps_the_image(store):
+    with store.transaction():
+        store.upsert_dataset("d", task="msa", format="jsonl", source="x", images_root=None, has_images=True)
+        ids = store.upsert_samples("d", [_sample("1"), _sample("2")]).ids
+    for key in ("1", "2"):
+        store.set_caption(ids[("train", key)], f"a photo for {key}")
+    changed_image = {**_sample("2", text="new"), "image_sha256": "ab" * 32}
+    with store.transaction():
+        c = store.upsert_samples("d", [_sample("1", text="edited text"), changed_image])
+    assert c.updated == 2
+    first, second = store.samples("d")
+    assert first["text"] == "edited text" and first["meta"]["caption"] == "a photo for 1"
+    assert "caption" not in second["meta"]  # another image: its old caption no longer describes it
+
+
 def test_transaction_rolls_back_everything(store):
     with pytest.raises(RuntimeError):
         with store.transaction():

@@ -120,3 +120,26 @@ def test_text_dataset_needs_no_flag_for_a_text_model(demo_store, tiny_text_model
                       **FAST)  # fmt: skip
     with pytest.raises(MulcotError, match="no teacher reasoning"):  # past the images check, to the chains one
         train_assistant(demo_store, cfg)
+
+
+def test_predict_cli_reads_a_caption(tiny_text_model, tmp_path) -> None:
+    """`mulcot predict --caption` gives a text-only model the image in words; an image is refused in one line."""
+    from typer.testing import CliRunner
+
+    from mulcot.cli import app
+
+    model = str(tiny_text_model())
+    base = ["predict", "--backend", "hf", "--model", model, "--text", "Great game by $T$", "--aspect", "the Bulls",
+            "--max-tokens", "4", "--json"]  # fmt: skip
+    r = CliRunner().invoke(app, [*base, "--caption", "A crowd cheers in a stadium."])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["backend"] == "hf" and len(out["predictions"]) == 1
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(image)
+    r = CliRunner().invoke(app, [*base, "--image", str(image)])
+    assert r.exit_code != 0 and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(app, ["predict", "--caption", "x", "--dataset", "d"])
+    assert r.exit_code != 0 and "--caption need --text" in r.output

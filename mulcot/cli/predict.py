@@ -27,6 +27,9 @@ def predict(
     aspect: Annotated[
         str | None, typer.Option(help="Target aspect (aspect-level MASC); without it: whole post (MSA).")
     ] = None,
+    caption: Annotated[
+        str | None, typer.Option(help="The image in words, for a text-only model (single mode).", show_default=False)
+    ] = None,
     dataset: Annotated[
         str | None, typer.Option(help="Predict a stored dataset split (batch mode).", show_default=False)
     ] = None,
@@ -73,8 +76,8 @@ def predict(
 
     if (text is None) == (dataset is None):
         raise MulcotError("give either --text (with --image) for one post, or --dataset for a whole split")
-    if image is not None and text is None:
-        raise MulcotError("--image needs --text (the post's text)")
+    if (image is not None or caption is not None) and text is None:
+        raise MulcotError("--image and --caption need --text (the post's text)")
     if backend not in ("gguf", "hf"):
         raise MulcotError(f"unknown --backend '{backend}' (use gguf or hf)")
     config = PredictConfig(max_tokens=max_tokens, label_max_tokens=label_max_tokens, temperature=temperature,
@@ -92,7 +95,8 @@ def predict(
             if dataset is None:
                 assert text is not None
                 with err_console.status("thinking", spinner="dots") if not as_json else _Null():
-                    results = predict_post(runner, Post(text=text, aspect=aspect, image=image), prompts=prompts)
+                    post = Post(text=text, aspect=aspect, image=image, caption=caption)
+                    results = predict_post(runner, post, prompts=prompts)
                 out = {"backend": runner.kind, "model": runner.name, "predictions": [r.as_dict() for r in results],
                        "label": results[0].prediction}  # fmt: skip
                 if label:

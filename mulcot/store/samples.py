@@ -83,7 +83,8 @@ class SamplesMixin(Connection):
     def upsert_samples(self, dataset: str, rows: Iterable[dict[str, Any]]) -> UpsertCounts:
         """Insert or update samples keyed by (dataset, split, key); must run inside :meth:`transaction`.
 
-        Each row has ``split``, ``key`` and the columns of :data:`SAMPLE_CONTENT` (``meta`` optional).
+        Each row has ``split``, ``key`` and the columns of :data:`SAMPLE_CONTENT` (``meta`` optional). A stored
+        caption is kept when an update keeps the sample's image.
         """
         counts = UpsertCounts()
         existing = {
@@ -107,6 +108,10 @@ class SamplesMixin(Connection):
             else:
                 sid = old["id"]
                 if any(old[c] != content[c] for c in SAMPLE_CONTENT):
+                    kept = from_json(old.get("meta")) or {}
+                    if "caption" in kept and old["image_sha256"] == content["image_sha256"]:
+                        # a caption describes the image: it survives a re-import that keeps the image
+                        extra["meta"] = to_json({"caption": kept["caption"], **(row.get("meta") or {})})
                     self._update("samples", "id", sid, {**content, **extra, "updated_at": stamp})
                     existing[ident] = {"id": sid, **content}
                     counts.updated += 1
@@ -156,7 +161,8 @@ class SamplesMixin(Connection):
             meta.pop("caption", None)
         else:
             meta["caption"] = caption
-        self.db["samples"].update(sample_id, {"meta": to_json(meta), "updated_at": now()})
+        with self.transaction():
+            self._update("samples", "id", sample_id, {"meta": to_json(meta), "updated_at": now()})
 
     def splits(self, dataset: str) -> list[str]:
         return [
