@@ -145,15 +145,16 @@ def resolve(store: Store | None, spec: str | os.PathLike[str], runs_dir: str | o
     text = str(spec)
     path = Path(text).expanduser()
     ref: Ref
+    adapter = find_adapter(path) if path.is_dir() else None
     if path.is_file():
         if path.suffix != ".gguf":
             raise MulcotError(f"{path} is a file, not a {what} (a folder, a GGUF file, a run name or a hub id)")
         ref = Ref("gguf", text, path)
-    elif path.is_dir() and find_adapter(path) is None and (path / "config.json").is_file():
+    elif path.is_dir() and adapter is None and (path / "config.json").is_file():
         ref = Ref("model", text, path)
-    elif path.is_dir() and find_adapter(path) is None and _is_export(path):
+    elif path.is_dir() and adapter is None and _is_export(path):
         ref = Ref("export", text, path)
-    elif path.is_dir() and find_adapter(path) is None and not (path / "best" / "adapter_config.json").is_file():
+    elif path.is_dir() and adapter is None and not (path / "best" / "adapter_config.json").is_file():
         raise MulcotError(f"{text} is neither a run folder (with adapter/), an adapter folder (adapter_config.json), "
                           "a model folder (config.json) nor an export folder (GGUF files)")  # fmt: skip
     elif path.is_dir() or (store is not None and store.get_run(text) is not None) or (Path(runs_dir) / text).is_dir():

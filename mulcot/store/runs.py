@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mulcot.errors import StoreError
@@ -36,7 +36,6 @@ class RunRecord:
     status: str = DONE
     error: str | None = None
     resume_hint: str = "run the same command again to resume"
-    extra: dict[str, Any] = field(default_factory=dict)  # other columns to write when the run ends
 
 
 class RunsMixin(Connection):
@@ -99,7 +98,7 @@ class RunsMixin(Connection):
         self._end(record, record.status, record.error)
 
     def _end(self, record: RunRecord, status: str, error: str | None) -> None:
-        values: dict[str, Any] = {"status": status, "error": error, **record.extra}
+        values: dict[str, Any] = {"status": status, "error": error}
         metrics = record.metrics
         if callable(getattr(metrics, "as_dict", None)):
             metrics = metrics.as_dict()  # a summary dataclass, read when the run ends
