@@ -61,10 +61,17 @@ class AnnotateSummary:
     cost_usd: float = 0.0
     cost_known: bool = True
     wall_s: float = 0.0
-    stopped: str | None = None  # "budget" when the budget stopped it early
+    stopped: str | None = None  # "budget": the budget stopped it early; "pending": batches or files still out
     skipped_done: int = 0
     teacher_set: int = 0  # |D_t| for the split after the run
     failures: list[str] = field(default_factory=list)
+    # batch annotation (mulcot.annotate_batch): batches sent and taken in, files written, result lines skipped
+    batches_submitted: int = 0
+    batches_ingested: int = 0
+    batches_pending: int = 0
+    batch_files: list[str] = field(default_factory=list)
+    malformed_lines: int = 0
+    stale_results: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,8 +156,12 @@ class Annotator:
         pred_final = pred["final"] if pred else None
         if PREDICT in stages and pred_final is None:
             return PREDICT, (pred["attempts"] if pred else 0) + 1
-        if EXPLAIN in stages and sample["label"] and pred_final is not None and needs_explanation(pred_final,
-                                                                                                 sample["label"]):
+        if (
+            EXPLAIN in stages
+            and sample["label"]
+            and pred_final is not None
+            and needs_explanation(pred_final, sample["label"])
+        ):
             exp = state[EXPLAIN].get(sample["id"])
             if exp is None or exp["final"] is None:
                 return EXPLAIN, (exp["attempts"] if exp else 0) + 1
