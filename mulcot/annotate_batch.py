@@ -305,13 +305,31 @@ class BatchAnnotator:
                 break
         return None
 
+    def _find_upload(self, filename: str) -> Any:
+        """The uploaded file named ``filename`` (our batch id), if any: a kill can fall between the upload and the
+        store update."""
+        page = self._call("list files", self.client.files.list, purpose="batch")
+        for n, f in enumerate(page):
+            if f.filename == filename:
+                return f
+            if n >= 10_000:
+                break
+        return None
+
     def _recover(self, row: dict[str, Any]) -> None:
         """A batch registered but not known to be created: adopt it, finish submitting it, or forget it."""
         remote = self._find_remote(row["id"])
         if remote is not None:
             self.store.update_batch(row["id"], remote_id=remote.id, status=remote.status,
                                     input_file_id=remote.input_file_id)  # fmt: skip
-        elif row["input_file_id"] or Path(row["input_path"] or "").is_file():
+            return
+        path = Path(row["input_path"] or "")
+        if not row["input_file_id"]:
+            uploaded = self._find_upload(path.name)
+            if uploaded is not None:
+                self.store.update_batch(row["id"], input_file_id=uploaded.id, status="uploaded")
+                row["input_file_id"] = uploaded.id
+        if row["input_file_id"] or path.is_file():
             self._submit(row)
         else:
             self.store.delete_batch(row["id"])
@@ -355,7 +373,7 @@ class BatchAnnotator:
             self._ingest(results, expected=set(row["custom_ids"]), missing_error=missing)
             self.store.update_batch(row["id"], ingested=1, tokens_in=self.summary.tokens_in - tokens[0],
                                     tokens_out=self.summary.tokens_out - tokens[1],
-                                    cost_usd=round(self.summary.cost_usd - tokens[2], 8))  # fmt: skip
+                                    cost_usd=self.summary.cost_usd - tokens[2])  # fmt: skip
         self._submitted_estimate = max(0.0, self._submitted_estimate - (row["estimate_usd"] or 0.0))
         self.summary.batches_ingested += 1
 
@@ -401,6 +419,7 @@ class BatchAnnotator:
         """Submit, follow and take in batches until every sample is done (or, ``wait=False``, until what is due is
         submitted); a rerun resumes."""
         start = time.perf_counter()
+        self.client  # noqa: B018 -- no key, no run: refuse before anything is written
         with self.store.run(self.ann.run_id, kind="annotate", dataset=self.config.dataset,
                             config={**self.ann.run_config(), "batch": asdict(self.batch)}) as run:  # fmt: skip
             run.metrics = self.summary

@@ -1,6 +1,7 @@
 """A small OpenAI-compatible Batch API on 127.0.0.1 (stdlib, threaded): ``/v1/files`` and ``/v1/batches``.
 
-- ``POST /v1/files`` (multipart upload, ``purpose=batch``), ``GET /v1/files/{id}`` and ``/v1/files/{id}/content``;
+- ``POST /v1/files`` (multipart upload, ``purpose=batch``), ``GET /v1/files`` (``purpose`` filter),
+  ``GET /v1/files/{id}`` and ``/v1/files/{id}/content``;
 - ``POST /v1/batches`` (validates the input file: JSON lines, unique ``custom_id``, one model, the endpoint),
   ``GET /v1/batches/{id}``, ``GET /v1/batches`` (newest first, ``after``/``limit`` cursor),
   ``POST /v1/batches/{id}/cancel``.
@@ -118,6 +119,11 @@ class _Handler(BaseHTTPRequestHandler):
         parts = self._route()
         st: _State = self.server.state
         with st.lock:
+            if parts == ["files"]:
+                purpose = parse_qs(urlparse(self.path).query).get("purpose", [None])[0]
+                items = [{k: v for k, v in f.items() if k != "data"} for f in st.files.values()
+                         if purpose in (None, f["purpose"])]  # fmt: skip
+                return self._send(200, {"object": "list", "data": items, "has_more": False})
             if len(parts) == 2 and parts[0] == "files" and parts[1] in st.files:
                 meta = {k: v for k, v in st.files[parts[1]].items() if k != "data"}
                 return self._send(200, meta)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -174,12 +175,15 @@ def _print_batches(rows: list[dict], as_json: bool) -> None:
     if not rows:
         console.print("no batches")
         return
-    table = Table(title="annotation batches")
-    for col in ("batch", "kind", "dataset", "stage", "status", "requests", "done", "failed", "cost", "in store"):
-        table.add_column(col, justify="right" if col in ("requests", "done", "failed", "cost") else "left")
+    table = Table(title="annotation batches", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("batch", overflow="fold")
+    for col in ("dataset", "stage", "status"):
+        table.add_column(col, no_wrap=True)
+    for col in ("req", "ok/err", "cost", "stored"):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         cost = f"${r['cost_usd']:.4f}" if r["cost_usd"] is not None else "-"
-        table.add_row(escape(r["remote_id"] or r["id"]), r["kind"], escape(r["dataset"]), r["stage"], r["status"],
-                      str(r["requests"]), str(r["completed"] or 0), str(r["failed"] or 0), cost,
-                      "yes" if r["ingested"] else "no")  # fmt: skip
+        name = r["remote_id"] or r["id"] if r["kind"] == "api" else f"file {Path(r['input_path'] or '').name}"
+        table.add_row(escape(name), escape(r["dataset"]), r["stage"], r["status"], str(r["requests"]),
+                      f"{r['completed'] or 0}/{r['failed'] or 0}", cost, "yes" if r["ingested"] else "no")  # fmt: skip
     console.print(table)
