@@ -489,12 +489,12 @@ class BatchAnnotator:
         path = Path(results)
         if not path.is_file():
             raise DataError("no such results file: pass the output of vllm run-batch or the Batch API", file=str(path))
+        got, bad = read_results(path.read_text(encoding="utf-8", errors="replace").splitlines(), str(path))
+        if not got:
+            raise DataError(f"no result lines with a mulcot custom_id ({len(bad)} unreadable)", file=str(path))
         with self.store.run(self.ann.run_id, kind="annotate", dataset=self.config.dataset,
                             config={**self.ann.run_config(), "batch": asdict(self.batch)}) as run:  # fmt: skip
             run.metrics = self.summary
-            got, bad = read_results(path.read_text(encoding="utf-8", errors="replace").splitlines(), str(path))
-            if not got:
-                raise DataError(f"no result lines with a mulcot custom_id ({len(bad)} unreadable)", file=str(path))
             self.summary.malformed_lines += len(bad)
             self.summary.failures.extend(bad[:20])
             with self.store.transaction():
