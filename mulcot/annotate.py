@@ -9,6 +9,10 @@
 
 Results are committed as they arrive, so an interrupted run loses at most the requests in flight; running the
 same command again picks up where it stopped (attempts already made count toward the retry limit).
+
+The decisions and the record are shared with batch annotation (:mod:`mulcot.annotate_batch`): what a sample needs
+next (:meth:`Annotator.next_step`), the prompt (:meth:`Annotator.render`) and request body
+(:meth:`mulcot.teacher.Teacher.request_body`), and how an answer becomes a stored attempt (:meth:`Annotator.record`).
 """
 
 from __future__ import annotations
