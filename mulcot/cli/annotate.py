@@ -85,8 +85,9 @@ def annotate(
 ) -> None:
     """Have the teacher write five-field reasoning for a split: pass 1 predicts, pass 2 explains the misses.
 
-    Live by default; --batch goes through the OpenAI Batch API, --batch-file / --ingest through files for an offline
-    run (vllm run-batch). Every way resumes when run again."""
+    Live by default; --batch goes through the OpenAI Batch API.
+    --batch-file / --ingest work with files for an offline run (vllm run-batch).
+    Every way resumes when run again."""
     store = open_store(db)
     if batch_status_:
         _print_batches(batch_status(store, dataset), as_json)
