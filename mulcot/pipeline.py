@@ -163,9 +163,23 @@ class Pipeline:
             result_best = (done["metrics"] or {}).get("best")
             self.files["assistant adapter"] = str(Path(done["output_dir"]) / "adapter")
             return {"run": cfg.name, "best": result_best}
+        if cfg.processes > 1:
+            return self._launched(cfg, "assistant adapter")
         result = train_assistant(self.store, cfg, resume=self._resume(cfg.name), progress=self.report)
         self.files["assistant adapter"] = result.adapter
         return {"run": result.run, "best": _best(result.best), "steps": result.steps}
+
+    def _launched(self, cfg: Any, what: str) -> dict[str, Any]:
+        """A training stage on ``processes`` processes (torchrun), the store shared with this one."""
+        from mulcot.train.launch import launch_command, run_launched
+
+        resume = self._resume(cfg.name)
+        command = " ".join(launch_command(cfg, db=self.store.path, resume=resume)[1:])
+        emit(self.report, "run", INFO, message=f"launching {cfg.processes} processes: {command}")
+        result = run_launched(cfg, db=self.store.path, resume=resume)
+        self.files[what] = result["adapter"]
+        return {"run": result["run"], "best": _best(result["best"]), "steps": result["steps"],
+                "processes": cfg.processes}  # fmt: skip
 
     def stage_expand(self) -> dict[str, Any]:
         from mulcot.expand import ExpandConfig, expand
@@ -191,6 +205,8 @@ class Pipeline:
         if done is not None and done["status"] == "done":
             self.files["student adapter"] = str(Path(done["output_dir"]) / "adapter")
             return {"run": cfg.name, "best": (done["metrics"] or {}).get("best")}
+        if cfg.processes > 1:
+            return self._launched(cfg, "student adapter")
         result = distill(self.store, cfg, resume=self._resume(cfg.name), progress=self.report)
         self.files["student adapter"] = result.adapter
         return {"run": result.run, "best": _best(result.best), "steps": result.steps}

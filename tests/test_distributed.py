@@ -106,10 +106,11 @@ def test_two_processes_train_like_one_and_write_once(demo_store, compact_model, 
     run = demo_store.get_run("two")
     assert run["status"] == "done" and run["metrics"]["world_size"] == 2 and run["config"]["world_size"] == 2
     assert run["config"]["effective_batch"] == 4
-    assert sorted(r["id"] for r in demo_store.list_runs("train-assistant")) == ["one", "two"]
+    assert sorted(r["id"] for r in demo_store.list_runs("train-assistant")) == ["one", "two"]  # one record each
     files = {name: sorted(p.name for p in (Path(runs) / name).iterdir()) for name in ("one", "two")}
     assert files["one"] == files["two"]
     assert not list(Path(runs).glob("*/*.tmp"))
+    assert r2["launch"] == {"world_size": 2, "backend": "gloo", "fsdp": False, "deepspeed": False}
 
     # the student: soft labels cached by 2 ranks equal those cached by 1
     student = ["distill", SAMPLE_NAME, "--assistant", "one", "--student", model, "--db", db, "--runs-dir", runs,
@@ -182,3 +183,65 @@ def test_a_killed_rank_is_resumed(demo_store, compact_model, tmp_path):
     assert run["status"] == "done" and run["metrics"]["world_size"] == 2
     assert len(demo_store.list_runs("train-assistant")) == 1
     assert (runs / "k" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_launch_command_reproduces_the_config(monkeypatch, tmp_path):
+    """A recipe's training stage on N processes: the flags config_argv writes parse back to the same config."""
+    from typer.testing import CliRunner
+
+    from mulcot.cli import app
+    from mulcot.train.config import DistillConfig, TrainConfig
+    from mulcot.train.launch import config_argv, launch_command
+
+    seen = []
+    monkeypatch.setattr("mulcot.cli.train.train", lambda run, config, **kw: seen.append(config))
+    monkeypatch.setattr("mulcot.cli.distill.train", lambda run, config, **kw: seen.append(config))
+    configs = [
+        TrainConfig(dataset="d", model="m", name="a", task_weights=(0.5, 0.5), dev_split=None, single_pass=False,
+                    lora_r=8, gradient_checkpointing=True, deepspeed="ds.json", epochs=3.0, processes=4),
+        DistillConfig(dataset="d", model="s", name="b", assistant="a", lam=0.5, include_expanded=False,
+                      soft_labels="online", fsdp="full_shard auto_wrap", max_train_items=10),
+    ]  # fmt: skip
+    for cfg in configs:
+        argv = launch_command(cfg, db=tmp_path / "x.db")
+        assert argv[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", str(cfg.processes)]
+        cli = argv[argv.index("mulcot") + 1 :]
+        r = CliRunner().invoke(app, cli)
+        assert r.exit_code == 0, r.output
+        got = seen.pop()
+        assert {**got.public(), "processes": cfg.processes} == cfg.public()
+    assert config_argv(TrainConfig(dataset="d", model="m", name="a")) == []
+
+
+def test_launch_options_are_checked_in_one_line(monkeypatch, tmp_path):
+    from mulcot.errors import MulcotError
+    from mulcot.train.config import TrainConfig
+    from mulcot.train.loop import check_distributed, sharded
+
+    def cfg(**kw):
+        return TrainConfig(dataset="d", model="m", name="a", **kw)
+
+    examples = Path(__file__).parents[1] / "examples"
+    with pytest.raises(MulcotError, match="shard a model across GPUs.*plain DDP runs on CPUs"):
+        check_distributed(cfg(fsdp="true", fsdp_config=str(examples / "fsdp" / "fsdp_config.json")), "cpu")
+    with pytest.raises(MulcotError, match="--fsdp-config nope.json: no such file"):
+        check_distributed(cfg(fsdp="true", fsdp_config="nope.json"), "cuda:0")
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(MulcotError, match="pip install deepspeed"):
+            check_distributed(cfg(deepspeed=str(examples / "deepspeed" / "ds_z2_config.json")), "cuda:0")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{stage: 2")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())  # as if DeepSpeed were installed
+    with pytest.raises(MulcotError, match="bad.json: not valid JSON"):
+        check_distributed(cfg(deepspeed=str(bad)), "cuda:0")
+    z3 = str(examples / "deepspeed" / "ds_z3_offload_config.json")
+    z2 = str(examples / "deepspeed" / "ds_z2_config.json")
+    with pytest.raises(MulcotError, match="pick one"):
+        check_distributed(cfg(deepspeed=z2, fsdp="true"), "cuda:0")
+    check_distributed(cfg(deepspeed=z2), "cuda:0")
+    assert sharded(cfg(deepspeed=z3)) and not sharded(cfg(deepspeed=z2)) and sharded(cfg(fsdp="true"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(MulcotError, match="--two-pass"):
+        check_distributed(cfg(single_pass=False), "cpu")

@@ -74,7 +74,8 @@ def train(run: Any, config: Any, *, resume: bool, db: Any, as_json: bool) -> Non
     if not dist.is_main():
         return
     summary = {"run": result.run, "folder": result.folder, "adapter": result.adapter, "best": result.best,
-               "steps": result.steps, "train_loss": result.train_loss, "wall_s": round(result.wall_s, 1)}  # fmt: skip
+               "steps": result.steps, "train_loss": result.train_loss, "wall_s": round(result.wall_s, 1),
+               "launch": result.launch}  # fmt: skip
     if as_json:
         print_json(summary)
         return
@@ -96,6 +97,10 @@ def print_result(summary: dict[str, Any]) -> None:
          if "eval_macro_f1" in best else "-"),
         ("wall time", f"{summary['wall_s']} s"),
     ]  # fmt: skip
+    launch = summary.get("launch") or {}
+    if launch.get("world_size", 1) > 1:
+        how = "FSDP" if launch.get("fsdp") else "DeepSpeed" if launch.get("deepspeed") else "DDP"
+        rows.append(("processes", f"{launch['world_size']} ({how}, {launch.get('backend')})"))
     for k, v in rows:
         table.add_row(k, str(v))
     console.print(table)

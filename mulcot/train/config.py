@@ -84,9 +84,12 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "Trade compute for memory.", section="training")
     deepspeed: str | None = _f(None, "DeepSpeed config JSON (ZeRO-2/3, see examples/deepspeed/); launch with "
                                "torchrun or accelerate launch.", section="training")  # fmt: skip
-    fsdp: str | None = _f(None, "FSDP options for the Trainer, e.g. 'full_shard auto_wrap'; launch with torchrun.",
-                          section="training")  # fmt: skip
+    fsdp: str | None = _f(None, "FSDP for the Trainer: true (settings in --fsdp-config) or legacy options such as "
+                          "'full_shard auto_wrap'; launch with torchrun.", section="training")  # fmt: skip
     fsdp_config: str | None = _f(None, "FSDP config JSON (see examples/fsdp/).", section="training")
+    processes: int = _f(1, "Recipes: train on this many processes (mulcot run launches the training stages with "
+                        "torchrun --nproc_per_node N, one per GPU).", section="training", min=1,
+                        cli=False)  # fmt: skip
     seed: int = _f(42, "Random seed.", section="training")
     max_train_items: int | None = _f(None, "Use only the first N chains.", section="training")
     max_dev_samples: int | None = _f(None, "Evaluate on the first N dev samples.", section="training")

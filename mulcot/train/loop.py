@@ -40,6 +40,8 @@ class TrainResult:
     train_loss: float | None
     history: list[dict[str, Any]]
     wall_s: float
+    # how it ran: processes, backend, and whether the Trainer sharded the model (FSDP, DeepSpeed)
+    launch: dict[str, Any] | None = None
 
 
 def check_request(store: Store, config: TrainConfig, resume: bool) -> None:
@@ -126,7 +128,7 @@ def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], train
             raise
         result.wall_s = time.perf_counter() - start
         run.metrics = {"best": result.best, "steps": result.steps, "train_loss": result.train_loss,
-                       "history": result.history, "world_size": dist.world_size()}  # fmt: skip
+                       "history": result.history, "world_size": dist.world_size(), "launch": result.launch}  # fmt: skip
     return result
 
 
@@ -184,6 +186,7 @@ def check_distributed(config: TrainConfig, device: str) -> None:
     if config.deepspeed and config.fsdp:
         raise MulcotError("--deepspeed and --fsdp are two ways to shard: pick one")
     if (config.deepspeed or config.fsdp) and not device.startswith("cuda"):
+        # on CPUs accelerate leaves FSDP off without a word (measured): refuse rather than pretend to shard
         raise MulcotError(f"--deepspeed and --fsdp shard a model across GPUs, but this run trains on {device}: "
                           "drop them (plain DDP runs on CPUs with gloo)")  # fmt: skip
     if dist.is_distributed() and not config.single_pass:
@@ -237,7 +240,7 @@ def training_arguments(config: TrainConfig, device: str, n_items: int, with_dev:
     if config.deepspeed:
         launch["deepspeed"] = str(Path(config.deepspeed).expanduser())
     if config.fsdp:
-        launch["fsdp"] = config.fsdp
+        launch["fsdp"] = True if config.fsdp.strip().lower() in ("true", "1", "yes") else config.fsdp
         if config.fsdp_config:
             launch["fsdp_config"] = str(Path(config.fsdp_config).expanduser())
     return TrainingArguments(
@@ -316,6 +319,8 @@ def _train(config: TrainConfig, args: Any, model: Any, processor: Any, task: str
         plot_curves(folder)
     dist.barrier()
     history = [r for r in trainer.state.log_history if "eval_accuracy" in r]
+    launch = {"world_size": trainer.args.world_size, "backend": trainer.args.ddp_backend,
+              "fsdp": bool(trainer.is_fsdp_enabled), "deepspeed": bool(trainer.is_deepspeed_enabled)}  # fmt: skip
     return TrainResult(run=config.name, folder=str(folder), adapter=str(folder / "adapter"), best=callback.best,
                        steps=trainer.state.global_step, train_loss=output.training_loss, history=history,
-                       wall_s=0.0)  # fmt: skip
+                       wall_s=0.0, launch=launch)  # fmt: skip

@@ -1,0 +1,66 @@
+"""A training stage as a ``torchrun`` command: the flags that reproduce a config (the inverse of
+:mod:`mulcot.cli.config_options`), and running it from a recipe when ``processes`` > 1."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from mulcot.errors import MulcotError
+from mulcot.train.config import DistillConfig, TrainConfig, config_fields, default_of
+
+
+def config_argv(config: TrainConfig) -> list[str]:
+    """The command-line flags that give ``config`` (fields left at their default are left out)."""
+    argv: list[str] = []
+    for f in config_fields(type(config), cli=True):
+        value, default, meta = getattr(config, f.name), default_of(f), f.metadata
+        if "parse" in meta and isinstance(value, tuple | list):
+            value, default = list(value), list(default)
+        if value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if meta.get("invert"):
+            argv.append(meta["flag"])
+        elif value is None and meta.get("none_flag"):
+            argv.append(meta["none_flag"][0])
+        elif isinstance(value, bool):
+            argv.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        elif isinstance(value, list):
+            argv += [flag, ",".join(str(v) for v in value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def launch_command(config: TrainConfig, *, db: str | Path, resume: bool = False,
+                   processes: int | None = None) -> list[str]:  # fmt: skip
+    """``python -m torch.distributed.run --nproc_per_node N -m mulcot train-assistant|distill …`` for ``config``."""
+    n = processes or config.processes
+    if isinstance(config, DistillConfig):
+        stage = ["distill", config.dataset, "--student", config.model, "--assistant", config.assistant]
+    else:
+        stage = ["train-assistant", config.dataset, "--model", config.model]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "-m", "mulcot", *stage,
+            "--name", config.name, *config_argv(config), *(["--resume"] if resume else []), "--db", str(db),
+            "--json"]  # fmt: skip
+
+
+def run_launched(config: TrainConfig, *, db: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Run a training stage on ``config.processes`` processes; its JSON result (the training command's --json)."""
+    argv = launch_command(config, db=db, resume=resume)
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise MulcotError(f"training on {config.processes} processes failed (exit code {proc.returncode}, see the "
+                          f"lines above); the command was: {shlex.join(argv)}")  # fmt: skip
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise MulcotError(f"training on {config.processes} processes printed no result: {shlex.join(argv)}") from None
+
+
+__all__ = ["config_argv", "launch_command", "run_launched"]
