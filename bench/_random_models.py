@@ -11,6 +11,8 @@ SIZES = {
     "tiny": dict(hidden=64, layers=2, heads=4, kv=2, inter=128, vdepth=4, vhidden=32),
     "medium": dict(hidden=512, layers=8, heads=8, kv=2, inter=1536, vdepth=4, vhidden=256),
     "large": dict(hidden=1024, layers=16, heads=16, kv=4, inter=3072, vdepth=8, vhidden=512),
+    # Qwen2.5-VL-7B-Instruct's shapes (8.3B parameters with the vision tower)
+    "7b": dict(hidden=3584, layers=28, heads=28, kv=4, inter=18944, vdepth=32, vhidden=1280, vinter=3420),
 }
 
 
@@ -29,24 +31,30 @@ def config(size: str) -> Any:
     t.initializer_range = 0.02
     v = cfg.vision_config
     v.depth, v.hidden_size, v.out_hidden_size = spec["vdepth"], spec["vhidden"], spec["hidden"]
-    v.intermediate_size = 2 * spec["vhidden"]
+    v.intermediate_size = spec.get("vinter", 2 * spec["vhidden"])
     return cfg
 
 
-def build(size: str) -> Any:
+def build(size: str, dtype: Any = None) -> Any:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(0)
-    return Qwen2_5_VLForConditionalGeneration(config(size)).float()
+    dtype = dtype or torch.float32
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # a 7B model is built in bf16 directly (32 GB less than fp32 then cast)
+    try:
+        return Qwen2_5_VLForConditionalGeneration(config(size)).to(dtype)
+    finally:
+        torch.set_default_dtype(previous)
 
 
-def save(size: str, out: Path, processor_from: Path) -> Path:
+def save(size: str, out: Path, processor_from: Path, dtype: Any = None) -> Path:
     """A complete model folder: random weights of ``size`` plus the tiny model's tokenizer and processor."""
     from mulcot.models import load_processor
 
     if (out / "config.json").is_file():
         return out
-    build(size).save_pretrained(out)
+    build(size, dtype).save_pretrained(out)
     load_processor(processor_from, "qwen2.5-vl").save_pretrained(out)
     return out

@@ -32,7 +32,8 @@ class RunCallback(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if not state.is_world_process_zero:  # one log, written by the main process
             return
-        record = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **(logs or {})}
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **(logs or {}),
+                  "elapsed_s": round(time.perf_counter() - self.started, 3)}  # fmt: skip
         with (self.folder / "log.jsonl").open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         emit(self.progress, "train", "log", done=state.global_step, total=state.max_steps, **record)

@@ -321,6 +321,9 @@ def _train(config: TrainConfig, args: Any, model: Any, processor: Any, task: str
     history = [r for r in trainer.state.log_history if "eval_accuracy" in r]
     launch = {"world_size": trainer.args.world_size, "backend": trainer.args.ddp_backend,
               "fsdp": bool(trainer.is_fsdp_enabled), "deepspeed": bool(trainer.is_deepspeed_enabled)}  # fmt: skip
+    device = next(trainer.model.parameters()).device
+    if device.type == "cuda":  # every rank's peak, as the main process records it
+        launch["peak_gpu_mib"] = dist.gather(round(torch.cuda.max_memory_allocated(device) / 2**20))
     return TrainResult(run=config.name, folder=str(folder), adapter=str(folder / "adapter"), best=callback.best,
                        steps=trainer.state.global_step, train_loss=output.training_loss, history=history,
                        wall_s=0.0, launch=launch)  # fmt: skip
