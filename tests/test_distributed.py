@@ -245,3 +245,21 @@ def test_launch_options_are_checked_in_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(MulcotError, match="--two-pass"):
         check_distributed(cfg(single_pass=False), "cpu")
+
+
+def test_zero3_is_refused_for_posts_without_images(tmp_path):
+    from types import SimpleNamespace
+
+    from mulcot.errors import MulcotError
+    from mulcot.train.config import TrainConfig
+    from mulcot.train.loop import check_zero3_images
+
+    examples = Path(__file__).parents[1] / "examples" / "deepspeed"
+    items = [SimpleNamespace(image_path="a.jpg"), SimpleNamespace(image_path=None)]
+    z3 = TrainConfig(dataset="d", model="m", name="a", deepspeed=str(examples / "ds_z3_offload_config.json"))
+    with pytest.raises(MulcotError, match="1 of the 2 training and dev posts have no image.*ZeRO-2"):
+        check_zero3_images(z3, items, text_only=False)
+    check_zero3_images(z3, items, text_only=True)  # a text-only backbone never calls a vision tower
+    check_zero3_images(z3, items[:1], text_only=False)
+    z2 = TrainConfig(dataset="d", model="m", name="a", deepspeed=str(examples / "ds_z2_config.json"))
+    check_zero3_images(z2, items, text_only=False)

@@ -101,6 +101,7 @@ def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], train
         args = training_arguments(config, device, len(items), bool(dev_items))
         model, processor, family = load_model(config.model, device=device, dtype=config.dtype,
                                               load_in_4bit=config.load_in_4bit)  # fmt: skip
+        check_zero3_images(config, items + dev_items, is_text_only(processor))
         return task, dev_items, args, model, processor, family
 
     task, dev_items, args, model, processor, family = dist.everywhere(prepare)
@@ -202,6 +203,18 @@ def _json_file(path: str, flag: str) -> dict[str, Any]:
         return json.loads(file.read_text())
     except json.JSONDecodeError as exc:
         raise MulcotError(f"{flag} {path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+def check_zero3_images(config: TrainConfig, items: list[Any], text_only: bool) -> None:
+    """Refuse ZeRO-3 on a Qwen-VL run whose posts are not all with an image: ranks whose batches differ in
+    vision-tower calls wait for each other forever (QwenLM/Qwen3-VL #126)."""
+    if text_only or not config.deepspeed or not sharded(config):
+        return
+    bare = sum(1 for it in items if it.image_path is None)
+    if bare:
+        raise MulcotError(f"{bare} of the {len(items)} training and dev posts have no image, and DeepSpeed ZeRO-3 "
+                          "hangs when one rank's batch has an image and another's has none: use ZeRO-2 "
+                          "(examples/deepspeed/ds_z2_config.json) or FSDP")  # fmt: skip
 
 
 def sharded(config: TrainConfig) -> bool:
