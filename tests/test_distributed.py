@@ -263,3 +263,27 @@ def test_zero3_is_refused_for_posts_without_images(tmp_path):
     check_zero3_images(z3, items[:1], text_only=False)
     z2 = TrainConfig(dataset="d", model="m", name="a", deepspeed=str(examples / "ds_z2_config.json"))
     check_zero3_images(z2, items, text_only=False)
+
+
+@pytest.mark.slow
+def test_a_recipe_trains_on_two_processes(tmp_path):
+    """``processes = 2`` in [training]: `mulcot run` launches train-assistant through torchrun with the recipe's
+    settings, and the pipeline goes on from the run that launch recorded."""
+    from mulcot.store import Store
+
+    root = Path(__file__).parents[1]
+    recipe = (root / "recipes" / "tiny-cpu.toml").read_text().replace("[training]\n", "[training]\nprocesses = 2\n")
+    (tmp_path / "two.toml").write_text(recipe.replace('name = "tiny-cpu"', 'name = "two"'))
+    db = tmp_path / "m.db"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    r = subprocess.run([str(BIN / "mulcot"), "run", "two.toml", "--db", str(db), "--to", "train-assistant"],
+                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "launching 2 processes" in r.stderr and "--nproc_per_node 2" in r.stderr
+    with Store.open(db) as s:
+        runs = s.list_runs("train-assistant")
+        assert len(runs) == 1 and runs[0]["status"] == "done"
+        assert runs[0]["metrics"]["world_size"] == 2 and runs[0]["config"]["lr"] == 1e-3
+        assert runs[0]["config"]["batch_size"] == 4 and runs[0]["config"]["max_dev_samples"] == 6
+    assert (Path(runs[0]["output_dir"]) if Path(runs[0]["output_dir"]).is_absolute() else
+            tmp_path / runs[0]["output_dir"]).joinpath("adapter", "adapter_config.json").is_file()  # fmt: skip
