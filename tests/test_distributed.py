@@ -172,7 +172,8 @@ def test_a_killed_rank_is_resumed(demo_store, compact_model, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert not (runs / "k" / "adapter").exists()
-    assert demo_store.get_run("k")["status"] in ("interrupted", "running")
+    # rank 0 is stopped by the launcher (interrupted) or sees its peer's socket close first (failed)
+    assert demo_store.get_run("k")["status"] in ("interrupted", "failed")
     resumed = _run(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     out = json.loads(resumed.stdout)
