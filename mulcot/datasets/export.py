@@ -1,4 +1,5 @@
-"""Write a dataset out: plain JSONL (samples with their chains) or ShareGPT (as LLaMA-Factory reads it)."""
+"""Write a dataset out: plain JSONL (samples with their chains), ShareGPT (as LLaMA-Factory reads it) or a Hugging Face
+datasets folder (``hf``, written by ``mulcot.datasets.hf``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from mulcot.prompts import get_prompt
 from mulcot.reasoning import format_prediction
 from mulcot.store import Store
 
-EXPORT_FORMATS = ("jsonl", "sharegpt")
+EXPORT_FORMATS = ("jsonl", "sharegpt", "hf")
 
 
 def _chains_by_sample(store: Store, dataset: str, split: str | None, source: str | None) -> dict[int, list[dict]]:
@@ -72,10 +73,17 @@ def export_dataset(store: Store, dataset: str, fmt: str, out: TextIO | Path, *, 
     ShareGPT: for each sample, one reasoning example per fully parsed chain (P_cot → chain; by default only chains
     whose Prediction equals the gold label, i.e. D_t) and one classification example (P_label → ``"Prediction"``),
     with ``<image>`` placeholders and absolute image paths — a LLaMA-Factory ``sharegpt`` dataset.
+    hf: ``out`` is a new folder that ``datasets.load_dataset`` reads (see ``mulcot.datasets.hf.export_hf``).
     """
     store.require_dataset(dataset)
     if fmt not in EXPORT_FORMATS:
-        raise MulcotError(f"unknown export format '{fmt}': use {' or '.join(EXPORT_FORMATS)}")
+        raise MulcotError(f"unknown export format '{fmt}': use {', '.join(EXPORT_FORMATS)}")
+    if fmt == "hf":
+        if not isinstance(out, Path):
+            raise MulcotError("the hf export writes a folder: give its path (mulcot data export NAME --format hf DIR)")
+        from mulcot.datasets.hf import export_hf
+
+        return export_hf(store, dataset, out, split=split, source=source)
     if fmt == "jsonl":
         records = _jsonl_records(store, dataset, split, source)
     else:
