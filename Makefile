@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean llamafactory
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,19 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# LLaMA-Factory in its own venv, for tests/test_llamafactory.py (opt-in: ~2.3 GB, ~5 min, ~120 packages).
+# 0.9.3: 0.9.4+ import torchaudio, which has no build for torch 2.13; 0.9.3 pins numpy<2, hence pyarrow<21.
+LF_VENV ?= .venv-llamafactory
+$(LF_VENV)/.installed: constraints.txt
+	$(PYTHON) -m venv $(LF_VENV)
+	$(LF_VENV)/bin/pip install -q --upgrade pip
+	$(LF_VENV)/bin/pip install -q -c constraints.txt torch==2.13.0 llamafactory==0.9.3 'pyarrow<21'
+	touch $@
+
+llamafactory: $(LF_VENV)/.installed
+
 lint: install
 	$(BIN)/ruff check mulcot tests bench scripts
 
 clean:
-	rm -rf $(VENV) .pytest_cache mulcot-demo.db mulcot-demo-runs
+	rm -rf $(VENV) $(LF_VENV) .pytest_cache mulcot-demo.db mulcot-demo-runs

@@ -1,6 +1,7 @@
 """`mulcot data …` through the CLI."""
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -67,10 +68,18 @@ def test_export_jsonl_and_sharegpt(tmp_path):
     assert len(reasoning) == 34 and len(labels) == 36  # D_t chains + one label example per sample
     assert all(d["conversations"][0]["value"].startswith("<image>") and len(d["images"]) == 1 for d in data)
     assert all(d["conversations"][0]["from"] == "human" and d["conversations"][1]["from"] == "gpt" for d in data)
+    assert all(d["conversations"][0]["value"].count("<image>") == len(d["images"]) for d in data)
+    assert all(not Path(d["images"][0]).is_absolute() and (tmp_path / d["images"][0]).is_file() for d in data)
+    info = json.loads((tmp_path / "dataset_info.json").read_text())
+    assert info["train"] == {"file_name": "train.json", "formatting": "sharegpt",
+                             "columns": {"messages": "conversations", "images": "images"},
+                             "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human",
+                                      "assistant_tag": "gpt"}}  # fmt: skip
     every = tmp_path / "all.json"
     _invoke("data", "export", SAMPLE_NAME, "--format", "sharegpt", "--split", "train", "--all-chains", "--out",
             every, "--db", db)  # fmt: skip
     assert len(json.loads(every.read_text())) == 36 + 36
+    assert set(json.loads((tmp_path / "dataset_info.json").read_text())) == {"train", "all"}  # entries add up
 
 
 def test_reimport_of_chains_is_idempotent(tmp_path):

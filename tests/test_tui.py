@@ -524,6 +524,41 @@ def test_terminal_image_modes(tmp_path):
     assert "image unreadable" in console.export_text()
 
 
+def test_image_mode_auto_falls_back_to_blocks_off_a_terminal():
+    from mulcot.tui.image import detect_graphics, resolve_mode
+
+    assert detect_graphics() is None  # pytest's stdout is not a terminal: nobody to answer the query
+    assert resolve_mode("auto") == "blocks" and resolve_mode("ascii") == "ascii"
+    assert resolve_mode("kitty") == "kitty"
+
+
+@pytest.mark.parametrize("mode", ["kitty", "sixel"])
+def test_graphics_modes_show_the_image_file_through_textual_image(demo_db, mode):
+    from textual_image.widget import SixelImage, TGPImage
+
+    from mulcot.tui.image import resolve_mode
+
+    widget = {"kitty": TGPImage, "sixel": SixelImage}[resolve_mode(mode)]
+
+    async def go():
+        app = ChainBrowser(demo_db, image_mode=mode)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.pause()
+            gfx = app.query_one("#image-gfx")
+            first = app.detail["sample"]["image_path"]
+            assert isinstance(gfx, widget) and gfx.image == first and Path(first).is_file()
+            assert gfx.display and not app.query_one("#image").display
+            assert gfx.size.height == 14 and 0 < gfx.size.width <= 40
+            await pilot.press("j")
+            await pilot.pause()
+            assert gfx.image == app.detail["sample"]["image_path"] != first
+            await pilot.press("i")  # hide images
+            await pilot.pause()
+            assert not gfx.display and gfx.image is None
+
+    run(go())
+
+
 def test_cli_command_reports_bad_input(tmp_path):
     import typer
     from typer.testing import CliRunner
@@ -532,7 +567,7 @@ def test_cli_command_reports_bad_input(tmp_path):
 
     cli = typer.Typer()
     cli.command()(tui)
-    result = CliRunner().invoke(cli, ["--image", "sixel", "--db", str(tmp_path / "x.db")])
+    result = CliRunner().invoke(cli, ["--image", "jpeg", "--db", str(tmp_path / "x.db")])
     assert result.exit_code != 0 and "--image must be one of" in str(result.exception)
     result = CliRunner().invoke(cli, ["--db", str(tmp_path)])
     assert result.exit_code != 0 and "is a folder" in str(result.exception)

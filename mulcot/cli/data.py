@@ -151,6 +151,9 @@ def stats(name: Annotated[str, typer.Argument(help="Dataset name.")], db: DbOpti
 @app.command()
 def export(
     name: Annotated[str, typer.Argument(help="Dataset name.")],
+    dest: Annotated[
+        Path | None, typer.Argument(help="Output file, or the new folder for --format hf (same as --out).")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help=f"One of: {', '.join(EXPORT_FORMATS)}.")] = "jsonl",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: stdout).")] = None,
     split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
@@ -166,7 +169,13 @@ def export(
     ] = False,
     db: DbOption = None,
 ) -> None:
-    """Export a dataset as JSONL (samples + chains) or ShareGPT (LLaMA-Factory, <image> placeholders)."""
+    """Export a dataset as JSONL (samples + chains), ShareGPT (LLaMA-Factory, with dataset_info.json) or a Hugging
+    Face datasets folder (hf: parquet with images, splits and a dataset card)."""
+    if dest is not None and out is not None and dest != out:
+        raise MulcotError(f"two outputs given ({dest} and --out {out}): give one")
+    out = out if out is not None else dest
+    if fmt == "hf" and out is None:
+        raise MulcotError("--format hf writes a folder: give it, e.g. mulcot data export NAME --format hf DIR")
     store = open_store(db)
     target = out if out is not None else sys.stdout
     if ratings:

@@ -12,13 +12,13 @@ from typing import Annotated, Any
 
 import click
 import typer
-from rich import box
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer.core import TyperGroup
 
 from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
+from mulcot.cli.tables import HEADERS, metrics_table
 from mulcot.errors import MulcotError
 from mulcot.events import Event
 
@@ -43,8 +43,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-HEADERS = {"accuracy": "Acc", "sim": "Sim", "meteor": "METEOR", "bleu": "BLEU", "rouge_l": "ROUGE-L",
-           "distinct_1": "Dist-1", "distinct_2": "Dist-2", "consistency": "Cons."}  # fmt: skip
 
 
 def _progress_bar(as_json: bool) -> tuple[Progress, Any]:
@@ -84,15 +82,8 @@ def paper_table(results: list[dict[str, Any]], title: str, *, with_ids: bool = F
 
     rows = [paper_row(r) for r in results]
     f1 = _f1_header(rows)
-    table = Table(title=title, caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
-    table.add_column("Model", overflow="fold", min_width=8)
-    keys = ("accuracy", "f1", "sim", "meteor", "bleu", "rouge_l", "distinct_1", "distinct_2", "consistency")
-    for key in keys:
-        header = f1 if key == "f1" else HEADERS[key]
-        table.add_column(header, justify="right", no_wrap=True, min_width=max(len(header), 6))
-    for result, row in zip(results, rows, strict=True):
-        name = _display_name(result, with_ids) + ("*" if row["gold_conditioned"] else "")
-        table.add_row(escape(name), *(_pct(row[k]) for k in keys))
+    names = [_display_name(result, with_ids) + ("*" if row["gold_conditioned"] else "")
+             for result, row in zip(results, rows, strict=True)]  # fmt: skip
     shown = ["Acc", "w-F1" if f1 == "w-F1" else "m-F1" if f1 == "m-F1" else None]
     lines = ["All values × 100; '-' = not computed."]
     if f1 == "F1*":
@@ -102,8 +93,7 @@ def paper_table(results: list[dict[str, Any]], title: str, *, with_ids: bool = F
         lines.append(f"{key}: {METRIC_DEFINITIONS[key]}.")
     if any(r["gold_conditioned"] for r in rows):
         lines.append(f"*: gold-conditioned, {METRIC_DEFINITIONS['gold-conditioned']}.")
-    table.caption = "\n".join(escape(x) for x in lines)
-    return table
+    return metrics_table(names, rows, title, f1_header=f1, caption=lines)
 
 
 def _display_name(result: dict[str, Any], with_ids: bool) -> str:

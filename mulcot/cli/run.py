@@ -70,28 +70,19 @@ def _print_result(result: Any) -> None:
         table.add_row(s.stage, s.status, f"{s.seconds:.1f}" if s.status == "done" else "-")
     console.print(table)
     if result.metrics:
-        m = Table(title="evaluation (×100; F1 is macro for aspect-level data, weighted otherwise)")
-        cols = [
-            ("Acc", "accuracy"), ("F1", "f1"), ("Cons.", "consistency"), ("Sim", "sim"), ("METEOR", "meteor"),
-            ("BLEU", "bleu"), ("ROUGE-L", "rouge_l"), ("Dist-1", "distinct_1"), ("Dist-2", "distinct_2"),
-        ]  # fmt: skip
-        m.add_column("model")
-        for title, _ in cols:
-            m.add_column(title, justify="right")
-        for row in result.metrics:
-            name = row["subject"] + ("*" if row.get("gold_conditioned") else "")
-            m.add_row(name, *(f"{100 * row[k]:.1f}" if isinstance(row.get(k), float | int) else "-"
-                              for _, k in cols))  # fmt: skip
-        if any(row.get("gold_conditioned") for row in result.metrics):
-            from mulcot.evaluate import METRIC_DEFINITIONS
+        from mulcot.cli.tables import metrics_table
+        from mulcot.evaluate import METRIC_DEFINITIONS
 
-            m.caption = escape(f"*: gold-conditioned, {METRIC_DEFINITIONS['gold-conditioned']}.")
-            m.caption_justify = "left"
-        console.print(m)
+        names = [row["subject"] + ("*" if row.get("gold_conditioned") else "") for row in result.metrics]
+        legend = ["All values × 100; '-' = not computed. F1: macro for aspect-level data, weighted otherwise; Cons.: "
+                  "chain Prediction = label head; Dist-1/2: distinct n-grams (mulcot eval shows every definition)."]
+        if any(row.get("gold_conditioned") for row in result.metrics):
+            legend.append(f"*: gold-conditioned, {METRIC_DEFINITIONS['gold-conditioned']}.")
+        console.print(metrics_table(names, result.metrics, "evaluation", caption=legend, digits=1))
     if result.files:
         f = Table(title="files produced", show_header=False)
-        f.add_column("what")
-        f.add_column("path")
+        f.add_column("what", no_wrap=True)
+        f.add_column("path", overflow="fold")
         for k, v in result.files.items():
             f.add_row(k, v)
         console.print(f)

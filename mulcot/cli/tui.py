@@ -12,8 +12,6 @@ from mulcot.cli.common import DbOption
 from mulcot.errors import MulcotError
 from mulcot.store import default_db_path
 
-IMAGE_MODES = ("blocks", "ascii", "none")
-
 
 def _default_rater() -> str | None:
     try:
@@ -26,19 +24,25 @@ def tui(
     db: DbOption = None,
     image: Annotated[
         str,
-        typer.Option(help="How to draw images: blocks (half-block colour cells), ascii (no colour), none."),
-    ] = "blocks",
+        typer.Option(help="How to draw images: auto (real pixels where the terminal speaks kitty's graphics "
+                     "protocol or sixel, else blocks), kitty, sixel, blocks (half-block colour cells), ascii (no "
+                     "colour), none."),
+    ] = "auto",
     rater: Annotated[str | None, typer.Option(help="Name stored with your ratings (default: your user name).")] = None,
 ) -> None:
     """Browse samples and their reasoning chains (filters, search, images, retries and costs); rate chains.
 
     Opens read-only, except for the ratings you add. A missing database is reported on screen, not created.
     """
+    from mulcot.tui.image import IMAGE_MODES, resolve_mode  # Textual loads only for this command
+
     if image not in IMAGE_MODES:
         raise MulcotError(f"--image must be one of {', '.join(IMAGE_MODES)}, not '{image}'")
-    if image == "blocks" and os.environ.get("NO_COLOR"):
+    if image in ("auto", "blocks") and os.environ.get("NO_COLOR"):
         image = "ascii"
-    from mulcot.tui import ChainBrowser  # Textual loads only for this command
+    from mulcot.tui import ChainBrowser
+
+    image = resolve_mode(image)  # asks the terminal now: it cannot once Textual runs
 
     ChainBrowser(db or default_db_path(), rater=rater or _default_rater(), image_mode=image).run()
 

@@ -55,6 +55,17 @@ class RunCallback(TrainerCallback):
         emit(self.progress, "train", "eval", epoch=state.epoch, metrics=metrics, best=self.best)
 
 
+def route_trackers(trainer: Any, folder: Path) -> None:
+    """Point the Trainer's own TensorBoard integration (added by ``report_to``) at ``folder/tensorboard`` rather
+    than under the checkpoints, unless ``TENSORBOARD_LOGGING_DIR`` says where; other trackers keep their own
+    settings (``WANDB_PROJECT``, ``MLFLOW_TRACKING_URI``, ...) and are named after the run."""
+    from transformers.integrations import TensorBoardCallback
+
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback) and cb.logging_dir is None:
+            cb.logging_dir = str(folder / "tensorboard")
+
+
 def plot_curves(folder: Path) -> Path | None:
     """Loss per step and dev accuracy per epoch as ``curves.png``."""
     log = folder / "log.jsonl"

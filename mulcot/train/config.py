@@ -30,6 +30,8 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 LANGUAGE_ONLY = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 LORA_TARGET_CHOICES = ("language", "all")
 SOFT_MODES = ("cache", "online")
+# Experiment trackers, through the HF Trainer's own integrations (report_to); "none": log.jsonl and curves.png only.
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 
 
 def parse_weights(value: str | tuple | list) -> tuple[float, float]:
@@ -91,6 +93,9 @@ class TrainConfig:
                         "torchrun --nproc_per_node N, one per GPU).", section="training", min=1,
                         cli=False)  # fmt: skip
     seed: int = _f(42, "Random seed.", section="training")
+    report_to: str = _f("none", "Also log to tensorboard (runs/NAME/tensorboard), wandb or mlflow (their usual "
+                        "environment variables apply); log.jsonl and curves.png are always written.",
+                        section="training", choices=REPORT_TO)  # fmt: skip
     max_train_items: int | None = _f(None, "Use only the first N chains.", section="training")
     max_dev_samples: int | None = _f(None, "Evaluate on the first N dev samples.", section="training")
     save_steps: int | None = _f(None, "Checkpoint every N optimizer steps (default: each epoch).", section="training")

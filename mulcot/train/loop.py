@@ -24,7 +24,7 @@ from mulcot.store.runs import RunRecord
 from mulcot.train import distributed as dist
 from mulcot.train import selection
 from mulcot.train.checkpoints import atomic_copy, last_complete_checkpoint, save_trained_adapter
-from mulcot.train.config import TrainConfig, lora_target_modules
+from mulcot.train.config import REPORT_TO, TrainConfig, lora_target_modules
 
 # (processor, collator, run folder) -> extra keyword arguments for the Trainer subclass (e.g. the soft labels)
 TrainerExtras = Callable[[Any, Any, Path], dict[str, Any]]
@@ -58,6 +58,21 @@ def check_request(store: Store, config: TrainConfig, resume: bool) -> None:
         raise MulcotError(f"run '{config.name}' is already finished: nothing to resume")
     if sum(config.task_weights) <= 0 or min(config.task_weights) < 0:
         raise MulcotError("--task-weights must be two non-negative numbers, e.g. 0.2,0.8")
+    check_tracker(config.report_to)
+
+
+_TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+
+
+def check_tracker(report_to: str) -> None:
+    """Refuse an unknown tracker, or one whose package is not installed, before any model is loaded."""
+    import importlib.util
+
+    if report_to not in REPORT_TO:
+        raise MulcotError(f"--report-to '{report_to}' is not one of {', '.join(REPORT_TO)}")
+    packages = _TRACKER_PACKAGES.get(report_to, ())
+    if packages and not any(importlib.util.find_spec(p) for p in packages):
+        raise MulcotError(f"--report-to {report_to} needs the '{packages[0]}' package: pip install {packages[0]}")
 
 
 def allow_text_only(store: Store, config: TrainConfig) -> bool:
@@ -275,7 +290,8 @@ def training_arguments(config: TrainConfig, device: str, n_items: int, with_dev:
         save_steps=config.save_steps or steps_per_epoch,
         save_total_limit=2,
         logging_steps=1,
-        report_to=[],
+        report_to=[] if config.report_to == "none" else [config.report_to],
+        run_name=config.name,
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -294,7 +310,7 @@ def _train(config: TrainConfig, args: Any, model: Any, processor: Any, task: str
     import torch
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from mulcot.train.callbacks import RunCallback, plot_curves
+    from mulcot.train.callbacks import RunCallback, plot_curves, route_trackers
     from mulcot.train.items import MultiTaskCollator
 
     torch.manual_seed(config.seed)
@@ -320,6 +336,7 @@ def _train(config: TrainConfig, args: Any, model: Any, processor: Any, task: str
     trainer = trainer_class(model=model, args=args, train_dataset=items, eval_dataset=dev_items or None,
                             task_weights=config.task_weights, single_pass=config.single_pass, collator=collator,
                             dev_eval=dev_eval, callbacks=[callback], **more)  # fmt: skip
+    route_trackers(trainer, folder)
     trainer.remove_callback(PrinterCallback)  # progress goes through our callback; stdout stays clean for --json
     trainer.remove_callback(ProgressCallback)
     # the main process picks (and tidies) the checkpoint; every rank resumes from the same one

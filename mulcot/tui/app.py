@@ -30,7 +30,7 @@ from mulcot.labels import LABELS
 from mulcot.store import Store, default_db_path
 from mulcot.tui.detail import render_chain, render_chain_bar, render_head
 from mulcot.tui.filters import FilterPanel
-from mulcot.tui.image import TerminalImage
+from mulcot.tui.image import GRAPHICS_MODES, TerminalImage, graphics_widget
 from mulcot.tui.screens import HelpScreen, RatingScreen
 from mulcot.tui.state import RUN_PREFIX, Filters
 from mulcot.tui.table import SampleTable
@@ -138,6 +138,8 @@ class ChainBrowser(App[None]):
                 with VerticalScroll(id="detail"):
                     yield Static(id="head")
                     yield Static(id="image")
+                    if self.image_mode in GRAPHICS_MODES:
+                        yield graphics_widget(self.image_mode, id="image-gfx")
                     yield Static(id="chain-bar")
                     yield Static(id="chain")
         yield Static(id="empty")
@@ -361,15 +363,25 @@ class ChainBrowser(App[None]):
         sample = self.detail["sample"]
         head.update(render_head(self.detail))
         path = sample.get("image_path")
+        shown = None
         if not self.show_image or self.image_mode == "none":
             image.update("")
         elif not sample.get("has_image") or not path:
             image.update(Text("(text only: no image)", style="dim"))
         elif not Path(path).is_file():
             image.update(Text(f"(image not found: {path})", style="dim"))
+        elif self.image_mode in GRAPHICS_MODES:
+            image.update("")
+            shown = path
         else:
             narrow = self.screen.has_class("-narrow")
             image.update(TerminalImage(path, max_width=40, max_height=6 if narrow else 14, mode=self.image_mode))
+        if self.image_mode in GRAPHICS_MODES:
+            gfx = self.query_one("#image-gfx")
+            image.display = shown is None
+            gfx.display = shown is not None
+            if gfx.image != shown:
+                gfx.image = shown
         self._render_chain()
 
     def _render_chain(self) -> None:

@@ -1,5 +1,9 @@
-"""A post's image in the terminal, from Pillow: a rich renderable that fits the width it is given.
+"""A post's image in the terminal: real pixels through a terminal graphics protocol where the terminal has one
+(``kitty``: the Terminal Graphics Protocol of kitty and others; ``sixel``: WezTerm, foot, iTerm2, xterm -ti vt340 …,
+both drawn by textual-image), else a rich renderable from Pillow that fits the width it is given.
 
+``auto`` asks the terminal (through textual-image, before Textual starts: it cannot ask afterwards) and picks
+``sixel`` or ``kitty`` when it answers, ``blocks`` otherwise.
 ``blocks`` draws each cell as the upper-half block ``▀`` with the upper pixel as foreground and the lower one as
 background colour (two square pixels per cell; rich lowers the colours to what the terminal has). ``ascii`` is the
 fallback for terminals without colour: one character of a brightness ramp per cell. ``none`` draws nothing.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from rich.color import Color
 from rich.console import Console, ConsoleOptions, RenderResult
@@ -17,8 +22,40 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
-IMAGE_MODES = ("blocks", "ascii", "none")
+IMAGE_MODES = ("auto", "kitty", "sixel", "blocks", "ascii", "none")
+GRAPHICS_MODES = ("kitty", "sixel")
 _RAMP = " .:-=+*#%@"
+
+
+def detect_graphics() -> str | None:
+    """The graphics protocol the terminal on stdout answers to (``sixel`` or ``kitty``), or None (not a terminal,
+    no answer, or textual-image missing). Call it before Textual starts."""
+    try:
+        from textual_image import renderable
+    except ImportError:
+        return None
+    if renderable.Image is renderable.SixelImage:
+        return "sixel"
+    if renderable.Image is renderable.TGPImage:
+        return "kitty"
+    return None
+
+
+def resolve_mode(mode: str) -> str:
+    """``auto`` -> the terminal's graphics protocol or ``blocks``; a graphics mode also measures the terminal's
+    cell size now (textual-image needs it, and cannot ask once Textual runs). Other modes are returned as given."""
+    if mode == "auto":
+        mode = detect_graphics() or "blocks"
+    if mode in GRAPHICS_MODES:
+        import textual_image.widget  # noqa: F401  (measures the cell size on import)
+    return mode
+
+
+def graphics_widget(mode: str, **kwargs: Any) -> Any:
+    """A textual-image widget drawing with ``mode``'s protocol (``kitty`` or ``sixel``)."""
+    from textual_image.widget import SixelImage, TGPImage
+
+    return (SixelImage if mode == "sixel" else TGPImage)(**kwargs)
 
 
 @lru_cache(maxsize=64)

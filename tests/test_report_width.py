@@ -1,0 +1,72 @@
+"""Reports fit 80 columns: the paper-layout tables fold long model names and keep every header whole."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+from rich.console import Console
+
+import mulcot.cli.run as run_cli
+from mulcot.cli.eval import paper_table
+
+HEADERS = ("Model", "Acc", "Sim", "METEOR", "BLEU", "ROUGE-L", "Dist-1", "Dist-2", "Cons.")
+LONG = "runs/twitter2015-qwen2.5-vl-3b-student-distilled-tau2"
+
+
+def _result(name: str, source: str, gold: bool = False) -> dict:
+    reasoning = {"sim": 0.66, "meteor": 0.404, "bleu": 0.2863, "rouge_l": 0.4018, "distinct_1": 0.424,
+                 "distinct_2": 0.7287}  # fmt: skip
+    metrics = {"headline": {"accuracy": 1.0, "f1": 0.8345, "from": "label"}, "f1_reported": "macro_f1",
+               "consistency": 0.9871, "gold_conditioned": gold, "reasoning": {"headline": reasoning}}  # fmt: skip
+    return {"id": 12, "dataset": "twitter2015", "split": "test", "n": 1037, "source": source,
+            "config": {"subject": {"name": name}}, "metrics": metrics}  # fmt: skip
+
+
+def _render(renderable=None, fn=None) -> str:
+    console = Console(width=80, file=io.StringIO(), record=True)
+    if fn is not None:
+        fn(console)
+    else:
+        console.print(renderable)
+    return console.export_text()
+
+
+def _model_column(text: str) -> str:
+    """The Model column's text: each body line's first 'word' up to the numbers, joined (folded names rejoin)."""
+    body = text.split("─" * 20, 1)[1].split("\n\n", 1)[0]
+    return "".join(line[: line.index("100.")] if "100." in line else line for line in body.splitlines()).replace(
+        " ", "").strip("─")
+
+
+def test_paper_table_fits_80_columns_without_cutting(tmp_path):
+    for with_ids in (False, True):
+        text = _render(paper_table([_result("teacher", "teacher", gold=True), _result(LONG, "student")],
+                                   "evaluation results", with_ids=with_ids))  # fmt: skip
+        assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+        header = next(line for line in text.splitlines() if line.strip().startswith("Model"))
+        assert header.split() == [*HEADERS[:2], "m-F1", *HEADERS[2:]]
+        assert LONG.replace(" ", "") in _model_column(text) and "teacher" in _model_column(text)
+        assert "METEOR: nltk meteor_score" in " ".join(text.split())  # the legend under the table
+
+
+def test_run_and_demo_final_table_fits_80_columns(monkeypatch):
+    row = {"subject": "teacher", "accuracy": 1.0, "f1": 1.0, "consistency": None, "sim": 0.66, "meteor": 0.404,
+           "bleu": 0.28, "rouge_l": 0.40, "distinct_1": 0.42, "distinct_2": 0.72, "gold_conditioned": True}  # fmt: skip
+    result = SimpleNamespace(
+        recipe="tiny", stages=[SimpleNamespace(stage="eval", status="done", seconds=1.0)],
+        metrics=[row, dict(row, subject="assistant", gold_conditioned=False), dict(row, subject=LONG)],
+        files={"student gguf": "/a/long/folder/" * 8 + "model.gguf"}, cost_usd=0.0, wall_s=3.0,
+    )  # fmt: skip
+
+    def show(console):
+        monkeypatch.setattr(run_cli, "console", console)
+        run_cli._print_result(result)
+
+    text = _render(fn=show)
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    header = next(line for line in text.splitlines() if line.strip().startswith("Model"))
+    assert header.split() == [*HEADERS[:2], "F1", *HEADERS[2:]]
+    assert "teacher*" in text and "assistant" in text and LONG.replace(" ", "") in _model_column(text)
+    assert "F1: macro for aspect-level data, weighted otherwise" in " ".join(text.split())
+    assert "/a/long/folder/" * 8 + "model.gguf" in "".join(text.split()).replace("│", "")  # folded, not cut
