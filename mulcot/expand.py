@@ -161,7 +161,7 @@ def _generate_served(store: Store, config: ExpandConfig, ref: RunRef, cot: Any, 
 
     def store_answer(job: serving.Job, comp: Any) -> None:
         store.add_reasoning(**chain_row(
-            sample_id=job.sample_id, source="assistant", model=ref.base_model, stage=EXPAND, output=comp.text,
+            sample_id=job.sample_id, source="assistant", model=ref.base_model, stage=EXPAND, output=comp.text.strip(),
             run_id=ref.run_id, prompt_version=cot.version, origin="expand", tokens_in=comp.tokens_in,
             tokens_out=comp.tokens_out, latency_s=round(comp.latency_s, 4),
         ))  # fmt: skip
