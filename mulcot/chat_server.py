@@ -59,6 +59,18 @@ def post_of(body: dict[str, Any]) -> tuple[str, str | None]:
     return (text.group(1) if text else ""), (aspect.group(1) if aspect else None)
 
 
+def completion(body: dict[str, Any], text: str, completion_id: str, model: str = "local") -> dict[str, Any]:
+    """A chat.completion answering ``body`` with ``text`` (usage: ~4 characters a token, 85 per image)."""
+    prompt = prompt_text(body)
+    t_in = len(prompt) // 4 + (85 if has_image(body) else 0)
+    return {
+        "id": completion_id, "object": "chat.completion", "created": int(time.time()),
+        "model": body.get("model", model),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": t_in, "completion_tokens": len(text) // 4, "total_tokens": t_in + len(text) // 4},
+    }  # fmt: skip
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
@@ -115,15 +127,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(reply.status, {"error": {"message": f"scripted HTTP {reply.status}", "type": "error"}},
                        reply.headers)  # fmt: skip
             return
-        text = reply.text or ""
-        prompt = prompt_text(body)
-        self._send(200, {
-            "id": f"chatcmpl-{len(self.server.requests)}", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model", self.server.model),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": len(prompt) // 4 + (85 if has_image(body) else 0),
-                      "completion_tokens": len(text) // 4, "total_tokens": len(prompt) // 4 + len(text) // 4},
-        }, reply.headers)  # fmt: skip
+        payload = completion(body, reply.text or "", f"chatcmpl-{len(self.server.requests)}", self.server.model)
+        self._send(200, payload, reply.headers)
 
 
 class _Server(ThreadingHTTPServer):

@@ -134,20 +134,40 @@ def _retry_after(exc: Exception) -> float | None:
 class Teacher:
     """Async access to one teacher model."""
 
-    def __init__(self, config: TeacherConfig, client: Any = None):
+    def __init__(self, config: TeacherConfig, client: Any = None, *, connect: bool = True,
+                 price: tuple[float, float] | None = None):  # fmt: skip
+        """``connect=False``: no client (building request bodies only, e.g. for batch files); ``price`` overrides
+        the live price (batch prices)."""
         import openai
 
         self.config = config
         self._openai = openai
-        self.client = client or openai.AsyncOpenAI(
-            api_key=config.resolve_key(), base_url=config.base_url, timeout=config.timeout_s, max_retries=0
-        )
-        self.price = price_for(config.model, config.price)
+        self.client = client
+        if client is None and connect:
+            self.client = openai.AsyncOpenAI(
+                api_key=config.resolve_key(), base_url=config.base_url, timeout=config.timeout_s, max_retries=0
+            )
+        self.price = price or price_for(config.model, config.price)
 
     def cost(self, tokens_in: int, tokens_out: int) -> float | None:
         if self.price is None:
             return None
         return (tokens_in * self.price[0] + tokens_out * self.price[1]) / 1e6
+
+    def estimate(self, prompt: str) -> float:
+        """A guess at one request's cost before it is made (0 when the price is unknown)."""
+        return self.cost(len(prompt) // 3 + 300, self.config.max_tokens) or 0.0
+
+    def request_body(self, prompt: str, image_url: str | None = None) -> dict[str, Any]:
+        """The chat-completions request body for one prompt (and image): what a live request sends and what a batch
+        file line carries as ``body``."""
+        body: dict[str, Any] = {"model": self.config.model, "messages": self.messages(prompt, image_url),
+                                "max_tokens": self.config.max_tokens}  # fmt: skip
+        if self.config.temperature is not None:
+            body["temperature"] = self.config.temperature
+        if self.config.json_mode:
+            body["response_format"] = {"type": "json_object"}
+        return body
 
     def messages(self, prompt: str, image_url: str | None) -> list[dict[str, Any]]:
         content: list[dict[str, Any]] = []
@@ -182,13 +202,11 @@ class Teacher:
         oa = self._openai
         # The messages travel as extra_body: the SDK would otherwise walk the whole payload, base64 image included,
         # through its typed transform (~8 ms of CPU per request, the largest cost of a request on our side).
-        kwargs: dict[str, Any] = {"model": self.config.model, "messages": [],
-                                  "extra_body": {"messages": self.messages(prompt, image_url), **(params or {})},
-                                  "max_tokens": max_tokens or self.config.max_tokens}  # fmt: skip
-        if self.config.temperature is not None:
-            kwargs["temperature"] = self.config.temperature
-        if self.config.json_mode:
-            kwargs["response_format"] = {"type": "json_object"}
+        kwargs = self.request_body(prompt, image_url)
+        kwargs["extra_body"] = {"messages": kwargs.pop("messages"), **(params or {})}
+        kwargs["messages"] = []
+        if max_tokens:
+            kwargs["max_tokens"] = max_tokens
         retries = 0
         while True:
             start = time.perf_counter()
@@ -230,7 +248,8 @@ class Teacher:
             await asyncio.sleep(wait)
 
     async def aclose(self) -> None:
-        await self.client.close()
+        if self.client is not None:
+            await self.client.close()
 
 
 def _short(text: str, limit: int = 160) -> str:

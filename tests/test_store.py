@@ -179,7 +179,7 @@ def test_migration_gives_valid_one_meaning(tmp_path, monkeypatch):
                     [sid, source, model, stage, pred, status, valid, final, run_id],
                 )
     with Store.open(path) as new:
-        assert new.applied_migrations()[-1] == "m005_valid_means_parsed"
+        assert "m005_valid_means_parsed" in new.applied_migrations()
         got = [(r["source"], r["stage"], r["model"], r["valid"], r["final"]) for r in new.reasonings(dataset="d")]
         assert got == [
             ("assistant", "expand", "Qwen/Qwen2.5-VL-7B-Instruct", 1, 1),

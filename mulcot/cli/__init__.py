@@ -12,6 +12,7 @@ from mulcot.cli import annotate, data, distill, export, models, predict, run, tr
 from mulcot.cli import eval as eval_cli
 from mulcot.cli.common import err_console
 from mulcot.errors import MulcotError
+from mulcot.train import distributed as dist
 
 
 class MulcotGroup(TyperGroup):
@@ -21,10 +22,16 @@ class MulcotGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except MulcotError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            message = str(exc)
+            if not dist.is_main():  # under a launcher: an error every rank shares is the main process's to report
+                if isinstance(exc, dist.RankError):
+                    raise typer.Exit(exc.exit_code) from None
+                message = f"rank {dist.rank()}: {message}"
+            err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted: run the same command again to resume", highlight=False)
+            if dist.is_main():
+                err_console.print("interrupted: run the same command again to resume", highlight=False)
             raise typer.Exit(130) from None
 
 

@@ -1,35 +1,40 @@
-"""``mulcot annotate``: two-stage teacher CoT enhancement with ARC retries."""
+"""``mulcot annotate``: two-stage teacher CoT enhancement with ARC retries, live or through batches."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mulcot.annotate import AnnotateConfig, AnnotateSummary
 from mulcot.annotate import annotate as run_annotate
+from mulcot.annotate_batch import MAX_REQUESTS, BatchConfig, annotate_batch, batch_status
 from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
 from mulcot.errors import MulcotError
 from mulcot.events import Event
 from mulcot.teacher import DEFAULT_KEY_ENV, TeacherConfig
 
 
-def _price(value: str | None) -> tuple[float, float] | None:
+def _price(value: str | None, flag: str = "--price") -> tuple[float, float] | None:
     if value is None:
         return None
     try:
         a, b = (float(x) for x in value.split(","))
         return a, b
     except ValueError:
-        raise MulcotError(f"--price '{value}' is not 'INPUT,OUTPUT' USD per 1M tokens, e.g. 0.15,0.60") from None
+        raise MulcotError(f"{flag} '{value}' is not 'INPUT,OUTPUT' USD per 1M tokens, e.g. 0.15,0.60") from None
 
 
 def annotate(
-    dataset: Annotated[str, typer.Argument(help="Dataset name in the store.")],
-    teacher: Annotated[str, typer.Option("--teacher", help="Teacher model name at the endpoint, e.g. gpt-4o-mini.")],
+    dataset: Annotated[str | None, typer.Argument(help="Dataset name in the store.", show_default=False)] = None,
+    teacher: Annotated[
+        str | None, typer.Option("--teacher", help="Teacher model name at the endpoint, e.g. gpt-4o-mini.")
+    ] = None,
     split: Annotated[str, typer.Option(help="Split to annotate (the method annotates train).")] = "train",
     base_url: Annotated[
         str | None,
@@ -38,7 +43,9 @@ def annotate(
     api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = DEFAULT_KEY_ENV,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 8,
     max_retries: Annotated[int, typer.Option(help="ARC: regenerations of an invalid output.")] = 3,
-    budget_usd: Annotated[float | None, typer.Option(help="Stop before the cost would exceed this.")] = None,
+    budget_usd: Annotated[
+        float | None, typer.Option(help="Stop before the cost would exceed this (with --batch: at batch prices).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N samples of the split.")] = None,
     stage: Annotated[str, typer.Option(help="predict (P_pre), explain (P_exp) or both.")] = "both",
     price: Annotated[str | None, typer.Option(help="USD per 1M tokens 'IN,OUT' (overrides the price table).")] = None,
@@ -49,11 +56,48 @@ def annotate(
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (endpoint default if unset).")] = None,
     json_mode: Annotated[bool, typer.Option(help="Ask for a JSON object (response_format), where supported.")] = False,
     run: Annotated[str | None, typer.Option(help="Run id (default: annotate-DATASET-SPLIT-MODEL).")] = None,
+    batch: Annotated[
+        bool, typer.Option("--batch", help="Use the OpenAI Batch API (half price; stage 2 and retries follow up).")
+    ] = False,
+    batch_file: Annotated[
+        Path | None,
+        typer.Option(help="Write the due requests as Batch JSONL for an offline run (vllm run-batch); no upload."),
+    ] = None,
+    ingest: Annotated[
+        Path | None,
+        typer.Option(help="Take in a vllm run-batch / Batch API results file, then write the next round's file."),
+    ] = None,
+    batch_status_: Annotated[
+        bool, typer.Option("--batch-status", help="List batches and batch files with their counts and cost.")
+    ] = False,
+    batch_price: Annotated[
+        str | None, typer.Option(help="Batch USD per 1M tokens 'IN,OUT' (default: half the live price).")
+    ] = None,
+    poll_s: Annotated[float, typer.Option(help="Seconds between polls of submitted batches.")] = 30.0,
+    wait: Annotated[
+        bool, typer.Option(help="--no-wait: submit what is due and return; run again to poll and follow up.")
+    ] = True,
+    batch_max_requests: Annotated[int, typer.Option(help="Requests per batch file at most.")] = MAX_REQUESTS,
+    batch_max_mb: Annotated[float, typer.Option(help="Size of a batch file at most (MB).")] = 200.0,
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders are (batch files are kept there).")] = Path("runs"),
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Have the teacher write five-field reasoning for a split: pass 1 predicts, pass 2 explains the misses."""
+    """Have the teacher write five-field reasoning for a split: pass 1 predicts, pass 2 explains the misses.
+
+    Live by default; --batch goes through the OpenAI Batch API.
+    --batch-file / --ingest work with files for an offline run (vllm run-batch).
+    Every way resumes when run again."""
     store = open_store(db)
+    if batch_status_:
+        _print_batches(batch_status(store, dataset), as_json)
+        return
+    if not dataset:
+        raise MulcotError("give the DATASET to annotate (or --batch-status to list batches)")
+    if not teacher:
+        raise MulcotError("--teacher MODEL is required (the model name at the endpoint, e.g. gpt-4o-mini)")
+    if batch and (batch_file or ingest):
+        raise MulcotError("--batch uploads to the Batch API; --batch-file / --ingest work with files: choose one")
     cfg = AnnotateConfig(
         dataset=dataset, split=split, stage=stage, concurrency=concurrency, max_retries=max_retries,
         budget_usd=budget_usd, limit=limit, run_id=run,
@@ -70,10 +114,17 @@ def annotate(
         def progress(event: Event) -> None:
             s = event.summary
             cost = f"${s.cost_usd:.4f}" if s.cost_known else "cost n/a"
+            where = f"{event.message} · " if event.message else ""
             bar.update(task, completed=event.done, total=event.total,
-                       info=f"{s.requests} req · {s.tokens_in + s.tokens_out} tok · {cost}")  # fmt: skip
+                       info=f"{where}{s.requests} req · {s.tokens_in + s.tokens_out} tok · {cost}")  # fmt: skip
 
-        summary = run_annotate(store, cfg, progress=progress)
+        if batch or batch_file or ingest:
+            bcfg = BatchConfig(price=_price(batch_price, "--batch-price"), max_requests=batch_max_requests,
+                               max_bytes=int(batch_max_mb * 1e6), poll_s=poll_s, wait=wait,
+                               runs_dir=str(runs_dir))  # fmt: skip
+            summary = annotate_batch(store, cfg, bcfg, batch_file=batch_file, ingest=ingest, progress=progress)
+        else:
+            summary = run_annotate(store, cfg, progress=progress)
     if as_json:
         print_json(summary.as_dict())
         return
@@ -102,8 +153,38 @@ def _print_summary(s: AnnotateSummary, dataset: str, split: str) -> None:
     for name, value in rows:
         table.add_row(name, str(value))
     console.print(table)
+    if s.batches_submitted or s.batches_ingested or s.batch_files or s.batches_pending:
+        console.print(f"batches: {s.batches_submitted} submitted, {s.batches_ingested} taken in, "
+                      f"{s.batches_pending} pending; {s.malformed_lines} unreadable and {s.stale_results} stale "
+                      "result lines skipped")  # fmt: skip
+    for path in s.batch_files:
+        console.print(f"requests written to {escape(path)}: run it offline (vllm run-batch -i FILE -o RESULTS "
+                      "--model MODEL), then take it in with --ingest RESULTS")  # fmt: skip
     for failure in s.failures[:10]:
         err_console.print(f"[yellow]failed[/] {escape(failure)}", soft_wrap=True)
+    if s.stopped == "pending" and s.batches_pending:
+        console.print("[yellow]batches still running: run the same command again to poll and take them in[/]")
     if s.stopped == "budget":
         console.print("[yellow]stopped: the next request could exceed --budget-usd; raise it and run again to "
                       "continue[/]")  # fmt: skip
+
+
+def _print_batches(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("no batches")
+        return
+    table = Table(title="annotation batches", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("batch", overflow="fold")
+    for col in ("dataset", "stage", "status"):
+        table.add_column(col, no_wrap=True)
+    for col in ("req", "ok/err", "cost", "stored"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in rows:
+        cost = f"${r['cost_usd']:.4f}" if r["cost_usd"] is not None else "-"
+        name = r["remote_id"] or r["id"] if r["kind"] == "api" else f"file {Path(r['input_path'] or '').name}"
+        table.add_row(escape(name), escape(r["dataset"]), r["stage"], r["status"], str(r["requests"]),
+                      f"{r['completed'] or 0}/{r['failed'] or 0}", cost, "yes" if r["ingested"] else "no")  # fmt: skip
+    console.print(table)

@@ -64,10 +64,15 @@ def train_assistant(
 
 def train(run: Any, config: Any, *, resume: bool, db: Any, as_json: bool) -> None:
     """Run a training stage with a progress bar and report its result: a table, or JSON with --json."""
+    from mulcot.train import distributed as dist
+
     store = open_store(db)
-    bar, progress = training_progress(as_json)
+    # under torchrun / accelerate launch the main process alone shows progress and the result
+    bar, progress = training_progress(as_json or not dist.is_main())
     with bar:
         result = run(store, config, resume=resume, progress=progress)
+    if not dist.is_main():
+        return
     summary = {"run": result.run, "folder": result.folder, "adapter": result.adapter, "best": result.best,
                "steps": result.steps, "train_loss": result.train_loss, "wall_s": round(result.wall_s, 1)}  # fmt: skip
     if as_json:

@@ -7,11 +7,13 @@ SQL. One module per group of tables:
 - :mod:`~mulcot.store.chains` — ``reasonings`` (every chain, every attempt), D_t, D_a, statistics, ``soft_labels``;
 - :mod:`~mulcot.store.runs` — ``runs`` and :meth:`Store.run`, the one place a run's status changes;
 - :mod:`~mulcot.store.results` — ``eval_results``;
-- :mod:`~mulcot.store.browse` — the TUI's read model and ``ratings``.
+- :mod:`~mulcot.store.browse` — the TUI's read model and ``ratings``;
+- :mod:`~mulcot.store.batches` — ``batches``: annotation requests sent as batches or written to batch files.
 """
 
 from __future__ import annotations
 
+from mulcot.store.batches import BatchesMixin
 from mulcot.store.browse import BrowseMixin
 from mulcot.store.chains import REASONING_COLUMNS, ChainsMixin
 from mulcot.store.connection import DEFAULT_DB, default_db_path, now
@@ -21,7 +23,7 @@ from mulcot.store.runs import RunRecord, RunsMixin
 from mulcot.store.samples import SAMPLE_CONTENT, SamplesMixin, UpsertCounts
 
 
-class Store(SamplesMixin, ChainsMixin, RunsMixin, ResultsMixin, BrowseMixin):
+class Store(SamplesMixin, ChainsMixin, RunsMixin, ResultsMixin, BrowseMixin, BatchesMixin):
     """A project store. Open with :meth:`Store.open`; safe to share between threads (one lock for writes)."""
 
 

@@ -134,12 +134,15 @@ class Connection:
                 if fn.__name__ in done:
                     continue
                 with self.transaction():
+                    # another process (a second rank, a second terminal) may have applied it since we looked
+                    if fn.__name__ in self.applied_migrations():
+                        continue
                     fn(self.db)
                     self.db.execute(
                         "INSERT INTO _mulcot_migrations (name, applied_at) VALUES (?, ?)",
                         [fn.__name__, now()],
                     )
-                    self.db.execute(f"PRAGMA user_version = {len(done) + len(applied) + 1}")
+                    self.db.execute(f"PRAGMA user_version = {len(self.applied_migrations())}")
                 applied.append(fn.__name__)
         return applied
 

@@ -181,3 +181,43 @@ def m005_valid_means_parsed(db: sqlite_utils.Database) -> None:
         " WHERE r.id = reasonings.run_id), model)"
         " WHERE source = 'assistant' AND stage = 'expand' AND model IS run_id"
     )
+
+
+@migration
+def m006_batches(db: sqlite_utils.Database) -> None:
+    """Annotation batches (OpenAI Batch API jobs and offline ``vllm run-batch`` files): which requests (by
+    ``custom_id``) each holds, where it stands, what it cost, and whether its results are in ``reasonings``."""
+    db.execute(
+        """
+        CREATE TABLE batches (
+          id TEXT PRIMARY KEY,
+          run_id TEXT NOT NULL,
+          dataset TEXT NOT NULL,
+          split TEXT,
+          model TEXT,
+          kind TEXT NOT NULL CHECK (kind IN ('api', 'file')),
+          stage TEXT,
+          remote_id TEXT,
+          input_path TEXT,
+          input_file_id TEXT,
+          output_file_id TEXT,
+          error_file_id TEXT,
+          status TEXT NOT NULL,
+          requests INTEGER NOT NULL,
+          completed INTEGER,
+          failed INTEGER,
+          estimate_usd REAL,
+          cost_usd REAL,
+          tokens_in INTEGER,
+          tokens_out INTEGER,
+          custom_ids TEXT NOT NULL,
+          errors TEXT,
+          ingested INTEGER NOT NULL DEFAULT 0,
+          ingested_at TEXT,
+          created_at TEXT NOT NULL,
+          updated_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX idx_batches_run ON batches (run_id, ingested)")
+    db.execute("CREATE INDEX idx_batches_dataset ON batches (dataset)")

@@ -17,6 +17,7 @@ from typing import Any
 from transformers import Trainer
 
 from mulcot.store import Store
+from mulcot.train import distributed as dist
 from mulcot.train.config import TrainConfig
 from mulcot.train.items import TASK_CLS, TASK_REA, teacher_items
 from mulcot.train.loop import Progress, TrainResult, allow_text_only, check_request, fit
@@ -77,10 +78,13 @@ class MultiTaskTrainer(Trainer):
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs:
-            for key, values in self._parts.items():
-                if values:
-                    logs[key] = round(sum(values) / len(values), 6)
+            means = {key: sum(values) / len(values) for key, values in self._parts.items() if values}
+            for values in self._parts.values():
                 values.clear()
+            # the Trainer averages the loss over ranks; average its parts the same way
+            ranks = dist.gather(means)
+            for key in means:
+                logs[key] = round(sum(r[key] for r in ranks if key in r) / sum(1 for r in ranks if key in r), 6)
         super().log(logs, *args, **kwargs)
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
@@ -102,9 +106,16 @@ class MultiTaskTrainer(Trainer):
 def train_assistant(store: Store, config: TrainConfig, *, resume: bool = False, progress: Progress | None = None,
                     items: list[Any] | None = None) -> TrainResult:  # fmt: skip
     """Train (or resume) the assistant on D_t (or ``items``); records the run and writes ``runs/<name>/``."""
-    check_request(store, config, resume)
-    store.require_dataset(config.dataset)
-    if items is None:
-        items = teacher_items(store, config.dataset, config.split, allow_text_only=allow_text_only(store, config))
+    dist.setup(config.device)
+
+    def prepare() -> list[Any]:
+        check_request(store, config, resume)
+        store.require_dataset(config.dataset)
+        if items is not None:
+            return items
+        return teacher_items(store, config.dataset, config.split, allow_text_only=allow_text_only(store, config))
+
+    # every rank checks before any records the run; a refusal is one error, the same on every rank
+    items = dist.everywhere(prepare)
     return fit(store, config, kind="train-assistant", items=items, trainer_class=MultiTaskTrainer, resume=resume,
                progress=progress)  # fmt: skip

@@ -15,9 +15,10 @@ from mulcot.events import Progress, emit
 
 
 class RunCallback(TrainerCallback):
-    """Per-step JSONL log, best-epoch tracking and progress events."""
+    """Per-step JSONL log, best-epoch tracking and progress events (the log and the events from the main process
+    only: under a launcher the other ranks get no ``progress``)."""
 
-    def __init__(self, folder: Path, progress: Progress | None, save_best: Callable[[Any, dict], None],
+    def __init__(self, folder: Path, progress: Progress | None, save_best: Callable[[dict], None],
                  best: dict[str, Any] | None):  # fmt: skip
         self.folder = folder
         self.progress = progress
@@ -29,6 +30,8 @@ class RunCallback(TrainerCallback):
         emit(self.progress, "train", "begin", done=state.global_step, total=state.max_steps)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:  # one log, written by the main process
+            return
         record = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **(logs or {})}
         with (self.folder / "log.jsonl").open("a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -44,9 +47,10 @@ class RunCallback(TrainerCallback):
         score = metrics.get("eval_select")
         if score is None:
             return
+        # every rank sees the same gathered dev metrics, so every rank takes the same decision (and joins the save)
         if self.best is None or score > self.best["eval_select"]:
             self.best = {**metrics, "epoch": round(state.epoch or 0, 4), "step": state.global_step}
-            self.save_best(kwargs.get("model") or model, self.best)
+            self.save_best(self.best)
         emit(self.progress, "train", "eval", epoch=state.epoch, metrics=metrics, best=self.best)
 
 

@@ -32,6 +32,29 @@ def save_adapter(model: Any, processor: Any, dest: Path, meta: dict[str, Any]) -
     os.replace(tmp, dest)
 
 
+def save_trained_adapter(trainer: Any, processor: Any, dest: Path, meta: dict[str, Any]) -> None:
+    """The trainer's adapter, its processor and ``meta`` as ``dest``, written beside and renamed into place.
+
+    Called on every rank: the Trainer gathers a sharded model's weights (DeepSpeed ZeRO-3, FSDP) and writes them
+    from the main process only, which alone writes the rest."""
+    from mulcot.train import distributed as dist
+
+    main = dist.is_main()
+    tmp = dest.with_name(dest.name + ".tmp")
+    if main and tmp.exists():
+        shutil.rmtree(tmp)
+    dist.barrier()
+    trainer.save_model(str(tmp))
+    if main:
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+        processor.save_pretrained(tmp)
+        (tmp / "mulcot.json").write_text(json.dumps(meta, indent=2, default=str))
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    dist.barrier()
+
+
 def last_complete_checkpoint(folder: Path) -> Path | None:
     """The newest checkpoint that was written to the end (a kill during saving leaves one without its trainer
     state); incomplete newer ones are removed so the Trainer's own rotation does not trip on them."""

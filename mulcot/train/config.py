@@ -82,6 +82,11 @@ class TrainConfig:
     dtype: str | None = _f(None, "bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU).", section="training")
     load_in_4bit: bool = _f(False, "QLoRA through bitsandbytes.", section="training")
     gradient_checkpointing: bool = _f(False, "Trade compute for memory.", section="training")
+    deepspeed: str | None = _f(None, "DeepSpeed config JSON (ZeRO-2/3, see examples/deepspeed/); launch with "
+                               "torchrun or accelerate launch.", section="training")  # fmt: skip
+    fsdp: str | None = _f(None, "FSDP options for the Trainer, e.g. 'full_shard auto_wrap'; launch with torchrun.",
+                          section="training")  # fmt: skip
+    fsdp_config: str | None = _f(None, "FSDP config JSON (see examples/fsdp/).", section="training")
     seed: int = _f(42, "Random seed.", section="training")
     max_train_items: int | None = _f(None, "Use only the first N chains.", section="training")
     max_dev_samples: int | None = _f(None, "Evaluate on the first N dev samples.", section="training")

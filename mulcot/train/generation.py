@@ -24,6 +24,8 @@ class GenerationConfig:
     batch_size: int = 8
     max_pixels: int = DEFAULT_MAX_PIXELS
     seed: int | None = None
+    # a model sharded across ranks (ZeRO-3, FSDP) generates only if every rank runs every step together
+    synced_gpus: bool = False
 
 
 def generate(model: Any, processor: Any, items: Sequence[TrainItem], prompt: str, task: str,
@@ -66,6 +68,8 @@ def generate(model: Any, processor: Any, items: Sequence[TrainItem], prompt: str
                 kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
+            if cfg.synced_gpus:
+                kwargs["synced_gpus"] = True
             with torch.inference_mode():
                 generated = model.generate(**batch, **kwargs)
             new = generated[:, batch["input_ids"].shape[1] :]

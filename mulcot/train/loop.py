@@ -12,6 +12,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ from typing import Any
 from mulcot.errors import MulcotError
 from mulcot.events import Progress
 from mulcot.store import Store
+from mulcot.store.runs import RunRecord
+from mulcot.train import distributed as dist
 from mulcot.train import selection
-from mulcot.train.checkpoints import atomic_copy, last_complete_checkpoint, save_adapter
+from mulcot.train.checkpoints import atomic_copy, last_complete_checkpoint, save_trained_adapter
 from mulcot.train.config import TrainConfig, lora_target_modules
 
 # (processor, collator, run folder) -> extra keyword arguments for the Trainer subclass (e.g. the soft labels)
@@ -68,32 +71,54 @@ def allow_text_only(store: Store, config: TrainConfig) -> bool:
 def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], trainer_class: type,
         extras: TrainerExtras | None = None, resume: bool = False,
         progress: Progress | None = None) -> TrainResult:  # fmt: skip
-    """Train (or resume) one LoRA run of ``trainer_class`` on ``items``; records it in the store as ``kind``."""
+    """Train (or resume) one LoRA run of ``trainer_class`` on ``items``; records it in the store as ``kind``.
+
+    Under torchrun / accelerate launch every rank calls this; the Trainer trains data-parallel (DDP, DeepSpeed or
+    FSDP as configured) and only the main process writes the store, the run folder and the progress."""
     from mulcot.models import load_model
     from mulcot.train.items import image_input, is_text_only, sample_items
 
     start = time.perf_counter()
+    dist.setup(config.device)
+    main = dist.is_main()
+    progress = progress if main else None
     folder = config.folder
-    task = store.require_dataset(config.dataset)["task"]
     if config.max_train_items:
         items = items[: config.max_train_items]
-    dev_items = []
-    if config.dev_split:
-        if config.dev_split not in store.splits(config.dataset):
-            raise MulcotError(f"dataset '{config.dataset}' has no split '{config.dev_split}' for dev evaluation "
-                              "(pass --dev-split NAME, or --no-dev)")  # fmt: skip
-        dev_items = sample_items(store, config.dataset, config.dev_split)[: config.max_dev_samples or None]
-    model, processor, family = load_model(config.model, device=config.device, dtype=config.dtype,
-                                          load_in_4bit=config.load_in_4bit)  # fmt: skip
+
+    def prepare() -> tuple[Any, ...]:
+        task = store.require_dataset(config.dataset)["task"]
+        dev_items = []
+        if config.dev_split:
+            if config.dev_split not in store.splits(config.dataset):
+                raise MulcotError(f"dataset '{config.dataset}' has no split '{config.dev_split}' for dev "
+                                  "evaluation (pass --dev-split NAME, or --no-dev)")  # fmt: skip
+            dev_items = sample_items(store, config.dataset, config.dev_split)[: config.max_dev_samples or None]
+        device = train_device(config)
+        # before the weights are read: with DeepSpeed ZeRO-3 the arguments make from_pretrained load them sharded
+        args = training_arguments(config, device, len(items), bool(dev_items))
+        model, processor, family = load_model(config.model, device=device, dtype=config.dtype,
+                                              load_in_4bit=config.load_in_4bit)  # fmt: skip
+        return task, dev_items, args, model, processor, family
+
+    task, dev_items, args, model, processor, family = dist.everywhere(prepare)
     # what stood for the image: the pixels (Qwen-VL), or for a text-only backbone the caption or nothing
-    recorded = {**config.public(), "family": family, **image_input(items, is_text_only(processor))}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(recorded, indent=2, default=str))
-    with store.run(config.name, kind=kind, dataset=config.dataset, config=recorded,
-                   output_dir=str(folder), resume_hint="resume with --resume") as run:  # fmt: skip
+    recorded = {**config.public(), "family": family, **image_input(items, is_text_only(processor)),
+                "world_size": dist.world_size(),
+                "effective_batch": config.batch_size * config.grad_accum * dist.world_size()}  # fmt: skip
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(recorded, indent=2, default=str))
+    record = (
+        store.run(config.name, kind=kind, dataset=config.dataset, config=recorded, output_dir=str(folder),
+                  resume_hint="resume with --resume")
+        if main
+        else nullcontext(RunRecord(id=config.name))
+    )  # fmt: skip
+    with record as run:
         try:
-            result = _train(config, model, processor, task, items, dev_items, resume, progress, trainer_class,
-                            extras)  # fmt: skip
+            result = _train(config, args, model, processor, task, items, dev_items, resume, progress,
+                            trainer_class, extras)  # fmt: skip
         except Exception as exc:
             message = _oom_message(exc, config)
             if message:
@@ -101,8 +126,19 @@ def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], train
             raise
         result.wall_s = time.perf_counter() - start
         run.metrics = {"best": result.best, "steps": result.steps, "train_loss": result.train_loss,
-                       "history": result.history}  # fmt: skip
+                       "history": result.history, "world_size": dist.world_size()}  # fmt: skip
     return result
+
+
+def train_device(config: TrainConfig) -> str:
+    """Where this process trains: ``--device``, else the best device here; under a launcher each rank takes its
+    own GPU (``cuda`` means ``cuda:LOCAL_RANK``)."""
+    from mulcot.models.loading import check_device, default_device
+
+    device = check_device(config.device) if config.device else default_device()
+    if dist.is_distributed() and device == "cuda":
+        device = f"cuda:{dist.local_rank()}"
+    return device
 
 
 def _oom_message(exc: BaseException, config: TrainConfig) -> str | None:
@@ -135,16 +171,75 @@ def add_lora(model: Any, config: TrainConfig) -> Any:
     return model
 
 
-def training_arguments(config: TrainConfig, model: Any, n_items: int, with_dev: bool) -> Any:
-    """The HF ``TrainingArguments`` of a run: the paper's optimiser and plateau schedule, a checkpoint per epoch."""
-    import torch
+def check_distributed(config: TrainConfig, device: str) -> None:
+    """Refuse, in one line, what cannot run under the configured launch (DeepSpeed/FSDP options, two passes)."""
+    if config.deepspeed:
+        from importlib.util import find_spec
+
+        if find_spec("deepspeed") is None:
+            raise MulcotError("--deepspeed needs DeepSpeed: pip install deepspeed (on a machine with CUDA)")
+        _json_file(config.deepspeed, "--deepspeed")
+    if config.fsdp_config:
+        _json_file(config.fsdp_config, "--fsdp-config")
+    if config.deepspeed and config.fsdp:
+        raise MulcotError("--deepspeed and --fsdp are two ways to shard: pick one")
+    if (config.deepspeed or config.fsdp) and not device.startswith("cuda"):
+        raise MulcotError(f"--deepspeed and --fsdp shard a model across GPUs, but this run trains on {device}: "
+                          "drop them (plain DDP runs on CPUs with gloo)")  # fmt: skip
+    if dist.is_distributed() and not config.single_pass:
+        raise MulcotError("--two-pass runs two forward passes per step, which data-parallel training cannot "
+                          "synchronise: drop --two-pass under torchrun")  # fmt: skip
+
+
+def _json_file(path: str, flag: str) -> dict[str, Any]:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise MulcotError(f"{flag} {path}: no such file")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise MulcotError(f"{flag} {path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+def sharded(config: TrainConfig) -> bool:
+    """Whether the weights are sharded across ranks (ZeRO-3 or FSDP): then every rank must join every forward
+    pass, generation included (``synced_gpus``)."""
+    if config.fsdp:
+        return True
+    if config.deepspeed:
+        stage = _json_file(config.deepspeed, "--deepspeed").get("zero_optimization", {}).get("stage")
+        return stage == 3
+    return False
+
+
+def training_arguments(config: TrainConfig, device: str, n_items: int, with_dev: bool) -> Any:
+    """The HF ``TrainingArguments`` of a run: the paper's optimiser and plateau schedule, a checkpoint per epoch,
+    and the launch (DDP with gloo on CPU / NCCL on GPU, or DeepSpeed / FSDP as configured)."""
     from transformers import TrainingArguments
 
-    device = str(next(model.parameters()).device)
-    dtype = next(model.parameters()).dtype
-    steps_per_epoch = max(1, math.ceil(n_items / (config.batch_size * config.grad_accum)))
+    from mulcot.models.loading import resolve_dtype
+
+    check_distributed(config, device)
+    dtype = resolve_dtype(config.dtype, device)
+    import torch
+
+    world = dist.world_size()
+    steps_per_epoch = max(1, math.ceil(n_items / (config.batch_size * config.grad_accum * world)))
     plateau = {"mode": "max", "factor": config.lr_factor, "patience": max(0, config.plateau_epochs - 1),
                "min_lr": config.min_lr, "threshold": 0.0}  # fmt: skip
+    launch: dict[str, Any] = {}
+    if world > 1:
+        launch["ddp_backend"] = "nccl" if device.startswith("cuda") else "gloo"
+        # with LoRA on the language model only, every adapter weight is used in every step (one forward pass over
+        # both tasks), so DDP need not search the graph for unused ones (for a PEFT model the Trainer would turn
+        # that search on); LoRA on the vision tower goes unused in a step without images
+        launch["ddp_find_unused_parameters"] = config.lora_targets != "language"
+    if config.deepspeed:
+        launch["deepspeed"] = str(Path(config.deepspeed).expanduser())
+    if config.fsdp:
+        launch["fsdp"] = config.fsdp
+        if config.fsdp_config:
+            launch["fsdp_config"] = str(Path(config.fsdp_config).expanduser())
     return TrainingArguments(
         output_dir=str(config.folder / "checkpoints"),
         per_device_train_batch_size=config.batch_size,
@@ -173,11 +268,12 @@ def training_arguments(config: TrainConfig, model: Any, n_items: int, with_dev: 
         bf16=device.startswith("cuda") and dtype == torch.bfloat16,
         fp16=device.startswith("cuda") and dtype == torch.float16,
         label_names=[],
+        **launch,
     )
 
 
-def _train(config: TrainConfig, model: Any, processor: Any, task: str, items: list[Any], dev_items: list[Any],
-           resume: bool, progress: Progress | None, trainer_class: type,
+def _train(config: TrainConfig, args: Any, model: Any, processor: Any, task: str, items: list[Any],
+           dev_items: list[Any], resume: bool, progress: Progress | None, trainer_class: type,
            extras: TrainerExtras | None) -> TrainResult:  # fmt: skip
     import torch
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -187,20 +283,22 @@ def _train(config: TrainConfig, model: Any, processor: Any, task: str, items: li
 
     torch.manual_seed(config.seed)
     folder = config.folder
+    main = dist.is_main()
     model = add_lora(model, config)
-    args = training_arguments(config, model, len(items), bool(dev_items))
     collator = MultiTaskCollator(processor, task, max_pixels=config.max_pixels)
-    more = extras(processor, collator, folder) if extras else {}
+    more = dist.everywhere(lambda: extras(processor, collator, folder)) if extras else {}
     dev_eval = None
     if dev_items:
         dev_eval = selection.dev_evaluator(processor, task, dev_items, batch_size=config.dev_batch_size,
-                                           max_new_tokens=config.dev_max_new_tokens,
-                                           max_pixels=config.max_pixels)  # fmt: skip
+                                           max_new_tokens=config.dev_max_new_tokens, max_pixels=config.max_pixels,
+                                           synced_gpus=sharded(config))  # fmt: skip
     best_file = folder / "best" / "mulcot.json"
     best = json.loads(best_file.read_text())["best"] if resume and best_file.exists() else None
+    trainer: Any = None
 
-    def save_best(m: Any, metrics: dict) -> None:
-        save_adapter(m, processor, folder / "best", {"best": metrics, "run": config.name, "base": config.model})
+    def save_best(metrics: dict) -> None:  # every rank: a sharded model's weights are gathered to save them
+        save_trained_adapter(trainer, processor, folder / "best",
+                             {"best": metrics, "run": config.name, "base": config.model})  # fmt: skip
 
     callback = RunCallback(folder, progress, save_best, best)
     trainer = trainer_class(model=model, args=args, train_dataset=items, eval_dataset=dev_items or None,
@@ -208,12 +306,15 @@ def _train(config: TrainConfig, model: Any, processor: Any, task: str, items: li
                             dev_eval=dev_eval, callbacks=[callback], **more)  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # progress goes through our callback; stdout stays clean for --json
     trainer.remove_callback(ProgressCallback)
-    checkpoint = last_complete_checkpoint(folder / "checkpoints") if resume else None
+    # the main process picks (and tidies) the checkpoint; every rank resumes from the same one
+    checkpoint = dist.on_main(lambda: last_complete_checkpoint(folder / "checkpoints") if resume else None)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if callback.best is None:  # no dev split: the last state is the result
-        save_best(trainer.model, {"epoch": trainer.state.epoch, "step": trainer.state.global_step})
-    atomic_copy(folder / "best", folder / "adapter")
-    plot_curves(folder)
+        save_best({"epoch": trainer.state.epoch, "step": trainer.state.global_step})
+    if main:
+        atomic_copy(folder / "best", folder / "adapter")
+        plot_curves(folder)
+    dist.barrier()
     history = [r for r in trainer.state.log_history if "eval_accuracy" in r]
     return TrainResult(run=config.name, folder=str(folder), adapter=str(folder / "adapter"), best=callback.best,
                        steps=trainer.state.global_step, train_loss=output.training_loss, history=history,

@@ -70,12 +70,16 @@ def build_soft_label_cache(store: Store, run_id: str, folder: Path, assistant: A
                            items: list[TrainItem], top_k: int, progress: Progress | None = None,
                            batch_size: int = 4) -> SoftLabelCache:  # fmt: skip
     """Run the assistant once over every training sequence and store top-k log-probs per target position
-    (resumable: sequences already indexed are skipped; each shard is written whole, then indexed)."""
-    import torch
-    from safetensors.torch import save_file
+    (resumable: sequences already indexed are skipped; each shard is written whole, then indexed).
 
-    folder.mkdir(parents=True, exist_ok=True)
-    index = store.soft_label_index(run_id)
+    Under a launcher every rank computes its share of each shard; the main process gathers the shares and alone
+    writes the files and the store, so the cache is the same as one process would build."""
+    from mulcot.train import distributed as dist
+
+    main = dist.is_main()
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+    index = dist.on_main(lambda: store.soft_label_index(run_id))
     todo: list[tuple[TrainItem, int]] = []
     seen = set(index)
     for item in items:
@@ -84,44 +88,63 @@ def build_soft_label_cache(store: Store, run_id: str, folder: Path, assistant: A
             if key not in seen:
                 seen.add(key)
                 todo.append((item, task))
-    device = next(assistant.parameters()).device
     assistant.eval()
     done = 0
     for shard_start in range(0, len(todo), SHARD_ITEMS):
         shard_jobs = todo[shard_start : shard_start + SHARD_ITEMS]
-        tensors: dict[str, torch.Tensor] = {}
-        entries = []
-        for b in range(0, len(shard_jobs), batch_size):
-            jobs = shard_jobs[b : b + batch_size]
-            for task in (TASK_REA, TASK_CLS):
-                group = [it for it, t in jobs if t == task]
-                if not group:
-                    continue
-                batch = collator(group, (task,))
-                labels = batch.pop("labels")
-                batch.pop("task_ids")
-                mask = prediction_mask(labels)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                with torch.inference_mode():
-                    logits = assistant(**batch, logits_to_keep=mask.to(device)).logits.float()
-                logp = torch.log_softmax(logits, dim=-1)
-                k = min(top_k, logp.size(-1))
-                top = logp.topk(k, dim=-1)
-                counts = mask.sum(dim=1).tolist()
-                for item, ids, values, n in zip(group, top.indices.split(counts), top.values.split(counts), counts,
-                                                strict=True):  # fmt: skip
-                    key = item_key(item, task)
-                    tensors[f"{key}.ids"] = ids.to(torch.int32).cpu().contiguous()
-                    tensors[f"{key}.logprobs"] = values.to(torch.float32).cpu().contiguous()
-                    entries.append((key, int(n), k))
-            done += len(jobs)
+        results = dist.gather_sharded(shard_jobs, lambda jobs: _top_k(assistant, collator, jobs, top_k, batch_size))
+        done += len(shard_jobs)
+        if main:
+            _write_shard(store, run_id, folder, results)
             emit(progress, "soft_labels", done=done, total=len(todo))
-        shard = f"shard-{len(list(folder.glob('shard-*.safetensors'))):05d}.safetensors"
-        tmp = folder / (shard + ".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, folder / shard)
-        store.add_soft_labels(run_id, shard, entries)
-    return SoftLabelCache(folder, store.soft_label_index(run_id))
+        dist.barrier()
+    return SoftLabelCache(folder, dist.on_main(lambda: store.soft_label_index(run_id)))
+
+
+def _top_k(assistant: Any, collator: Any, jobs: list[tuple[TrainItem, int]], top_k: int,
+           batch_size: int) -> list[tuple[str, Any, Any]]:  # fmt: skip
+    """(key, top-k ids, top-k log-probs) per job, in the jobs' order."""
+    import torch
+
+    device = next(assistant.parameters()).device
+    out: dict[int, tuple[str, Any, Any]] = {}
+    for b in range(0, len(jobs), batch_size):
+        positions = range(b, min(b + batch_size, len(jobs)))
+        for task in (TASK_REA, TASK_CLS):
+            picked = [i for i in positions if jobs[i][1] == task]
+            if not picked:
+                continue
+            group = [jobs[i][0] for i in picked]
+            batch = collator(group, (task,))
+            labels = batch.pop("labels")
+            batch.pop("task_ids")
+            mask = prediction_mask(labels)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.inference_mode():
+                logits = assistant(**batch, logits_to_keep=mask.to(device)).logits.float()
+            top = torch.log_softmax(logits, dim=-1).topk(min(top_k, logits.size(-1)), dim=-1)
+            counts = mask.sum(dim=1).tolist()
+            for i, item, ids, values in zip(picked, group, top.indices.split(counts), top.values.split(counts),
+                                            strict=True):  # fmt: skip
+                out[i] = (item_key(item, task), ids.to(torch.int32).cpu().contiguous(),
+                          values.to(torch.float32).cpu().contiguous())  # fmt: skip
+    return [out[i] for i in range(len(jobs))]
+
+
+def _write_shard(store: Store, run_id: str, folder: Path, results: list[tuple[str, Any, Any]]) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, Any] = {}
+    entries = []
+    for key, ids, logprobs in results:
+        tensors[f"{key}.ids"] = ids
+        tensors[f"{key}.logprobs"] = logprobs
+        entries.append((key, int(ids.shape[0]), int(ids.shape[1]) if ids.dim() > 1 else 1))
+    shard = f"shard-{len(list(folder.glob('shard-*.safetensors'))):05d}.safetensors"
+    tmp = folder / (shard + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, folder / shard)
+    store.add_soft_labels(run_id, shard, entries)
 
 
 class SoftLabels:
@@ -136,8 +159,9 @@ class SoftLabels:
 
     def prepare(self, student_processor: Any, collator: Any, folder: Path) -> None:
         from mulcot.models import load_model, load_with_adapter
+        from mulcot.train.loop import train_device
 
-        base, processor, _ = load_model(self.ref.base_model, device=self.config.device, dtype=self.config.dtype)
+        base, processor, _ = load_model(self.ref.base_model, device=train_device(self.config), dtype=self.config.dtype)
         check_tokenizers(processor.tokenizer, student_processor.tokenizer, self.ref.base_model, self.config.model)
         assistant = load_with_adapter(base, self.ref.adapter)
         assistant.eval()

@@ -22,6 +22,7 @@ from typing import Any
 from mulcot.errors import MulcotError
 from mulcot.refs import RunRef, resolve_run
 from mulcot.store import Store
+from mulcot.train import distributed as dist
 from mulcot.train.assistant import MultiTaskTrainer
 from mulcot.train.config import SOFT_MODES, DistillConfig
 from mulcot.train.items import TrainItem, sample_item, teacher_items
@@ -88,10 +89,16 @@ def distill(store: Store, config: DistillConfig, *, resume: bool = False,
         raise MulcotError("--tau must be positive")
     if config.top_k < 1:
         raise MulcotError("--top-k must be at least 1")
-    check_request(store, config, resume)
-    ref = resolve_run(store, config.assistant)
-    check_backbones(config, ref)
-    items = distill_items(store, config, ref)
+    dist.setup(config.device)
+
+    def prepare() -> tuple[RunRef, list[TrainItem]]:
+        check_request(store, config, resume)
+        ref = resolve_run(store, config.assistant)
+        check_backbones(config, ref)
+        return ref, distill_items(store, config, ref)
+
+    # every rank checks before any records the run; a refusal is one error, the same on every rank
+    ref, items = dist.everywhere(prepare)
     soft = SoftLabels(store, config, ref, items, progress)
 
     def extras(processor: Any, collator: Any, folder: Any) -> dict[str, Any]:
