@@ -229,3 +229,12 @@ def test_budget_stops_and_settings_are_checked(demo_store):
         assert demo_store.get_run(summary.run_id)["status"] == "stopped"
         with pytest.raises(MulcotError, match="concurrency"):
             ServerBackend(_server_config(server, concurrency=0))
+        # the CLI goes on from there (and says how to score it)
+        r = _run("predict", "--dataset", SAMPLE_NAME, "--limit", 3, "--label", "--server", server.base_url,
+                 "--served-model", "local", "--concurrency", 2, "--db", demo_store.path, "--json")  # fmt: skip
+        out = json.loads(r.stdout)
+        assert out["source"] == SOURCE_SERVER and out["predicted"] == 1 and out["extra_prompts"] == {"label": 3}
+        assert out["chains"] == 3 and out["accuracy"] == 1.0 and out["served"]["answered"] == 4
+        r = _run("predict", "--dataset", SAMPLE_NAME, "--server", server.base_url, "--served-model", "local",
+                 "--gguf", "x.gguf", "--db", demo_store.path, code=1)  # fmt: skip
+        assert "leave out --gguf" in r.output
