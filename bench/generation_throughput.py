@@ -122,8 +122,9 @@ class Server:
 
 
 def measure(prep: dict[str, Any], work: Path, n: int, tokens: int, threads: int, quiet: bool) -> list[dict[str, Any]]:
-    """Each configuration predicts the same ``n`` posts into a fresh store; samples/s = n / wall."""
-    from mulcot.predict import HFBackend, PredictConfig, ServerBackend, predict_dataset
+    """Each configuration predicts the same ``n`` posts into a fresh store, after one untimed post; samples/s =
+    n / wall."""
+    from mulcot.predict import HFBackend, Post, PredictConfig, ServerBackend, predict_dataset, predict_post
     from mulcot.serving import ServerConfig
 
     rows = []
@@ -145,6 +146,8 @@ def measure(prep: dict[str, Any], work: Path, n: int, tokens: int, threads: int,
                 backend = ServerBackend(ServerConfig(url=server.url, served_model="bench", concurrency=width),
                                         PredictConfig(**config))  # fmt: skip
             _say(f"{path}, {mode}: {n} posts x {tokens} tokens", quiet)
+            first = store.samples("bench", split)[0]  # warm up (first image encode, lazy init) outside the timing
+            predict_post(backend, Post(text=first["text"], aspect=first["aspect"], image=first["image_path"]))
             t0 = time.perf_counter()
             summary = predict_dataset(store, backend, "bench", split, limit=n)
             wall = time.perf_counter() - t0
