@@ -21,9 +21,10 @@ from typing import Any
 @dataclass
 class Reply:
     """What to answer: a completion ``text``, or an HTTP error ``status``; ``delay_s`` first; ``drop`` closes the
-    connection without an answer."""
+    connection without an answer; ``raw`` is sent as the whole body instead (garbage that is no completion)."""
 
     text: str | None = None
+    raw: bytes | None = None
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
@@ -114,6 +115,13 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.drop:
             self.close_connection = True
             self.connection.shutdown(2)
+            return
+        if reply.raw is not None:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(reply.raw)))
+            self.end_headers()
+            self.wfile.write(reply.raw)
             return
         if reply.status != 200:
             self._send(reply.status, {"error": {"message": f"scripted HTTP {reply.status}", "type": "error"}},

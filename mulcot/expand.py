@@ -18,6 +18,7 @@ from mulcot.errors import MulcotError
 from mulcot.events import Progress, emit
 from mulcot.prompts import get_prompt
 from mulcot.refs import RunRef, resolve_run
+from mulcot.serving import ServerConfig
 from mulcot.store import Store
 
 
@@ -38,6 +39,7 @@ class ExpandConfig:
     seed: int = 0
     device: str | None = None
     dtype: str | None = None
+    server: ServerConfig | None = None  # generate through an OpenAI-compatible server instead of in-process
 
 
 @dataclass
@@ -56,6 +58,8 @@ class ExpandSummary:
     macro_f1: float = 0.0
     assistant_set: int = 0  # |D_a| (chains)
     wall_s: float = 0.0
+    served: dict[str, Any] | None = None  # through a server: requests, failures, budget stop (ServeSummary)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,11 +90,23 @@ def expand(store: Store, config: ExpandConfig, progress: Progress | None = None)
     todo = [it for it in items if done.get(it.sample_id, 0) < config.n]
     summary = ExpandSummary(run_id=ref.run_id, skipped_done=len(items) - len(todo))
     record = {"assistant": ref.run_id, "adapter": str(ref.adapter), "base_model": ref.base_model,
-              **{k: v for k, v in asdict(config).items() if k not in ("dataset", "assistant")}}  # fmt: skip
+              **{k: v for k, v in asdict(config).items() if k not in ("dataset", "assistant", "server")}}  # fmt: skip
+    if config.server is not None:
+        from mulcot.serving import check_server, served_identity
+
+        check_server(config.server)
+        served, summary.warnings = served_identity(config.server, ref.adapter)
+        record.update(served)
+        for warning in summary.warnings:
+            emit(progress, "expand", "info", message=warning, warning=True)
     with store.run(f"expand-{ref.run_id}-{config.dataset}", kind="expand", dataset=config.dataset,
                    config=record) as run:  # fmt: skip
         run.metrics = summary
-        if todo:
+        if todo and config.server is not None:
+            _generate_served(store, config, ref, cot, todo, done, summary, progress)
+            if summary.served and summary.served["stopped"]:
+                run.status = "stopped"
+        elif todo:
             _generate(store, config, ref, ds["task"], cot.version, todo, done, summary, progress)
         _figures(store, config.dataset, ref.run_id, summary)
         summary.wall_s = time.perf_counter() - start
@@ -123,6 +139,42 @@ def _generate(store: Store, config: ExpandConfig, ref: RunRef, task: str, versio
         summary.generated += len(rows)
         summary.samples += len(chunk)
         emit(progress, "expand", done=summary.samples, total=len(todo))
+
+
+def _generate_served(store: Store, config: ExpandConfig, ref: RunRef, cot: Any, todo: list[Any],
+                     done: dict[int, int], summary: ExpandSummary, progress: Progress | None) -> None:  # fmt: skip
+    """Sample the missing chains through the server, one request per chain, storing each as it arrives."""
+    from mulcot import serving
+    from mulcot.train.items import render_prompt
+
+    assert config.server is not None
+    text_only = config.server.text_only
+    jobs = [
+        serving.Job(sample_id=it.sample_id, prompt=render_prompt(cot, it, text_only), image=it.image_path,
+                    max_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                    seed=config.seed + 1000 * it.sample_id + k, max_pixels=config.max_pixels,
+                    name=f"sample {it.sample_id} chain {k + 1}")
+        for it in todo
+        for k in range(done.get(it.sample_id, 0), config.n)
+    ]  # fmt: skip
+    touched: set[int] = set()
+
+    def store_answer(job: serving.Job, comp: Any) -> None:
+        store.add_reasoning(**chain_row(
+            sample_id=job.sample_id, source="assistant", model=ref.base_model, stage=EXPAND, output=comp.text.strip(),
+            run_id=ref.run_id, prompt_version=cot.version, origin="expand", tokens_in=comp.tokens_in,
+            tokens_out=comp.tokens_out, latency_s=round(comp.latency_s, 4),
+        ))  # fmt: skip
+        summary.generated += 1
+        touched.add(job.sample_id)
+        summary.samples = len(touched)
+
+    try:
+        served = serving.generate(config.server, jobs, store_answer, progress=progress, stage="expand",
+                                  total=len(jobs))  # fmt: skip
+    finally:
+        summary.samples = len(touched)
+    summary.served = served.as_dict()
 
 
 def _figures(store: Store, dataset: str, run_id: str, summary: ExpandSummary) -> None:

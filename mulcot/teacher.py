@@ -38,7 +38,13 @@ DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 
 
 class TeacherError(MulcotError):
-    """A request failed for good (after the HTTP retries), or the endpoint refused it."""
+    """A request failed for good (after the HTTP retries), or the endpoint refused it. ``kind`` says how:
+    ``refused`` (a 4xx other than 408/409/429), ``status`` (5xx, 408, 409), ``rate`` (429), ``timeout`` or
+    ``connection`` (no answer at all: the server is down or unreachable)."""
+
+    def __init__(self, message: str, kind: str = "refused"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def price_for(model: str, override: tuple[float, float] | None = None) -> tuple[float, float] | None:
@@ -108,6 +114,7 @@ class Completion:
     latency_s: float
     http_retries: int
     cost_usd: float | None
+    finish_reason: str | None = None
 
 
 def _retry_after(exc: Exception) -> float | None:
@@ -173,36 +180,59 @@ class Teacher:
         delay = min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempt)
         return delay * (0.5 + random.random() / 2)
 
-    async def complete(self, prompt: str, image_url: str | None = None) -> Completion:
-        """One chat completion, retrying transient HTTP failures; raises :class:`TeacherError` when it gives up."""
+    async def models(self) -> list[str]:
+        """The model names the endpoint serves (``GET /models``); raises :class:`TeacherError` (kind
+        ``connection`` when nothing answers)."""
+        oa = self._openai
+        try:
+            page = await self.client.models.list()
+        except oa.APIStatusError as exc:
+            raise TeacherError(f"HTTP {exc.status_code} {_short(exc.message)}", "refused") from None
+        except oa.APITimeoutError:
+            raise TeacherError(f"timed out after {self.config.timeout_s:g} s", "timeout") from None
+        except oa.APIConnectionError as exc:
+            raise TeacherError(f"connection failed ({_short(str(exc.__cause__ or exc))})", "connection") from None
+        return [m.id for m in page.data]
+
+    async def complete(self, prompt: str, image_url: str | None = None, *, max_tokens: int | None = None,
+                       params: dict[str, Any] | None = None) -> Completion:  # fmt: skip
+        """One chat completion, retrying transient HTTP failures; raises :class:`TeacherError` when it gives up.
+        ``max_tokens`` overrides the configured limit; ``params`` are further request fields (sampling settings a
+        server understands: ``temperature``, ``top_k``, ``seed``, ...) sent as they are."""
         oa = self._openai
         # The messages travel as extra_body: the SDK would otherwise walk the whole payload, base64 image included,
         # through its typed transform (~8 ms of CPU per request, the largest cost of a request on our side).
         kwargs = self.request_body(prompt, image_url)
-        kwargs["extra_body"] = {"messages": kwargs.pop("messages")}
+        kwargs["extra_body"] = {"messages": kwargs.pop("messages"), **(params or {})}
         kwargs["messages"] = []
+        if max_tokens:
+            kwargs["max_tokens"] = max_tokens
         retries = 0
         while True:
             start = time.perf_counter()
+            resp: Any = None
             try:
                 resp = await self.client.chat.completions.create(**kwargs)
             except oa.RateLimitError as exc:
                 wait = _retry_after(exc)
-                reason = "HTTP 429 rate limited"
+                reason, kind = "HTTP 429 rate limited", "rate"
                 wait = self._backoff(retries) if wait is None else min(wait, self.config.backoff_max_s)
             except oa.APIStatusError as exc:
                 if exc.status_code < 500 and exc.status_code not in (408, 409):
                     raise TeacherError(f"the teacher endpoint refused the request: HTTP {exc.status_code} "
                                        f"{_short(exc.message)}") from None  # fmt: skip
-                reason, wait = f"HTTP {exc.status_code}", self._backoff(retries)
+                reason, kind, wait = f"HTTP {exc.status_code}", "status", self._backoff(retries)
             except oa.APITimeoutError:
-                reason, wait = f"timed out after {self.config.timeout_s:g} s", self._backoff(retries)
+                reason, kind = f"timed out after {self.config.timeout_s:g} s", "timeout"
+                wait = self._backoff(retries)
             except oa.APIConnectionError as exc:
-                reason, wait = (
-                    f"connection failed ({_short(str(exc.__cause__ or exc))})",
-                    self._backoff(retries),
-                )
+                reason, kind = f"connection failed ({_short(str(exc.__cause__ or exc))})", "connection"
+                wait = self._backoff(retries)
             else:
+                if not hasattr(resp, "choices"):  # a 200 whose body is not a chat completion (the SDK hands back text)
+                    reason, kind = f"malformed answer ({_short(str(resp), 60)!r})", "status"
+                    resp, wait = None, self._backoff(retries)
+            if resp is not None:
                 choice = resp.choices[0] if resp.choices else None
                 text = (choice.message.content or "") if choice else ""
                 usage = resp.usage
@@ -210,9 +240,10 @@ class Teacher:
                 t_out = usage.completion_tokens if usage else 0
                 return Completion(text=text, tokens_in=t_in, tokens_out=t_out,
                                   latency_s=time.perf_counter() - start, http_retries=retries,
-                                  cost_usd=self.cost(t_in, t_out))  # fmt: skip
+                                  cost_usd=self.cost(t_in, t_out),
+                                  finish_reason=choice.finish_reason if choice else None)  # fmt: skip
             if retries >= self.config.http_retries:
-                raise TeacherError(f"{reason}; gave up after {retries + 1} tries")
+                raise TeacherError(f"{reason}; gave up after {retries + 1} tries", kind)
             retries += 1
             await asyncio.sleep(wait)
 

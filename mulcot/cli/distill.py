@@ -9,7 +9,23 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
+from mulcot.cli.common import (
+    ConcurrencyOption,
+    DbOption,
+    JsonOption,
+    MaxRequestsOption,
+    ServedModelOption,
+    ServerOption,
+    ServerRetriesOption,
+    ServerTextOnlyOption,
+    TimeBudgetOption,
+    console,
+    err_console,
+    open_store,
+    print_json,
+    print_served,
+    server_config,
+)
 from mulcot.cli.config_options import config_options
 from mulcot.cli.train import train
 from mulcot.labels import LABELS
@@ -30,21 +46,33 @@ def expand(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     device: Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: best available).")] = None,
     dtype: Annotated[str | None, typer.Option(help="bf16, fp16 or fp32.")] = None,
+    server: ServerOption = None,
+    served_model: ServedModelOption = None,
+    concurrency: ConcurrencyOption = 4,
+    retries: ServerRetriesOption = 3,
+    max_requests: MaxRequestsOption = None,
+    time_budget: TimeBudgetOption = None,
+    server_text_only: ServerTextOnlyOption = False,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Have the trained assistant write chains for the training split; the correct ones form D_a."""
+    """Have the trained assistant write chains for the training split; the correct ones form D_a. With --server
+    the chains come from a server serving the assistant (e.g. vLLM with its adapter by name), stored the same way."""
     from mulcot.expand import ExpandConfig
     from mulcot.expand import expand as run
 
     store = open_store(db)
     cfg = ExpandConfig(dataset=dataset, assistant=assistant, split=split, n=n, temperature=temperature, top_p=top_p,
                        max_new_tokens=max_new_tokens, batch_size=batch_size, max_pixels=max_pixels, limit=limit,
-                       seed=seed, device=device, dtype=dtype)  # fmt: skip
+                       seed=seed, device=device, dtype=dtype,
+                       server=server_config(server, served_model, concurrency=concurrency, retries=retries,
+                                            max_requests=max_requests, time_budget=time_budget,
+                                            text_only=server_text_only))  # fmt: skip
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, disable=as_json, transient=True) as bar:  # fmt: skip
         task = bar.add_task(f"expanding {dataset}/train", total=None)
         summary = run(store, cfg, progress=lambda e: bar.update(task, completed=e.done, total=e.total))
+    print_served(summary.served, summary.warnings)
     if as_json:
         print_json(summary.as_dict())
         return

@@ -17,7 +17,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from typer.core import TyperGroup
 
-from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
+from mulcot.cli.common import (
+    ConcurrencyOption,
+    DbOption,
+    JsonOption,
+    MaxRequestsOption,
+    ServedModelOption,
+    ServerOption,
+    ServerRetriesOption,
+    ServerTextOnlyOption,
+    TimeBudgetOption,
+    console,
+    err_console,
+    open_store,
+    print_json,
+    print_served,
+    server_config,
+)
 from mulcot.cli.tables import HEADERS, metrics_table
 from mulcot.errors import MulcotError
 from mulcot.events import Event
@@ -52,9 +68,13 @@ def _progress_bar(as_json: bool) -> tuple[Progress, Any]:
     )  # fmt: skip
     tasks: dict[str, Any] = {}
     names = {"chains": "generating chains (P_cot)", "labels": "generating label answers (P_label)",
-             "loading model": "loading the model"}  # fmt: skip
+             "loading model": "loading the model",
+             "served": "generating chains and label answers through the server"}  # fmt: skip
 
     def progress(event: Event) -> None:
+        if event.get("warning"):
+            err_console.print(f"[yellow]warning:[/] {escape(event.message)}", highlight=False, soft_wrap=True)
+            return
         stage, total = event.message, event.total
         if stage not in tasks:
             tasks[stage] = bar.add_task(names.get(stage, f"scoring {stage}"), total=total)
@@ -206,10 +226,18 @@ def run(
         Path | None, typer.Option(help="Folder for result.json, per_sample.jsonl, confusion.png.", show_default=False)
     ] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run folders are.")] = Path("runs"),
+    server: ServerOption = None,
+    served_model: ServedModelOption = None,
+    concurrency: ConcurrencyOption = 4,
+    retries: ServerRetriesOption = 3,
+    max_requests: MaxRequestsOption = None,
+    time_budget: TimeBudgetOption = None,
+    server_text_only: ServerTextOnlyOption = False,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Evaluate a model (generating chains and label answers) or stored chains on a split; store the result."""
+    """Evaluate a model (generating chains and label answers) or stored chains on a split; store the result.
+    With --server the model's missing chains come from a server serving it, stored as in-process ones."""
     from mulcot.evaluate import EvalConfig, evaluate
 
     store = open_store(db)
@@ -219,11 +247,14 @@ def run(
         label_max_new_tokens=label_max_new_tokens, batch_size=batch_size, max_pixels=max_pixels, device=device,
         dtype=dtype, load_in_4bit=load_in_4bit, nltk_data_dir=str(nltk_data) if nltk_data else None,
         embedding_cache=not no_cache, out=str(out) if out else None, runs_dir=str(runs_dir),
+        server=server_config(server, served_model, concurrency=concurrency, retries=retries, max_requests=max_requests,
+                             time_budget=time_budget, text_only=server_text_only),
     )  # fmt: skip
     bar, progress = _progress_bar(as_json)
     with bar:
         result = evaluate(store, config, progress=progress)
     data = result.to_dict()
+    print_served((data["metrics"].get("generated") or {}).get("served"))
     if as_json:
         print_json(data)
         return

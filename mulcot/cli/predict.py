@@ -11,7 +11,23 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
+from mulcot.cli.common import (
+    ConcurrencyOption,
+    DbOption,
+    JsonOption,
+    MaxRequestsOption,
+    ServedModelOption,
+    ServerOption,
+    ServerRetriesOption,
+    ServerTextOnlyOption,
+    TimeBudgetOption,
+    console,
+    err_console,
+    open_store,
+    print_json,
+    print_served,
+    server_config,
+)
 from mulcot.errors import MulcotError
 from mulcot.events import Event
 
@@ -66,19 +82,33 @@ def predict(
     device: Annotated[str | None, typer.Option(help="hf backend device (default: best available).")] = None,
     dtype: Annotated[str | None, typer.Option(help="hf backend dtype (bf16, fp16, fp32).")] = None,
     name: Annotated[str | None, typer.Option(help="Batch mode run id (default: predict-MODEL-DATASET-SPLIT).")] = None,
+    server: ServerOption = None,
+    served_model: ServedModelOption = None,
+    concurrency: ConcurrencyOption = 4,
+    retries: ServerRetriesOption = 3,
+    max_requests: MaxRequestsOption = None,
+    time_budget: TimeBudgetOption = None,
+    server_text_only: ServerTextOnlyOption = False,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Ask the student about a post (--image/--text) or a whole split (--dataset): it writes the five-field
     reasoning (Text_analysis, Image_analysis, Conflict_resolution, Final_conclusion, Prediction) and the label.
-    Batch mode stores every chain (source student-gguf, stage eval) for `mulcot eval`, and resumes."""
+    Batch mode stores every chain (source student-gguf, stage eval) for `mulcot eval`, and resumes. With --server
+    --served-model the student answers from an OpenAI-compatible server (source student-server)."""
     from mulcot.predict import Post, PredictConfig, open_backend, predict_dataset, predict_post
 
     if (text is None) == (dataset is None):
         raise MulcotError("give either --text (with --image) for one post, or --dataset for a whole split")
     if (image is not None or caption is not None) and text is None:
         raise MulcotError("--image and --caption need --text (the post's text)")
-    if backend not in ("gguf", "hf"):
+    served = server_config(server, served_model, concurrency=concurrency, retries=retries, max_requests=max_requests,
+                           time_budget=time_budget, text_only=server_text_only)  # fmt: skip
+    if served is not None:
+        if gguf is not None or model is not None:
+            raise MulcotError("--server asks the served model: leave out --gguf and --model")
+        backend = "server"
+    if backend not in ("gguf", "hf", "server"):
         raise MulcotError(f"unknown --backend '{backend}' (use gguf or hf)")
     config = PredictConfig(max_tokens=max_tokens, label_max_tokens=label_max_tokens, temperature=temperature,
                            top_p=top_p, seed=seed, n_threads=n_threads, ctx=ctx, mmap=mmap, max_pixels=max_pixels,
@@ -90,7 +120,7 @@ def predict(
     try:
         with err_console.status("loading the model", spinner="dots") if not as_json else _Null():
             runner = open_backend(backend, gguf=gguf, model=model, quant=quant, mmproj=mmproj, config=config,
-                                  store=store)  # fmt: skip
+                                  store=store, server=served)  # fmt: skip
         try:
             if dataset is None:
                 assert text is not None
@@ -124,6 +154,7 @@ def predict(
     finally:
         if store is not None:
             store.close()
+    print_served(summary.served)
     if as_json:
         print_json(summary.as_dict())
         return

@@ -40,6 +40,46 @@ def _stored_outputs(store: Store, dataset: str, split: str, subject: Subject, st
     return out
 
 
+def _origin(subject: Subject) -> str:
+    """What generated chains carry in ``origin``: the weights (adapter, or model) and the adapter's hash."""
+    origin = f"eval:{subject.adapter or subject.model}"
+    if subject.adapter_sha256:
+        origin += "@" + subject.adapter_sha256[:12]
+    return origin
+
+
+def _generate_served(store: Store, subject: Subject, config: EvalConfig, task: str, plan: list[Any],
+                     progress: Progress | None) -> dict[str, Any]:  # fmt: skip
+    """The missing chains and label answers through the server (greedy, the same prompts and pixels), each stored
+    as it arrives exactly as in-process generation stores it; returns the serving summary."""
+    from mulcot import serving
+    from mulcot.train.items import DEFAULT_MAX_PIXELS, render_prompt
+
+    assert config.server is not None
+    text_only = config.server.text_only
+    origin = _origin(subject)
+    stage_of = {prompt: (stage, version) for prompt, stage, _, version, _, _ in plan}
+    jobs = [
+        serving.Job(sample_id=it.sample_id, prompt=render_prompt(get_prompt(prompt, task), it, text_only),
+                    image=it.image_path, max_tokens=max_new, max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS,
+                    tag=prompt, name=f"sample {it.sample_id} ({prompt})")
+        for prompt, _, max_new, _, todo, _ in plan
+        for it in todo
+    ]  # fmt: skip
+
+    def store_answer(job: serving.Job, comp: Any) -> None:
+        stage, version = stage_of[job.tag]
+        store.add_reasoning(**chain_row(
+            sample_id=job.sample_id, source=subject.source or "model", model=subject.model, stage=stage,
+            output=comp.text.strip(), run_id=subject.run_id, prompt_version=version, origin=origin,
+            tokens_in=comp.tokens_in, tokens_out=comp.tokens_out, latency_s=round(comp.latency_s, 4),
+        ))  # fmt: skip
+
+    emit(progress, "eval", message="served", done=0, total=len(jobs))
+    return serving.generate(config.server, jobs, store_answer, progress=progress, stage="eval", total=len(jobs),
+                            message="served").as_dict()  # fmt: skip
+
+
 def _generate_missing(store: Store, subject: Subject, config: EvalConfig, task: str, items: list[Any],
                       progress: Progress | None) -> dict[str, int]:  # fmt: skip
     """Generate chains and label answers for the items without them; returns counts."""
@@ -57,6 +97,9 @@ def _generate_missing(store: Store, subject: Subject, config: EvalConfig, task: 
               "labels_generated": len(plan[1][4]), "labels_reused": plan[1][5]}  # fmt: skip
     if not plan[0][4] and not plan[1][4]:
         return counts
+    if config.server is not None:
+        counts["served"] = _generate_served(store, subject, config, task, plan, progress)
+        return counts
 
     from mulcot.models import load_model, load_with_adapter
 
@@ -67,9 +110,7 @@ def _generate_missing(store: Store, subject: Subject, config: EvalConfig, task: 
     if subject.adapter:
         model = load_with_adapter(model, subject.adapter)
     tok = processor.tokenizer
-    origin = f"eval:{subject.adapter or subject.model}"
-    if subject.adapter_sha256:
-        origin += "@" + subject.adapter_sha256[:12]
+    origin = _origin(subject)
     for prompt, stage, max_new, version, todo, _ in plan:
         stage_name = "chains" if stage == STAGE_EVAL else "labels"
         gcfg = GenerationConfig(max_new_tokens=max_new, batch_size=config.batch_size,

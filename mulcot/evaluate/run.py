@@ -51,6 +51,7 @@ from mulcot.evaluate.select import (
 )
 from mulcot.events import Progress
 from mulcot.prompts import get_prompt
+from mulcot.serving import ServerConfig
 from mulcot.store import Store
 
 
@@ -79,9 +80,12 @@ class EvalConfig:
     out: str | None = None
     runs_dir: str = "runs"
     write_files: bool = True
+    server: ServerConfig | None = None  # model mode: generate through an OpenAI-compatible server
 
     def public(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["server"] = self.server.public() if self.server is not None else None
+        return out
 
 
 @dataclass
@@ -158,9 +162,25 @@ def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = No
     splits = store.splits(config.dataset)
     if config.split not in splits:
         raise NotFoundError(f"dataset '{config.dataset}' has no split '{config.split}' (splits: {', '.join(splits)})")
+    if config.server is not None:
+        from mulcot.serving import check_server
+
+        if config.model is None:
+            raise MulcotError("--server generates with a model: give --model RUN (stored chains need no server)")
+        check_server(config.server)
+    record = config.public()
+    if config.server is not None:
+        from mulcot.events import emit
+        from mulcot.serving import served_identity
+
+        assert config.model is not None
+        served, warnings = served_identity(config.server, resolve_model(store, config.model, config.runs_dir).adapter)
+        record.update(served)
+        for warning in warnings:
+            emit(progress, "eval", "info", message=warning, warning=True)
     what = re.sub(r"[^A-Za-z0-9._-]+", "-", str(config.model or config.source)).strip("-")
     with store.run(f"eval-{what}-{config.dataset}-{config.split}", kind="eval", dataset=config.dataset,
-                   config=config.public()) as run:  # fmt: skip
+                   config=record) as run:  # fmt: skip
         result = _evaluate(store, config, progress)
         run.metrics = {"eval_result": result.id, "n": result.n, **paper_row(result.to_dict())}
     return result

@@ -12,9 +12,10 @@ from mulcot.export.manifest import read_manifest
 from mulcot.predict.config import PredictConfig
 from mulcot.predict.gguf_backend import GGUFBackend
 from mulcot.predict.hf_backend import HFBackend
+from mulcot.predict.server_backend import ServerBackend
 from mulcot.refs import resolve
 
-BACKENDS = ("gguf", "hf")
+BACKENDS = ("gguf", "hf", "server")
 
 
 def find_gguf(path: str | os.PathLike[str], *, quant: str | None = None,
@@ -76,8 +77,14 @@ def open_backend(
     mmproj: str | os.PathLike[str] | None = None,
     config: PredictConfig | None = None,
     store: Any = None,
-) -> GGUFBackend | HFBackend:
-    """A backend from CLI-style arguments: ``gguf`` (export folder or text GGUF) or ``hf`` (``model`` folder)."""
+    server: Any = None,
+) -> GGUFBackend | HFBackend | ServerBackend:
+    """A backend from CLI-style arguments: ``gguf`` (export folder or text GGUF), ``hf`` (``model`` folder) or
+    ``server`` (a :class:`mulcot.serving.ServerConfig`)."""
+    if backend == "server":
+        if server is None:
+            raise MulcotError("the server backend needs --server URL --served-model NAME")
+        return ServerBackend(server, config)
     if backend == "gguf":
         if gguf is None:
             raise MulcotError("the gguf backend needs --gguf DIR|FILE (an export folder or a text GGUF)")

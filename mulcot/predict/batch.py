@@ -26,6 +26,7 @@ from mulcot.prompts import get_prompt
 if TYPE_CHECKING:
     from mulcot.predict.gguf_backend import GGUFBackend
     from mulcot.predict.hf_backend import HFBackend
+    from mulcot.predict.server_backend import ServerBackend
 
 PROMPT_STAGES = {"cot": EVAL, "label": LABEL}  # the stage a prompt's answers are stored under, as eval stores them
 
@@ -70,7 +71,7 @@ def _check_prompts(prompts: Sequence[str]) -> None:
         raise MulcotError(f"prompts must be cot and/or label (cot first), not {list(prompts)}")
 
 
-def predict_post(backend: GGUFBackend | HFBackend, post: Post, *, task: str | None = None,
+def predict_post(backend: GGUFBackend | HFBackend | ServerBackend, post: Post, *, task: str | None = None,
                  prompts: Sequence[str] = ("cot",)) -> list[PostPrediction]:  # fmt: skip
     """Predict one post with each of ``prompts`` (``cot``: the five-field reasoning; ``label``: the label only).
     ``task`` defaults to ``masc`` when the post has an aspect, else ``msa``."""
@@ -103,6 +104,7 @@ class BatchSummary:
     tokens_per_s: float | None = None
     wall_s: float = 0.0
     extra_prompts: dict[str, int] = field(default_factory=dict)
+    served: dict[str, Any] | None = None  # through a server: requests, failures, budget stop (ServeSummary)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,7 +114,7 @@ class BatchSummary:
 
 def predict_dataset(
     store: Any,
-    backend: GGUFBackend | HFBackend,
+    backend: GGUFBackend | HFBackend | ServerBackend,
     dataset: str,
     split: str = "test",
     *,
@@ -161,9 +163,18 @@ def predict_dataset(
     total = sum(len(v) for v in todo.values())
     count = 0
     emit(progress, "predict", done=0, total=total)
+    server = getattr(backend, "server", None)
+    if server is not None:
+        from mulcot.serving import served_identity
+
+        config.update(served_identity(server, None)[0])
     with store.run(run_id, kind="predict", dataset=dataset, config=config) as run:
         run.metrics = summary
-        for p in prompts:
+        if server is not None:
+            _predict_served(store, backend, todo, task, source, run_id, summary, progress)  # type: ignore[arg-type]
+            if summary.served and summary.served["stopped"]:
+                run.status = "stopped"
+        for p in prompts if server is None else ():
             step = backend.config.batch_size if backend.kind == "hf" else 1
             for offset in range(0, len(todo[p]), step):
                 chunk = todo[p][offset : offset + step]
@@ -188,6 +199,39 @@ def predict_dataset(
         _score(store, summary, task)
         summary.wall_s = round(time.perf_counter() - start, 3)
     return summary
+
+
+def _predict_served(store: Any, backend: ServerBackend, todo: dict[str, list[dict[str, Any]]], task: str,
+                    source: str, run_id: str, summary: BatchSummary, progress: Progress | None) -> None:  # fmt: skip
+    """Every missing answer through the server, ``concurrency`` at a time, each stored as it arrives."""
+    from mulcot import serving
+    from mulcot.predict.server_backend import generated
+
+    text_only = backend.text_only
+    jobs = [backend.job(Post(text=s["text"], aspect=s["aspect"],
+                             image=s["image_path"] if s["has_image"] and not text_only else None,
+                             caption=(s.get("meta") or {}).get("caption")),
+                        p, task, sample_id=s["id"], name=f"sample {s['key']} ({p})")
+            for p, samples in todo.items() for s in samples]  # fmt: skip
+    first = next(iter(todo))
+    count = 0
+
+    def store_answer(job: serving.Job, comp: Any) -> None:
+        nonlocal count
+        pred = _prediction(generated(comp), job.tag, task)
+        store.add_reasoning(**chain_row(
+            sample_id=job.sample_id, source=source, model=backend.name, stage=PROMPT_STAGES[job.tag], output=pred.raw,
+            run_id=run_id, prompt_version=pred.prompt_version, origin="predict", tokens_in=pred.tokens_in,
+            tokens_out=pred.tokens_out, latency_s=pred.latency_s,
+        ))  # fmt: skip
+        count += 1
+        if job.tag == first:
+            summary.predicted += 1
+        else:
+            summary.extra_prompts[job.tag] = summary.extra_prompts.get(job.tag, 0) + 1
+        emit(progress, "predict", done=count, total=len(jobs), prediction=pred)
+
+    summary.served = serving.generate(backend.server, jobs, store_answer, stage="predict").as_dict()
 
 
 def _score(store: Any, summary: BatchSummary, task: str) -> None:

@@ -10,6 +10,7 @@ from mulcot.train.items import DEFAULT_MAX_PIXELS
 
 SOURCE_GGUF = "student-gguf"
 SOURCE_HF = "student-hf"
+SOURCE_SERVER = "student-server"
 
 
 @dataclass

@@ -1,0 +1,159 @@
+"""expand, eval --model and predict --dataset through llama-cpp-python's own OpenAI-compatible server, serving the
+tiny student exported to GGUF + mmproj (test_export's fixtures): greedy answers equal ``predict --gguf`` on the same
+files, and a server killed mid-run leaves whole rows only and a rerun completes without duplicates."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_export import converter, student  # noqa: F401  (fixtures)
+
+from mulcot.expand import ExpandConfig, expand
+from mulcot.predict import SOURCE_GGUF, SOURCE_SERVER, GGUFBackend, PredictConfig, ServerBackend, predict_dataset
+from mulcot.sample import SAMPLE_NAME
+from mulcot.serving import ServerConfig, ServerError
+
+pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
+
+PIXELS = 56 * 56
+TOKENS, LABEL_TOKENS = 12, 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LlamaServer:
+    """``python -m llama_cpp.server`` on the GGUF and its projector with the generic mtmd chat handler (the GGUF's
+    own chat template, as ``predict --gguf`` uses), as ``student``, on a free port of 127.0.0.1."""
+
+    def __init__(self, text_gguf: str, mmproj: str):
+        self.args = [sys.executable, "-m", "llama_cpp.server", "--model", text_gguf, "--clip_model_path", mmproj,
+                     "--chat_format", "mtmd", "--model_alias", "student", "--n_ctx", "4096", "--n_threads", "1",
+                     "--n_threads_batch", "1"]  # fmt: skip
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> LlamaServer:
+        self.port = _free_port()
+        self.proc = subprocess.Popen([*self.args, "--port", str(self.port)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/models", timeout=2).read()
+                return self
+            except OSError:
+                assert self.proc.poll() is None, "llama-cpp-python's server exited"
+                assert time.time() < deadline, "llama-cpp-python's server did not start"
+                time.sleep(0.3)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def config(self, **kw: Any) -> ServerConfig:
+        return ServerConfig(url=self.url, served_model="student", **{"backoff_s": 0.2, "http_retries": 1, **kw})
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, student: Any) -> Any:  # noqa: F811
+    """The student run folder, its export (f16 GGUF + mmproj) and a running server on them."""
+    from mulcot.export import ExportConfig, export
+
+    run = student("qwen2.5-vl")
+    result = export(ExportConfig(source=str(run), out=str(tmp_path_factory.mktemp("served") / "out"), quants=()))
+    server = LlamaServer(result.text_gguf, result.mmproj_gguf).start()
+    try:
+        yield run, result, server
+    finally:
+        server.kill()
+
+
+def _answers(store: Any, split: str, source: str, stage: str, **kw: Any) -> dict[int, str]:
+    rows = store.reasonings(dataset=SAMPLE_NAME, split=split, source=source, stage=stage, **kw)
+    assert len(rows) == len({r["sample_id"] for r in rows})
+    return {r["sample_id"]: r["raw"] for r in rows}
+
+
+@pytest.mark.slow
+def test_greedy_chains_through_the_server_equal_predict_gguf(demo_store: Any, served: Any, tmp_path: Path) -> None:
+    from mulcot.evaluate import EvalConfig, evaluate
+
+    run, result, server = served
+    config = PredictConfig(max_tokens=TOKENS, label_max_tokens=LABEL_TOKENS, n_threads=1, max_pixels=PIXELS)
+    with GGUFBackend(result.text_gguf, result.mmproj_gguf, config) as gg:
+        predict_dataset(demo_store, gg, SAMPLE_NAME, "test", limit=3, prompts=("cot", "label"))
+        predict_dataset(demo_store, gg, SAMPLE_NAME, "train", limit=2)
+    want = {stage: _answers(demo_store, "test", SOURCE_GGUF, stage) for stage in ("eval", "label")}
+    want_train = _answers(demo_store, "train", SOURCE_GGUF, "eval")
+    assert len(want["eval"]) == 3 and len(want["label"]) == 3 and len(want_train) == 2
+
+    # predict --dataset --server
+    backend = ServerBackend(server.config(concurrency=2), config)
+    summary = predict_dataset(demo_store, backend, SAMPLE_NAME, "test", limit=3, prompts=("cot", "label"))
+    assert summary.served["answered"] == 6 and summary.served["failed"] == 0
+    for stage in ("eval", "label"):
+        assert _answers(demo_store, "test", SOURCE_SERVER, stage) == want[stage]
+    rows = demo_store.reasonings(dataset=SAMPLE_NAME, split="test", source=SOURCE_SERVER, stage="eval")
+    assert all(r["tokens_out"] == TOKENS and r["tokens_in"] > 20 for r in rows)  # the image's tokens count too
+
+    # eval --model RUN --server: the run's chains (stage eval) and label answers, as in-process eval stores them
+    evaluated = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, model=str(run), limit=3, max_new_tokens=TOKENS,
+                                                label_max_new_tokens=LABEL_TOKENS, max_pixels=PIXELS,
+                                                metrics=["bleu"], server=server.config(concurrency=2),
+                                                out=str(tmp_path / "eval")))  # fmt: skip
+    assert evaluated.metrics["generated"]["served"]["answered"] == 6
+    assert _answers(demo_store, "test", "model", "eval", run_id=run.name) == want["eval"]
+    assert _answers(demo_store, "test", "model", "label", run_id=run.name) == want["label"]
+
+    # expand --assistant RUN --server, greedy: the P_cot chains predict --gguf wrote for the same training posts
+    done = expand(demo_store, ExpandConfig(dataset=SAMPLE_NAME, assistant=str(run), limit=2, temperature=0.0,
+                                           max_new_tokens=TOKENS, max_pixels=PIXELS,
+                                           server=server.config()))  # fmt: skip
+    assert done.generated == 2
+    assert _answers(demo_store, "train", "assistant", "expand") == want_train
+    record = demo_store.get_run(f"expand-{run.name}-{SAMPLE_NAME}")["config"]
+    assert record["server"]["url"] == server.url and record["server"]["served_model"] == "student"
+    assert len(record["adapter_sha256"]) == 64 and "api_key" not in json.dumps(record)
+
+
+@pytest.mark.slow
+def test_server_killed_mid_run_then_restarted(demo_store: Any, served: Any) -> None:
+    _, result, server = served
+    config = PredictConfig(max_tokens=TOKENS, n_threads=1, max_pixels=PIXELS)
+    backend = ServerBackend(server.config(concurrency=1), config)
+
+    def kill_after_two(event: Any) -> None:
+        if event.done == 2:
+            server.kill()
+
+    with pytest.raises(ServerError) as info:
+        predict_dataset(demo_store, backend, SAMPLE_NAME, "test", limit=5, progress=kill_after_two)
+    assert "\n" not in str(info.value) and "stopped answering" in str(info.value)
+    rows = demo_store.reasonings(dataset=SAMPLE_NAME, split="test", source=SOURCE_SERVER)
+    assert len(rows) == 2 and all(r["raw"] is not None and r["tokens_out"] == TOKENS for r in rows)
+    assert demo_store.get_run(f"predict-student-{SAMPLE_NAME}-test")["status"] == "failed"
+
+    server.start()  # restarted (on another port): the same command, pointed at it, completes
+    summary = predict_dataset(demo_store, ServerBackend(server.config(concurrency=2), config), SAMPLE_NAME, "test",
+                              limit=5)  # fmt: skip
+    assert summary.skipped_done == 2 and summary.predicted == 3 and summary.chains == 5
+    rows = demo_store.reasonings(dataset=SAMPLE_NAME, split="test", source=SOURCE_SERVER)
+    assert len(rows) == 5 and set(Counter(r["sample_id"] for r in rows).values()) == {1}
