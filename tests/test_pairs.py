@@ -15,8 +15,9 @@ from mulcot.reasoning import Reasoning
 
 
 def _sample(key, split, label):
-    return {"split": split, "key": key, "text": f"post {key}", "raw_text": f"post {key}", "aspect": None,
-            "label": label, "image_name": None, "image_path": None, "image_sha256": None, "has_image": False}  # fmt: skip
+    text = f"post {key}"
+    return {"split": split, "key": key, "text": text, "raw_text": text, "aspect": None, "label": label,
+            "image_name": None, "image_path": None, "image_sha256": None, "has_image": False}  # fmt: skip
 
 
 @pytest.fixture
