@@ -130,3 +130,34 @@ def test_dpo_resumes_after_a_kill(demo_store, start, tmp_path):
     assert sorted(steps) == list(range(1, 13))
     assert steps[12]["rewards/margins"] > steps[1]["rewards/margins"]
     assert demo_store.get_run("cut")["status"] == "done"
+
+
+def test_dpo_knobs_are_flags_and_recipe_keys(tmp_path):
+    from mulcot.pipeline import Pipeline
+    from mulcot.recipes import parse_recipe
+    from mulcot.store import Store
+    from mulcot.train.config import config_fields
+
+    text = CliRunner().invoke(app, ["dpo", "--help"], env={"COLUMNS": "240"}).output
+    for f in config_fields(PreferenceConfig, cli=True):
+        assert (f.metadata.get("flag") or "--" + f.name.replace("_", "-")) in text, f.name
+    recipe_text = ('name = "r"\n[dataset]\nname = "d"\nformat = "jsonl"\npath = "x.jsonl"\n[assistant]\nmodel = "m"\n'
+                   '[student]\nmodel = "s"\n[training]\nseed = 7\n')  # fmt: skip
+    plain = parse_recipe(recipe_text, "r.toml")
+    off = parse_recipe(recipe_text + "[dpo]\nbeta = 0.3\n", "r.toml")
+    on = parse_recipe(recipe_text + '[dpo]\nenabled = true\nbeta = 0.3\nloss = "ipo"\nsources = "teacher"\n', "r.toml")
+    # a recipe without DPO keeps its hashes; enabling it reruns dpo, eval and export only
+    for stage in ("distill", "eval", "export"):
+        assert plain.stage_hash(stage) == off.stage_hash(stage)
+    assert plain.stage_hash("distill") == on.stage_hash("distill") and plain.stage_hash("eval") != on.stage_hash("eval")
+    with Store.open(tmp_path / "m.db") as store:
+        pipe = Pipeline(store, on)
+        cfg = pipe._dpo_config()
+        assert (cfg.beta, cfg.loss, cfg.sources, cfg.seed, cfg.model) == (0.3, "ipo", "teacher", 7,
+                                                                          pipe.run_name("distill"))  # fmt: skip
+        assert pipe.final_student() == pipe.run_name("dpo")
+        assert Pipeline(store, off).final_student() == pipe.run_name("distill")
+    for bad, message in (('loss = "nope"', "'dpo.loss' is 'nope'"), ("beta = 0.0", "'dpo.beta' must be positive"),
+                         ('sources = "x"', "'dpo.sources'")):  # fmt: skip
+        with pytest.raises(MulcotError, match=message):
+            parse_recipe(recipe_text + f"[dpo]\n{bad}\n", "r.toml")
