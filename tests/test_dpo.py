@@ -120,6 +120,15 @@ def test_dpo_resumes_after_a_kill(demo_store, start, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (folder / "adapter").exists() and len(_log(folder)) < 12
+    # a chain added meanwhile makes a fifth pair: the resumed run keeps the four it started with
+    paired = {p[0] for p in json.loads((folder / "pairs.json").read_text())}
+    fifth = next(c for c in demo_store.teacher_set(SAMPLE_NAME, "train") if c["id"] not in paired
+                 and c["sample_id"] not in {x["sample_id"] for x in demo_store.reasonings(dataset=SAMPLE_NAME)
+                                            if x["prediction"] != x["gold"]})  # fmt: skip
+    wrong = "negative" if fifth["gold"] != "negative" else "positive"
+    text = Reasoning("a", "b", "c", "d", wrong).to_text()
+    demo_store.add_reasoning(sample_id=fifth["sample_id"], source="teacher", model="t", stage="predict", raw=text,
+                             text=text, prediction=wrong, parse_status="full", final=True)  # fmt: skip
     again = subprocess.run([exe, *common], capture_output=True, text=True)
     assert again.returncode != 0 and "--resume" in again.stderr
     resumed = subprocess.run([exe, *common, "--resume"], capture_output=True, text=True)

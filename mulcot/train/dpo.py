@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from mulcot.errors import ModelError, MulcotError
@@ -111,6 +113,7 @@ def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
         )
     if config.max_pairs:
         pairs.pairs = pairs.pairs[: config.max_pairs]
+    _keep_pairs(pairs, config.folder / "pairs.json", resume)
     from mulcot.models import load_model
     from mulcot.models.loading import load_with_adapter
     from mulcot.train.items import is_text_only
@@ -139,6 +142,35 @@ def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
     return result
 
 
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    import datasets
+
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
+
+
+def _keep_pairs(pairs: PairSet, path: Any, resume: bool) -> None:
+    """A run trains on the pairs it started with: they are written to ``pairs.json`` (chosen and rejected chain
+    ids) at the start and read back on resume, so chains added to the store meanwhile do not shift its data."""
+    if resume and path.is_file():
+        kept = [tuple(x) for x in json.loads(path.read_text())]
+        found = {(p.chosen_id, p.rejected_id): p for p in pairs.pairs}
+        missing = [k for k in kept if k not in found]
+        if missing:
+            raise MulcotError(f"{len(missing)} of the run's {len(kept)} pairs are no longer in the store (e.g. chains "
+                              f"{missing[0][0]} / {missing[0][1]}): start a new run with another --name")  # fmt: skip
+        pairs.pairs = [found[k] for k in kept]
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([[p.chosen_id, p.rejected_id] for p in pairs.pairs]))
+
+
 def _train(config: PreferenceConfig, model: Any, processor: Any, pairs: PairSet, text_only: bool, base_model: str,
            start_run: str, resume: bool, progress: Progress | None) -> TrainResult:  # fmt: skip
     import torch
@@ -153,9 +185,10 @@ def _train(config: PreferenceConfig, model: Any, processor: Any, pairs: PairSet,
     rows = preference_rows(pairs, text_only=text_only, max_pixels=config.max_pixels)
     args = dpo_arguments(config, model, len(rows))
     callback = RunCallback(folder, progress, lambda m, metrics: None, None)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=processor.tokenizer if text_only else processor,
-                         callbacks=[callback])  # fmt: skip
+    with _quiet_datasets():  # TRL tokenizes a text-only dataset with datasets' map, which draws a bar on stderr
+        trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                             processing_class=processor.tokenizer if text_only else processor,
+                             callbacks=[callback])  # fmt: skip
     policy = trainer.accelerator.unwrap_model(trainer.model)
     if REF_ADAPTER not in policy.peft_config:
         raise ModelError("TRL did not keep a copy of the starting adapter as the DPO reference (the reference would "
