@@ -170,3 +170,12 @@ def test_dpo_knobs_are_flags_and_recipe_keys(tmp_path):
                          ('sources = "x"', "'dpo.sources'")):  # fmt: skip
         with pytest.raises(MulcotError, match=message):
             parse_recipe(recipe_text + f"[dpo]\n{bad}\n", "r.toml")
+
+
+def test_dpo_result_table_shows_rewards(capsys):
+    from mulcot.cli.train import print_result
+
+    print_result({"run": "pref", "adapter": "runs/pref/adapter", "steps": 8, "train_loss": 0.5, "wall_s": 3.0,
+                  "best": {"step": 8, "epoch": 4.0, "rewards/margins": 1.25, "rewards/accuracies": 1.0}})  # fmt: skip
+    out = capsys.readouterr().out
+    assert "reward margin" in out and "1.2500" in out and "dev accuracy" not in out

@@ -91,6 +91,10 @@ def print_result(summary: dict[str, Any]) -> None:
          if "eval_macro_f1" in best else "-"),
         ("wall time", f"{summary['wall_s']} s"),
     ]  # fmt: skip
+    if "rewards/margins" in best:  # a DPO run: its last step's implicit rewards instead of dev figures
+        rows[3:6] = [("last step", best.get("step", "-")),
+                     ("reward margin (chosen − rejected)", f"{best['rewards/margins']:.4f}"),
+                     ("pairs ranked right (reward accuracy)", f"{best.get('rewards/accuracies', 0):.4f}")]  # fmt: skip
     for k, v in rows:
         table.add_row(k, str(v))
     console.print(table)
