@@ -151,3 +151,24 @@ def test_exports_and_cli(scripted, tmp_path):
     assert r.exit_code == 0 and len(r.stdout.splitlines()) == 6
     r = runner.invoke(app, ["data", "pairs", "d", "--db", db, "--split", "test"])
     assert r.exit_code == 1 and "evaluation split" in r.output and "Traceback" not in r.output
+
+
+def test_pairs_of_a_dataset_with_images(demo_store, tmp_path):
+    from pathlib import Path
+
+    from mulcot.sample import SAMPLE_NAME
+
+    good = demo_store.teacher_set(SAMPLE_NAME, "train")[0]
+    text = Reasoning("t", "i", "c", "f", "negative" if good["gold"] != "negative" else "positive").to_text()
+    demo_store.add_reasoning(sample_id=good["sample_id"], source="student", model="s", stage="eval", raw=text,
+                             text=text, prediction="negative" if good["gold"] != "negative" else "positive",
+                             parse_status="full", final=True, run_id="stud")  # fmt: skip
+    pairs = build_pairs(demo_store, SAMPLE_NAME)
+    assert [(p.source, p.chosen_id, p.sample_id) for p in pairs.pairs] == [("student", good["id"], good["sample_id"])]
+    export_pairs(pairs, "trl", tmp_path / "p.jsonl")
+    row = json.loads((tmp_path / "p.jsonl").read_text())
+    assert len(row["images"]) == 1 and Path(row["images"][0]).is_file()
+    assert "aspect" in row["prompt"][0]["content"].lower()  # the MASC P_cot, with the sample's aspect
+    export_pairs(pairs, "llamafactory", tmp_path / "p.json")
+    lf = json.loads((tmp_path / "p.json").read_text())[0]
+    assert lf["conversations"][0]["value"].startswith("<image>") and lf["images"] == row["images"]
