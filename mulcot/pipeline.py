@@ -302,6 +302,8 @@ class Pipeline:
         begin = time.perf_counter()
         outcomes = []
         for stage in PIPELINE_STAGES[first : last + 1]:
+            if stage == "dpo" and not self.recipe.dpo.enabled:
+                continue  # an optional stage a recipe without [dpo] enabled does not have
             outcomes.append(self._stage(stage))
         return PipelineResult(
             recipe=self.recipe.name, stages=outcomes, files=self.files, metrics=self.metrics, cost_usd=self.cost,
