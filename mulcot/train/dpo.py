@@ -104,7 +104,7 @@ def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
         raise MulcotError("--beta must be positive")
     sources = parse_sources(config.sources)
     check_request(store, config, resume)
-    ref = resolve_run(store, config.model)
+    ref = resolve_run(store, config.model, config.runs_dir)
     pairs = build_pairs(store, config.dataset, config.split, sources)
     if not pairs.pairs:
         raise MulcotError(
