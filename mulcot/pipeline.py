@@ -208,7 +208,7 @@ class Pipeline:
                                 split=d.train_split, runs_dir=str(self.runs_dir), **knobs)  # fmt: skip
 
     def stage_dpo(self) -> dict[str, Any]:
-        from mulcot.train import dpo
+        from mulcot.train.dpo import dpo
 
         if not self.recipe.dpo.enabled:
             return {"note": "dpo.enabled is false: the student is not preference-optimised"}

@@ -8,7 +8,8 @@
 - :mod:`~mulcot.train.assistant` — ``MultiTaskTrainer`` and ``train_assistant``;
 - :mod:`~mulcot.train.student` — ``DistillTrainer(MultiTaskTrainer)`` and ``distill``;
 - :mod:`~mulcot.train.soft_labels` — the assistant's top-k cache or the resident assistant;
-- :mod:`~mulcot.train.dpo` — ``dpo``: preference optimisation of a trained run through TRL's ``DPOTrainer``;
+- :mod:`~mulcot.train.dpo` — ``dpo``, preference optimisation of a trained run through TRL's ``DPOTrainer``
+  (import it from there: the module has the same name);
 - :mod:`~mulcot.train.loop` — the run both stages share (record, LoRA, ``TrainingArguments``, best adapter);
 - :mod:`~mulcot.train.selection`, :mod:`~mulcot.train.callbacks`, :mod:`~mulcot.train.checkpoints`.
 
@@ -26,7 +27,6 @@ _LAZY = {
     "MultiTaskTrainer": "mulcot.train.assistant",
     "distill": "mulcot.train.student",
     "DistillTrainer": "mulcot.train.student",
-    "dpo": "mulcot.train.dpo",
     "TrainResult": "mulcot.train.loop",
 }
 
