@@ -79,7 +79,8 @@ def dpo_arguments(config: PreferenceConfig, model: Any, n_pairs: int) -> Any:
         lr_scheduler_type="linear",
         warmup_steps=config.warmup_steps,
         optim="adamw_torch",
-        gradient_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing=None,  # TRL defaults the old name to True, which transformers 5 warns about
         save_strategy="steps",
         save_steps=config.save_steps or steps_per_epoch,
         save_total_limit=2,
