@@ -31,19 +31,25 @@ def start(demo_store, compact_model, tmp_path):
     cfg = TrainConfig(dataset=SAMPLE_NAME, model=str(compact_model()), name="asst", runs_dir=str(tmp_path / "runs"),
                       epochs=1, max_train_items=4, dev_split=None, lr=2e-3, lora_dropout=0.0, **FAST)  # fmt: skip
     result = train_assistant(demo_store, cfg)
+    _add_misses(demo_store, 4)
+    return result
+
+
+def _add_misses(store, n: int) -> list[int]:
+    """A wrong teacher chain (a stage-1 miss) for the first ``n`` D_t samples: ``n`` teacher pairs."""
     flip = {"positive": "negative", "negative": "positive", "neutral": "positive"}
-    seen = []
-    for c in demo_store.teacher_set(SAMPLE_NAME, "train"):
+    seen: list[int] = []
+    for c in store.teacher_set(SAMPLE_NAME, "train"):
         if c["sample_id"] in seen:
             continue
         seen.append(c["sample_id"])
         bad = flip[c["gold"]]
         text = Reasoning("The text mocks it.", "A dark image.", "None.", f"It is {bad}.", bad).to_text()
-        demo_store.add_reasoning(sample_id=c["sample_id"], source="teacher", model="t", stage="predict", raw=text,
-                                 text=text, prediction=bad, parse_status="full", final=True)  # fmt: skip
-        if len(seen) == 4:
+        store.add_reasoning(sample_id=c["sample_id"], source="teacher", model="t", stage="predict", raw=text,
+                            text=text, prediction=bad, parse_status="full", final=True)  # fmt: skip
+        if len(seen) == n:
             break
-    return result
+    return seen
 
 
 def _cfg(tmp_path, **kw) -> PreferenceConfig:
@@ -179,3 +185,24 @@ def test_dpo_result_table_shows_rewards(capsys):
                   "best": {"step": 8, "epoch": 4.0, "rewards/margins": 1.25, "rewards/accuracies": 1.0}})  # fmt: skip
     out = capsys.readouterr().out
     assert "reward margin" in out and "1.2500" in out and "dev accuracy" not in out
+
+
+def test_dpo_of_a_text_only_backbone(demo_store, tiny_text_model, tmp_path):
+    """A text-only run: the image becomes its caption in the pair's prompt, TRL gets the tokenizer, no images."""
+    from mulcot.pairs import build_pairs
+    from mulcot.train.dpo import preference_rows
+
+    cfg = TrainConfig(dataset=SAMPLE_NAME, model=str(tiny_text_model()), name="text-asst",
+                      runs_dir=str(tmp_path / "runs"), epochs=1, max_train_items=2, dev_split=None, lr=2e-3,
+                      lora_dropout=0.0, **FAST)  # fmt: skip
+    train_assistant(demo_store, cfg)
+    first = _add_misses(demo_store, 2)[0]
+    demo_store.set_caption(first, "A man holds a trophy.")
+    rows = preference_rows(build_pairs(demo_store, SAMPLE_NAME, sources="teacher"), text_only=True, max_pixels=3136)
+    assert len(rows) == 2 and all("images" not in r for r in rows)
+    assert "Image (described in words): A man holds a trophy." in rows[0]["prompt"][0]["content"]
+    result = dpo(demo_store, _cfg(tmp_path, model="text-asst", name="text-pref", lr=5e-3))
+    log = _log(Path(result.folder))
+    assert result.steps == 1 and abs(log[0]["rewards/margins"]) < 1e-5
+    assert demo_store.get_run("text-pref")["config"]["family"] == "qwen2"
+    assert (Path(result.adapter) / "adapter_config.json").is_file()
