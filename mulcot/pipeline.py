@@ -1,4 +1,5 @@
-"""``mulcot run``: a recipe's whole pipeline, import → annotate → train-assistant → expand → distill → eval → export.
+"""``mulcot run``: a recipe's whole pipeline, import → annotate → train-assistant → expand → distill → (dpo) → eval →
+export.
 
 Each stage is recorded in the store as a run ``<recipe>:<stage>`` with the hash of what decides its result
 (:meth:`Recipe.stage_hash`); a stage already done with the same hash is skipped. Every stage is itself resumable
@@ -211,6 +212,35 @@ class Pipeline:
         self.files["student adapter"] = result.adapter
         return {"run": result.run, "best": _best(result.best), "steps": result.steps}
 
+    def _dpo_config(self) -> Any:
+        """The DPO run's ``PreferenceConfig``: [dpo]'s knobs and [training]'s shared ones, on the distilled student."""
+        from mulcot.train.config import PreferenceConfig, config_fields
+
+        p, d = self.recipe.dpo, self.recipe.dataset
+        knobs = {f.name: getattr(p, f.name) for f in config_fields(PreferenceConfig, section="dpo")}
+        knobs |= {f.name: getattr(self.recipe.training, f.name)
+                  for f in config_fields(PreferenceConfig, section="training")}  # fmt: skip
+        return PreferenceConfig(dataset=d.name, model=self.run_name("distill"), name=self.run_name("dpo"),
+                                split=d.train_split, runs_dir=str(self.runs_dir), **knobs)  # fmt: skip
+
+    def stage_dpo(self) -> dict[str, Any]:
+        from mulcot.train.dpo import dpo
+
+        if not self.recipe.dpo.enabled:
+            return {"note": "dpo.enabled is false: the student is not preference-optimised"}
+        cfg = self._dpo_config()
+        done = self.store.get_run(cfg.name)
+        if done is not None and done["status"] == "done":
+            self.files["student DPO adapter"] = str(Path(done["output_dir"]) / "adapter")
+            return {"run": cfg.name, "last": (done["metrics"] or {}).get("last")}
+        result = dpo(self.store, cfg, resume=self._resume(cfg.name), progress=self.report)
+        self.files["student DPO adapter"] = result.adapter
+        return {"run": result.run, "last": result.best, "steps": result.steps}
+
+    def final_student(self) -> str:
+        """The run that eval and export take as the student: the DPO run when [dpo] is enabled."""
+        return self.run_name("dpo" if self.recipe.dpo.enabled else "distill")
+
     def stage_eval(self) -> dict[str, Any]:
         from mulcot.evaluate import EvalConfig, evaluate
 
@@ -218,6 +248,8 @@ class Pipeline:
         out = {}
         subjects = [("teacher", {"source": "teacher"}), ("assistant", {"model": self.run_name("train-assistant")}),
                     ("student", {"model": self.run_name("distill")})]  # fmt: skip
+        if self.recipe.dpo.enabled:
+            subjects.append(("student-dpo", {"model": self.run_name("dpo")}))
         for label, subject in subjects:
             if label == "teacher" and not self.store.reasonings(dataset=d.name, split=ev.split, source="teacher",
                                                                 final_only=True):  # fmt: skip
@@ -239,7 +271,7 @@ class Pipeline:
         x = self.recipe.export
         out_dir = self.runs_dir / f"{self.recipe.name}-export-{self.recipe.stage_hash('export')[:8]}"
         result = export(
-            ExportConfig(source=self.run_name("distill"), out=str(out_dir), quants=tuple(x.quant), gguf=x.gguf),
+            ExportConfig(source=self.final_student(), out=str(out_dir), quants=tuple(x.quant), gguf=x.gguf),
             store=self.store,
             progress=self.report,
         )
@@ -286,6 +318,8 @@ class Pipeline:
         begin = time.perf_counter()
         outcomes = []
         for stage in PIPELINE_STAGES[first : last + 1]:
+            if stage == "dpo" and not self.recipe.dpo.enabled:
+                continue  # an optional stage a recipe without [dpo] enabled does not have
             outcomes.append(self._stage(stage))
         return PipelineResult(
             recipe=self.recipe.name, stages=outcomes, files=self.files, metrics=self.metrics, cost_usd=self.cost,

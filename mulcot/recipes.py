@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from mulcot.errors import MulcotError
-from mulcot.train.config import DistillConfig, TrainConfig, config_fields, default_of
+from mulcot.train.config import DistillConfig, PreferenceConfig, TrainConfig, config_fields, default_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,7 +30,7 @@ else:  # pragma: no cover
 FORMATS = ("twitter-tsv", "mvsa-raw", "clmlf-json", "mulcot-json", "jsonl")
 METRICS = ("sim", "meteor", "bleu", "rouge_l", "distinct_1", "distinct_2")
 QUANTS = ("q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k")
-PIPELINE_STAGES = ("import", "annotate", "train-assistant", "expand", "distill", "eval", "export")
+PIPELINE_STAGES = ("import", "annotate", "train-assistant", "expand", "distill", "dpo", "eval", "export")
 
 
 class RecipeError(MulcotError):
@@ -86,6 +86,8 @@ def _section(name: str, cls: type, section: str, *, base: type | None = None,
 ModelSection = _section("ModelSection", TrainConfig, "model", own=(("model", str),))
 StudentSection = _section("StudentSection", DistillConfig, "student", base=ModelSection)
 TrainingSection = _section("TrainingSection", TrainConfig, "training")
+# [dpo]: optional preference optimisation of the student (mulcot dpo) before eval and export
+DpoSection = _section("DpoSection", PreferenceConfig, "dpo", own=(("enabled", bool, field(default=False)),))
 
 
 @dataclass
@@ -123,6 +125,7 @@ class Recipe:
     teacher: TeacherSection = field(default_factory=TeacherSection)
     training: TrainingSection = field(default_factory=TrainingSection)
     expand: ExpandSection = field(default_factory=ExpandSection)
+    dpo: DpoSection = field(default_factory=DpoSection)  # type: ignore[valid-type]
     eval: EvalSection = field(default_factory=EvalSection)
     export: ExportSection = field(default_factory=ExportSection)
     source: str = field(default="", metadata={"internal": True})
@@ -141,12 +144,15 @@ class Recipe:
             "train-assistant": ("assistant", "training"),
             "expand": ("expand",),
             "distill": ("student",),
+            "dpo": ("dpo",),
             "eval": ("eval",),
             "export": ("export",),
         }
         data = self.as_dict()
         parts: list[Any] = []
         for s in PIPELINE_STAGES[: PIPELINE_STAGES.index(stage) + 1]:
+            if s == "dpo" and not self.dpo.enabled:
+                continue  # a recipe without DPO keeps the hashes it had before the stage existed
             parts.extend(data[k] for k in needs[s])
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -217,6 +223,8 @@ def _build(cls: type, data: Any, file: str, prefix: str) -> Any:
 
 
 def _validate(recipe: Recipe, file: str) -> None:
+    from mulcot.pairs import parse_sources
+
     weights = recipe.training.task_weights
     if len(weights) != 2 or min(weights) < 0 or sum(weights) <= 0:
         raise RecipeError(
@@ -226,6 +234,12 @@ def _validate(recipe: Recipe, file: str) -> None:
         raise RecipeError(f"{file}: 'student.lam' must be between 0 and 1, got {recipe.student.lam}")
     if recipe.student.tau <= 0:
         raise RecipeError(f"{file}: 'student.tau' must be positive, got {recipe.student.tau}")
+    if recipe.dpo.beta <= 0:
+        raise RecipeError(f"{file}: 'dpo.beta' must be positive, got {recipe.dpo.beta}")
+    try:
+        parse_sources(recipe.dpo.sources)
+    except MulcotError as err:
+        raise RecipeError(f"{file}: 'dpo.sources': {err}") from None
     if recipe.teacher.replay and recipe.teacher.skip:
         raise RecipeError(f"{file}: 'teacher.replay' and 'teacher.skip' exclude each other")
     if not recipe.name or any(c in recipe.name for c in "/\\ "):

@@ -43,7 +43,7 @@ def _parameters(cls: type, skip: set[str]) -> list[tuple[inspect.Parameter, Call
                                   annotation=Annotated[bool, option])  # fmt: skip
             out.append((p, lambda v, name=f.name, param=param: (name, not v[param])))
             continue
-        option = typer.Option(help=meta["help"])
+        option = typer.Option(meta["flag"], help=meta["help"]) if "flag" in meta else typer.Option(help=meta["help"])
         tp = _cli_type(hints[f.name], f)
         if meta.get("none_flag"):
             tp = str  # the value flag; the none flag sets None

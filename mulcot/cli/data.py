@@ -188,3 +188,48 @@ def export(
     n = export_dataset(store, name, fmt, target, split=split, source=source, correct_only=not all_chains)
     if out is not None:
         console.print(f"wrote {n} records to {out}", highlight=False)
+
+
+@app.command()
+def pairs(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    split: Annotated[str, typer.Option(help="Training split (dev/test chains never become pairs).")] = "train",
+    sources: Annotated[str, typer.Option("--from", help="Where rejected chains come from: teacher, assistant, "
+                                         "student, ratings (comma-separated).")] = "teacher,assistant,student,ratings",
+    fmt: Annotated[str | None, typer.Option("--format", help="Write the pairs: trl (JSONL) or llamafactory "
+                                            "(ranking ShareGPT JSON).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file for --format (default: stdout).")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Preference pairs for DPO: a correct chain (D_t or D_a) against a wrong, failed or lower-rated chain of the same
+    sample. Shows counts per source and gold label; --format exports them for TRL or LLaMA-Factory."""
+    from mulcot.labels import LABELS
+    from mulcot.pairs import build_pairs, export_pairs
+
+    store = open_store(db)
+    built = build_pairs(store, name, split, sources)
+    if fmt is not None:
+        if out is None:
+            export_pairs(built, fmt, sys.stdout)
+            return
+        n = export_pairs(built, fmt, out)
+        err_console.print(f"wrote {n} pairs to {out}", highlight=False)
+    summary = built.summary()
+    if as_json:
+        print_json(summary)
+        return
+    table = Table(title=f"preference pairs of {escape(name)}/{escape(split)}: {summary['pairs']} pairs over "
+                  f"{summary['samples']} samples")  # fmt: skip
+    table.add_column("rejected from")
+    for label in LABELS:
+        table.add_column(label, justify="right")
+    table.add_column("total", justify="right")
+    for source, per in summary["counts"].items():
+        table.add_row(source, *(str(per.get(lab, 0)) for lab in LABELS), str(sum(per.values())))
+    console.print(table)
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["reasons"].items())) or "none"
+    console.print(f"rejected chains: {reasons}", highlight=False)
+    if not summary["pairs"]:
+        console.print("no pairs: they need correct chains (D_t or D_a) and wrong, failed or rated ones of the same "
+                      "sample ([bold]mulcot annotate[/], [bold]mulcot expand[/], [bold]mulcot tui[/] ratings)")

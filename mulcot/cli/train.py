@@ -12,7 +12,7 @@ from rich.table import Table
 from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
 from mulcot.cli.config_options import config_options
 from mulcot.events import Event
-from mulcot.train.config import TrainConfig
+from mulcot.train.config import PreferenceConfig, TrainConfig
 
 
 def training_progress(as_json: bool) -> tuple[Progress, Any]:
@@ -97,6 +97,10 @@ def print_result(summary: dict[str, Any]) -> None:
          if "eval_macro_f1" in best else "-"),
         ("wall time", f"{summary['wall_s']} s"),
     ]  # fmt: skip
+    if "rewards/margins" in best:  # a DPO run: its last step's implicit rewards instead of dev figures
+        rows[3:6] = [("last step", best.get("step", "-")),
+                     ("reward margin (chosen − rejected)", f"{best['rewards/margins']:.4f}"),
+                     ("pairs ranked right (reward accuracy)", f"{best.get('rewards/accuracies', 0):.4f}")]  # fmt: skip
     launch = summary.get("launch") or {}
     if launch.get("world_size", 1) > 1:
         how = "FSDP" if launch.get("fsdp") else "DeepSpeed" if launch.get("deepspeed") else "DDP"
@@ -104,3 +108,22 @@ def print_result(summary: dict[str, Any]) -> None:
     for k, v in rows:
         table.add_row(k, str(v))
     console.print(table)
+
+
+@config_options(PreferenceConfig)
+def dpo(
+    dataset: Annotated[str, typer.Argument(help="Dataset whose preference pairs train the run (mulcot data pairs).")],
+    model: Annotated[str, typer.Option(help="The trained assistant or student to start from: run name, runs/NAME "
+                                       "or an adapter folder.")],
+    name: Annotated[str | None, typer.Option(help="Run name (folder runs/NAME); default: dpo-DATASET.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")] = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+    options: dict[str, Any] | None = None,
+) -> None:
+    """DPO of a trained run's LoRA adapter on pairs of chains (correct vs wrong, failed or lower-rated), through
+    TRL; the reference policy is the starting adapter."""
+    from mulcot.train.dpo import dpo as run
+
+    config = PreferenceConfig(dataset=dataset, model=model, name=name or f"dpo-{dataset}", **(options or {}))
+    train(run, config, resume=resume, db=db, as_json=as_json)

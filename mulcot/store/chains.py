@@ -216,6 +216,25 @@ class ChainsMixin(Connection):
             )
         )
 
+    def pair_candidates(self, dataset: str, split: str) -> list[dict[str, Any]]:
+        """Every chain of one split that may enter a preference pair (:mod:`mulcot.pairs`): every attempt of every
+        source except label answers, in sample order, each with its sample's key and gold label, its
+        :data:`OUTCOME`, ``chosen_set`` (1 when it is in D_t or D_a: :data:`TEACHER_SET`, :data:`ASSISTANT_SET`)
+        and its human ratings: ``rating`` (the mean over its ratings of (faithfulness + usefulness) / 2; None when
+        unrated) and ``ratings`` (how many)."""
+        sql = f"""
+            SELECT r.id, r.sample_id, r.source, r.model, r.stage, r.run_id, r.attempt, r.final, r.valid,
+              r.prediction, r.parse_status, r.text, r.raw, s.split, s.key, s.label AS gold, {OUTCOME} AS outcome,
+              CASE WHEN ({TEACHER_SET}) OR ({ASSISTANT_SET}) THEN 1 ELSE 0 END AS chosen_set,
+              t.rating, COALESCE(t.n, 0) AS ratings
+            FROM {_JOIN}
+            LEFT JOIN (SELECT reasoning_id, AVG((faithfulness + usefulness) / 2.0) AS rating, COUNT(*) AS n
+                       FROM ratings GROUP BY reasoning_id) t ON t.reasoning_id = r.id
+            WHERE s.dataset = ? AND s.split = ? AND r.stage != '{LABEL}'
+            ORDER BY r.sample_id, r.id
+        """
+        return list(self.db.query(sql, [dataset, split]))
+
     # -- soft labels -------------------------------------------------------------------------------------
 
     def soft_label_index(self, run_id: str) -> dict[str, dict[str, Any]]:

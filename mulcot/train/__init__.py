@@ -8,6 +8,8 @@
 - :mod:`~mulcot.train.assistant` — ``MultiTaskTrainer`` and ``train_assistant``;
 - :mod:`~mulcot.train.student` — ``DistillTrainer(MultiTaskTrainer)`` and ``distill``;
 - :mod:`~mulcot.train.soft_labels` — the assistant's top-k cache or the resident assistant;
+- :mod:`~mulcot.train.dpo` — ``dpo``, preference optimisation of a trained run through TRL's ``DPOTrainer``
+  (import it from there: the module has the same name);
 - :mod:`~mulcot.train.loop` — the run both stages share (record, LoRA, ``TrainingArguments``, best adapter);
 - :mod:`~mulcot.train.selection`, :mod:`~mulcot.train.callbacks`, :mod:`~mulcot.train.checkpoints`.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mulcot.train.config import DistillConfig, TrainConfig
+from mulcot.train.config import DistillConfig, PreferenceConfig, TrainConfig
 
 _LAZY = {
     "train_assistant": "mulcot.train.assistant",
@@ -28,7 +30,7 @@ _LAZY = {
     "TrainResult": "mulcot.train.loop",
 }
 
-__all__ = ["DistillConfig", "TrainConfig", *_LAZY]
+__all__ = ["DistillConfig", "PreferenceConfig", "TrainConfig", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

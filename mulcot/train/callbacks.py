@@ -67,7 +67,8 @@ def route_trackers(trainer: Any, folder: Path) -> None:
 
 
 def plot_curves(folder: Path) -> Path | None:
-    """Loss per step and dev accuracy per epoch as ``curves.png``."""
+    """Loss per step and dev accuracy per epoch (a DPO run: chosen/rejected rewards and their margin per step) as
+    ``curves.png``."""
     log = folder / "log.jsonl"
     if not log.exists():
         return None
@@ -88,12 +89,21 @@ def plot_curves(folder: Path) -> Path | None:
     a.set_xlabel("step")
     a.set_title("training loss")
     a.legend()
-    if dev:
-        b.plot([r["epoch"] for r in dev], [r["eval_accuracy"] for r in dev], marker="o", label="accuracy")
-        b.plot([r["epoch"] for r in dev], [r["eval_macro_f1"] for r in dev], marker="x", label="macro-F1")
+    rewards = [r for r in train if "rewards/margins" in r]  # a DPO run: its implicit rewards per step
+    if rewards:
+        for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+            b.plot([r["step"] for r in rewards], [r[key] for r in rewards], label=key.split("/")[1])
+        b.axhline(0.0, color="grey", linewidth=0.5)
         b.legend()
-    b.set_xlabel("epoch")
-    b.set_title("dev")
+        b.set_xlabel("step")
+        b.set_title("DPO rewards (β·log π/π_ref)")
+    else:
+        if dev:
+            b.plot([r["epoch"] for r in dev], [r["eval_accuracy"] for r in dev], marker="o", label="accuracy")
+            b.plot([r["epoch"] for r in dev], [r["eval_macro_f1"] for r in dev], marker="x", label="macro-F1")
+            b.legend()
+        b.set_xlabel("epoch")
+        b.set_title("dev")
     fig.tight_layout()
     out = folder / "curves.png"
     fig.savefig(out, dpi=100)

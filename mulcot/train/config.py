@@ -128,6 +128,50 @@ class DistillConfig(TrainConfig):
     include_expanded: bool = _f(True, "Train on D_t only (skip D_a).", flag="--no-expanded", invert=True)
 
 
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")  # TRL's DPOConfig.loss_type
+
+
+@dataclass
+class PreferenceConfig:
+    """A DPO run (``mulcot dpo``): preference optimisation of a trained assistant's or student's LoRA adapter on
+    pairs of chains (:mod:`mulcot.pairs`), through TRL's ``DPOTrainer``. The adapter keeps its own LoRA settings;
+    the reference policy is the starting adapter."""
+
+    dataset: str = _f(help="Dataset whose pairs train the run.", cli=False)
+    model: str = _f(help="The trained run to start from: a run name, runs/NAME or an adapter folder.", cli=False)
+    name: str = _f(help="Run name (folder runs/NAME).", cli=False)
+    split: str = _f("train", "Training split of the pairs.")
+    sources: str = _f("teacher,assistant,student,ratings", "Where rejected chains come from (comma-separated).",
+                      flag="--from", section="dpo")  # fmt: skip
+    beta: float = _f(0.1, "β: how far the policy may move from the reference (higher: less).", section="dpo")
+    loss: str = _f("sigmoid", "TRL's DPO loss: sigmoid (DPO), ipo, hinge, robust, …", section="dpo",
+                   choices=DPO_LOSSES)  # fmt: skip
+    lr: float = _f(5e-5, "AdamW learning rate.", section="dpo")
+    batch_size: int = _f(2, "Pairs per micro-batch.", section="dpo", min=1)
+    grad_accum: int = _f(4, "Gradient accumulation steps.", section="dpo", min=1)
+    epochs: float = _f(1, "Epochs over the pairs.", section="dpo")
+    warmup_steps: int = _f(0, "Linear lr warm-up, in optimizer steps (then linear decay).", section="dpo")
+    max_pairs: int | None = _f(None, "Use only the first N pairs.", section="dpo")
+    max_length: int | None = _f(None, "Truncate sequences to N tokens (text-only models; default: none).",
+                                section="dpo")  # fmt: skip
+    max_pixels: int = _f(280 * 280, "Images are downsized to at most this many pixels.", section="training")
+    device: str | None = _f(None, "cuda, cuda:1, mps or cpu (default: best available).", section="training")
+    dtype: str | None = _f(None, "bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU).", section="training")
+    gradient_checkpointing: bool = _f(False, "Trade compute for memory.", section="training")
+    seed: int = _f(42, "Random seed.", section="training")
+    save_steps: int | None = _f(None, "Checkpoint every N optimizer steps (default: each epoch).", section="training")
+    runs_dir: str = _f("runs", "Where run folders go.")
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def folder(self) -> Path:
+        """The run folder, ``runs_dir/name``."""
+        return Path(self.runs_dir) / self.name
+
+
 def config_fields(cls: type, *, section: str | None = None, cli: bool | None = None) -> list[Field]:
     """The fields of a config class, optionally those of one recipe ``section`` or those on the command line."""
     out = []

@@ -44,7 +44,7 @@ class TrainResult:
     launch: dict[str, Any] | None = None
 
 
-def check_request(store: Store, config: TrainConfig, resume: bool) -> None:
+def check_request(store: Store, config: Any, resume: bool) -> None:
     """Refuse, in one line, what cannot run: a taken name, nothing to resume, bad task weights."""
     existing = store.get_run(config.name)
     if existing is not None and not resume:
@@ -56,7 +56,8 @@ def check_request(store: Store, config: TrainConfig, resume: bool) -> None:
         raise MulcotError(f"no run named '{config.name}' to resume")
     if resume and existing is not None and existing["status"] == "done":
         raise MulcotError(f"run '{config.name}' is already finished: nothing to resume")
-    if sum(config.task_weights) <= 0 or min(config.task_weights) < 0:
+    weights = getattr(config, "task_weights", None)  # a DPO run has none
+    if weights is not None and (sum(weights) <= 0 or min(weights) < 0):
         raise MulcotError("--task-weights must be two non-negative numbers, e.g. 0.2,0.8")
     check_tracker(config.report_to)
 
