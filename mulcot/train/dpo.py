@@ -99,6 +99,10 @@ def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
         progress: Progress | None = None) -> TrainResult:  # fmt: skip
     """DPO of the run ``config.model`` on the pairs of ``config.dataset``; records the run (kind ``dpo``) and
     writes ``runs/<name>/`` with ``adapter/``. Refuses, in one line, bad settings and a dataset without pairs."""
+    from mulcot.train import distributed as dist
+
+    if dist.is_distributed():  # only train-assistant and distill are rank-aware so far
+        raise MulcotError("mulcot dpo runs in one process for now: start it without torchrun / accelerate launch")
     if config.loss not in DPO_LOSSES:
         raise MulcotError(f"--loss '{config.loss}' is not one of TRL's DPO losses: {', '.join(DPO_LOSSES)}")
     if config.beta <= 0:
