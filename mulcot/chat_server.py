@@ -20,8 +20,8 @@ from typing import Any
 
 @dataclass
 class Reply:
-    """What to answer: a completion ``text``, or an HTTP error ``status``; ``delay_s`` first; ``drop`` closes the
-    connection without an answer."""
+    """What to answer: a completion ``text``, or an HTTP error ``status`` (with ``text`` as its error message, when
+    given); ``delay_s`` first; ``drop`` closes the connection without an answer."""
 
     text: str | None = None
     status: int = 200
@@ -104,8 +104,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(2)
             return
         if reply.status != 200:
-            self._send(reply.status, {"error": {"message": f"scripted HTTP {reply.status}", "type": "error"}},
-                       reply.headers)  # fmt: skip
+            message = reply.text or f"scripted HTTP {reply.status}"
+            self._send(reply.status, {"error": {"message": message, "type": "error"}}, reply.headers)
             return
         text = reply.text or ""
         prompt = prompt_text(body)
