@@ -8,8 +8,9 @@ tokens, cost, latency, run). The job is resumable: a sample that already has a c
 and an image one of whose samples already has a caption lends it to the others without a request. A budget stops
 the job before a request could exceed it. The run is recorded (kind ``captions``) with its summary.
 
-A teacher that cannot see images (the endpoint refuses the image part) stops the job at its first request with one
-line saying so; nothing is stored.
+A teacher that cannot see images (the endpoint refuses the image part) stops the job with one line saying so; so does
+any failure of the job's first request (a wrong model name or endpoint would fail every request the same way). Later
+failures are counted and listed, and the job goes on.
 """
 
 from __future__ import annotations
@@ -166,7 +167,9 @@ class Captioner:
 
     # -- one image ---------------------------------------------------------------------------------------------
 
-    async def _caption(self, path: str, samples: list[dict[str, Any]]) -> None:
+    async def _caption(self, path: str, samples: list[dict[str, Any]], first: bool = False) -> None:
+        """Caption one image and store it on its samples. The job's ``first`` request failing stops the job: the
+        teacher or the endpoint is wrong (every request would fail the same way)."""
         reserved = self._reserve()
         if reserved is None:
             self._stop = True
@@ -184,13 +187,17 @@ class Captioner:
         except TeacherError as exc:
             self._settle(reserved, None)
             self.summary.requests += 1
+            kept = f"{s.captioned} captions stored before" if (s := self.summary).captioned else "nothing stored"
             if str(exc).startswith("the teacher endpoint refused") and _NO_VISION.search(str(exc)):
                 self._stop = True
-                kept = f"{s.captioned} captions stored before" if (s := self.summary).captioned else "nothing stored"
                 raise TeacherCannotSeeImages(
                     f"teacher '{self.config.teacher.model}' cannot see images ({exc}): captions need a "
                     f"vision-language teacher ({kept})"
                 ) from None
+            if first:
+                self._stop = True
+                raise MulcotError(f"the first caption request failed ({exc}): check --teacher and --base-url; a "
+                                  f"teacher must see images to caption them ({kept})") from None  # fmt: skip
             self._fail(f"image {path} (samples {keys}): {exc}")
             return
         self._settle(reserved, comp.cost_usd)
@@ -245,7 +252,7 @@ class Captioner:
 
                 if todo:  # the first request alone: a teacher without vision is told once, not once per worker
                     path, samples = next(pending)
-                    await self._caption(path, samples)
+                    await self._caption(path, samples, first=True)
                     await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, len(todo)))))
             finally:
                 self.summary.wall_s = time.perf_counter() - start

@@ -139,11 +139,25 @@ def test_teacher_that_cannot_see_images_is_one_line(store, tmp_path):
     assert not any(s["meta"].get("caption") for s in store.samples("t15"))
 
 
-def test_other_refusals_are_failures_not_a_vision_verdict(store):
+def test_other_failures_stop_at_the_first_request_else_are_listed(store):
     with ChatServer(lambda body: Reply(status=404, text="The model `nope` does not exist")) as server:
+        with pytest.raises(MulcotError) as err:
+            caption_images(store, _cfg(server, limit=3))
+        assert len(server.requests) == 1
+    message = str(err.value)
+    assert "first caption request failed" in message and "does not exist" in message and "\n" not in message
+    assert "cannot see images" not in message
+
+    first = Captions()
+
+    def later_fail(body: dict) -> Reply:
+        return first(body) if first.n == 0 else Reply(status=404, text="The model `nope` does not exist")
+
+    with ChatServer(later_fail) as server:
         summary = caption_images(store, _cfg(server, limit=3))
-    assert summary.failed == 3 and summary.captioned == 0
+    assert summary.captioned == 1 and summary.failed == 2 and len(summary.failures) == 2
     assert "does not exist" in summary.failures[0] and "cannot see images" not in summary.failures[0]
+    assert store.get_run(summary.run_id)["status"] == "done"
 
 
 def test_cli_json_split_and_bad_input(store, tmp_path):
