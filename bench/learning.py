@@ -182,7 +182,8 @@ def gguf_rows(store: Any, run_folder: str, args: argparse.Namespace) -> dict[str
     from mulcot.predict.config import PredictConfig
 
     began = time.perf_counter()
-    out = export(ExportConfig(source=run_folder, out=str(args.work / "export"), quants=("q8_0", "q4_k_m")),
+    out = export(ExportConfig(source=run_folder, out=str(args.work / f"export-{Path(run_folder).name}"),
+                              quants=("q8_0", "q4_k_m")),
                  store=store, progress=progress)  # fmt: skip
     rows: dict[str, Any] = {"export_s": round(time.perf_counter() - began, 1)}
     files = {"f16": out.text_gguf, **out.quantized}
@@ -267,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-min", type=float, default=None,
                     help="skip a trained row when it would end past this many minutes (the GGUF part reserved)")
     ap.add_argument("--gguf-reserve-s", type=float, default=300.0, help="seconds kept for the GGUF part")
+    ap.add_argument("--add-rows", action="store_true",
+                    help="add the --rows not measured yet to an earlier run's --work store and --json results")
     ap.add_argument("--no-gguf", action="store_true", help="skip the export and the GGUF rows")
     ap.add_argument("--long-chains", dest="short_chains", action="store_false", help="keep the full chains")
     ap.add_argument("--threads", type=int, default=1,
@@ -282,43 +285,62 @@ def main(argv: list[str] | None = None) -> int:
     from mulcot.models.smollm2 import cached_dir
     from mulcot.store import Store
 
-    if args.work.exists() and any(args.work.iterdir()):
-        ap.error(f"--work {args.work} is not empty: give a fresh folder")
-    args.work.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    store = Store.open(args.work / "mulcot.db")
-    sizes = prepare(store, args.work, args)
-    sizes.update(chain_dev=min(args.chain_dev, sizes["dev"]), epochs=args.epochs, lr=args.lr,
-                 batch_size=args.batch_size, grad_accum=args.grad_accum, short_chains=args.short_chains)  # fmt: skip
-    log(f"sizes: {sizes}")
     smol = cached_dir()
-    result: dict[str, Any] = {"sizes": sizes, "rows": {}, "machine": {"cpus": os.cpu_count(),
-                              "platform": platform.platform(), "load_at_start": os.getloadavg()}}  # fmt: skip
+    if args.add_rows:  # a later invocation on the same store and results: only the rows not measured yet
+        if not (args.json and args.json.exists() and (args.work / "mulcot.db").exists()):
+            ap.error("--add-rows needs the --work folder and the --json file of an earlier run")
+        result: dict[str, Any] = json.loads(args.json.read_text())
+        store = Store.open(args.work / "mulcot.db")
+        earlier_s = sum(result.get("wall_s_runs") or [result["wall_s"]])
+        result["wall_s_runs"] = [*(result.get("wall_s_runs") or [result["wall_s"]]), 0.0]
+        result["rows"] = {k: v for k, v in result["rows"].items() if not v.get("skipped")}
+    else:
+        if args.work.exists() and any(args.work.iterdir()):
+            ap.error(f"--work {args.work} is not empty: give a fresh folder")
+        args.work.mkdir(parents=True, exist_ok=True)
+        store = Store.open(args.work / "mulcot.db")
+        sizes = prepare(store, args.work, args)
+        sizes.update(chain_dev=min(args.chain_dev, sizes["dev"]), epochs=args.epochs, lr=args.lr,
+                     batch_size=args.batch_size, grad_accum=args.grad_accum,
+                     short_chains=args.short_chains)  # fmt: skip
+        result = {"sizes": sizes, "rows": {}, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                                          "load_at_start": os.getloadavg()}}  # fmt: skip
+        earlier_s = 0.0
+    log(f"sizes: {result['sizes']}")
 
     def save() -> None:
-        result["wall_s"] = round(time.perf_counter() - began, 1)
+        now = time.perf_counter() - began
+        if "wall_s_runs" in result:
+            result["wall_s_runs"][-1] = round(now, 1)
+        result["wall_s"] = round(earlier_s + now, 1)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=2, default=str))
 
-    # majority: the training split's most frequent label, said for every dev post
-    train_labels = Counter(s["label"] for s in store.samples(DATASET, "train"))
-    majority = train_labels.most_common(1)[0][0]
-    gold = [s["label"] for s in store.samples(DATASET, "dev")]
-    m = classification_metrics(gold, [majority] * len(gold))
-    result["rows"][f"majority ({majority})"] = {"label": {"n": len(gold), "accuracy": m["accuracy"],
-                                                          "macro_f1": m["macro_f1"]}}  # fmt: skip
-    result["rows"]["SmolLM2 zero-shot"] = measure_model(store, str(smol), "bench-zero-shot", args)
-    save()
+    if not args.add_rows:
+        # majority: the training split's most frequent label, said for every dev post
+        train_labels = Counter(s["label"] for s in store.samples(DATASET, "train"))
+        majority = train_labels.most_common(1)[0][0]
+        gold = [s["label"] for s in store.samples(DATASET, "dev")]
+        m = classification_metrics(gold, [majority] * len(gold))
+        result["rows"][f"majority ({majority})"] = {"label": {"n": len(gold), "accuracy": m["accuracy"],
+                                                              "macro_f1": m["macro_f1"]}}  # fmt: skip
+        result["rows"]["SmolLM2 zero-shot"] = measure_model(store, str(smol), "bench-zero-shot", args)
+        save()
 
     weights = {"lam0.2": ((0.2, 0.8), "trained λ_cls 0.2 (paper)"), "lam0.8": ((0.8, 0.2), "trained λ_cls 0.8"),
                "label-only": ((1.0, 0.0), "trained label-only (w/o CoT)")}  # fmt: skip
-    trained: dict[str, str] = {}
+    trained = {title: str(args.work / "runs" / f"smol-{key}") for key, (_, title) in weights.items()
+               if title in result["rows"]}  # fmt: skip
     row_s: list[float] = []
     for key in [r.strip() for r in args.rows.split(",") if r.strip()]:
         pair, title = weights[key]
+        if title in result["rows"]:
+            continue
         elapsed = time.perf_counter() - began
-        guess = max(row_s) if row_s else 0.0  # the slowest trained row so far (label-only rows are cheaper)
+        # the slowest multi-task row so far; a label-only row trains on short sequences only: about half of it
+        guess = (max(row_s) if row_s else 0.0) * (0.5 if pair[1] == 0 else 1.0)
         if args.budget_min and elapsed + guess + args.gguf_reserve_s > 60 * args.budget_min:
             log(f"skipping {key}: {elapsed:.0f} s spent, a row took up to {guess:.0f} s, budget {args.budget_min} min")
             result["rows"][title] = {"skipped": f"time budget ({elapsed / 60:.0f} min spent)"}
@@ -334,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if trained and not args.no_gguf:
         best = max(trained, key=lambda t: result["rows"][t]["label"]["accuracy"])
-        result["gguf"] = {"run": Path(trained[best]).name, "run_row": best, **gguf_rows(store, trained[best], args)}
-        save()
+        if (result.get("gguf") or {}).get("run_row") != best:
+            result["gguf"] = {"run": Path(trained[best]).name, "run_row": best,
+                              **gguf_rows(store, trained[best], args)}  # fmt: skip
+            save()
     save()
     order = ["majority", "SmolLM2 zero-shot", "trained λ_cls 0.2", "trained λ_cls 0.8", "trained label-only"]
     result["rows"] = dict(sorted(result["rows"].items(),
