@@ -20,8 +20,9 @@ from typing import Any
 
 @dataclass
 class Reply:
-    """What to answer: a completion ``text``, or an HTTP error ``status``; ``delay_s`` first; ``drop`` closes the
-    connection without an answer; ``raw`` is sent as the whole body instead (garbage that is no completion)."""
+    """What to answer: a completion ``text``, or an HTTP error ``status`` (with ``text`` as its error message, when
+    given); ``delay_s`` first; ``drop`` closes the connection without an answer; ``raw`` is sent as the whole body
+    instead (garbage that is no completion)."""
 
     text: str | None = None
     raw: bytes | None = None
@@ -124,8 +125,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(reply.raw)
             return
         if reply.status != 200:
-            self._send(reply.status, {"error": {"message": f"scripted HTTP {reply.status}", "type": "error"}},
-                       reply.headers)  # fmt: skip
+            message = reply.text or f"scripted HTTP {reply.status}"
+            self._send(reply.status, {"error": {"message": message, "type": "error"}}, reply.headers)
             return
         payload = completion(body, reply.text or "", f"chatcmpl-{len(self.server.requests)}", self.server.model)
         self._send(200, payload, reply.headers)

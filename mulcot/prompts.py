@@ -11,6 +11,9 @@ Training/inference prompts for the assistant and the student:
 - ``cot`` (P_cot): task + post + five-field format, no definitions; target = the reasoning text;
 - ``label`` (P_label): task + post + ``Prediction`` format; target = ``"Prediction": <label>``.
 
+The teacher's caption prompt (:func:`caption_prompt`, ``annotate --captions``) asks for one sentence about the image
+alone: what a text-only backbone reads in place of the image.
+
 Each has an MSA (coarse, whole post) and a MASC (aspect) variant. A template's ``version`` is a short hash of its
 wording; it is stored with every output, so changing a word here changes the version and never mixes chains made
 from different prompts.
@@ -157,6 +160,19 @@ def get_prompt(name: str, task: str) -> PromptTemplate:
     if task not in TASKS:
         raise MulcotError(f"unknown task '{task}': use msa (whole post) or masc (aspect)")
     return PromptTemplate(name=name, task=task, template=_build(name, task))
+
+
+CAPTION_TEMPLATE = (
+    "Describe this image in one factual sentence of at most 30 words: what and who is shown, and any text "
+    "written in it. Do not guess the feelings or opinions of whoever posted it. Answer with the sentence only."
+)
+
+
+def caption_prompt() -> PromptTemplate:
+    """The teacher's caption prompt (``annotate --captions``): one sentence about the attached image alone, without
+    the post's text (so the caption carries what the image shows, not the post's sentiment). Versioned by hash like
+    every prompt."""
+    return PromptTemplate(name="caption", task="image", template=CAPTION_TEMPLATE)
 
 
 def prompt_versions() -> dict[str, str]:

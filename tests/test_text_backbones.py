@@ -143,3 +143,27 @@ def test_predict_cli_reads_a_caption(tiny_text_model, tmp_path) -> None:
     assert r.exit_code != 0 and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
     r = CliRunner().invoke(app, ["predict", "--caption", "x", "--dataset", "d"])
     assert r.exit_code != 0 and "--caption need --text" in r.output
+
+
+def test_cli_refuses_a_model_without_chat_template_in_one_line(demo_store, tiny_text_model, tmp_path) -> None:
+    """predict and train-assistant name the model and the missing chat template in one line; the store is left
+    as it was (no run recorded) and no run folder is written."""
+    from typer.testing import CliRunner
+
+    from mulcot.cli import app
+    from mulcot.sample import SAMPLE_NAME
+
+    model = str(tiny_text_model(chat_template=False))
+    r = CliRunner().invoke(app, ["predict", "--backend", "hf", "--model", model, "--text", "Great $T$",
+                                 "--aspect", "game", "--max-tokens", "4"])  # fmt: skip
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and "has no chat template" in r.output
+    runs = {r["id"] for r in demo_store.list_runs()}
+    db, runs_dir = str(tmp_path / "mulcot.db"), str(tmp_path / "runs")
+    r = CliRunner().invoke(app, ["train-assistant", SAMPLE_NAME, "--model", model, "--name", "x", "--db", db,
+                                 "--runs-dir", runs_dir])  # fmt: skip
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]  # the rest: a transient bar
+    assert len(errors) == 1 and "has no chat template" in errors[0]
+    assert {r["id"] for r in demo_store.list_runs()} == runs
+    assert not (tmp_path / "runs" / "x").exists()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -14,10 +14,13 @@ from rich.table import Table
 from mulcot.annotate import AnnotateConfig, AnnotateSummary
 from mulcot.annotate import annotate as run_annotate
 from mulcot.annotate_batch import MAX_REQUESTS, BatchConfig, annotate_batch, batch_status
+from mulcot.captions import CaptionConfig, caption_images
 from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
 from mulcot.errors import MulcotError
 from mulcot.events import Event
 from mulcot.teacher import DEFAULT_KEY_ENV, TeacherConfig
+
+CAPTION_MAX_TOKENS = 100  # one sentence
 
 
 def _price(value: str | None, flag: str = "--price") -> tuple[float, float] | None:
@@ -35,7 +38,12 @@ def annotate(
     teacher: Annotated[
         str | None, typer.Option("--teacher", help="Teacher model name at the endpoint, e.g. gpt-4o-mini.")
     ] = None,
-    split: Annotated[str, typer.Option(help="Split to annotate (the method annotates train).")] = "train",
+    split: Annotated[
+        str | None, typer.Option(help="Split to annotate (default: train; with --captions: every split).")
+    ] = None,
+    captions: Annotated[
+        bool, typer.Option("--captions", help="Caption every image (one sentence each) instead of writing chains.")
+    ] = False,
     base_url: Annotated[
         str | None,
         typer.Option(help="OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp, …); default: OpenAI."),
@@ -52,7 +60,9 @@ def annotate(
     timeout: Annotated[float, typer.Option(help="Seconds per request before it is retried.")] = 120.0,
     http_retries: Annotated[int, typer.Option(help="Retries of a request on 429/5xx/timeouts.")] = 5,
     image_max_side: Annotated[int, typer.Option(help="Images are downsized to this longer side (px).")] = 280,
-    max_tokens: Annotated[int, typer.Option(help="Completion token limit per request.")] = 1024,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Completion token limit per request (default 1024; captions 100).")
+    ] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (endpoint default if unset).")] = None,
     json_mode: Annotated[bool, typer.Option(help="Ask for a JSON object (response_format), where supported.")] = False,
     run: Annotated[str | None, typer.Option(help="Run id (default: annotate-DATASET-SPLIT-MODEL).")] = None,
@@ -87,6 +97,7 @@ def annotate(
 
     Live by default; --batch goes through the OpenAI Batch API.
     --batch-file / --ingest work with files for an offline run (vllm run-batch).
+    With --captions, have it caption every image instead (what text-only backbones read).
     Every way resumes when run again."""
     store = open_store(db)
     if batch_status_:
@@ -98,12 +109,18 @@ def annotate(
         raise MulcotError("--teacher MODEL is required (the model name at the endpoint, e.g. gpt-4o-mini)")
     if batch and (batch_file or ingest):
         raise MulcotError("--batch uploads to the Batch API; --batch-file / --ingest work with files: choose one")
+    if captions and (batch or batch_file or ingest):
+        raise MulcotError("--captions runs live: drop --batch / --batch-file / --ingest")
+    teacher_cfg = TeacherConfig(model=teacher, base_url=base_url, key_env=api_key_env, timeout_s=timeout,
+                                http_retries=http_retries, temperature=temperature,
+                                max_tokens=max_tokens or (CAPTION_MAX_TOKENS if captions else 1024),
+                                json_mode=json_mode, image_max_side=image_max_side, price=_price(price))  # fmt: skip
+    if captions:
+        _captions(store, dataset, teacher_cfg, split, concurrency, budget_usd, limit, run, as_json)
+        return
     cfg = AnnotateConfig(
-        dataset=dataset, split=split, stage=stage, concurrency=concurrency, max_retries=max_retries,
-        budget_usd=budget_usd, limit=limit, run_id=run,
-        teacher=TeacherConfig(model=teacher, base_url=base_url, key_env=api_key_env, timeout_s=timeout,
-                              http_retries=http_retries, temperature=temperature, max_tokens=max_tokens,
-                              json_mode=json_mode, image_max_side=image_max_side, price=_price(price)),
+        dataset=dataset, split=split or "train", stage=stage, concurrency=concurrency, max_retries=max_retries,
+        budget_usd=budget_usd, limit=limit, run_id=run, teacher=teacher_cfg,
     )  # fmt: skip
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
@@ -128,7 +145,53 @@ def annotate(
     if as_json:
         print_json(summary.as_dict())
         return
-    _print_summary(summary, dataset, split)
+    _print_summary(summary, dataset, cfg.split)
+
+
+def _captions(store: Any, dataset: str, teacher: TeacherConfig, split: str | None, concurrency: int,
+              budget_usd: float | None, limit: int | None, run: str | None, as_json: bool) -> None:  # fmt: skip
+    """``annotate --captions``: the teacher captions every image of the dataset (or of ``split``)."""
+    cfg = CaptionConfig(dataset=dataset, teacher=teacher, splits=(split,) if split else None,
+                        concurrency=concurrency, budget_usd=budget_usd, limit=limit, run_id=run)  # fmt: skip
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), console=err_console, disable=as_json, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(f"captioning {dataset}", total=None, info="")
+
+        def progress(event: Event) -> None:
+            s = event.summary
+            cost = f"${s.cost_usd:.4f}" if s.cost_known else "cost n/a"
+            bar.update(task, completed=event.done, total=event.total,
+                       info=f"{s.requests} req · {s.tokens_in + s.tokens_out} tok · {cost}")  # fmt: skip
+
+        summary = caption_images(store, cfg, progress=progress)
+    if as_json:
+        print_json(summary.as_dict())
+        return
+    s = summary
+    table = Table(title=f"captions {escape(dataset)} ({escape(s.run_id)})", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for name, value in [
+        ("images in the splits", s.images),
+        ("captioned now", s.captioned),
+        ("already captioned before", s.skipped_done),
+        ("samples given a sibling's caption", s.reused),
+        ("failed", s.failed),
+        ("requests / HTTP retries", f"{s.requests} / {s.http_retries}"),
+        ("tokens in / out", f"{s.tokens_in} / {s.tokens_out}"),
+        ("cost", f"${s.cost_usd:.4f}" if s.cost_known else "unknown (model not in the price table: --price)"),
+        ("wall time", f"{s.wall_s:.1f} s"),
+        ("samples with a caption now", f"{s.samples_captioned} of {s.samples_with_image}"),
+    ]:
+        table.add_row(name, str(value))
+    console.print(table)
+    for failure in s.failures[:10]:
+        err_console.print(f"[yellow]failed[/] {escape(failure)}", soft_wrap=True)
+    if s.stopped == "budget":
+        console.print("[yellow]stopped: the next request could exceed --budget-usd; raise it and run again to "
+                      "continue[/]")  # fmt: skip
 
 
 def _print_summary(s: AnnotateSummary, dataset: str, split: str) -> None:

@@ -111,7 +111,8 @@ class SamplesMixin(Connection):
                     kept = from_json(old.get("meta")) or {}
                     if "caption" in kept and old["image_sha256"] == content["image_sha256"]:
                         # a caption describes the image: it survives a re-import that keeps the image
-                        extra["meta"] = to_json({"caption": kept["caption"], **(row.get("meta") or {})})
+                        caption = {k: kept[k] for k in ("caption", "caption_source") if k in kept}
+                        extra["meta"] = to_json({**caption, **(row.get("meta") or {})})
                     self._update("samples", "id", sid, {**content, **extra, "updated_at": stamp})
                     existing[ident] = {"id": sid, **content}
                     counts.updated += 1
@@ -153,14 +154,18 @@ class SamplesMixin(Connection):
         rows[0]["meta"] = from_json(rows[0]["meta"]) or {}
         return rows[0]
 
-    def set_caption(self, sample_id: int, caption: str | None) -> None:
+    def set_caption(self, sample_id: int, caption: str | None, source: dict[str, Any] | None = None) -> None:
         """Store (or, with None, remove) a sample's image caption, ``meta["caption"]``: what a text-only
-        backbone reads in place of the image."""
+        backbone reads in place of the image. ``source`` is its provenance (e.g. the teacher model, prompt
+        version, tokens and cost), kept as ``meta["caption_source"]`` and removed with the caption."""
         meta = self.get_sample(sample_id)["meta"]
+        meta.pop("caption_source", None)
         if caption is None:
             meta.pop("caption", None)
         else:
             meta["caption"] = caption
+            if source is not None:
+                meta["caption_source"] = source
         with self.transaction():
             self._update("samples", "id", sample_id, {"meta": to_json(meta), "updated_at": now()})
 
