@@ -27,7 +27,7 @@ from mulcot.errors import MulcotError
 from mulcot.events import Progress, emit
 from mulcot.prompts import get_prompt
 from mulcot.store import Store
-from mulcot.teacher import Teacher, TeacherConfig, TeacherError, image_data_url
+from mulcot.teacher import Budget, BudgetReached, Teacher, TeacherConfig, TeacherError, image_data_url
 
 PASSES = (PREDICT, EXPLAIN)  # the teacher's two passes (chain stages)
 
@@ -81,33 +81,6 @@ class AnnotateSummary:
         return asdict(self)
 
 
-class BudgetReached(Exception):
-    """No further request fits into the budget."""
-
-
-class _Budget:
-    def __init__(self, limit: float | None):
-        self.limit = limit
-        self.spent = 0.0
-        self.reserved = 0.0
-        self.largest = 0.0
-
-    def reserve(self, estimate: float) -> float:
-        if self.limit is None:
-            return 0.0
-        guess = max(self.largest, estimate)
-        if self.spent + self.reserved + guess > self.limit:
-            raise BudgetReached
-        self.reserved += guess
-        return guess
-
-    def settle(self, reserved: float, cost: float | None) -> None:
-        self.reserved -= reserved
-        if cost:
-            self.spent += cost
-            self.largest = max(self.largest, cost)
-
-
 class Annotator:
     """Runs one annotation job against one store and one teacher."""
 
@@ -129,7 +102,7 @@ class Annotator:
         self.progress = progress
         self.task = self.dataset["task"]
         self.prompts = {"predict": get_prompt("pre", self.task), "explain": get_prompt("exp", self.task)}
-        self.budget = _Budget(config.budget_usd)
+        self.budget = Budget(config.budget_usd)
         self.run_id = config.run_id or f"annotate-{config.dataset}-{config.split}-{_slug(config.teacher.model)}"
         self.summary = AnnotateSummary(run_id=self.run_id, cost_known=self.teacher.price is not None)
         self._jobs_total = 0

@@ -25,7 +25,7 @@ from mulcot.errors import MulcotError
 from mulcot.events import Progress, emit
 from mulcot.prompts import caption_prompt
 from mulcot.store import Store
-from mulcot.teacher import Teacher, TeacherConfig, TeacherError, image_data_url
+from mulcot.teacher import Budget, BudgetReached, Teacher, TeacherConfig, TeacherError, image_data_url
 
 MAX_CAPTION_CHARS = 400
 # what endpoints say when a model has no vision input (OpenAI, vLLM, llama.cpp server, Ollama)
@@ -113,9 +113,7 @@ class Captioner:
         self.progress = progress
         self.run_id = config.run_id or f"captions-{config.dataset}-{_slug(config.teacher.model)}"
         self.summary = CaptionSummary(run_id=self.run_id, cost_known=self.teacher.price is not None)
-        self.spent = 0.0
-        self.reserved = 0.0
-        self.largest = 0.0
+        self.budget = Budget(config.budget_usd)
         self._stop = False
         self._done = 0
         self._total = 0
@@ -146,32 +144,14 @@ class Captioner:
                 todo.append((group[0]["image_path"], missing))
         return todo[: self.config.limit] if self.config.limit is not None else todo
 
-    # -- the budget --------------------------------------------------------------------------------------------
-
-    def _reserve(self) -> float | None:
-        """Reserve the cost of one more request; None when it could exceed the budget."""
-        if self.config.budget_usd is None:
-            return 0.0
-        estimate = self.teacher.cost(len(self.prompt.template) // 3 + 300, self.config.teacher.max_tokens) or 0.0
-        guess = max(self.largest, estimate)
-        if self.spent + self.reserved + guess > self.config.budget_usd:
-            return None
-        self.reserved += guess
-        return guess
-
-    def _settle(self, reserved: float, cost: float | None) -> None:
-        self.reserved -= reserved
-        if cost:
-            self.spent += cost
-            self.largest = max(self.largest, cost)
-
     # -- one image ---------------------------------------------------------------------------------------------
 
     async def _caption(self, path: str, samples: list[dict[str, Any]], first: bool = False) -> None:
         """Caption one image and store it on its samples. The job's ``first`` request failing stops the job: the
         teacher or the endpoint is wrong (every request would fail the same way)."""
-        reserved = self._reserve()
-        if reserved is None:
+        try:
+            reserved = self.budget.reserve(self.teacher.estimate(self.prompt.template))
+        except BudgetReached:
             self._stop = True
             self.summary.stopped = "budget"
             return
@@ -179,13 +159,13 @@ class Captioner:
         try:
             url = await asyncio.to_thread(image_data_url, path, self.config.teacher.image_max_side)
         except OSError as exc:
-            self._settle(reserved, None)
+            self.budget.settle(reserved, None)
             self._fail(f"image {path} (samples {keys}): cannot be read: {exc}")
             return
         try:
             comp = await self.teacher.complete(self.prompt.template, url)
         except TeacherError as exc:
-            self._settle(reserved, None)
+            self.budget.settle(reserved, None)
             self.summary.requests += 1
             kept = f"{s.captioned} captions stored before" if (s := self.summary).captioned else "nothing stored"
             if str(exc).startswith("the teacher endpoint refused") and _NO_VISION.search(str(exc)):
@@ -200,7 +180,7 @@ class Captioner:
                                   f"teacher must see images to caption them ({kept})") from None  # fmt: skip
             self._fail(f"image {path} (samples {keys}): {exc}")
             return
-        self._settle(reserved, comp.cost_usd)
+        self.budget.settle(reserved, comp.cost_usd)
         s = self.summary
         s.requests += 1
         s.http_retries += comp.http_retries

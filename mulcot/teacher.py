@@ -47,6 +47,38 @@ class TeacherError(MulcotError):
         self.kind = kind
 
 
+class BudgetReached(Exception):
+    """No further request fits into the budget."""
+
+
+class Budget:
+    """A spending limit in USD shared by concurrent requests: each reserves its estimated cost (at least the
+    largest cost seen so far) before it is sent and settles the real cost when it returns."""
+
+    def __init__(self, limit: float | None):
+        self.limit = limit
+        self.spent = 0.0
+        self.reserved = 0.0
+        self.largest = 0.0
+
+    def reserve(self, estimate: float) -> float:
+        """Reserve room for one request; raises :class:`BudgetReached` when it could exceed the limit."""
+        if self.limit is None:
+            return 0.0
+        guess = max(self.largest, estimate)
+        if self.spent + self.reserved + guess > self.limit:
+            raise BudgetReached
+        self.reserved += guess
+        return guess
+
+    def settle(self, reserved: float, cost: float | None) -> None:
+        """Release a reservation and count the request's real cost (None: unknown or not billed)."""
+        self.reserved -= reserved
+        if cost:
+            self.spent += cost
+            self.largest = max(self.largest, cost)
+
+
 def price_for(model: str, override: tuple[float, float] | None = None) -> tuple[float, float] | None:
     """(input, output) USD per 1M tokens for ``model`` (longest known prefix), or None when unknown."""
     if override is not None:
