@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from mulcot.chat_server import Reply, Responder, completion
+from mulcot.chat_server import BackgroundServer, Reply, Responder, completion
 
 __all__ = ["BatchPlan", "BatchServer", "Reply"]
 
@@ -279,7 +279,7 @@ class _Server(ThreadingHTTPServer):
     state: _State
 
 
-class BatchServer:
+class BatchServer(BackgroundServer):
     """Serve the Batch API at ``http://127.0.0.1:PORT/v1`` in a background thread; ``plans`` are used by batches in
     the order they are created, then ``default``."""
 
@@ -308,18 +308,3 @@ class BatchServer:
     def release(self) -> None:
         """Let batches held in progress (``BatchPlan.hold``) finish at their next retrieve."""
         self._server.state.released.set()
-
-    def start(self) -> BatchServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> BatchServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

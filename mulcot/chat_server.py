@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 
 @dataclass
@@ -141,7 +141,28 @@ class _Server(ThreadingHTTPServer):
     lock: threading.Lock
 
 
-class ChatServer:
+class BackgroundServer:
+    """An HTTP server (``self._server``) served from a daemon thread: ``start``/``stop`` or ``with``."""
+
+    _server: ThreadingHTTPServer
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ChatServer(BackgroundServer):
     """Serve ``responder`` at ``http://127.0.0.1:PORT/v1`` in a background thread (``port=0``: any free port)."""
 
     def __init__(self, responder: Responder, *, port: int = 0, model: str = "local"):
@@ -160,17 +181,3 @@ class ChatServer:
     def requests(self) -> list[dict[str, Any]]:
         return self._server.requests
 
-    def start(self) -> ChatServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> ChatServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
