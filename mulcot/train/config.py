@@ -161,6 +161,9 @@ class PreferenceConfig:
     gradient_checkpointing: bool = _f(False, "Trade compute for memory.", section="training")
     seed: int = _f(42, "Random seed.", section="training")
     save_steps: int | None = _f(None, "Checkpoint every N optimizer steps (default: each epoch).", section="training")
+    report_to: str = _f("none", "Also log to tensorboard (runs/NAME/tensorboard), wandb or mlflow (their usual "
+                        "environment variables apply); log.jsonl and curves.png are always written.",
+                        section="training", choices=REPORT_TO)  # fmt: skip
     runs_dir: str = _f("runs", "Where run folders go.")
 
     def public(self) -> dict[str, Any]:

@@ -85,7 +85,7 @@ def dpo_arguments(config: PreferenceConfig, model: Any, n_pairs: int) -> Any:
         save_steps=config.save_steps or steps_per_epoch,
         save_total_limit=2,
         logging_steps=1,
-        report_to=[],
+        report_to=[] if config.report_to == "none" else [config.report_to],
         disable_tqdm=True,
         dataloader_num_workers=0,
         seed=config.seed,
@@ -183,13 +183,13 @@ def _train(config: PreferenceConfig, model: Any, processor: Any, pairs: PairSet,
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import DPOTrainer
 
-    from mulcot.train.callbacks import RunCallback, plot_curves
+    from mulcot.train.callbacks import RunCallback, plot_curves, route_trackers
 
     torch.manual_seed(config.seed)
     folder = config.folder
     rows = preference_rows(pairs, text_only=text_only, max_pixels=config.max_pixels)
     args = dpo_arguments(config, model, len(rows))
-    callback = RunCallback(folder, progress, lambda m, metrics: None, None)
+    callback = RunCallback(folder, progress, lambda metrics: None, None)  # no dev evaluation: no best epoch
     with _quiet_datasets():  # TRL tokenizes a text-only dataset with datasets' map, which draws a bar on stderr
         trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=processor.tokenizer if text_only else processor,
@@ -198,6 +198,7 @@ def _train(config: PreferenceConfig, model: Any, processor: Any, pairs: PairSet,
     if REF_ADAPTER not in policy.peft_config:
         raise ModelError("TRL did not keep a copy of the starting adapter as the DPO reference (the reference would "
                          "be the base model): this TRL/peft pairing is not supported")  # fmt: skip
+    route_trackers(trainer, folder)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     checkpoint = last_complete_checkpoint(folder / "checkpoints") if resume else None
