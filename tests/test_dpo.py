@@ -88,6 +88,7 @@ def test_dpo_starts_at_the_adapter_and_learns_the_preference(demo_store, start, 
 
     subject = resolve_model(demo_store, "pref", tmp_path / "runs")
     assert subject.adapter == str(result.adapter) and subject.run_kind == "dpo"
+    assert subject.source == "assistant"  # its chains are stored as the source of the run it started from
     from mulcot.models import load_model
     from mulcot.models.loading import load_with_adapter
 

@@ -55,9 +55,23 @@ class Subject:
         return asdict(self)
 
 
-def _adapter_subject(ref: RunRef) -> Subject:
+def run_source(store: Store, run_id: str, kind: str | None) -> str:
+    """The chain source of a run's generations: ``assistant`` or ``student`` by its kind; a DPO run takes the
+    source of the run it started from (through any DPO runs in between)."""
+    seen: set[str] = set()
+    while kind == "dpo" and run_id not in seen:
+        seen.add(run_id)
+        start = ((store.get_run(run_id) or {}).get("config") or {}).get("start_run")
+        started = store.get_run(start) if start else None
+        if started is None:
+            break
+        run_id, kind = start, started["kind"]
+    return RUN_KIND_SOURCE.get(kind or "", "model")
+
+
+def _adapter_subject(store: Store, ref: RunRef) -> Subject:
     return Subject(
-        kind="model", name=ref.run_id, source=RUN_KIND_SOURCE.get(ref.kind or "", "model"), run_id=ref.run_id,
+        kind="model", name=ref.run_id, source=run_source(store, ref.run_id, ref.kind), run_id=ref.run_id,
         model=ref.base_model, adapter=str(ref.adapter), folder=str(ref.folder) if ref.folder else None,
         run_kind=ref.kind, adapter_sha256=adapter_digest(ref.adapter),
     )  # fmt: skip
@@ -68,7 +82,7 @@ def resolve_model(store: Store, spec: str, runs_dir: str | os.PathLike[str] = "r
     in the store or under ``runs_dir``), a model folder (``config.json``) or else a hub id."""
     ref = resolve(store, spec, runs_dir, allow=("run", "adapter", "model", "hub"), what="model to evaluate")
     if ref.run is not None:
-        return _adapter_subject(ref.run)
+        return _adapter_subject(store, ref.run)
     from mulcot.models import model_family
 
     model_family(ref.model)  # refuses what is not a supported model (a hub id: fetched or found in the cache)
