@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,18 +78,19 @@ class ServerConfig:
         return Teacher(config)
 
 
-def check_server(config: ServerConfig) -> list[str]:
+def check_server(config: ServerConfig) -> dict[str, str]:
     """Refuse, in one line, a bad setting or a server that is unreachable or does not list ``served_model`` in its
-    ``/v1/models``; returns the served names."""
+    ``/v1/models``; returns the served names and who serves them (``owned_by``: ``vllm``, ``me`` for
+    llama-cpp-python, ``llamacpp``)."""
     if config.concurrency < 1:
         raise ServerError("--concurrency must be at least 1")
     if not config.url.startswith(("http://", "https://")):
         raise ServerError(f"--server must be an http(s) URL such as http://127.0.0.1:8000/v1, not '{config.url}'")
 
-    async def ask() -> list[str]:
+    async def ask() -> dict[str, str]:
         client = config.teacher()
         try:
-            return await client.models()
+            return await client.model_owners()
         finally:
             await client.aclose()
 
@@ -159,12 +160,19 @@ class ServeSummary:
         return asdict(self)
 
 
-OnAnswer = Callable[[Job, Completion], None]
+OnAnswer = Callable[[Job, Any], None]
+Request = Callable[[Teacher, Job, "str | None"], Awaitable[Any]]
+
+
+async def chat(client: Teacher, job: Job, url: str | None) -> Completion:
+    """The default request: one greedy (or sampled) chat completion of the job's prompt and image."""
+    return await client.complete(job.prompt, url, max_tokens=job.max_tokens, params=sampling(job))
 
 
 class _Run:
     def __init__(self, config: ServerConfig, on_answer: OnAnswer, progress: Progress | None, stage: str,
-                 total: int | None, message: str):  # fmt: skip
+                 total: int | None, message: str, request: Request = chat):  # fmt: skip
+        self.request = request
         self.message = message
         self.config = config
         self.on_answer = on_answer
@@ -189,7 +197,7 @@ class _Run:
             url = await asyncio.to_thread(image_url, job.image, job.max_pixels, job.image_max_side)
         self.summary.requests += 1
         try:
-            comp = await client.complete(job.prompt, url, max_tokens=job.max_tokens, params=sampling(job))
+            comp = await self.request(client, job, url)
         except TeacherError as err:
             if err.kind in DEAD:
                 self.dead = self.dead or err
@@ -236,11 +244,13 @@ class _Run:
 
 
 def generate(config: ServerConfig, jobs: Iterable[Job], on_answer: OnAnswer, *, progress: Progress | None = None,
-             stage: str = "generate", total: int | None = None, message: str = "") -> ServeSummary:  # fmt: skip
-    """Send ``jobs`` to the server, ``config.concurrency`` at a time; ``on_answer(job, completion)`` is called
-    for each answer as it arrives (on this thread: store it there). Raises :class:`ServerError` when the server
-    stops answering. Call :func:`check_server` first."""
-    return asyncio.run(_Run(config, on_answer, progress, stage, total, message).run(jobs))
+             stage: str = "generate", total: int | None = None, message: str = "",
+             request: Request = chat) -> ServeSummary:  # fmt: skip
+    """Send ``jobs`` to the server, ``config.concurrency`` at a time; ``on_answer(job, answer)`` is called for each
+    answer as it arrives (on this thread: store it there). ``request`` makes one job's request (default: a chat
+    completion; anything answering with ``tokens_in``/``tokens_out``/``http_retries``). Raises
+    :class:`ServerError` when the server stops answering. Call :func:`check_server` first."""
+    return asyncio.run(_Run(config, on_answer, progress, stage, total, message, request).run(jobs))
 
 
 def vision_lora_tensors(adapter: str | Path) -> int:

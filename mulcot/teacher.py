@@ -149,6 +149,23 @@ class Completion:
     finish_reason: str | None = None
 
 
+@dataclass
+class Scored:
+    """One scored prompt: the completions endpoint's ``logprobs`` object (``tokens``, ``token_logprobs``,
+    ``top_logprobs``) over the echoed prompt and one generated token."""
+
+    logprobs: dict[str, Any]
+    tokens_in: int
+    tokens_out: int
+    latency_s: float
+    http_retries: int
+
+
+def _usage(resp: Any) -> tuple[int, int]:
+    usage = getattr(resp, "usage", None)
+    return (usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else (0, 0)
+
+
 def _retry_after(exc: Exception) -> float | None:
     response = getattr(exc, "response", None)
     value = response.headers.get("retry-after") if response is not None else None
@@ -215,6 +232,10 @@ class Teacher:
     async def models(self) -> list[str]:
         """The model names the endpoint serves (``GET /models``); raises :class:`TeacherError` (kind
         ``connection`` when nothing answers)."""
+        return list(await self.model_owners())
+
+    async def model_owners(self) -> dict[str, str]:
+        """``{name: owned_by}`` of ``GET /models`` (vLLM says ``vllm``, llama-cpp-python ``me``)."""
         oa = self._openai
         try:
             page = await self.client.models.list()
@@ -224,14 +245,13 @@ class Teacher:
             raise TeacherError(f"timed out after {self.config.timeout_s:g} s", "timeout") from None
         except oa.APIConnectionError as exc:
             raise TeacherError(f"connection failed ({_short(str(exc.__cause__ or exc))})", "connection") from None
-        return [m.id for m in page.data]
+        return {m.id: str(getattr(m, "owned_by", "") or "") for m in page.data}
 
     async def complete(self, prompt: str, image_url: str | None = None, *, max_tokens: int | None = None,
                        params: dict[str, Any] | None = None) -> Completion:  # fmt: skip
         """One chat completion, retrying transient HTTP failures; raises :class:`TeacherError` when it gives up.
         ``max_tokens`` overrides the configured limit; ``params`` are further request fields (sampling settings a
         server understands: ``temperature``, ``top_k``, ``seed``, ...) sent as they are."""
-        oa = self._openai
         # The messages travel as extra_body: the SDK would otherwise walk the whole payload, base64 image included,
         # through its typed transform (~8 ms of CPU per request, the largest cost of a request on our side).
         kwargs = self.request_body(prompt, image_url)
@@ -239,12 +259,42 @@ class Teacher:
         kwargs["messages"] = []
         if max_tokens:
             kwargs["max_tokens"] = max_tokens
+        resp, retries, latency = await self._with_retries(self.client.chat.completions.create, kwargs)
+        choice = resp.choices[0] if resp.choices else None
+        t_in, t_out = _usage(resp)
+        return Completion(text=(choice.message.content or "") if choice else "", tokens_in=t_in, tokens_out=t_out,
+                          latency_s=latency, http_retries=retries, cost_usd=self.cost(t_in, t_out),
+                          finish_reason=choice.finish_reason if choice else None)  # fmt: skip
+
+    async def score(self, prompt: str | list[int], top_logprobs: int,
+                    params: dict[str, Any] | None = None) -> Scored:  # fmt: skip
+        """The prompt's own token log-probs (top ``top_logprobs`` per position) through the legacy completions
+        endpoint: ``echo`` the prompt (text, or token ids where the server takes them), ``logprobs=k``, one generated
+        token. ``params`` are further request fields
+        (vLLM's ``return_tokens_as_token_ids``). Same retries as :meth:`complete`."""
+        kwargs: dict[str, Any] = {"model": self.config.model, "prompt": prompt, "max_tokens": 1, "echo": True,
+                                  "logprobs": top_logprobs, "temperature": 0.0}  # fmt: skip
+        if params:
+            kwargs["extra_body"] = dict(params)
+        resp, retries, latency = await self._with_retries(self.client.completions.create, kwargs)
+        choice = resp.choices[0] if resp.choices else None
+        logprobs = getattr(choice, "logprobs", None) if choice is not None else None
+        if logprobs is None:
+            raise TeacherError("the server answered without log-probs (does it support echo with logprobs?)")
+        t_in, t_out = _usage(resp)
+        return Scored(logprobs=logprobs.model_dump() if hasattr(logprobs, "model_dump") else dict(logprobs),
+                      tokens_in=t_in, tokens_out=t_out, latency_s=latency, http_retries=retries)  # fmt: skip
+
+    async def _with_retries(self, create: Any, kwargs: dict[str, Any]) -> tuple[Any, int, float]:
+        """``await create(**kwargs)`` until it answers: 429 waits (``Retry-After``), 5xx/timeouts/drops back off;
+        other 4xx refuse at once. Returns (response, retries, latency of the last try)."""
+        oa = self._openai
         retries = 0
         while True:
             start = time.perf_counter()
             resp: Any = None
             try:
-                resp = await self.client.chat.completions.create(**kwargs)
+                resp = await create(**kwargs)
             except oa.RateLimitError as exc:
                 wait = _retry_after(exc)
                 reason, kind = "HTTP 429 rate limited", "rate"
@@ -261,19 +311,11 @@ class Teacher:
                 reason, kind = f"connection failed ({_short(str(exc.__cause__ or exc))})", "connection"
                 wait = self._backoff(retries)
             else:
-                if not hasattr(resp, "choices"):  # a 200 whose body is not a chat completion (the SDK hands back text)
+                if not hasattr(resp, "choices"):  # a 200 whose body is not a completion (the SDK hands back text)
                     reason, kind = f"malformed answer ({_short(str(resp), 60)!r})", "status"
                     resp, wait = None, self._backoff(retries)
             if resp is not None:
-                choice = resp.choices[0] if resp.choices else None
-                text = (choice.message.content or "") if choice else ""
-                usage = resp.usage
-                t_in = usage.prompt_tokens if usage else 0
-                t_out = usage.completion_tokens if usage else 0
-                return Completion(text=text, tokens_in=t_in, tokens_out=t_out,
-                                  latency_s=time.perf_counter() - start, http_retries=retries,
-                                  cost_usd=self.cost(t_in, t_out),
-                                  finish_reason=choice.finish_reason if choice else None)  # fmt: skip
+                return resp, retries, time.perf_counter() - start
             if retries >= self.config.http_retries:
                 raise TeacherError(f"{reason}; gave up after {retries + 1} tries", kind)
             retries += 1

@@ -157,3 +157,56 @@ def test_server_killed_mid_run_then_restarted(demo_store: Any, served: Any) -> N
     assert summary.skipped_done == 2 and summary.predicted == 3 and summary.chains == 5
     rows = demo_store.reasonings(dataset=SAMPLE_NAME, split="test", source=SOURCE_SERVER)
     assert len(rows) == 5 and set(Counter(r["sample_id"] for r in rows).values()) == {1}
+
+
+@pytest.mark.slow
+def test_soft_labels_from_the_server_match_the_resident_assistant(demo_store: Any, served: Any,
+                                                                  tmp_path: Path) -> None:  # fmt: skip
+    """distill --soft-labels server on llama-cpp-python's server (the assistant as an f16 GGUF): per target position
+    the same top-k ids as the resident float32 assistant, log-probs within f16's rounding; positions where a
+    control token (<|im_end|>, text "") ranks in the top k are counted as inexact, not cached wrong."""
+    from mulcot.models import load_model, load_with_adapter
+    from mulcot.refs import resolve_run
+    from mulcot.train.config import DistillConfig
+    from mulcot.train.items import MultiTaskCollator
+    from mulcot.train.soft_labels import SoftLabelCache, assistant_top_k, build_soft_label_cache
+    from mulcot.train.student import distill, distill_items
+
+    run, _, server = served
+    k = 8
+    cfg = DistillConfig(dataset=SAMPLE_NAME, model=str(run.parent / "base"), name="stud-served",
+                        runs_dir=str(tmp_path / "runs"), assistant=str(run), dev_split=None, soft_labels="server",
+                        server=server.url, served_model="student", server_text_only=True, top_k=k,
+                        max_train_items=1, epochs=1, batch_size=1, grad_accum=1, max_pixels=PIXELS,
+                        lam=0.5)  # fmt: skip
+    result = distill(demo_store, cfg)
+    stats = json.loads((Path(result.folder) / "soft_labels" / "server.json").read_text())
+    assert stats["kind"] == "llama-cpp-python" and stats["sequences"] == 2 and stats["padded_positions"] == 0
+    served_cache = SoftLabelCache(Path(result.folder) / "soft_labels", demo_store.soft_label_index("stud-served"))
+
+    base, processor, _ = load_model(run.parent / "base")
+    assistant = load_with_adapter(base, run / "adapter").eval()
+    collator = MultiTaskCollator(processor, "masc", max_pixels=PIXELS, text_only=True)
+    items = distill_items(demo_store, cfg, resolve_run(demo_store, str(run)))[:1]
+    here, _ = build_soft_label_cache(demo_store, "here", tmp_path / "here", assistant_top_k(assistant, collator, k),
+                                     items)  # fmt: skip
+    assert set(here.index) == set(served_cache.index) and len(here.index) == 2
+    positions = same_top1 = same_set = 0
+    worst = 0.0
+    for key in here.index:
+        ids_a, lp_a = here.get(key)
+        ids_b, lp_b = served_cache.get(key)
+        assert ids_a.shape == ids_b.shape
+        for row in range(ids_a.shape[0]):
+            positions += 1
+            a = dict(zip(ids_a[row].tolist(), lp_a[row].tolist(), strict=True))
+            b = dict(zip(ids_b[row].tolist(), lp_b[row].tolist(), strict=True))
+            same_top1 += ids_a[row, 0] == ids_b[row, 0]
+            same_set += set(a) == set(b)
+            worst = max([worst] + [abs(a[i] - b[i]) for i in set(a) & set(b)])
+    inexact = stats["inexact_positions"]
+    print(f"positions {positions}: top-1 same {same_top1}, top-k set same {same_set}, inexact {inexact}, "
+          f"max |Δ log-prob| {worst:.4f}")
+    assert positions == stats["positions"]
+    assert same_top1 >= positions - inexact and same_set >= 0.9 * positions - inexact
+    assert worst < 0.05

@@ -29,7 +29,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 # (as the authors' code does: --lora-targets all).
 LANGUAGE_ONLY = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 LORA_TARGET_CHOICES = ("language", "all")
-SOFT_MODES = ("cache", "online")
+SOFT_MODES = ("cache", "online", "server")
 # Experiment trackers, through the HF Trainer's own integrations (report_to); "none": log.jsonl and curves.png only.
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 
@@ -122,10 +122,24 @@ class DistillConfig(TrainConfig):
     lam: float = _f(0.3, "λ: weight of the soft (KL) loss against the hard (CE) loss.", section="student")
     tau: float = _f(2.0, "τ: softmax temperature of the soft labels.", section="student")
     tau_squared: bool = _f(False, "Scale the soft loss by τ² (Hinton et al.).", section="student")
-    soft_labels: str = _f("cache", "cache (top-k on disk, frugal) or online (assistant resident).", section="student",
-                          choices=SOFT_MODES)  # fmt: skip
+    soft_labels: str = _f("cache", "cache (top-k on disk, frugal), online (assistant resident) or server (top-k "
+                          "from the assistant's --server, cached).", section="student", choices=SOFT_MODES)  # fmt: skip
     top_k: int = _f(32, "Cached soft labels: top-k log-probs per target position.", section="student", min=1)
+    server: str = _f("", "--soft-labels server: the server serving the assistant (http://HOST:PORT/v1; vLLM or "
+                     "llama-cpp-python). Its key, if any, from MULCOT_SERVER_KEY.", section="student")  # fmt: skip
+    served_model: str = _f("", "--soft-labels server: the assistant's name in the server's /v1/models.",
+                           section="student")  # fmt: skip
+    server_concurrency: int = _f(4, "--soft-labels server: requests in flight.", section="student", min=1)
+    server_text_only: bool = _f(False, "--soft-labels server: accept soft labels over the text-only rendering "
+                                "(captions for images) of a vision-language run.", section="student")  # fmt: skip
     include_expanded: bool = _f(True, "Train on D_t only (skip D_a).", flag="--no-expanded", invert=True)
+
+    def server_config(self) -> Any:
+        """The :class:`mulcot.serving.ServerConfig` of the --server settings (``soft_labels = server``)."""
+        from mulcot.serving import ServerConfig
+
+        return ServerConfig(url=self.server, served_model=self.served_model, concurrency=self.server_concurrency,
+                            text_only=True)  # fmt: skip
 
 
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",

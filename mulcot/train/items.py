@@ -127,14 +127,18 @@ class MultiTaskCollator:
     """Turns :class:`TrainItem` lists into padded model inputs with ``labels`` and ``task_ids``."""
 
     def __init__(self, processor: Any, task: str, *, tasks: tuple[int, ...] = (TASK_REA, TASK_CLS),
-                 max_pixels: int = DEFAULT_MAX_PIXELS, max_length: int | None = None):  # fmt: skip
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_length: int | None = None,
+                 text_only: bool | None = None):  # fmt: skip
+        """``text_only`` (default: whether the processor is a text-only backbone's) renders every item without its
+        image, captions standing in, as a text-only backbone sees it (soft labels from a text-only server)."""
         self.processor = processor
         self.tokenizer = processor.tokenizer
+        self.task = task
         self.prompts = {TASK_REA: get_prompt("cot", task), TASK_CLS: get_prompt("label", task)}
         self.tasks = tasks
         self.max_pixels = max_pixels
         self.max_length = max_length
-        self.text_only = is_text_only(processor)
+        self.text_only = is_text_only(processor) if text_only is None else text_only
         marker = getattr(processor, "answer_marker", "<|im_start|>assistant\n")
         self.answer_marker = self.tokenizer.encode(marker, add_special_tokens=False)
         self.end_of_turn = getattr(processor, "end_of_turn_id", None)
@@ -154,6 +158,11 @@ class MultiTaskCollator:
             target = format_prediction(item.label)
         return [user_message(prompt, item.image_path is not None and not self.text_only),
                 {"role": "assistant", "content": [{"type": "text", "text": target}]}], target  # fmt: skip
+
+    def text(self, item: TrainItem, task_id: int) -> str:
+        """One task's sequence of one item as the chat template renders it (what gets tokenized)."""
+        messages, _ = self.sequences(item, task_id)
+        return self.processor.apply_chat_template(messages, tokenize=False)
 
     def _mask(self, ids: list[int]) -> list[int]:
         """Labels for one sequence: only the answer after the last ``<|im_start|>assistant\\n`` and its
@@ -179,8 +188,7 @@ class MultiTaskCollator:
         texts, images, task_ids = [], [], []
         for task_id in tasks or self.tasks:
             for item in items:
-                messages, _ = self.sequences(item, task_id)
-                texts.append(self.processor.apply_chat_template(messages, tokenize=False))
+                texts.append(self.text(item, task_id))
                 if item.image_path is not None and not self.text_only:
                     images.append(load_image(item.image_path, self.max_pixels))
                 task_ids.append(task_id)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from mulcot.train.items import TASK_CLS, TASK_REA, TrainItem
 from mulcot.train.losses import prediction_mask
 
 SHARD_ITEMS = 64
+# (item, task) jobs -> (key, top-k ids, top-k log-probs) per job, in order; None for a job it could not do
+Compute = Callable[[list[tuple[TrainItem, int]]], list[tuple[str, Any, Any] | None]]
 
 
 def item_key(item: TrainItem, task: int) -> str:
@@ -66,11 +69,12 @@ class SoftLabelCache:
         return f.get_tensor(f"{key}.ids"), f.get_tensor(f"{key}.logprobs")
 
 
-def build_soft_label_cache(store: Store, run_id: str, folder: Path, assistant: Any, collator: Any,
-                           items: list[TrainItem], top_k: int, progress: Progress | None = None,
-                           batch_size: int = 4) -> SoftLabelCache:  # fmt: skip
-    """Run the assistant once over every training sequence and store top-k log-probs per target position
-    (resumable: sequences already indexed are skipped; each shard is written whole, then indexed).
+def build_soft_label_cache(store: Store, run_id: str, folder: Path, compute: Compute, items: list[TrainItem],
+                           progress: Progress | None = None) -> tuple[SoftLabelCache, int]:  # fmt: skip
+    """Store top-k log-probs per target position of every training sequence, computed by ``compute`` (the resident
+    assistant: :func:`assistant_top_k`; a server: :class:`mulcot.train.server_soft_labels.ServerScorer`).
+    Resumable: sequences already indexed are skipped; each shard is written whole, then indexed. Returns the cache
+    and how many sequences ``compute`` gave nothing for (they stay unindexed, for a rerun).
 
     Under a launcher every rank computes its share of each shard; the main process gathers the shares and alone
     writes the files and the store, so the cache is the same as one process would build."""
@@ -88,17 +92,25 @@ def build_soft_label_cache(store: Store, run_id: str, folder: Path, assistant: A
             if key not in seen:
                 seen.add(key)
                 todo.append((item, task))
-    assistant.eval()
-    done = 0
+    done = missing = 0
     for shard_start in range(0, len(todo), SHARD_ITEMS):
         shard_jobs = todo[shard_start : shard_start + SHARD_ITEMS]
-        results = dist.gather_sharded(shard_jobs, lambda jobs: _top_k(assistant, collator, jobs, top_k, batch_size))
+        results = dist.gather_sharded(shard_jobs, compute)
         done += len(shard_jobs)
+        kept = [r for r in results if r is not None]
+        missing += len(results) - len(kept)
+        if main and kept:
+            _write_shard(store, run_id, folder, kept)
         if main:
-            _write_shard(store, run_id, folder, results)
             emit(progress, "soft_labels", done=done, total=len(todo))
         dist.barrier()
-    return SoftLabelCache(folder, dist.on_main(lambda: store.soft_label_index(run_id)))
+    return SoftLabelCache(folder, dist.on_main(lambda: store.soft_label_index(run_id))), missing
+
+
+def assistant_top_k(assistant: Any, collator: Any, top_k: int, batch_size: int = 4) -> Compute:
+    """``compute`` for :func:`build_soft_label_cache` from the assistant in memory."""
+    assistant.eval()
+    return lambda jobs: _top_k(assistant, collator, jobs, top_k, batch_size)
 
 
 def _top_k(assistant: Any, collator: Any, jobs: list[tuple[TrainItem, int]], top_k: int,
@@ -156,11 +168,15 @@ class SoftLabels:
         self.store, self.config, self.ref, self.items, self.progress = store, config, ref, items, progress
         self.cache: SoftLabelCache | None = None
         self.assistant: Any = None
+        self.server_stats: dict[str, Any] | None = None
 
     def prepare(self, student_processor: Any, collator: Any, folder: Path) -> None:
         from mulcot.models import load_model, load_with_adapter
         from mulcot.train.loop import train_device
 
+        if self.config.soft_labels == "server":
+            self._prepare_server(student_processor, collator, folder)
+            return
         base, processor, _ = load_model(self.ref.base_model, device=train_device(self.config), dtype=self.config.dtype)
         check_tokenizers(processor.tokenizer, student_processor.tokenizer, self.ref.base_model, self.config.model)
         assistant = load_with_adapter(base, self.ref.adapter)
@@ -168,10 +184,35 @@ class SoftLabels:
         if self.config.soft_labels == "online":
             self.assistant = assistant
             return
+        compute = assistant_top_k(assistant, collator, self.config.top_k)
+        self.cache, _ = build_soft_label_cache(self.store, self.config.name, folder / "soft_labels", compute,
+                                               self.items, self.progress)  # fmt: skip
+        del assistant, base, compute
 
-        self.cache = build_soft_label_cache(self.store, self.config.name, folder / "soft_labels", assistant,
-                                            collator, self.items, self.config.top_k, self.progress)  # fmt: skip
-        del assistant, base
+    def _prepare_server(self, student_processor: Any, collator: Any, folder: Path) -> None:
+        """The cache from the assistant's server: the assistant's tokenizer is read (not its weights) to check it
+        is the student's; sequences are rendered as text when the server reads no images."""
+        from mulcot.models.loading import model_family
+        from mulcot.models.processor import load_processor
+        from mulcot.train import distributed as dist
+        from mulcot.train.items import MultiTaskCollator
+        from mulcot.train.server_soft_labels import ServerScorer
+
+        try:
+            processor = load_processor(self.ref.base_model, model_family(self.ref.base_model))
+        except (OSError, ValueError) as err:
+            raise MulcotError(f"cannot read the assistant's tokenizer ({self.ref.base_model}): {err}") from None
+        check_tokenizers(processor.tokenizer, student_processor.tokenizer, self.ref.base_model, self.config.model)
+        server = self.config.server_config()
+        text_collator = MultiTaskCollator(student_processor, collator.task, max_pixels=collator.max_pixels,
+                                          text_only=True)  # fmt: skip
+        scorer = ServerScorer(server, text_collator, student_processor.tokenizer, self.config.top_k, self.progress)
+        self.cache, missing = build_soft_label_cache(self.store, self.config.name, folder / "soft_labels", scorer,
+                                                     self.items, self.progress)  # fmt: skip
+        if dist.is_main():
+            scorer.write_stats(folder / "soft_labels")
+        self.server_stats = scorer.stats.as_dict()
+        scorer.check(missing)
 
     def kl(self, items: list[TrainItem], tasks: tuple[int, ...], batch: dict[str, Any], student_logits: Any,
            mask: Any) -> Any:  # fmt: skip

@@ -78,6 +78,41 @@ def check_backbones(config: DistillConfig, ref: RunRef) -> None:
         )
 
 
+def check_server_settings(config: DistillConfig) -> None:
+    """``--soft-labels server`` needs --server and --served-model (and a URL without credentials: the key comes from
+    MULCOT_SERVER_KEY); the server settings mean nothing in the other modes."""
+    from urllib.parse import urlsplit
+
+    if config.soft_labels != "server":
+        if config.server or config.served_model:
+            raise MulcotError("--server/--served-model are for --soft-labels server (the assistant's server)")
+        return
+    if not config.server or not config.served_model:
+        raise MulcotError("--soft-labels server needs --server URL and --served-model NAME (the assistant as the "
+                          "server serves it)")  # fmt: skip
+    if not config.server.startswith(("http://", "https://")):
+        raise MulcotError(f"--server must be an http(s) URL such as http://127.0.0.1:8000/v1, not '{config.server}'")
+    if urlsplit(config.server).password or urlsplit(config.server).username:
+        raise MulcotError("--server must not carry credentials (they would be stored with the run): put the key in "
+                          "MULCOT_SERVER_KEY")  # fmt: skip
+
+
+def check_text_scoring(config: DistillConfig, items: list[TrainItem]) -> None:
+    """The server scores text (its completions endpoint takes no images): a vision-language run with images must
+    say it accepts soft labels over the text-only rendering."""
+    from mulcot.models.loading import is_text_family, model_family
+
+    if config.soft_labels != "server" or config.server_text_only or is_text_family(model_family(config.model)):
+        return
+    with_image = sum(i.image_path is not None for i in items)
+    if with_image:
+        raise MulcotError(
+            f"--soft-labels server scores text only (the completions endpoint takes no images), but {with_image} "
+            "training items have an image: pass --server-text-only to accept soft labels over the text with "
+            "captions for images, or use --soft-labels cache"
+        )
+
+
 def distill(store: Store, config: DistillConfig, *, resume: bool = False,
             progress: Progress | None = None) -> TrainResult:  # fmt: skip
     """Train the student on D_all with the hard and soft losses (the same run machinery as train-assistant)."""
@@ -89,13 +124,23 @@ def distill(store: Store, config: DistillConfig, *, resume: bool = False,
         raise MulcotError("--tau must be positive")
     if config.top_k < 1:
         raise MulcotError("--top-k must be at least 1")
+    check_server_settings(config)
     dist.setup(config.device)
 
     def prepare() -> tuple[RunRef, list[TrainItem]]:
         check_request(store, config, resume)
         ref = resolve_run(store, config.assistant)
         check_backbones(config, ref)
-        return ref, distill_items(store, config, ref)
+        items = distill_items(store, config, ref)
+        if config.max_train_items:  # (fit takes the same first N) soft labels only for what is trained on
+            items = items[: config.max_train_items]
+        check_text_scoring(config, items)
+        if config.soft_labels == "server":  # unreachable, not serving the assistant, or no prompt log-probs
+            from mulcot.serving import check_server
+            from mulcot.train.server_soft_labels import server_kind
+
+            server_kind(check_server(config.server_config()), config.server_config())
+        return ref, items
 
     # every rank checks before any records the run; a refusal is one error, the same on every rank
     ref, items = dist.everywhere(prepare)

@@ -1,0 +1,240 @@
+"""``distill --soft-labels server`` against a scripted server that speaks vLLM's completions dialect (``echo``,
+``logprobs=k``, ``return_tokens_as_token_ids``), backed by the tiny assistant itself: the cache equals the one the
+resident assistant builds, a server dying mid-cache resumes, and servers that cannot give faithful soft labels are
+refused in one line. vLLM itself cannot run here (no GPU); llama-cpp-python's real server is exercised in
+test_serving_llama_server.py."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import dump
+from test_distill import FAST, assistant  # noqa: F401  (fixture)
+from typer.testing import CliRunner
+
+from mulcot.chat_server import BackgroundServer
+from mulcot.cli import app
+from mulcot.errors import MulcotError
+from mulcot.models import load_model, load_with_adapter
+from mulcot.refs import resolve_run
+from mulcot.sample import SAMPLE_NAME
+from mulcot.train.config import DistillConfig
+from mulcot.train.items import MultiTaskCollator
+from mulcot.train.soft_labels import SoftLabelCache, assistant_top_k, build_soft_label_cache
+from mulcot.train.student import distill, distill_items
+
+K = 8
+
+
+class ScoringModel:
+    """What vLLM's ``/v1/completions`` answers to ``echo`` + ``logprobs`` over a token-id prompt, from ``model``:
+    entry j holds the top-k of the distribution predicting token j (and token j itself), keyed ``token_id:N``."""
+
+    def __init__(self, model: Any, name: str = "asst", owner: str = "vllm"):
+        self.model, self.name, self.owner = model, name, owner
+        self.lock = threading.Lock()
+        self.bodies: list[dict[str, Any]] = []
+        self.answer_first = None  # int: answer this many requests, then drop every connection (a dead server)
+        self.keys_as_text = False  # a server that ignores return_tokens_as_token_ids
+        self.shift_ids = False  # a server that tokenizes otherwise
+        self.max_logprobs = 20
+
+    def __call__(self, body: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
+        with self.lock:
+            self.bodies.append(body)
+            if self.answer_first is not None and len(self.bodies) > self.answer_first:
+                return 0, None
+        k = int(body["logprobs"])
+        if k > self.max_logprobs:
+            return 400, {"error": {"message": f"Requested sample logprobs of {k}, which is greater than max "
+                                              f"allowed: {self.max_logprobs}", "type": "BadRequestError"}}  # fmt: skip
+        ids = list(body["prompt"])
+        with self.lock, torch.no_grad():
+            logprobs = torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        top = logprobs.topk(k, dim=-1)
+        echoed = [i + 1 if self.shift_ids else i for i in ids]
+
+        def key(i: int) -> str:
+            return f"t{i}" if self.keys_as_text else f"token_id:{i}"
+
+        tops: list[dict[str, float] | None] = [None]
+        for j in range(1, len(ids)):
+            entry = {key(int(i)): float(v) for i, v in zip(top.indices[j - 1], top.values[j - 1], strict=True)}
+            entry[key(echoed[j])] = float(logprobs[j - 1, ids[j]])
+            tops.append(entry)
+        nxt = int(top.indices[-1, 0])
+        tokens = [key(i) for i in echoed] + [key(nxt)]
+        tops.append({key(nxt): float(top.values[-1, 0])})
+        return 200, {
+            "id": f"cmpl-{len(self.bodies)}", "object": "text_completion", "model": self.name,
+            "choices": [{"index": 0, "text": "x", "finish_reason": "length",
+                         "logprobs": {"tokens": tokens, "top_logprobs": tops, "text_offset": [0] * len(tokens),
+                                      "token_logprobs": [None] + [0.0] * (len(tokens) - 1)}}],
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1},
+        }  # fmt: skip
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Any
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        scorer = self.server.scorer
+        self._send(200, {"object": "list", "data": [{"id": scorer.name, "object": "model", "owned_by": scorer.owner}]})
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        status, payload = self.server.scorer(body)
+        if payload is None:
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        self._send(status, payload)
+
+
+class ScoringServer(BackgroundServer):
+    def __init__(self, scorer: ScoringModel):
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server.daemon_threads = True
+        self._server.scorer = scorer  # type: ignore[attr-defined]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+
+@pytest.fixture
+def served_assistant(assistant):  # noqa: F811
+    """The trained tiny assistant (base + adapter) behind a scripted vLLM-dialect server."""
+    base, _, _ = load_model(_base(assistant))
+    model = load_with_adapter(base, Path(assistant.folder) / "adapter").eval()
+    scorer = ScoringModel(model)
+    with ScoringServer(scorer) as server:
+        yield assistant, scorer, server, model
+
+
+def _base(assistant: Any) -> str:  # noqa: F811
+    return resolve_run(None, assistant.folder).base_model
+
+
+def _cfg(assistant: Any, url: str, tmp_path: Path, **kw: Any) -> DistillConfig:  # noqa: F811
+    base = dict(dataset=SAMPLE_NAME, model=_base(assistant), name="stud", runs_dir=str(tmp_path / "runs"),
+                assistant=assistant.folder, dev_split=None, soft_labels="server", server=url, served_model="asst",
+                server_text_only=True, top_k=K, max_train_items=3, epochs=1, server_concurrency=2, lam=0.5,
+                **FAST)  # fmt: skip
+    return DistillConfig(**{**base, **kw})
+
+
+def test_the_server_cache_equals_the_resident_assistants(demo_store, served_assistant, tmp_path):
+    asst, scorer, server, model = served_assistant
+    result = distill(demo_store, _cfg(asst, server.url, tmp_path))
+    run = demo_store.get_run("stud")
+    assert run["status"] == "done" and run["config"]["soft_labels"] == "server"
+    assert run["config"]["server"] == server.url and run["config"]["served_model"] == "asst"
+    # one request per sequence (3 items × 2 tasks), token ids, ids as keys, k log-probs
+    assert len(scorer.bodies) == 6
+    assert all(isinstance(b["prompt"], list) and b["echo"] and b["logprobs"] == K and b["max_tokens"] == 1
+               and b["return_tokens_as_token_ids"] is True for b in scorer.bodies)  # fmt: skip
+    stats = json.loads((Path(result.folder) / "soft_labels" / "server.json").read_text())
+    assert stats["kind"] == "vllm" and stats["sequences"] == 6 and stats["inexact_positions"] == 0
+    assert stats["padded_positions"] == 0 and stats["positions"] > 6
+    log = [json.loads(x) for x in (Path(result.folder) / "log.jsonl").read_text().splitlines()]
+    assert any(r.get("kl_rea", 0) > 0 for r in log)
+
+    # the resident assistant, on the same (text-only) sequences, caches the same top-k
+    _, processor, _ = load_model(_base(asst))
+    collator = MultiTaskCollator(processor, "masc", max_pixels=56 * 56, text_only=True)
+    ref = resolve_run(demo_store, asst.folder)
+    items = distill_items(demo_store, _cfg(asst, server.url, tmp_path), ref)[:3]
+    here, missing = build_soft_label_cache(demo_store, "here", tmp_path / "here", assistant_top_k(model, collator, K),
+                                           items)  # fmt: skip
+    served = SoftLabelCache(Path(result.folder) / "soft_labels", demo_store.soft_label_index("stud"))
+    assert missing == 0 and set(here.index) == set(served.index) and len(here.index) == 6
+    for key in here.index:
+        ids_a, lp_a = here.get(key)
+        ids_b, lp_b = served.get(key)
+        assert torch.equal(ids_a, ids_b), key
+        assert torch.allclose(lp_a, lp_b, atol=1e-4), key
+
+
+def test_a_server_dying_mid_cache_keeps_what_was_scored_and_resume_finishes(demo_store, served_assistant, tmp_path):
+    asst, scorer, server, _ = served_assistant
+    scorer.answer_first = 2
+    cfg = _cfg(asst, server.url, tmp_path, server_concurrency=1)
+    with pytest.raises(MulcotError) as info:
+        distill(demo_store, cfg)
+    message = str(info.value)
+    assert "\n" not in message and "4 training sequences have no soft labels" in message
+    assert "stopped answering" in message and "--resume" in message
+    assert len(demo_store.soft_label_index("stud")) == 2 and demo_store.get_run("stud")["status"] == "failed"
+
+    scorer.answer_first, scorer.bodies = None, []
+    result = distill(demo_store, cfg, resume=True)
+    assert len(scorer.bodies) == 4  # only what was missing
+    assert len(demo_store.soft_label_index("stud")) == 6 and demo_store.get_run("stud")["status"] == "done"
+    assert (Path(result.folder) / "adapter" / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    ("owner", "llamacpp) cannot give prompt log-probs"),
+    ("model", "does not serve 'asst'"),
+    ("text_keys", "keyed its log-probs by text"),
+    ("shift", "tokenized the sequence otherwise"),
+    ("max_logprobs", "--max-logprobs"),
+])  # fmt: skip
+def test_servers_that_cannot_give_faithful_soft_labels_are_refused_in_one_line(demo_store, served_assistant,
+                                                                                 tmp_path, fault, message):  # fmt: skip
+    asst, scorer, server, _ = served_assistant
+    before_runs = {r["id"] for r in demo_store.list_runs()}
+    if fault == "owner":
+        scorer.owner = "llamacpp"
+    elif fault == "model":
+        scorer.name = "other"
+    elif fault == "text_keys":
+        scorer.keys_as_text = True
+    elif fault == "shift":
+        scorer.shift_ids = True
+    else:
+        scorer.max_logprobs = 4
+    with pytest.raises(MulcotError) as info:
+        distill(demo_store, _cfg(asst, server.url, tmp_path))
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert demo_store.soft_label_index("stud") == {}
+    if fault in ("owner", "model"):  # found before the run is recorded
+        assert {r["id"] for r in demo_store.list_runs()} == before_runs
+
+
+def test_server_settings_are_checked_before_anything_is_written(demo_store, assistant, tmp_path):  # noqa: F811
+    before = dump(demo_store)
+    for kw, message in (({"served_model": ""}, "needs --server URL and --served-model"),
+                        ({"server": "http://u:sk-secret@127.0.0.1:9/v1"}, "must not carry credentials"),
+                        ({"soft_labels": "cache"}, "are for --soft-labels server"),
+                        ({"server": "127.0.0.1:9"}, "must be an http"),
+                        ({"server_text_only": False}, "pass --server-text-only")):  # fmt: skip
+        with pytest.raises(MulcotError, match=message):
+            distill(demo_store, _cfg(assistant, "http://127.0.0.1:9/v1", tmp_path, **kw))
+    assert dump(demo_store) == before
+    r = CliRunner().invoke(app, ["distill", SAMPLE_NAME, "--assistant", assistant.folder, "--student",
+                                 _base(assistant), "--soft-labels", "server", "--server", "http://127.0.0.1:9/v1",
+                                 "--served-model", "asst", "--server-text-only", "--db", demo_store.path])  # fmt: skip
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert r.exit_code == 1 and len(errors) == 1 and "cannot reach the server" in errors[0], r.output
+    assert "Traceback" not in r.output
+    assert dump(demo_store) == before
