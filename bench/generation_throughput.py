@@ -2,9 +2,9 @@
 parallel slots), on the same random-weight Qwen2.5-VL, the same posts (text + image) and the same token budget,
 through ``mulcot predict --dataset`` (its hf backend, and its ``--server`` path). samples/s side by side, one run.
 
-The server is llama.cpp's own ``llama-server`` when it is on PATH (``--parallel N`` slots, continuous batching);
-otherwise llama-cpp-python's server, which answers one request at a time whatever the client sends (its "4 slots"
-row is then 4 requests in flight to one slot, and says so).
+The servers: llama-cpp-python's, which answers one request at a time whatever the client sends (its "4" row is 4
+requests in flight to one slot), and, when it is on PATH, llama.cpp's own ``llama-server`` (``--parallel N`` slots,
+continuous batching) with 1 and 4 slots.
 
     python bench/generation_throughput.py [--size medium] [--n 64] [--tokens 128] [--json]
 """
@@ -87,12 +87,13 @@ def posts_store(path: Path, n: int) -> tuple[Any, str]:
 
 
 class Server:
-    """llama-server (``--parallel slots``) when installed, else llama-cpp-python's server (one slot)."""
+    """llama.cpp's ``llama-server`` (``--parallel slots``, continuous batching) or llama-cpp-python's server (one
+    slot: ``slots`` is then requests in flight)."""
 
-    def __init__(self, gguf: str, mmproj: str, slots: int, threads: int, ctx: int):
+    def __init__(self, gguf: str, mmproj: str, slots: int, threads: int, ctx: int, native: bool):
         self.port = _free_port()
         binary = shutil.which("llama-server")
-        if binary:
+        if native and binary:
             self.kind = f"llama-server, {slots} slots"
             args = [binary, "-m", gguf, "--mmproj", mmproj, "--alias", "bench", "--parallel", str(slots),
                     "-c", str(ctx * slots), "-t", str(threads), "--port", str(self.port)]  # fmt: skip
@@ -130,7 +131,9 @@ def measure(prep: dict[str, Any], work: Path, n: int, tokens: int, threads: int,
     rows = []
     config = dict(max_tokens=tokens, n_threads=threads, max_pixels=224 * 224)
     plan = [("in-process transformers", "batch 1", 1), ("in-process transformers", "batch 8", 8),
-            ("llama.cpp server", "1 slot", 1), ("llama.cpp server", "4 slots", 4)]  # fmt: skip
+            ("llama-cpp-python server", "1 slot", 1), ("llama-cpp-python server", "4 in flight", 4)]  # fmt: skip
+    if shutil.which("llama-server"):
+        plan += [("llama-server", "1 slot", 1), ("llama-server", "4 slots", 4)]
     for i, (path, mode, width) in enumerate(plan):
         store, split = posts_store(work / f"bench-{i}.db", n)
         server = None
@@ -141,7 +144,7 @@ def measure(prep: dict[str, Any], work: Path, n: int, tokens: int, threads: int,
                 torch.set_num_threads(threads)
                 backend: Any = HFBackend(prep["model_dir"], PredictConfig(batch_size=width, **config))
             else:
-                server = Server(prep["gguf"], prep["mmproj"], width, threads, ctx=4096)
+                server = Server(prep["gguf"], prep["mmproj"], width, threads, ctx=4096, native=path == "llama-server")
                 mode = server.kind
                 backend = ServerBackend(ServerConfig(url=server.url, served_model="bench", concurrency=width),
                                         PredictConfig(**config))  # fmt: skip

@@ -238,3 +238,32 @@ def test_server_settings_are_checked_before_anything_is_written(demo_store, assi
     assert r.exit_code == 1 and len(errors) == 1 and "cannot reach the server" in errors[0], r.output
     assert "Traceback" not in r.output
     assert dump(demo_store) == before
+
+
+@pytest.mark.slow
+def test_two_processes_cache_what_one_does(demo_store, served_assistant, tmp_path):
+    """Under torchrun each rank scores its share through the server; the main process writes one cache, the same
+    as a single process's."""
+    from test_distributed import _run
+
+    asst, scorer, server, _ = served_assistant
+    args = ["distill", SAMPLE_NAME, "--assistant", asst.folder, "--student", _base(asst), "--db", str(demo_store.path),
+            "--runs-dir", str(tmp_path / "runs"), "--epochs", "1", "--max-train-items", "4", "--no-dev",
+            "--top-k", str(K), "--soft-labels", "server", "--server", server.url, "--served-model", "asst",
+            "--server-text-only", "--max-pixels", str(56 * 56), "--json"]  # fmt: skip
+    one = _run(*args, "--name", "one", "--batch-size", "2", nproc=None)
+    assert one.returncode == 0, one.stderr
+    two = _run(*args, "--name", "two", "--batch-size", "1")
+    assert two.returncode == 0, two.stderr
+    assert len(scorer.bodies) == 16  # 4 items × 2 tasks, once per run
+    from mulcot.store import Store
+
+    with Store.open(demo_store.path) as s:
+        i1, i2 = s.soft_label_index("one"), s.soft_label_index("two")
+        assert s.get_run("two")["metrics"]["world_size"] == 2
+    assert set(i1) == set(i2) and len(i1) == 8
+    c1 = SoftLabelCache(tmp_path / "runs" / "one" / "soft_labels", i1)
+    c2 = SoftLabelCache(tmp_path / "runs" / "two" / "soft_labels", i2)
+    for key in i1:
+        (a_ids, a_lp), (b_ids, b_lp) = c1.get(key), c2.get(key)
+        assert torch.equal(a_ids, b_ids) and torch.allclose(a_lp, b_lp, atol=1e-5), key

@@ -258,10 +258,15 @@ class ServerScorer:
         return [results.get(j) for j in range(len(jobs))]
 
     def check(self, missing: int) -> None:
-        """Raise, in one line, why ``missing`` sequences have no soft labels (the cache keeps the rest)."""
+        """Raise, in one line, why ``missing`` sequences have no soft labels (the cache keeps the rest). Under a
+        launcher every rank calls it (``missing`` is counted over the gathered results): the reason is the first
+        rank's that has one."""
         if not missing:
             return
-        why = str(self.refused or self.dead or (self.stats.failures[0] if self.stats.failures else "unknown"))
+        from mulcot.train import distributed as dist
+
+        mine = self.refused or self.dead or (self.stats.failures[0] if self.stats.failures else None)
+        why = next((r for r in dist.gather(str(mine) if mine else "") if r), "no reason given")
         if self.kind == VLLM and "logprob" in why.lower():
             why += "; vLLM caps k at its --max-logprobs (default 20): restart it with --max-logprobs K or lower --top-k"
         raise MulcotError(f"{missing} training sequences have no soft labels from the server ({why}); the scored "
