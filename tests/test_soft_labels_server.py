@@ -155,6 +155,7 @@ def test_the_server_cache_equals_the_resident_assistants(demo_store, served_assi
     stats = json.loads((Path(result.folder) / "soft_labels" / "server.json").read_text())
     assert stats["kind"] == "vllm" and stats["sequences"] == 6 and stats["inexact_positions"] == 0
     assert stats["padded_positions"] == 0 and stats["positions"] > 6
+    assert demo_store.get_run("stud")["metrics"]["soft_labels_server"] == stats
     log = [json.loads(x) for x in (Path(result.folder) / "log.jsonl").read_text().splitlines()]
     assert any(r.get("kl_rea", 0) > 0 for r in log)
 

@@ -150,5 +150,9 @@ def distill(store: Store, config: DistillConfig, *, resume: bool = False,
         soft.prepare(processor, collator, folder)
         return {"soft_labels": soft}
 
-    return fit(store, config, kind="distill", items=items, trainer_class=DistillTrainer, extras=extras,
-               resume=resume, progress=progress)  # fmt: skip
+    result = fit(store, config, kind="distill", items=items, trainer_class=DistillTrainer, extras=extras,
+                 resume=resume, progress=progress)  # fmt: skip
+    if soft.server_stats is not None and dist.is_main():  # what this invocation's scoring did (runs show)
+        metrics = (store.get_run(config.name) or {}).get("metrics") or {}
+        store.update_run(config.name, metrics={**metrics, "soft_labels_server": soft.server_stats})
+    return result
