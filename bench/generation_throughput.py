@@ -94,7 +94,7 @@ class Server:
         self.port = _free_port()
         binary = shutil.which("llama-server")
         if native and binary:
-            self.kind = f"llama-server, {slots} slots"
+            self.kind = f"llama-server, {slots} slot" + ("s" if slots > 1 else "")
             args = [binary, "-m", gguf, "--mmproj", mmproj, "--alias", "bench", "--parallel", str(slots),
                     "-c", str(ctx * slots), "-t", str(threads), "--port", str(self.port)]  # fmt: skip
         else:

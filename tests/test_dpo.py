@@ -148,6 +148,36 @@ def test_dpo_resumes_after_a_kill(demo_store, start, tmp_path):
     assert demo_store.get_run("cut")["status"] == "done"
 
 
+@pytest.mark.slow
+def test_dpo_under_two_processes_trains_like_one(demo_store, start, tmp_path):
+    """torchrun, 2 ranks × batch 1 = 1 process × batch 2: the same steps, losses and reward margins (each rank's
+    metrics averaged), one run record, one log, one adapter."""
+    from test_distributed import LOSS_RTOL, _run
+
+    runs = tmp_path / "runs"
+    args = ["dpo", SAMPLE_NAME, "--model", "asst", "--db", str(demo_store.path), "--runs-dir", str(runs), "--from",
+            "teacher", "--epochs", "2", "--grad-accum", "1", "--max-pixels", "3136", "--lr", "5e-3", "--beta", "0.5",
+            "--json"]  # fmt: skip
+    one = _run(*args, "--name", "one", "--batch-size", "2", nproc=None)
+    assert one.returncode == 0, one.stderr
+    two = _run(*args, "--name", "two", "--batch-size", "1")
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count('"run"') == 1  # printed once, by the main process
+    r1, r2 = json.loads(one.stdout), json.loads(two.stdout)
+    assert r1["steps"] == r2["steps"] == 4 and r2["launch"]["world_size"] == 2 and r2["launch"]["backend"] == "gloo"
+    l1, l2 = _log(runs / "one"), _log(runs / "two")
+    assert [r["step"] for r in l2] == [1, 2, 3, 4]  # one line per step: the main process alone writes the log
+    for a, b in zip(l1, l2, strict=True):
+        assert abs(a["loss"] - b["loss"]) <= LOSS_RTOL * abs(a["loss"]), (l1, l2)
+        assert abs(a["rewards/margins"] - b["rewards/margins"]) <= 1e-2 + LOSS_RTOL * abs(a["rewards/margins"])
+    run = demo_store.get_run("two")
+    assert run["status"] == "done" and run["config"]["world_size"] == 2 and run["config"]["effective_batch"] == 2
+    assert sorted(r["id"] for r in demo_store.list_runs("dpo")) == ["one", "two"]
+    assert sorted(p.name for p in (runs / "one").iterdir()) == sorted(p.name for p in (runs / "two").iterdir())
+    pairs = [json.loads((runs / name / "pairs.json").read_text()) for name in ("one", "two")]
+    assert pairs[0] == pairs[1]
+
+
 def test_dpo_knobs_are_flags_and_recipe_keys(tmp_path):
     from mulcot.pipeline import Pipeline
     from mulcot.recipes import parse_recipe

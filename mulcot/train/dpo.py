@@ -20,7 +20,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from mulcot.errors import ModelError, MulcotError
@@ -29,6 +29,7 @@ from mulcot.pairs import PairSet, build_pairs, parse_sources
 from mulcot.prompts import get_prompt
 from mulcot.refs import resolve_run
 from mulcot.store import Store
+from mulcot.store.runs import RunRecord
 from mulcot.train.checkpoints import last_complete_checkpoint, save_adapter
 from mulcot.train.config import DPO_LOSSES, PreferenceConfig
 from mulcot.train.loop import TrainResult, _oom_message, check_request
@@ -58,15 +59,23 @@ def preference_rows(pairs: PairSet, *, text_only: bool, max_pixels: int) -> list
     return rows
 
 
-def dpo_arguments(config: PreferenceConfig, model: Any, n_pairs: int) -> Any:
+def dpo_arguments(config: PreferenceConfig, model: Any, n_pairs: int, vision_lora: bool = False) -> Any:
     """TRL's ``DPOConfig`` for a run: AdamW with linear decay, a checkpoint per epoch (or ``save_steps``), a log
-    line per step, mixed precision only on a GPU."""
+    line per step, mixed precision only on a GPU; under a launcher DDP over NCCL (GPU) or gloo (CPU), searching for
+    unused weights only when the adapter has LoRA on the vision tower (unused in a step without images)."""
     import torch
     from trl import DPOConfig
 
+    from mulcot.train import distributed as dist
+
     device = str(next(model.parameters()).device)
     dtype = next(model.parameters()).dtype
-    steps_per_epoch = max(1, math.ceil(n_pairs / (config.batch_size * config.grad_accum)))
+    world = dist.world_size()
+    steps_per_epoch = max(1, math.ceil(n_pairs / (config.batch_size * config.grad_accum * world)))
+    launch: dict[str, Any] = {}
+    if world > 1:
+        launch = {"ddp_backend": "nccl" if device.startswith("cuda") else "gloo",
+                  "ddp_find_unused_parameters": vision_lora}  # fmt: skip
     return DPOConfig(
         output_dir=str(config.folder / "checkpoints"),
         beta=config.beta,
@@ -92,50 +101,77 @@ def dpo_arguments(config: PreferenceConfig, model: Any, n_pairs: int) -> Any:
         use_cpu=device == "cpu",
         bf16=device.startswith("cuda") and dtype == torch.bfloat16,
         fp16=device.startswith("cuda") and dtype == torch.float16,
+        **launch,
     )
 
 
 def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
         progress: Progress | None = None) -> TrainResult:  # fmt: skip
     """DPO of the run ``config.model`` on the pairs of ``config.dataset``; records the run (kind ``dpo``) and
-    writes ``runs/<name>/`` with ``adapter/``. Refuses, in one line, bad settings and a dataset without pairs."""
-    from mulcot.train import distributed as dist
+    writes ``runs/<name>/`` with ``adapter/``. Refuses, in one line, bad settings and a dataset without pairs.
 
-    if dist.is_distributed():  # only train-assistant and distill are rank-aware so far
-        raise MulcotError("mulcot dpo runs in one process for now: start it without torchrun / accelerate launch")
+    Under torchrun / accelerate launch every rank calls this and the Trainer trains data-parallel (DDP): each rank
+    loads the model on its own device, the pairs are the main process's (``pairs.json``), and only the main
+    process writes the store, the run folder and the progress."""
+    from mulcot.models import load_model
+    from mulcot.models.loading import load_with_adapter
+    from mulcot.train import distributed as dist
+    from mulcot.train.items import is_text_only
+    from mulcot.train.loop import train_device
+
     if config.loss not in DPO_LOSSES:
         raise MulcotError(f"--loss '{config.loss}' is not one of TRL's DPO losses: {', '.join(DPO_LOSSES)}")
     if config.beta <= 0:
         raise MulcotError("--beta must be positive")
     sources = parse_sources(config.sources)
-    check_request(store, config, resume)
-    ref = resolve_run(store, config.model, config.runs_dir)
-    pairs = build_pairs(store, config.dataset, config.split, sources)
-    if not pairs.pairs:
-        raise MulcotError(
-            f"no preference pairs in {config.dataset}/{config.split} from {','.join(sources)}: see `mulcot data pairs "
-            f"{config.dataset}` (pairs need a correct chain and a wrong, failed or lower-rated one of the same sample)"
-        )
-    if config.max_pairs:
-        pairs.pairs = pairs.pairs[: config.max_pairs]
-    _keep_pairs(pairs, config.folder / "pairs.json", resume)
-    from mulcot.models import load_model
-    from mulcot.models.loading import load_with_adapter
-    from mulcot.train.items import is_text_only
-
     start = time.perf_counter()
+    dist.setup(config.device)
+    main = dist.is_main()
+    progress = progress if main else None
     folder = config.folder
-    base, processor, family = load_model(ref.base_model, device=config.device, dtype=config.dtype)
-    model = load_with_adapter(base, ref.adapter, is_trainable=True)
+
+    def prepare() -> tuple[Any, PairSet]:
+        check_request(store, config, resume)
+        ref = resolve_run(store, config.model, config.runs_dir)
+        pairs = build_pairs(store, config.dataset, config.split, sources)
+        if not pairs.pairs:
+            raise MulcotError(
+                f"no preference pairs in {config.dataset}/{config.split} from {','.join(sources)}: see `mulcot data "
+                f"pairs {config.dataset}` (pairs need a correct chain and a wrong, failed or lower-rated one of the "
+                "same sample)"
+            )
+        if config.max_pairs:
+            pairs.pairs = pairs.pairs[: config.max_pairs]
+        return ref, pairs
+
+    ref, pairs = dist.everywhere(prepare)
+    # every rank trains on the pairs the main process kept (read back from pairs.json on resume)
+    kept = dist.on_main(lambda: _keep_pairs(pairs, folder / "pairs.json", resume))
+    found = {(p.chosen_id, p.rejected_id): p for p in pairs.pairs}
+    pairs.pairs = [found[k] for k in kept]
+
+    def load() -> tuple[Any, Any, str]:
+        base, processor, family = load_model(ref.base_model, device=train_device(config), dtype=config.dtype)
+        return load_with_adapter(base, ref.adapter, is_trainable=True), processor, family
+
+    model, processor, family = dist.everywhere(load)
     text_only = is_text_only(processor)
     recorded = {**config.public(), "family": family, "base_model": ref.base_model, "start_run": ref.run_id,
-                "start_adapter": str(ref.adapter), "pairs": pairs.summary()}  # fmt: skip
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(recorded, indent=2, default=str))
-    with store.run(config.name, kind="dpo", dataset=config.dataset, config=recorded, output_dir=str(folder),
-                   resume_hint="resume with --resume") as run:  # fmt: skip
+                "start_adapter": str(ref.adapter), "pairs": pairs.summary(), "world_size": dist.world_size(),
+                "effective_batch": config.batch_size * config.grad_accum * dist.world_size()}  # fmt: skip
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(recorded, indent=2, default=str))
+    record = (
+        store.run(config.name, kind="dpo", dataset=config.dataset, config=recorded, output_dir=str(folder),
+                  resume_hint="resume with --resume")
+        if main
+        else nullcontext(RunRecord(id=config.name))
+    )  # fmt: skip
+    with record as run:
         try:
-            result = _train(config, model, processor, pairs, text_only, ref.base_model, ref.run_id, resume, progress)
+            result = _train(config, model, processor, pairs, text_only, ref.base_model, ref.run_id, ref.adapter,
+                            resume, progress)  # fmt: skip
         except Exception as exc:
             message = _oom_message(exc, config)  # type: ignore[arg-type]
             if message:
@@ -143,7 +179,7 @@ def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
             raise
         result.wall_s = time.perf_counter() - start
         run.metrics = {"steps": result.steps, "train_loss": result.train_loss, "last": result.best,
-                       "pairs": len(pairs.pairs)}  # fmt: skip
+                       "pairs": len(pairs.pairs), "world_size": dist.world_size(), "launch": result.launch}  # fmt: skip
     return result
 
 
@@ -160,35 +196,39 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _keep_pairs(pairs: PairSet, path: Any, resume: bool) -> None:
+def _keep_pairs(pairs: PairSet, path: Any, resume: bool) -> list[tuple[int, int]]:
     """A run trains on the pairs it started with: they are written to ``pairs.json`` (chosen and rejected chain
-    ids) at the start and read back on resume, so chains added to the store meanwhile do not shift its data."""
+    ids) at the start and read back on resume, so chains added to the store meanwhile do not shift its data.
+    Returns the run's pairs as (chosen id, rejected id)."""
     if resume and path.is_file():
-        kept = [tuple(x) for x in json.loads(path.read_text())]
-        found = {(p.chosen_id, p.rejected_id): p for p in pairs.pairs}
+        kept = [(int(a), int(b)) for a, b in json.loads(path.read_text())]
+        found = {(p.chosen_id, p.rejected_id) for p in pairs.pairs}
         missing = [k for k in kept if k not in found]
         if missing:
             raise MulcotError(f"{len(missing)} of the run's {len(kept)} pairs are no longer in the store (e.g. chains "
                               f"{missing[0][0]} / {missing[0][1]}): start a new run with another --name")  # fmt: skip
-        pairs.pairs = [found[k] for k in kept]
-        return
+        return kept
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([[p.chosen_id, p.rejected_id] for p in pairs.pairs]))
+    return [(p.chosen_id, p.rejected_id) for p in pairs.pairs]
 
 
 def _train(config: PreferenceConfig, model: Any, processor: Any, pairs: PairSet, text_only: bool, base_model: str,
-           start_run: str, resume: bool, progress: Progress | None) -> TrainResult:  # fmt: skip
+           start_run: str, start_adapter: Any, resume: bool, progress: Progress | None) -> TrainResult:  # fmt: skip
     import torch
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import DPOTrainer
 
+    from mulcot.train import distributed as dist
     from mulcot.train.callbacks import RunCallback, plot_curves, route_trackers
 
     torch.manual_seed(config.seed)
     folder = config.folder
     rows = preference_rows(pairs, text_only=text_only, max_pixels=config.max_pixels)
-    args = dpo_arguments(config, model, len(rows))
+    from mulcot.serving import vision_lora_tensors
+
+    args = dpo_arguments(config, model, len(rows), vision_lora=vision_lora_tensors(start_adapter) > 0)
     callback = RunCallback(folder, progress, lambda metrics: None, None)  # no dev evaluation: no best epoch
     with _quiet_datasets():  # TRL tokenizes a text-only dataset with datasets' map, which draws a bar on stderr
         trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
@@ -201,15 +241,20 @@ def _train(config: PreferenceConfig, model: Any, processor: Any, pairs: PairSet,
     route_trackers(trainer, folder)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    checkpoint = last_complete_checkpoint(folder / "checkpoints") if resume else None
+    # the main process chooses (and tidies) the checkpoint to resume from; every rank resumes from it
+    checkpoint = dist.on_main(lambda: last_complete_checkpoint(folder / "checkpoints")) if resume else None
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     policy.delete_adapter(REF_ADAPTER)
     logged = [r for r in trainer.state.log_history if "rewards/margins" in r]
     last = {"step": trainer.state.global_step, "epoch": trainer.state.epoch,
             **{k: logged[-1][k] for k in REWARD_KEYS if logged and k in logged[-1]}}  # fmt: skip
-    save_adapter(policy, processor, folder / "adapter",
-                 {"run": config.name, "base": base_model, "from": start_run, "kind": "dpo", "last": last})  # fmt: skip
-    plot_curves(folder)
+    if dist.is_main():  # DDP: every rank holds the same whole adapter
+        meta = {"run": config.name, "base": base_model, "from": start_run, "kind": "dpo", "last": last}
+        save_adapter(policy, processor, folder / "adapter", meta)
+        plot_curves(folder)
+    dist.barrier()
+    launch = {"world_size": trainer.args.world_size, "backend": trainer.args.ddp_backend, "fsdp": False,
+              "deepspeed": False}  # fmt: skip
     return TrainResult(run=config.name, folder=str(folder), adapter=str(folder / "adapter"), best=last,
                        steps=trainer.state.global_step, train_loss=output.training_loss, history=logged,
-                       wall_s=0.0)  # fmt: skip
+                       wall_s=0.0, launch=launch)  # fmt: skip
