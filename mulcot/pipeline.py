@@ -170,17 +170,18 @@ class Pipeline:
         self.files["assistant adapter"] = result.adapter
         return {"run": result.run, "best": _best(result.best), "steps": result.steps}
 
-    def _launched(self, cfg: Any, what: str) -> dict[str, Any]:
-        """A training stage on ``processes`` processes (torchrun), the store shared with this one."""
+    def _launched(self, cfg: Any, what: str, processes: int | None = None) -> dict[str, Any]:
+        """A training stage on ``processes`` (else the config's) processes (torchrun), the store shared with this
+        one."""
         from mulcot.train.launch import launch_command, run_launched
 
+        n = processes or cfg.processes
         resume = self._resume(cfg.name)
-        command = " ".join(launch_command(cfg, db=self.store.path, resume=resume)[1:])
-        emit(self.report, "run", INFO, message=f"launching {cfg.processes} processes: {command}")
-        result = run_launched(cfg, db=self.store.path, resume=resume)
+        command = " ".join(launch_command(cfg, db=self.store.path, resume=resume, processes=n)[1:])
+        emit(self.report, "run", INFO, message=f"launching {n} processes: {command}")
+        result = run_launched(cfg, db=self.store.path, resume=resume, processes=n)
         self.files[what] = result["adapter"]
-        return {"run": result["run"], "best": _best(result["best"]), "steps": result["steps"],
-                "processes": cfg.processes}  # fmt: skip
+        return {"run": result["run"], "best": _best(result["best"]), "steps": result["steps"], "processes": n}
 
     def stage_expand(self) -> dict[str, Any]:
         from mulcot.expand import ExpandConfig, expand
@@ -233,6 +234,11 @@ class Pipeline:
         if done is not None and done["status"] == "done":
             self.files["student DPO adapter"] = str(Path(done["output_dir"]) / "adapter")
             return {"run": cfg.name, "last": (done["metrics"] or {}).get("last")}
+        processes = self.recipe.training.processes
+        if processes > 1:
+            launched = self._launched(cfg, "student DPO adapter", processes)
+            launched["last"] = launched.pop("best")
+            return launched
         result = dpo(self.store, cfg, resume=self._resume(cfg.name), progress=self.report)
         self.files["student DPO adapter"] = result.adapter
         return {"run": result.run, "last": result.best, "steps": result.steps}

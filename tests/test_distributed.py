@@ -191,26 +191,33 @@ def test_launch_command_reproduces_the_config(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
     from mulcot.cli import app
-    from mulcot.train.config import DistillConfig, TrainConfig
+    from mulcot.train.config import DistillConfig, PreferenceConfig, TrainConfig
     from mulcot.train.launch import config_argv, launch_command
 
     seen = []
     monkeypatch.setattr("mulcot.cli.train.train", lambda run, config, **kw: seen.append(config))
     monkeypatch.setattr("mulcot.cli.distill.train", lambda run, config, **kw: seen.append(config))
-    configs = [
+    configs: list = [
         TrainConfig(dataset="d", model="m", name="a", task_weights=(0.5, 0.5), dev_split=None, single_pass=False,
                     lora_r=8, gradient_checkpointing=True, deepspeed="ds.json", epochs=3.0, processes=4),
         DistillConfig(dataset="d", model="s", name="b", assistant="a", lam=0.5, include_expanded=False,
-                      soft_labels="online", fsdp="full_shard auto_wrap", max_train_items=10),
+                      soft_labels="server", server="http://h:8000/v1", served_model="asst", server_text_only=True,
+                      fsdp="full_shard auto_wrap", max_train_items=10),
+        PreferenceConfig(dataset="d", model="s", name="c", sources="teacher,ratings", beta=0.3, loss="ipo",
+                         max_pairs=5, gradient_checkpointing=True),
     ]  # fmt: skip
     for cfg in configs:
-        argv = launch_command(cfg, db=tmp_path / "x.db")
-        assert argv[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", str(cfg.processes)]
+        n = getattr(cfg, "processes", 3)
+        argv = launch_command(cfg, db=tmp_path / "x.db", processes=n)
+        assert argv[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", str(n)]
         cli = argv[argv.index("mulcot") + 1 :]
         r = CliRunner().invoke(app, cli)
         assert r.exit_code == 0, r.output
         got = seen.pop()
-        assert {**got.public(), "processes": cfg.processes} == cfg.public()
+        if isinstance(cfg, PreferenceConfig):
+            assert got == cfg
+        else:
+            assert {**got.public(), "processes": cfg.processes} == cfg.public()
     assert config_argv(TrainConfig(dataset="d", model="m", name="a")) == []
 
 

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from mulcot.errors import MulcotError
-from mulcot.train.config import DistillConfig, TrainConfig, config_fields, default_of
+from mulcot.train.config import DistillConfig, PreferenceConfig, TrainConfig, config_fields, default_of
+
+Config = TrainConfig | PreferenceConfig
 
 
-def config_argv(config: TrainConfig) -> list[str]:
+def config_argv(config: Config) -> list[str]:
     """The command-line flags that give ``config`` (fields left at their default are left out)."""
     argv: list[str] = []
     for f in config_fields(type(config), cli=True):
@@ -23,7 +25,7 @@ def config_argv(config: TrainConfig) -> list[str]:
             value, default = list(value), list(default)
         if value == default:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
         if meta.get("invert"):
             argv.append(meta["flag"])
         elif value is None and meta.get("none_flag"):
@@ -37,12 +39,15 @@ def config_argv(config: TrainConfig) -> list[str]:
     return argv
 
 
-def launch_command(config: TrainConfig, *, db: str | Path, resume: bool = False,
+def launch_command(config: Config, *, db: str | Path, resume: bool = False,
                    processes: int | None = None) -> list[str]:  # fmt: skip
-    """``python -m torch.distributed.run --nproc_per_node N -m mulcot train-assistant|distill …`` for ``config``."""
-    n = processes or config.processes
+    """``python -m torch.distributed.run --nproc_per_node N -m mulcot train-assistant|distill|dpo …`` for ``config``
+    (N: ``processes``, else the config's own)."""
+    n = processes or getattr(config, "processes", 1)
     if isinstance(config, DistillConfig):
         stage = ["distill", config.dataset, "--student", config.model, "--assistant", config.assistant]
+    elif isinstance(config, PreferenceConfig):
+        stage = ["dpo", config.dataset, "--model", config.model]
     else:
         stage = ["train-assistant", config.dataset, "--model", config.model]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "-m", "mulcot", *stage,
@@ -50,17 +55,20 @@ def launch_command(config: TrainConfig, *, db: str | Path, resume: bool = False,
             "--json"]  # fmt: skip
 
 
-def run_launched(config: TrainConfig, *, db: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Run a training stage on ``config.processes`` processes; its JSON result (the training command's --json)."""
-    argv = launch_command(config, db=db, resume=resume)
+def run_launched(config: Config, *, db: str | Path, resume: bool = False,
+                 processes: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run a training stage on ``processes`` (else the config's) processes; its JSON result (the training command's
+    --json)."""
+    n = processes or getattr(config, "processes", 1)
+    argv = launch_command(config, db=db, resume=resume, processes=n)
     proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        raise MulcotError(f"training on {config.processes} processes failed (exit code {proc.returncode}, see the "
-                          f"lines above); the command was: {shlex.join(argv)}")  # fmt: skip
+        raise MulcotError(f"training on {n} processes failed (exit code {proc.returncode}, see the lines above); the "
+                          f"command was: {shlex.join(argv)}")  # fmt: skip
     try:
         return json.loads(proc.stdout)
     except json.JSONDecodeError:
-        raise MulcotError(f"training on {config.processes} processes printed no result: {shlex.join(argv)}") from None
+        raise MulcotError(f"training on {n} processes printed no result: {shlex.join(argv)}") from None
 
 
 __all__ = ["config_argv", "launch_command", "run_launched"]
