@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test lint clean llamafactory
+.PHONY: install demo test lint clean llamafactory llama-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ $(LF_VENV)/.installed: constraints.txt
 	touch $@
 
 llamafactory: $(LF_VENV)/.installed
+
+# llama.cpp's llama-server in $(VENV)/bin, for bench/generation_throughput.py (opt-in: cmake, ~8 min on 2 cores).
+llama-server: install
+	PYTHON=$(BIN)/python bash scripts/build-llama-server.sh
 
 lint: install
 	$(BIN)/ruff check mulcot tests bench scripts

@@ -264,7 +264,7 @@ def load_model(
             if is_text_family(family):  # no chat template: refused before the weights are read
                 processor = load_processor(source, family, trust_remote_code=trust_remote_code)
             model = model_class(family).from_pretrained(source, **kwargs)
-            if quantization is None:
+            if quantization is None and not _zero3_loaded():
                 model = model.to(device)
             if not is_text_family(family):
                 processor = load_processor(source, family, trust_remote_code=trust_remote_code)
@@ -272,6 +272,14 @@ def load_model(
         raise ModelError(f"cannot load {family} model from {name}: {_first_line(err)}") from err
     model.eval()
     return model, processor, family
+
+
+def _zero3_loaded() -> bool:
+    """True when DeepSpeed ZeRO-3 is configured (TrainingArguments exist): from_pretrained then partitioned the
+    weights across the ranks' GPUs, and moving the module would only touch the empty local placeholders."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return bool(is_deepspeed_zero3_enabled())
 
 
 def load_with_adapter(base: Any, adapter_dir: str | os.PathLike[str], *, is_trainable: bool = False) -> Any:
