@@ -103,21 +103,25 @@ def main() -> None:
     store = Store.open(args.work / "bench.db")
     chains = json.loads((args.data / "mulcot-rd" / "t15-test.json").read_text(encoding="utf-8"))[: args.items]
     (args.work / "chains.json").write_text(json.dumps(chains), encoding="utf-8")
-    import_dataset(store, "mulcot-json", args.work / "chains.json", name=DATASET, split="train", no_images=True)
+    if store.get_dataset(DATASET) is None:  # a rerun in the same --work reuses what is done
+        import_dataset(store, "mulcot-json", args.work / "chains.json", name=DATASET, split="train", no_images=True)
     model = str(cached_dir())
     runs = args.work / "runs"
     common = dict(dataset=DATASET, model=model, runs_dir=str(runs), dev_split=None, allow_text_only=True, epochs=1,
                   batch_size=2, grad_accum=1, lr=1e-3, max_train_items=args.items)  # fmt: skip
-    log("training the SmolLM2 assistant (one epoch over the chains)")
-    asst = train_assistant(store, TrainConfig(name="asst", **common))
+    done = store.get_run("asst")
+    if done is None or done["status"] != "done":
+        log("training the SmolLM2 assistant (one epoch over the chains)")
+        train_assistant(store, TrainConfig(name="asst", **common), resume=done is not None)
+    asst_folder = str(runs / "asst")
     log("exporting it to an f16 GGUF")
-    gguf = export(ExportConfig(source=asst.folder, out=str(args.work / "export"), quants=())).text_gguf
+    gguf = export(ExportConfig(source=asst_folder, out=str(args.work / "export"), quants=())).text_gguf
     proc, url = serve(gguf, args.threads)
     try:
         log(f"distill --soft-labels server through {url}")
-        cfg = DistillConfig(name="stud", assistant=asst.folder, soft_labels="server", server=url, served_model="asst",
+        cfg = DistillConfig(name="stud", assistant=asst_folder, soft_labels="server", server=url, served_model="asst",
                             top_k=args.top_k, server_concurrency=1, **common)  # fmt: skip
-        result = distill(store, cfg)
+        result = distill(store, cfg, resume=store.get_run("stud") is not None)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -126,9 +130,9 @@ def main() -> None:
 
     log("the same cache from the resident assistant")
     base, processor, _ = load_model(model)
-    resident = load_with_adapter(base, Path(asst.folder) / "adapter").eval()
+    resident = load_with_adapter(base, Path(asst_folder) / "adapter").eval()
     collator = MultiTaskCollator(processor, store.require_dataset(DATASET)["task"], text_only=True)
-    items = distill_items(store, cfg, resolve_run(store, asst.folder))[: args.items]
+    items = distill_items(store, cfg, resolve_run(store, asst_folder))[: args.items]
     began = time.perf_counter()
     compute = assistant_top_k(resident, collator, args.top_k)
     here, _ = build_soft_label_cache(store, "resident", args.work / "resident", compute, items)

@@ -171,8 +171,10 @@ async def chat(client: Teacher, job: Job, url: str | None) -> Completion:
 
 class _Run:
     def __init__(self, config: ServerConfig, on_answer: OnAnswer, progress: Progress | None, stage: str,
-                 total: int | None, message: str, request: Request = chat):  # fmt: skip
+                 total: int | None, message: str, request: Request = chat,
+                 stop: Callable[[], bool] | None = None):  # fmt: skip
         self.request = request
+        self.stop = stop
         self.message = message
         self.config = config
         self.on_answer = on_answer
@@ -221,7 +223,7 @@ class _Run:
 
         async def worker() -> None:
             for job in pending:
-                if self.dead is not None or self.summary.stopped:
+                if self.dead is not None or self.summary.stopped or (self.stop is not None and self.stop()):
                     return
                 over = self._over_budget()
                 if over:
@@ -245,12 +247,13 @@ class _Run:
 
 def generate(config: ServerConfig, jobs: Iterable[Job], on_answer: OnAnswer, *, progress: Progress | None = None,
              stage: str = "generate", total: int | None = None, message: str = "",
-             request: Request = chat) -> ServeSummary:  # fmt: skip
+             request: Request = chat, stop: Callable[[], bool] | None = None) -> ServeSummary:  # fmt: skip
     """Send ``jobs`` to the server, ``config.concurrency`` at a time; ``on_answer(job, answer)`` is called for each
     answer as it arrives (on this thread: store it there). ``request`` makes one job's request (default: a chat
-    completion; anything answering with ``tokens_in``/``tokens_out``/``http_retries``). Raises
+    completion; anything answering with ``tokens_in``/``tokens_out``/``http_retries``); ``stop()`` true ends the
+    run before the next request (the caller found a reason not to go on). Raises
     :class:`ServerError` when the server stops answering. Call :func:`check_server` first."""
-    return asyncio.run(_Run(config, on_answer, progress, stage, total, message, request).run(jobs))
+    return asyncio.run(_Run(config, on_answer, progress, stage, total, message, request, stop).run(jobs))
 
 
 def vision_lora_tensors(adapter: str | Path) -> int:

@@ -268,3 +268,30 @@ def test_two_processes_cache_what_one_does(demo_store, served_assistant, tmp_pat
     for key in i1:
         (a_ids, a_lp), (b_ids, b_lp) = c1.get(key), c2.get(key)
         assert torch.equal(a_ids, b_ids) and torch.allclose(a_lp, b_lp, atol=1e-5), key
+
+
+def test_llama_cpp_python_pairing_when_the_prompt_starts_with_bos():
+    """llama-cpp-python's echo (0.3.x, read in its source and seen on SmolLM2, whose BOS is <|im_start|>): a leading
+    BOS is left out and shifts the pairing, every other BOS token is left out, entry r is the distribution after
+    the r-th kept prompt token; text keys map back through the tokenizer's pieces."""
+    from types import SimpleNamespace
+
+    from mulcot.train.server_soft_labels import LLAMA_CPP_PYTHON, ScoreStats, Sequence, top_k_rows
+
+    texts = {5: "a", 6: "b", 7: "c", 8: "d"}
+    pieces = SimpleNamespace(bos=1, piece={1: "", 2: "", **texts}, id_of={v: k for k, v in texts.items()}.get)
+    seq = Sequence(key="k", text="", ids=[1, 5, 1, 6, 7, 2], positions=[3, 4])  # p predicts ids[p + 1]
+
+    def after(i: int) -> dict[str, float]:  # the distribution after prompt token i, as text keys
+        return {"a": -1.0 - i, "b": -2.0 - i, "c": -3.0 - i, "": -0.5}
+
+    # all_tokens = ids[1:] + [generated]; the BOS at index 1 of all_tokens is dropped with its row
+    answer = {"tokens": ["a", "b", "c", "", "d"], "top_logprobs": [None, after(2), after(3), after(4), after(5)]}
+    ids, lps = top_k_rows(LLAMA_CPP_PYTHON, answer, seq, 2, pieces, 6, stats := ScoreStats())
+    assert ids.tolist() == [[5, 6], [5, 6]] and lps.tolist() == [[-4.0, -5.0], [-5.0, -6.0]]
+    assert stats.inexact_positions == 2  # "" (a control token) ranked first and cannot be mapped
+    # the same prompt without the leading BOS: no shift
+    seq = Sequence(key="k", text="", ids=[5, 1, 6, 7, 2], positions=[2, 3])
+    answer = {"tokens": ["a", "b", "c", "", "d"], "top_logprobs": [None, after(2), after(3), after(4), after(5)]}
+    ids, lps = top_k_rows(LLAMA_CPP_PYTHON, answer, seq, 2, pieces, 5, ScoreStats())
+    assert lps.tolist() == [[-3.0, -4.0], [-4.0, -5.0]]

@@ -11,7 +11,9 @@ One request per sequence through the completions endpoint: the rendered sequence
   ``--max-logprobs`` (default 20).
 - **llama-cpp-python** (``me``; its default ``logits_all``): keys are token *texts* (llama.cpp pieces, special
   tokens as ""), and entry *j* is the distribution *after* token *j* (it pairs each prompt token with the next
-  position's distribution when the model adds no BOS token). Texts map back to ids through the student's
+  position's distribution); when the prompt starts with the BOS token that token is left out of the echo and the
+  pairing shifts by one, and every other token equal to BOS is left out too (SmolLM2's BOS is ``<|im_start|>``).
+  Texts map back to ids through the student's
   tokenizer; a text several ids share (control tokens such as ``<|im_end|>``, partial UTF-8 bytes) cannot be
   mapped and is dropped, so k+margin entries are asked for and the top k of the mapped ones kept. A position where
   a dropped entry ranked inside the top k is counted as *inexact* (see :class:`ScoreStats`). It takes no images:
@@ -103,6 +105,7 @@ class PieceIds:
             else:
                 text = tokenizer.convert_tokens_to_string([tok])
             self.piece[i] = text
+        self.bos: int | None = tokenizer.bos_token_id
         self.ids: dict[str, int | None] = {}
         for i, text in self.piece.items():
             self.ids[text] = None if text in self.ids else i
@@ -137,28 +140,37 @@ def top_k_rows(kind: str, logprobs: dict[str, Any], seq: Sequence, top_k: int, p
 
     tokens, tops = logprobs.get("tokens") or [], logprobs.get("top_logprobs") or []
     n = len(seq.ids)
-    if len(tokens) < n or len(tops) < len(tokens):
-        raise ServerScoreError(f"{seq.key}: the server echoed {len(tokens)} tokens of a {n}-token sequence")
+    if len(tops) < len(tokens):
+        raise ServerScoreError(f"{seq.key}: the server gave {len(tops)} top log-probs for {len(tokens)} tokens")
     if kind == VLLM:
+        if len(tokens) < n:
+            raise ServerScoreError(f"{seq.key}: the server echoed {len(tokens)} tokens of a {n}-token sequence")
         got = [_token_id(t, seq.key) for t in tokens[:n]]
         if got != seq.ids:
             raise ServerScoreError(_differs(seq, got))
-        offset = 1  # entry j predicts token j
+        entry_of = {p: p + 1 for p in seq.positions}  # entry j is the distribution that predicts token j
     else:
         if tokens_in and tokens_in != n:
             raise ServerScoreError(
                 f"{seq.key}: the server read {tokens_in} prompt tokens where the student's tokenizer makes {n} "
                 "(it adds a BOS token, or tokenizes otherwise): serve a GGUF converted from the student's tokenizer"
             )
-        expected = [pieces.piece.get(i, "") for i in seq.ids]  # type: ignore[union-attr]
-        if tokens[:n] != expected:
-            raise ServerScoreError(_differs(seq, tokens[:n], expected))
-        offset = 0  # entry j is the distribution after token j
+        # llama-cpp-python pairs echoed token first+i with the distribution after prompt token i, where first = 1
+        # when the prompt starts with its BOS token (dropped from the echo), and leaves out every token equal to
+        # BOS (SmolLM2's BOS is <|im_start|>): entry r holds the distribution after prompt token kept[r]
+        bos = pieces.bos  # type: ignore[union-attr]
+        first = int(bos is not None and seq.ids[0] == bos)
+        kept = [i for i in range(n - first) if seq.ids[i + first] != bos]
+        expected = [pieces.piece.get(seq.ids[i + first], "") for i in kept]  # type: ignore[union-attr]
+        if tokens[: len(kept)] != expected:
+            raise ServerScoreError(_differs(seq, tokens[: len(kept)], expected))
+        entry_of = {i: r for r, i in enumerate(kept)}
     ids_rows, lp_rows = [], []
     for p in seq.positions:
-        entry = tops[p + offset]
+        r = entry_of.get(p)
+        entry = tops[r] if r is not None and r < len(tops) else None
         if not entry:
-            raise ServerScoreError(f"{seq.key}: no log-probs at position {p + offset}")
+            raise ServerScoreError(f"{seq.key}: the server gave no log-probs after position {p}")
         ranked = sorted(entry.items(), key=lambda kv: -kv[1])
         kept: dict[int, float] = {}
         inexact = False
@@ -246,7 +258,8 @@ class ServerScorer:
         todo = [Job(sample_id=item.sample_id, prompt=seqs[j].text, max_tokens=1, tag=j, name=seqs[j].key)
                 for j, (item, _) in enumerate(jobs)]  # fmt: skip
         try:
-            summary = generate(self.config, todo, on_answer, request=request, stage="soft_labels")
+            summary = generate(self.config, todo, on_answer, request=request, stage="soft_labels",
+                               stop=lambda: self.refused is not None)  # fmt: skip
         except ServerError as err:
             self.dead = err
         else:
