@@ -12,12 +12,13 @@ Sim/METEOR/BLEU/ROUGE-L (the dev split has no teacher chains). With ``--short-ch
 is cut to its first sentence before import (training cost is dominated by chain length on 2 cores), so references
 and targets are the same shortened chains. Dev is a seeded random subset of ``dev.tsv`` rows.
 
-Rows: majority label of the training split; SmolLM2 zero-shot; trained multi-task with λ_cls 0.2 (the paper's
-0.2/0.8) and 0.8 (0.8/0.2); trained label-only (λ_rea = 0, the paper's "w/o CoT"). Columns: accuracy and macro-F1 of
-the label head (P_label) on the dev subset, of the chain's own Prediction (P_cot) on a smaller dev subset, their
-consistency, and the held-out chain metrics. Then the best trained run is exported to GGUF (f16, Q8_0, Q4_K_M) and
-each file answers the label prompt on the same dev posts through ``predict_dataset``: accuracy and samples/s beside
-the transformers figure.
+Rows: majority label of the training split; SmolLM2 zero-shot; trained multi-task with λ_cls 0.2 (the paper's 0.2/0.8)
+and 0.8 (0.8/0.2); trained label-only (λ_rea = 0, the paper's "w/o CoT"); a student (``--rows student``): the best
+trained assistant expands the training posts (D_a) and a second SmolLM2 LoRA is distilled on D_t ∪ D_a with its cached
+soft labels. Columns: accuracy and macro-F1 of the label head (P_label) on the dev subset, of the chain's own
+Prediction (P_cot) on a smaller dev subset, their consistency, and the held-out chain metrics. Then the best trained
+run is exported to GGUF (f16, Q8_0, Q4_K_M) and each file answers the label prompt on the same dev posts through
+``predict_dataset``: accuracy and samples/s beside the transformers figure.
 
     PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python bench/learning.py --work /tmp/learning \
         [--train 300] [--dev 300] [--chain-dev 40] [--heldout 40] [--epochs 1] [--json bench/results/learning.json]
@@ -163,6 +164,34 @@ def train_row(store: Any, smol: Path, name: str, weights: tuple[float, float], a
     return result
 
 
+def student_row(store: Any, smol: Path, assistant: str, weights: tuple[float, float],
+                args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """Stages 3 and 4: expand the training posts with the trained assistant (D_a, one sampled chain each), then
+    distil a second SmolLM2 LoRA on D_t ∪ D_a with the assistant's cached top-k soft labels (same tokenizer)."""
+    from mulcot.expand import ExpandConfig, expand
+    from mulcot.train.config import DistillConfig
+    from mulcot.train.student import distill
+
+    log(f"expanding the training posts with {Path(assistant).name}")
+    summary = expand(store, ExpandConfig(dataset=DATASET, assistant=assistant, max_new_tokens=args.chain_tokens,
+                                         batch_size=8, seed=args.seed), progress=progress)  # fmt: skip
+    log(f"expand: {summary.generated} chains now, |D_a| {summary.assistant_set}, assistant train accuracy "
+        f"{summary.accuracy:.3f}, unparsed {summary.unparsed}, {summary.wall_s:.0f} s")  # fmt: skip
+    name = "smol-student"
+    config = DistillConfig(dataset=DATASET, model=str(smol), name=name, runs_dir=str(args.work / "runs"),
+                           split="train", dev_split=None, task_weights=weights, batch_size=args.batch_size,
+                           grad_accum=args.grad_accum, lr=args.lr, epochs=args.epochs, warmup_steps=args.warmup,
+                           lora_dropout=0.05, seed=args.seed, assistant=assistant, lam=args.lam,
+                           top_k=args.top_k)  # fmt: skip
+    log(f"distilling {name} (λ {args.lam}, τ 2, top-k {args.top_k}, λ_cls, λ_rea = {weights})")
+    result = distill(store, config, resume=store.get_run(name) is not None, progress=progress)
+    log(f"distilled {name}: {result.steps} optimizer steps in {result.wall_s:.0f} s, mean loss {result.train_loss}")
+    expanded = {"d_a": summary.assistant_set, "assistant_train_accuracy": summary.accuracy,
+                "unparsed": summary.unparsed, "rejected": sum(summary.rejected.values()),
+                "expand_s": round(summary.wall_s, 1)}  # fmt: skip
+    return result, expanded
+
+
 def measure_model(store: Any, spec: str, run_id: str, args: argparse.Namespace) -> dict[str, Any]:
     from mulcot.predict.backends import open_backend
     from mulcot.predict.config import PredictConfig
@@ -264,7 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5, help="warm-up optimizer steps")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--grad-accum", type=int, default=2)
-    ap.add_argument("--rows", default="lam0.2,label-only,lam0.8", help="trained rows to run, in this order")
+    ap.add_argument("--rows", default="lam0.2,label-only,lam0.8,student",
+                    help="trained rows to run, in this order (student: distilled from the best assistant row)")
+    ap.add_argument("--lam", type=float, default=0.3, help="student: λ, weight of the soft (KL) loss")
+    ap.add_argument("--top-k", type=int, default=32, help="student: cached soft labels per target position")
     ap.add_argument("--budget-min", type=float, default=None,
                     help="skip a trained row when it would end past this many minutes (the GGUF part reserved)")
     ap.add_argument("--gguf-reserve-s", type=float, default=300.0, help="seconds kept for the GGUF part")
@@ -335,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                if title in result["rows"]}  # fmt: skip
     row_s: list[float] = []
     for key in [r.strip() for r in args.rows.split(",") if r.strip()]:
+        if key == "student":
+            continue  # after the assistants it learns from
         pair, title = weights[key]
         if title in result["rows"]:
             continue
@@ -354,14 +388,30 @@ def main(argv: list[str] | None = None) -> int:
         row_s.append(time.perf_counter() - row_began)
         save()
 
-    if trained and not args.no_gguf:
-        best = max(trained, key=lambda t: result["rows"][t]["label"]["accuracy"])
+    best = max(trained, key=lambda t: result["rows"][t]["label"]["accuracy"]) if trained else None
+    student_title = f"student λ {args.lam} ← {best}" if best else ""
+    elapsed = time.perf_counter() - began
+    guess = 2.0 * max(row_s, default=0.0)  # expand, then about twice an assistant row's chains (D_t ∪ D_a)
+    if "student" in args.rows.split(",") and best and student_title not in result["rows"]:
+        if args.budget_min and elapsed + guess + args.gguf_reserve_s > 60 * args.budget_min:
+            log(f"skipping the student: {elapsed:.0f} s spent, budget {args.budget_min} min")
+            result["rows"][student_title] = {"skipped": f"time budget ({elapsed / 60:.0f} min spent)"}
+    if "student" in args.rows.split(",") and best and student_title not in result["rows"]:
+        pair = next(p for p, t in weights.values() if t == best)
+        res, expanded = student_row(store, smol, trained[best], pair, args)
+        row = measure_model(store, "smol-student", "bench-student", args)
+        row.update(train_s=round(res.wall_s, 1), steps=res.steps, train_loss=res.train_loss, expand=expanded)
+        result["rows"][student_title] = row
+        save()
+
+    if best and not args.no_gguf:
         if (result.get("gguf") or {}).get("run_row") != best:
             result["gguf"] = {"run": Path(trained[best]).name, "run_row": best,
                               **gguf_rows(store, trained[best], args)}  # fmt: skip
             save()
     save()
-    order = ["majority", "SmolLM2 zero-shot", "trained λ_cls 0.2", "trained λ_cls 0.8", "trained label-only"]
+    order = ["majority", "SmolLM2 zero-shot", "trained λ_cls 0.2", "trained λ_cls 0.8", "trained label-only",
+             "student"]
     result["rows"] = dict(sorted(result["rows"].items(),
                                  key=lambda kv: next(i for i, p in enumerate(order + [""]) if kv[0].startswith(p))))
     text = table(result)
