@@ -219,7 +219,7 @@ def gguf_rows(store: Any, run_folder: str, args: argparse.Namespace) -> dict[str
     for quant, path in files.items():
         config = PredictConfig(n_threads=args.threads, label_max_tokens=16)
         with open_backend("gguf", gguf=path, config=config, store=store) as backend:
-            rows[quant] = label_head(store, backend, f"bench-gguf-{quant}")
+            rows[quant] = label_head(store, backend, f"bench-gguf-{Path(run_folder).name}-{quant}")
         rows[quant]["file_mb"] = round(Path(path).stat().st_size / 2**20, 1)
         log(f"gguf {quant}: {rows[quant]}")
     return rows
@@ -259,8 +259,9 @@ def table(result: dict[str, Any]) -> str:
             f"{pct(row.get('chain_macro_f1'))} | {pct(row.get('consistency'))} | {num(r.get('sim'))} | "
             f"{num(r.get('meteor'))} | {num(r.get('bleu'))} | {num(r.get('rouge_l'))} | {train} |"
         )
-    g = result.get("gguf")
-    if g:
+    for g in (result.get("gguf"), result.get("gguf_student")):
+        if not g:
+            continue
         out += ["", f"GGUF of `{g['run']}` (export {g['export_s']:.0f} s), label prompt on the same {s['dev']} dev "
                 "posts through `predict_dataset`:", "",
                 "| weights | file | label acc | macro-F1 | samples/s |",
@@ -408,6 +409,13 @@ def main(argv: list[str] | None = None) -> int:
         if (result.get("gguf") or {}).get("run_row") != best:
             result["gguf"] = {"run": Path(trained[best]).name, "run_row": best,
                               **gguf_rows(store, trained[best], args)}  # fmt: skip
+            save()
+        student = str(args.work / "runs" / "smol-student")
+        if student_title in result["rows"] and not result["rows"][student_title].get("skipped") and (
+            (result.get("gguf_student") or {}).get("run_row") != student_title
+        ):  # what a user ships: the student as GGUF
+            result["gguf_student"] = {"run": "smol-student", "run_row": student_title,
+                                      **gguf_rows(store, student, args)}  # fmt: skip
             save()
     save()
     order = ["majority", "SmolLM2 zero-shot", "trained λ_cls 0.2", "trained λ_cls 0.8", "trained label-only",
