@@ -15,28 +15,20 @@ import argparse
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _random_models import SIZES, save  # noqa: E402
+from _servers import ServerProcess  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "twitter2015"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -86,40 +78,22 @@ def posts_store(path: Path, n: int) -> tuple[Any, str]:
     return store, ("test" if have >= n else "train")
 
 
-class Server:
+class Server(ServerProcess):
     """llama.cpp's ``llama-server`` (``--parallel slots``, continuous batching) or llama-cpp-python's server (one
     slot: ``slots`` is then requests in flight)."""
 
     def __init__(self, gguf: str, mmproj: str, slots: int, threads: int, ctx: int, native: bool):
-        self.port = _free_port()
         binary = shutil.which("llama-server")
         if native and binary:
             self.kind = f"llama-server, {slots} slot" + ("s" if slots > 1 else "")
             args = [binary, "-m", gguf, "--mmproj", mmproj, "--alias", "bench", "--parallel", str(slots),
-                    "-c", str(ctx * slots), "-t", str(threads), "--port", str(self.port)]  # fmt: skip
+                    "-c", str(ctx * slots), "-t", str(threads)]  # fmt: skip
         else:
             self.kind = "llama-cpp-python server, 1 slot" + (f", {slots} in flight" if slots > 1 else "")
             args = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--clip_model_path", mmproj,
                     "--chat_format", "mtmd", "--model_alias", "bench", "--n_ctx", str(ctx), "--n_threads",
-                    str(threads), "--n_threads_batch", str(threads), "--port", str(self.port)]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/models", timeout=2).read()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"the server did not start: {' '.join(args)}") from None
-                time.sleep(0.5)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
+                    str(threads), "--n_threads_batch", str(threads)]  # fmt: skip
+        super().__init__(args)
 
 
 def measure(prep: dict[str, Any], work: Path, n: int, tokens: int, threads: int, quiet: bool) -> list[dict[str, Any]]:

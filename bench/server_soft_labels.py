@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _servers import ServerProcess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -33,28 +34,10 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(gguf: str, threads: int) -> tuple[subprocess.Popen, str]:
+def serve(gguf: str, threads: int) -> ServerProcess:
     """llama-cpp-python's server on ``gguf`` as ``asst`` (its default logits_all gives prompt log-probs)."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", "asst",
-                             "--n_ctx", "2048", "--n_threads", str(threads), "--n_threads_batch", str(threads),
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 300
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=2).read()
-            return proc, url
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("llama-cpp-python's server did not start") from None
-            time.sleep(0.5)
+    return ServerProcess([sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", "asst", "--n_ctx",
+                          "2048", "--n_threads", str(threads), "--n_threads_batch", str(threads)])  # fmt: skip
 
 
 def compare(here: Any, served: Any) -> dict[str, Any]:
@@ -116,15 +99,12 @@ def main() -> None:
     asst_folder = str(runs / "asst")
     log("exporting it to an f16 GGUF")
     gguf = export(ExportConfig(source=asst_folder, out=str(args.work / "export"), quants=())).text_gguf
-    proc, url = serve(gguf, args.threads)
-    try:
+    with serve(gguf, args.threads) as server:
+        url = server.url
         log(f"distill --soft-labels server through {url}")
         cfg = DistillConfig(name="stud", assistant=asst_folder, soft_labels="server", server=url, served_model="asst",
                             top_k=args.top_k, server_concurrency=1, **common)  # fmt: skip
         result = distill(store, cfg, resume=store.get_run("stud") is not None)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
     stats = json.loads((Path(result.folder) / "soft_labels" / "server.json").read_text())
     served = SoftLabelCache(Path(result.folder) / "soft_labels", store.soft_label_index("stud"))
 

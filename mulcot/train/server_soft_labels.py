@@ -157,14 +157,14 @@ def top_k_rows(kind: str, logprobs: dict[str, Any], seq: Sequence, top_k: int, p
             )
         # llama-cpp-python pairs echoed token first+i with the distribution after prompt token i, where first = 1
         # when the prompt starts with its BOS token (dropped from the echo), and leaves out every token equal to
-        # BOS (SmolLM2's BOS is <|im_start|>): entry r holds the distribution after prompt token kept[r]
+        # BOS (SmolLM2's BOS is <|im_start|>): entry r holds the distribution after prompt token echoed[r]
         bos = pieces.bos  # type: ignore[union-attr]
         first = int(bos is not None and seq.ids[0] == bos)
-        kept = [i for i in range(n - first) if seq.ids[i + first] != bos]
-        expected = [pieces.piece.get(seq.ids[i + first], "") for i in kept]  # type: ignore[union-attr]
-        if tokens[: len(kept)] != expected:
-            raise ServerScoreError(_differs(seq, tokens[: len(kept)], expected))
-        entry_of = {i: r for r, i in enumerate(kept)}
+        echoed = [i for i in range(n - first) if seq.ids[i + first] != bos]
+        expected = [pieces.piece.get(seq.ids[i + first], "") for i in echoed]  # type: ignore[union-attr]
+        if tokens[: len(echoed)] != expected:
+            raise ServerScoreError(_differs(seq, tokens[: len(echoed)], expected))
+        entry_of = {i: r for r, i in enumerate(echoed)}
     ids_rows, lp_rows = [], []
     for p in seq.positions:
         r = entry_of.get(p)
