@@ -57,7 +57,7 @@ def compact_model(tmp_path_factory):
 @pytest.fixture
 def demo_store(tmp_path) -> Store:
     """A store holding the embedded sample with its teacher chains (D_t: 34 train, 12 dev, 12 test)."""
-    from mulcot.demo import run_demo
+    from mulcot.pipeline.demo import run_demo
 
     s = Store.open(tmp_path / "mulcot.db")
     run_demo(s)

@@ -15,13 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from mulcot.annotate import AnnotateConfig, annotate
-from mulcot.chat_server import ChatServer, Reply, post_of, prompt_text
+from mulcot.annotate.chat_server import ChatServer, Reply, post_of, prompt_text
 from mulcot.cli import app
+from mulcot.core.client import TeacherConfig
+from mulcot.core.reasoning import Reasoning
 from mulcot.datasets import import_dataset
-from mulcot.reasoning import Reasoning
 from mulcot.sample import SAMPLE_DIR
 from mulcot.store import Store
-from mulcot.teacher import TeacherConfig
 
 SECRET = "sk-test-THISISNOTAREALKEY1234567890abcd"
 WRONG = {"positive": "negative", "neutral": "positive", "negative": "neutral"}
@@ -127,9 +127,9 @@ def test_two_stages_arc_and_http_retries(sample_store):
 def test_only_concurrency_samples_are_in_memory_and_each_image_is_encoded_once(sample_store, monkeypatch):
     """However large the split, at most ``concurrency`` samples are in progress (their images encoded, their
     answers pending); a sample that is explained again reuses its encoded image."""
-    import mulcot.annotate as annotate_module
+    import mulcot.annotate.live as annotate_module
 
-    real = annotate_module.image_data_url
+    real = annotate_module.jpeg_data_url
     counts = {"encoded": 0, "served": 0}
     seen: list[tuple[int, int]] = []
     lock = threading.Lock()
@@ -152,7 +152,7 @@ def test_only_concurrency_samples_are_in_memory_and_each_image_is_encoded_once(s
             counts["served"] += 1
         return reply
 
-    monkeypatch.setattr(annotate_module, "image_data_url", encode)
+    monkeypatch.setattr(annotate_module, "jpeg_data_url", encode)
     with ChatServer(responder) as server:
         summary = annotate(sample_store, _cfg(server, concurrency=3))
     assert summary.predicted == 36 and summary.explained == 6 and summary.requests == 42

@@ -1,5 +1,5 @@
 """Batch annotation (`mulcot annotate --batch`, `--batch-file`, `--ingest`) against a real Batch API server on
-127.0.0.1 (mulcot.batch_server) through the unmodified openai SDK, with the scripted teacher of test_annotate."""
+127.0.0.1 (fakes.batch_server) through the unmodified openai SDK, with the scripted teacher of test_annotate."""
 
 from __future__ import annotations
 
@@ -15,18 +15,18 @@ from pathlib import Path
 
 import openai
 import pytest
+from fakes.batch_server import BatchPlan, BatchServer
 from test_annotate import SECRET, WRONG, Script, chain
 from typer.testing import CliRunner
 
 from mulcot.annotate import AnnotateConfig, annotate
-from mulcot.annotate_batch import BatchConfig, annotate_batch, parse_custom_id
-from mulcot.batch_server import BatchPlan, BatchServer
-from mulcot.chat_server import ChatServer, Reply, completion
+from mulcot.annotate.batch import BatchConfig, annotate_batch, parse_custom_id
+from mulcot.annotate.chat_server import ChatServer, Reply, completion
 from mulcot.cli import app
+from mulcot.core.client import TeacherConfig
 from mulcot.datasets import import_dataset
 from mulcot.sample import SAMPLE_DIR
 from mulcot.store import Store
-from mulcot.teacher import TeacherConfig
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import urllib.request
 import pytest
 
 from mulcot.annotate import AnnotateConfig, annotate
+from mulcot.core.client import TeacherConfig
 from mulcot.datasets import import_dataset
 from mulcot.sample import SAMPLE_DIR
 from mulcot.store import Store
-from mulcot.teacher import TeacherConfig
 
 pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
 
@@ -68,8 +68,8 @@ def test_annotate_against_llama_cpp_server(tmp_path):
     assert len(attempts) == 8 and all(a["raw"] is not None and a["tokens_in"] > 0 for a in attempts)
     assert {a["stage"] for a in attempts} == {"predict", "explain"} and sum(a["final"] for a in attempts) == 4
     # the image reached the model: each predict request carries more tokens than its prompt text alone
+    from mulcot.core.prompts import get_prompt
     from mulcot.models import load_tokenizer
-    from mulcot.prompts import get_prompt
 
     tok = load_tokenizer("qwen2.5-vl")
     samples = {x["id"]: x for x in store_samples}

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from mulcot.cli import app
 from mulcot.pipeline import Pipeline
-from mulcot.recipes import ModelSection, RecipeError, StudentSection, TrainingSection, parse_recipe
+from mulcot.pipeline.recipes import ModelSection, RecipeError, StudentSection, TrainingSection, parse_recipe
 from mulcot.store import Store
 from mulcot.train.config import DistillConfig, TrainConfig, config_fields
 

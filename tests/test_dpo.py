@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from mulcot.cli import app
+from mulcot.core.reasoning import Reasoning
+from mulcot.core.refs import adapter_digest, resolve
 from mulcot.errors import MulcotError
-from mulcot.reasoning import Reasoning
-from mulcot.refs import adapter_digest, resolve
 from mulcot.sample import SAMPLE_NAME
 from mulcot.train.assistant import train_assistant
 from mulcot.train.config import PreferenceConfig, TrainConfig
@@ -180,7 +180,7 @@ def test_dpo_under_two_processes_trains_like_one(demo_store, start, tmp_path):
 
 def test_dpo_knobs_are_flags_and_recipe_keys(tmp_path):
     from mulcot.pipeline import Pipeline
-    from mulcot.recipes import parse_recipe
+    from mulcot.pipeline.recipes import parse_recipe
     from mulcot.store import Store
     from mulcot.train.config import config_fields
 
@@ -220,8 +220,8 @@ def test_dpo_result_table_shows_rewards(capsys):
 
 def test_dpo_of_a_text_only_backbone(demo_store, tiny_text_model, tmp_path):
     """A text-only run: the image becomes its caption in the pair's prompt, TRL gets the tokenizer, no images."""
-    from mulcot.pairs import build_pairs
     from mulcot.train.dpo import preference_rows
+    from mulcot.train.pairs import build_pairs
 
     cfg = TrainConfig(dataset=SAMPLE_NAME, model=str(tiny_text_model()), name="text-asst",
                       runs_dir=str(tmp_path / "runs"), epochs=1, max_train_items=2, dev_split=None, lr=2e-3,

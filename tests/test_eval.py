@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from mulcot import metrics as M
+from mulcot.core.labels import normalize_label
+from mulcot.core.prompts import get_prompt
+from mulcot.core.reasoning import parse_reasoning
 from mulcot.errors import MulcotError
 from mulcot.evaluate import EvalConfig, compare_results, evaluate, read_chain_file, select_chains
-from mulcot.evaluate import metrics as M
-from mulcot.labels import normalize_label
-from mulcot.prompts import get_prompt
-from mulcot.reasoning import parse_reasoning
 from mulcot.sample import SAMPLE_NAME
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -92,7 +92,7 @@ def test_teacher_through_the_cli_table(demo_store, tmp_path):
 def test_release_chains_are_labelled_gold_conditioned(demo_store, tmp_path):
     """The release holds only kept chains (correct answers and gold-conditioned explanations): its 100 % is labelled
     as such wherever it is shown; a teacher's own stage-1 chains are scored as predictions. Every eval is a run."""
-    from mulcot.chains import chain_row
+    from mulcot.core.chains import chain_row
 
     runs = str(tmp_path / "runs")
     result = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, source="teacher", runs_dir=runs))

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mulcot.cli import app
-from mulcot.recipes import RecipeError, bundled_recipe, load_recipe, parse_recipe
+from mulcot.pipeline.recipes import RecipeError, bundled_recipe, load_recipe, parse_recipe
 from mulcot.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,9 +18,10 @@ import pytest
 from test_export import converter, student  # noqa: F401  (fixtures)
 
 from mulcot.expand import ExpandConfig, expand
-from mulcot.predict import SOURCE_GGUF, SOURCE_SERVER, GGUFBackend, PredictConfig, ServerBackend, predict_dataset
+from mulcot.generation import SOURCE_GGUF, SOURCE_SERVER, GGUFBackend, PredictConfig, ServerBackend
+from mulcot.generation.server import ServerConfig, ServerError
+from mulcot.predict import predict_dataset
 from mulcot.sample import SAMPLE_NAME
-from mulcot.serving import ServerConfig, ServerError
 
 pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
 
@@ -165,10 +166,10 @@ def test_soft_labels_from_the_server_match_the_resident_assistant(demo_store: An
     """distill --soft-labels server on llama-cpp-python's server (the assistant as an f16 GGUF): per target position
     the same top-k ids as the resident float32 assistant, log-probs within f16's rounding; positions where a
     control token (<|im_end|>, text "") ranks in the top k are counted as inexact, not cached wrong."""
+    from mulcot.core.refs import resolve_run
     from mulcot.models import load_model, load_with_adapter
-    from mulcot.refs import resolve_run
+    from mulcot.train.collator import MultiTaskCollator
     from mulcot.train.config import DistillConfig
-    from mulcot.train.items import MultiTaskCollator
     from mulcot.train.soft_labels import SoftLabelCache, assistant_top_k, build_soft_label_cache
     from mulcot.train.student import distill, distill_items
 

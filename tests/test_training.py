@@ -15,13 +15,14 @@ import torch
 from typer.testing import CliRunner
 
 from mulcot.cli import app
+from mulcot.core.inputs import teacher_items
 from mulcot.errors import MulcotError
 from mulcot.models import load_model
 from mulcot.sample import SAMPLE_NAME
 from mulcot.train.assistant import MultiTaskTrainer as Trainer
 from mulcot.train.assistant import train_assistant
+from mulcot.train.collator import IGNORE, TASK_CLS, TASK_REA, MultiTaskCollator
 from mulcot.train.config import TrainConfig
-from mulcot.train.items import IGNORE, TASK_CLS, TASK_REA, MultiTaskCollator, teacher_items
 
 FAST = dict(batch_size=2, grad_accum=1, max_pixels=56 * 56, lr=2e-3, lora_dropout=0.0, dev_max_new_tokens=8)
 
@@ -93,8 +94,8 @@ def test_training_lowers_the_loss_and_writes_the_run(demo_store, compact_model, 
     assert run["status"] == "done" and run["kind"] == "train-assistant" and run["metrics"]["best"]["epoch"] >= 1
     assert {e["event"] for e in events} >= {"begin", "step", "log", "eval"}
     # the saved adapter loads on its base and generates
+    from mulcot.generation.hf import GenerationConfig, generate
     from mulcot.models import load_with_adapter
-    from mulcot.train.generation import GenerationConfig, generate
 
     base, processor, _ = load_model(compact_model())
     tuned = load_with_adapter(base, folder / "adapter")

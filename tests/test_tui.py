@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from mulcot.datasets.export import export_ratings
-from mulcot.demo import run_demo
+from mulcot.core.labels import LABELS
+from mulcot.core.reasoning import Reasoning
+from mulcot.datasets.writers import export_ratings
 from mulcot.errors import NotFoundError, StoreError
-from mulcot.labels import LABELS
-from mulcot.reasoning import Reasoning
+from mulcot.pipeline.demo import run_demo
 from mulcot.sample import SAMPLE_NAME
 from mulcot.store import Store
 from mulcot.store import migrations as store_migrations
@@ -214,7 +214,7 @@ def test_browse_sample_groups_retries(demo_db):
 def test_wrong_expansion_chain_is_wrong_not_failed(tmp_path):
     """A parsed expansion chain with another label than the gold one is *wrong* (as a wrong teacher prediction is),
     in the table's marks, the outcome filter and the detail view; only an unparsed one is *failed*."""
-    from mulcot.chains import chain_row
+    from mulcot.core.chains import chain_row
     from mulcot.tui.detail import chain_outcome
 
     with Store.open(tmp_path / "m.db") as s:
@@ -590,9 +590,7 @@ def test_snapshot_main_screen(snap_compare, demo_db, size):
 
 
 def _tmux_command(db: Path) -> str:
-    mulcot = Path(sys.executable).parent / "mulcot"
-    registered = subprocess.run([str(mulcot), "tui", "--help"], capture_output=True).returncode == 0
-    command = f"{mulcot} tui" if registered else f"{sys.executable} -m mulcot.tui"  # until `mulcot tui` is registered
+    command = f"{sys.executable} -m mulcot tui"
     return f"env -u COLUMNS -u LINES {command} --db {db}"  # the pane's size, not the test runner's
 
 

@@ -13,12 +13,12 @@ from rich.table import Table
 
 from mulcot.annotate import AnnotateConfig, AnnotateSummary
 from mulcot.annotate import annotate as run_annotate
-from mulcot.annotate_batch import MAX_REQUESTS, BatchConfig, annotate_batch, batch_status
-from mulcot.captions import CaptionConfig, caption_images
+from mulcot.annotate.batch import MAX_REQUESTS, BatchConfig, annotate_batch, batch_status
+from mulcot.annotate.captions import CaptionConfig, caption_images
 from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
+from mulcot.core.client import DEFAULT_KEY_ENV, TeacherConfig
 from mulcot.errors import MulcotError
 from mulcot.events import Event
-from mulcot.teacher import DEFAULT_KEY_ENV, TeacherConfig
 
 CAPTION_MAX_TOKENS = 100  # one sentence
 

@@ -58,9 +58,9 @@ ServerTextOnlyOption = Annotated[
 def server_config(server: str | None, served_model: str | None, *, concurrency: int = 4, retries: int = 3,
                   max_requests: int | None = None, time_budget: float | None = None,
                   text_only: bool = False) -> Any:  # fmt: skip
-    """The :class:`mulcot.serving.ServerConfig` of the --server flags (None without --server)."""
+    """The :class:`mulcot.generation.server.ServerConfig` of the --server flags (None without --server)."""
     from mulcot.errors import MulcotError
-    from mulcot.serving import ServerConfig
+    from mulcot.generation.server import ServerConfig
 
     if server is None:
         if served_model is not None:

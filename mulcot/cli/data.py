@@ -179,7 +179,7 @@ def export(
     store = open_store(db)
     target = out if out is not None else sys.stdout
     if ratings:
-        from mulcot.datasets.export import export_ratings
+        from mulcot.datasets.writers import export_ratings
 
         n = export_ratings(store, target, dataset=name, fmt=fmt)
         if out is not None:
@@ -204,8 +204,8 @@ def pairs(
 ) -> None:
     """Preference pairs for DPO: a correct chain (D_t or D_a) against a wrong, failed or lower-rated chain of the same
     sample. Shows counts per source and gold label; --format exports them for TRL or LLaMA-Factory."""
-    from mulcot.labels import LABELS
-    from mulcot.pairs import build_pairs, export_pairs
+    from mulcot.core.labels import LABELS
+    from mulcot.train.pairs import build_pairs, export_pairs
 
     store = open_store(db)
     built = build_pairs(store, name, split, sources)

@@ -28,7 +28,7 @@ from mulcot.cli.common import (
 )
 from mulcot.cli.config_options import config_options
 from mulcot.cli.train import train
-from mulcot.labels import LABELS
+from mulcot.core.labels import LABELS
 from mulcot.train.config import DistillConfig
 
 

@@ -96,7 +96,8 @@ def predict(
     reasoning (Text_analysis, Image_analysis, Conflict_resolution, Final_conclusion, Prediction) and the label.
     Batch mode stores every chain (source student-gguf, stage eval) for `mulcot eval`, and resumes. With --server
     --served-model the student answers from an OpenAI-compatible server (source student-server)."""
-    from mulcot.predict import Post, PredictConfig, open_backend, predict_dataset, predict_post
+    from mulcot.generation import Post, PredictConfig, open_backend
+    from mulcot.predict import predict_dataset, predict_post
 
     if (text is None) == (dataset is None):
         raise MulcotError("give either --text (with --image) for one post, or --dataset for a whole split")

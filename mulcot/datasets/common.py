@@ -12,8 +12,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from mulcot.core.labels import normalize_label
 from mulcot.errors import DataError
-from mulcot.labels import normalize_label
 
 SPLIT_NAMES = ("train", "dev", "test")
 _SPLIT_ALIASES = {

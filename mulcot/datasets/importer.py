@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mulcot.chains import RELEASE_ORIGIN, chain_row
+from mulcot.core.chains import RELEASE_ORIGIN, chain_row
 from mulcot.datasets import jsonl, mvsa, release, tombert
 from mulcot.datasets.common import (
     ImageChecker,

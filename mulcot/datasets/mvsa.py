@@ -17,9 +17,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mulcot.core.labels import normalize_label
 from mulcot.datasets.common import RowOrProblem, SampleRow, iter_lines, map_label, read_json, read_utf8
 from mulcot.errors import DataError
-from mulcot.labels import normalize_label
 
 CLMLF_CODES = {"0": "positive", "1": "neutral", "2": "negative", 0: "positive", 1: "neutral", 2: "negative"}
 LABEL_FILE = "labelResultAll.txt"

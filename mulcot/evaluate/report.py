@@ -2,7 +2,7 @@
 
 :func:`write_outputs` writes ``result.json``, ``per_sample.jsonl`` and ``confusion.png`` (:func:`plot_confusion`);
 :func:`paper_row` gives the Table 3/4/5 numbers; :func:`compare_results` finds stored results to compare;
-:data:`METRIC_DEFINITIONS` is the footer of the eval table.
+:data:`mulcot.evaluate.config.METRIC_DEFINITIONS` is the footer of the eval table.
 """
 
 from __future__ import annotations
@@ -16,36 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mulcot.errors import MulcotError, NotFoundError
-from mulcot.evaluate.metrics import REASONING_METRICS
+from mulcot.metrics import REASONING_METRICS
 from mulcot.store import Store
 
 if TYPE_CHECKING:
-    from mulcot.evaluate.run import EvalResult
+    from mulcot.evaluate.config import EvalResult
 
 PAPER_COLUMNS = ("accuracy", "f1", "sim", "meteor", "bleu", "rouge_l", "distinct_1", "distinct_2")
 
 #: One line per metric: its exact definition (the footer of the eval table).
-METRIC_DEFINITIONS: dict[str, str] = {
-    "Acc": "share of samples whose predicted label equals the gold label; from the label prompt (P_label) when the "
-    "model has a label head, else from the chain's own Prediction; an unparseable answer counts as wrong",
-    "w-F1": "F1 per label (2PR/(P+R)) averaged with weights = gold support (scikit-learn 'weighted'); reported for MSA",
-    "m-F1": "unweighted mean of the three labels' F1 (scikit-learn 'macro'); reported for MASC",
-    "Cons.": "share of samples where the chain's own Prediction equals the label head's prediction (both valid)",
-    "Sim": "cosine similarity of all-MiniLM-L6-v2 sentence embeddings of chain and reference (256 word pieces), "
-    "mean over pairs",
-    "METEOR": "nltk meteor_score (alpha 0.9, beta 3, gamma 0.5, WordNet synonyms, Porter stems) on lowercased "
-    "Treebank tokens, mean over pairs",
-    "BLEU": "sacrebleu sentence BLEU, 13a tokens, 4-gram, no smoothing, mean over pairs (corpus BLEU with --corpus)",
-    "ROUGE-L": "F of the summary-level union LCS (rouge 1.0.1: sentences split at '.', whitespace words), mean over "
-    "pairs",
-    "Dist-1/2": "distinct n-grams / all n-grams of a chain's lowercased Treebank tokens, mean over chains (pooled "
-    "over all chains with --corpus)",
-    "gold-conditioned": "a release's kept chains (imported or replayed): correct stage-1 answers and explanations "
-    "written given the gold label, the teacher's wrong answers left out, so Acc and F1 measure no model; the "
-    "chains serve as references",
-}
-
-
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None

@@ -1,7 +1,7 @@
 """Tiny random-weight Qwen2.5-VL / Qwen3-VL models on the real Qwen2 tokenizer, built offline.
 
 The tokenizer is rebuilt from llama.cpp's ``models/ggml-vocab-qwen2.gguf`` (shipped in the llama-cpp-python
-sdist, see :mod:`mulcot.export.llamacpp`): the real byte-level BPE vocabulary and merges plus the Qwen-VL special
+sdist, see :mod:`mulcot.core.llamacpp`): the real byte-level BPE vocabulary and merges plus the Qwen-VL special
 tokens at their real ids. Its pre-tokenizer hash is one llama.cpp knows, so a tiny model converts to GGUF
 unpatched. Parsing the GGUF takes ~20 s, so built tokenizers are cached in ``$MULCOT_CACHE/tokenizers/``.
 
@@ -23,9 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mulcot.core.llamacpp import cache_root, qwen2_vocab_path
 from mulcot.errors import ModelError
 from mulcot.events import INFO, Progress, emit
-from mulcot.export.llamacpp import cache_root, qwen2_vocab_path
 
 FAMILIES = ("qwen2.5-vl", "qwen3-vl")
 
@@ -392,7 +392,7 @@ _QWEN2_SPLIT = (
 
 def _compact_corpus() -> list[str]:
     """Text the compact vocabulary is learned from: the embedded sample's posts and chains, and the prompts."""
-    from mulcot.prompts import PROMPT_NAMES, TASKS, get_prompt
+    from mulcot.core.prompts import PROMPT_NAMES, TASKS, get_prompt
     from mulcot.sample import SAMPLE_DIR
 
     corpus = [get_prompt(n, t).template for n in PROMPT_NAMES for t in TASKS]

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from mulcot.errors import NotFoundError, StoreError
-from mulcot.store.chains import FINAL, OUTCOME, OUTCOMES, SOURCES, STAGES, is_final
 from mulcot.store.connection import Connection, equals, from_json, now
+from mulcot.store.reasonings import FINAL, OUTCOME, OUTCOMES, SOURCES, STAGES, is_final
 
 
 class BrowseMixin(Connection):

@@ -2,7 +2,7 @@
 
 Each field is declared once, with its help text, and everything else is derived from it: the command-line flags of
 ``train-assistant`` and ``distill`` (:func:`mulcot.cli.config_options.config_options`), the recipe sections
-``[training]``, ``[assistant]`` and ``[student]`` (:mod:`mulcot.recipes`) and what ``mulcot run`` passes to the
+``[training]``, ``[assistant]`` and ``[student]`` (:mod:`mulcot.pipeline.recipes`) and what ``mulcot run`` passes to the
 trainers (:mod:`mulcot.pipeline`). Field metadata:
 
 - ``help``: the flag's help text;
@@ -135,8 +135,8 @@ class DistillConfig(TrainConfig):
     include_expanded: bool = _f(True, "Train on D_t only (skip D_a).", flag="--no-expanded", invert=True)
 
     def server_config(self) -> Any:
-        """The :class:`mulcot.serving.ServerConfig` of the --server settings (``soft_labels = server``)."""
-        from mulcot.serving import ServerConfig
+        """The :class:`mulcot.generation.server.ServerConfig` of the --server settings (``soft_labels = server``)."""
+        from mulcot.generation.server import ServerConfig
 
         return ServerConfig(url=self.server, served_model=self.served_model, concurrency=self.server_concurrency,
                             text_only=True)  # fmt: skip
@@ -149,7 +149,7 @@ DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_
 @dataclass
 class PreferenceConfig:
     """A DPO run (``mulcot dpo``): preference optimisation of a trained assistant's or student's LoRA adapter on
-    pairs of chains (:mod:`mulcot.pairs`), through TRL's ``DPOTrainer``. The adapter keeps its own LoRA settings;
+    pairs of chains (:mod:`mulcot.train.pairs`), through TRL's ``DPOTrainer``. The adapter keeps its own LoRA settings;
     the reference policy is the starting adapter."""
 
     dataset: str = _f(help="Dataset whose pairs train the run.", cli=False)

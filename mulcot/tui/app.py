@@ -26,7 +26,7 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Footer, Header, Input, Static, Tree
 
-from mulcot.labels import LABELS
+from mulcot.core.labels import LABELS
 from mulcot.store import Store, default_db_path
 from mulcot.tui.detail import render_chain, render_chain_bar, render_head
 from mulcot.tui.filters import FilterPanel
