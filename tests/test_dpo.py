@@ -179,10 +179,10 @@ def test_dpo_under_two_processes_trains_like_one(demo_store, start, tmp_path):
 
 
 def test_dpo_knobs_are_flags_and_recipe_keys(tmp_path):
+    from mulcot.core.settings import config_fields
     from mulcot.pipeline import Pipeline
     from mulcot.pipeline.recipes import parse_recipe
     from mulcot.store import Store
-    from mulcot.train.config import config_fields
 
     text = CliRunner().invoke(app, ["dpo", "--help"], env={"COLUMNS": "240"}).output
     for f in config_fields(PreferenceConfig, cli=True):

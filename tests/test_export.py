@@ -19,22 +19,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mulcot.core import llamacpp
+from mulcot.core.gguf import MANIFEST, QUANT_TYPES, check_gguf, gguf_names, inspect_gguf, parse_quants
 from mulcot.core.prompts import get_prompt
+from mulcot.core.refs import resolve_source, sha256_file
 from mulcot.errors import ExportError, ModelError, MulcotError, NotFoundError
 from mulcot.events import Event
-from mulcot.export import (
-    MANIFEST,
-    QUANT_TYPES,
-    ExportConfig,
-    check_gguf,
-    export,
-    gguf_names,
-    inspect_gguf,
-    modelfile_text,
-    parse_quants,
-    resolve_source,
-    sha256_file,
-)
+from mulcot.export import ExportConfig, export, modelfile_text
 from mulcot.store import Store
 
 FAMILIES = ("qwen2.5-vl", "qwen3-vl")

@@ -29,23 +29,14 @@ from mulcot.cli.common import (
 from mulcot.cli.config_options import config_options
 from mulcot.cli.train import train
 from mulcot.core.labels import LABELS
+from mulcot.expand import ExpandConfig
 from mulcot.train.config import DistillConfig
 
 
+@config_options(ExpandConfig)
 def expand(
     dataset: Annotated[str, typer.Argument(help="Dataset whose training split the assistant expands.")],
     assistant: Annotated[str, typer.Option(help="The trained assistant: runs/NAME, an adapter folder or a run name.")],
-    split: Annotated[str, typer.Option(help="Only 'train' is accepted (other splits would leak labels).")] = "train",
-    n: Annotated[int, typer.Option(help="Chains to sample per training sample.")] = 1,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option(help="Token limit per chain.")] = 512,
-    batch_size: Annotated[int, typer.Option(help="Samples per generation batch.")] = 8,
-    max_pixels: Annotated[int, typer.Option(help="Images are downsized to at most this many pixels.")] = 280 * 280,
-    limit: Annotated[int | None, typer.Option(help="Only the first N training samples.")] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    device: Annotated[str | None, typer.Option(help="cuda, mps or cpu (default: best available).")] = None,
-    dtype: Annotated[str | None, typer.Option(help="bf16, fp16 or fp32.")] = None,
     server: ServerOption = None,
     served_model: ServedModelOption = None,
     concurrency: ConcurrencyOption = 4,
@@ -55,16 +46,15 @@ def expand(
     server_text_only: ServerTextOnlyOption = False,
     db: DbOption = None,
     as_json: JsonOption = False,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Have the trained assistant write chains for the training split; the correct ones form D_a. With --server
-    the chains come from a server serving the assistant (e.g. vLLM with its adapter by name), stored the same way."""
-    from mulcot.expand import ExpandConfig
+    the chains come from a server serving the assistant (e.g. vLLM with its adapter by name), with --gguf from its
+    GGUF export through llama.cpp; stored the same way."""
     from mulcot.expand import expand as run
 
     store = open_store(db)
-    cfg = ExpandConfig(dataset=dataset, assistant=assistant, split=split, n=n, temperature=temperature, top_p=top_p,
-                       max_new_tokens=max_new_tokens, batch_size=batch_size, max_pixels=max_pixels, limit=limit,
-                       seed=seed, device=device, dtype=dtype,
+    cfg = ExpandConfig(dataset=dataset, assistant=assistant, **(options or {}),
                        server=server_config(server, served_model, concurrency=concurrency, retries=retries,
                                             max_requests=max_requests, time_budget=time_budget,
                                             text_only=server_text_only))  # fmt: skip

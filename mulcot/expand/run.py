@@ -17,6 +17,7 @@ from mulcot.core.chains import EXPAND, chain_row
 from mulcot.core.images import DEFAULT_MAX_PIXELS
 from mulcot.core.prompts import get_prompt
 from mulcot.core.refs import RunRef, resolve_run
+from mulcot.core.settings import ConfigError, Validated, field_
 from mulcot.errors import MulcotError
 from mulcot.events import Progress, emit
 from mulcot.generation import Backend, Generated, Post, PredictConfig, Request, open_backend
@@ -25,24 +26,36 @@ from mulcot.store import Store
 
 
 @dataclass
-class ExpandConfig:
-    """What to expand with which assistant, and how to sample."""
+class ExpandConfig(Validated):
+    """What to expand with which assistant, and how to sample (the ``expand`` command's flags; a recipe's
+    [expand] sets the fields of section ``expand``)."""
 
-    dataset: str
-    assistant: str  # runs/<name>, an adapter folder, or a run name
-    split: str = "train"
-    n: int = 1
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-    batch_size: int = 8
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    limit: int | None = None
-    seed: int = 0
-    device: str | None = None
-    dtype: str | None = None
-    server: ServerConfig | None = None  # generate through an OpenAI-compatible server instead of in-process
-    gguf: str | None = None  # generate with the assistant's GGUF export (llama.cpp) instead of transformers
+    dataset: str = field_(help="Dataset whose training split the assistant expands.", cli=False)
+    assistant: str = field_(help="The trained assistant: runs/NAME, an adapter folder or a run name.", cli=False)
+    split: str = field_("train", "Only 'train' is accepted (other splits would leak labels).")
+    n: int = field_(1, "Chains to sample per training sample.", section="expand", min=1)
+    temperature: float = field_(0.7, "Sampling temperature.", section="expand", min=0)
+    top_p: float = field_(1.0, "Nucleus sampling mass.", above=0, max=1)
+    max_new_tokens: int = field_(512, "Token limit per chain.", section="expand", min=1)
+    batch_size: int = field_(8, "Samples per generation batch.", min=1)
+    max_pixels: int = field_(DEFAULT_MAX_PIXELS, "Images are downsized to at most this many pixels.", min=1)
+    limit: int | None = field_(None, "Only the first N training samples.", section="expand", min=1)
+    seed: int = field_(0, "Sampling seed.")
+    device: str | None = field_(None, "cuda, mps or cpu (default: best available).")
+    dtype: str | None = field_(None, "bf16, fp16 or fp32.")
+    gguf: str | None = field_(None, "Generate with the assistant's GGUF export (an export folder or a text GGUF) "
+                              "instead of transformers.")  # fmt: skip
+    # generate through an OpenAI-compatible server instead of in-process (the command's server options)
+    server: ServerConfig | None = field_(None, "", cli=False)
+
+    def check(self) -> None:
+        if self.split != "train":
+            raise ConfigError(
+                f"expand writes chains for the training split only; '{self.split}' would leak gold labels into "
+                "model selection or evaluation (D_a must come from train)"
+            )
+        if self.server is not None and self.gguf is not None:
+            raise ConfigError("--server and --gguf are two ways to generate: pick one")
 
     def settings(self) -> PredictConfig:
         """The decoding and input settings of the generation backend."""
@@ -80,15 +93,8 @@ def expand(store: Store, config: ExpandConfig, progress: Progress | None = None)
 
     start = time.perf_counter()
     ds = store.require_dataset(config.dataset)
-    if config.split != "train":
-        raise MulcotError(
-            f"expand writes chains for the training split only; '{config.split}' would leak gold labels into "
-            "model selection or evaluation (D_a must come from train)"
-        )
     if "train" not in store.splits(config.dataset):
         raise MulcotError(f"dataset '{config.dataset}' has no train split")
-    if config.n < 1:
-        raise MulcotError("--n must be at least 1")
     ref = resolve_run(store, config.assistant)
     cot = get_prompt("cot", ds["task"])
     items = sample_items(store, config.dataset, "train")

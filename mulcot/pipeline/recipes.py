@@ -19,8 +19,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from mulcot.core.settings import config_fields, default_of, field_problem
 from mulcot.errors import MulcotError
-from mulcot.train.config import DistillConfig, PreferenceConfig, TrainConfig, config_fields, default_of
+from mulcot.expand.run import ExpandConfig
+from mulcot.train.config import DistillConfig, PreferenceConfig, TrainConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -90,13 +92,8 @@ TrainingSection = _section("TrainingSection", TrainConfig, "training")
 DpoSection = _section("DpoSection", PreferenceConfig, "dpo", own=(("enabled", bool, field(default=False)),))
 
 
-@dataclass
-class ExpandSection:
-    n: int = 1
-    temperature: float = 0.7
-    max_new_tokens: int = 512
-    limit: int | None = None
-    skip: bool = False
+# [expand]: the expansion's knobs (ExpandConfig's section "expand") and whether to skip the stage
+ExpandSection = _section("ExpandSection", ExpandConfig, "expand", own=(("skip", bool, field(default=False)),))
 
 
 @dataclass
@@ -124,7 +121,7 @@ class Recipe:
     runs_dir: str = "runs"
     teacher: TeacherSection = field(default_factory=TeacherSection)
     training: TrainingSection = field(default_factory=TrainingSection)
-    expand: ExpandSection = field(default_factory=ExpandSection)
+    expand: ExpandSection = field(default_factory=ExpandSection)  # type: ignore[valid-type]
     dpo: DpoSection = field(default_factory=DpoSection)  # type: ignore[valid-type]
     eval: EvalSection = field(default_factory=EvalSection)
     export: ExportSection = field(default_factory=ExportSection)
@@ -202,14 +199,17 @@ def _build(cls: type, data: Any, file: str, prefix: str) -> Any:
             kwargs[key] = _build(tp, value, file, full)
             continue
         value = _check_value(file, full, value, tp)
-        allowed = _ALLOWED.get(full) or known[key].metadata.get("choices")
+        allowed = _ALLOWED.get(full)
         if allowed and value not in allowed:
             raise RecipeError(f"{file}: '{full}' is {value!r}; allowed: {', '.join(allowed)}")
+        problem = field_problem(known[key], value)  # the config field's own checks (choices, ranges)
+        if problem:
+            raise RecipeError(f"{file}: '{full}' {problem}")
         if full in _ALLOWED_ITEMS:
             for item in value:
                 if item not in _ALLOWED_ITEMS[full]:
                     raise RecipeError(f"{file}: '{full}' has {item!r}; allowed: {', '.join(_ALLOWED_ITEMS[full])}")
-        if (full in _POSITIVE or known[key].metadata.get("min") == 1) and value is not None and value < 1:
+        if full in _POSITIVE and value is not None and value < 1:
             raise RecipeError(f"{file}: '{full}' must be at least 1, got {value!r}")
         kwargs[key] = value
     missing = [
@@ -230,12 +230,6 @@ def _validate(recipe: Recipe, file: str) -> None:
         raise RecipeError(
             f"{file}: 'training.task_weights' must be two non-negative numbers [cls, rea], e.g. [0.2, 0.8]"
         )
-    if not 0 <= recipe.student.lam <= 1:
-        raise RecipeError(f"{file}: 'student.lam' must be between 0 and 1, got {recipe.student.lam}")
-    if recipe.student.tau <= 0:
-        raise RecipeError(f"{file}: 'student.tau' must be positive, got {recipe.student.tau}")
-    if recipe.dpo.beta <= 0:
-        raise RecipeError(f"{file}: 'dpo.beta' must be positive, got {recipe.dpo.beta}")
     try:
         parse_sources(recipe.dpo.sources)
     except MulcotError as err:

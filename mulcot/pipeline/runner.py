@@ -140,7 +140,7 @@ class Pipeline:
     def _train_config(self, cls: type, stage: str, section: Any, **extra: Any) -> Any:
         """``cls`` (TrainConfig or DistillConfig) from the recipe: every knob of [training] and of the model's
         section by name (both are derived from the config's fields), the rest from [dataset] and the run."""
-        from mulcot.train.config import config_fields
+        from mulcot.core.settings import config_fields
 
         d = self.recipe.dataset
         knobs = {f.name: getattr(self.recipe.training, f.name) for f in config_fields(cls, section="training")}
@@ -184,13 +184,14 @@ class Pipeline:
         return {"run": result["run"], "best": _best(result["best"]), "steps": result["steps"], "processes": n}
 
     def stage_expand(self) -> dict[str, Any]:
+        from mulcot.core.settings import config_fields
         from mulcot.expand import ExpandConfig, expand
 
         e = self.recipe.expand
         if e.skip:
             return {"note": "expand.skip: the student learns from D_t only"}
-        cfg = ExpandConfig(dataset=self.recipe.dataset.name, assistant=self.run_name("train-assistant"), n=e.n,
-                           temperature=e.temperature, max_new_tokens=e.max_new_tokens, limit=e.limit,
+        knobs = {f.name: getattr(e, f.name) for f in config_fields(ExpandConfig, section="expand")}
+        cfg = ExpandConfig(dataset=self.recipe.dataset.name, assistant=self.run_name("train-assistant"), **knobs,
                            max_pixels=self.recipe.training.max_pixels, device=self.recipe.training.device,
                            dtype=self.recipe.training.dtype)  # fmt: skip
         s = expand(self.store, cfg, progress=self.report)
@@ -215,7 +216,8 @@ class Pipeline:
 
     def _dpo_config(self) -> Any:
         """The DPO run's ``PreferenceConfig``: [dpo]'s knobs and [training]'s shared ones, on the distilled student."""
-        from mulcot.train.config import PreferenceConfig, config_fields
+        from mulcot.core.settings import config_fields
+        from mulcot.train.config import PreferenceConfig
 
         p, d = self.recipe.dpo, self.recipe.dataset
         knobs = {f.name: getattr(p, f.name) for f in config_fields(PreferenceConfig, section="dpo")}
