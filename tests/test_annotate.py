@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 from typer.testing import CliRunner
 
 from mulcot.annotate import AnnotateConfig, annotate
@@ -56,14 +57,6 @@ class Script:
         if replies:
             return replies[min(n, len(replies) - 1)]
         return Reply(text=chain(self.gold[post]))
-
-
-@pytest.fixture
-def sample_store(tmp_path):
-    s = Store.open(tmp_path / "mulcot.db")
-    import_dataset(s, "twitter-tsv", SAMPLE_DIR, name="t15")
-    yield s
-    s.close()
 
 
 def _cfg(server: ChatServer, **kw) -> AnnotateConfig:
@@ -316,13 +309,9 @@ def test_kill_9_then_resume(tmp_path):
             stderr=subprocess.DEVNULL,
             env={**os.environ, "OPENAI_API_KEY": "x"},
         )
-        deadline = time.time() + 60
         with Store.open(db) as s:
-            while time.time() < deadline:
-                n = len(s.reasonings(dataset="t15", source="teacher", final_only=True))
-                if n >= 8:
-                    break
-                time.sleep(0.05)
+            wait_until(lambda: len(s.reasonings(dataset="t15", source="teacher", final_only=True)) >= 8, 60,
+                       interval=0.05)  # fmt: skip
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         with Store.open(db) as s:

@@ -7,10 +7,10 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 from typer.testing import CliRunner
 
 from mulcot.cli import app
@@ -119,11 +119,7 @@ def test_dpo_resumes_after_a_kill(demo_store, start, tmp_path):
               "--max-pixels", "3136", "--save-steps", "1", "--lr", "5e-3", "--json", "--name", "cut"]  # fmt: skip
     proc = subprocess.Popen([exe, *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = tmp_path / "runs" / "cut"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (folder / "log.jsonl").exists() and len(_log(folder)) >= 4:
-            break
-        time.sleep(0.1)
+    wait_until(lambda: (folder / "log.jsonl").exists() and len(_log(folder)) >= 4, 300, process=proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (folder / "adapter").exists() and len(_log(folder)) < 12

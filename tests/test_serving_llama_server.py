@@ -8,13 +8,12 @@ import json
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import answers, wait_until
 from test_export import converter, student  # noqa: F401  (fixtures)
 
 from mulcot.expand import ExpandConfig, expand
@@ -54,15 +53,9 @@ class LlamaServer:
         self.port = _free_port()
         self.proc = subprocess.Popen([*self.args, "--port", str(self.port)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)  # fmt: skip
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/models", timeout=2).read()
-                return self
-            except OSError:
-                assert self.proc.poll() is None, "llama-cpp-python's server exited"
-                assert time.time() < deadline, "llama-cpp-python's server did not start"
-                time.sleep(0.3)
+        wait_until(lambda: answers(f"{self.url}/models"), 120, interval=0.3, process=self.proc,
+                   what="llama-cpp-python's server starting")  # fmt: skip
+        return self
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

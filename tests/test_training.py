@@ -7,11 +7,11 @@ import math
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import loss_lines, wait_until
 from typer.testing import CliRunner
 
 from mulcot.cli import app
@@ -168,11 +168,7 @@ def test_kill_then_resume_matches_an_uninterrupted_run(demo_store, compact_model
 
     proc = subprocess.Popen([exe, *common, "--name", "cut"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = tmp_path / "runs" / "cut" / "log.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if log.exists() and sum(1 for x in log.read_text().splitlines() if '"loss"' in x) >= 4:
-            break
-        time.sleep(0.1)
+    wait_until(lambda: loss_lines(log) >= 4, 300)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "runs" / "cut" / "adapter").exists()

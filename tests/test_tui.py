@@ -9,11 +9,11 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 
 from mulcot.core.labels import LABELS
 from mulcot.core.reasoning import Reasoning
@@ -606,19 +606,16 @@ def test_real_app_in_tmux(tmp_path):
         return subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True).stdout
 
     def wait_for(*texts: str, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def showing() -> str:
             shot = screen()
-            if all(text in shot for text in texts):
-                return shot
-            time.sleep(0.2)
-        raise AssertionError(f"{texts!r} not on screen:\n{shot}")
+            return shot if all(text in shot for text in texts) else ""
+
+        shot = wait_until(showing, timeout, interval=0.2)
+        assert shot, f"{texts!r} not on screen:\n{screen()}"
+        return shot
 
     def wait_gone(text: str, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while text in screen():
-            assert time.monotonic() < deadline, f"{text!r} still on screen:\n{screen()}"
-            time.sleep(0.2)
+        wait_until(lambda: text not in screen(), timeout, interval=0.2, what=f"{text!r} gone from the screen")
 
     subprocess.run([*tmux, "new-session", "-d", "-x", "120", "-y", "40", _tmux_command(db)], check=True)
     try:

@@ -13,6 +13,9 @@ finished, and submits only the attempts no pending batch holds. Results are matc
 order; an attempt already in the store is never recorded twice. An expired or cancelled batch gives what finished;
 the rest is submitted again. A request the batch answered with an error counts as an attempt, as a failed HTTP
 request does live. The API key is only ever in the client's memory.
+
+Long because: one :class:`BatchAnnotator` owns a round's whole life (write, upload, poll, recover after a kill,
+ingest, follow up) over the ``batches`` table; its steps share the annotator's state and make sense only together.
 """
 
 from __future__ import annotations

@@ -21,9 +21,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mulcot.core.client import Budget, BudgetReached, Teacher, TeacherConfig, TeacherError
+from mulcot.core.client import Budget, BudgetReached, Teacher, TeacherConfig, TeacherError, Usage
 from mulcot.core.images import jpeg_data_url
 from mulcot.core.prompts import caption_prompt
+from mulcot.core.settings import Validated, field_
 from mulcot.errors import MulcotError
 from mulcot.events import Progress, emit
 from mulcot.store import Store
@@ -38,20 +39,20 @@ class TeacherCannotSeeImages(MulcotError):
 
 
 @dataclass
-class CaptionConfig:
-    """What to caption and how."""
+class CaptionConfig(Validated):
+    """What to caption and how (validated on construction)."""
 
     dataset: str
     teacher: TeacherConfig
     splits: tuple[str, ...] | None = None  # None: every split
-    concurrency: int = 8
-    budget_usd: float | None = None
-    limit: int | None = None  # only the first N images still to caption
+    concurrency: int = field_(8, "Requests in flight at most.", min=1)
+    budget_usd: float | None = field_(None, "Stop before the cost would exceed this.", min=0)
+    limit: int | None = field_(None, "Only the first N images still to caption.", min=1)
     run_id: str | None = None
 
 
 @dataclass
-class CaptionSummary:
+class CaptionSummary(Usage):
     """What a caption run did (this invocation) and where the dataset stands."""
 
     run_id: str
@@ -184,10 +185,7 @@ class Captioner:
         self.budget.settle(reserved, comp.cost_usd)
         s = self.summary
         s.requests += 1
-        s.http_retries += comp.http_retries
-        s.tokens_in += comp.tokens_in
-        s.tokens_out += comp.tokens_out
-        s.cost_usd += comp.cost_usd or 0.0
+        s.count_answer(comp)
         caption = clean_caption(comp.text)
         if not caption:
             self._fail(f"image {path} (samples {keys}): the teacher answered with no caption")

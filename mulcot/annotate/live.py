@@ -24,9 +24,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mulcot.core.chains import EXPLAIN, PREDICT, arc_accepts, arc_error, chain_row
-from mulcot.core.client import Budget, BudgetReached, Teacher, TeacherConfig, TeacherError
+from mulcot.core.client import Budget, BudgetReached, Teacher, TeacherConfig, TeacherError, Usage
 from mulcot.core.images import jpeg_data_url
 from mulcot.core.prompts import get_prompt
+from mulcot.core.settings import Validated, field_
 from mulcot.errors import MulcotError
 from mulcot.events import Progress, emit
 from mulcot.store import Store
@@ -35,22 +36,22 @@ PASSES = (PREDICT, EXPLAIN)  # the teacher's two passes (chain stages)
 
 
 @dataclass
-class AnnotateConfig:
-    """What to annotate and how."""
+class AnnotateConfig(Validated):
+    """What to annotate and how (validated on construction, as the command's flags are)."""
 
     dataset: str
     teacher: TeacherConfig
     split: str = "train"
-    stage: str = "both"  # predict | explain | both
-    concurrency: int = 8
-    max_retries: int = 3
-    budget_usd: float | None = None
-    limit: int | None = None
+    stage: str = field_("both", "predict (P_pre), explain (P_exp) or both.", choices=("predict", "explain", "both"))
+    concurrency: int = field_(8, "Requests in flight at most.", min=1)
+    max_retries: int = field_(3, "ARC: regenerations of an invalid output.", min=0)
+    budget_usd: float | None = field_(None, "Stop before the cost would exceed this.", min=0)
+    limit: int | None = field_(None, "Only the first N samples of the split.", min=1)
     run_id: str | None = None
 
 
 @dataclass
-class AnnotateSummary:
+class AnnotateSummary(Usage):
     """What a run did (this invocation only) and where the dataset now stands."""
 
     run_id: str
@@ -88,12 +89,6 @@ class Annotator:
 
     def __init__(self, store: Store, config: AnnotateConfig, teacher: Teacher | None = None,
                  progress: Progress | None = None):  # fmt: skip
-        if config.stage not in ("predict", "explain", "both"):
-            raise MulcotError(f"unknown stage '{config.stage}': use predict, explain or both")
-        if config.concurrency < 1:
-            raise MulcotError("--concurrency must be at least 1")
-        if config.max_retries < 0:
-            raise MulcotError("--max-retries must be 0 or more")
         self.store = store
         self.config = config
         self.dataset = store.require_dataset(config.dataset)
@@ -164,10 +159,7 @@ class Annotator:
         s = self.summary
         s.requests += 1
         if output is not None or tokens_in:
-            s.http_retries += http_retries
-            s.tokens_in += tokens_in or 0
-            s.tokens_out += tokens_out or 0
-            s.cost_usd += cost_usd or 0.0
+            s.count_usage(http_retries, tokens_in, tokens_out, cost_usd)
             row.update(tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost_usd,
                        latency_s=None if latency_s is None else round(latency_s, 4))  # fmt: skip
         self.store.add_reasoning(**row)

@@ -8,13 +8,11 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
+from mulcot.cli.common import DbOption, JsonOption, console, err_console, follow, open_store, print_json, progress_bar
 from mulcot.datasets import EXPORT_FORMATS, FORMATS, export_dataset, import_dataset
 from mulcot.errors import MulcotError
-from mulcot.events import Event
 
 app = typer.Typer(help="Import, list, inspect and export datasets.", no_args_is_help=True)
 
@@ -50,15 +48,8 @@ def import_(
 ) -> None:
     """Import a dataset into the store (idempotent: re-importing updates, never duplicates)."""
     store = open_store(db)
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        console=err_console, transient=True, disable=as_json,
-    ) as bar:  # fmt: skip
-        task = bar.add_task(f"importing {path}", total=None)
-
-        def progress(event: Event) -> None:
-            bar.update(task, description=event.message, completed=event.done, total=event.total)
-
+    with progress_bar(as_json, spinner=True) as bar:
+        progress = follow(bar, f"importing {path}", describe=True)
         report = import_dataset(
             store, fmt, path, name=name, split=split, images=images, no_images=no_images, strict=strict,
             split_ratio=_parse_ratio(split_ratio), teacher=teacher, progress=progress,

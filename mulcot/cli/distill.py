@@ -6,25 +6,18 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mulcot.cli.common import (
-    ConcurrencyOption,
     DbOption,
     JsonOption,
-    MaxRequestsOption,
-    ServedModelOption,
-    ServerOption,
-    ServerRetriesOption,
-    ServerTextOnlyOption,
-    TimeBudgetOption,
     console,
-    err_console,
+    follow,
     open_store,
     print_json,
     print_served,
-    server_config,
+    progress_bar,
+    server_options,
 )
 from mulcot.cli.config_options import config_options
 from mulcot.cli.train import train
@@ -34,16 +27,11 @@ from mulcot.train.config import DistillConfig
 
 
 @config_options(ExpandConfig)
+@server_options
 def expand(
     dataset: Annotated[str, typer.Argument(help="Dataset whose training split the assistant expands.")],
     assistant: Annotated[str, typer.Option(help="The trained assistant: runs/NAME, an adapter folder or a run name.")],
-    server: ServerOption = None,
-    served_model: ServedModelOption = None,
-    concurrency: ConcurrencyOption = 4,
-    retries: ServerRetriesOption = 3,
-    max_requests: MaxRequestsOption = None,
-    time_budget: TimeBudgetOption = None,
-    server_text_only: ServerTextOnlyOption = False,
+    server: Any = None,
     db: DbOption = None,
     as_json: JsonOption = False,
     options: dict[str, Any] | None = None,
@@ -54,14 +42,9 @@ def expand(
     from mulcot.expand import expand as run
 
     store = open_store(db)
-    cfg = ExpandConfig(dataset=dataset, assistant=assistant, **(options or {}),
-                       server=server_config(server, served_model, concurrency=concurrency, retries=retries,
-                                            max_requests=max_requests, time_budget=time_budget,
-                                            text_only=server_text_only))  # fmt: skip
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, disable=as_json, transient=True) as bar:  # fmt: skip
-        task = bar.add_task(f"expanding {dataset}/train", total=None)
-        summary = run(store, cfg, progress=lambda e: bar.update(task, completed=e.done, total=e.total))
+    cfg = ExpandConfig(dataset=dataset, assistant=assistant, **(options or {}), server=server)
+    with progress_bar(as_json) as bar:
+        summary = run(store, cfg, progress=follow(bar, f"expanding {dataset}/train"))
     print_served(summary.served, summary.warnings)
     if as_json:
         print_json(summary.as_dict())

@@ -13,26 +13,20 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 from typer.core import TyperGroup
 
 from mulcot.cli.common import (
-    ConcurrencyOption,
     DbOption,
     JsonOption,
-    MaxRequestsOption,
-    ServedModelOption,
-    ServerOption,
-    ServerRetriesOption,
-    ServerTextOnlyOption,
-    TimeBudgetOption,
     console,
     err_console,
     open_store,
     print_json,
     print_served,
-    server_config,
+    progress_bar,
+    server_options,
 )
 from mulcot.cli.tables import HEADERS, metrics_table
 from mulcot.errors import MulcotError
@@ -62,10 +56,7 @@ app = typer.Typer(
 
 
 def _progress_bar(as_json: bool) -> tuple[Progress, Any]:
-    bar = Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=True, disable=as_json,
-    )  # fmt: skip
+    bar = progress_bar(as_json, spinner=True)
     tasks: dict[str, Any] = {}
     names = {"chains": "generating chains (P_cot)", "labels": "generating label answers (P_label)",
              "loading model": "loading the model",
@@ -192,6 +183,7 @@ def _metric_list(value: str | None) -> list[str] | None:
 
 
 @app.command("run")
+@server_options
 def run(
     dataset: Annotated[str, typer.Argument(help="Dataset in the store.")],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
@@ -226,13 +218,7 @@ def run(
         Path | None, typer.Option(help="Folder for result.json, per_sample.jsonl, confusion.png.", show_default=False)
     ] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run folders are.")] = Path("runs"),
-    server: ServerOption = None,
-    served_model: ServedModelOption = None,
-    concurrency: ConcurrencyOption = 4,
-    retries: ServerRetriesOption = 3,
-    max_requests: MaxRequestsOption = None,
-    time_budget: TimeBudgetOption = None,
-    server_text_only: ServerTextOnlyOption = False,
+    server: Any = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -247,8 +233,7 @@ def run(
         label_max_new_tokens=label_max_new_tokens, batch_size=batch_size, max_pixels=max_pixels, device=device,
         dtype=dtype, load_in_4bit=load_in_4bit, nltk_data_dir=str(nltk_data) if nltk_data else None,
         embedding_cache=not no_cache, out=str(out) if out else None, runs_dir=str(runs_dir),
-        server=server_config(server, served_model, concurrency=concurrency, retries=retries, max_requests=max_requests,
-                             time_budget=time_budget, text_only=server_text_only),
+        server=server,
     )  # fmt: skip
     bar, progress = _progress_bar(as_json)
     with bar:

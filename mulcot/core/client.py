@@ -34,6 +34,25 @@ PRICES: dict[str, tuple[float, float]] = {
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 
 
+class Usage:
+    """The usage counters a summary keeps — answered requests' HTTP retries, tokens and cost — for the dataclasses
+    that declare them (annotate, captions, served generation, server scoring); a counter a summary does not declare
+    is left alone."""
+
+    def count_usage(self, http_retries: int = 0, tokens_in: int | None = 0, tokens_out: int | None = 0,
+                    cost_usd: float | None = None) -> None:  # fmt: skip
+        """Add one answer's usage."""
+        for name, value in (("http_retries", http_retries), ("tokens_in", tokens_in), ("tokens_out", tokens_out),
+                            ("cost_usd", cost_usd)):  # fmt: skip
+            if value and hasattr(self, name):
+                setattr(self, name, getattr(self, name) + value)
+
+    def count_answer(self, answer: Any) -> None:
+        """Add the usage of an answer that carries it (a :class:`Completion`, a scored prompt, a generation)."""
+        self.count_usage(getattr(answer, "http_retries", 0), getattr(answer, "tokens_in", 0),
+                         getattr(answer, "tokens_out", 0), getattr(answer, "cost_usd", None))  # fmt: skip
+
+
 class TeacherError(MulcotError):
     """A request failed for good (after the HTTP retries), or the endpoint refused it. ``kind`` says how:
     ``refused`` (a 4xx other than 408/409/429), ``status`` (5xx, 408, 409), ``rate`` (429), ``timeout`` or

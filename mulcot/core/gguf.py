@@ -85,83 +85,106 @@ class _Truncated(Exception):
     pass
 
 
-def _parse_gguf(buf: Any, size: int) -> dict[str, Any]:
-    """Parse a GGUF header (key/values and tensor infos) from ``buf`` (an mmap); checks that every tensor's data
-    lies inside the file. Only the keys in ``_WANTED_KEYS`` are decoded; arrays are skipped."""
-    import struct
+GGML_MAX_DIMS = 4  # llama.cpp's limit on a tensor's dimensions
 
-    pos = 0
 
-    def take(n: int) -> int:
-        nonlocal pos
-        if pos + n > size:
+class _Reader:
+    """Little-endian reads of a GGUF header in ``buf`` (an mmap of ``size`` bytes); past its end: _Truncated."""
+
+    def __init__(self, buf: Any, size: int):
+        self.buf, self.size, self.pos = buf, size, 0
+
+    def take(self, n: int) -> int:
+        if self.pos + n > self.size:
             raise _Truncated
-        at = pos
-        pos += n
+        at = self.pos
+        self.pos += n
         return at
 
-    def unpack(fmt: str) -> Any:
-        n = struct.calcsize("<" + fmt)
-        return struct.unpack_from("<" + fmt, buf, take(n))[0]
+    def unpack(self, fmt: str) -> Any:
+        import struct
 
-    def string() -> bytes:
-        n = unpack("Q")
-        at = take(n)
-        return bytes(buf[at : at + n])
+        return struct.unpack_from("<" + fmt, self.buf, self.take(struct.calcsize("<" + fmt)))[0]
 
-    def skip_value(vtype: int) -> None:
+    def string(self) -> bytes:
+        n = self.unpack("Q")
+        at = self.take(n)
+        return bytes(self.buf[at : at + n])
+
+    def skip_value(self, vtype: int) -> None:
         if vtype == 8:
-            take(unpack("Q"))
+            self.take(self.unpack("Q"))
         elif vtype == 9:
-            etype, count = unpack("I"), unpack("Q")
+            etype, count = self.unpack("I"), self.unpack("Q")
             if etype in _SCALAR_SIZES:
-                take(_SCALAR_SIZES[etype] * count)
+                self.take(_SCALAR_SIZES[etype] * count)
             elif etype == 8:
                 for _ in range(count):
-                    take(unpack("Q"))
+                    self.take(self.unpack("Q"))
             else:
                 raise ValueError(f"unknown array element type {etype}")
         elif vtype in _SCALAR_SIZES:
-            take(_SCALAR_SIZES[vtype])
+            self.take(_SCALAR_SIZES[vtype])
         else:
             raise ValueError(f"unknown value type {vtype}")
 
-    if bytes(buf[0:4]) != GGUF_MAGIC:
-        raise ValueError("bad magic")
-    take(4)
-    version = unpack("I")
-    if version < 2 or version > 3:
-        raise ValueError(f"unsupported GGUF version {version}")
-    n_tensors, n_kv = unpack("Q"), unpack("Q")
-    if n_tensors > 1 << 24 or n_kv > 1 << 24:
-        raise ValueError("implausible tensor or key count")
+
+def _read_values(r: _Reader, n_kv: int) -> dict[str, Any]:
+    """The key/values of ``_WANTED_KEYS`` (the others, and arrays, are skipped)."""
     values: dict[str, Any] = {}
     for _ in range(n_kv):
-        key = string().decode("utf-8", "replace")
-        vtype = unpack("I")
+        key = r.string().decode("utf-8", "replace")
+        vtype = r.unpack("I")
         if key in _WANTED_KEYS and vtype == 8:
-            values[key] = string().decode("utf-8", "replace")
+            values[key] = r.string().decode("utf-8", "replace")
         elif key in _WANTED_KEYS and vtype in _SCALAR_FORMATS:
-            values[key] = unpack(_SCALAR_FORMATS[vtype])
+            values[key] = r.unpack(_SCALAR_FORMATS[vtype])
         else:
-            skip_value(vtype)
+            r.skip_value(vtype)
+    return values
+
+
+def _tensor_data_end(r: _Reader, n_tensors: int) -> int:
+    """Where the last tensor's data ends, relative to the start of the data section."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     end = 0
     for _ in range(n_tensors):
-        name = string()
-        dims = [unpack("Q") for _ in range(unpack("I"))]
-        ttype, offset = unpack("I"), unpack("Q")
+        name = r.string()
+        n_dims = r.unpack("I")
+        if n_dims > GGML_MAX_DIMS:
+            raise ValueError(f"tensor {name.decode(errors='replace')[:80]} has {n_dims} dimensions (llama.cpp allows "
+                             f"at most {GGML_MAX_DIMS})")  # fmt: skip
+        dims = [r.unpack("Q") for _ in range(n_dims)]
+        ttype, offset = r.unpack("I"), r.unpack("Q")
         try:
             block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
         except (ValueError, KeyError):
-            raise ValueError(f"tensor {name.decode(errors='replace')} has unknown type {ttype}") from None
+            raise ValueError(f"tensor {name.decode(errors='replace')[:80]} has unknown type {ttype}") from None
         count = 1
         for d in dims:
             count *= d
         end = max(end, offset + count // block * type_size)
+    return end
+
+
+def _parse_gguf(buf: Any, size: int) -> dict[str, Any]:
+    """Parse a GGUF header (key/values and tensor infos) from ``buf`` (an mmap); checks that every tensor's data
+    lies inside the file. Only the keys in ``_WANTED_KEYS`` are decoded; arrays are skipped."""
+    r = _Reader(buf, size)
+    if bytes(buf[0:4]) != GGUF_MAGIC:
+        raise ValueError("bad magic")
+    r.take(4)
+    version = r.unpack("I")
+    if version < 2 or version > 3:
+        raise ValueError(f"unsupported GGUF version {version}")
+    n_tensors, n_kv = r.unpack("Q"), r.unpack("Q")
+    if n_tensors > 1 << 24 or n_kv > 1 << 24:
+        raise ValueError("implausible tensor or key count")
+    values = _read_values(r, n_kv)
+    end = _tensor_data_end(r, n_tensors)
     alignment = int(values.get("general.alignment") or 32)
-    data_start = -(-pos // alignment) * alignment
+    data_start = -(-r.pos // alignment) * alignment
     if data_start + end > size:
         raise _Truncated
     return {

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mulcot.core.settings import ConfigError, Validated, field_
 from mulcot.evaluate.select import Subject
 from mulcot.generation.server import ServerConfig
 
@@ -32,7 +33,7 @@ METRIC_DEFINITIONS: dict[str, str] = {
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Validated):
     """One evaluation's settings (the CLI's flags). Exactly one of ``model`` and ``source``."""
 
     dataset: str
@@ -43,10 +44,10 @@ class EvalConfig:
     sim_model: str | None = None
     corpus: bool = False
     metrics: list[str] | None = None  # reasoning metrics (default all)
-    limit: int | None = None
-    max_new_tokens: int = 512
-    label_max_new_tokens: int = 16
-    batch_size: int = 8
+    limit: int | None = field_(None, "Only the first N labelled samples of the split.", min=1)
+    max_new_tokens: int = field_(512, "Token limit of a generated chain.", min=1)
+    label_max_new_tokens: int = field_(16, "Token limit of a label answer.", min=1)
+    batch_size: int = field_(8, "Samples per generation batch.", min=1)
     max_pixels: int | None = None  # default: the training default (280*280)
     device: str | None = None
     dtype: str | None = None
@@ -57,6 +58,12 @@ class EvalConfig:
     runs_dir: str = "runs"
     write_files: bool = True
     server: ServerConfig | None = None  # model mode: generate through an OpenAI-compatible server
+
+    def check(self) -> None:
+        if (self.model is None) == (self.source is None):
+            raise ConfigError("name what to evaluate: --model RUN_OR_FOLDER or --source teacher|assistant|student|RUN")
+        if self.server is not None and self.model is None:
+            raise ConfigError("--server generates with a model: give --model RUN (stored chains need no server)")
 
     def public(self) -> dict[str, Any]:
         out = asdict(self)

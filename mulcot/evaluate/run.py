@@ -91,12 +91,6 @@ def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = No
     """Run one evaluation (see the module doc): generate what is missing (model mode), score, store the result and
     write its files; the evaluation is recorded as a run (kind ``eval``). Raises :class:`MulcotError` on bad
     settings or when there is nothing to evaluate."""
-    if (config.model is None) == (config.source is None):
-        raise MulcotError("name what to evaluate: --model RUN_OR_FOLDER or --source teacher|assistant|student|RUN")
-    if config.limit is not None and config.limit < 1:
-        raise MulcotError("--limit must be at least 1")
-    if config.batch_size < 1:
-        raise MulcotError("--batch-size must be at least 1")
     store.require_dataset(config.dataset)
     splits = store.splits(config.dataset)
     if config.split not in splits:
@@ -104,8 +98,6 @@ def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = No
     if config.server is not None:
         from mulcot.generation.server import check_server
 
-        if config.model is None:
-            raise MulcotError("--server generates with a model: give --model RUN (stored chains need no server)")
         check_server(config.server)
     record = config.public()
     if config.server is not None:

@@ -6,24 +6,28 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mulcot.core.gguf import OUTTYPES
+from mulcot.core.settings import Validated, field_
+
 HF_DIR = "hf"  # the merged Hugging Face folder inside an export
 LOG_DIR = "logs"  # the converter's and quantizer's full output
 
 
 @dataclass
-class ExportConfig:
-    """What to export and how (every field is a CLI option)."""
+class ExportConfig(Validated):
+    """What to export and how (every field is a CLI option; validated on construction)."""
 
     source: str  # runs/<name>, an adapter folder, a run name in the store, or a full model folder
     out: str
     quants: tuple[str, ...] = ("q4_k_m",)
     gguf: bool = True  # False: stop after the merged Hugging Face folder
-    outtype: str = "f16"  # f16 | bf16 | f32 for the converted text GGUF (the mmproj is f16, or f32 with f32)
+    outtype: str = field_("f16", "f16, bf16 or f32 for the converted text GGUF (the mmproj is f16, or f32 with f32).",
+                          choices=OUTTYPES)  # fmt: skip
     llama_cpp_dir: str | None = None  # a llama.cpp checkout / sdist (default: the installed version's sdist)
     name: str | None = None  # file name stem (default: the run name)
     base_model: str | None = None  # override the adapter's recorded base model
     dtype: str | None = None  # dtype to merge and save in (default: the base checkpoint's)
-    threads: int | None = None  # quantizer threads (default: all cores)
+    threads: int | None = field_(None, "Quantizer threads (default: all cores).", min=1)
     force: bool = False  # redo every step
 
 

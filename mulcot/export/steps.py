@@ -26,7 +26,6 @@ from typing import Any
 from mulcot.core.gguf import (
     _OUTTYPE_FTYPES,
     MANIFEST,
-    OUTTYPES,
     QUANT_TYPES,
     check_gguf,
     gguf_names,
@@ -93,8 +92,6 @@ def _gguf_ok(path: Path, role: str, file_type: int | None = None) -> bool:
 def export(config: ExportConfig, *, store: Any = None, progress: Progress | None = None) -> ExportResult:
     """Run the export steps (merge, convert, quantize, manifest) into ``config.out``; see the module docstring.
     With a store, the export is recorded as a run (kind ``export``)."""
-    if config.outtype not in OUTTYPES:
-        raise MulcotError(f"unknown --outtype '{config.outtype}' (use one of: {', '.join(OUTTYPES)})")
     quants = parse_quants(config.quants) if config.gguf else ()
     source = resolve_source(config.source, store, base_model=config.base_model)
     name = safe_name(config.name or source.run_id or source.path.name)

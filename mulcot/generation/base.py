@@ -21,7 +21,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mulcot.core.client import Usage
 from mulcot.core.images import DEFAULT_MAX_PIXELS
+from mulcot.core.settings import Validated, field_
 from mulcot.events import Progress, emit
 
 SOURCE_GGUF = "student-gguf"
@@ -30,26 +32,28 @@ SOURCE_SERVER = "student-server"
 
 
 @dataclass
-class PredictConfig:
-    """Decoding and input settings, the same for every backend (fields a backend has no use for are ignored)."""
+class PredictConfig(Validated):
+    """Decoding and input settings, the same for every backend (fields a backend has no use for are ignored); the
+    ``predict`` command's flags are derived from them."""
 
-    max_tokens: int = 512
-    label_max_tokens: int = 32  # for the label prompt (P_label), whose answer is one line
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    seed: int = 0
-    n_threads: int | None = None  # llama.cpp threads (default: llama-cpp-python's, half the logical cores)
-    ctx: int = 4096  # llama.cpp context length
+    max_tokens: int = field_(512, "Most tokens to generate.", min=1)
+    label_max_tokens: int = field_(32, "Most tokens for the label prompt's answer.", min=1)
+    temperature: float = field_(0.0, "0 is greedy decoding.", min=0)
+    top_p: float = field_(1.0, "Nucleus sampling (temperature > 0).", above=0, max=1)
+    seed: int = field_(0, "Sampling seed.")
+    n_threads: int | None = field_(None, "llama.cpp threads (default: half the logical cores, as llama-cpp-python).",
+                                   min=1)  # fmt: skip
+    ctx: int = field_(4096, "llama.cpp context length (tokens).", min=1)
     # read the GGUF into memory (False) or map it (True). Reading is the default: llama.cpp repacks Q4_K / Q8_0
     # weights for the CPU, and a mapped file then stays resident beside the repacked copy (+27% peak RSS measured)
-    mmap: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS  # images are downsized (aspect kept) to at most this many pixels
-    image_max_side: int | None = None  # ... and to at most this many pixels on their longer side
-    batch_size: int = 4  # transformers backend
-    device: str | None = None  # transformers backend
-    dtype: str | None = None  # transformers backend
-    load_in_4bit: bool = False  # transformers backend (bitsandbytes)
-    ignore_eos: bool = False  # generate exactly max_tokens tokens (benchmarks)
+    mmap: bool = field_(False, "Map the GGUF instead of reading it (quantized GGUFs then use more RAM).")
+    max_pixels: int = field_(DEFAULT_MAX_PIXELS, "Downsize images to at most this many pixels.", min=1)
+    image_max_side: int | None = field_(None, "... and to at most this long a side.", min=1)
+    batch_size: int = field_(4, "hf backend batch size.", min=1)
+    device: str | None = field_(None, "hf backend device (default: best available).")
+    dtype: str | None = field_(None, "hf backend dtype (bf16, fp16, fp32).")
+    load_in_4bit: bool = field_(False, "hf backend: 4-bit weights (bitsandbytes).", cli=False)
+    ignore_eos: bool = field_(False, "Generate exactly max_tokens tokens (benchmarks).", cli=False)
 
     def max_tokens_for(self, prompt: str) -> int:
         """The token limit of one prompt's answer (the label prompt's is short)."""
@@ -97,7 +101,7 @@ class Request:
 
 
 @dataclass
-class RunSummary:
+class RunSummary(Usage):
     """What one :meth:`Backend.run` did (a server adds HTTP retries, failures and a budget stop)."""
 
     requests: int = 0
@@ -115,9 +119,7 @@ class RunSummary:
 
     def count(self, gen: Generated) -> None:
         self.answered += 1
-        self.http_retries += gen.http_retries
-        self.tokens_in += gen.tokens_in or 0
-        self.tokens_out += gen.tokens_out
+        self.count_answer(gen)
 
 
 OnAnswer = Callable[[Request, Generated], None]

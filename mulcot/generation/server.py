@@ -194,9 +194,7 @@ class _Run:
             return
         self.on_answer(job, comp)
         self.summary.answered += 1
-        self.summary.http_retries += comp.http_retries
-        self.summary.tokens_in += comp.tokens_in
-        self.summary.tokens_out += comp.tokens_out
+        self.summary.count_answer(comp)
         emit(self.progress, self.stage, done=self.summary.answered + self.summary.failed, total=self.total,
              message=self.message)  # fmt: skip
 

@@ -130,8 +130,6 @@ def reasoning_metrics(
     not (see :class:`EmbeddingCache`; only for models loaded by :func:`load_sim_model`). Raises
     :class:`MetricsError` on different lengths, no pairs, an unknown metric or an unloadable Sim model.
     """
-    from mulcot.metrics import wordnet as wn
-
     if len(preds) != len(refs):
         raise MetricsError(f"{len(preds)} predictions but {len(refs)} references")
     if not preds:
@@ -139,87 +137,27 @@ def reasoning_metrics(
     chosen = _normalize_metric_names(metrics)
     preds = [p or "" for p in preds]
     refs = [r or "" for r in refs]
-    n = len(preds)
-    scores = ReasoningScores(n=n, metrics=chosen)
-
-    # -- loading, timed apart
-    wordnet_reader = None
-    if "meteor" in chosen:
-        start = time.perf_counter()
-        try:
-            wordnet_reader = wn.ensure_wordnet(nltk_data_dir)
-        except WordNetMissingError as err:
-            scores.unavailable["meteor"] = str(err)
-        scores.load_seconds["wordnet"] = time.perf_counter() - start
-    st_model = None
+    scores = ReasoningScores(n=len(preds), metrics=chosen)
+    wordnet_reader = _load_wordnet(scores, nltk_data_dir) if "meteor" in chosen else None
     if "sim" in chosen:
-        start = time.perf_counter()
-        if sim_model is not None and hasattr(sim_model, "encode"):
-            st_model = sim_model
-            scores.sim_model = type(sim_model).__name__
-        else:
-            st_model = load_sim_model(sim_model, device=device)
-            scores.sim_model = str(default_sim_model_path() if sim_model is None else sim_model)
-        scores.load_seconds["sim_model"] = time.perf_counter() - start
-
-    def tick(metric: str, done: int) -> None:
-        if done == n or done % 64 == 0:
-            emit(progress, "eval", message=metric, done=done, total=n)
-
-    # -- scoring
-    if "sim" in chosen:
-        start = time.perf_counter()
-        cache = None
-        if embedding_cache is not None and embedding_cache is not False:
-            root = None if embedding_cache is True else embedding_cache
-            cache = EmbeddingCache.for_model(st_model, root)
-        stats: dict[str, Any] = {}
-        scores.per_pair["sim"] = sim_scores(
-            st_model, preds, refs, batch_size=batch_size, progress=progress, cache=cache, stats=stats
-        )
-        if cache is not None:
-            scores.sim_cache = {"dir": str(cache.folder), **stats}
-        scores.score_seconds["sim"] = time.perf_counter() - start
-
-    need_tokens = "distinct_1" in chosen or "distinct_2" in chosen or wordnet_reader is not None
+        _score_sim(scores, preds, refs, sim_model, device, batch_size, embedding_cache, progress)
     tokens: dict[str, list[str]] = {}
-    if need_tokens:
+    if "distinct_1" in chosen or "distinct_2" in chosen or wordnet_reader is not None:
         start = time.perf_counter()
-        texts = preds + refs if wordnet_reader is not None else preds
-        for text in texts:
+        for text in preds + refs if wordnet_reader is not None else preds:
             if text not in tokens:
                 tokens[text] = overlap.tokenize(text)
         scores.score_seconds["tokenize"] = time.perf_counter() - start
-
-    if wordnet_reader is not None:
-        start = time.perf_counter()
-        values = []
-        for i, (p, r) in enumerate(zip(preds, refs, strict=True), 1):
-            values.append(overlap.meteor(tokens[p], tokens[r], wordnet_reader))
-            tick("meteor", i)
-        scores.per_pair["meteor"] = values
-        scores.score_seconds["meteor"] = time.perf_counter() - start
-
-    if "bleu" in chosen:
-        start = time.perf_counter()
-        values = []
-        for i, (p, r) in enumerate(zip(preds, refs, strict=True), 1):
-            values.append(overlap.sentence_bleu(p, r))
-            tick("bleu", i)
-        scores.per_pair["bleu"] = values
-        if corpus:
-            scores.corpus["bleu"] = overlap.corpus_bleu(preds, refs)
-        scores.score_seconds["bleu"] = time.perf_counter() - start
-
-    if "rouge_l" in chosen:
-        start = time.perf_counter()
-        values = []
-        for i, (p, r) in enumerate(zip(preds, refs, strict=True), 1):
-            values.append(overlap.rouge_l_f(p, r))
-            tick("rouge_l", i)
-        scores.per_pair["rouge_l"] = values
-        scores.score_seconds["rouge_l"] = time.perf_counter() - start
-
+    pairwise = {
+        "meteor": lambda p, r: overlap.meteor(tokens[p], tokens[r], wordnet_reader),
+        "bleu": overlap.sentence_bleu,
+        "rouge_l": overlap.rouge_l_f,
+    }
+    for metric, score in pairwise.items():
+        if metric in chosen and (metric != "meteor" or wordnet_reader is not None):
+            _score_pairs(scores, metric, score, preds, refs, progress)
+    if corpus and "bleu" in chosen:
+        scores.corpus["bleu"] = overlap.corpus_bleu(preds, refs)
     for k in (1, 2):
         name = f"distinct_{k}"
         if name in chosen:
@@ -228,7 +166,56 @@ def reasoning_metrics(
             if corpus:
                 scores.corpus[name] = overlap.corpus_distinct_n((tokens[p] for p in preds), k)
             scores.score_seconds[name] = time.perf_counter() - start
-            tick(name, n)
-
+            emit(progress, "eval", message=name, done=len(preds), total=len(preds))
     scores.means = {m: _mean(scores.per_pair[m]) for m in chosen if m in scores.per_pair}
     return scores
+
+
+def _load_wordnet(scores: ReasoningScores, nltk_data_dir: str | os.PathLike[str] | None) -> Any:
+    """WordNet for METEOR (timed apart), or None with the fix listed in ``unavailable``."""
+    from mulcot.metrics import wordnet as wn
+
+    start = time.perf_counter()
+    reader = None
+    try:
+        reader = wn.ensure_wordnet(nltk_data_dir)
+    except WordNetMissingError as err:
+        scores.unavailable["meteor"] = str(err)
+    scores.load_seconds["wordnet"] = time.perf_counter() - start
+    return reader
+
+
+def _score_sim(scores: ReasoningScores, preds: list[str], refs: list[str], sim_model: Any, device: str | None,
+               batch_size: int, embedding_cache: Any, progress: Progress | None) -> None:  # fmt: skip
+    """Sim per pair: the model loaded (timed apart) unless given, embeddings through the cache when asked."""
+    start = time.perf_counter()
+    if sim_model is not None and hasattr(sim_model, "encode"):
+        st_model = sim_model
+        scores.sim_model = type(sim_model).__name__
+    else:
+        st_model = load_sim_model(sim_model, device=device)
+        scores.sim_model = str(default_sim_model_path() if sim_model is None else sim_model)
+    scores.load_seconds["sim_model"] = time.perf_counter() - start
+    start = time.perf_counter()
+    cache = None
+    if embedding_cache is not None and embedding_cache is not False:
+        cache = EmbeddingCache.for_model(st_model, None if embedding_cache is True else embedding_cache)
+    stats: dict[str, Any] = {}
+    scores.per_pair["sim"] = sim_scores(st_model, preds, refs, batch_size=batch_size, progress=progress, cache=cache,
+                                        stats=stats)  # fmt: skip
+    if cache is not None:
+        scores.sim_cache = {"dir": str(cache.folder), **stats}
+    scores.score_seconds["sim"] = time.perf_counter() - start
+
+
+def _score_pairs(scores: ReasoningScores, metric: str, score: Any, preds: list[str], refs: list[str],
+                 progress: Progress | None) -> None:  # fmt: skip
+    """One pairwise metric over every (prediction, reference), timed, with a progress event every 64 pairs."""
+    start = time.perf_counter()
+    values = []
+    for i, (p, r) in enumerate(zip(preds, refs, strict=True), 1):
+        values.append(score(p, r))
+        if i == len(preds) or i % 64 == 0:
+            emit(progress, "eval", message=metric, done=i, total=len(preds))
+    scores.per_pair[metric] = values
+    scores.score_seconds[metric] = time.perf_counter() - start

@@ -136,23 +136,9 @@ def predict_dataset(
     run_id = run_id or f"predict-{safe_name(backend.name)}-{dataset}-{split}"
     summary = BatchSummary(run_id=run_id, model=backend.name, source=source, dataset=dataset, split=split,
                            prompt_version=cot.version)  # fmt: skip
-    todo: dict[str, list[dict[str, Any]]] = {}
-    for p in prompts:
-        version = get_prompt(p, task).version
-        done = store.chain_progress(dataset, split, source=source, model=backend.name, stage=PROMPT_STAGES[p],
-                                    prompt_version=version)  # fmt: skip
-        todo[p] = [s for s in samples if (done.get(s["id"]) or {}).get("final") is None]
+    todo = _todo(store, backend, dataset, split, samples, prompts, task, source)
     summary.skipped_done = len(samples) - len(todo[prompts[0]])
-    text_only = getattr(backend, "text_only", False)  # a text-only backbone reads captions, never images
-    needs_vision = not text_only and any(s["has_image"] for p in prompts for s in todo[p])
-    if needs_vision and not backend.has_vision:
-        raise ModelError(
-            f"{backend.name} has no vision projector (mmproj) loaded, but {dataset}/{split} has images: export with "
-            "`mulcot export` (writes mmproj-*.gguf beside it) or pass --mmproj FILE"
-        )
-    for s in {s["id"]: s for p in prompts for s in todo[p]}.values():
-        if s["has_image"] and not text_only and not (s["image_path"] and Path(s["image_path"]).is_file()):
-            raise DataError(f"image of sample {s['key']} not found: {s['image_path']}", file=s["image_path"])
+    text_only = backend.text_only  # a text-only backbone reads captions, never images
     config = {"backend": backend.kind, "model": backend.name, "split": split, "prompts": list(prompts),
               "limit": limit, **{k: v for k, v in asdict(backend.config).items() if k not in ("device",)}}  # fmt: skip
     requests = [Request(post=Post(text=s["text"], aspect=s["aspect"],
@@ -194,6 +180,29 @@ def predict_dataset(
         _score(store, summary, task)
         summary.wall_s = round(time.perf_counter() - start, 3)
     return summary
+
+
+def _todo(store: Any, backend: Backend, dataset: str, split: str, samples: list[dict[str, Any]],
+          prompts: Sequence[str], task: str, source: str) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """Per prompt, the samples without a final answer of this model yet; refuses images the backend cannot read and
+    image files that are gone, in one line, before anything is generated."""
+    todo: dict[str, list[dict[str, Any]]] = {}
+    for p in prompts:
+        version = get_prompt(p, task).version
+        done = store.chain_progress(dataset, split, source=source, model=backend.name, stage=PROMPT_STAGES[p],
+                                    prompt_version=version)  # fmt: skip
+        todo[p] = [s for s in samples if (done.get(s["id"]) or {}).get("final") is None]
+    text_only = backend.text_only
+    needs_vision = not text_only and any(s["has_image"] for p in prompts for s in todo[p])
+    if needs_vision and not backend.has_vision:
+        raise ModelError(
+            f"{backend.name} has no vision projector (mmproj) loaded, but {dataset}/{split} has images: export with "
+            "`mulcot export` (writes mmproj-*.gguf beside it) or pass --mmproj FILE"
+        )
+    for s in {s["id"]: s for p in prompts for s in todo[p]}.values():
+        if s["has_image"] and not text_only and not (s["image_path"] and Path(s["image_path"]).is_file()):
+            raise DataError(f"image of sample {s['key']} not found: {s['image_path']}", file=s["image_path"])
+    return todo
 
 
 def _score(store: Any, summary: BatchSummary, task: str) -> None:

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mulcot.core.client import Usage
 from mulcot.core.inputs import TrainItem
 from mulcot.errors import MulcotError
 from mulcot.events import Progress
@@ -51,7 +52,7 @@ class ServerScoreError(MulcotError):
 
 
 @dataclass
-class ScoreStats:
+class ScoreStats(Usage):
     """What scoring did: sequences and positions scored, positions whose top k is inexact (llama-cpp-python: an
     entry whose text maps to no single id ranked inside the top k) or padded (fewer than k mapped entries)."""
 
@@ -252,8 +253,7 @@ class ServerScorer:
                 return
             results[job.tag] = (seq.key, ids, lps)
             self.stats.sequences += 1
-            self.stats.http_retries += scored.http_retries
-            self.stats.tokens_in += scored.tokens_in
+            self.stats.count_usage(scored.http_retries, scored.tokens_in)
 
         todo = [Job(sample_id=item.sample_id, prompt=seqs[j].text, max_tokens=1, tag=j, name=seqs[j].key)
                 for j, (item, _) in enumerate(jobs)]  # fmt: skip
