@@ -13,8 +13,14 @@ Scores:
   trained to reproduce). Pairs without a reference are counted (``missing_refs``) and left out of the reference
   metrics; Distinct-n covers all chains.
 
-Each result is stored (:meth:`Store.add_eval_result`) and written to a folder as ``result.json``,
-``per_sample.jsonl`` and ``confusion.png`` (:func:`~mulcot.evaluate.report.write_outputs`).
+When every label answer carries label probabilities (forced-choice scoring: ``fields["probabilities"]`` of the
+``label`` rows), ``metrics["probabilities"]`` holds AUROC, ECE with its reliability bins, log loss and Brier
+(:func:`mulcot.evaluate.metrics.calibration.probability_metrics`); else it is None.
+
+Each result is stored (:meth:`Store.add_eval_result`) with its per-post predictions (``eval_posts``: gold, the
+headline's prediction, the chain's and the label head's, the probabilities) and written to a folder as
+``result.json``, ``per_sample.jsonl``, ``confusion.png`` and, with probabilities, ``reliability.png``
+(:func:`~mulcot.evaluate.report.write_outputs`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from mulcot.evaluate.metrics import (
     normalize_metric_names,
     reasoning_metrics,
 )
+from mulcot.evaluate.metrics.calibration import probability_metrics
+from mulcot.evaluate.posts import check_per_post_path, per_post_rows, write_per_post
 from mulcot.evaluate.report import METRIC_DEFINITIONS, paper_row, write_outputs
 from mulcot.evaluate.select import (
     STAGE_EVAL,
@@ -50,6 +58,7 @@ from mulcot.evaluate.select import (
     select_references,
 )
 from mulcot.events import Progress
+from mulcot.labels import LABELS
 from mulcot.prompts import get_prompt
 from mulcot.serving import ServerConfig
 from mulcot.store import Store
@@ -81,6 +90,7 @@ class EvalConfig:
     runs_dir: str = "runs"
     write_files: bool = True
     server: ServerConfig | None = None  # model mode: generate through an OpenAI-compatible server
+    per_post: str | None = None  # also write the per-post predictions to this .csv or .jsonl file
 
     def public(self) -> dict[str, Any]:
         out = asdict(self)
@@ -127,6 +137,18 @@ def human_ratings(store: Store, dataset: str, split: str, source: str | None) ->
     return [dict(r) for r in rows if source is None or r.get("source") == source]
 
 
+def label_probabilities(rows: list[dict[str, Any]]) -> dict[int, dict[str, float]] | None:
+    """Per sample id, the label probabilities a label answer carries (``fields["probabilities"]``, label →
+    probability, written by forced-choice scoring) when every one of ``rows`` has all three; else None."""
+    out: dict[int, dict[str, float]] = {}
+    for row in rows:
+        probs = (row.get("fields") or {}).get("probabilities")
+        if not isinstance(probs, dict) or not all(isinstance(probs.get(lab), int | float) for lab in LABELS):
+            return None
+        out[row["sample_id"]] = {lab: float(probs[lab]) for lab in LABELS}
+    return out
+
+
 def _f1_name(task: str) -> str:
     return "macro_f1" if task == "masc" else "weighted_f1"
 
@@ -158,6 +180,8 @@ def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = No
         raise MulcotError("--limit must be at least 1")
     if config.batch_size < 1:
         raise MulcotError("--batch-size must be at least 1")
+    if config.per_post is not None:
+        check_per_post_path(config.per_post)
     store.require_dataset(config.dataset)
     splits = store.splits(config.dataset)
     if config.split not in splits:
@@ -249,6 +273,11 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
         metrics["consistency"] = None
         metrics["consistency_n"] = 0
     head = "label" if label_ids and len(label_ids) == len(ids) else "chain"
+    # label probabilities (forced-choice scoring) when every label answer carries them
+    probs = label_probabilities([label_rows[i] for i in label_ids]) if label_ids else None
+    metrics["probabilities"] = (
+        probability_metrics([gold_by_id[i] for i in label_ids], [probs[i] for i in label_ids]) if probs else None
+    )
     # chains kept by a release (imported or replayed): their Predictions were correct zero-shot or written given
     # the gold label, so their accuracy measures no model; the row says so wherever it is shown
     metrics["gold_conditioned"] = head == "chain" and all(release_chain(chains[i]) for i in ids)
@@ -336,6 +365,7 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
                "chain_stage": chains[i]["stage"], "chain_prediction": chains[i]["prediction"],
                "label_id": label_rows[i]["id"] if i in label_rows else None,
                "label_prediction": label_rows[i]["prediction"] if i in label_rows else None,
+               "label_probabilities": (probs or {}).get(i),
                "ref_id": ref_rows[i]["id"] if i in ref_rows else None}  # fmt: skip
         for m, values in per_pair.items():
             row[m] = values.get(i)
@@ -346,10 +376,25 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
     public["subject"] = subject.public()
     result = EvalResult(id=None, dataset=config.dataset, split=config.split, task=task, subject=subject, n=len(ids),
                         metrics=metrics, config=public, per_sample=per_sample)  # fmt: skip
+    posts = []
+    for i in ids:
+        label_row = label_rows.get(i)
+        p = (probs or {}).get(i) or {}
+        posts.append({
+            "sample_id": i, "key": key_by_id[i], "gold": gold_by_id[i],
+            "prediction": (label_row if head == "label" else chains[i])["prediction"],  # type: ignore[index]
+            "chain_prediction": chains[i]["prediction"], "chain_id": chains[i]["id"],
+            "label_prediction": label_row["prediction"] if label_row else None,
+            "label_id": label_row["id"] if label_row else None,
+            **{f"p_{lab}": p.get(lab) for lab in LABELS},
+        })  # fmt: skip
     result.id = store.add_eval_result(dataset=config.dataset, split=config.split, metrics=metrics, n=len(ids),
                                       source=subject.source, model=subject.model, run_id=subject.run_id,
-                                      config=public)  # fmt: skip
+                                      config=public, posts=posts)  # fmt: skip
     result.wall_s = time.perf_counter() - began
+    if config.per_post is not None:
+        path = write_per_post(per_post_rows(result.to_dict(), posts), config.per_post)
+        result.files["per_post"] = str(path)
     if config.write_files:
         out = Path(config.out) if config.out else default_out_dir(config, subject)
         result.files = write_outputs(result, out)
