@@ -98,10 +98,14 @@ def test_without_end_of_turn(tiny_text_model, items):
 
 
 def test_qwen_vl_with_images_equals_hand_computation(compact_model, items):
+    from mulcot.errors import ModelError
+    from mulcot.generation.choice import score_labels
     from mulcot.models import load_model
 
     model, processor, _ = load_model(compact_model())
     _check(model, processor, items[:3])
+    with pytest.raises(ModelError, match="text-only backbone"):
+        score_labels(model, processor, items[:1], TASK, shared_prefix=True)
 
 
 @pytest.mark.parametrize("family", ["text", "qwen2.5-vl"])

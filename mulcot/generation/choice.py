@@ -138,6 +138,8 @@ def score_labels(model: Any, processor: Any, items: Sequence[TrainItem], task: s
     text_only = is_text_only(processor)
     if shared_prefix is None:
         shared_prefix = text_only
+    elif shared_prefix and not text_only:
+        raise ModelError("shared-prefix scoring needs a text-only backbone (Qwen-VL recomputes its image positions)")
     tok = processor.tokenizer
     eot = end_of_turn_id(processor)
     device = next(model.parameters()).device
