@@ -58,6 +58,7 @@ class EvalConfig(Validated):
     runs_dir: str = "runs"
     write_files: bool = True
     server: ServerConfig | None = None  # model mode: generate through an OpenAI-compatible server
+    per_post: str | None = None  # also write the per-post predictions to this .csv or .jsonl file
 
     def check(self) -> None:
         if (self.model is None) == (self.source is None):

@@ -1,6 +1,7 @@
 """Results as people read them: the files of a result, the paper's table row, stored results side by side.
 
-:func:`write_outputs` writes ``result.json``, ``per_sample.jsonl`` and ``confusion.png`` (:func:`plot_confusion`);
+:func:`write_outputs` writes ``result.json``, ``per_sample.jsonl``, ``confusion.png`` (:func:`plot_confusion`) and,
+with label probabilities, ``reliability.png`` (:func:`plot_reliability`);
 :func:`paper_row` gives the Table 3/4/5 numbers; :func:`compare_results` finds stored results to compare;
 :data:`mulcot.evaluate.config.METRIC_DEFINITIONS` is the footer of the eval table.
 """
@@ -36,14 +37,18 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_outputs(result: EvalResult, folder: str | os.PathLike[str]) -> dict[str, str]:
-    """Write ``result.json``, ``per_sample.jsonl`` and ``confusion.png`` into ``folder``; returns their paths."""
+    """Write ``result.json``, ``per_sample.jsonl``, ``confusion.png`` and, when the result has label probabilities,
+    ``reliability.png`` into ``folder``; returns their paths (with any already in ``result.files``)."""
     out = Path(folder)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise MulcotError(f"cannot create the output folder {out}: {err.strerror or err}") from None
-    files = {"json": str(out / "result.json"), "per_sample": str(out / "per_sample.jsonl"),
+    files = {**result.files, "json": str(out / "result.json"), "per_sample": str(out / "per_sample.jsonl"),
              "confusion": str(out / "confusion.png")}  # fmt: skip
+    probs = result.metrics.get("probabilities")
+    if probs:
+        files["reliability"] = str(out / "reliability.png")
     result.files = files
     (out / "result.json").write_text(json.dumps(_json_safe(result.to_dict()), indent=2, ensure_ascii=False,
                                                 default=str), encoding="utf-8")  # fmt: skip
@@ -56,7 +61,10 @@ def write_outputs(result: EvalResult, folder: str | os.PathLike[str]) -> dict[st
         else []
     )
     heads.append((f"chain Prediction (n={result.metrics['chain']['n']})", result.metrics["chain"]))
-    plot_confusion(heads, out / "confusion.png", title=f"{result.subject.name} on {result.dataset}/{result.split}")
+    title = f"{result.subject.name} on {result.dataset}/{result.split}"
+    plot_confusion(heads, out / "confusion.png", title=title)
+    if probs:
+        plot_reliability([(f"label probabilities (n={probs['n']})", probs)], out / "reliability.png", title=title)
     return files
 
 
@@ -85,6 +93,42 @@ def plot_confusion(heads: Sequence[tuple[str, dict[str, Any]]], path: str | os.P
         for r, row in enumerate(matrix):
             for c, v in enumerate(row):
                 ax.text(c, r, str(v), ha="center", va="center", color="white" if v > peak / 2 else "black")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_reliability(heads: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike[str], *,
+                     title: str = "") -> Path:  # fmt: skip
+    """One reliability-diagram panel per (title, :func:`~mulcot.metrics.calibration.probability_metrics`
+    dict): per confidence bin, the accuracy of its posts (bars) against the diagonal of perfect calibration, the
+    bin's mean confidence (dots) and its post count; ECE in the panel's title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(heads), figsize=(4.6 * len(heads), 4.2), squeeze=False)
+    for ax, (name, m) in zip(axes[0], heads, strict=True):
+        width = 1.0 / len(m["bins"])
+        full = [b for b in m["bins"] if b["count"]]
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+        ax.bar([b["low"] for b in full], [b["accuracy"] for b in full], width=width, align="edge",
+               color="tab:blue", edgecolor="black", alpha=0.8, label="accuracy")  # fmt: skip
+        ax.scatter([b["confidence"] for b in full], [b["confidence"] for b in full], color="tab:orange", zorder=3,
+                   s=14, label="mean confidence")  # fmt: skip
+        for b in full:
+            ax.text(b["low"] + width / 2, min(b["accuracy"], 0.9) + 0.03, str(b["count"]), ha="center", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("confidence (max probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{name}\nECE {m['ece']:.3f} ({m['ece_bins']} bins)", fontsize=10)
+        ax.legend(loc="upper left", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()

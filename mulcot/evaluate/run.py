@@ -13,8 +13,14 @@ Scores:
   trained to reproduce). Pairs without a reference are counted (``missing_refs``) and left out of the reference
   metrics; Distinct-n covers all chains.
 
-Each result is stored (:meth:`Store.add_eval_result`) and written to a folder as ``result.json``,
-``per_sample.jsonl`` and ``confusion.png`` (:func:`~mulcot.evaluate.report.write_outputs`).
+When every label answer carries label probabilities (forced-choice scoring: ``fields["probabilities"]`` of the
+``label`` rows), ``metrics["probabilities"]`` holds AUROC, ECE with its reliability bins, log loss and Brier
+(:func:`mulcot.metrics.calibration.probability_metrics`); else it is None.
+
+Each result is stored (:meth:`Store.add_eval_result`) with its per-post predictions (``eval_posts``: gold, the
+headline's prediction, the chain's and the label head's, the probabilities) and written to a folder as
+``result.json``, ``per_sample.jsonl``, ``confusion.png`` and, with probabilities, ``reliability.png``
+(:func:`~mulcot.evaluate.report.write_outputs`).
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from mulcot.core.chains import release_chain
+from mulcot.core.labels import LABELS
 from mulcot.core.prompts import get_prompt
 from mulcot.errors import MulcotError, NotFoundError
 from mulcot.evaluate.config import EvalConfig, EvalResult
 from mulcot.evaluate.generate import generate_missing, stored_outputs
+from mulcot.evaluate.posts import check_per_post_path, per_post_rows, write_per_post
 from mulcot.evaluate.report import paper_row, write_outputs
 from mulcot.evaluate.select import (
     STAGE_EVAL,
@@ -52,6 +60,7 @@ from mulcot.metrics import (
     normalize_metric_names,
     reasoning_metrics,
 )
+from mulcot.metrics.calibration import probability_metrics
 from mulcot.store import Store
 
 
@@ -64,6 +73,18 @@ def human_ratings(store: Store, dataset: str, split: str, source: str | None) ->
         return None
     rows = summary(dataset=dataset, split=split)
     return [dict(r) for r in rows if source is None or r.get("source") == source]
+
+
+def label_probabilities(rows: list[dict[str, Any]]) -> dict[int, dict[str, float]] | None:
+    """Per sample id, the label probabilities a label answer carries (``fields["probabilities"]``, label →
+    probability, written by forced-choice scoring) when every one of ``rows`` has all three; else None."""
+    out: dict[int, dict[str, float]] = {}
+    for row in rows:
+        probs = (row.get("fields") or {}).get("probabilities")
+        if not isinstance(probs, dict) or not all(isinstance(probs.get(lab), int | float) for lab in LABELS):
+            return None
+        out[row["sample_id"]] = {lab: float(probs[lab]) for lab in LABELS}
+    return out
 
 
 def _f1_name(task: str) -> str:
@@ -91,6 +112,8 @@ def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = No
     """Run one evaluation (see the module doc): generate what is missing (model mode), score, store the result and
     write its files; the evaluation is recorded as a run (kind ``eval``). Raises :class:`MulcotError` on bad
     settings or when there is nothing to evaluate."""
+    if config.per_post is not None:
+        check_per_post_path(config.per_post)
     store.require_dataset(config.dataset)
     splits = store.splits(config.dataset)
     if config.split not in splits:
@@ -125,6 +148,7 @@ class Gathered:
     chains: dict[int, dict[str, Any]]
     label_rows: dict[int, dict[str, Any]]
     provenance: dict[str, Any] = field(default_factory=dict)  # "generated" (model mode) or "chains_from" (source)
+    probs: dict[int, dict[str, float]] | None = None  # label probabilities per sample (forced-choice scoring)
 
 
 def gather(store: Store, config: EvalConfig, task: str, gold_by_id: dict[int, str],
@@ -176,6 +200,11 @@ def classify(task: str, ids: list[int], gold_by_id: dict[int, str], got: Gathere
         metrics["label"] = metrics["consistency"] = None
     metrics["consistency_n"] = len(label_ids)
     head = "label" if label_ids and len(label_ids) == len(ids) else "chain"
+    # label probabilities (forced-choice scoring) when every label answer carries them
+    got.probs = probs = label_probabilities([label_rows[i] for i in label_ids]) if label_ids else None
+    metrics["probabilities"] = (
+        probability_metrics([gold_by_id[i] for i in label_ids], [probs[i] for i in label_ids]) if probs else None
+    )
     # chains kept by a release (imported or replayed): their Predictions were correct zero-shot or written given
     # the gold label, so their accuracy measures no model; the row says so wherever it is shown
     metrics["gold_conditioned"] = head == "chain" and all(release_chain(chains[i]) for i in ids)
@@ -267,10 +296,28 @@ def per_sample_rows(ids: list[int], samples: dict[int, dict[str, Any]], got: Gat
         row = {"sample_id": i, "key": samples[i]["key"], "gold": samples[i]["label"], "chain_id": chain["id"],
                "chain_stage": chain["stage"], "chain_prediction": chain["prediction"],
                "label_id": label["id"] if label else None, "label_prediction": label["prediction"] if label else None,
+               "label_probabilities": (got.probs or {}).get(i),
                "ref_id": ref_rows[i]["id"] if i in ref_rows else None}  # fmt: skip
         for m, values in per_pair.items():
             row[m] = values.get(i)
         out.append(row)
+    return out
+
+
+def post_rows(ids: list[int], samples: dict[int, dict[str, Any]], got: Gathered, head: str) -> list[dict[str, Any]]:
+    """The per-post predictions stored with the result (``eval_posts``): gold, the headline's prediction, the
+    chain's and the label head's, and the label probabilities when there are some."""
+    out = []
+    for i in ids:
+        chain, label = got.chains[i], got.label_rows.get(i)
+        p = (got.probs or {}).get(i) or {}
+        out.append({
+            "sample_id": i, "key": samples[i]["key"], "gold": samples[i]["label"],
+            "prediction": (label if head == "label" and label else chain)["prediction"],
+            "chain_prediction": chain["prediction"], "chain_id": chain["id"],
+            "label_prediction": label["prediction"] if label else None, "label_id": label["id"] if label else None,
+            **{f"p_{lab}": p.get(lab) for lab in LABELS},
+        })  # fmt: skip
     return out
 
 
@@ -310,10 +357,14 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
     result = EvalResult(id=None, dataset=config.dataset, split=config.split, task=task, subject=subject, n=len(ids),
                         metrics=metrics, config=public,
                         per_sample=per_sample_rows(ids, by_id, got, ref_rows, per_pair))  # fmt: skip
+    posts = post_rows(ids, by_id, got, metrics["headline"]["from"])
     result.id = store.add_eval_result(dataset=config.dataset, split=config.split, metrics=metrics, n=len(ids),
                                       source=subject.source, model=subject.model, run_id=subject.run_id,
-                                      config=public)  # fmt: skip
+                                      config=public, posts=posts)  # fmt: skip
     result.wall_s = time.perf_counter() - began
+    if config.per_post is not None:
+        path = write_per_post(per_post_rows(result.to_dict(), posts), config.per_post)
+        result.files["per_post"] = str(path)
     if config.write_files:
         out = Path(config.out) if config.out else default_out_dir(config, subject)
         result.files = write_outputs(result, out)

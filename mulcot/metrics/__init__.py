@@ -4,6 +4,10 @@ classification and reasoning quality. The evaluate stage applies them to a model
 
 - :mod:`~mulcot.metrics.classification`: accuracy, weighted-F1, macro-F1 and consistency
   (:func:`classification_metrics`, :func:`consistency`), scikit-learn with the three labels fixed.
+- :mod:`~mulcot.metrics.calibration`: metrics of label probabilities (AUROC, ECE and reliability bins, log
+  loss, Brier), :func:`probability_metrics`;
+- :mod:`~mulcot.metrics.paired`: two models on the same posts (exact McNemar, paired cluster bootstrap of
+  the accuracy and macro-F1 differences, agreement), :func:`paired_comparison`;
 - :mod:`~mulcot.metrics.reasoning`: :func:`reasoning_metrics`, generated reasoning against the
   teacher's reasoning, averaged per pair (corpus-level BLEU and Distinct are options), built from
 - :mod:`~mulcot.metrics.text`: BLEU, ROUGE-L, METEOR, Distinct-n and their tokens;
@@ -14,7 +18,9 @@ classification and reasoning quality. The evaluate stage applies them to a model
 Each module's docstring gives its metrics' exact definitions.
 """
 
+from mulcot.metrics.calibration import expected_calibration_error, probability_metrics
 from mulcot.metrics.classification import INVALID_PREDICTION, classification_metrics, consistency
+from mulcot.metrics.paired import agreement, mcnemar_exact, paired_bootstrap, paired_comparison
 from mulcot.metrics.reasoning import (
     CORPUS_METRICS,
     REASONING_METRICS,
@@ -48,6 +54,7 @@ __all__ = [
     "EmbeddingCache",
     "Progress",
     "ReasoningScores",
+    "agreement",
     "classification_metrics",
     "consistency",
     "corpus_bleu",
@@ -55,9 +62,14 @@ __all__ = [
     "default_embedding_cache_dir",
     "default_sim_model_path",
     "distinct_n",
+    "expected_calibration_error",
     "load_sim_model",
+    "mcnemar_exact",
     "meteor",
     "normalize_metric_names",
+    "paired_bootstrap",
+    "paired_comparison",
+    "probability_metrics",
     "reasoning_metrics",
     "rouge_l_f",
     "sentence_bleu",

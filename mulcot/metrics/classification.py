@@ -27,8 +27,10 @@ def classification_metrics(y_true: Sequence[object], y_pred: Sequence[object]) -
     "I cannot tell", ...) becomes :data:`INVALID_PREDICTION` and counts as wrong. Definitions (scikit-learn,
     with ``labels=LABELS``, ``zero_division=0``): accuracy = share of exact matches; F1 per label =
     2PR/(P+R); weighted-F1 = F1s weighted by gold support (reported for MSA); macro-F1 = unweighted mean
-    (reported for MASC). ``confusion_matrix[i][j]`` counts gold ``LABELS[i]`` predicted as ``LABELS[j]``
-    (invalid predictions are in no column; ``per_label[label]["invalid"]`` counts them by gold label).
+    (reported for MASC); balanced accuracy = mean recall over the labels that occur in the gold labels
+    (scikit-learn's ``balanced_accuracy_score``); ``per_label[label]["recall"]`` is each label's recall.
+    ``confusion_matrix[i][j]`` counts gold ``LABELS[i]`` predicted as ``LABELS[j]`` (invalid predictions are in
+    no column; ``per_label[label]["invalid"]`` counts them by gold label).
 
     Raises :class:`MetricsError` when the lengths differ, nothing is given, or a gold label is not a label.
     """
@@ -66,6 +68,7 @@ def classification_metrics(y_true: Sequence[object], y_pred: Sequence[object]) -
         "accuracy": float(accuracy_score(gold, pred)),
         "weighted_f1": float(f1_score(gold, pred, labels=labels, average="weighted", zero_division=0)),
         "macro_f1": float(f1_score(gold, pred, labels=labels, average="macro", zero_division=0)),
+        "balanced_accuracy": float(sum(recall[k] for k in range(len(labels)) if support[k]) / sum(support > 0)),
         "invalid_predictions": sum(p == INVALID_PREDICTION for p in pred),
         "labels": labels,
         "confusion_matrix": [[int(x) for x in row] for row in matrix],
