@@ -23,13 +23,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mulcot.chains import EXPLAIN, PREDICT, arc_accepts, arc_error, chain_row
-from mulcot.errors import MulcotError
+from mulcot.errors import MulcotError, StoreBusyError
 from mulcot.events import Progress, emit
 from mulcot.prompts import get_prompt
+from mulcot.refs import check_name
 from mulcot.store import Store
+from mulcot.store.runs import RunRecord
 from mulcot.teacher import Budget, BudgetReached, Teacher, TeacherConfig, TeacherError, image_data_url
 
 PASSES = (PREDICT, EXPLAIN)  # the teacher's two passes (chain stages)
+WRITE_TRIES = 10  # busy timeouts an answer already paid for waits for a locked store
 
 
 @dataclass
@@ -45,6 +48,7 @@ class AnnotateConfig:
     budget_usd: float | None = None
     limit: int | None = None
     run_id: str | None = None
+    force: bool = False  # share the run with a live writer of it (each sample goes to one of them)
 
 
 @dataclass
@@ -67,6 +71,7 @@ class AnnotateSummary:
     wall_s: float = 0.0
     stopped: str | None = None  # "budget": the budget stopped it early; "pending": batches or files still out
     skipped_done: int = 0
+    skipped_other_writer: int = 0  # with force: samples another process writing the run has taken
     teacher_set: int = 0  # |D_t| for the split after the run
     failures: list[str] = field(default_factory=list)
     # batch annotation (mulcot.annotate_batch): batches sent and taken in, files written, result lines skipped
@@ -86,6 +91,8 @@ class Annotator:
 
     def __init__(self, store: Store, config: AnnotateConfig, teacher: Teacher | None = None,
                  progress: Progress | None = None):  # fmt: skip
+        if config.run_id is not None:
+            check_name(config.run_id, "run id", "--run")
         if config.stage not in ("predict", "explain", "both"):
             raise MulcotError(f"unknown stage '{config.stage}': use predict, explain or both")
         if config.concurrency < 1:
@@ -168,7 +175,7 @@ class Annotator:
             s.cost_usd += cost_usd or 0.0
             row.update(tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost_usd,
                        latency_s=None if latency_s is None else round(latency_s, 4))  # fmt: skip
-        self.store.add_reasoning(**row)
+        self._keep(row)
         outcome = {"accepted": accepted, "final": final, "valid": row["valid"], "prediction": row["prediction"]}
         if state is not None:
             state[stage][sample["id"]] = {"attempts": attempt, "final": outcome if final else None}
@@ -185,6 +192,19 @@ class Annotator:
                 s.failed += 1
                 s.failures.append(f"sample {sample['key']} ({stage}): {row['error']}")
         return outcome
+
+    def _keep(self, row: dict[str, Any]) -> None:
+        """Store an answer that was paid for: a store locked by another process is waited for again
+        (:data:`WRITE_TRIES` busy timeouts) rather than the answer lost."""
+        for tries in range(1, WRITE_TRIES + 1):
+            try:
+                self.store.add_reasoning(**row)
+                return
+            except StoreBusyError:
+                if tries == WRITE_TRIES:
+                    raise
+                emit(self.progress, "annotate", "info", message=f"the store is locked by another process: writing "
+                     f"the answer again ({tries + 1} of {WRITE_TRIES})", summary=self.summary)  # fmt: skip
 
     # -- the live path: one (sample, stage) with ARC, requests in flight -------------------------------------------
 
@@ -273,16 +293,21 @@ class Annotator:
         # its request
         pending = iter(samples)
 
-        async def worker() -> None:
+        async def worker(run: RunRecord) -> None:
             for sample in pending:
                 if self._stop:
                     return
+                # one writer per sample: another process writing this run (--force) may have taken it
+                if not run.claim([f"sample {sample['id']}"]):
+                    self.summary.skipped_other_writer += 1
+                    continue
                 await self._sample(sample, state)
 
-        with self.store.run(self.run_id, kind="annotate", dataset=cfg.dataset, config=config) as run:
+        with self.store.run(self.run_id, kind="annotate", dataset=cfg.dataset, config=config,
+                            force=cfg.force) as run:  # fmt: skip
             run.metrics = self.summary  # recorded however the run ends
             try:
-                await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, len(samples)))))
+                await asyncio.gather(*(worker(run) for _ in range(min(cfg.concurrency, len(samples)))))
             finally:
                 self.summary.wall_s = time.perf_counter() - start
                 await self.teacher.aclose()

@@ -24,6 +24,7 @@ from typing import Any
 from mulcot.errors import MulcotError
 from mulcot.events import Progress, emit
 from mulcot.prompts import caption_prompt
+from mulcot.refs import check_name
 from mulcot.store import Store
 from mulcot.teacher import Budget, BudgetReached, Teacher, TeacherConfig, TeacherError, image_data_url
 
@@ -111,6 +112,8 @@ class Captioner:
         self.prompt = caption_prompt()
         self.teacher = teacher or Teacher(config.teacher)
         self.progress = progress
+        if config.run_id is not None:
+            check_name(config.run_id, "run id", "--run")
         self.run_id = config.run_id or f"captions-{config.dataset}-{_slug(config.teacher.model)}"
         self.summary = CaptionSummary(run_id=self.run_id, cost_known=self.teacher.price is not None)
         self.budget = Budget(config.budget_usd)

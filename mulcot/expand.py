@@ -129,11 +129,13 @@ def _generate(store: Store, config: ExpandConfig, ref: RunRef, task: str, versio
         gen.num_return_sequences = max(per_item)
         gen.seed = config.seed + offset + sum(done.get(it.sample_id, 0) for it in chunk)
         answers = generate(model, processor, chunk, "cot", task, gen)
+        # attempt = the chain's number among the sample's n (one row each; a second writer's copy is ignored)
         rows = [
             chain_row(sample_id=item.sample_id, source="assistant", model=ref.base_model, stage=EXPAND, output=text,
-                      run_id=ref.run_id, prompt_version=version, origin="expand")
+                      run_id=ref.run_id, prompt_version=version, origin="expand",
+                      attempt=done.get(item.sample_id, 0) + j + 1)
             for item, texts, want in zip(chunk, answers, per_item, strict=True)
-            for text in texts[:want]
+            for j, text in enumerate(texts[:want])
         ]  # fmt: skip
         store.add_reasonings(rows)
         summary.generated += len(rows)
@@ -153,7 +155,7 @@ def _generate_served(store: Store, config: ExpandConfig, ref: RunRef, cot: Any, 
         serving.Job(sample_id=it.sample_id, prompt=render_prompt(cot, it, text_only), image=it.image_path,
                     max_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
                     seed=config.seed + 1000 * it.sample_id + k, max_pixels=config.max_pixels,
-                    name=f"sample {it.sample_id} chain {k + 1}")
+                    tag=k + 1, name=f"sample {it.sample_id} chain {k + 1}")
         for it in todo
         for k in range(done.get(it.sample_id, 0), config.n)
     ]  # fmt: skip
@@ -162,7 +164,7 @@ def _generate_served(store: Store, config: ExpandConfig, ref: RunRef, cot: Any, 
     def store_answer(job: serving.Job, comp: Any) -> None:
         store.add_reasoning(**chain_row(
             sample_id=job.sample_id, source="assistant", model=ref.base_model, stage=EXPAND, output=comp.text.strip(),
-            run_id=ref.run_id, prompt_version=cot.version, origin="expand", tokens_in=comp.tokens_in,
+            run_id=ref.run_id, prompt_version=cot.version, origin="expand", attempt=job.tag, tokens_in=comp.tokens_in,
             tokens_out=comp.tokens_out, latency_s=round(comp.latency_s, 4),
         ))  # fmt: skip
         summary.generated += 1

@@ -162,7 +162,7 @@ class Pipeline:
         done = self.store.get_run(cfg.name)
         if done is not None and done["status"] == "done":
             result_best = (done["metrics"] or {}).get("best")
-            self.files["assistant adapter"] = str(Path(done["output_dir"]) / "adapter")
+            self.files["assistant adapter"] = str(self.store.run_folder(done) / "adapter")  # type: ignore[operator]
             return {"run": cfg.name, "best": result_best}
         if cfg.processes > 1:
             return self._launched(cfg, "assistant adapter")
@@ -205,7 +205,7 @@ class Pipeline:
                                  include_expanded=not self.recipe.expand.skip)  # fmt: skip
         done = self.store.get_run(cfg.name)
         if done is not None and done["status"] == "done":
-            self.files["student adapter"] = str(Path(done["output_dir"]) / "adapter")
+            self.files["student adapter"] = str(self.store.run_folder(done) / "adapter")  # type: ignore[operator]
             return {"run": cfg.name, "best": (done["metrics"] or {}).get("best")}
         if cfg.processes > 1:
             return self._launched(cfg, "student adapter")
@@ -232,7 +232,7 @@ class Pipeline:
         cfg = self._dpo_config()
         done = self.store.get_run(cfg.name)
         if done is not None and done["status"] == "done":
-            self.files["student DPO adapter"] = str(Path(done["output_dir"]) / "adapter")
+            self.files["student DPO adapter"] = str(self.store.run_folder(done) / "adapter")  # type: ignore[operator]
             return {"run": cfg.name, "last": (done["metrics"] or {}).get("last")}
         processes = self.recipe.training.processes
         if processes > 1:

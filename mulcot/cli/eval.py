@@ -225,7 +225,10 @@ def run(
     out: Annotated[
         Path | None, typer.Option(help="Folder for result.json, per_sample.jsonl, confusion.png.", show_default=False)
     ] = None,
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders are.")] = Path("runs"),
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where run folders are (default: runs/ beside the database).", show_default=False),
+    ] = None,
     server: ServerOption = None,
     served_model: ServedModelOption = None,
     concurrency: ConcurrencyOption = 4,
@@ -246,7 +249,7 @@ def run(
         metrics=_metric_list(metrics), limit=limit, max_new_tokens=max_new_tokens,
         label_max_new_tokens=label_max_new_tokens, batch_size=batch_size, max_pixels=max_pixels, device=device,
         dtype=dtype, load_in_4bit=load_in_4bit, nltk_data_dir=str(nltk_data) if nltk_data else None,
-        embedding_cache=not no_cache, out=str(out) if out else None, runs_dir=str(runs_dir),
+        embedding_cache=not no_cache, out=str(out) if out else None, runs_dir=str(runs_dir) if runs_dir else None,
         server=server_config(server, served_model, concurrency=concurrency, retries=retries, max_requests=max_requests,
                              time_budget=time_budget, text_only=server_text_only),
     )  # fmt: skip
@@ -278,7 +281,7 @@ def compare(
     """Put stored evaluation results side by side (a run or source name means its latest result)."""
     from mulcot.evaluate import compare_results, paper_row
 
-    store = open_store(db)
+    store = open_store(db, readonly=True)
     rows = compare_results(store, results, dataset=dataset, split=split)
     if as_json:
         print_json([{**r, "row": paper_row(r)} for r in rows])

@@ -30,6 +30,7 @@ from mulcot.cli.common import (
 )
 from mulcot.errors import MulcotError
 from mulcot.events import Event
+from mulcot.refs import check_name
 
 _LABEL_STYLE = {"positive": "bold green", "neutral": "bold yellow", "negative": "bold red"}
 
@@ -82,6 +83,10 @@ def predict(
     device: Annotated[str | None, typer.Option(help="hf backend device (default: best available).")] = None,
     dtype: Annotated[str | None, typer.Option(help="hf backend dtype (bf16, fp16, fp32).")] = None,
     name: Annotated[str | None, typer.Option(help="Batch mode run id (default: predict-MODEL-DATASET-SPLIT).")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Batch mode: write the run even while another process writes it (the two "
+                           "share the samples; none is asked twice).")
+    ] = False,
     server: ServerOption = None,
     served_model: ServedModelOption = None,
     concurrency: ConcurrencyOption = 4,
@@ -102,6 +107,8 @@ def predict(
         raise MulcotError("give either --text (with --image) for one post, or --dataset for a whole split")
     if (image is not None or caption is not None) and text is None:
         raise MulcotError("--image and --caption need --text (the post's text)")
+    if name is not None:
+        check_name(name, "run name", "--name")  # before any model is loaded
     served = server_config(server, served_model, concurrency=concurrency, retries=retries, max_requests=max_requests,
                            time_budget=time_budget, text_only=server_text_only)  # fmt: skip
     if served is not None:
@@ -116,7 +123,7 @@ def predict(
                            dtype=dtype)  # fmt: skip
     prompts = ("cot", "label") if label else ("cot",)
     run_name = backend == "hf" and model is not None and not Path(model).expanduser().exists()
-    store = open_store(db) if dataset is not None or run_name else None
+    store = open_store(db, readonly=dataset is None) if dataset is not None or run_name else None
     try:
         with err_console.status("loading the model", spinner="dots") if not as_json else _Null():
             runner = open_backend(backend, gguf=gguf, model=model, quant=quant, mmproj=mmproj, config=config,
@@ -148,7 +155,7 @@ def predict(
 
             with bar:
                 summary = predict_dataset(store, runner, dataset, split, limit=limit, run_id=name, prompts=prompts,
-                                          progress=progress)  # fmt: skip
+                                          progress=progress, force=force)  # fmt: skip
         finally:
             runner.close()
     finally:

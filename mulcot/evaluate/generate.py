@@ -40,6 +40,17 @@ def _stored_outputs(store: Store, dataset: str, split: str, subject: Subject, st
     return out
 
 
+def _attempts(store: Store, config: EvalConfig, subject: Subject, stage: str, version: str) -> dict[int, int]:
+    """Per sample, the attempt number a new output takes: one more than the outputs the run already has for the stage
+    and prompt (those of other weights under the same run name), so that each is its own row, while two processes
+    generating the same output at once write one (the store keeps one row per attempt)."""
+    if subject.run_id is None:
+        return {}
+    done = store.chain_counts(config.dataset, config.split, source=subject.source or "model", stage=stage,
+                              run_id=subject.run_id, prompt_version=version)  # fmt: skip
+    return {sid: n + 1 for sid, n in done.items()}
+
+
 def _origin(subject: Subject) -> str:
     """What generated chains carry in ``origin``: the weights (adapter, or model) and the adapter's hash."""
     origin = f"eval:{subject.adapter or subject.model}"
@@ -59,6 +70,7 @@ def _generate_served(store: Store, subject: Subject, config: EvalConfig, task: s
     text_only = config.server.text_only
     origin = _origin(subject)
     stage_of = {prompt: (stage, version) for prompt, stage, _, version, _, _ in plan}
+    attempts = {prompt: _attempts(store, config, subject, stage, version) for prompt, stage, _, version, _, _ in plan}
     jobs = [
         serving.Job(sample_id=it.sample_id, prompt=render_prompt(get_prompt(prompt, task), it, text_only),
                     image=it.image_path, max_tokens=max_new, max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS,
@@ -72,7 +84,8 @@ def _generate_served(store: Store, subject: Subject, config: EvalConfig, task: s
         store.add_reasoning(**chain_row(
             sample_id=job.sample_id, source=subject.source or "model", model=subject.model, stage=stage,
             output=comp.text.strip(), run_id=subject.run_id, prompt_version=version, origin=origin,
-            tokens_in=comp.tokens_in, tokens_out=comp.tokens_out, latency_s=round(comp.latency_s, 4),
+            attempt=attempts[job.tag].get(job.sample_id, 1), tokens_in=comp.tokens_in, tokens_out=comp.tokens_out,
+            latency_s=round(comp.latency_s, 4),
         ))  # fmt: skip
 
     emit(progress, "eval", message="served", done=0, total=len(jobs))
@@ -116,6 +129,7 @@ def _generate_missing(store: Store, subject: Subject, config: EvalConfig, task: 
         gcfg = GenerationConfig(max_new_tokens=max_new, batch_size=config.batch_size,
                                 max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS)  # fmt: skip
         emit(progress, "eval", message=stage_name, done=0, total=len(todo))
+        attempt = _attempts(store, config, subject, stage, version)
         for start in range(0, len(todo), config.batch_size):
             chunk = todo[start : start + config.batch_size]
             began = time.perf_counter()
@@ -127,7 +141,8 @@ def _generate_missing(store: Store, subject: Subject, config: EvalConfig, task: 
                 rows.append(chain_row(
                     sample_id=item.sample_id, source=subject.source or "model", model=subject.model, stage=stage,
                     output=raw, run_id=subject.run_id, prompt_version=version, origin=origin,
-                    tokens_out=len(tok(raw, add_special_tokens=False)["input_ids"]), latency_s=per_item,
+                    attempt=attempt.get(item.sample_id, 1), latency_s=per_item,
+                    tokens_out=len(tok(raw, add_special_tokens=False)["input_ids"]),
                 ))  # fmt: skip
             store.add_reasonings(rows)
             emit(progress, "eval", message=stage_name, done=min(start + len(chunk), len(todo)), total=len(todo))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,7 @@ class EvalConfig:
     nltk_data_dir: str | None = None
     embedding_cache: bool = True
     out: str | None = None
-    runs_dir: str = "runs"
+    runs_dir: str | None = None  # where run folders are (default: runs/ beside the database)
     write_files: bool = True
     server: ServerConfig | None = None  # model mode: generate through an OpenAI-compatible server
 
@@ -145,7 +145,7 @@ def default_out_dir(config: EvalConfig, subject: Subject) -> Path:
         return Path(subject.folder) / "eval" / slug
     name = subject.name if subject.kind == "source" else Path(subject.name).name or subject.name
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{slug}-{name}").strip("-")
-    return Path(config.runs_dir) / "eval" / safe
+    return Path(config.runs_dir or "runs") / "eval" / safe
 
 
 def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = None) -> EvalResult:
@@ -158,6 +158,8 @@ def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = No
         raise MulcotError("--limit must be at least 1")
     if config.batch_size < 1:
         raise MulcotError("--batch-size must be at least 1")
+    if not config.runs_dir:
+        config = replace(config, runs_dir=str(store.runs_dir))
     store.require_dataset(config.dataset)
     splits = store.splits(config.dataset)
     if config.split not in splits:

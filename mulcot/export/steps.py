@@ -41,7 +41,7 @@ from mulcot.export.manifest import MANIFEST, write_manifest
 from mulcot.export.merge import merge_adapter, merged_folder_problem
 from mulcot.export.ollama import MODELFILE
 from mulcot.export.source import ExportSource, resolve_source
-from mulcot.refs import adapter_digest
+from mulcot.refs import adapter_digest, check_name
 
 HF_DIR = "hf"
 LOG_DIR = "logs"
@@ -143,6 +143,8 @@ def export(config: ExportConfig, *, store: Any = None, progress: Progress | None
     With a store, the export is recorded as a run (kind ``export``)."""
     if config.outtype not in OUTTYPES:
         raise MulcotError(f"unknown --outtype '{config.outtype}' (use one of: {', '.join(OUTTYPES)})")
+    if config.name is not None:
+        check_name(config.name, "export name")
     quants = parse_quants(config.quants) if config.gguf else ()
     source = resolve_source(config.source, store, base_model=config.base_model)
     name = safe_name(config.name or source.run_id or source.path.name)

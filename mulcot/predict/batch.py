@@ -22,6 +22,7 @@ from mulcot.events import Progress, emit
 from mulcot.export.gguf import safe_name
 from mulcot.predict.config import Generated, Post
 from mulcot.prompts import get_prompt
+from mulcot.refs import check_name
 
 if TYPE_CHECKING:
     from mulcot.predict.gguf_backend import GGUFBackend
@@ -94,6 +95,7 @@ class BatchSummary:
     prompt_version: str
     predicted: int = 0
     skipped_done: int = 0
+    skipped_other_writer: int = 0  # with force: answers another process writing the run has taken
     samples: int = 0
     chains: int = 0  # final chains of this model and prompt on the split (this run and earlier ones)
     accuracy: float | None = None
@@ -123,12 +125,17 @@ def predict_dataset(
     source: str | None = None,
     prompts: Sequence[str] = ("cot",),
     progress: Progress | None = None,
+    force: bool = False,
 ) -> BatchSummary:
     """Predict every sample of ``dataset``/``split`` (the first ``limit``) and store each answer as a chain (source
     ``student-gguf`` or ``student-hf``, stage ``eval``, model = the backend's name); samples that already have a
-    final chain for this model and prompt are skipped. The run is recorded in the store (kind ``predict``)."""
+    final chain for this model and prompt are skipped. The run is recorded in the store (kind ``predict``); a
+    second process predicting the same run is refused, or with ``force`` shares the work (no sample is asked
+    twice)."""
     start = time.perf_counter()
     _check_prompts(prompts)
+    if run_id is not None:
+        check_name(run_id, "run name", "--name")
     ds = store.require_dataset(dataset)
     task = ds["task"]
     if split not in store.splits(dataset):
@@ -168,16 +175,22 @@ def predict_dataset(
         from mulcot.serving import served_identity
 
         config.update(served_identity(server, None)[0])
-    with store.run(run_id, kind="predict", dataset=dataset, config=config) as run:
+    with store.run(run_id, kind="predict", dataset=dataset, config=config, force=force) as run:
         run.metrics = summary
         if server is not None:
-            _predict_served(store, backend, todo, task, source, run_id, summary, progress)  # type: ignore[arg-type]
+            _predict_served(store, backend, todo, task, source, run, summary, progress)  # type: ignore[arg-type]
             if summary.served and summary.served["stopped"]:
                 run.status = "stopped"
         for p in prompts if server is None else ():
             step = backend.config.batch_size if backend.kind == "hf" else 1
             for offset in range(0, len(todo[p]), step):
                 chunk = todo[p][offset : offset + step]
+                # one writer per answer: another process writing this run (force) may have taken some
+                mine = run.claim(_job(s["id"], p) for s in chunk)
+                summary.skipped_other_writer += len(chunk) - len(mine)
+                chunk = [s for s in chunk if _job(s["id"], p) in mine]
+                if not chunk:
+                    continue
                 posts = [Post(text=s["text"], aspect=s["aspect"],
                               image=s["image_path"] if s["has_image"] and not text_only else None,
                               caption=(s.get("meta") or {}).get("caption")) for s in chunk]  # fmt: skip
@@ -201,9 +214,16 @@ def predict_dataset(
     return summary
 
 
+def _job(sample_id: int, prompt: str) -> str:
+    """The name of one answer a predict run makes (what its writers claim)."""
+    return f"sample {sample_id} {prompt}"
+
+
 def _predict_served(store: Any, backend: ServerBackend, todo: dict[str, list[dict[str, Any]]], task: str,
-                    source: str, run_id: str, summary: BatchSummary, progress: Progress | None) -> None:  # fmt: skip
-    """Every missing answer through the server, ``concurrency`` at a time, each stored as it arrives."""
+                    source: str, run: Any, summary: BatchSummary, progress: Progress | None) -> None:  # fmt: skip
+    """Every missing answer through the server, ``concurrency`` at a time, each stored as it arrives (and claimed
+    just before it is sent: another writer of the run may have taken it)."""
+    run_id = run.id
     from mulcot import serving
     from mulcot.predict.server_backend import generated
 
@@ -231,7 +251,14 @@ def _predict_served(store: Any, backend: ServerBackend, todo: dict[str, list[dic
             summary.extra_prompts[job.tag] = summary.extra_prompts.get(job.tag, 0) + 1
         emit(progress, "predict", done=count, total=len(jobs), prediction=pred)
 
-    summary.served = serving.generate(backend.server, jobs, store_answer, stage="predict").as_dict()
+    def claimed(jobs: list[serving.Job]) -> Any:
+        for job in jobs:
+            if run.claim([_job(job.sample_id, job.tag)]):
+                yield job
+            else:
+                summary.skipped_other_writer += 1
+
+    summary.served = serving.generate(backend.server, claimed(jobs), store_answer, stage="predict").as_dict()
 
 
 def _score(store: Any, summary: BatchSummary, task: str) -> None:

@@ -69,12 +69,20 @@ class SoftLabelCache:
         return f.get_tensor(f"{key}.ids"), f.get_tensor(f"{key}.logprobs")
 
 
+def cache_source(mode: str, assistant_sha256: str, top_k: int) -> str:
+    """What a cached soft label was computed from: the mode (resident assistant or server), the assistant adapter's
+    digest and k. A cache is reused only for the same source."""
+    return f"{mode}:{assistant_sha256[:16]}:k{top_k}"
+
+
 def build_soft_label_cache(store: Store, run_id: str, folder: Path, compute: Compute, items: list[TrainItem],
-                           progress: Progress | None = None) -> tuple[SoftLabelCache, int]:  # fmt: skip
+                           progress: Progress | None = None, source: str | None = None
+                           ) -> tuple[SoftLabelCache, int]:  # fmt: skip
     """Store top-k log-probs per target position of every training sequence, computed by ``compute`` (the resident
     assistant: :func:`assistant_top_k`; a server: :class:`mulcot.train.server_soft_labels.ServerScorer`).
-    Resumable: sequences already indexed are skipped; each shard is written whole, then indexed. Returns the cache
-    and how many sequences ``compute`` gave nothing for (they stay unindexed, for a rerun).
+    Resumable: sequences already indexed from the same ``source`` (:func:`cache_source`) are skipped, those from
+    another assistant or k are computed again; each shard is written whole, then indexed. Returns the cache and how
+    many sequences ``compute`` gave nothing for (they stay unindexed, for a rerun).
 
     Under a launcher every rank computes its share of each shard; the main process gathers the shares and alone
     writes the files and the store, so the cache is the same as one process would build."""
@@ -83,7 +91,7 @@ def build_soft_label_cache(store: Store, run_id: str, folder: Path, compute: Com
     main = dist.is_main()
     if main:
         folder.mkdir(parents=True, exist_ok=True)
-    index = dist.on_main(lambda: store.soft_label_index(run_id))
+    index = dist.on_main(lambda: store.soft_label_index(run_id, source))
     todo: list[tuple[TrainItem, int]] = []
     seen = set(index)
     for item in items:
@@ -100,11 +108,11 @@ def build_soft_label_cache(store: Store, run_id: str, folder: Path, compute: Com
         kept = [r for r in results if r is not None]
         missing += len(results) - len(kept)
         if main and kept:
-            _write_shard(store, run_id, folder, kept)
+            _write_shard(store, run_id, folder, kept, source)
         if main:
             emit(progress, "soft_labels", done=done, total=len(todo))
         dist.barrier()
-    return SoftLabelCache(folder, dist.on_main(lambda: store.soft_label_index(run_id))), missing
+    return SoftLabelCache(folder, dist.on_main(lambda: store.soft_label_index(run_id, source))), missing
 
 
 def assistant_top_k(assistant: Any, collator: Any, top_k: int, batch_size: int = 4) -> Compute:
@@ -143,7 +151,8 @@ def _top_k(assistant: Any, collator: Any, jobs: list[tuple[TrainItem, int]], top
     return [out[i] for i in range(len(jobs))]
 
 
-def _write_shard(store: Store, run_id: str, folder: Path, results: list[tuple[str, Any, Any]]) -> None:
+def _write_shard(store: Store, run_id: str, folder: Path, results: list[tuple[str, Any, Any]],
+                 source: str | None) -> None:  # fmt: skip
     from safetensors.torch import save_file
 
     tensors: dict[str, Any] = {}
@@ -156,7 +165,7 @@ def _write_shard(store: Store, run_id: str, folder: Path, results: list[tuple[st
     tmp = folder / (shard + ".tmp")
     save_file(tensors, str(tmp))
     os.replace(tmp, folder / shard)
-    store.add_soft_labels(run_id, shard, entries)
+    store.add_soft_labels(run_id, shard, entries, source)
 
 
 class SoftLabels:
@@ -164,8 +173,10 @@ class SoftLabels:
     collator exist, then returns per-position KL for each batch."""
 
     def __init__(self, store: Store, config: DistillConfig, ref: RunRef, items: list[TrainItem],
-                 progress: Progress | None):  # fmt: skip
+                 progress: Progress | None, assistant_sha256: str = ""):  # fmt: skip
         self.store, self.config, self.ref, self.items, self.progress = store, config, ref, items, progress
+        # the cache is keyed by where its soft labels come from: another assistant or k computes them again
+        self.source = cache_source(config.soft_labels, assistant_sha256, config.top_k)
         self.cache: SoftLabelCache | None = None
         self.assistant: Any = None
         self.server_stats: dict[str, Any] | None = None
@@ -186,7 +197,7 @@ class SoftLabels:
             return
         compute = assistant_top_k(assistant, collator, self.config.top_k)
         self.cache, _ = build_soft_label_cache(self.store, self.config.name, folder / "soft_labels", compute,
-                                               self.items, self.progress)  # fmt: skip
+                                               self.items, self.progress, self.source)  # fmt: skip
         del assistant, base, compute
 
     def _prepare_server(self, student_processor: Any, collator: Any, folder: Path) -> None:
@@ -208,7 +219,7 @@ class SoftLabels:
                                           text_only=True)  # fmt: skip
         scorer = ServerScorer(server, text_collator, student_processor.tokenizer, self.config.top_k, self.progress)
         self.cache, missing = build_soft_label_cache(self.store, self.config.name, folder / "soft_labels", scorer,
-                                                     self.items, self.progress)  # fmt: skip
+                                                     self.items, self.progress, self.source)  # fmt: skip
         if dist.is_main():
             scorer.write_stats(folder / "soft_labels")
         self.server_stats = scorer.stats.as_dict()
