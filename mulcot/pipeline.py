@@ -56,7 +56,9 @@ class Pipeline:
         self.store = store
         self.recipe = recipe
         self.report = report or (lambda event: None)
-        self.runs_dir = Path(recipe.runs_dir)
+        # a recipe's runs_dir (default "runs") is relative to the database's folder, not the working directory
+        runs = Path(recipe.runs_dir).expanduser()
+        self.runs_dir = runs if runs.is_absolute() else store.path.resolve().parent / runs
         self.files: dict[str, str] = {}
         self.metrics: list[dict[str, Any]] = []
         self.cost = 0.0

@@ -807,3 +807,35 @@ def test_a_kill_while_saving_leaves_a_whole_best_adapter(tmp_path, monkeypatch, 
         (tmp_path / "best").rename(tmp_path / "best.old")
         monkeypatch.setattr(checkpoints, "_exchange", lambda a, b: False)
         assert resume_best(tmp_path) is not None and not (tmp_path / "best.old").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_then_resume_keeps_the_best_epoch(demo_store, compact_model, tmp_path):
+    """`timeout`/`kill` (SIGTERM) of a real training run after its first dev evaluation: the run is interrupted (not
+    running forever), the message says to resume with --resume, and the resumed run remembers the best epoch."""
+    from mulcot.sample import SAMPLE_NAME
+
+    runs = tmp_path / "runs"
+    common = ["train-assistant", SAMPLE_NAME, "--model", str(compact_model()), "--db", str(demo_store.path),
+              "--runs-dir", str(runs), "--epochs", "2", "--batch-size", "2", "--grad-accum", "1", "--max-pixels",
+              "3136", "--max-train-items", "4", "--max-dev-samples", "3", "--save-steps", "1", "--lr", "1e-3",
+              "--lora-dropout", "0", "--name", "cut", "--json"]  # fmt: skip
+    exe = str(Path(sys.executable).parent / "mulcot")
+    proc = subprocess.Popen([exe, *common], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = runs / "cut" / "log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (runs / "cut" / "best" / "mulcot.json").exists():  # the first epoch's dev evaluation is kept
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "interrupted (SIGTERM): run the same command with --resume to continue" in err
+    run = demo_store.get_run("cut")
+    assert run["status"] == "interrupted" and "--resume" in run["error"]
+    resumed = subprocess.run([exe, *common, "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    best = json.loads(resumed.stdout)["best"]
+    evals = [json.loads(x) for x in log.read_text().splitlines() if '"eval_select"' in x]
+    assert len(evals) >= 2 and best["eval_select"] == max(e["eval_select"] for e in evals)

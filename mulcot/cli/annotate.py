@@ -209,6 +209,7 @@ def _print_summary(s: AnnotateSummary, dataset: str, split: str) -> None:
     rows = [
         ("samples annotated now", s.samples),
         ("already done before", s.skipped_done),
+        *((("left to the other writer (--force)", s.skipped_other_writer),) if s.skipped_other_writer else ()),
         ("stage 1 predictions", s.predicted),
         ("stage 1 correct (D_t1)", s.predicted_correct),
         ("stage 2 explained (D_t2)", s.explained),

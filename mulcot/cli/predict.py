@@ -211,6 +211,8 @@ def print_summary(s: dict[str, Any]) -> None:
         ("source / stage", f"{s['source']} / eval (prompt {s['prompt_version']})"),
         ("predicted now", str(s["predicted"])),
         ("already predicted (skipped)", str(s["skipped_done"])),
+        *((("left to the other writer (--force)", str(s["skipped_other_writer"])),) if s.get("skipped_other_writer")
+          else ()),
         ("chains stored for this model", str(s["chains"])),
         ("accuracy (reasoning Prediction)", fmt(s["accuracy"])),
         ("macro-F1 / weighted-F1", f"{fmt(s['macro_f1'])} / {fmt(s['weighted_f1'])}"),
