@@ -298,7 +298,7 @@ class Annotator:
                 if self._stop:
                     return
                 # one writer per sample: another process writing this run (--force) may have taken it
-                if not run.claim([f"sample {sample['id']}"]):
+                if self.next_step(sample, state) is not None and not run.claim([f"sample {sample['id']}"]):
                     self.summary.skipped_other_writer += 1
                     continue
                 await self._sample(sample, state)

@@ -470,6 +470,12 @@ def test_a_live_writer_is_refused_and_a_stale_one_taken_over(tmp_path):
             _claim(db, "ann", pid=12345, host="another-host", age_s=3600)  # no heartbeat for an hour: stale
             assert _cli(*args).exit_code == 0
             assert len(server.requests) == 3
+            # the claim's holder ended, but a writer that joined it with --force is still at work
+            with Store.open(db) as s:
+                s.db.execute("INSERT INTO run_jobs (run_id, job, token, pid, host, claimed_at) VALUES ('ann',"
+                             " 'sample 99', 'joined', ?, ?, ?)",
+                             [sleeper.pid, socket.gethostname(), s.get_run("ann")["updated_at"]])  # fmt: skip
+            _one_line(_cli(*args), f"is being written by process {sleeper.pid}")
             _claim(db, "ann", pid=sleeper.pid, host=socket.gethostname())
             sleeper.kill()
             sleeper.wait()  # its process is gone: the claim is stale

@@ -99,6 +99,9 @@ class Connection:
                 self.db.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as exc:
             self._close_quietly()
+            if not existed and not readonly and "unable to open" in str(exc):
+                raise StoreError(f"cannot create {self.path}: its folder is read-only (or not ours to write): pass "
+                                 "--db FILE in a writable folder") from None  # fmt: skip
             raise self.store_error(exc) or StoreError(f"{self.path} is not a mulcot database ({exc})") from None
         except StoreError:
             self._close_quietly()
@@ -151,7 +154,9 @@ class Connection:
                                    timeout=self.busy_timeout_s)  # fmt: skip
             conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
             return conn
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as exc:
+            if "unable to open" not in str(exc):
+                raise
             # a WAL store on a read-only filesystem (or in a folder we may not write): its -shm file cannot be
             # made, so no process can be writing it either; read the file as it is
             return sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False, isolation_level=None)

@@ -105,16 +105,24 @@ def claim_is_live(run: dict[str, Any]) -> bool:
     """Whether the process that claimed ``run`` may still be writing it: the run is ``running`` and its writer is
     this process (a run still open), or alive on this host, or (another host) has sent a heartbeat within
     :data:`STALE_S`."""
-    token = run.get("writer_token")
-    if run.get("status") != RUNNING or not token:
+    if run.get("status") != RUNNING:
+        return False
+    return _writer_alive(run.get("writer_token"), run.get("writer_pid"), run.get("writer_host"),
+                         run.get("heartbeat_at"))  # fmt: skip
+
+
+def _writer_alive(token: str | None, pid: int | None, host: str | None, stamp: str | None) -> bool:
+    """A writer (its token, pid, host and last sign of life) that may still be writing: a run this process has open,
+    a process alive on this host, or (another host) one heard from within :data:`STALE_S`."""
+    if not token:
         return False
     if token in _ACTIVE:
         return True
-    age = _age_s(run.get("heartbeat_at"))
+    age = _age_s(stamp)
     if age is None or age > STALE_S:
         return False
-    if run.get("writer_host") == socket.gethostname():
-        return run.get("writer_pid") != os.getpid() and _pid_alive(run.get("writer_pid"))
+    if host == socket.gethostname():
+        return pid != os.getpid() and _pid_alive(pid)
     return True
 
 
@@ -202,8 +210,10 @@ class RunsMixin(Connection):
                 if existing["kind"] != kind:
                     raise StoreError(f"run '{run_id}' already exists as a {existing['kind']} run: choose another name")
                 live = writer is not None and claim_is_live(existing)
-                if live and not force:
-                    raise StoreError(self._busy_message(existing, force is not None))
+                # a writer that joined with force may still be at work after the one holding the claim ended
+                joined = None if live or writer is None else self._live_job_owner(run_id)
+                if (live or joined) and not force:
+                    raise StoreError(self._busy_message(joined or existing, force is not None))
                 values: dict[str, Any] = {"status": RUNNING, "updated_at": now(), "error": None, **claim}
                 for key, value in (("recipe_hash", recipe_hash), ("settings_hash", settings_hash)):
                     if value is not None:
@@ -224,12 +234,24 @@ class RunsMixin(Connection):
         return (f"run '{run['id']}' is being written by {where}: wait for it to finish or stop it (a stopped run "
                 f"resumes){more}")  # fmt: skip
 
+    def _job_owners(self, run_id: str) -> list[dict[str, Any]]:
+        return list(self.db.query(
+            "SELECT token, pid, host, MAX(claimed_at) AS claimed_at FROM run_jobs WHERE run_id = ? GROUP BY token",
+            [run_id],
+        ))  # fmt: skip
+
+    def _live_job_owner(self, run_id: str) -> dict[str, Any] | None:
+        """A writer of the run (by its job claims) that may still be at work, as a run row names its writer."""
+        for r in self._job_owners(run_id):
+            if _writer_alive(r["token"], r["pid"], r["host"], r["claimed_at"]):
+                return {"id": run_id, "writer_pid": r["pid"], "writer_host": r["host"], "heartbeat_at": r["claimed_at"]}
+        return None
+
     def _release_dead_claims(self, run_id: str, keep: str | None) -> None:
-        """Drop the job claims of writers that are gone: all but those of the live writer ``keep`` (whose claims
-        stay, with those of any other writer still alive on this host)."""
-        host = socket.gethostname()
-        for r in list(self.db.query("SELECT DISTINCT token, pid, host FROM run_jobs WHERE run_id = ?", [run_id])):
-            if keep is not None and (r["token"] == keep or (r["host"] == host and _pid_alive(r["pid"]))):
+        """Drop the job claims of writers that are gone; those of the live writer ``keep`` and of any other writer
+        still at work stay (their jobs are theirs)."""
+        for r in self._job_owners(run_id):
+            if r["token"] == keep or _writer_alive(r["token"], r["pid"], r["host"], r["claimed_at"]):
                 continue
             self.db.execute("DELETE FROM run_jobs WHERE run_id = ? AND token = ?", [run_id, r["token"]])
 
