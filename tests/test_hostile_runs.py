@@ -302,6 +302,11 @@ def test_a_store_on_a_read_only_filesystem_reads(tmp_path):
         assert json.loads(listed.stdout)[0]["samples"] == 6
         assert _cli("data", "stats", "d", "--db", db).exit_code == 0
         _one_line(_cli("eval", "d", "--source", "teacher", "--db", db), "read-only")
+        from mulcot.tui import ChainBrowser
+
+        browser = ChainBrowser(db)  # the TUI opens it read-only too
+        assert browser.store is not None and browser.store.browse_count() == 6
+        browser.store.close()
     _intact(db, before)
 
 
