@@ -41,6 +41,9 @@ def test_import_list_stats_json(tmp_path):
 
 def test_list_empty_and_unknown_dataset(tmp_path):
     db = tmp_path / "m.db"
+    r = runner.invoke(app, ["data", "list", "--db", str(db)])  # reading never creates a store
+    assert r.exit_code == 1 and "no mulcot database at" in r.output and not db.exists()
+    Store.open(db).close()
     assert "no datasets" in _invoke("data", "list", "--db", db).stdout
     r = runner.invoke(app, ["data", "stats", "nope", "--db", str(db)])
     assert r.exit_code == 1 and "no dataset named 'nope'" in r.output

@@ -27,12 +27,15 @@ from mulcot.core.chains import EXPLAIN, PREDICT, arc_accepts, arc_error, chain_r
 from mulcot.core.client import Budget, BudgetReached, Teacher, TeacherConfig, TeacherError, Usage
 from mulcot.core.images import jpeg_data_url
 from mulcot.core.prompts import get_prompt
+from mulcot.core.refs import check_name
 from mulcot.core.settings import Validated, field_
-from mulcot.errors import MulcotError
+from mulcot.errors import MulcotError, StoreBusyError
 from mulcot.events import Progress, emit
 from mulcot.store import Store
+from mulcot.store.runs import RunRecord
 
 PASSES = (PREDICT, EXPLAIN)  # the teacher's two passes (chain stages)
+WRITE_TRIES = 10  # busy timeouts an answer already paid for waits for a locked store
 
 
 @dataclass
@@ -48,6 +51,7 @@ class AnnotateConfig(Validated):
     budget_usd: float | None = field_(None, "Stop before the cost would exceed this.", min=0)
     limit: int | None = field_(None, "Only the first N samples of the split.", min=1)
     run_id: str | None = None
+    force: bool = False  # share the run with a live writer of it (each sample goes to one of them)
 
 
 @dataclass
@@ -70,6 +74,7 @@ class AnnotateSummary(Usage):
     wall_s: float = 0.0
     stopped: str | None = None  # "budget": the budget stopped it early; "pending": batches or files still out
     skipped_done: int = 0
+    skipped_other_writer: int = 0  # with force: samples another process writing the run has taken
     teacher_set: int = 0  # |D_t| for the split after the run
     failures: list[str] = field(default_factory=list)
     # batch annotation (mulcot.annotate.batch): batches sent and taken in, files written, result lines skipped
@@ -89,6 +94,8 @@ class Annotator:
 
     def __init__(self, store: Store, config: AnnotateConfig, teacher: Teacher | None = None,
                  progress: Progress | None = None):  # fmt: skip
+        if config.run_id is not None:
+            check_name(config.run_id, "run id", "--run")
         self.store = store
         self.config = config
         self.dataset = store.require_dataset(config.dataset)
@@ -162,7 +169,7 @@ class Annotator:
             s.count_usage(http_retries, tokens_in, tokens_out, cost_usd)
             row.update(tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost_usd,
                        latency_s=None if latency_s is None else round(latency_s, 4))  # fmt: skip
-        self.store.add_reasoning(**row)
+        self._keep(row)
         outcome = {"accepted": accepted, "final": final, "valid": row["valid"], "prediction": row["prediction"]}
         if state is not None:
             state[stage][sample["id"]] = {"attempts": attempt, "final": outcome if final else None}
@@ -179,6 +186,19 @@ class Annotator:
                 s.failed += 1
                 s.failures.append(f"sample {sample['key']} ({stage}): {row['error']}")
         return outcome
+
+    def _keep(self, row: dict[str, Any]) -> None:
+        """Store an answer that was paid for: a store locked by another process is waited for again
+        (:data:`WRITE_TRIES` busy timeouts) rather than the answer lost."""
+        for tries in range(1, WRITE_TRIES + 1):
+            try:
+                self.store.add_reasoning(**row)
+                return
+            except StoreBusyError:
+                if tries == WRITE_TRIES:
+                    raise
+                emit(self.progress, "annotate", "info", message=f"the store is locked by another process: writing "
+                     f"the answer again ({tries + 1} of {WRITE_TRIES})", summary=self.summary)  # fmt: skip
 
     # -- the live path: one (sample, stage) with ARC, requests in flight -------------------------------------------
 
@@ -267,16 +287,21 @@ class Annotator:
         # its request
         pending = iter(samples)
 
-        async def worker() -> None:
+        async def worker(run: RunRecord) -> None:
             for sample in pending:
                 if self._stop:
                     return
+                # one writer per sample: another process writing this run (--force) may have taken it
+                if self.next_step(sample, state) is not None and not run.claim([f"sample {sample['id']}"]):
+                    self.summary.skipped_other_writer += 1
+                    continue
                 await self._sample(sample, state)
 
-        with self.store.run(self.run_id, kind="annotate", dataset=cfg.dataset, config=config) as run:
+        with self.store.run(self.run_id, kind="annotate", dataset=cfg.dataset, config=config,
+                            force=cfg.force) as run:  # fmt: skip
             run.metrics = self.summary  # recorded however the run ends
             try:
-                await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, len(samples)))))
+                await asyncio.gather(*(worker(run) for _ in range(min(cfg.concurrency, len(samples)))))
             finally:
                 self.summary.wall_s = time.perf_counter() - start
                 await self.teacher.aclose()

@@ -74,6 +74,10 @@ def annotate(
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (endpoint default if unset).")] = None,
     json_mode: Annotated[bool, typer.Option(help="Ask for a JSON object (response_format), where supported.")] = False,
     run: Annotated[str | None, typer.Option(help="Run id (default: annotate-DATASET-SPLIT-MODEL).")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Write the run even while another process writes it: the two share the "
+                           "samples (no request is sent twice).")
+    ] = False,
     batch: Annotated[
         bool, typer.Option("--batch", help="Use the OpenAI Batch API (half price; stage 2 and retries follow up).")
     ] = False,
@@ -97,7 +101,11 @@ def annotate(
     ] = True,
     batch_max_requests: Annotated[int, typer.Option(help="Requests per batch file at most.")] = MAX_REQUESTS,
     batch_max_mb: Annotated[float, typer.Option(help="Size of a batch file at most (MB).")] = 200.0,
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders are (batch files are kept there).")] = Path("runs"),
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where run folders are (batch files are kept there; default: runs/ beside the database).",
+                     show_default=False),
+    ] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -128,7 +136,7 @@ def annotate(
         return
     cfg = AnnotateConfig(
         dataset=dataset, split=split or "train", stage=stage, concurrency=concurrency, max_retries=max_retries,
-        budget_usd=budget_usd, limit=limit, run_id=run, teacher=teacher_cfg,
+        budget_usd=budget_usd, limit=limit, run_id=run, teacher=teacher_cfg, force=force,
     )  # fmt: skip
     with progress_bar(as_json, info=True) as bar:
         progress = follow(bar, f"annotating {dataset}/{split}",
@@ -136,7 +144,7 @@ def annotate(
         if batch or batch_file or ingest:
             bcfg = BatchConfig(price=_price(batch_price, "--batch-price"), max_requests=batch_max_requests,
                                max_bytes=int(batch_max_mb * 1e6), poll_s=poll_s, wait=wait,
-                               runs_dir=str(runs_dir))  # fmt: skip
+                               runs_dir=str(runs_dir) if runs_dir else None)  # fmt: skip
             summary = annotate_batch(store, cfg, bcfg, batch_file=batch_file, ingest=ingest, progress=progress)
         else:
             summary = run_annotate(store, cfg, progress=progress)
@@ -189,6 +197,7 @@ def _print_summary(s: AnnotateSummary, dataset: str, split: str) -> None:
     rows = [
         ("samples annotated now", s.samples),
         ("already done before", s.skipped_done),
+        *((("left to the other writer (--force)", s.skipped_other_writer),) if s.skipped_other_writer else ()),
         ("stage 1 predictions", s.predicted),
         ("stage 1 correct (D_t1)", s.predicted_correct),
         ("stage 2 explained (D_t2)", s.explained),

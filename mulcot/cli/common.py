@@ -33,8 +33,24 @@ DbOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout, nothing else.")]
 
 
-def open_store(db: Path | None) -> Store:
-    return Store.open(db or default_db_path())
+def open_store(db: Path | None, *, readonly: bool = False) -> Store:
+    """The store of ``--db`` (default ``$MULCOT_DB`` or ./mulcot.db): for writing (created and migrated as needed),
+    or ``readonly`` for a command that only reads (never created or written; works on a read-only file)."""
+    return Store.open(db or default_db_path(), readonly=readonly)
+
+
+def output_file(path: Path) -> Path:
+    """``path`` for a file a command writes, its folder created first (``--out lf/train.json`` without ``lf/``)."""
+    from mulcot.errors import MulcotError
+
+    folder = path.expanduser().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MulcotError(f"cannot create the folder {folder} for {path}: {err.strerror or err}") from None
+    if path.is_dir():
+        raise MulcotError(f"{path} is a folder: give a file name for --out")
+    return path
 
 
 def progress_bar(as_json: bool, *, info: bool = False, spinner: bool = False, remaining: bool = False,

@@ -10,7 +10,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mulcot.cli.common import DbOption, JsonOption, console, err_console, follow, open_store, print_json, progress_bar
+from mulcot.cli.common import (
+    DbOption,
+    JsonOption,
+    console,
+    err_console,
+    follow,
+    open_store,
+    output_file,
+    print_json,
+    progress_bar,
+)
 from mulcot.datasets import EXPORT_FORMATS, FORMATS, export_dataset, import_dataset
 from mulcot.errors import MulcotError
 
@@ -82,7 +92,7 @@ def import_(
 @app.command("list")
 def list_(db: DbOption = None, as_json: JsonOption = False) -> None:
     """List the datasets in the store."""
-    store = open_store(db)
+    store = open_store(db, readonly=True)
     rows = store.list_datasets()
     if as_json:
         print_json(rows)
@@ -103,7 +113,7 @@ def list_(db: DbOption = None, as_json: JsonOption = False) -> None:
 def stats(name: Annotated[str, typer.Argument(help="Dataset name.")], db: DbOption = None,
           as_json: JsonOption = False) -> None:  # fmt: skip
     """Counts per split and label, images found, and the quality of each source's reasoning chains."""
-    store = open_store(db)
+    store = open_store(db, readonly=True)
     st = store.dataset_stats(name)
     if as_json:
         print_json(st)
@@ -167,7 +177,10 @@ def export(
     out = out if out is not None else dest
     if fmt == "hf" and out is None:
         raise MulcotError("--format hf writes a folder: give it, e.g. mulcot data export NAME --format hf DIR")
-    store = open_store(db)
+    store = open_store(db, readonly=True)
+    store.require_dataset(name)
+    if out is not None and fmt != "hf":
+        out = output_file(out)
     target = out if out is not None else sys.stdout
     if ratings:
         from mulcot.datasets.writers import export_ratings
@@ -198,13 +211,13 @@ def pairs(
     from mulcot.core.labels import LABELS
     from mulcot.train.pairs import build_pairs, export_pairs
 
-    store = open_store(db)
+    store = open_store(db, readonly=True)
     built = build_pairs(store, name, split, sources)
     if fmt is not None:
         if out is None:
             export_pairs(built, fmt, sys.stdout)
             return
-        n = export_pairs(built, fmt, out)
+        n = export_pairs(built, fmt, output_file(out))
         err_console.print(f"wrote {n} pairs to {out}", highlight=False)
     summary = built.summary()
     if as_json:

@@ -22,6 +22,7 @@ from mulcot.cli.common import (
 from mulcot.cli.config_options import config_options
 from mulcot.cli.train import train
 from mulcot.core.labels import LABELS
+from mulcot.core.refs import check_name
 from mulcot.expand import ExpandConfig
 from mulcot.train.config import DistillConfig
 
@@ -75,8 +76,8 @@ def distill(
     options: dict[str, Any] | None = None,
 ) -> None:
     """Train the student on D_all = D_t ∪ D_a: L = (1−λ)·(hard CE) + λ·(KL to the assistant at target positions)."""
+    cfg = DistillConfig(dataset=dataset, model=student, name=check_name(name or f"student-{dataset}"),
+                        assistant=assistant, **(options or {}))  # fmt: skip
     from mulcot.train.student import distill as run
 
-    cfg = DistillConfig(dataset=dataset, model=student, name=name or f"student-{dataset}", assistant=assistant,
-                        **(options or {}))  # fmt: skip
     train(run, cfg, resume=resume, db=db, as_json=as_json)

@@ -266,7 +266,10 @@ def run(
     out: Annotated[
         Path | None, typer.Option(help="Folder for result.json, per_sample.jsonl, confusion.png.", show_default=False)
     ] = None,
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders are.")] = Path("runs"),
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where run folders are (default: runs/ beside the database).", show_default=False),
+    ] = None,
     per_post: Annotated[
         Path | None,
         typer.Option("--per-post", help="Also write each post's gold, prediction and label probabilities to this "
@@ -286,7 +289,7 @@ def run(
         metrics=_metric_list(metrics), limit=limit, max_new_tokens=max_new_tokens,
         label_max_new_tokens=label_max_new_tokens, batch_size=batch_size, max_pixels=max_pixels, device=device,
         dtype=dtype, load_in_4bit=load_in_4bit, nltk_data_dir=str(nltk_data) if nltk_data else None,
-        embedding_cache=not no_cache, out=str(out) if out else None, runs_dir=str(runs_dir),
+        embedding_cache=not no_cache, out=str(out) if out else None, runs_dir=str(runs_dir) if runs_dir else None,
         server=server,
         per_post=str(per_post) if per_post else None,
     )  # fmt: skip
@@ -328,7 +331,7 @@ def compare(
 
     if n_boot < 1:
         raise MulcotError("--n-boot must be at least 1")
-    store = open_store(db)
+    store = open_store(db, readonly=True)
     rows = compare_results(store, results, dataset=dataset, split=split)
     pairs = paired_results(store, rows, n_boot=n_boot, seed=seed) if paired else [None] * len(rows)
     if as_json:

@@ -124,7 +124,7 @@ def demo(
     from mulcot.pipeline.recipes import load_recipe
 
     recipe = load_recipe("@tiny-cpu")
-    recipe.runs_dir = str(runs_dir)
+    recipe.runs_dir = str(runs_dir.resolve())  # --runs-dir as typed: from the working directory
     if real_teacher:
         if not os.environ.get("OPENAI_API_KEY"):
             from mulcot.errors import MulcotError

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mulcot.cli.common import DbOption, JsonOption, console, open_store, print_json, progress_bar
 from mulcot.cli.config_options import config_options
+from mulcot.core.refs import check_name
 from mulcot.events import Event
 from mulcot.train.config import PreferenceConfig, TrainConfig
 
@@ -53,9 +54,10 @@ def train_assistant(
     options: dict[str, Any] | None = None,
 ) -> None:
     """Train the assistant: LoRA on L = λ_cls·CE_cls + λ_rea·CE_rea over teacher reasoning (D_t)."""
-    from mulcot.train.assistant import train_assistant as run
+    config = TrainConfig(dataset=dataset, model=model, name=check_name(name or f"assistant-{dataset}"),
+                         **(options or {}))  # fmt: skip
+    from mulcot.train.assistant import train_assistant as run  # torch loads only for a name that can run
 
-    config = TrainConfig(dataset=dataset, model=model, name=name or f"assistant-{dataset}", **(options or {}))
     train(run, config, resume=resume, db=db, as_json=as_json)
 
 
@@ -120,7 +122,8 @@ def dpo(
 ) -> None:
     """DPO of a trained run's LoRA adapter on pairs of chains (correct vs wrong, failed or lower-rated), through
     TRL; the reference policy is the starting adapter."""
+    config = PreferenceConfig(dataset=dataset, model=model, name=check_name(name or f"dpo-{dataset}"),
+                              **(options or {}))  # fmt: skip
     from mulcot.train.dpo import dpo as run
 
-    config = PreferenceConfig(dataset=dataset, model=model, name=name or f"dpo-{dataset}", **(options or {}))
     train(run, config, resume=resume, db=db, as_json=as_json)

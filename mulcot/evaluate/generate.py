@@ -45,6 +45,17 @@ def stored_outputs(store: Store, dataset: str, split: str, subject: Subject, sta
     return out
 
 
+def attempts(store: Store, config: EvalConfig, subject: Subject, stage: str, version: str) -> dict[int, int]:
+    """Per sample, the attempt number a new output takes: one more than the outputs the run already has for the stage
+    and prompt (those of other weights under the same run name), so that each is its own row, while two processes
+    generating the same output at once write one (the store keeps one row per attempt)."""
+    if subject.run_id is None:
+        return {}
+    done = store.chain_counts(config.dataset, config.split, source=subject.source or "model", stage=stage,
+                              run_id=subject.run_id, prompt_version=version)  # fmt: skip
+    return {sid: n + 1 for sid, n in done.items()}
+
+
 def origin(subject: Subject) -> str:
     """What generated chains carry in ``origin``: the weights (adapter, GGUF or model) and their hash."""
     out = f"eval:{subject.adapter or subject.gguf or subject.model}"
@@ -93,6 +104,7 @@ def generate_missing(store: Store, subject: Subject, config: EvalConfig, task: s
         return counts
     emit(progress, "eval", message="loading model", done=0, total=None)
     where = origin(subject)
+    numbers = {prompt: attempts(store, config, subject, stage, version) for prompt, (stage, version) in stages.items()}
     done = 0
 
     def store_answer(request: Request, gen: Generated) -> None:
@@ -100,8 +112,9 @@ def generate_missing(store: Store, subject: Subject, config: EvalConfig, task: s
         stage, version = stages[request.prompt]
         store.add_reasoning(**chain_row(
             sample_id=request.tag, source=subject.source or "model", model=subject.model, stage=stage,
-            output=gen.text, run_id=subject.run_id, prompt_version=version, origin=where, tokens_in=gen.tokens_in,
-            tokens_out=gen.tokens_out, latency_s=round(gen.latency_s, 4),
+            output=gen.text, run_id=subject.run_id, prompt_version=version, origin=where,
+            attempt=numbers[request.prompt].get(request.tag, 1), tokens_in=gen.tokens_in, tokens_out=gen.tokens_out,
+            latency_s=round(gen.latency_s, 4),
         ))  # fmt: skip
         done += 1
         emit(progress, "eval", message="chains" if stage == STAGE_EVAL else "labels", done=done, total=len(requests))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,7 @@ def default_out_dir(config: EvalConfig, subject: Subject) -> Path:
         return Path(subject.folder) / "eval" / slug
     name = subject.name if subject.kind == "source" else Path(subject.name).name or subject.name
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{slug}-{name}").strip("-")
-    return Path(config.runs_dir) / "eval" / safe
+    return Path(config.runs_dir or "runs") / "eval" / safe
 
 
 def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = None) -> EvalResult:
@@ -114,6 +114,8 @@ def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = No
     settings or when there is nothing to evaluate."""
     if config.per_post is not None:
         check_per_post_path(config.per_post)
+    if not config.runs_dir:
+        config = replace(config, runs_dir=str(store.runs_dir))
     store.require_dataset(config.dataset)
     splits = store.splits(config.dataset)
     if config.split not in splits:

@@ -19,6 +19,7 @@ from typing import Any
 from mulcot.core.chains import EVAL, LABEL, chain_row, parse_output
 from mulcot.core.gguf import safe_name
 from mulcot.core.prompts import get_prompt
+from mulcot.core.refs import check_name
 from mulcot.errors import DataError, ModelError, MulcotError
 from mulcot.events import Progress, emit
 from mulcot.generation.base import Backend, Generated, Post, Request
@@ -89,6 +90,7 @@ class BatchSummary:
     prompt_version: str
     predicted: int = 0
     skipped_done: int = 0
+    skipped_other_writer: int = 0  # with force: answers another process writing the run has taken
     samples: int = 0
     chains: int = 0  # final chains of this model and prompt on the split (this run and earlier ones)
     accuracy: float | None = None
@@ -118,12 +120,17 @@ def predict_dataset(
     source: str | None = None,
     prompts: Sequence[str] = ("cot",),
     progress: Progress | None = None,
+    force: bool = False,
 ) -> BatchSummary:
     """Predict every sample of ``dataset``/``split`` (the first ``limit``) and store each answer as a chain (source
     ``student-gguf`` or ``student-hf``, stage ``eval``, model = the backend's name); samples that already have a
-    final chain for this model and prompt are skipped. The run is recorded in the store (kind ``predict``)."""
+    final chain for this model and prompt are skipped. The run is recorded in the store (kind ``predict``); a
+    second process predicting the same run is refused, or with ``force`` shares the work (no sample is asked
+    twice)."""
     start = time.perf_counter()
     _check_prompts(prompts)
+    if run_id is not None:
+        check_name(run_id, "run name", "--name")
     ds = store.require_dataset(dataset)
     task = ds["task"]
     if split not in store.splits(dataset):
@@ -169,9 +176,18 @@ def predict_dataset(
             summary.extra_prompts[request.prompt] = summary.extra_prompts.get(request.prompt, 0) + 1
         emit(progress, "predict", done=count, total=len(requests), prediction=pred)
 
-    with store.run(run_id, kind="predict", dataset=dataset, config=config) as run:
+    with store.run(run_id, kind="predict", dataset=dataset, config=config, force=force) as run:
         run.metrics = summary
-        served = backend.run(requests, store_answer, stage="predict")
+
+        def claimed() -> Any:
+            """Each request, claimed just before it is asked: another writer of the run (force) may have taken it."""
+            for request in requests:
+                if run.claim([_job(request.tag, request.prompt)]):
+                    yield request
+                else:
+                    summary.skipped_other_writer += 1
+
+        served = backend.run(claimed(), store_answer, stage="predict")
         if server is not None:
             summary.served = served.as_dict()
             if served.stopped:
@@ -203,6 +219,11 @@ def _todo(store: Any, backend: Backend, dataset: str, split: str, samples: list[
         if s["has_image"] and not text_only and not (s["image_path"] and Path(s["image_path"]).is_file()):
             raise DataError(f"image of sample {s['key']} not found: {s['image_path']}", file=s["image_path"])
     return todo
+
+
+def _job(sample_id: int, prompt: str) -> str:
+    """The name of one answer a predict run makes (what its writers claim)."""
+    return f"sample {sample_id} {prompt}"
 
 
 def _score(store: Any, summary: BatchSummary, task: str) -> None:

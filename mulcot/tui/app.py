@@ -27,6 +27,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Header, Input, Static, Tree
 
 from mulcot.core.labels import LABELS
+from mulcot.errors import MulcotError
 from mulcot.store import Store, default_db_path
 from mulcot.tui.detail import render_chain, render_chain_bar, render_head
 from mulcot.tui.filters import FilterPanel
@@ -104,8 +105,10 @@ class ChainBrowser(App[None]):
             self.db_path = db.path
         else:
             self.db_path = Path(db) if db is not None else default_db_path()
-            # A missing database is reported on screen, not created: the browser does not write (except ratings).
-            self.store = Store.open(self.db_path) if self.db_path.exists() else None
+            # A missing database is reported on screen, not created: the browser reads through a read-only
+            # connection (a read-only file or filesystem is fine); a rating opens one to write (_writer).
+            self.store = Store.open(self.db_path, readonly=True) if self.db_path.exists() else None
+        self._writable: Store | None = None
         self.rater = rater
         self.image_mode = image_mode
         self.page_size = page_size
@@ -255,7 +258,7 @@ class ChainBrowser(App[None]):
     def _count(self, generation: int, filters: dict[str, Any]) -> None:
         if generation != self._generation:  # the filters changed before it started
             return
-        store = Store(self.db_path, migrate=False)  # its own connection: counts run beside the UI's queries
+        store = Store(self.db_path, readonly=True)  # its own connection: counts run beside the UI's queries
         self._counting[generation] = store
         try:
             n = store.browse_count(**filters)
@@ -268,7 +271,7 @@ class ChainBrowser(App[None]):
 
     @work(thread=True, group="tree", exit_on_error=False)
     def _count_chains(self) -> None:
-        store = Store(self.db_path, migrate=False)
+        store = Store(self.db_path, readonly=True)
         try:
             tree = store.browse_tree()
         finally:
@@ -301,6 +304,8 @@ class ChainBrowser(App[None]):
         self._stop_counting()
         if self.store is not None and self._owns_store:
             self.store.close()
+        if self._writable is not None and self._writable is not self.store:
+            self._writable.close()
 
     def _update_status(self) -> None:
         table = self.query_one(SampleTable)
@@ -480,13 +485,21 @@ class ChainBrowser(App[None]):
 
     def action_reload(self) -> None:
         if self.store is None and self.db_path.exists():
-            self.store = Store.open(self.db_path)
+            self.store = Store.open(self.db_path, readonly=True)
             self._owns_store = True
         if self.store is not None:
             self.reload()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    def _writer(self) -> Store:
+        """The store to write ratings to: the one given, else a connection for writing opened on first use."""
+        if self.store is not None and not self.store.readonly:
+            return self.store
+        if self._writable is None:
+            self._writable = Store.open(self.db_path)
+        return self._writable
 
     def action_rate(self) -> None:
         chain = self.current_chain
@@ -498,7 +511,11 @@ class ChainBrowser(App[None]):
     def _rated(self, reasoning_id: int, result: dict[str, Any] | None) -> None:
         if result is None or self.store is None or self.detail is None:
             return
-        self.store.add_rating(reasoning_id, rater=self.rater, **result)
+        try:
+            self._writer().add_rating(reasoning_id, rater=self.rater, **result)
+        except MulcotError as err:  # a read-only or locked store: the browser goes on
+            self.notify(f"rating not saved: {err}", severity="error", timeout=10)
+            return
         index = self.chain_index
         self.detail = self.store.browse_sample(self.detail["sample"]["id"])
         self.chain_index = index

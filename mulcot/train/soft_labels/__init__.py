@@ -16,7 +16,7 @@ import importlib
 from typing import Any
 
 from mulcot.errors import MulcotError
-from mulcot.train.soft_labels.base import SoftLabelSource, TopKSource, check_tokenizers, item_key
+from mulcot.train.soft_labels.base import SoftLabelSource, TopKSource, cache_source, check_tokenizers, item_key
 from mulcot.train.soft_labels.cache import SoftLabelCache, assistant_top_k, build_soft_label_cache
 
 # --soft-labels value -> "module:class"
@@ -47,6 +47,7 @@ __all__ = [
     "TopKSource",
     "assistant_top_k",
     "build_soft_label_cache",
+    "cache_source",
     "check_tokenizers",
     "item_key",
     "open_source",

@@ -346,7 +346,7 @@ class ServerSource(TopKSource):
         scorer = ServerScorer(self.config.server_config(), text_collator, student_processor.tokenizer,
                               self.config.top_k, self.progress)  # fmt: skip
         self.cache, missing = build_soft_label_cache(self.store, self.config.name, folder / "soft_labels", scorer,
-                                                     self.items, self.progress)  # fmt: skip
+                                                     self.items, self.progress, self.source)  # fmt: skip
         if dist.is_main():
             scorer.write_stats(folder / "soft_labels")
         self.stats = scorer.stats.as_dict()
