@@ -29,6 +29,7 @@ OUTTYPES = ("f16", "bf16", "f32")
 # general.file_type of the converter's outputs
 _OUTTYPE_FTYPES = {"f32": 0, "f16": 1, "bf16": 32}
 GGUF_MAGIC = b"GGUF"
+GGML_MAX_DIMS = 4  # ggml.h: a tensor has at most four dimensions; llama.cpp refuses a header claiming more
 
 
 def safe_name(name: str) -> str:
@@ -148,7 +149,11 @@ def _parse_gguf(buf: Any, size: int) -> dict[str, Any]:
     end = 0
     for _ in range(n_tensors):
         name = string()
-        dims = [unpack("Q") for _ in range(unpack("I"))]
+        n_dims = unpack("I")
+        if n_dims > GGML_MAX_DIMS:
+            raise ValueError(f"tensor {name.decode(errors='replace')[:80]} claims {n_dims} dimensions, "
+                             f"llama.cpp allows at most {GGML_MAX_DIMS}")  # fmt: skip
+        dims = [unpack("Q") for _ in range(n_dims)]
         ttype, offset = unpack("I"), unpack("Q")
         try:
             block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]

@@ -25,6 +25,9 @@ def prepare_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PI
     try:
         with Image.open(p) as im:
             im = im.convert("RGB")
+    except Image.DecompressionBombError as err:
+        raise DataError(f"the image is too large to decode safely ({err.args[0].split(',')[0]}): downsize it",
+                        file=str(p)) from None  # fmt: skip
     except (OSError, UnidentifiedImageError) as err:
         raise DataError(f"cannot read the image ({err})", file=str(p)) from err
     w, h = im.size

@@ -1,0 +1,311 @@
+"""Hostile and faulty inputs, each through the real command line: one line of error, a non-zero exit where nothing
+was done, the store intact (``PRAGMA integrity_check`` ok, its row counts unchanged), nothing read or written outside
+the folders the command was given, and each case under 1 s and 200 MB.
+
+Reads and writes are watched with an audit hook (``open``, ``os.listdir``, ``os.scandir``, ``sqlite3.connect``);
+memory as the rise of the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mulcot.cli import app
+from mulcot.datasets import import_dataset
+from mulcot.sample import SAMPLE_DIR
+from mulcot.store import Store
+
+MAX_SECONDS = 1.0
+MAX_MB = 200
+
+# -------------------------------------------------------------------------------------------- the watch on files
+
+_SEEN: list[tuple[str, str]] = []  # (path, mode) while a case runs
+_WATCHING = [False]
+
+
+def _audit(event: str, args: tuple) -> None:
+    if not _WATCHING[0]:
+        return
+    if event == "open" and isinstance(args[0], (str, bytes, Path)):
+        path = args[0].decode(errors="replace") if isinstance(args[0], bytes) else str(args[0])
+        _SEEN.append((path, str(args[1] or "r")))
+    elif event in ("os.listdir", "os.scandir") and isinstance(args[0], (str, bytes, Path)):
+        path = args[0].decode(errors="replace") if isinstance(args[0], bytes) else str(args[0])
+        _SEEN.append((path, "list"))
+    elif event == "sqlite3.connect" and args and isinstance(args[0], (str, bytes, Path)):
+        path = args[0].decode(errors="replace") if isinstance(args[0], bytes) else str(args[0])
+        _SEEN.append((path, "sqlite"))
+
+
+sys.addaudithook(_audit)
+
+
+def _peak_kb() -> tuple[int, int]:
+    """(peak resident set, resident set) of this process in kB."""
+    status = Path("/proc/self/status").read_text()
+    return tuple(int(re.search(rf"{key}:\s+(\d+)", status).group(1)) for key in ("VmHWM", "VmRSS"))  # type: ignore
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------- the harness
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    lines: list[str]
+    seconds: float
+    peak_mb: float | None
+    outside: list[str] = field(default_factory=list)
+
+
+def _counts(db: Path) -> dict[str, int]:
+    with Store(db, migrate=False) as s:
+        tables = [r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"
+                                             " AND name NOT LIKE 'samples_fts%'").fetchall()]  # fmt: skip
+        return {t: s.db.execute(f"SELECT COUNT(*) FROM [{t}]").fetchone()[0] for t in tables}
+
+
+def _integrity(db: Path) -> str:
+    with Store(db, migrate=False) as s:
+        return s.db.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory) -> Path:
+    """A store that already holds a dataset (the embedded sample): none of the cases may touch it."""
+    path = tmp_path_factory.mktemp("template") / "mulcot.db"
+    with Store.open(path) as s:
+        import_dataset(s, "twitter-tsv", SAMPLE_DIR, name="keep", split="dev")
+    return path
+
+
+@pytest.fixture
+def world(tmp_path, template_db):
+    """``(root, db)``: a private copy of the store under root/store, and bait files beside the case's folders
+    that no case may read."""
+    (tmp_path / "store").mkdir()
+    db = tmp_path / "store" / "mulcot.db"
+    shutil.copy(template_db, db)
+    (tmp_path / "secret.txt").write_text("a private note\n")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "x.txt").write_text("not yours\n")
+    return tmp_path, db
+
+
+def _tree(root: Path, skip: list[Path]) -> dict[str, tuple[int, int]]:
+    out = {}
+    for p in root.rglob("*"):
+        if any(p == s or s in p.parents for s in skip):
+            continue
+        st = p.lstat()
+        out[str(p)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def run_case(root: Path, db: Path, args: list[str], named: list[Path], env: dict[str, str] | None = None) -> Outcome:
+    """Run ``mulcot ARGS --db DB``, watching what it opens under ``root`` beyond ``named`` and the store's folder."""
+    allowed = [p.resolve() for p in [*named, db.parent]]
+    before = _tree(root, allowed)
+    _SEEN.clear()
+    measured = _reset_peak()
+    base = _peak_kb()[1]
+    runner = CliRunner()
+    _WATCHING[0] = True
+    start = time.perf_counter()
+    try:
+        result = runner.invoke(app, [*args, "--db", str(db)], env=env)
+    finally:
+        seconds = time.perf_counter() - start
+        _WATCHING[0] = False
+    peak = (_peak_kb()[0] - base) / 1024 if measured else None
+    root_r = root.resolve()
+    outside = []
+    for path, mode in _SEEN:
+        p = Path(path)
+        p = (p if p.is_absolute() else Path.cwd() / p).resolve()
+        writes = mode not in ("list", "sqlite") and any(c in mode for c in "wax+")
+        inside_root = p == root_r or root_r in p.parents
+        if any(p == a or a in p.parents for a in allowed):
+            continue
+        if inside_root or (writes and not str(p).startswith("/dev/")):
+            outside.append(f"{mode} {p}")
+    if _tree(root, allowed) != before:
+        outside.append("files changed outside the named folders")
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return Outcome(result.exit_code, result.output.strip().splitlines(), seconds, peak, outside)
+
+
+def check_refused(outcome: Outcome, message: str) -> None:
+    """One line naming the problem, a non-zero exit, nothing outside, fast and small."""
+    assert outcome.exit_code != 0, outcome.lines
+    assert len(outcome.lines) == 1 and message in outcome.lines[0], outcome.lines
+    assert "Traceback" not in outcome.lines[0]
+    _check_bounds(outcome)
+
+
+def _check_bounds(outcome: Outcome) -> None:
+    assert not outcome.outside, outcome.outside
+    assert outcome.seconds < MAX_SECONDS, f"took {outcome.seconds:.2f} s"
+    if outcome.peak_mb is not None:
+        assert outcome.peak_mb < MAX_MB, f"peak resident set rose by {outcome.peak_mb:.0f} MB"
+
+
+# ----------------------------------------------------------------------------------------------------- inputs
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _jpeg(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(path, "JPEG")
+
+
+def bomb_png(path: Path, side: int) -> Path:
+    """A valid 1-bit PNG of ``side`` x ``side`` pixels, all black: a few KB on disk, ``side``² pixels decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (1 + -(-side // 8))
+    packer = zlib.compressobj(9)
+    body = b"".join(packer.compress(row * 500) for _ in range(side // 500)) + packer.compress(row * (side % 500))
+    body += packer.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def mvsa_folder(root: Path, label_lines: str) -> Path:
+    """An MVSA archive whose label file lists ``label_lines`` only (ids to refuse)."""
+    folder = root / "mvsa"
+    (folder / "data").mkdir(parents=True)
+    _jpeg(folder / "data" / "1.jpg")
+    (folder / "data" / "1.txt").write_text("a good post")
+    (folder / "labelResultAll.txt").write_text("ID\ttext,image\n" + label_lines)
+    return folder
+
+
+def jsonl_folder(root: Path, image_name: str) -> Path:
+    folder = root / "js"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(f'{{"text": "a post", "label": "positive", "image": "{image_name}"}}\n')
+    return folder
+
+
+def gguf_with_dims(path: Path, n_dims: int) -> Path:
+    """A GGUF header (version 3, one key, one tensor) whose tensor claims ``n_dims`` dimensions of size 2**40."""
+
+    def string(s: bytes) -> bytes:
+        return struct.pack("<Q", len(s)) + s
+
+    kv = string(b"general.architecture") + struct.pack("<I", 8) + string(b"llama")
+    tensor = string(b"blk.0.attn_q.weight") + struct.pack("<I", n_dims) + struct.pack("<Q", 1 << 40) * n_dims
+    tensor += struct.pack("<IQ", 0, 0)
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1, 1) + kv + tensor + b"\x00" * 64)
+    return path
+
+
+def _mvsa_case(label_line: str) -> Callable[[Path], tuple[list[str], list[Path]]]:
+    def build(root: Path) -> tuple[list[str], list[Path]]:
+        folder = mvsa_folder(root, label_line.replace("OUTSIDE", str((root / "outside" / "x").resolve())))
+        return ["data", "import", "mvsa-raw", str(folder), "--no-images", "--name", "m"], [folder]
+
+    return build
+
+
+def _bomb_case(name: str, side: int) -> Callable[[Path], tuple[list[str], list[Path]]]:
+    def build(root: Path) -> tuple[list[str], list[Path]]:
+        folder = jsonl_folder(root, name)
+        bomb_png(folder / name, side)
+        return ["data", "import", "jsonl", str(folder), "--name", "j"], [folder]
+
+    return build
+
+
+def _gguf_case(root: Path) -> tuple[list[str], list[Path]]:
+    folder = _mkdir(root / "model")  # the projector is looked for beside a text GGUF: its folder is named too
+    path = gguf_with_dims(folder / "evil.gguf", 80_000)
+    return ["predict", "--gguf", str(path), "--text", "hi"], [folder]
+
+
+# (id, build(root) -> (args, named folders), message)
+Case = tuple[str, Callable[[Path], tuple[list[str], list[Path]]], str]
+
+CASES: list[Case] = [
+    ("mvsa-id-climbs-out", _mvsa_case("../../secret\tpositive,positive\n"),
+     "id '../../secret' is not a plain file name"),
+    ("mvsa-id-absolute", _mvsa_case("OUTSIDE\tpositive,positive\n"),
+     "is not a plain file name: ids name files in data/"),
+    ("mvsa-id-with-folder", _mvsa_case("sub/1\tpositive,positive\n"), "id 'sub/1' is not a plain file name"),
+    ("decompression-bomb-png", _bomb_case("bomb.png", 20000),
+     "image 'bomb.png' is too large to decode safely (400,000,000 pixels"),
+    ("decompression-bomb-warning-size", _bomb_case("big.png", 10000),
+     "image 'big.png' is too large to decode safely (100,000,000 pixels"),
+    ("gguf-too-many-dimensions", _gguf_case, "claims 80000 dimensions, llama.cpp allows at most 4"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_hostile_input_is_refused_in_one_line(world, case):
+    root, db = world
+    _, build, message = case
+    args, named = build(root)
+    before = _counts(db)
+    outcome = run_case(root, db, args, named)
+    check_refused(outcome, message)
+    assert _integrity(db) == "ok" and _counts(db) == before
+
+
+def test_decompression_bomb_is_a_problem_row_not_the_end_of_an_import(world):
+    """Without --strict the other rows are imported and the bomb is reported as its row; with --strict nothing."""
+    root, db = world
+    folder = root / "js"
+    folder.mkdir()
+    _jpeg(folder / "ok.jpg")
+    bomb_png(folder / "bomb.png", 20000)
+    (folder / "train.jsonl").write_text('{"text": "fine", "label": "positive", "image": "ok.jpg"}\n'
+                                        '{"text": "boom", "label": "negative", "image": "bomb.png"}\n')  # fmt: skip
+    before = _counts(db)
+    strict = run_case(root, db, ["data", "import", "jsonl", str(folder), "--name", "j", "--strict"], [folder])
+    check_refused(strict, "train.jsonl:2: field 'image': image 'bomb.png' is too large to decode safely")
+    assert _counts(db) == before
+    lenient = run_case(root, db, ["data", "import", "jsonl", str(folder), "--name", "j"], [folder])
+    assert lenient.exit_code == 0, lenient.lines
+    assert any("skipped" in line and "bomb.png' is too large" in line for line in lenient.lines), lenient.lines
+    _check_bounds(lenient)
+    after = _counts(db)
+    assert after["samples"] == before["samples"] + 1 and _integrity(db) == "ok"
+
+
+def test_mvsa_good_rows_still_import_beside_a_hostile_id(world):
+    root, db = world
+    folder = mvsa_folder(root, "1\tpositive,positive\n../../secret\tnegative,negative\n")
+    outcome = run_case(root, db, ["data", "import", "mvsa-raw", str(folder), "--name", "m"], [folder])
+    assert outcome.exit_code == 0, outcome.lines
+    assert any("labelResultAll.txt:3: field 'id'" in line for line in outcome.lines), outcome.lines
+    _check_bounds(outcome)
+    with Store(db, migrate=False) as s:
+        assert [r["key"] for r in s.samples("m")] == ["1"]
