@@ -309,3 +309,31 @@ def test_mvsa_good_rows_still_import_beside_a_hostile_id(world):
     _check_bounds(outcome)
     with Store(db, migrate=False) as s:
         assert [r["key"] for r in s.samples("m")] == ["1"]
+
+
+def test_nul_byte_in_tui_search_is_dropped(world):
+    """A NUL typed or pasted into the TUI's search is dropped, not an SQLite error; the store is only read."""
+    import asyncio
+
+    from mulcot.tui import ChainBrowser, SampleTable
+
+    root, db = world
+    before = _counts(db)
+
+    async def go() -> list[int]:
+        app = ChainBrowser(db)
+        rows = []
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            for query in ("\x00", "tod\x00ay", "\x00\x00 OR", "-\x00"):
+                start = time.perf_counter()
+                app.apply_filters(search=query)
+                await pilot.pause()
+                assert time.perf_counter() - start < MAX_SECONDS
+                rows.append(app.query_one(SampleTable).row_count)
+        return rows
+
+    rows = asyncio.run(go())
+    with Store(db, migrate=False) as s:
+        assert rows[1] == s.browse_count(search="today") > 0
+    assert rows[0] == 0 and _integrity(db) == "ok" and _counts(db) == before
