@@ -13,11 +13,13 @@ import base64
 import io
 import os
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from PIL import Image
 
@@ -35,6 +37,15 @@ PRICES: dict[str, tuple[float, float]] = {
     "gpt-5-nano": (0.05, 0.40),
 }
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+OPENAI_HOST = "api.openai.com"
+# What a key variable named for a server other than OpenAI's must be called: an API key (``*_KEY``: VLLM_API_KEY,
+# MY_TEACHER_KEY) or one made for mulcot (``MULCOT_*``), and not a secret of another kind (``*SECRET*``,
+# ``*PRIVATE*``, ``*ACCESS*``, ...), so that no recipe or typo sends a token made for something else (GITHUB_TOKEN,
+# AWS_SECRET_ACCESS_KEY, SSH_PRIVATE_KEY) to a stranger's server
+KEY_ENV_PATTERN = re.compile(r"^(MULCOT_[A-Z0-9_]+|[A-Z0-9_]+_KEY)$", re.IGNORECASE)
+_NOT_AN_API_KEY = re.compile(r"SECRET|PRIVATE|PASSW|ACCESS|SESSION|SSH|GPG|SIGNING", re.IGNORECASE)
+# query parameters that carry secrets (?api-key=, ?access_token=, ?sig=): never stored, never echoed
+_SECRET_PARAM = re.compile(r"key|token|secret|passw|pwd|auth|sig|credential|session", re.IGNORECASE)
 
 
 class TeacherError(MulcotError):
@@ -101,13 +112,73 @@ def image_data_url(path: str | Path, max_side: int = 280, quality: int = 90) -> 
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def is_openai(base_url: str | None) -> bool:
+    """Whether ``base_url`` is the OpenAI API (no base URL, or https://api.openai.com/...)."""
+    if not base_url:
+        return True
+    parts = urlsplit(base_url)
+    return parts.scheme == "https" and (parts.hostname or "").lower() == OPENAI_HOST
+
+
+def url_secrets(url: str) -> list[str]:
+    """What in ``url`` is a credential: ``user:password@`` and query parameters such as ``api-key`` (empty when
+    none)."""
+    parts = urlsplit(url)
+    found = ["credentials (user:password@)"] if parts.username or parts.password else []
+    found += [f"a '{name}' query parameter" for name, _ in parse_qsl(parts.query, keep_blank_values=True)
+              if _SECRET_PARAM.search(name)]  # fmt: skip
+    return found
+
+
+def public_url(url: str | None) -> str | None:
+    """``url`` as it may be stored or shown: without ``user:password@``, secret query parameters (``?api-key=``)
+    left out, other parameters (``?api-version=``) kept."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # not a URL (a bad port): keep nothing that could be a credential
+        return url.split("?")[0].split("@")[-1]
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if port:
+        host += f":{port}"
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _SECRET_PARAM.search(k)]
+    query = urlencode(kept)
+    return urlunsplit((parts.scheme, host, parts.path, query, ""))
+
+
+def key_env_problem(key_env: str, base_url: str | None) -> str | None:
+    """Why the key in ``$key_env`` must not be sent to ``base_url`` (None when it may): OPENAI_API_KEY goes only to
+    the OpenAI API; another server gets a variable named ``*_KEY`` (not ``*SECRET*``, ``*PRIVATE*``, ...) or
+    ``MULCOT_*`` only."""
+    if is_openai(base_url):
+        return None
+    host = urlsplit(base_url or "").hostname or base_url
+    if key_env.upper() == DEFAULT_KEY_ENV:
+        return (f"{DEFAULT_KEY_ENV} goes only to the OpenAI API ({OPENAI_HOST}), not to {host}: put that server's "
+                "key in a variable of its own (e.g. MULCOT_TEACHER_KEY) and name it with --api-key-env "
+                "(api_key_env in a recipe)")  # fmt: skip
+    mulcot_own = key_env.upper().startswith("MULCOT_")
+    if not KEY_ENV_PATTERN.match(key_env) or (not mulcot_own and _NOT_AN_API_KEY.search(key_env)):
+        return (f"{key_env} is not sent to {host}: only a variable named like an API key (*_KEY, not a secret of "
+                "another kind) or MULCOT_* carries a key to a server, so no other token leaves by mistake; if "
+                f"{host} should get it, copy it into MULCOT_TEACHER_KEY and name that")  # fmt: skip
+    return None
+
+
 @dataclass
 class TeacherConfig:
-    """How to reach the teacher. ``api_key`` is resolved from ``key_env`` when not given and never stored."""
+    """How to reach the teacher. ``api_key`` is resolved from ``key_env`` when not given and never stored.
+
+    ``key_env`` None: OPENAI_API_KEY for the OpenAI API, no key for any other server (local servers take any).
+    A named ``key_env`` goes to another server only when named like an API key (see :func:`key_env_problem`)."""
 
     model: str
     base_url: str | None = None
-    key_env: str = DEFAULT_KEY_ENV
+    key_env: str | None = None
     api_key: str | None = field(default=None, repr=False)
     timeout_s: float = 120.0
     http_retries: int = 5
@@ -119,20 +190,39 @@ class TeacherConfig:
     image_max_side: int = 280
     price: tuple[float, float] | None = None
 
+    def check(self) -> None:
+        """Refuse, in one line, a base URL with a query (``?api-key=`` would be echoed into error messages, and the
+        OpenAI client cannot join paths to it) and a key variable that may not go there (see
+        :func:`key_env_problem`)."""
+        if self.base_url and urlsplit(self.base_url).query:
+            found = url_secrets(self.base_url)
+            what = " and ".join(found) if found else "a query (?...)"
+            raise MulcotError(f"--base-url carries {what}: give the endpoint without a query (e.g. "
+                              f"{public_url(self.base_url.split('?')[0])}); a key travels in a header: put it in a "
+                              "variable such as MULCOT_TEACHER_KEY and pass --api-key-env NAME")  # fmt: skip
+        if self.key_env is not None and (problem := key_env_problem(self.key_env, self.base_url)):
+            raise MulcotError(problem)
+
     def resolve_key(self) -> str:
-        key = self.api_key or os.environ.get(self.key_env)
+        """The key to send: ``api_key``, else ``$key_env`` (see the class doc); checks where it may go first."""
+        self.check()
+        if self.api_key:
+            return self.api_key
+        env = self.key_env or (DEFAULT_KEY_ENV if is_openai(self.base_url) else None)
+        key = os.environ.get(env) if env else None
         if key:
             return key
-        if self.base_url:  # local servers (vLLM, llama.cpp, Ollama) take any key
+        if not is_openai(self.base_url):  # local servers (vLLM, llama.cpp, Ollama) take any key
             return "not-needed"
         raise MulcotError(
-            f"no API key: set {self.key_env} (or pass --api-key-env NAME, or --base-url for a local server)"
+            f"no API key: set {env} (or pass --api-key-env NAME, or --base-url for a local server)"
         )
 
     def public(self) -> dict[str, Any]:
-        """The configuration as stored with a run: everything but the key."""
+        """The configuration as stored with a run: everything but the key, the base URL without credentials."""
         data = asdict(self)
         data.pop("api_key")
+        data["base_url"] = public_url(self.base_url)
         return data
 
 

@@ -3,7 +3,8 @@ was done, the store intact (``PRAGMA integrity_check`` ok, its row counts unchan
 the folders the command was given, and each case under 1 s and 200 MB.
 
 Reads and writes are watched with an audit hook (``open``, ``os.listdir``, ``os.scandir``, ``sqlite3.connect``);
-memory as the rise of the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``)."""
+memory as the rise of the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``). The time is
+the command's own: libraries a command imports on first use (openai: about 1 s) are imported before it runs."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from mulcot.chat_server import ChatServer, Reply
 from mulcot.cli import app
 from mulcot.datasets import import_dataset
+from mulcot.reasoning import Reasoning
 from mulcot.sample import SAMPLE_DIR
 from mulcot.store import Store
 
@@ -337,3 +340,136 @@ def test_nul_byte_in_tui_search_is_dropped(world):
     with Store(db, migrate=False) as s:
         assert rows[1] == s.browse_count(search="today") > 0
     assert rows[0] == 0 and _integrity(db) == "ok" and _counts(db) == before
+
+
+# ------------------------------------------------------------------------------------------------------ secrets
+
+PASSWORD = "PASSWORD-in-the-url-123"
+OPENAI_KEY = "sk-test-openai-key-never-elsewhere-42"
+OTHER_TOKEN = "ghp_test-token-for-something-else-7"
+
+
+class _Teacher:
+    """A teacher that answers every post with a valid chain (and records the requests: the server does)."""
+
+    def __call__(self, body: dict) -> Reply:
+        return Reply(text=Reasoning("t", "i", "c", "f", "positive").to_text())
+
+
+@pytest.fixture
+def teacher_server():
+    import openai  # noqa: F401  (imported once per process, as any command's first use would: not the case's time)
+
+    import mulcot.annotate  # noqa: F401
+
+    with ChatServer(_Teacher()) as server:
+        yield server
+
+
+def _annotate(server_url: str, *extra: str) -> list[str]:
+    return ["annotate", "keep", "--split", "dev", "--limit", "1", "--stage", "predict", "--teacher", "m",
+            "--base-url", server_url, "--http-retries", "0", *extra]  # fmt: skip
+
+
+def _store_text(db: Path) -> str:
+    with Store(db, migrate=False) as s:
+        return "\n".join(s.db.conn.iterdump())
+
+
+def test_base_url_credentials_are_used_but_never_stored(world, teacher_server):
+    root, db = world
+    url = teacher_server.base_url.replace("http://", f"http://user:{PASSWORD}@")
+    outcome = run_case(root, db, [*_annotate(url), "--json"], [])
+    assert outcome.exit_code == 0, outcome.lines
+    _check_bounds(outcome)
+    assert teacher_server.requests[0]["headers"]["authorization"].startswith("Basic ")  # the proxy gets them
+    assert PASSWORD not in _store_text(db) and PASSWORD not in "\n".join(outcome.lines)
+    with Store(db, migrate=False) as s:
+        run = next(r for r in s.list_runs() if r["kind"] == "annotate")
+        assert run["config"]["teacher"]["base_url"] == teacher_server.base_url
+    assert _integrity(db) == "ok"
+
+
+def test_openai_key_goes_only_to_openai(world, teacher_server):
+    """OPENAI_API_KEY set, another server named: it gets no key (local servers take any); a key variable named for
+    it goes there."""
+    root, db = world
+    env = {"OPENAI_API_KEY": OPENAI_KEY, "MY_SERVER_API_KEY": "sk-for-my-server"}
+    outcome = run_case(root, db, [*_annotate(teacher_server.base_url), "--json"], [], env=env)
+    assert outcome.exit_code == 0, outcome.lines
+    _check_bounds(outcome)
+    assert teacher_server.requests[-1]["headers"]["authorization"] == "Bearer not-needed"
+    args = _annotate(teacher_server.base_url, "--api-key-env", "MY_SERVER_API_KEY", "--json")
+    args[args.index("m")] = "m2"  # another teacher: the sample is asked again
+    outcome = run_case(root, db, args, [], env=env)
+    assert outcome.exit_code == 0, outcome.lines
+    assert teacher_server.requests[-1]["headers"]["authorization"] == "Bearer sk-for-my-server"
+    assert OPENAI_KEY not in str(teacher_server.requests) and OPENAI_KEY not in _store_text(db)
+
+
+SECRET_CASES = [
+    ("query-key-in-base-url", ["?api-key=sk-query-secret-9"], {}, "--base-url carries a 'api-key' query parameter"),
+    ("openai-key-named-for-another-host", ["", "--api-key-env", "OPENAI_API_KEY"], {"OPENAI_API_KEY": OPENAI_KEY},
+     "OPENAI_API_KEY goes only to the OpenAI API (api.openai.com), not to 127.0.0.1"),
+    ("unrelated-token-to-a-server", ["", "--api-key-env", "GITHUB_TOKEN"], {"GITHUB_TOKEN": OTHER_TOKEN},
+     "GITHUB_TOKEN is not sent to 127.0.0.1: only a variable named like an API key"),
+    ("cloud-secret-to-a-server", ["", "--api-key-env", "AWS_SECRET_ACCESS_KEY"],
+     {"AWS_SECRET_ACCESS_KEY": OTHER_TOKEN}, "AWS_SECRET_ACCESS_KEY is not sent to 127.0.0.1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", SECRET_CASES, ids=[c[0] for c in SECRET_CASES])
+def test_a_secret_that_would_leak_is_refused_before_any_request(world, teacher_server, case):
+    root, db = world
+    _, (suffix, *extra), env, message = case
+    before = _counts(db)
+    outcome = run_case(root, db, _annotate(teacher_server.base_url + suffix, *extra), [], env=env)
+    check_refused(outcome, message)
+    assert teacher_server.requests == [] and _counts(db) == before and _integrity(db) == "ok"
+    for secret in ("sk-query-secret-9", OPENAI_KEY, OTHER_TOKEN):
+        assert secret not in outcome.lines[0]
+
+
+def test_recipe_cannot_send_a_foreign_token_or_carry_a_credential(world):
+    root, db = world
+    from mulcot.recipes import bundled_recipe
+
+    base = bundled_recipe("tiny-cpu").read_text()
+    cases = (
+        ('replay = "@sample"', 'base_url = "http://127.0.0.1:9/v1"\napi_key_env = "GITHUB_TOKEN"',
+         "'teacher.api_key_env': GITHUB_TOKEN is not sent to 127.0.0.1"),
+        ('replay = "@sample"', 'base_url = "https://u:pw-secret@example.org/v1"',
+         "'teacher.base_url' carries credentials (user:password@)"),
+    )  # fmt: skip
+    for i, (old, new, message) in enumerate(cases):
+        folder = _mkdir(root / f"recipe{i}")
+        (folder / "r.toml").write_text(base.replace(old, new))
+        before = _counts(db)
+        outcome = run_case(root, db, ["run", str(folder / "r.toml")], [folder], env={"GITHUB_TOKEN": OTHER_TOKEN})
+        check_refused(outcome, message)
+        assert "pw-secret" not in outcome.lines[0] and _counts(db) == before
+
+
+def test_distill_server_url_with_a_query_key_is_refused(world):
+    root, db = world
+    before = _counts(db)
+    outcome = run_case(root, db, ["distill", "keep", "--assistant", "asst", "--student", "m", "--soft-labels",
+                                  "server", "--server", "http://127.0.0.1:9/v1?api_key=sk-distill-secret",
+                                  "--served-model", "a"], [])  # fmt: skip
+    check_refused(outcome, "--server must not carry credentials (it has a 'api_key' query parameter")
+    assert "sk-distill-secret" not in outcome.lines[0] and _counts(db) == before
+
+
+def test_public_url_keeps_no_credential():
+    from mulcot.teacher import TeacherConfig, public_url, url_secrets
+
+    assert public_url("http://u:pw@10.0.0.2:8000/v1?api-version=2024-06&api-key=sk-x") == (
+        "http://10.0.0.2:8000/v1?api-version=2024-06"
+    )
+    assert public_url("http://u:pw@host:notaport/v1?key=sk") == "host:notaport/v1"
+    assert url_secrets("https://h/v1?access_token=a&sig=b&api-version=1") == [
+        "a 'access_token' query parameter", "a 'sig' query parameter"
+    ]  # fmt: skip
+    cfg = TeacherConfig(model="m", base_url="http://u:pw-9@h:1/v1?token=t-9", api_key="sk-direct")
+    public = str(cfg.public())
+    assert "pw-9" not in public and "sk-direct" not in public and "t-9" not in public

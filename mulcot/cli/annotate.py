@@ -8,14 +8,14 @@ from typing import Annotated, Any
 import typer
 from rich import box
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mulcot.annotate import AnnotateConfig, AnnotateSummary
 from mulcot.annotate import annotate as run_annotate
 from mulcot.annotate_batch import MAX_REQUESTS, BatchConfig, annotate_batch, batch_status
 from mulcot.captions import CaptionConfig, caption_images
-from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
+from mulcot.cli.common import DbOption, JsonOption, LazyProgress, console, err_console, open_store, print_json
 from mulcot.errors import MulcotError
 from mulcot.events import Event
 from mulcot.teacher import DEFAULT_KEY_ENV, TeacherConfig
@@ -48,7 +48,13 @@ def annotate(
         str | None,
         typer.Option(help="OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp, …); default: OpenAI."),
     ] = None,  # fmt: skip
-    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = DEFAULT_KEY_ENV,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(help=f"Environment variable holding the API key (default: {DEFAULT_KEY_ENV} for the OpenAI "
+                     "API, none for other servers; another server only gets one named *_KEY or MULCOT_*: see the "
+                     "README).",
+                     show_default=False),
+    ] = None,  # fmt: skip
     concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 8,
     max_retries: Annotated[int, typer.Option(help="ARC: regenerations of an invalid output.")] = 3,
     budget_usd: Annotated[
@@ -122,7 +128,7 @@ def annotate(
         dataset=dataset, split=split or "train", stage=stage, concurrency=concurrency, max_retries=max_retries,
         budget_usd=budget_usd, limit=limit, run_id=run, teacher=teacher_cfg,
     )  # fmt: skip
-    with Progress(
+    with LazyProgress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), console=err_console, disable=as_json, transient=True,
     ) as bar:  # fmt: skip
@@ -153,7 +159,7 @@ def _captions(store: Any, dataset: str, teacher: TeacherConfig, split: str | Non
     """``annotate --captions``: the teacher captions every image of the dataset (or of ``split``)."""
     cfg = CaptionConfig(dataset=dataset, teacher=teacher, splits=(split,) if split else None,
                         concurrency=concurrency, budget_usd=budget_usd, limit=limit, run_id=run)  # fmt: skip
-    with Progress(
+    with LazyProgress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), console=err_console, disable=as_json, transient=True,
     ) as bar:  # fmt: skip

@@ -9,11 +9,30 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress, TaskID
 
 from mulcot.store import Store, default_db_path
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+class LazyProgress(Progress):
+    """A rich progress bar drawn from its first update on, not when the ``with`` block opens: a command refused by
+    its checks (a bad setting, a model that cannot be loaded) shows one line of error and no empty bar."""
+
+    def __enter__(self) -> LazyProgress:
+        return self
+
+    def update(self, task_id: TaskID, **kwargs: Any) -> None:
+        if not self.live.is_started and not self.disable:
+            self.start()
+        super().update(task_id, **kwargs)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        if not self.live.is_started and not self.disable:
+            self.start()
+        super().advance(task_id, advance)
 
 DbOption = Annotated[
     Path | None,

@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from mulcot.cli.common import DbOption, JsonOption, console, err_console, open_store, print_json
+from mulcot.cli.common import DbOption, JsonOption, LazyProgress, console, err_console, open_store, print_json
 from mulcot.datasets import EXPORT_FORMATS, FORMATS, export_dataset, import_dataset
 from mulcot.errors import MulcotError
 from mulcot.events import Event
@@ -50,7 +50,7 @@ def import_(
 ) -> None:
     """Import a dataset into the store (idempotent: re-importing updates, never duplicates)."""
     store = open_store(db)
-    with Progress(
+    with LazyProgress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         console=err_console, transient=True, disable=as_json,
     ) as bar:  # fmt: skip

@@ -6,13 +6,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mulcot.cli.common import (
     ConcurrencyOption,
     DbOption,
     JsonOption,
+    LazyProgress,
     MaxRequestsOption,
     ServedModelOption,
     ServerOption,
@@ -68,7 +69,7 @@ def expand(
                        server=server_config(server, served_model, concurrency=concurrency, retries=retries,
                                             max_requests=max_requests, time_budget=time_budget,
                                             text_only=server_text_only))  # fmt: skip
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with LazyProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, disable=as_json, transient=True) as bar:  # fmt: skip
         task = bar.add_task(f"expanding {dataset}/train", total=None)
         summary = run(store, cfg, progress=lambda e: bar.update(task, completed=e.done, total=e.total))
@@ -102,8 +103,10 @@ def distill(
     options: dict[str, Any] | None = None,
 ) -> None:
     """Train the student on D_all = D_t ∪ D_a: L = (1−λ)·(hard CE) + λ·(KL to the assistant at target positions)."""
-    from mulcot.train.student import distill as run
-
     cfg = DistillConfig(dataset=dataset, model=student, name=name or f"student-{dataset}", assistant=assistant,
                         **(options or {}))  # fmt: skip
+    cfg.check()  # before the training stack is imported (seconds)
+
+    from mulcot.train.student import distill as run
+
     train(run, cfg, resume=resume, db=db, as_json=as_json)

@@ -21,6 +21,7 @@ from mulcot.cli.common import (
     ConcurrencyOption,
     DbOption,
     JsonOption,
+    LazyProgress,
     MaxRequestsOption,
     ServedModelOption,
     ServerOption,
@@ -62,7 +63,7 @@ app = typer.Typer(
 
 
 def _progress_bar(as_json: bool) -> tuple[Progress, Any]:
-    bar = Progress(
+    bar = LazyProgress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err_console, transient=True, disable=as_json,
     )  # fmt: skip

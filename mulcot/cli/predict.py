@@ -8,13 +8,14 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mulcot.cli.common import (
     ConcurrencyOption,
     DbOption,
     JsonOption,
+    LazyProgress,
     MaxRequestsOption,
     ServedModelOption,
     ServerOption,
@@ -136,7 +137,7 @@ def predict(
                 else:
                     print_single(out)
                 return
-            bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            bar = LazyProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                            console=err_console, disable=as_json)  # fmt: skip
             task_id = bar.add_task(f"predict {runner.name}", total=None, info="")

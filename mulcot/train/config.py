@@ -134,6 +134,34 @@ class DistillConfig(TrainConfig):
                                 "(captions for images) of a vision-language run.", section="student")  # fmt: skip
     include_expanded: bool = _f(True, "Train on D_t only (skip D_a).", flag="--no-expanded", invert=True)
 
+    def check(self) -> None:
+        """Refuse, in one line and before anything is loaded, distillation settings that cannot work: the soft-label
+        mode, λ, τ, k, and the server settings (``--soft-labels server`` needs --server and --served-model, and a
+        URL without credentials: its key comes from MULCOT_SERVER_KEY; the server settings mean nothing in the
+        other modes)."""
+        from mulcot.teacher import url_secrets
+
+        if self.soft_labels not in SOFT_MODES:
+            raise MulcotError(f"--soft-labels must be one of {', '.join(SOFT_MODES)}")
+        if not 0 <= self.lam <= 1:
+            raise MulcotError("--lam (λ) must be between 0 and 1")
+        if self.tau <= 0:
+            raise MulcotError("--tau must be positive")
+        if self.top_k < 1:
+            raise MulcotError("--top-k must be at least 1")
+        if self.soft_labels != "server":
+            if self.server or self.served_model:
+                raise MulcotError("--server/--served-model are for --soft-labels server (the assistant's server)")
+            return
+        if not self.server or not self.served_model:
+            raise MulcotError("--soft-labels server needs --server URL and --served-model NAME (the assistant as the "
+                              "server serves it)")  # fmt: skip
+        if not self.server.startswith(("http://", "https://")):
+            raise MulcotError(f"--server must be an http(s) URL such as http://127.0.0.1:8000/v1, not '{self.server}'")
+        if found := url_secrets(self.server):
+            raise MulcotError(f"--server must not carry credentials (it has {' and '.join(found)}; they would be "
+                              "stored with the run): put the key in MULCOT_SERVER_KEY")  # fmt: skip
+
     def server_config(self) -> Any:
         """The :class:`mulcot.serving.ServerConfig` of the --server settings (``soft_labels = server``)."""
         from mulcot.serving import ServerConfig

@@ -24,7 +24,7 @@ from mulcot.refs import RunRef, resolve_run
 from mulcot.store import Store
 from mulcot.train import distributed as dist
 from mulcot.train.assistant import MultiTaskTrainer
-from mulcot.train.config import SOFT_MODES, DistillConfig
+from mulcot.train.config import DistillConfig
 from mulcot.train.items import TrainItem, sample_item, teacher_items
 from mulcot.train.loop import Progress, TrainResult, allow_text_only, check_request, fit
 from mulcot.train.losses import distill_loss, position_tasks, target_ce, task_means
@@ -79,22 +79,8 @@ def check_backbones(config: DistillConfig, ref: RunRef) -> None:
 
 
 def check_server_settings(config: DistillConfig) -> None:
-    """``--soft-labels server`` needs --server and --served-model (and a URL without credentials: the key comes from
-    MULCOT_SERVER_KEY); the server settings mean nothing in the other modes."""
-    from urllib.parse import urlsplit
-
-    if config.soft_labels != "server":
-        if config.server or config.served_model:
-            raise MulcotError("--server/--served-model are for --soft-labels server (the assistant's server)")
-        return
-    if not config.server or not config.served_model:
-        raise MulcotError("--soft-labels server needs --server URL and --served-model NAME (the assistant as the "
-                          "server serves it)")  # fmt: skip
-    if not config.server.startswith(("http://", "https://")):
-        raise MulcotError(f"--server must be an http(s) URL such as http://127.0.0.1:8000/v1, not '{config.server}'")
-    if urlsplit(config.server).password or urlsplit(config.server).username:
-        raise MulcotError("--server must not carry credentials (they would be stored with the run): put the key in "
-                          "MULCOT_SERVER_KEY")  # fmt: skip
+    """The distillation settings' own checks (:meth:`DistillConfig.check`)."""
+    config.check()
 
 
 def check_text_scoring(config: DistillConfig, items: list[TrainItem]) -> None:
@@ -116,15 +102,7 @@ def check_text_scoring(config: DistillConfig, items: list[TrainItem]) -> None:
 def distill(store: Store, config: DistillConfig, *, resume: bool = False,
             progress: Progress | None = None) -> TrainResult:  # fmt: skip
     """Train the student on D_all with the hard and soft losses (the same run machinery as train-assistant)."""
-    if config.soft_labels not in SOFT_MODES:
-        raise MulcotError(f"--soft-labels must be one of {', '.join(SOFT_MODES)}")
-    if not 0 <= config.lam <= 1:
-        raise MulcotError("--lam (λ) must be between 0 and 1")
-    if config.tau <= 0:
-        raise MulcotError("--tau must be positive")
-    if config.top_k < 1:
-        raise MulcotError("--top-k must be at least 1")
-    check_server_settings(config)
+    config.check()
     dist.setup(config.device)
 
     def prepare() -> tuple[RunRef, list[TrainItem]]:
