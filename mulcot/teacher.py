@@ -53,9 +53,15 @@ class TeacherError(MulcotError):
     ``refused`` (a 4xx other than 408/409/429), ``status`` (5xx, 408, 409), ``rate`` (429), ``timeout`` or
     ``connection`` (no answer at all: the server is down or unreachable)."""
 
-    def __init__(self, message: str, kind: str = "refused"):
+    def __init__(self, message: str, kind: str = "refused", retries: int = 0):
         super().__init__(message)
         self.kind = kind
+        self.retries = retries  # HTTP retries made before giving up
+
+
+class TeacherUnreachable(MulcotError):
+    """Nothing answers at the teacher's endpoint (checked before a run starts, or every request of a run failed to
+    connect): the run stops at once instead of retrying every sample."""
 
 
 class BudgetReached(Exception):
@@ -337,6 +343,32 @@ class Teacher:
             raise TeacherError(f"connection failed ({_short(str(exc.__cause__ or exc))})", "connection") from None
         return {m.id: str(getattr(m, "owned_by", "") or "") for m in page.data}
 
+    async def probe(self, timeout_s: float = 10.0) -> None:
+        """Fail fast where nothing answers: one ``GET /models`` without retries. Raises :class:`TeacherError` (kind
+        ``connection`` or ``timeout``) when no answer comes; any answer, even an error status (a server without
+        ``/models``), passes."""
+        oa = self._openai
+        try:
+            await self.client.with_options(timeout=timeout_s, max_retries=0).models.list()
+        except oa.APITimeoutError:
+            raise TeacherError(f"no answer within {timeout_s:g} s", "timeout") from None
+        except oa.APIConnectionError as exc:
+            raise TeacherError(f"connection failed ({_short(str(exc.__cause__ or exc))})", "connection") from None
+        except Exception:  # noqa: BLE001 - it answered (404, 401, a body that is no model list): it is there
+            return
+
+    async def check_reachable(self, timeout_s: float = 10.0) -> None:
+        """Raise :class:`TeacherUnreachable` (one line) when :meth:`probe` gets no answer."""
+        try:
+            await self.probe(timeout_s)
+        except TeacherError as exc:
+            hint = "is the server running? check --base-url" if self.config.base_url else "check the network"
+            raise TeacherUnreachable(f"nothing answers at {self.where()}: {exc}; {hint}") from None
+
+    def where(self) -> str:
+        """The endpoint in words, without credentials: its URL, or "the OpenAI API"."""
+        return public_url(self.config.base_url) if self.config.base_url else "the OpenAI API"
+
     async def complete(self, prompt: str, image_url: str | None = None, *, max_tokens: int | None = None,
                        params: dict[str, Any] | None = None) -> Completion:  # fmt: skip
         """One chat completion, retrying transient HTTP failures; raises :class:`TeacherError` when it gives up.
@@ -407,7 +439,7 @@ class Teacher:
             if resp is not None:
                 return resp, retries, time.perf_counter() - start
             if retries >= self.config.http_retries:
-                raise TeacherError(f"{reason}; gave up after {retries + 1} tries", kind)
+                raise TeacherError(f"{reason}; gave up after {retries + 1} tries", kind, retries)
             retries += 1
             await asyncio.sleep(wait)
 

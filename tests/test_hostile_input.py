@@ -473,3 +473,60 @@ def test_public_url_keeps_no_credential():
     cfg = TeacherConfig(model="m", base_url="http://u:pw-9@h:1/v1?token=t-9", api_key="sk-direct")
     public = str(cfg.public())
     assert "pw-9" not in public and "sk-direct" not in public and "t-9" not in public
+
+
+# ---------------------------------------------------------------------------------------- slow or silent failure
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_annotate_where_nothing_listens_fails_in_seconds(world, teacher_server):
+    """No server at the port: one line naming the URL, exit 1, no run recorded (not 87 s of retries, exit 0)."""
+    root, db = world
+    before = _counts(db)
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    outcome = run_case(root, db, ["annotate", "keep", "--split", "dev", "--teacher", "m", "--base-url", url], [])
+    check_refused(outcome, f"nothing answers at {url}: connection failed")
+    assert _counts(db) == before and _integrity(db) == "ok"
+
+
+def test_annotate_whose_every_request_is_dropped_stops_and_fails(world):
+    """The server lists its models but drops every completion: the run stops after a few requests in a row got no
+    answer, and the command says so in one line with exit 1; the summary counts the retries each failure made."""
+    root, db = world
+    with ChatServer(lambda body: Reply(drop=True)) as server:
+        outcome = run_case(root, db, ["annotate", "keep", "--split", "dev", "--teacher", "m", "--base-url",
+                                      server.base_url, "--http-retries", "0", "--concurrency", "1"], [])  # fmt: skip
+        check_refused(outcome, "no request got an answer from the teacher (3 tried; last: sample")
+        assert len(server.requests) == 3
+    assert _integrity(db) == "ok"
+
+
+def test_hub_id_without_network_fails_fast_with_the_real_reason(world, monkeypatch):
+    """A hub id, HF_HUB_OFFLINE unset, and a Hub that does not answer (here: an endpoint where nothing listens):
+    one line saying so in seconds, not huggingface_hub's ~25 s of "Retrying in 8s", and no empty training bar."""
+    import huggingface_hub.constants as hub_constants
+
+    import mulcot.train.assistant  # noqa: F401  (the training stack: imported once per process, not the case's time)
+    from mulcot.demo import run_demo
+
+    root, db = world
+    with Store.open(db) as s:  # teacher chains (D_t) to train on: the model is what fails
+        run_demo(s)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{_free_port()}")
+    before = _counts(db)
+    args = ["train-assistant", "twitter2015-sample", "--model", "example-org/no-such-model", "--runs-dir",
+            str(root / "runs")]  # fmt: skip
+    outcome = run_case(root, db, args, [root / "runs"])
+    check_refused(outcome, "cannot find model 'example-org/no-such-model': no such local folder, and the Hugging "
+                  "Face Hub cannot be reached (127.0.0.1: Connection refused)")  # fmt: skip
+    assert _counts(db) == before and not (root / "runs").exists()

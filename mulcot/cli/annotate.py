@@ -18,7 +18,7 @@ from mulcot.captions import CaptionConfig, caption_images
 from mulcot.cli.common import DbOption, JsonOption, LazyProgress, console, err_console, open_store, print_json
 from mulcot.errors import MulcotError
 from mulcot.events import Event
-from mulcot.teacher import DEFAULT_KEY_ENV, TeacherConfig
+from mulcot.teacher import DEFAULT_KEY_ENV, TeacherConfig, TeacherUnreachable
 
 CAPTION_MAX_TOKENS = 100  # one sentence
 
@@ -148,6 +148,10 @@ def annotate(
             summary = annotate_batch(store, cfg, bcfg, batch_file=batch_file, ingest=ingest, progress=progress)
         else:
             summary = run_annotate(store, cfg, progress=progress)
+            if summary.requests and not summary.answered:  # nothing reached the teacher: one line, not a table
+                raise TeacherUnreachable(f"no request got an answer from the teacher ({summary.requests} tried; "
+                                         f"last: {summary.last_error or 'no answer'}); "
+                                         "run the same command again when it answers")  # fmt: skip
     if as_json:
         print_json(summary.as_dict())
         return
@@ -236,6 +240,9 @@ def _print_summary(s: AnnotateSummary, dataset: str, split: str) -> None:
     if s.stopped == "budget":
         console.print("[yellow]stopped: the next request could exceed --budget-usd; raise it and run again to "
                       "continue[/]")  # fmt: skip
+    if s.stopped == "unreachable":
+        err_console.print("[yellow]stopped: the teacher stopped answering (requests in a row got no answer); run "
+                          "the same command again when it is back[/]")  # fmt: skip
 
 
 def _print_batches(rows: list[dict], as_json: bool) -> None:

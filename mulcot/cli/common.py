@@ -24,6 +24,10 @@ class LazyProgress(Progress):
     def __enter__(self) -> LazyProgress:
         return self
 
+    def stop(self) -> None:
+        if self.live.is_started:  # (rich prints a blank line on stop off a terminal, started or not)
+            super().stop()
+
     def update(self, task_id: TaskID, **kwargs: Any) -> None:
         if not self.live.is_started and not self.disable:
             self.start()
