@@ -70,3 +70,60 @@ def test_run_and_demo_final_table_fits_80_columns(monkeypatch):
     assert "teacher*" in text and "assistant" in text and LONG.replace(" ", "") in _model_column(text)
     assert "F1: macro for aspect-level data, weighted otherwise" in " ".join(text.split())
     assert "/a/long/folder/" * 8 + "model.gguf" in "".join(text.split()).replace("│", "")  # folded, not cut
+
+
+# ------------------------------------------------------------------------------------------- --help at 80 columns
+
+
+def _commands(cmd, path=()):
+    """(path, click command) of every command and group under ``cmd``."""
+    yield path, cmd
+    if hasattr(cmd, "list_commands"):
+        ctx = cmd.context_class(cmd)
+        for name in cmd.list_commands(ctx):
+            yield from _commands(cmd.get_command(ctx, name), (*path, name))
+
+
+def _all_commands():
+    from typer.main import get_command
+
+    from mulcot.cli import app
+
+    return list(_commands(get_command(app)))
+
+
+def test_every_help_fits_80_columns_without_a_cut_name():
+    """Each command's --help at COLUMNS=80: no line wider, every option name and every word of its help and default
+    whole on some line (wrapped at spaces, never folded), and no "…" that the help text does not have itself."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from mulcot.cli import app
+
+    commands = _all_commands()
+    assert len(commands) >= 20
+    problems = []
+    for path, cmd in commands:
+        result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, (path, result.output)
+        text = result.output
+        name = " ".join(path) or "mulcot"
+        if max(len(line) for line in text.splitlines()) > 80:
+            problems.append(f"{name}: a line wider than 80")
+        tokens = set(re.split(r"[\s│╭╮╰╯─]+", text))
+        sources = [cmd.help or ""]
+        if hasattr(cmd, "list_commands"):  # a group lists its commands' help
+            ctx = cmd.context_class(cmd)
+            sources += [cmd.get_command(ctx, sub).help or "" for sub in cmd.list_commands(ctx)]
+        for p in cmd.params:
+            sources.append(getattr(p, "help", None) or "")
+            for opt in [*p.opts, *getattr(p, "secondary_opts", [])]:
+                if opt.startswith("-") and opt not in tokens:
+                    problems.append(f"{name}: option {opt} is cut")
+            for word in (getattr(p, "help", None) or "").split():
+                if word not in tokens:
+                    problems.append(f"{name}: word {word!r} of {p.name}'s help is cut")
+        if text.count("…") > sum(s.count("…") for s in sources):
+            problems.append(f"{name}: something is cut with …")
+    assert not problems, "\n".join(problems)

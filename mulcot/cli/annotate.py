@@ -70,7 +70,9 @@ def annotate(
         int | None, typer.Option(help="Completion token limit per request (default 1024; captions 100).")
     ] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (endpoint default if unset).")] = None,
-    json_mode: Annotated[bool, typer.Option(help="Ask for a JSON object (response_format), where supported.")] = False,
+    json_mode: Annotated[
+        bool, typer.Option("--json-mode", help="Ask for a JSON object (response_format), where supported.")
+    ] = False,
     run: Annotated[str | None, typer.Option(help="Run id (default: annotate-DATASET-SPLIT-MODEL).")] = None,
     batch: Annotated[
         bool, typer.Option("--batch", help="Use the OpenAI Batch API (half price; stage 2 and retries follow up).")
@@ -90,9 +92,9 @@ def annotate(
         str | None, typer.Option(help="Batch USD per 1M tokens 'IN,OUT' (default: half the live price).")
     ] = None,
     poll_s: Annotated[float, typer.Option(help="Seconds between polls of submitted batches.")] = 30.0,
-    wait: Annotated[
-        bool, typer.Option(help="--no-wait: submit what is due and return; run again to poll and follow up.")
-    ] = True,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="--batch: submit what is due and return; run again to poll and follow up.")
+    ] = False,
     batch_max_requests: Annotated[int, typer.Option(help="Requests per batch file at most.")] = MAX_REQUESTS,
     batch_max_mb: Annotated[float, typer.Option(help="Size of a batch file at most (MB).")] = 200.0,
     runs_dir: Annotated[Path, typer.Option(help="Where run folders are (batch files are kept there).")] = Path("runs"),
@@ -143,7 +145,7 @@ def annotate(
 
         if batch or batch_file or ingest:
             bcfg = BatchConfig(price=_price(batch_price, "--batch-price"), max_requests=batch_max_requests,
-                               max_bytes=int(batch_max_mb * 1e6), poll_s=poll_s, wait=wait,
+                               max_bytes=int(batch_max_mb * 1e6), poll_s=poll_s, wait=not no_wait,
                                runs_dir=str(runs_dir))  # fmt: skip
             summary = annotate_batch(store, cfg, bcfg, batch_file=batch_file, ingest=ingest, progress=progress)
         else:

@@ -38,7 +38,7 @@ def import_(
     split: Annotated[str | None, typer.Option(help="Split of a single file, or the one split to take.")] = None,
     images: Annotated[Path | None, typer.Option(help="Image folder (default: images/ beside the data).")] = None,
     no_images: Annotated[bool, typer.Option("--no-images", help="Import text only (samples flagged).")] = False,
-    strict: Annotated[bool, typer.Option(help="Abort on any bad row; the store stays as it was.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Abort on any bad row; the store stays as it was.")] = False,
     split_ratio: Annotated[
         str | None, typer.Option(help="mvsa-raw: deterministic train,dev,test shares, e.g. 8,1,1.")
     ] = None,

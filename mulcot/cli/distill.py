@@ -97,7 +97,7 @@ def distill(
     assistant: Annotated[str, typer.Option(help="The trained assistant: runs/NAME, an adapter folder or a run name.")],
     student: Annotated[str, typer.Option(help="Student base model: hub id (Qwen/Qwen2.5-VL-3B-Instruct) or folder.")],
     name: Annotated[str | None, typer.Option(help="Run name (default: student-DATASET).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last checkpoint.")] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
     options: dict[str, Any] | None = None,

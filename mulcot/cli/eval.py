@@ -220,7 +220,9 @@ def run(
     max_pixels: Annotated[int | None, typer.Option(help="Images are downsized to at most this many pixels.")] = None,
     device: Annotated[str | None, typer.Option(help="cuda, cuda:1, mps or cpu (default: best available).")] = None,
     dtype: Annotated[str | None, typer.Option(help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU).")] = None,
-    load_in_4bit: Annotated[bool, typer.Option(help="Load the base model in 4-bit (bitsandbytes).")] = False,
+    load_in_4bit: Annotated[
+        bool, typer.Option("--load-in-4bit", help="Load the base model in 4-bit (bitsandbytes).")
+    ] = False,
     nltk_data: Annotated[Path | None, typer.Option(help="nltk data folder holding WordNet (for METEOR).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not keep Sim embeddings on disk.")] = False,
     out: Annotated[
