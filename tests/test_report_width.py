@@ -1,4 +1,5 @@
-"""Reports fit 80 columns: the paper-layout tables fold long model names and keep every header whole."""
+"""Reports fit 80 columns: the paper-layout tables fold long model names and keep every header whole; eval compare
+and eval list keep run names whole and pasteable; every command's --help shows every option name whole."""
 
 from __future__ import annotations
 
@@ -46,7 +47,10 @@ def test_paper_table_fits_80_columns_without_cutting(tmp_path):
         assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
         header = next(line for line in text.splitlines() if line.strip().startswith("Model"))
         assert header.split() == [*HEADERS[:2], "m-F1", *HEADERS[2:]]
-        assert LONG.replace(" ", "") in _model_column(text) and "teacher" in _model_column(text)
+        if with_ids:  # eval compare: ids in the table, the names whole below it (see the CLI test)
+            assert _model_column(text).startswith("#12*#12All values".replace(" ", ""))
+        else:
+            assert LONG.replace(" ", "") in _model_column(text) and "teacher" in _model_column(text)
         assert "METEOR: nltk meteor_score" in " ".join(text.split())  # the legend under the table
 
 
@@ -127,3 +131,30 @@ def test_every_help_fits_80_columns_without_a_cut_name():
         if text.count("…") > sum(s.count("…") for s in sources):
             problems.append(f"{name}: something is cut with …")
     assert not problems, "\n".join(problems)
+
+
+def test_eval_compare_and_list_keep_names_whole_at_80_columns(tmp_path):
+    """Long run names and paths in `eval compare` and `eval list`: the table fits 80 columns, and each name is on one
+    line of output, whole (the terminal soft-wraps it; copying it back gives the name)."""
+    from typer.testing import CliRunner
+
+    from mulcot.cli import app
+    from mulcot.store import Store
+
+    db = tmp_path / "m.db"
+    names = [LONG, "runs/" + "an-even-longer-student-run-name-with-many-parts-" * 2 + "end"]
+    with Store.open(db) as s:
+        s.upsert_dataset("twitter2015", task="masc", format="twitter-tsv", source="x", images_root=None,
+                         has_images=False)  # fmt: skip
+        ids = [s.add_eval_result(dataset="twitter2015", split="test", n=1037, source="student", run_id=name,
+                                 metrics=_result(name, "student")["metrics"],
+                                 config={"subject": {"name": name}, "samples_sha256": "abc"}) for name in names]
+    for args in (["eval", "compare", *map(str, ids)], ["eval", "list"]):
+        result = CliRunner().invoke(app, [*args, "--db", str(db)], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.splitlines()
+        assert "…" not in result.stdout
+        for rid, name in zip(ids, names, strict=True):
+            assert any(line.startswith(f"#{rid} {name} (student) · twitter2015/test · n=1037") for line in lines)
+        table = [line for line in lines if not line.startswith("#")]
+        assert max(len(line) for line in table) <= 80, table

@@ -19,6 +19,7 @@ Each result is stored (:meth:`Store.add_eval_result`) and written to a folder as
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -344,6 +345,8 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
     public = config.public()
     public["prompt_versions"] = {"cot": get_prompt("cot", task).version, "label": get_prompt("label", task).version}
     public["subject"] = subject.public()
+    # which posts were scored: results on other posts do not compare (mulcot eval compare refuses them)
+    public["samples_sha256"] = hashlib.sha256(",".join(map(str, sorted(ids))).encode()).hexdigest()[:16]
     result = EvalResult(id=None, dataset=config.dataset, split=config.split, task=task, subject=subject, n=len(ids),
                         metrics=metrics, config=public, per_sample=per_sample)  # fmt: skip
     result.id = store.add_eval_result(dataset=config.dataset, split=config.split, metrics=metrics, n=len(ids),
