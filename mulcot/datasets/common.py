@@ -30,12 +30,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 
 @dataclass
 class ChainRow:
-    """A reasoning chain that comes with the data (the authors' release)."""
+    """A reasoning chain that comes with the data (the authors' release, a mulcot JSONL export)."""
 
     raw: str
     source: str = "teacher"
     stage: str = "predict"
     model: str | None = None
+    prompt_version: str | None = None
 
 
 @dataclass

@@ -30,7 +30,7 @@ FORMATS: dict[str, str] = {
     "mvsa-raw": "MVSA-Single/-Multiple raw archive (data/<id>.txt|jpg + labelResultAll.txt)",
     "clmlf-json": "MVSA splits in CLMLF's JSON ({id, text, emotion_label})",
     "mulcot-json": "the MulCoT-RD authors' released JSON, teacher chains included",
-    "jsonl": "plain JSONL: {text, image, aspect?, label?, id?, split?} per line",
+    "jsonl": "plain JSONL: {text, image?, aspect?, label?, id?, split?, chains?} per line (mulcot's own export)",
 }
 _SUFFIX = {"twitter-tsv": ".tsv", "clmlf-json": ".json", "mulcot-json": ".json", "jsonl": ".jsonl"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -256,6 +256,7 @@ def import_dataset(
                     continue
                 store.add_reasoning(**chain_row(sample_id=sample_id, source=chain.source, model=chain.model,
                                                 stage=chain.stage, output=chain.raw,
+                                                prompt_version=chain.prompt_version,
                                                 origin=f"{RELEASE_ORIGIN}{row.file}"))  # fmt: skip
                 report.chains_added += 1
     report.splits = dict(Counter(r.split for r in good))
