@@ -22,12 +22,12 @@ from rich.console import Console
 from rich.table import Table
 
 from mulcot.annotate import AnnotateConfig, annotate
-from mulcot.chat_server import ChatServer, Reply, post_of
+from mulcot.annotate.chat_server import ChatServer, Reply, post_of
+from mulcot.core.client import TeacherConfig
+from mulcot.core.reasoning import Reasoning
 from mulcot.datasets import import_dataset
-from mulcot.reasoning import Reasoning
 from mulcot.sample import SAMPLE_DIR
 from mulcot.store import Store
-from mulcot.teacher import TeacherConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "twitter2015"
 

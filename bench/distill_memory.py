@@ -26,10 +26,10 @@ STUDENT, ASSISTANT = "medium", "large"
 
 
 def _setup(work: Path):
+    from mulcot.core.inputs import teacher_items
     from mulcot.datasets import import_dataset
     from mulcot.sample import SAMPLE_DIR
     from mulcot.store import Store
-    from mulcot.train.items import teacher_items
 
     store = Store.open(work / "bench.db")
     if not store.get_dataset("s"):
@@ -42,7 +42,7 @@ def build_cache(work: Path, top_k: int, n_items: int) -> dict:
     import torch
 
     from mulcot.models import load_model
-    from mulcot.train.items import MultiTaskCollator
+    from mulcot.train.collator import MultiTaskCollator
     from mulcot.train.soft_labels import build_soft_label_cache
 
     torch.set_num_threads(2)
@@ -59,11 +59,11 @@ def steps(work: Path, mode: str, n_steps: int, batch: int) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from mulcot.core.refs import RunRef
     from mulcot.models import load_model
-    from mulcot.refs import RunRef
+    from mulcot.train.collator import MultiTaskCollator
     from mulcot.train.config import LANGUAGE_ONLY, DistillConfig
-    from mulcot.train.items import MultiTaskCollator
-    from mulcot.train.soft_labels import SoftLabelCache, SoftLabels
+    from mulcot.train.soft_labels import SoftLabelCache, open_source
     from mulcot.train.student import DistillTrainer
 
     torch.set_num_threads(2)
@@ -72,7 +72,8 @@ def steps(work: Path, mode: str, n_steps: int, batch: int) -> dict:
     student = get_peft_model(student, LoraConfig(r=16, lora_alpha=32, target_modules=LANGUAGE_ONLY))
     cfg = DistillConfig(dataset="s", model=str(work / STUDENT), name="bench", assistant=str(work / ASSISTANT))
     ref = RunRef("bench-assistant", None, work, work, str(work / ASSISTANT))
-    hook = SoftLabels(store, cfg, ref, items, None)
+    cfg.soft_labels = mode
+    hook = open_source(store, cfg, ref, items, None)
     if mode == "online":
         hook.assistant, _, _ = load_model(work / ASSISTANT)
         hook.assistant.eval()

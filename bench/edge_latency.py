@@ -121,7 +121,7 @@ def _prompt() -> tuple[str, str]:
     """A real post of the embedded sample (MASC) and its image resized to SIDE x SIDE."""
     from PIL import Image
 
-    from mulcot.prompts import get_prompt
+    from mulcot.core.prompts import get_prompt
     from mulcot.sample import SAMPLE_DIR
 
     line = (SAMPLE_DIR / "test.tsv").read_text(encoding="utf-8").splitlines()[1].split("\t")
@@ -134,10 +134,11 @@ def _prompt() -> tuple[str, str]:
 
 
 def child_llama(gguf: str, mmproj: str, tokens: int, threads: int, ctx: int, mmap: bool) -> dict[str, Any]:
-    from mulcot.predict import GGUFBackend, PredictConfig, prepare_image
+    from mulcot.core.images import load_image
+    from mulcot.generation import GGUFBackend, PredictConfig
 
     prompt, image_path = _prompt()
-    image = prepare_image(image_path, max_pixels=SIDE * SIDE)
+    image = load_image(image_path, max_pixels=SIDE * SIDE)
     t0 = time.perf_counter()
     backend = GGUFBackend(gguf, mmproj, PredictConfig(max_tokens=tokens, n_threads=threads, ctx=ctx, mmap=mmap,
                                                       ignore_eos=True))  # fmt: skip
@@ -163,13 +164,13 @@ def child_hf(model_dir: str, dtype: str, tokens: int, threads: int) -> dict[str,
     import torch
     from transformers.generation.streamers import BaseStreamer
 
+    from mulcot.core.images import load_image
+    from mulcot.core.inputs import user_message
     from mulcot.models import load_model
-    from mulcot.predict import prepare_image
-    from mulcot.train.items import user_message
 
     torch.set_num_threads(threads)
     prompt, image_path = _prompt()
-    image = prepare_image(image_path, max_pixels=SIDE * SIDE)
+    image = load_image(image_path, max_pixels=SIDE * SIDE)
     t0 = time.perf_counter()
     model, processor, _ = load_model(model_dir, device="cpu", dtype=dtype)
     load = time.perf_counter() - t0

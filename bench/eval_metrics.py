@@ -2,7 +2,7 @@
 scored against a shuffled copy of themselves (every prediction gets another sample's reasoning as reference).
 
 Model loading (Sim model, WordNet's first load) is timed apart from scoring. Goal: scoring < 30 s on 2 cores.
-With ``--cache``, Sim embeddings go through the on-disk embedding cache (mulcot.evaluate.metrics.EmbeddingCache) in a
+With ``--cache``, Sim embeddings go through the on-disk embedding cache (mulcot.metrics.EmbeddingCache) in a
 fresh folder (or ``--cache-dir``) and the scoring runs twice: cold (everything embedded and written to the cache),
 then warm (everything read back) — what a repeated evaluation against the same teacher references costs.
 
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     import torch
 
-    from mulcot import wordnet as wn
-    from mulcot.evaluate import metrics as M
+    from mulcot import metrics as M
+    from mulcot.metrics import wordnet as wn
 
     torch.set_num_threads(args.threads)
     import_s = time.perf_counter() - t0

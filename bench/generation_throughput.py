@@ -99,8 +99,9 @@ class Server(ServerProcess):
 def measure(prep: dict[str, Any], work: Path, n: int, tokens: int, threads: int, quiet: bool) -> list[dict[str, Any]]:
     """Each configuration predicts the same ``n`` posts into a fresh store, after one untimed post; samples/s =
     n / wall."""
-    from mulcot.predict import HFBackend, Post, PredictConfig, ServerBackend, predict_dataset, predict_post
-    from mulcot.serving import ServerConfig
+    from mulcot.generation import HFBackend, Post, PredictConfig, ServerBackend
+    from mulcot.generation.server import ServerConfig
+    from mulcot.predict import predict_dataset, predict_post
 
     rows = []
     config = dict(max_tokens=tokens, n_threads=threads, max_pixels=224 * 224)

@@ -67,7 +67,7 @@ def progress(event: Any) -> None:
 
 def short_chain(cot: str) -> str:
     """A teacher chain in the canonical five-field form, each field cut to its first sentence."""
-    from mulcot.reasoning import format_reasoning, parse_reasoning
+    from mulcot.core.reasoning import format_reasoning, parse_reasoning
 
     parsed = parse_reasoning(cot)
     fields = {k: re.split(r"(?<=[.!?])\s", v.strip())[0] for k, v in parsed.fields.items() if k != "Prediction"}
@@ -116,7 +116,7 @@ def prepare(store: Any, work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def label_head(store: Any, backend: Any, run_id: str) -> dict[str, Any]:
     """The label prompt on every dev post through ``predict_dataset``; accuracy/F1 from the stored answers."""
-    from mulcot.evaluate.metrics import classification_metrics
+    from mulcot.metrics import classification_metrics
     from mulcot.predict.batch import predict_dataset
 
     began = time.perf_counter()
@@ -193,8 +193,8 @@ def student_row(store: Any, smol: Path, assistant: str, weights: tuple[float, fl
 
 
 def measure_model(store: Any, spec: str, run_id: str, args: argparse.Namespace) -> dict[str, Any]:
-    from mulcot.predict.backends import open_backend
-    from mulcot.predict.config import PredictConfig
+    from mulcot.generation import open_backend
+    from mulcot.generation.base import PredictConfig
 
     with open_backend("hf", model=spec, config=PredictConfig(batch_size=8, label_max_tokens=16), store=store) as be:
         row = {"label": label_head(store, be, run_id)}
@@ -207,8 +207,8 @@ def measure_model(store: Any, spec: str, run_id: str, args: argparse.Namespace) 
 def gguf_rows(store: Any, run_folder: str, args: argparse.Namespace) -> dict[str, Any]:
     """Export the run (f16, Q8_0, Q4_K_M) and answer the label prompt on the dev posts with each file."""
     from mulcot.export.steps import ExportConfig, export
-    from mulcot.predict.backends import open_backend
-    from mulcot.predict.config import PredictConfig
+    from mulcot.generation import open_backend
+    from mulcot.generation.base import PredictConfig
 
     began = time.perf_counter()
     out = export(ExportConfig(source=run_folder, out=str(args.work / f"export-{Path(run_folder).name}"),
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from mulcot.evaluate.metrics import classification_metrics
+    from mulcot.metrics import classification_metrics
     from mulcot.models.smollm2 import cached_dir
     from mulcot.store import Store
 

@@ -69,15 +69,15 @@ def main() -> None:
 
     import torch
 
+    from mulcot.core.refs import resolve_run
     from mulcot.datasets.importer import import_dataset
     from mulcot.export.steps import ExportConfig, export
     from mulcot.models import load_model, load_with_adapter
     from mulcot.models.smollm2 import cached_dir
-    from mulcot.refs import resolve_run
     from mulcot.store import Store
     from mulcot.train.assistant import train_assistant
+    from mulcot.train.collator import MultiTaskCollator
     from mulcot.train.config import DistillConfig, TrainConfig
-    from mulcot.train.items import MultiTaskCollator
     from mulcot.train.soft_labels import SoftLabelCache, assistant_top_k, build_soft_label_cache
     from mulcot.train.student import distill, distill_items
 

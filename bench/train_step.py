@@ -27,13 +27,14 @@ def worker(size: str, mode: str, steps: int, batch: int, processor_dir: str) -> 
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from mulcot.core.inputs import teacher_items
     from mulcot.datasets import import_dataset
     from mulcot.models import load_processor
     from mulcot.sample import SAMPLE_DIR
     from mulcot.store import Store
     from mulcot.train.assistant import MultiTaskTrainer as trainer_cls
+    from mulcot.train.collator import MultiTaskCollator
     from mulcot.train.config import LANGUAGE_ONLY
-    from mulcot.train.items import MultiTaskCollator, teacher_items
 
     torch.set_num_threads(2)
     store = Store.open(Path(tempfile.mkdtemp()) / "b.db")

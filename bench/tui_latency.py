@@ -25,8 +25,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mulcot.labels import LABELS
-from mulcot.reasoning import Reasoning
+from mulcot.core.labels import LABELS
+from mulcot.core.reasoning import Reasoning
 from mulcot.store import Store
 
 WORDS = (

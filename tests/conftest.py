@@ -55,9 +55,21 @@ def compact_model(tmp_path_factory):
 
 
 @pytest.fixture
+def sample_store(tmp_path) -> Store:
+    """A store holding the embedded sample's posts (dataset ``t15``, no chains)."""
+    from mulcot.datasets import import_dataset
+    from mulcot.sample import SAMPLE_DIR
+
+    s = Store.open(tmp_path / "mulcot.db")
+    import_dataset(s, "twitter-tsv", SAMPLE_DIR, name="t15")
+    yield s
+    s.close()
+
+
+@pytest.fixture
 def demo_store(tmp_path) -> Store:
     """A store holding the embedded sample with its teacher chains (D_t: 34 train, 12 dev, 12 test)."""
-    from mulcot.demo import run_demo
+    from mulcot.pipeline.demo import run_demo
 
     s = Store.open(tmp_path / "mulcot.db")
     run_demo(s)

@@ -12,16 +12,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 from typer.testing import CliRunner
 
 from mulcot.annotate import AnnotateConfig, annotate
-from mulcot.chat_server import ChatServer, Reply, post_of, prompt_text
+from mulcot.annotate.chat_server import ChatServer, Reply, post_of, prompt_text
 from mulcot.cli import app
+from mulcot.core.client import TeacherConfig
+from mulcot.core.reasoning import Reasoning
 from mulcot.datasets import import_dataset
-from mulcot.reasoning import Reasoning
 from mulcot.sample import SAMPLE_DIR
 from mulcot.store import Store
-from mulcot.teacher import TeacherConfig
 
 SECRET = "sk-test-THISISNOTAREALKEY1234567890abcd"
 WRONG = {"positive": "negative", "neutral": "positive", "negative": "neutral"}
@@ -56,14 +57,6 @@ class Script:
         if replies:
             return replies[min(n, len(replies) - 1)]
         return Reply(text=chain(self.gold[post]))
-
-
-@pytest.fixture
-def sample_store(tmp_path):
-    s = Store.open(tmp_path / "mulcot.db")
-    import_dataset(s, "twitter-tsv", SAMPLE_DIR, name="t15")
-    yield s
-    s.close()
 
 
 def _cfg(server: ChatServer, **kw) -> AnnotateConfig:
@@ -127,9 +120,9 @@ def test_two_stages_arc_and_http_retries(sample_store):
 def test_only_concurrency_samples_are_in_memory_and_each_image_is_encoded_once(sample_store, monkeypatch):
     """However large the split, at most ``concurrency`` samples are in progress (their images encoded, their
     answers pending); a sample that is explained again reuses its encoded image."""
-    import mulcot.annotate as annotate_module
+    import mulcot.annotate.live as annotate_module
 
-    real = annotate_module.image_data_url
+    real = annotate_module.jpeg_data_url
     counts = {"encoded": 0, "served": 0}
     seen: list[tuple[int, int]] = []
     lock = threading.Lock()
@@ -152,7 +145,7 @@ def test_only_concurrency_samples_are_in_memory_and_each_image_is_encoded_once(s
             counts["served"] += 1
         return reply
 
-    monkeypatch.setattr(annotate_module, "image_data_url", encode)
+    monkeypatch.setattr(annotate_module, "jpeg_data_url", encode)
     with ChatServer(responder) as server:
         summary = annotate(sample_store, _cfg(server, concurrency=3))
     assert summary.predicted == 36 and summary.explained == 6 and summary.requests == 42
@@ -320,13 +313,9 @@ def test_kill_9_then_resume(tmp_path):
             stderr=subprocess.DEVNULL,
             env={**os.environ, "OPENAI_API_KEY": "x"},
         )
-        deadline = time.time() + 60
         with Store.open(db) as s:
-            while time.time() < deadline:
-                n = len(s.reasonings(dataset="t15", source="teacher", final_only=True))
-                if n >= 8:
-                    break
-                time.sleep(0.05)
+            wait_until(lambda: len(s.reasonings(dataset="t15", source="teacher", final_only=True)) >= 8, 60,
+                       interval=0.05)  # fmt: skip
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         with Store.open(db) as s:

@@ -1,5 +1,5 @@
 """Batch annotation (`mulcot annotate --batch`, `--batch-file`, `--ingest`) against a real Batch API server on
-127.0.0.1 (mulcot.batch_server) through the unmodified openai SDK, with the scripted teacher of test_annotate."""
+127.0.0.1 (fakes.batch_server) through the unmodified openai SDK, with the scripted teacher of test_annotate."""
 
 from __future__ import annotations
 
@@ -15,26 +15,19 @@ from pathlib import Path
 
 import openai
 import pytest
+from fakes.batch_server import BatchPlan, BatchServer
+from helpers import wait_until
 from test_annotate import SECRET, WRONG, Script, chain
 from typer.testing import CliRunner
 
 from mulcot.annotate import AnnotateConfig, annotate
-from mulcot.annotate_batch import BatchConfig, annotate_batch, parse_custom_id
-from mulcot.batch_server import BatchPlan, BatchServer
-from mulcot.chat_server import ChatServer, Reply, completion
+from mulcot.annotate.batch import BatchConfig, annotate_batch, parse_custom_id
+from mulcot.annotate.chat_server import ChatServer, Reply, completion
 from mulcot.cli import app
+from mulcot.core.client import TeacherConfig
 from mulcot.datasets import import_dataset
 from mulcot.sample import SAMPLE_DIR
 from mulcot.store import Store
-from mulcot.teacher import TeacherConfig
-
-
-@pytest.fixture
-def sample_store(tmp_path):
-    s = Store.open(tmp_path / "mulcot.db")
-    import_dataset(s, "twitter-tsv", SAMPLE_DIR, name="t15")
-    yield s
-    s.close()
 
 
 def _mixed(script: Script) -> Script:
@@ -269,9 +262,7 @@ def test_kill_9_between_upload_and_completion_then_rerun(tmp_path):
         cmd = [exe, "annotate", "t15", "--teacher", "gpt-4o-mini", "--base-url", server.base_url, "--batch",
                "--poll-s", "0.05", "--db", str(db), "--runs-dir", str(tmp_path / "runs"), "--json"]  # fmt: skip
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        deadline = time.time() + 60
-        while time.time() < deadline and not any(b["status"] == "in_progress" for b in server.batches.values()):
-            time.sleep(0.05)
+        wait_until(lambda: any(b["status"] == "in_progress" for b in server.batches.values()), 60, interval=0.05)
         time.sleep(0.2)  # a few polls while in progress
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -5,16 +5,15 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
+from helpers import answers, wait_until
 
 from mulcot.annotate import AnnotateConfig, annotate
+from mulcot.core.client import TeacherConfig
 from mulcot.datasets import import_dataset
 from mulcot.sample import SAMPLE_DIR
 from mulcot.store import Store
-from mulcot.teacher import TeacherConfig
 
 pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
 
@@ -43,15 +42,8 @@ def test_annotate_against_llama_cpp_server(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).read()
-                break
-            except OSError:
-                assert server.poll() is None, "llama-cpp-python's server exited"
-                assert time.time() < deadline, "llama-cpp-python's server did not start"
-                time.sleep(0.5)
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/v1/models"), 120, interval=0.5, process=server,
+                   what="llama-cpp-python's server starting")  # fmt: skip
         with Store.open(tmp_path / "m.db") as store:
             import_dataset(store, "twitter-tsv", SAMPLE_DIR, name="s")
             cfg = AnnotateConfig(dataset="s", limit=2, max_retries=1, concurrency=2,
@@ -68,8 +60,8 @@ def test_annotate_against_llama_cpp_server(tmp_path):
     assert len(attempts) == 8 and all(a["raw"] is not None and a["tokens_in"] > 0 for a in attempts)
     assert {a["stage"] for a in attempts} == {"predict", "explain"} and sum(a["final"] for a in attempts) == 4
     # the image reached the model: each predict request carries more tokens than its prompt text alone
+    from mulcot.core.prompts import get_prompt
     from mulcot.models import load_tokenizer
-    from mulcot.prompts import get_prompt
 
     tok = load_tokenizer("qwen2.5-vl")
     samples = {x["id"]: x for x in store_samples}

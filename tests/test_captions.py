@@ -9,12 +9,12 @@ from collections import Counter
 import pytest
 from typer.testing import CliRunner
 
-from mulcot.captions import CaptionConfig, TeacherCannotSeeImages, caption_images, clean_caption
-from mulcot.chat_server import ChatServer, Reply, has_image, prompt_text
+from mulcot.annotate.captions import CaptionConfig, TeacherCannotSeeImages, caption_images, clean_caption
+from mulcot.annotate.chat_server import ChatServer, Reply, has_image, prompt_text
 from mulcot.cli import app
+from mulcot.core.prompts import CAPTION_TEMPLATE, caption_prompt
 from mulcot.datasets import import_dataset
 from mulcot.errors import MulcotError
-from mulcot.prompts import CAPTION_TEMPLATE, caption_prompt
 from mulcot.sample import SAMPLE_DIR
 from mulcot.store import Store
 
@@ -53,7 +53,7 @@ def store(tmp_path):
 
 
 def _cfg(server: ChatServer, **kw) -> CaptionConfig:
-    from mulcot.teacher import TeacherConfig
+    from mulcot.core.client import TeacherConfig
 
     teacher = TeacherConfig(model="gpt-4o-mini", base_url=server.base_url, api_key="x", backoff_base_s=0.01,
                             http_retries=2, max_tokens=100)  # fmt: skip

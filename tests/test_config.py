@@ -8,10 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from mulcot.cli import app
+from mulcot.core.settings import config_fields
 from mulcot.pipeline import Pipeline
-from mulcot.recipes import ModelSection, RecipeError, StudentSection, TrainingSection, parse_recipe
+from mulcot.pipeline.recipes import ModelSection, RecipeError, StudentSection, TrainingSection, parse_recipe
 from mulcot.store import Store
-from mulcot.train.config import DistillConfig, TrainConfig, config_fields
+from mulcot.train.config import DistillConfig, TrainConfig
 
 RECIPE = """
 name = "r"

@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from mulcot.core.refs import resolve_run
 from mulcot.errors import MulcotError
 from mulcot.expand import ExpandConfig, expand
 from mulcot.models import load_model
-from mulcot.refs import resolve_run
 from mulcot.sample import SAMPLE_NAME
 from mulcot.train.assistant import MultiTaskTrainer, train_assistant
+from mulcot.train.collator import TASK_CLS, TASK_REA, MultiTaskCollator
 from mulcot.train.config import DistillConfig, TrainConfig
-from mulcot.train.items import TASK_CLS, TASK_REA, MultiTaskCollator
 from mulcot.train.losses import prediction_mask
-from mulcot.train.soft_labels import SoftLabels, item_key
+from mulcot.train.soft_labels import item_key, open_source
 from mulcot.train.student import DistillTrainer, distill, distill_items
 
 FAST = dict(batch_size=2, grad_accum=1, max_pixels=56 * 56, lr=2e-3, lora_dropout=0.0, dev_max_new_tokens=8)
@@ -56,7 +56,7 @@ def test_expand_stores_chains_resumes_and_keeps_only_correct(demo_store, assista
     # D_a holds exactly the fully parsed chains whose Prediction is the gold label: add some by hand
     samples = demo_store.samples(SAMPLE_NAME, "train")[:3]
     good = json.dumps({"x": 1})
-    from mulcot.reasoning import Reasoning, parse_reasoning
+    from mulcot.core.reasoning import Reasoning, parse_reasoning
 
     made = {}
     for s, label, kind in ((samples[0], samples[0]["label"], "right"),
@@ -92,7 +92,7 @@ def _batch_losses(demo_store, compact_model, tmp_path, assistant, modes):
         cfg = _dcfg(compact_model, tmp_path, name=f"stud-{name}", **kw)
         hook = None
         if name != "sft":
-            hook = SoftLabels(demo_store, cfg, ref, items, None)
+            hook = open_source(demo_store, cfg, ref, items, None)
             hook.prepare(processor, collator, tmp_path / f"f-{name}")
         common = {"model": model, "args": args, "task_weights": (0.2, 0.8), "single_pass": True, "collator": collator}
         trainer = DistillTrainer(**common, soft_labels=hook) if hook else MultiTaskTrainer(**common)
@@ -119,7 +119,7 @@ def test_soft_labels_only_at_target_positions(demo_store, compact_model, tmp_pat
     ref = resolve_run(demo_store, assistant.folder)
     items = distill_items(demo_store, _dcfg(compact_model, tmp_path), ref)[:2]
     cfg = _dcfg(compact_model, tmp_path, top_k=8)
-    hook = SoftLabels(demo_store, cfg, ref, items, None)
+    hook = open_source(demo_store, cfg, ref, items, None)
     hook.prepare(processor, collator, tmp_path / "f")
     batch = collator(items, (TASK_REA, TASK_CLS))
     labels = batch.pop("labels")

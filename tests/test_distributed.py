@@ -10,10 +10,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import loss_lines, wait_until
 
 from mulcot.sample import SAMPLE_NAME
 from mulcot.train import distributed as dist
@@ -161,11 +161,7 @@ def test_a_killed_rank_is_resumed(demo_store, compact_model, tmp_path):
             *COMMON]  # fmt: skip
     proc = _torchrun(*args)
     log = runs / "k" / "log.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and sum(1 for x in log.read_text().splitlines() if '"loss"' in x) >= 3:
-            break
-        time.sleep(0.1)
+    wait_until(lambda: loss_lines(log) >= 3, 300, process=proc)
     victim = _rank_pid(proc.pid, 1)
     assert victim is not None, "rank 1 not found"
     os.kill(victim, signal.SIGKILL)

@@ -7,16 +7,16 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 from typer.testing import CliRunner
 
 from mulcot.cli import app
+from mulcot.core.reasoning import Reasoning
+from mulcot.core.refs import adapter_digest, resolve
 from mulcot.errors import MulcotError
-from mulcot.reasoning import Reasoning
-from mulcot.refs import adapter_digest, resolve
 from mulcot.sample import SAMPLE_NAME
 from mulcot.train.assistant import train_assistant
 from mulcot.train.config import PreferenceConfig, TrainConfig
@@ -119,11 +119,7 @@ def test_dpo_resumes_after_a_kill(demo_store, start, tmp_path):
               "--max-pixels", "3136", "--save-steps", "1", "--lr", "5e-3", "--json", "--name", "cut"]  # fmt: skip
     proc = subprocess.Popen([exe, *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = tmp_path / "runs" / "cut"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (folder / "log.jsonl").exists() and len(_log(folder)) >= 4:
-            break
-        time.sleep(0.1)
+    wait_until(lambda: (folder / "log.jsonl").exists() and len(_log(folder)) >= 4, 300, process=proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (folder / "adapter").exists() and len(_log(folder)) < 12
@@ -179,10 +175,10 @@ def test_dpo_under_two_processes_trains_like_one(demo_store, start, tmp_path):
 
 
 def test_dpo_knobs_are_flags_and_recipe_keys(tmp_path):
+    from mulcot.core.settings import config_fields
     from mulcot.pipeline import Pipeline
-    from mulcot.recipes import parse_recipe
+    from mulcot.pipeline.recipes import parse_recipe
     from mulcot.store import Store
-    from mulcot.train.config import config_fields
 
     text = CliRunner().invoke(app, ["dpo", "--help"], env={"COLUMNS": "240"}).output
     for f in config_fields(PreferenceConfig, cli=True):
@@ -220,8 +216,8 @@ def test_dpo_result_table_shows_rewards(capsys):
 
 def test_dpo_of_a_text_only_backbone(demo_store, tiny_text_model, tmp_path):
     """A text-only run: the image becomes its caption in the pair's prompt, TRL gets the tokenizer, no images."""
-    from mulcot.pairs import build_pairs
     from mulcot.train.dpo import preference_rows
+    from mulcot.train.pairs import build_pairs
 
     cfg = TrainConfig(dataset=SAMPLE_NAME, model=str(tiny_text_model()), name="text-asst",
                       runs_dir=str(tmp_path / "runs"), epochs=1, max_train_items=2, dev_split=None, lr=2e-3,

@@ -18,23 +18,13 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from mulcot.core import llamacpp
+from mulcot.core.gguf import MANIFEST, QUANT_TYPES, check_gguf, gguf_names, inspect_gguf, parse_quants
+from mulcot.core.prompts import get_prompt
+from mulcot.core.refs import resolve_source, sha256_file
 from mulcot.errors import ExportError, ModelError, MulcotError, NotFoundError
 from mulcot.events import Event
-from mulcot.export import (
-    MANIFEST,
-    QUANT_TYPES,
-    ExportConfig,
-    check_gguf,
-    export,
-    gguf_names,
-    inspect_gguf,
-    llamacpp,
-    modelfile_text,
-    parse_quants,
-    resolve_source,
-    sha256_file,
-)
-from mulcot.prompts import get_prompt
+from mulcot.export import ExportConfig, export, modelfile_text
 from mulcot.store import Store
 
 FAMILIES = ("qwen2.5-vl", "qwen3-vl")
@@ -139,7 +129,7 @@ def _image(side: int) -> Image.Image:
 
 
 def _hf_inputs(processor: Any, prompt: str, image: Image.Image | None) -> Any:
-    from mulcot.train.items import user_message
+    from mulcot.core.inputs import user_message
 
     text = processor.apply_chat_template([user_message(prompt, image is not None)], add_generation_prompt=True,
                                          tokenize=False)  # fmt: skip
@@ -311,7 +301,7 @@ def test_llama_cpp_and_transformers_give_the_same_first_tokens(
     the GGUF's own chat template) gives the same first 10 token ids as the merged transformers model."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    from mulcot.predict import GGUFBackend, PredictConfig
+    from mulcot.generation import GGUFBackend, PredictConfig
 
     result = exported(family)
     models = hf_models(family)
@@ -336,7 +326,7 @@ def test_llama_cpp_and_transformers_give_the_same_first_tokens(
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_quantized_files_load_and_generate(family: str, exported: Callable[[str], Any]) -> None:
-    from mulcot.predict import GGUFBackend, PredictConfig
+    from mulcot.generation import GGUFBackend, PredictConfig
 
     result = exported(family)
     prompt = get_prompt("cot", "masc").render(*POST)
@@ -459,7 +449,8 @@ def test_predict_single_post_gguf_and_hf_agree(tmp_path: Path, exported: Callabl
 
 @pytest.mark.slow
 def test_predict_batch_stores_student_gguf_chains_and_resumes(demo_store: Any, exported: Callable[[str], Any]) -> None:
-    from mulcot.predict import SOURCE_GGUF, GGUFBackend, PredictConfig, predict_dataset
+    from mulcot.generation import SOURCE_GGUF, GGUFBackend, PredictConfig
+    from mulcot.predict import predict_dataset
     from mulcot.sample import SAMPLE_NAME
 
     result = exported("qwen2.5-vl")

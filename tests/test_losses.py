@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from mulcot.train.items import IGNORE, TASK_CLS, TASK_REA
+from mulcot.train.collator import IGNORE, TASK_CLS, TASK_REA
 from mulcot.train.losses import multitask_loss, position_tasks, prediction_mask, target_ce, task_means
 
 

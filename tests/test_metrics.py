@@ -1,4 +1,5 @@
-"""Metrics (mulcot.evaluate.metrics, mulcot.wordnet) against reference values computed with the reference libraries."""
+"""Metrics (mulcot.metrics, mulcot.metrics.wordnet) against reference values computed with the
+reference libraries."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mulcot import wordnet as wn
+from mulcot import metrics as M
 from mulcot.errors import MetricsError, WordNetMissingError
-from mulcot.evaluate import metrics as M
+from mulcot.metrics import wordnet as wn
 
 DATA = Path(__file__).parent.parent.parent / "shared" / "data"
 REFERENCE_VALUES = DATA / "metric_reference_values.json"

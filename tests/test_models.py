@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
+from mulcot.core import llamacpp
 from mulcot.errors import ModelError, MulcotError, NotFoundError
-from mulcot.export import llamacpp
 
 FAMILIES = ("qwen2.5-vl", "qwen3-vl")
 MODEL_TYPES = {"qwen2.5-vl": "qwen2_5_vl", "qwen3-vl": "qwen3_vl"}

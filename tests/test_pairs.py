@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from mulcot.cli import app
+from mulcot.core.reasoning import Reasoning
 from mulcot.errors import MulcotError
-from mulcot.pairs import build_pairs, export_pairs
-from mulcot.reasoning import Reasoning
+from mulcot.train.pairs import build_pairs, export_pairs
 
 
 def _sample(key, split, label):

@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import loss_lines, wait_until
 from typer.testing import CliRunner
 
 from mulcot.cli import app
-from mulcot.recipes import RecipeError, bundled_recipe, load_recipe, parse_recipe
+from mulcot.pipeline.recipes import RecipeError, bundled_recipe, load_recipe, parse_recipe
 from mulcot.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,13 +109,9 @@ def test_run_tiny_cpu_killed_mid_stage_then_rerun(tmp_path):
     db = tmp_path / "m.db"
     cmd = [EXE, "run", str(ROOT / "recipes" / "tiny-cpu.toml"), "--db", str(db)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        logs = list((tmp_path / "runs").glob("tiny-cpu-train-assistant-*/log.jsonl"))
-        if logs and logs[0].read_text().count('"loss"') >= 2:
-            break
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        time.sleep(0.2)
+    logs = (tmp_path / "runs").glob
+    wait_until(lambda: any(loss_lines(log) >= 2 for log in logs("tiny-cpu-train-assistant-*/log.jsonl")), 600,
+               interval=0.2, process=proc, what="two training steps before the interruption")  # fmt: skip
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = _ledger(db)

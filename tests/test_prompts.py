@@ -1,8 +1,8 @@
 import pytest
 
+from mulcot.core.prompts import PROMPT_NAMES, get_prompt, prompt_versions
+from mulcot.core.reasoning import FIELDS
 from mulcot.errors import MulcotError
-from mulcot.prompts import PROMPT_NAMES, get_prompt, prompt_versions
-from mulcot.reasoning import FIELDS
 
 
 def test_versions_stable_and_distinct():

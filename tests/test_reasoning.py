@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mulcot.reasoning import FIELDS, Reasoning, format_prediction, parse_reasoning
+from mulcot.core.reasoning import FIELDS, Reasoning, format_prediction, parse_reasoning
 
 FULL = {
     "Text_analysis": 'The text says "great game" about the team.',

@@ -1,4 +1,4 @@
-"""One resolver for trained adapters (mulcot.refs), as expand, distill, eval, export and predict see it."""
+"""One resolver for trained adapters (mulcot.core.refs), as expand, distill, eval, export and predict see it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from mulcot.core.refs import adapter_digest, resolve_run
 from mulcot.errors import ModelError, NotFoundError
 from mulcot.evaluate import resolve_model
-from mulcot.refs import adapter_digest, resolve_run
 
 
 def _adapter(folder: Path, base: str = "/models/base", weights: bytes = b"w1", meta: dict | None = None) -> Path:

@@ -1,5 +1,6 @@
-"""Generation through an OpenAI-compatible server (mulcot.serving) for expand, eval --model and predict --dataset,
-against mulcot's scripted chat server on 127.0.0.1 (faults: 429, 500, garbage bodies, a server that goes away).
+"""Generation through an OpenAI-compatible server (mulcot.generation.server) for expand, eval --model and predict
+--dataset, against mulcot's scripted chat server on 127.0.0.1 (faults: 429, 500, garbage bodies, a server that
+goes away).
 The same paths against llama-cpp-python's own server on a real GGUF are in test_serving_llama_server.py."""
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ import pytest
 from conftest import dump
 from typer.testing import CliRunner
 
-from mulcot.chat_server import ChatServer, Reply, has_image, post_of, prompt_text
+from mulcot.annotate.chat_server import ChatServer, Reply, has_image, post_of, prompt_text
 from mulcot.cli import app
+from mulcot.core.prompts import get_prompt
+from mulcot.core.reasoning import Reasoning
 from mulcot.errors import MulcotError
 from mulcot.expand import ExpandConfig, expand
-from mulcot.predict import SOURCE_SERVER, PredictConfig, ServerBackend, predict_dataset
-from mulcot.prompts import get_prompt
-from mulcot.reasoning import Reasoning
+from mulcot.generation import SOURCE_SERVER, PredictConfig, ServerBackend
+from mulcot.generation.server import ServerConfig, ServerError, public_url
+from mulcot.predict import predict_dataset
 from mulcot.sample import SAMPLE_NAME
-from mulcot.serving import ServerConfig, ServerError, public_url
 
 
 def chain(label: str) -> str:
@@ -190,7 +192,7 @@ def test_expand_and_eval_through_a_server_store_what_in_process_stores(demo_stor
         assert {r["prompt_version"] for r in rows} == {get_prompt("cot", "masc").version}
         sampled = [b for b in gold.bodies if "Text_analysis" in prompt_text(b)]
         assert {b["temperature"] for b in sampled} == {0.7} and len({b["seed"] for b in sampled}) == 6
-        from mulcot.refs import adapter_digest
+        from mulcot.core.refs import adapter_digest
 
         run = demo_store.get_run(f"expand-asst-{SAMPLE_NAME}")
         assert run["config"]["server"]["served_model"] == "asst"

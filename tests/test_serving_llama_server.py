@@ -8,19 +8,19 @@ import json
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import answers, wait_until
 from test_export import converter, student  # noqa: F401  (fixtures)
 
 from mulcot.expand import ExpandConfig, expand
-from mulcot.predict import SOURCE_GGUF, SOURCE_SERVER, GGUFBackend, PredictConfig, ServerBackend, predict_dataset
+from mulcot.generation import SOURCE_GGUF, SOURCE_SERVER, GGUFBackend, PredictConfig, ServerBackend
+from mulcot.generation.server import ServerConfig, ServerError
+from mulcot.predict import predict_dataset
 from mulcot.sample import SAMPLE_NAME
-from mulcot.serving import ServerConfig, ServerError
 
 pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
 
@@ -53,15 +53,9 @@ class LlamaServer:
         self.port = _free_port()
         self.proc = subprocess.Popen([*self.args, "--port", str(self.port)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)  # fmt: skip
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/models", timeout=2).read()
-                return self
-            except OSError:
-                assert self.proc.poll() is None, "llama-cpp-python's server exited"
-                assert time.time() < deadline, "llama-cpp-python's server did not start"
-                time.sleep(0.3)
+        wait_until(lambda: answers(f"{self.url}/models"), 120, interval=0.3, process=self.proc,
+                   what="llama-cpp-python's server starting")  # fmt: skip
+        return self
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -165,10 +159,10 @@ def test_soft_labels_from_the_server_match_the_resident_assistant(demo_store: An
     """distill --soft-labels server on llama-cpp-python's server (the assistant as an f16 GGUF): per target position
     the same top-k ids as the resident float32 assistant, log-probs within f16's rounding; positions where a
     control token (<|im_end|>, text "") ranks in the top k are counted as inexact, not cached wrong."""
+    from mulcot.core.refs import resolve_run
     from mulcot.models import load_model, load_with_adapter
-    from mulcot.refs import resolve_run
+    from mulcot.train.collator import MultiTaskCollator
     from mulcot.train.config import DistillConfig
-    from mulcot.train.items import MultiTaskCollator
     from mulcot.train.soft_labels import SoftLabelCache, assistant_top_k, build_soft_label_cache
     from mulcot.train.student import distill, distill_items
 

@@ -83,7 +83,7 @@ def _first_sentences(chain: str) -> str:
     tokens (what keeps this test to a couple of minutes on 2 cores)."""
     import re
 
-    from mulcot.reasoning import format_reasoning, parse_reasoning
+    from mulcot.core.reasoning import format_reasoning, parse_reasoning
 
     parsed = parse_reasoning(chain)
     fields = {k: re.split(r"(?<=[.!?])\s", v.strip())[0] for k, v in parsed.fields.items() if k != "Prediction"}
@@ -100,13 +100,13 @@ def test_smollm2_learns_labels_and_chains(demo_store, smollm2_dir: Path, tmp_pat
     five fields with the gold Prediction. Zero-shot, the same model does not."""
     import dataclasses
 
+    from mulcot.core.inputs import teacher_items
+    from mulcot.core.reasoning import format_prediction, parse_reasoning
+    from mulcot.generation.hf import GenerationConfig, generate
     from mulcot.models import load_model, load_with_adapter
-    from mulcot.reasoning import format_prediction, parse_reasoning
     from mulcot.sample import SAMPLE_NAME
     from mulcot.train.assistant import train_assistant
     from mulcot.train.config import TrainConfig
-    from mulcot.train.generation import GenerationConfig, generate
-    from mulcot.train.items import teacher_items
 
     chosen = {}
     for item in teacher_items(demo_store, SAMPLE_NAME, "train"):
@@ -140,8 +140,8 @@ def test_smollm2_learns_labels_and_chains(demo_store, smollm2_dir: Path, tmp_pat
 
     # exported (merged, one text GGUF and no vision projector, quantized), llama.cpp gives the same labels
     from mulcot.export.steps import ExportConfig, export
-    from mulcot.predict.backends import open_backend
-    from mulcot.predict.config import Post, PredictConfig
+    from mulcot.generation import open_backend
+    from mulcot.generation.base import Post, PredictConfig
 
     exported = export(ExportConfig(source=result.folder, out=str(tmp_path / "export"), quants=("q8_0",)))
     assert exported.mmproj_gguf is None and not list(Path(exported.out).glob("mmproj*"))

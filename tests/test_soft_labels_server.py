@@ -18,14 +18,14 @@ from conftest import dump
 from test_distill import FAST, assistant  # noqa: F401  (fixture)
 from typer.testing import CliRunner
 
-from mulcot.chat_server import BackgroundServer
+from mulcot.annotate.chat_server import BackgroundServer
 from mulcot.cli import app
+from mulcot.core.refs import resolve_run
 from mulcot.errors import MulcotError
 from mulcot.models import load_model, load_with_adapter
-from mulcot.refs import resolve_run
 from mulcot.sample import SAMPLE_NAME
+from mulcot.train.collator import MultiTaskCollator
 from mulcot.train.config import DistillConfig
-from mulcot.train.items import MultiTaskCollator
 from mulcot.train.soft_labels import SoftLabelCache, assistant_top_k, build_soft_label_cache
 from mulcot.train.student import distill, distill_items
 
@@ -276,7 +276,7 @@ def test_llama_cpp_python_pairing_when_the_prompt_starts_with_bos():
     the r-th kept prompt token; text keys map back through the tokenizer's pieces."""
     from types import SimpleNamespace
 
-    from mulcot.train.server_soft_labels import LLAMA_CPP_PYTHON, ScoreStats, Sequence, top_k_rows
+    from mulcot.train.soft_labels.server import LLAMA_CPP_PYTHON, ScoreStats, Sequence, top_k_rows
 
     texts = {5: "a", 6: "b", 7: "c", 8: "d"}
     pieces = SimpleNamespace(bos=1, piece={1: "", 2: "", **texts}, id_of={v: k for k, v in texts.items()}.get)

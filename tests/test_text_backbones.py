@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from mulcot.core.inputs import teacher_items
 from mulcot.errors import ModelError, MulcotError
 from mulcot.models import load_model, model_family
 from mulcot.models.loading import is_text_family
 from mulcot.sample import SAMPLE_NAME
+from mulcot.train.collator import IGNORE, TASK_CLS, TASK_REA, MultiTaskCollator
 from mulcot.train.config import DistillConfig, TrainConfig
-from mulcot.train.items import IGNORE, TASK_CLS, TASK_REA, MultiTaskCollator, teacher_items
 
 FAST = dict(batch_size=2, grad_accum=1, lr=2e-3, lora_dropout=0.0, dev_max_new_tokens=8, epochs=1,
             max_train_items=4, max_dev_samples=2)  # fmt: skip
@@ -75,8 +76,8 @@ def test_train_text_assistant_records_image_input(demo_store, tiny_text_model, c
 
     # exported: merged HF folder without an image processor; predict's HF backend reads captions, refuses images
     from mulcot.export.steps import ExportConfig, export
-    from mulcot.predict.config import Post, PredictConfig
-    from mulcot.predict.hf_backend import HFBackend
+    from mulcot.generation.base import Post, PredictConfig
+    from mulcot.generation.hf import HFBackend
 
     exported = export(ExportConfig(source=result.folder, out=str(tmp_path / "export"), gguf=False))
     assert exported.family == "qwen2" and exported.mmproj_gguf is None

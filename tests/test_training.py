@@ -7,21 +7,22 @@ import math
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import loss_lines, wait_until
 from typer.testing import CliRunner
 
 from mulcot.cli import app
+from mulcot.core.inputs import teacher_items
 from mulcot.errors import MulcotError
 from mulcot.models import load_model
 from mulcot.sample import SAMPLE_NAME
 from mulcot.train.assistant import MultiTaskTrainer as Trainer
 from mulcot.train.assistant import train_assistant
+from mulcot.train.collator import IGNORE, TASK_CLS, TASK_REA, MultiTaskCollator
 from mulcot.train.config import TrainConfig
-from mulcot.train.items import IGNORE, TASK_CLS, TASK_REA, MultiTaskCollator, teacher_items
 
 FAST = dict(batch_size=2, grad_accum=1, max_pixels=56 * 56, lr=2e-3, lora_dropout=0.0, dev_max_new_tokens=8)
 
@@ -93,8 +94,8 @@ def test_training_lowers_the_loss_and_writes_the_run(demo_store, compact_model, 
     assert run["status"] == "done" and run["kind"] == "train-assistant" and run["metrics"]["best"]["epoch"] >= 1
     assert {e["event"] for e in events} >= {"begin", "step", "log", "eval"}
     # the saved adapter loads on its base and generates
+    from mulcot.generation.hf import GenerationConfig, generate
     from mulcot.models import load_with_adapter
-    from mulcot.train.generation import GenerationConfig, generate
 
     base, processor, _ = load_model(compact_model())
     tuned = load_with_adapter(base, folder / "adapter")
@@ -167,11 +168,7 @@ def test_kill_then_resume_matches_an_uninterrupted_run(demo_store, compact_model
 
     proc = subprocess.Popen([exe, *common, "--name", "cut"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = tmp_path / "runs" / "cut" / "log.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if log.exists() and sum(1 for x in log.read_text().splitlines() if '"loss"' in x) >= 4:
-            break
-        time.sleep(0.1)
+    wait_until(lambda: loss_lines(log) >= 4, 300)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "runs" / "cut" / "adapter").exists()

@@ -9,17 +9,17 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 
-from mulcot.datasets.export import export_ratings
-from mulcot.demo import run_demo
+from mulcot.core.labels import LABELS
+from mulcot.core.reasoning import Reasoning
+from mulcot.datasets.writers import export_ratings
 from mulcot.errors import NotFoundError, StoreError
-from mulcot.labels import LABELS
-from mulcot.reasoning import Reasoning
+from mulcot.pipeline.demo import run_demo
 from mulcot.sample import SAMPLE_NAME
 from mulcot.store import Store
 from mulcot.store import migrations as store_migrations
@@ -259,7 +259,7 @@ def test_browse_sample_groups_retries(demo_db):
 def test_wrong_expansion_chain_is_wrong_not_failed(tmp_path):
     """A parsed expansion chain with another label than the gold one is *wrong* (as a wrong teacher prediction is),
     in the table's marks, the outcome filter and the detail view; only an unparsed one is *failed*."""
-    from mulcot.chains import chain_row
+    from mulcot.core.chains import chain_row
     from mulcot.tui.detail import chain_outcome
 
     with Store.open(tmp_path / "m.db") as s:
@@ -710,9 +710,7 @@ def test_snapshot_main_screen(snap_compare, demo_db, size):
 
 
 def _tmux_command(db: Path) -> str:
-    mulcot = Path(sys.executable).parent / "mulcot"
-    registered = subprocess.run([str(mulcot), "tui", "--help"], capture_output=True).returncode == 0
-    command = f"{mulcot} tui" if registered else f"{sys.executable} -m mulcot.tui"  # until `mulcot tui` is registered
+    command = f"{sys.executable} -m mulcot tui"
     return f"env -u COLUMNS -u LINES {command} --db {db}"  # the pane's size, not the test runner's
 
 
@@ -728,19 +726,16 @@ def test_real_app_in_tmux(tmp_path):
         return subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True).stdout
 
     def wait_for(*texts: str, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def showing() -> str:
             shot = screen()
-            if all(text in shot for text in texts):
-                return shot
-            time.sleep(0.2)
-        raise AssertionError(f"{texts!r} not on screen:\n{shot}")
+            return shot if all(text in shot for text in texts) else ""
+
+        shot = wait_until(showing, timeout, interval=0.2)
+        assert shot, f"{texts!r} not on screen:\n{screen()}"
+        return shot
 
     def wait_gone(text: str, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while text in screen():
-            assert time.monotonic() < deadline, f"{text!r} still on screen:\n{screen()}"
-            time.sleep(0.2)
+        wait_until(lambda: text not in screen(), timeout, interval=0.2, what=f"{text!r} gone from the screen")
 
     subprocess.run([*tmux, "new-session", "-d", "-x", "120", "-y", "40", _tmux_command(db)], check=True)
     try:

@@ -8,17 +8,25 @@ from typing import Annotated, Any
 import typer
 from rich import box
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mulcot.annotate import AnnotateConfig, AnnotateSummary
 from mulcot.annotate import annotate as run_annotate
-from mulcot.annotate_batch import MAX_REQUESTS, BatchConfig, annotate_batch, batch_status
-from mulcot.captions import CaptionConfig, caption_images
-from mulcot.cli.common import DbOption, JsonOption, LazyProgress, console, err_console, open_store, print_json
+from mulcot.annotate.batch import MAX_REQUESTS, BatchConfig, annotate_batch, batch_status
+from mulcot.annotate.captions import CaptionConfig, caption_images
+from mulcot.cli.common import (
+    DbOption,
+    JsonOption,
+    console,
+    err_console,
+    follow,
+    open_store,
+    print_json,
+    progress_bar,
+    usage_text,
+)
+from mulcot.core.client import DEFAULT_KEY_ENV, TeacherConfig, TeacherUnreachable
 from mulcot.errors import MulcotError
-from mulcot.events import Event
-from mulcot.teacher import DEFAULT_KEY_ENV, TeacherConfig, TeacherUnreachable
 
 CAPTION_MAX_TOKENS = 100  # one sentence
 
@@ -130,19 +138,9 @@ def annotate(
         dataset=dataset, split=split or "train", stage=stage, concurrency=concurrency, max_retries=max_retries,
         budget_usd=budget_usd, limit=limit, run_id=run, teacher=teacher_cfg,
     )  # fmt: skip
-    with LazyProgress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), console=err_console, disable=as_json, transient=True,
-    ) as bar:  # fmt: skip
-        task = bar.add_task(f"annotating {dataset}/{split}", total=None, info="")
-
-        def progress(event: Event) -> None:
-            s = event.summary
-            cost = f"${s.cost_usd:.4f}" if s.cost_known else "cost n/a"
-            where = f"{event.message} · " if event.message else ""
-            bar.update(task, completed=event.done, total=event.total,
-                       info=f"{where}{s.requests} req · {s.tokens_in + s.tokens_out} tok · {cost}")  # fmt: skip
-
+    with progress_bar(as_json, info=True) as bar:
+        progress = follow(bar, f"annotating {dataset}/{split}",
+                          lambda e: (f"{e.message} · " if e.message else "") + usage_text(e.summary))  # fmt: skip
         if batch or batch_file or ingest:
             bcfg = BatchConfig(price=_price(batch_price, "--batch-price"), max_requests=batch_max_requests,
                                max_bytes=int(batch_max_mb * 1e6), poll_s=poll_s, wait=not no_wait,
@@ -165,18 +163,8 @@ def _captions(store: Any, dataset: str, teacher: TeacherConfig, split: str | Non
     """``annotate --captions``: the teacher captions every image of the dataset (or of ``split``)."""
     cfg = CaptionConfig(dataset=dataset, teacher=teacher, splits=(split,) if split else None,
                         concurrency=concurrency, budget_usd=budget_usd, limit=limit, run_id=run)  # fmt: skip
-    with LazyProgress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), console=err_console, disable=as_json, transient=True,
-    ) as bar:  # fmt: skip
-        task = bar.add_task(f"captioning {dataset}", total=None, info="")
-
-        def progress(event: Event) -> None:
-            s = event.summary
-            cost = f"${s.cost_usd:.4f}" if s.cost_known else "cost n/a"
-            bar.update(task, completed=event.done, total=event.total,
-                       info=f"{s.requests} req · {s.tokens_in + s.tokens_out} tok · {cost}")  # fmt: skip
-
+    with progress_bar(as_json, info=True) as bar:
+        progress = follow(bar, f"captioning {dataset}", lambda e: usage_text(e.summary))
         summary = caption_images(store, cfg, progress=progress)
     if as_json:
         print_json(summary.as_dict())

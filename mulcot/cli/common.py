@@ -1,16 +1,27 @@
-"""Pieces every command shares: consoles, the --db and --json options, opening the store."""
+"""Pieces every command shares: consoles, the --db and --json options, opening the store, the progress bar."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, TaskID
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TaskID,
+    TimeRemainingColumn,
+)
 
+from mulcot.events import Event
 from mulcot.store import Store, default_db_path
 
 console = Console()
@@ -49,6 +60,44 @@ def open_store(db: Path | None) -> Store:
     return Store.open(db or default_db_path())
 
 
+def progress_bar(as_json: bool, *, info: bool = False, spinner: bool = False, remaining: bool = False,
+                 transient: bool = True) -> Progress:  # fmt: skip
+    """The progress bar of every long command, on stderr (silent with --json): description, bar, done/total, and
+    optionally a spinner, an ``info`` text field, the time remaining. Drawn from its first update on
+    (:class:`LazyProgress`): a command refused by its checks shows its one line of error and no empty bar."""
+    columns: list[Any] = [SpinnerColumn()] if spinner else []
+    columns += [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+    if info:
+        columns.append(TextColumn("{task.fields[info]}"))
+    columns.append(TimeElapsedColumn())
+    if remaining:
+        columns.append(TimeRemainingColumn())
+    return LazyProgress(*columns, console=err_console, disable=as_json, transient=transient)
+
+
+def follow(bar: Progress, description: str, info: Callable[[Event], str] | None = None, *,
+           describe: bool = False) -> Callable[[Event], None]:  # fmt: skip
+    """A task on ``bar`` and the library callback that moves it (``event.done`` of ``event.total``); ``info(event)``
+    fills the info field, ``describe`` shows each event's message as the description."""
+    task = bar.add_task(description, total=None, info="")
+
+    def progress(event: Event) -> None:
+        fields: dict[str, Any] = {"completed": event.done, "total": event.total}
+        if info is not None:
+            fields["info"] = info(event)
+        if describe and event.message:
+            fields["description"] = event.message
+        bar.update(task, **fields)
+
+    return progress
+
+
+def usage_text(summary: Any) -> str:
+    """Requests, tokens and cost of a teacher job so far (annotate, captions)."""
+    cost = f"${summary.cost_usd:.4f}" if summary.cost_known else "cost n/a"
+    return f"{summary.requests} req · {summary.tokens_in + summary.tokens_out} tok · {cost}"
+
+
 def print_json(data: Any) -> None:
     """JSON to stdout, untouched by rich markup."""
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
@@ -81,9 +130,9 @@ ServerTextOnlyOption = Annotated[
 def server_config(server: str | None, served_model: str | None, *, concurrency: int = 4, retries: int = 3,
                   max_requests: int | None = None, time_budget: float | None = None,
                   text_only: bool = False) -> Any:  # fmt: skip
-    """The :class:`mulcot.serving.ServerConfig` of the --server flags (None without --server)."""
+    """The :class:`mulcot.generation.server.ServerConfig` of the --server flags (None without --server)."""
     from mulcot.errors import MulcotError
-    from mulcot.serving import ServerConfig
+    from mulcot.generation.server import ServerConfig
 
     if server is None:
         if served_model is not None:
@@ -93,6 +142,45 @@ def server_config(server: str | None, served_model: str | None, *, concurrency: 
         raise MulcotError("--server needs --served-model NAME (the model's name in the server's /v1/models)")
     return ServerConfig(url=server, served_model=served_model, concurrency=concurrency, http_retries=retries,
                         max_requests=max_requests, time_budget_s=time_budget, text_only=text_only)  # fmt: skip
+
+
+_SERVER_FLAGS: dict[str, tuple[Any, Any]] = {  # parameter -> (annotation, default)
+    "server": (ServerOption, None),
+    "served_model": (ServedModelOption, None),
+    "concurrency": (ConcurrencyOption, 4),
+    "retries": (ServerRetriesOption, 3),
+    "max_requests": (MaxRequestsOption, None),
+    "time_budget": (TimeBudgetOption, None),
+    "server_text_only": (ServerTextOnlyOption, False),
+}
+
+
+def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the --server flags (--server, --served-model, --concurrency, --retries, --max-requests,
+    --time-budget, --server-text-only); it receives them as one ``server`` keyword: a
+    :class:`mulcot.generation.server.ServerConfig`, or None without --server."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(fn, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name != "server"]
+    flags = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+             for name, (annotation, default) in _SERVER_FLAGS.items()]  # fmt: skip
+    tail = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.name in ("db", "as_json", "options")]
+    head = [p for p in own if p.name not in ("db", "as_json", "options")]
+    head = [p if p.default is inspect.Parameter.empty else p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in head]  # fmt: skip
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in _SERVER_FLAGS}
+        served = server_config(values["server"], values["served_model"], concurrency=values["concurrency"],
+                               retries=values["retries"], max_requests=values["max_requests"],
+                               time_budget=values["time_budget"], text_only=values["server_text_only"])  # fmt: skip
+        return fn(*args, server=served, **kwargs)
+
+    command.__signature__ = sig.replace(parameters=[*head, *flags, *tail])  # type: ignore[attr-defined]
+    return command
 
 
 def print_served(served: dict[str, Any] | None, warnings: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, get_type_hints
 
 import typer
 
-from mulcot.train.config import config_fields, default_of
+from mulcot.core.settings import config_fields, default_of
 
 
 def _cli_type(tp: Any, f: Field) -> Any:

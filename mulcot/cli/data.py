@@ -8,13 +8,11 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from mulcot.cli.common import DbOption, JsonOption, LazyProgress, console, err_console, open_store, print_json
+from mulcot.cli.common import DbOption, JsonOption, console, err_console, follow, open_store, print_json, progress_bar
 from mulcot.datasets import EXPORT_FORMATS, FORMATS, export_dataset, import_dataset
 from mulcot.errors import MulcotError
-from mulcot.events import Event
 
 app = typer.Typer(help="Import, list, inspect and export datasets.", no_args_is_help=True)
 
@@ -62,15 +60,8 @@ def import_(
     model, prompt_version}). `mulcot data export NAME FILE.jsonl` writes this,
     with images relative to the file's folder: it imports back as it was."""
     store = open_store(db)
-    with LazyProgress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        console=err_console, transient=True, disable=as_json,
-    ) as bar:  # fmt: skip
-        task = bar.add_task(f"importing {path}", total=None)
-
-        def progress(event: Event) -> None:
-            bar.update(task, description=event.message, completed=event.done, total=event.total)
-
+    with progress_bar(as_json, spinner=True) as bar:
+        progress = follow(bar, f"importing {path}", describe=True)
         report = import_dataset(
             store, fmt, path, name=name, split=split, images=images, no_images=no_images, strict=strict,
             split_ratio=_parse_ratio(split_ratio), teacher=teacher, progress=progress,
@@ -191,7 +182,7 @@ def export(
     store = open_store(db)
     target = out if out is not None else sys.stdout
     if ratings:
-        from mulcot.datasets.export import export_ratings
+        from mulcot.datasets.writers import export_ratings
 
         n = export_ratings(store, target, dataset=name, fmt=fmt)
         if out is not None:
@@ -216,8 +207,8 @@ def pairs(
 ) -> None:
     """Preference pairs for DPO: a correct chain (D_t or D_a) against a wrong, failed or lower-rated chain of the same
     sample. Shows counts per source and gold label; --format exports them for TRL or LLaMA-Factory."""
-    from mulcot.labels import LABELS
-    from mulcot.pairs import build_pairs, export_pairs
+    from mulcot.core.labels import LABELS
+    from mulcot.train.pairs import build_pairs, export_pairs
 
     store = open_store(db)
     built = build_pairs(store, name, split, sources)

@@ -14,27 +14,20 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 from typer.core import TyperGroup
 
 from mulcot.cli.common import (
-    ConcurrencyOption,
     DbOption,
     JsonOption,
-    LazyProgress,
-    MaxRequestsOption,
-    ServedModelOption,
-    ServerOption,
-    ServerRetriesOption,
-    ServerTextOnlyOption,
-    TimeBudgetOption,
     console,
     err_console,
     open_store,
     print_json,
     print_served,
-    server_config,
+    progress_bar,
+    server_options,
 )
 from mulcot.cli.tables import HEADERS, metrics_table
 from mulcot.errors import MulcotError
@@ -64,10 +57,7 @@ app = typer.Typer(
 
 
 def _progress_bar(as_json: bool) -> tuple[Progress, Any]:
-    bar = LazyProgress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=True, disable=as_json,
-    )  # fmt: skip
+    bar = progress_bar(as_json, spinner=True)
     tasks: dict[str, Any] = {}
     names = {"chains": "generating chains (P_cot)", "labels": "generating label answers (P_label)",
              "loading model": "loading the model",
@@ -118,6 +108,40 @@ def paper_table(results: list[dict[str, Any]], title: str, *, with_ids: bool = F
     return metrics_table(names, rows, title, f1_header=f1, caption=lines)
 
 
+def _ci(interval: dict[str, float]) -> str:
+    return f"[{100 * interval['low']:+.2f}, {100 * interval['high']:+.2f}]"
+
+
+def print_paired(rows: list[dict[str, Any]], pairs: list[dict[str, Any] | None]) -> None:
+    """Each result against the first, over the posts both scored: accuracy and macro-F1 of both, their difference
+    (this − first, × 100) with its paired bootstrap interval, exact McNemar p and the agreement rate."""
+    base = rows[0]
+    boot = None
+    for row, pair in zip(rows, pairs, strict=True):
+        if pair is None:
+            continue
+        boot, mc = pair["bootstrap"], pair["mcnemar"]
+        table = Table(title=f"#{row['id']} {escape(_display_name(row, False))} against #{base['id']} "
+                      f"{escape(_display_name(base, False))}: {pair['n']} posts ({pair['clusters']} tweets)",
+                      title_justify="left")  # fmt: skip
+        for col in ("", f"#{base['id']}", f"#{row['id']}", "Δ", "95% CI"):
+            table.add_column(col, justify="left" if not col else "right")
+        for name, key in (("Acc", "accuracy"), ("m-F1", "macro_f1")):
+            table.add_row(name, _pct(boot[f"{key}_a"]), _pct(boot[f"{key}_b"]), f"{100 * boot[key]['diff']:+.2f}",
+                          _ci(boot[key]))  # fmt: skip
+        console.print(table)
+        console.print(f"exact McNemar p = {mc['p_value']:.4g} ({mc['a_only']} posts only #{base['id']} gets right, "
+                      f"{mc['b_only']} only #{row['id']}); same label on {_pct(pair['agreement'])}% of the posts",
+                      highlight=False)  # fmt: skip
+    if boot is not None:
+        console.print(
+            "Over the posts both results scored; Δ = the second − the first, × 100. McNemar: exact two-sided binomial "
+            f"test on the posts only one of the two gets right. CI: percentile interval of {boot['n_boot']} paired "
+            f"bootstrap draws (seed {boot['seed']}) resampling whole tweets (posts sharing an image or a text).",
+            highlight=False,
+        )
+
+
 def _display_name(result: dict[str, Any], with_ids: bool) -> str:
     subject = (result.get("config") or {}).get("subject") or result.get("subject") or {}
     name = subject.get("name") or result.get("run_id") or result.get("source") or result.get("model") or "?"
@@ -133,16 +157,31 @@ def _display_name(result: dict[str, Any], with_ids: bool) -> str:
 def _detail(result: dict[str, Any]) -> None:
     m = result["metrics"]
     table = Table(title="classification (gold labels)", title_justify="left")
-    for col in ("head", "n", "Acc", "w-F1", "m-F1", "invalid"):
+    for col in ("head", "n", "Acc", "w-F1", "m-F1", "bal.Acc", "invalid"):
         table.add_column(col, justify="left" if col == "head" else "right")
+    recalls = []
     for head, name in (("label", "label prompt (P_label)"), ("chain", "chain's own Prediction")):
         c = m.get(head)
         if c:
             table.add_row(name, str(c["n"]), _pct(c["accuracy"]), _pct(c["weighted_f1"]), _pct(c["macro_f1"]),
-                          str(c["invalid_predictions"]))  # fmt: skip
+                          _pct(c.get("balanced_accuracy")), str(c["invalid_predictions"]))  # fmt: skip
+            recalls.append(f"{head} " + " / ".join(_pct(c["per_label"][lab]["recall"]) for lab in c["labels"]))
         else:
-            table.add_row(name, "-", "-", "-", "-", "no label head")
+            table.add_row(name, "-", "-", "-", "-", "-", "no label head")
+    table.caption = "bal.Acc: mean recall over the labels present in the gold labels"
+    table.caption_justify = "left"
     console.print(table)
+    if recalls:
+        console.print(f"recall (positive / neutral / negative): {'; '.join(recalls)}", highlight=False)
+    probs = m.get("probabilities")
+    if probs:
+        auroc = probs["auroc_macro_ovr"]
+        console.print(
+            f"label probabilities (n={probs['n']}): AUROC (macro one-vs-rest) "
+            f"{'-' if auroc is None else f'{auroc:.3f}'}, ECE {probs['ece']:.3f} ({probs['ece_bins']} equal-width "
+            f"bins of the top probability), log loss {probs['nll']:.3f}, Brier {probs['brier']:.3f}",
+            highlight=False,
+        )
     notes = []
     if m.get("consistency") is not None:
         notes.append(f"consistency (chain Prediction = label prediction): {100 * m['consistency']:.2f}% of "
@@ -196,6 +235,7 @@ def _metric_list(value: str | None) -> list[str] | None:
 
 
 @app.command("run")
+@server_options
 def run(
     dataset: Annotated[str, typer.Argument(help="Dataset in the store.")],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
@@ -232,13 +272,12 @@ def run(
         Path | None, typer.Option(help="Folder for result.json, per_sample.jsonl, confusion.png.", show_default=False)
     ] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run folders are.")] = Path("runs"),
-    server: ServerOption = None,
-    served_model: ServedModelOption = None,
-    concurrency: ConcurrencyOption = 4,
-    retries: ServerRetriesOption = 3,
-    max_requests: MaxRequestsOption = None,
-    time_budget: TimeBudgetOption = None,
-    server_text_only: ServerTextOnlyOption = False,
+    per_post: Annotated[
+        Path | None,
+        typer.Option("--per-post", help="Also write each post's gold, prediction and label probabilities to this "
+                     ".csv or .jsonl file.", show_default=False),
+    ] = None,
+    server: Any = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -253,8 +292,8 @@ def run(
         label_max_new_tokens=label_max_new_tokens, batch_size=batch_size, max_pixels=max_pixels, device=device,
         dtype=dtype, load_in_4bit=load_in_4bit, nltk_data_dir=str(nltk_data) if nltk_data else None,
         embedding_cache=not no_cache, out=str(out) if out else None, runs_dir=str(runs_dir),
-        server=server_config(server, served_model, concurrency=concurrency, retries=retries, max_requests=max_requests,
-                             time_budget=time_budget, text_only=server_text_only),
+        server=server,
+        per_post=str(per_post) if per_post else None,
     )  # fmt: skip
     bar, progress = _progress_bar(as_json)
     with bar:
@@ -282,17 +321,28 @@ def compare(
     ] = None,  # fmt: skip
     dataset: Annotated[str | None, typer.Option(help="Only results on this dataset.")] = None,
     split: Annotated[str | None, typer.Option(help="Only results on this split.")] = None,
+    paired: Annotated[
+        bool, typer.Option("--paired/--no-paired", help="Compare each result with the first post by post.")
+    ] = True,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap draws for the paired intervals.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap draws.")] = 0,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Put stored evaluation results side by side. A run or source name means its latest result on the same posts
-    (it says which it took); results scored on different posts are refused."""
+    """Put stored evaluation results side by side and compare each with the first over the posts both scored:
+    exact McNemar p, paired bootstrap 95% intervals of the accuracy and macro-F1 differences (whole tweets
+    resampled), agreement. A run or source name means its latest result on the same posts (it says which it
+    took)."""
     from mulcot.evaluate import compare_results, describe_result, paper_row
+    from mulcot.evaluate.posts import paired_results
 
+    if n_boot < 1:
+        raise MulcotError("--n-boot must be at least 1")
     store = open_store(db)
     rows = compare_results(store, results or [], dataset=dataset, split=split)
+    pairs = paired_results(store, rows, n_boot=n_boot, seed=seed) if paired else [None] * len(rows)
     if as_json:
-        print_json([{**r, "row": paper_row(r)} for r in rows])
+        print_json([{**r, "row": paper_row(r), "paired": p} for r, p in zip(rows, pairs, strict=True)])
         return
     for r in rows:
         if "picked" in r:
@@ -303,6 +353,8 @@ def compare(
     # the names whole, one line each (soft-wrapped by the terminal, so they paste back as they are)
     for r in rows:
         console.print(escape(describe_result(r)), highlight=False, soft_wrap=True)
+    if any(pairs):
+        print_paired(rows, pairs)
 
 
 @app.command("list")

@@ -66,7 +66,8 @@ def export(
     """Export a trained student for offline use: merge the LoRA adapter (complete Hugging Face folder), convert it
     with llama.cpp's own converter to a text GGUF and a vision projector (mmproj) GGUF, quantize with llama.cpp's
     quantizer, and write manifest.json and an Ollama Modelfile. A rerun skips the steps already done."""
-    from mulcot.export import ExportConfig, parse_quants
+    from mulcot.core.gguf import parse_quants
+    from mulcot.export import ExportConfig
     from mulcot.export import export as run_export
 
     quants = parse_quants(quant)

@@ -8,33 +8,30 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mulcot.cli.common import (
-    ConcurrencyOption,
     DbOption,
     JsonOption,
-    LazyProgress,
-    MaxRequestsOption,
-    ServedModelOption,
-    ServerOption,
-    ServerRetriesOption,
-    ServerTextOnlyOption,
-    TimeBudgetOption,
     console,
     err_console,
+    follow,
     open_store,
     print_json,
     print_served,
-    server_config,
+    progress_bar,
+    server_options,
 )
+from mulcot.cli.config_options import config_options
 from mulcot.errors import MulcotError
 from mulcot.events import Event
+from mulcot.generation.base import PredictConfig
 
 _LABEL_STYLE = {"positive": "bold green", "neutral": "bold yellow", "negative": "bold red"}
 
 
+@config_options(PredictConfig)
+@server_options
 def predict(
     gguf: Annotated[
         Path | None, typer.Option(help="Export folder (its default GGUF) or a text GGUF file.", show_default=False)
@@ -63,58 +60,31 @@ def predict(
         Path | None, typer.Option(help="Vision projector GGUF (default: the one beside the model).")
     ] = None,
     label: Annotated[bool, typer.Option("--label", help="Also ask the classification prompt (P_label).")] = False,
-    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 512,
-    label_max_tokens: Annotated[int, typer.Option(help="Most tokens for the label prompt's answer.")] = 32,
-    temperature: Annotated[float, typer.Option(help="0 is greedy decoding.")] = 0.0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling (temperature > 0).")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    n_threads: Annotated[
-        int | None, typer.Option(help="llama.cpp threads (default: half the logical cores, as llama-cpp-python).")
-    ] = None,
-    ctx: Annotated[int, typer.Option(help="llama.cpp context length (tokens).")] = 4096,
-    mmap: Annotated[
-        bool,
-        typer.Option("--mmap/--no-mmap",
-                     help="Map the GGUF instead of reading it (quantized GGUFs then use more RAM)."),  # fmt: skip
-    ] = False,
-    max_pixels: Annotated[int, typer.Option(help="Downsize images to at most this many pixels.")] = 280 * 280,
-    image_max_side: Annotated[int | None, typer.Option(help="... and to at most this long a side.")] = None,
-    batch_size: Annotated[int, typer.Option(help="hf backend batch size.")] = 4,
-    device: Annotated[str | None, typer.Option(help="hf backend device (default: best available).")] = None,
-    dtype: Annotated[str | None, typer.Option(help="hf backend dtype (bf16, fp16, fp32).")] = None,
     name: Annotated[str | None, typer.Option(help="Batch mode run id (default: predict-MODEL-DATASET-SPLIT).")] = None,
-    server: ServerOption = None,
-    served_model: ServedModelOption = None,
-    concurrency: ConcurrencyOption = 4,
-    retries: ServerRetriesOption = 3,
-    max_requests: MaxRequestsOption = None,
-    time_budget: TimeBudgetOption = None,
-    server_text_only: ServerTextOnlyOption = False,
+    server: Any = None,
     db: DbOption = None,
     as_json: JsonOption = False,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Ask the student about a post (--image/--text) or a whole split (--dataset): it writes the five-field
     reasoning (Text_analysis, Image_analysis, Conflict_resolution, Final_conclusion, Prediction) and the label.
     Batch mode stores every chain (source student-gguf, stage eval) for `mulcot eval`, and resumes. With --server
     --served-model the student answers from an OpenAI-compatible server (source student-server)."""
-    from mulcot.predict import Post, PredictConfig, open_backend, predict_dataset, predict_post
+    from mulcot.generation import Post, open_backend
+    from mulcot.predict import predict_dataset, predict_post
 
     if (text is None) == (dataset is None):
         raise MulcotError("give either --text (with --image) for one post, or --dataset for a whole split")
     if (image is not None or caption is not None) and text is None:
         raise MulcotError("--image and --caption need --text (the post's text)")
-    served = server_config(server, served_model, concurrency=concurrency, retries=retries, max_requests=max_requests,
-                           time_budget=time_budget, text_only=server_text_only)  # fmt: skip
+    served = server
     if served is not None:
         if gguf is not None or model is not None:
             raise MulcotError("--server asks the served model: leave out --gguf and --model")
         backend = "server"
     if backend not in ("gguf", "hf", "server"):
         raise MulcotError(f"unknown --backend '{backend}' (use gguf or hf)")
-    config = PredictConfig(max_tokens=max_tokens, label_max_tokens=label_max_tokens, temperature=temperature,
-                           top_p=top_p, seed=seed, n_threads=n_threads, ctx=ctx, mmap=mmap, max_pixels=max_pixels,
-                           image_max_side=image_max_side, batch_size=batch_size, device=device,
-                           dtype=dtype)  # fmt: skip
+    config = PredictConfig(**(options or {}))
     prompts = ("cot", "label") if label else ("cot",)
     run_name = backend == "hf" and model is not None and not Path(model).expanduser().exists()
     store = open_store(db) if dataset is not None or run_name else None
@@ -137,16 +107,8 @@ def predict(
                 else:
                     print_single(out)
                 return
-            bar = LazyProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                           console=err_console, disable=as_json)  # fmt: skip
-            task_id = bar.add_task(f"predict {runner.name}", total=None, info="")
-
-            def progress(event: Event) -> None:
-                pred = event.get("prediction")
-                info = f"last: {pred.prediction or 'invalid'} ({pred.latency_s:.1f} s)" if pred is not None else ""
-                bar.update(task_id, completed=event.done, total=event.total, info=info)
-
+            bar = progress_bar(as_json, info=True, remaining=True, transient=False)
+            progress = follow(bar, f"predict {runner.name}", _last_prediction)
             with bar:
                 summary = predict_dataset(store, runner, dataset, split, limit=limit, run_id=name, prompts=prompts,
                                           progress=progress)  # fmt: skip
@@ -160,6 +122,11 @@ def predict(
         print_json(summary.as_dict())
         return
     print_summary(summary.as_dict())
+
+
+def _last_prediction(event: Event) -> str:
+    pred = event.get("prediction")
+    return f"last: {pred.prediction or 'invalid'} ({pred.latency_s:.1f} s)" if pred is not None else ""
 
 
 class _Null:

@@ -98,7 +98,7 @@ def run(
 ) -> None:
     """Run a recipe: import → annotate → train-assistant → expand → distill → eval → export (resumable)."""
     from mulcot.pipeline import run_recipe
-    from mulcot.recipes import load_recipe
+    from mulcot.pipeline.recipes import load_recipe
 
     r = load_recipe(recipe)
     store = open_store(db)
@@ -122,7 +122,7 @@ def demo(
 ) -> None:
     """The whole pipeline on the embedded sample (60 real Twitter-2015 posts) with tiny models, on the CPU."""
     from mulcot.pipeline import run_recipe
-    from mulcot.recipes import load_recipe
+    from mulcot.pipeline.recipes import load_recipe
 
     recipe = load_recipe("@tiny-cpu")
     recipe.runs_dir = str(runs_dir)
@@ -174,7 +174,7 @@ def demo(
 
 def doctor(as_json: JsonOption = False) -> None:
     """Check the environment (torch, GPU, llama.cpp, WordNet, sentence model, disk) and say what to fix."""
-    from mulcot.doctor import run_checks
+    from mulcot.pipeline.doctor import run_checks
 
     checks = run_checks()
     if as_json:

@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from rich.table import Table
 
-from mulcot.cli.common import DbOption, JsonOption, LazyProgress, console, err_console, open_store, print_json
+from mulcot.cli.common import DbOption, JsonOption, console, open_store, print_json, progress_bar
 from mulcot.cli.config_options import config_options
 from mulcot.events import Event
 from mulcot.train.config import PreferenceConfig, TrainConfig
@@ -17,10 +17,7 @@ from mulcot.train.config import PreferenceConfig, TrainConfig
 
 def training_progress(as_json: bool) -> tuple[Progress, Any]:
     """A rich progress bar (loss, lr, it/s, ETA) and the library callback that feeds it."""
-    bar = LazyProgress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, disable=as_json, transient=False,
-    )  # fmt: skip
+    bar = progress_bar(as_json, info=True, remaining=True, transient=False)
     task = bar.add_task("training", total=None, info="")
     state: dict[str, Any] = {"info": ""}
 

@@ -46,6 +46,3 @@ def tui(
 
     ChainBrowser(db or default_db_path(), rater=rater or _default_rater(), image_mode=image).run()
 
-
-if __name__ == "__main__":  # python -m mulcot.cli.tui, before `mulcot tui` is registered
-    typer.run(tui)

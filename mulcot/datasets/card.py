@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mulcot.chains import release_chain
+from mulcot.core.chains import release_chain
 from mulcot.store import Store
 
 # Where the posts of each import format come from (the attributions of ../shared/data and the embedded sample).

@@ -13,8 +13,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from mulcot.core.labels import normalize_label
 from mulcot.errors import DataError
-from mulcot.labels import normalize_label
 
 SPLIT_NAMES = ("train", "dev", "test")
 _SPLIT_ALIASES = {
@@ -121,6 +121,32 @@ def read_json(path: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", file=str(path), row=exc.lineno) from None
+
+
+def json_items(path: Path, required: tuple[str, ...], what: str) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
+    """``(number, item)`` for each item of a JSON array file (numbered from 1), or ``(number, problem)`` for an item
+    that is not an object or lacks one of ``required``. A file that is not a JSON array of ``what`` is refused."""
+    file = str(path)
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise DataError(f"expected a JSON array of {what}, found {type(data).__name__}", file=file)
+    for number, item in enumerate(data, start=1):
+        if not isinstance(item, dict):
+            yield number, DataError(f"item {number} is not an object", file=file, row=number)
+            continue
+        missing = next((name for name in required if name not in item), None)
+        if missing is not None:
+            yield number, DataError(f"item {number} has no '{missing}'", file=file, row=number, field=missing)
+            continue
+        yield number, item
+
+
+def new_id(item: dict[str, Any], seen: dict[str, int], file: str, number: int) -> str:
+    """The item's id, refused when an earlier accepted item of the file had it (``seen``: id -> item number)."""
+    key = str(item["id"]).strip()
+    if key in seen:
+        raise DataError(f"duplicate id {key} (first is item {seen[key]})", file=file, row=number)
+    return key
 
 
 def map_label(value: Any, mapping: dict[Any, str] | None, file: str, line: int, field_name: str) -> str:

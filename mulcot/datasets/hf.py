@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mulcot.core.reasoning import ANALYSIS_FIELDS
 from mulcot.datasets.card import dataset_card
 from mulcot.errors import DataError, MulcotError
-from mulcot.reasoning import ANALYSIS_FIELDS
 from mulcot.store import Store
 
 SAMPLE_COLUMNS = ("id", "split", "text", "aspect", "label", "image")

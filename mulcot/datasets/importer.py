@@ -11,8 +11,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from mulcot.chains import RELEASE_ORIGIN, chain_row
+from mulcot.core.chains import RELEASE_ORIGIN, chain_row
 from mulcot.datasets import jsonl, mvsa, release, tombert
 from mulcot.datasets.common import (
     ImageChecker,
@@ -175,26 +176,47 @@ def import_dataset(
         raise MulcotError("--split-ratio takes three non-negative shares for train,dev,test, e.g. 8,1,1")
 
     files, rows = _read_all(fmt, path, split, split_ratio, teacher)
-    checker: ImageChecker | None = None
-    if not no_images:
-        if images is not None:
-            root = Path(images)
-            if not root.is_dir():
-                raise DataError("image folder not found: pass an existing --images DIR or --no-images", file=str(root))
-        else:
-            candidates = _default_images(fmt, path)
-            root = next((c for c in candidates if c.is_dir()), None)  # type: ignore[assignment]
-            if root is None:
-                looked = ", ".join(str(c) for c in candidates)
-                raise DataError(
-                    f"no image folder found (looked in {looked}): pass --images DIR, or --no-images to import "
-                    "text only",
-                    file=str(path),
-                )
-        checker = ImageChecker(root)
-
+    checker = None if no_images else _image_checker(fmt, path, images)
     report = ImportReport(dataset=name, format=fmt, task="", files=files,
                           images_root=str(checker.root) if checker else None)  # fmt: skip
+    good = _check_rows(rows, checker, report, progress)
+    report.task = _settle_task(store, name, fmt, good, report)
+    if strict and report.problems:
+        first = report.problems[0]
+        more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
+        raise ImportAborted(f"{first}{more}; --strict: nothing was imported")
+    if not good:
+        if report.problems:
+            raise DataError(f"no valid rows to import; first problem: {report.problems[0]}", file=str(path))
+        raise DataError("no rows to import", file=str(path))
+    emit(progress, "import", message="writing", done=0, total=len(good))
+    _write(store, name, fmt, path, good, report, has_images=checker is not None)
+    report.splits = dict(Counter(r.split for r in good))
+    report.labels = dict(Counter(r.label or "unlabelled" for r in good))
+    report.text_only = sum(1 for r in good if not r.has_image)
+    emit(progress, "import", message="writing", done=len(good), total=len(good))
+    return report
+
+
+def _image_checker(fmt: str, path: Path, images: str | Path | None) -> ImageChecker:
+    """The image folder: ``--images`` or the format's usual place beside the data; refused in one line if none."""
+    if images is not None:
+        root = Path(images)
+        if not root.is_dir():
+            raise DataError("image folder not found: pass an existing --images DIR or --no-images", file=str(root))
+        return ImageChecker(root)
+    candidates = _default_images(fmt, path)
+    found = next((c for c in candidates if c.is_dir()), None)
+    if found is None:
+        looked = ", ".join(str(c) for c in candidates)
+        raise DataError(f"no image folder found (looked in {looked}): pass --images DIR, or --no-images to import "
+                        "text only", file=str(path))  # fmt: skip
+    return ImageChecker(found)
+
+
+def _check_rows(rows: Iterable[Any], checker: ImageChecker | None, report: ImportReport,
+                progress: Progress | None) -> list[SampleRow]:  # fmt: skip
+    """The rows that import; the others go to the report (problems, or dropped by MVSA's cleaning)."""
     good: list[SampleRow] = []
     for n, item in enumerate(rows, start=1):
         if n % 200 == 0:
@@ -216,7 +238,12 @@ def import_dataset(
                 continue
         good.append(item)
     report.rows_read = len(good) + len(report.problems) + len(report.dropped)
+    return good
 
+
+def _settle_task(store: Store, name: str, fmt: str, good: list[SampleRow], report: ImportReport) -> str:
+    """MASC or MSA (by format, else by aspects); refuses a dataset of the other task; in an aspect-level dataset a
+    row without an aspect becomes a problem (removed from ``good``)."""
     fmt_task = {"twitter-tsv": "masc", "mvsa-raw": "msa", "clmlf-json": "msa"}.get(fmt)
     task = fmt_task or ("masc" if any(r.aspect for r in good) else "msa")
     existing = store.get_dataset(name)
@@ -229,22 +256,16 @@ def import_dataset(
             report.problems.append(DataError("no aspect in an aspect-level dataset", file=row.file, row=row.line,
                                              field="aspect"))  # fmt: skip
             good.remove(row)
-    report.task = task
+    return task
 
-    if strict and report.problems:
-        first = report.problems[0]
-        more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
-        raise ImportAborted(f"{first}{more}; --strict: nothing was imported")
-    if not good:
-        if report.problems:
-            raise DataError(f"no valid rows to import; first problem: {report.problems[0]}", file=str(path))
-        raise DataError("no rows to import", file=str(path))
 
-    emit(progress, "import", message="writing", done=0, total=len(good))
+def _write(store: Store, name: str, fmt: str, path: Path, good: list[SampleRow], report: ImportReport, *,
+           has_images: bool) -> None:  # fmt: skip
+    """The dataset, its samples and the chains they carry, in one transaction (chains already stored are kept)."""
     with store.transaction():
         report.created = store.upsert_dataset(
-            name, task=task, format=fmt, source=str(path.resolve()), images_root=report.images_root,
-            has_images=checker is not None,
+            name, task=report.task, format=fmt, source=str(path.resolve()), images_root=report.images_root,
+            has_images=has_images,
         )  # fmt: skip
         counts = store.upsert_samples(name, (r.record() for r in good))
         report.added, report.updated, report.unchanged = counts.added, counts.updated, counts.unchanged
@@ -259,8 +280,3 @@ def import_dataset(
                                                 prompt_version=chain.prompt_version,
                                                 origin=f"{RELEASE_ORIGIN}{row.file}"))  # fmt: skip
                 report.chains_added += 1
-    report.splits = dict(Counter(r.split for r in good))
-    report.labels = dict(Counter(r.label or "unlabelled" for r in good))
-    report.text_only = sum(1 for r in good if not r.has_image)
-    emit(progress, "import", message="writing", done=len(good), total=len(good))
-    return report

@@ -17,9 +17,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mulcot.datasets.common import RowOrProblem, SampleRow, iter_lines, map_label, read_json, read_utf8
+from mulcot.core.labels import normalize_label
+from mulcot.datasets.common import RowOrProblem, SampleRow, iter_lines, json_items, map_label, new_id, read_utf8
 from mulcot.errors import DataError
-from mulcot.labels import normalize_label
 
 CLMLF_CODES = {"0": "positive", "1": "neutral", "2": "negative", 0: "positive", 1: "neutral", 2: "negative"}
 LABEL_FILE = "labelResultAll.txt"
@@ -148,20 +148,13 @@ def read_raw(root: Path, split: str, split_ratio: Sequence[float] | None = None)
 def read_clmlf(path: Path, split: str) -> Iterator[RowOrProblem]:
     """Rows of one CLMLF split file."""
     file = str(path)
-    data = read_json(path)
-    if not isinstance(data, list):
-        raise DataError(f"expected a JSON array of {{id, text, emotion_label}}, found {type(data).__name__}", file=file)
     seen: dict[str, int] = {}
-    for number, item in enumerate(data, start=1):
+    for number, item in json_items(path, ("id", "text", "emotion_label"), "{id, text, emotion_label}"):
+        if isinstance(item, DataError):
+            yield item
+            continue
         try:
-            if not isinstance(item, dict):
-                raise DataError(f"item {number} is not an object", file=file, row=number)
-            for name in ("id", "text", "emotion_label"):
-                if name not in item:
-                    raise DataError(f"item {number} has no '{name}'", file=file, row=number, field=name)
-            key = str(item["id"]).strip()
-            if key in seen:
-                raise DataError(f"duplicate id {key} (first is item {seen[key]})", file=file, row=number)
+            key = new_id(item, seen, file, number)
             label = map_label(item["emotion_label"], CLMLF_CODES, file, number, "emotion_label")
             text = item["text"] if isinstance(item["text"], str) else ""
             if not text.strip():

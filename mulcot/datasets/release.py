@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from mulcot.datasets.common import ChainRow, RowOrProblem, SampleRow, map_label, read_json
+from mulcot.datasets.common import ChainRow, RowOrProblem, SampleRow, json_items, map_label, new_id
 from mulcot.errors import DataError
 
 DEFAULT_TEACHER = "mulcot-rd-release"
@@ -26,20 +26,13 @@ def chain_stage(cot: str) -> str:
 def read(path: Path, split: str, teacher: str = DEFAULT_TEACHER) -> Iterator[RowOrProblem]:
     """Rows (with their teacher chain) of one released split file."""
     file = str(path)
-    data = read_json(path)
-    if not isinstance(data, list):
-        raise DataError(f"expected a JSON array of samples, found {type(data).__name__}", file=file)
     seen: dict[str, int] = {}
-    for number, item in enumerate(data, start=1):
+    for number, item in json_items(path, ("id", "text", "label"), "samples"):
+        if isinstance(item, DataError):
+            yield item
+            continue
         try:
-            if not isinstance(item, dict):
-                raise DataError(f"item {number} is not an object", file=file, row=number)
-            for name in ("id", "text", "label"):
-                if name not in item:
-                    raise DataError(f"item {number} has no '{name}'", file=file, row=number, field=name)
-            key = str(item["id"]).strip()
-            if key in seen:
-                raise DataError(f"duplicate id {key} (first is item {seen[key]})", file=file, row=number)
+            key = new_id(item, seen, file, number)
             label = map_label(item["label"], None, file, number, "label")
             text = item["text"] if isinstance(item["text"], str) else ""
             if not text.strip():

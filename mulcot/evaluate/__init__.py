@@ -3,18 +3,18 @@
 - :mod:`~mulcot.evaluate.select`: what is evaluated (a model or a source of stored chains) and which chains and
   references stand for it;
 - :mod:`~mulcot.evaluate.generate`: model mode, the chains and label answers generated where missing (resumable);
-- :mod:`~mulcot.evaluate.run`: :func:`evaluate`, one evaluation from its :class:`EvalConfig` to its stored
-  :class:`EvalResult`;
-- :mod:`~mulcot.evaluate.metrics`: the classification and reasoning metrics;
+- :mod:`~mulcot.evaluate.config`: :class:`EvalConfig` (one evaluation's settings) and :class:`EvalResult`;
+- :mod:`~mulcot.evaluate.run`: :func:`evaluate`, gather → classify → score the reasoning → store and write;
+- :mod:`~mulcot.metrics`: the classification and reasoning metrics;
 - :mod:`~mulcot.evaluate.report`: the result's files, the paper's table row, :func:`compare_results`;
 - :mod:`~mulcot.evaluate.files`: :func:`score_files` scores two files of chains.
 
 No printing here: progress goes through callbacks.
 """
 
+from mulcot.evaluate.config import METRIC_DEFINITIONS, EvalConfig, EvalResult
 from mulcot.evaluate.files import FileScores, read_chain_file, score_files
 from mulcot.evaluate.report import (
-    METRIC_DEFINITIONS,
     PAPER_COLUMNS,
     compare_results,
     describe_result,
@@ -24,7 +24,7 @@ from mulcot.evaluate.report import (
     posts_key,
     write_outputs,
 )
-from mulcot.evaluate.run import EvalConfig, EvalResult, default_out_dir, evaluate, human_ratings
+from mulcot.evaluate.run import default_out_dir, evaluate, human_ratings
 from mulcot.evaluate.select import (
     KNOWN_SOURCES,
     REFERENCE_STAGE_ORDER,

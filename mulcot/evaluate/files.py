@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from mulcot.errors import DataError, MulcotError
-from mulcot.evaluate.metrics import ReasoningScores, reasoning_metrics
-from mulcot.evaluate.report import METRIC_DEFINITIONS
+from mulcot.evaluate.config import METRIC_DEFINITIONS
 from mulcot.events import Progress
+from mulcot.metrics import ReasoningScores, reasoning_metrics
 
 
 def read_chain_file(path: str | os.PathLike[str], *, field_name: str = "text") -> list[str]:
@@ -115,7 +115,7 @@ class FileScores:
 def score_files(preds: str | os.PathLike[str], refs: str | os.PathLike[str], *, field_name: str = "text",
                 progress: Progress | None = None, **options: Any) -> FileScores:  # fmt: skip
     """Score the chains of ``preds`` against those of ``refs`` (paired by order) with the reasoning metrics;
-    ``options`` go to :func:`mulcot.evaluate.metrics.reasoning_metrics` (sim_model, corpus, metrics, nltk_data_dir,
+    ``options`` go to :func:`mulcot.metrics.reasoning_metrics` (sim_model, corpus, metrics, nltk_data_dir,
     embedding_cache, …)."""
     p = read_chain_file(preds, field_name=field_name)
     r = read_chain_file(refs, field_name=field_name)

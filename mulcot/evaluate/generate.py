@@ -1,32 +1,37 @@
 """Model mode: the chains and label answers of the evaluated model, generated where they are missing.
 
-For each labelled sample of the split it generates with Hugging Face (:mod:`mulcot.train.generation`, greedy) the
-reasoning chain (prompt P_cot, stored with stage ``"eval"``) and the label-head answer (prompt P_label, stored with
-stage ``"label"``: ``raw`` = the answer, ``prediction`` = its label, ``fields`` = ``{"Prediction": label}``,
-``parse_status`` ``full`` when a label was found, else ``none``). Both are stored as final reasonings with source
-``assistant`` (train-assistant runs), ``student`` (distill runs) or ``model`` (anything else), ``model`` = the base
-model, ``run_id`` = the run, and the prompt's version. Generation is resumable: samples that already have a final
-chain (or answer) for the same source, model, run, adapter weights (their sha256, in ``origin``) and prompt version
-are not generated again, and the model is not even loaded when nothing is missing.
+For each labelled sample of the split the model answers, greedily, through a generation backend
+(:mod:`mulcot.generation`: transformers on the run's base model and adapter, llama.cpp on an export's GGUF, or a
+server serving the run), the reasoning prompt P_cot (stored with stage ``"eval"``) and the label prompt P_label
+(stored with stage ``"label"``: ``raw`` = the answer, ``prediction`` = its label, ``fields`` =
+``{"Prediction": label}``, ``parse_status`` ``full`` when a label was found, else ``none``). Both are stored as final
+reasonings with source ``assistant`` (train-assistant runs), ``student`` (distill runs), ``student-gguf`` (an
+export) or ``model`` (anything else), ``model`` = the base model (or the GGUF file), ``run_id`` = the run, and the
+prompt's version. Generation is resumable: samples that already have a final chain (or answer) for the same source,
+model, run, weights (their sha256, in ``origin``) and prompt version are not generated again, and the model is not
+even loaded when nothing is missing.
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
-from mulcot.chains import chain_row
+from mulcot.core.chains import chain_row
+from mulcot.core.inputs import TrainItem
+from mulcot.core.prompts import get_prompt
 from mulcot.evaluate.select import STAGE_EVAL, STAGE_LABEL, Subject
 from mulcot.events import Progress, emit
-from mulcot.prompts import get_prompt
+from mulcot.generation import Backend, Generated, Post, PredictConfig, Request, open_backend
 from mulcot.store import Store
 
 if TYPE_CHECKING:
-    from mulcot.evaluate.run import EvalConfig
+    from mulcot.evaluate.config import EvalConfig
+
+PROMPT_STAGES = (("cot", STAGE_EVAL), ("label", STAGE_LABEL))
 
 
-def _stored_outputs(store: Store, dataset: str, split: str, subject: Subject, stage: str,
-                    version: str) -> dict[int, dict[str, Any]]:  # fmt: skip
+def stored_outputs(store: Store, dataset: str, split: str, subject: Subject, stage: str,
+                   version: str) -> dict[int, dict[str, Any]]:  # fmt: skip
     """Newest final output per sample of the subject for one stage and prompt version."""
     out: dict[int, dict[str, Any]] = {}
     for r in store.reasonings(dataset=dataset, split=split, source=subject.source, stage=stage, run_id=subject.run_id,
@@ -40,95 +45,72 @@ def _stored_outputs(store: Store, dataset: str, split: str, subject: Subject, st
     return out
 
 
-def _origin(subject: Subject) -> str:
-    """What generated chains carry in ``origin``: the weights (adapter, or model) and the adapter's hash."""
-    origin = f"eval:{subject.adapter or subject.model}"
+def origin(subject: Subject) -> str:
+    """What generated chains carry in ``origin``: the weights (adapter, GGUF or model) and their hash."""
+    out = f"eval:{subject.adapter or subject.gguf or subject.model}"
     if subject.adapter_sha256:
-        origin += "@" + subject.adapter_sha256[:12]
-    return origin
+        out += "@" + subject.adapter_sha256[:12]
+    return out
 
 
-def _generate_served(store: Store, subject: Subject, config: EvalConfig, task: str, plan: list[Any],
-                     progress: Progress | None) -> dict[str, Any]:  # fmt: skip
-    """The missing chains and label answers through the server (greedy, the same prompts and pixels), each stored
-    as it arrives exactly as in-process generation stores it; returns the serving summary."""
-    from mulcot import serving
-    from mulcot.train.items import DEFAULT_MAX_PIXELS, render_prompt
+def settings(config: EvalConfig) -> PredictConfig:
+    """Greedy decoding with the evaluation's token limits, pixels and device."""
+    from mulcot.core.images import DEFAULT_MAX_PIXELS
 
-    assert config.server is not None
-    text_only = config.server.text_only
-    origin = _origin(subject)
-    stage_of = {prompt: (stage, version) for prompt, stage, _, version, _, _ in plan}
-    jobs = [
-        serving.Job(sample_id=it.sample_id, prompt=render_prompt(get_prompt(prompt, task), it, text_only),
-                    image=it.image_path, max_tokens=max_new, max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS,
-                    tag=prompt, name=f"sample {it.sample_id} ({prompt})")
-        for prompt, _, max_new, _, todo, _ in plan
-        for it in todo
-    ]  # fmt: skip
-
-    def store_answer(job: serving.Job, comp: Any) -> None:
-        stage, version = stage_of[job.tag]
-        store.add_reasoning(**chain_row(
-            sample_id=job.sample_id, source=subject.source or "model", model=subject.model, stage=stage,
-            output=comp.text.strip(), run_id=subject.run_id, prompt_version=version, origin=origin,
-            tokens_in=comp.tokens_in, tokens_out=comp.tokens_out, latency_s=round(comp.latency_s, 4),
-        ))  # fmt: skip
-
-    emit(progress, "eval", message="served", done=0, total=len(jobs))
-    return serving.generate(config.server, jobs, store_answer, progress=progress, stage="eval", total=len(jobs),
-                            message="served").as_dict()  # fmt: skip
+    return PredictConfig(max_tokens=config.max_new_tokens, label_max_tokens=config.label_max_new_tokens,
+                         temperature=0.0, max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS,
+                         batch_size=config.batch_size, device=config.device, dtype=config.dtype,
+                         load_in_4bit=config.load_in_4bit)  # fmt: skip
 
 
-def _generate_missing(store: Store, subject: Subject, config: EvalConfig, task: str, items: list[Any],
-                      progress: Progress | None) -> dict[str, int]:  # fmt: skip
-    """Generate chains and label answers for the items without them; returns counts."""
-    from mulcot.train.generation import GenerationConfig, generate
-    from mulcot.train.items import DEFAULT_MAX_PIXELS
-
-    plan = []
-    for prompt, stage, max_new in (("cot", STAGE_EVAL, config.max_new_tokens),
-                                   ("label", STAGE_LABEL, config.label_max_new_tokens)):  # fmt: skip
-        version = get_prompt(prompt, task).version
-        have = _stored_outputs(store, config.dataset, config.split, subject, stage, version)
-        todo = [it for it in items if it.sample_id not in have]
-        plan.append((prompt, stage, max_new, version, todo, len(items) - len(todo)))
-    counts = {"chains_generated": len(plan[0][4]), "chains_reused": plan[0][5],
-              "labels_generated": len(plan[1][4]), "labels_reused": plan[1][5]}  # fmt: skip
-    if not plan[0][4] and not plan[1][4]:
-        return counts
+def open_subject(subject: Subject, config: EvalConfig) -> Backend:
+    """The subject as a generation backend: its server, its GGUF, or transformers (base model + adapter)."""
     if config.server is not None:
-        counts["served"] = _generate_served(store, subject, config, task, plan, progress)
+        return open_backend("server", config=settings(config), server=config.server)
+    if subject.gguf is not None:
+        return open_backend("gguf", config=settings(config), gguf=subject.gguf)
+    return open_backend("hf", config=settings(config), model=subject.model, adapter=subject.adapter)
+
+
+def generate_missing(store: Store, subject: Subject, config: EvalConfig, task: str, items: list[TrainItem],
+                     progress: Progress | None) -> dict[str, Any]:  # fmt: skip
+    """Generate chains and label answers for the items without them, storing each as it comes; returns counts
+    (and, through a server, what the serving did under ``served``)."""
+    stages: dict[str, tuple[str, str]] = {}
+    requests: list[Request] = []
+    counts: dict[str, Any] = {}
+    for prompt, stage in PROMPT_STAGES:
+        version = get_prompt(prompt, task).version
+        stages[prompt] = (stage, version)
+        have = stored_outputs(store, config.dataset, config.split, subject, stage, version)
+        todo = [it for it in items if it.sample_id not in have]
+        name = "chains" if stage == STAGE_EVAL else "labels"
+        counts[f"{name}_generated"], counts[f"{name}_reused"] = len(todo), len(items) - len(todo)
+        requests += [Request(post=Post(text=it.text, aspect=it.aspect, image=it.image_path, caption=it.caption),
+                             prompt=prompt, task=task, tag=it.sample_id, name=f"sample {it.sample_id} ({prompt})")
+                     for it in todo]  # fmt: skip
+    if not requests:
         return counts
-
-    from mulcot.models import load_model, load_with_adapter
-
-    assert subject.model is not None
     emit(progress, "eval", message="loading model", done=0, total=None)
-    model, processor, _ = load_model(subject.model, device=config.device, dtype=config.dtype,
-                                     load_in_4bit=config.load_in_4bit)  # fmt: skip
-    if subject.adapter:
-        model = load_with_adapter(model, subject.adapter)
-    tok = processor.tokenizer
-    origin = _origin(subject)
-    for prompt, stage, max_new, version, todo, _ in plan:
-        stage_name = "chains" if stage == STAGE_EVAL else "labels"
-        gcfg = GenerationConfig(max_new_tokens=max_new, batch_size=config.batch_size,
-                                max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS)  # fmt: skip
-        emit(progress, "eval", message=stage_name, done=0, total=len(todo))
-        for start in range(0, len(todo), config.batch_size):
-            chunk = todo[start : start + config.batch_size]
-            began = time.perf_counter()
-            answers = generate(model, processor, chunk, prompt, task, gcfg)
-            per_item = (time.perf_counter() - began) / len(chunk)
-            rows = []
-            for item, outs in zip(chunk, answers, strict=True):
-                raw = outs[0] if outs else ""
-                rows.append(chain_row(
-                    sample_id=item.sample_id, source=subject.source or "model", model=subject.model, stage=stage,
-                    output=raw, run_id=subject.run_id, prompt_version=version, origin=origin,
-                    tokens_out=len(tok(raw, add_special_tokens=False)["input_ids"]), latency_s=per_item,
-                ))  # fmt: skip
-            store.add_reasonings(rows)
-            emit(progress, "eval", message=stage_name, done=min(start + len(chunk), len(todo)), total=len(todo))
+    where = origin(subject)
+    done = 0
+
+    def store_answer(request: Request, gen: Generated) -> None:
+        nonlocal done
+        stage, version = stages[request.prompt]
+        store.add_reasoning(**chain_row(
+            sample_id=request.tag, source=subject.source or "model", model=subject.model, stage=stage,
+            output=gen.text, run_id=subject.run_id, prompt_version=version, origin=where, tokens_in=gen.tokens_in,
+            tokens_out=gen.tokens_out, latency_s=round(gen.latency_s, 4),
+        ))  # fmt: skip
+        done += 1
+        emit(progress, "eval", message="chains" if stage == STAGE_EVAL else "labels", done=done, total=len(requests))
+
+    with open_subject(subject, config) as backend:
+        if backend.text_only:  # a text-only backbone reads the caption, never the image
+            for r in requests:
+                r.post.image = None
+        summary = backend.run(requests, store_answer, stage="eval")
+    if backend.kind == "server":
+        counts["served"] = summary.as_dict()
     return counts

@@ -1,8 +1,9 @@
 """Results as people read them: the files of a result, the paper's table row, stored results side by side.
 
-:func:`write_outputs` writes ``result.json``, ``per_sample.jsonl`` and ``confusion.png`` (:func:`plot_confusion`);
+:func:`write_outputs` writes ``result.json``, ``per_sample.jsonl``, ``confusion.png`` (:func:`plot_confusion`) and,
+with label probabilities, ``reliability.png`` (:func:`plot_reliability`);
 :func:`paper_row` gives the Table 3/4/5 numbers; :func:`compare_results` finds stored results to compare;
-:data:`METRIC_DEFINITIONS` is the footer of the eval table.
+:data:`mulcot.evaluate.config.METRIC_DEFINITIONS` is the footer of the eval table.
 """
 
 from __future__ import annotations
@@ -16,36 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mulcot.errors import MulcotError, NotFoundError
-from mulcot.evaluate.metrics import REASONING_METRICS
+from mulcot.metrics import REASONING_METRICS
 from mulcot.store import Store
 
 if TYPE_CHECKING:
-    from mulcot.evaluate.run import EvalResult
+    from mulcot.evaluate.config import EvalResult
 
 PAPER_COLUMNS = ("accuracy", "f1", "sim", "meteor", "bleu", "rouge_l", "distinct_1", "distinct_2")
 
 #: One line per metric: its exact definition (the footer of the eval table).
-METRIC_DEFINITIONS: dict[str, str] = {
-    "Acc": "share of samples whose predicted label equals the gold label; from the label prompt (P_label) when the "
-    "model has a label head, else from the chain's own Prediction; an unparseable answer counts as wrong",
-    "w-F1": "F1 per label (2PR/(P+R)) averaged with weights = gold support (scikit-learn 'weighted'); reported for MSA",
-    "m-F1": "unweighted mean of the three labels' F1 (scikit-learn 'macro'); reported for MASC",
-    "Cons.": "share of samples where the chain's own Prediction equals the label head's prediction (both valid)",
-    "Sim": "cosine similarity of all-MiniLM-L6-v2 sentence embeddings of chain and reference (256 word pieces), "
-    "mean over pairs",
-    "METEOR": "nltk meteor_score (alpha 0.9, beta 3, gamma 0.5, WordNet synonyms, Porter stems) on lowercased "
-    "Treebank tokens, mean over pairs",
-    "BLEU": "sacrebleu sentence BLEU, 13a tokens, 4-gram, no smoothing, mean over pairs (corpus BLEU with --corpus)",
-    "ROUGE-L": "F of the summary-level union LCS (rouge 1.0.1: sentences split at '.', whitespace words), mean over "
-    "pairs",
-    "Dist-1/2": "distinct n-grams / all n-grams of a chain's lowercased Treebank tokens, mean over chains (pooled "
-    "over all chains with --corpus)",
-    "gold-conditioned": "a release's kept chains (imported or replayed): correct stage-1 answers and explanations "
-    "written given the gold label, the teacher's wrong answers left out, so Acc and F1 measure no model; the "
-    "chains serve as references",
-}
-
-
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -57,14 +37,18 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_outputs(result: EvalResult, folder: str | os.PathLike[str]) -> dict[str, str]:
-    """Write ``result.json``, ``per_sample.jsonl`` and ``confusion.png`` into ``folder``; returns their paths."""
+    """Write ``result.json``, ``per_sample.jsonl``, ``confusion.png`` and, when the result has label probabilities,
+    ``reliability.png`` into ``folder``; returns their paths (with any already in ``result.files``)."""
     out = Path(folder)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise MulcotError(f"cannot create the output folder {out}: {err.strerror or err}") from None
-    files = {"json": str(out / "result.json"), "per_sample": str(out / "per_sample.jsonl"),
+    files = {**result.files, "json": str(out / "result.json"), "per_sample": str(out / "per_sample.jsonl"),
              "confusion": str(out / "confusion.png")}  # fmt: skip
+    probs = result.metrics.get("probabilities")
+    if probs:
+        files["reliability"] = str(out / "reliability.png")
     result.files = files
     (out / "result.json").write_text(json.dumps(_json_safe(result.to_dict()), indent=2, ensure_ascii=False,
                                                 default=str), encoding="utf-8")  # fmt: skip
@@ -77,7 +61,10 @@ def write_outputs(result: EvalResult, folder: str | os.PathLike[str]) -> dict[st
         else []
     )
     heads.append((f"chain Prediction (n={result.metrics['chain']['n']})", result.metrics["chain"]))
-    plot_confusion(heads, out / "confusion.png", title=f"{result.subject.name} on {result.dataset}/{result.split}")
+    title = f"{result.subject.name} on {result.dataset}/{result.split}"
+    plot_confusion(heads, out / "confusion.png", title=title)
+    if probs:
+        plot_reliability([(f"label probabilities (n={probs['n']})", probs)], out / "reliability.png", title=title)
     return files
 
 
@@ -106,6 +93,42 @@ def plot_confusion(heads: Sequence[tuple[str, dict[str, Any]]], path: str | os.P
         for r, row in enumerate(matrix):
             for c, v in enumerate(row):
                 ax.text(c, r, str(v), ha="center", va="center", color="white" if v > peak / 2 else "black")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_reliability(heads: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike[str], *,
+                     title: str = "") -> Path:  # fmt: skip
+    """One reliability-diagram panel per (title, :func:`~mulcot.metrics.calibration.probability_metrics`
+    dict): per confidence bin, the accuracy of its posts (bars) against the diagonal of perfect calibration, the
+    bin's mean confidence (dots) and its post count; ECE in the panel's title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(heads), figsize=(4.6 * len(heads), 4.2), squeeze=False)
+    for ax, (name, m) in zip(axes[0], heads, strict=True):
+        width = 1.0 / len(m["bins"])
+        full = [b for b in m["bins"] if b["count"]]
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+        ax.bar([b["low"] for b in full], [b["accuracy"] for b in full], width=width, align="edge",
+               color="tab:blue", edgecolor="black", alpha=0.8, label="accuracy")  # fmt: skip
+        ax.scatter([b["confidence"] for b in full], [b["confidence"] for b in full], color="tab:orange", zorder=3,
+                   s=14, label="mean confidence")  # fmt: skip
+        for b in full:
+            ax.text(b["low"] + width / 2, min(b["accuracy"], 0.9) + 0.03, str(b["count"]), ha="center", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("confidence (max probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{name}\nECE {m['ece']:.3f} ({m['ece_bins']} bins)", fontsize=10)
+        ax.legend(loc="upper left", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -166,8 +189,8 @@ def compare_results(store: Store, specs: Sequence[str], *, dataset: str | None =
     """Stored evaluation results for each spec, in order: an eval result id (``12`` or ``#12``), else a result of a
     run id, else of a source name, else of a model (optionally within one dataset / split). A name means the latest
     of its results scored on the same posts as the results named by id (else its latest); each such row says which
-    it took in ``picked``. Results scored on different posts (dataset, split, n, samples) are refused in one line:
-    their numbers are not comparable."""
+    it took in ``picked``. Whether results on different posts compare is :func:`mulcot.evaluate.posts.paired_results`'
+    business (post by post over the posts both scored)."""
     if not specs:
         stored = list_results(store, dataset=dataset, split=split)
         if not stored:
@@ -214,14 +237,7 @@ def compare_results(store: Store, specs: Sequence[str], *, dataset: str | None =
         row["picked"] = {"spec": text, "results": len(matches), "how": how if len(matches) > 1 else "the only one"}
         resolved[i] = row
         wanted = wanted or posts_key(row)
-    out = [r for r in resolved if r is not None]
-    keys = {posts_key(r)[:3] for r in out}
-    digests = {posts_key(r)[3] for r in out} - {None}
-    if len(keys) > 1 or len(digests) > 1:
-        listed = ", ".join(describe_result(r) for r in out)
-        raise MulcotError(f"these results were scored on different posts, so their numbers do not compare: {listed}; "
-                          "pick results of one dataset, split and n (mulcot eval list shows them)")  # fmt: skip
-    return out
+    return [r for r in resolved if r is not None]
 
 
 def _same_posts(a: tuple, b: tuple) -> bool:

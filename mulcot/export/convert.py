@@ -1,7 +1,7 @@
 """Export steps 2 and 3: llama.cpp's own tools, each run as a subprocess of this interpreter.
 
 * ``convert-text`` / ``convert-mmproj``: the converter matching the installed llama-cpp-python (see
-  :mod:`mulcot.export.llamacpp`) writes the text GGUF and the vision projector (mmproj) GGUF;
+  :mod:`mulcot.core.llamacpp`) writes the text GGUF and the vision projector (mmproj) GGUF;
 * ``quantize-<type>``: the runtime's own quantizer (``llama_cpp.llama_model_quantize``), in a subprocess so a crash
   in C cannot take the caller down, writes one GGUF per quantization type (the mmproj stays 16-bit).
 
@@ -17,10 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mulcot.core.gguf import OUTTYPES, QUANT_TYPES, check_gguf, parse_quants
+from mulcot.core.llamacpp import converter_script
 from mulcot.errors import ModelError, MulcotError
 from mulcot.events import Progress
-from mulcot.export.gguf import OUTTYPES, QUANT_TYPES, check_gguf, parse_quants
-from mulcot.export.llamacpp import converter_script
 
 
 def _failure_reason(output: str, fallback: str) -> str:

@@ -11,18 +11,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mulcot.errors import ModelError, MulcotError
-from mulcot.export import llamacpp
-from mulcot.export.gguf import outtype_mmproj
+from mulcot.core import llamacpp
+from mulcot.core.gguf import MANIFEST, MANIFEST_FORMAT, outtype_mmproj
+from mulcot.core.refs import adapter_digest, sha256_file
+from mulcot.errors import MulcotError
 from mulcot.export.ollama import MODELFILE, modelfile_text
-from mulcot.refs import adapter_digest, sha256_file
 
 if TYPE_CHECKING:
-    from mulcot.export.source import ExportSource
-    from mulcot.export.steps import ExportConfig, ExportResult
+    from mulcot.core.refs import ExportSource
+    from mulcot.export.config import ExportConfig, ExportResult
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "mulcot-export/1"
 
 
 def package_versions() -> dict[str, str | None]:
@@ -60,7 +58,7 @@ def write_manifest(out: Path, result: ExportResult, source: ExportSource, config
                    quants: tuple[str, ...], names: dict[str, str], *,
                    adapter_sha256: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Write ``manifest.json`` (and, with GGUF files, the ``Modelfile``); returns the manifest."""
-    from mulcot.prompts import PROMPT_NAMES, TASKS, get_prompt
+    from mulcot.core.prompts import PROMPT_NAMES, TASKS, get_prompt
 
     previous = _previous_hashes(out)
     files: list[dict[str, Any]] = []
@@ -124,14 +122,3 @@ def write_manifest(out: Path, result: ExportResult, source: ExportSource, config
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, out / MANIFEST)
     return manifest
-
-
-def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """An export folder's manifest (None when the folder has none)."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ModelError(f"{path} is not a readable export manifest: {err}") from err

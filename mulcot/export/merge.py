@@ -11,9 +11,9 @@ import os
 import shutil
 from pathlib import Path
 
+from mulcot.core.refs import adapter_digest
 from mulcot.errors import MulcotError
 from mulcot.events import INFO, Progress, emit
-from mulcot.refs import adapter_digest
 
 MERGE_STAMP = "mulcot_merge.json"
 

@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mulcot.errors import ExportError, MulcotError
-from mulcot.events import Progress, emit
-from mulcot.export.convert import _failure_reason, convert_to_gguf, quantize_gguf
-from mulcot.export.gguf import (
+from mulcot.core.gguf import (
     _OUTTYPE_FTYPES,
-    OUTTYPES,
+    MANIFEST,
     QUANT_TYPES,
     check_gguf,
     gguf_names,
@@ -36,63 +33,17 @@ from mulcot.export.gguf import (
     parse_quants,
     safe_name,
 )
-from mulcot.export.llamacpp import converter_script
-from mulcot.export.manifest import MANIFEST, write_manifest
+from mulcot.core.llamacpp import converter_script
+from mulcot.core.refs import ExportSource, adapter_digest, resolve_source
+from mulcot.errors import ExportError, MulcotError
+from mulcot.events import Progress, emit
+from mulcot.export.config import HF_DIR, LOG_DIR, ExportConfig, ExportResult, StepResult
+from mulcot.export.convert import _failure_reason, convert_to_gguf, quantize_gguf
+from mulcot.export.manifest import write_manifest
 from mulcot.export.merge import merge_adapter, merged_folder_problem
 from mulcot.export.ollama import MODELFILE
-from mulcot.export.source import ExportSource, resolve_source
-from mulcot.refs import adapter_digest
 
-HF_DIR = "hf"
-LOG_DIR = "logs"
 _MARKER = ".mulcot-export"
-
-@dataclass
-class ExportConfig:
-    """What to export and how (every field is a CLI option)."""
-
-    source: str  # runs/<name>, an adapter folder, a run name in the store, or a full model folder
-    out: str
-    quants: tuple[str, ...] = ("q4_k_m",)
-    gguf: bool = True  # False: stop after the merged Hugging Face folder
-    outtype: str = "f16"  # f16 | bf16 | f32 for the converted text GGUF (the mmproj is f16, or f32 with f32)
-    llama_cpp_dir: str | None = None  # a llama.cpp checkout / sdist (default: the installed version's sdist)
-    name: str | None = None  # file name stem (default: the run name)
-    base_model: str | None = None  # override the adapter's recorded base model
-    dtype: str | None = None  # dtype to merge and save in (default: the base checkpoint's)
-    threads: int | None = None  # quantizer threads (default: all cores)
-    force: bool = False  # redo every step
-
-
-@dataclass
-class StepResult:
-    step: str
-    status: str  # done | skipped
-    outputs: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-@dataclass
-class ExportResult:
-    out: str
-    name: str
-    family: str
-    source_kind: str
-    run_id: str | None
-    base_model: str
-    hf_dir: str
-    text_gguf: str | None = None
-    mmproj_gguf: str | None = None
-    quantized: dict[str, str] = field(default_factory=dict)
-    default_gguf: str | None = None
-    manifest: str | None = None
-    modelfile: str | None = None
-    steps: list[StepResult] = field(default_factory=list)
-    wall_s: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def _say(progress: Progress | None, step: str, status: str, message: str = "", index: int = 0, total: int = 0) -> None:
     """An export event (stage ``export``, kind = the step's status: start, done, skipped or info)."""
@@ -141,8 +92,6 @@ def _gguf_ok(path: Path, role: str, file_type: int | None = None) -> bool:
 def export(config: ExportConfig, *, store: Any = None, progress: Progress | None = None) -> ExportResult:
     """Run the export steps (merge, convert, quantize, manifest) into ``config.out``; see the module docstring.
     With a store, the export is recorded as a run (kind ``export``)."""
-    if config.outtype not in OUTTYPES:
-        raise MulcotError(f"unknown --outtype '{config.outtype}' (use one of: {', '.join(OUTTYPES)})")
     quants = parse_quants(config.quants) if config.gguf else ()
     source = resolve_source(config.source, store, base_model=config.base_model)
     name = safe_name(config.name or source.run_id or source.path.name)
@@ -155,13 +104,116 @@ def export(config: ExportConfig, *, store: Any = None, progress: Progress | None
     return result
 
 
+class _Steps:
+    """The run of one export: its steps in order, what each did, and whether an earlier step wrote new output (the
+    later steps then redo theirs)."""
+
+    def __init__(self, config: ExportConfig, out: Path, steps: list[str], progress: Progress | None):
+        self.config, self.out, self.steps, self.progress = config, out, steps, progress
+        self.results: list[StepResult] = []
+        self.dirty = False
+
+    def say(self, step: str, status: str, message: str = "") -> None:
+        _say(self.progress, step, status, message, self.steps.index(step) + 1, len(self.steps))
+
+    def record(self, step: str, status: str, outputs: list[Path], t0: float, message: str = "") -> None:
+        self.results.append(StepResult(step, status, [str(p) for p in outputs], round(time.perf_counter() - t0, 3)))
+        self.say(step, status, message)
+
+    def merge(self, source: ExportSource) -> tuple[Path, str | None]:
+        """Step 1: the adapter merged into its base model as ``hf/`` (a full model is converted as it is); returns
+        the folder to convert and the adapter's sha256 (read once: merge check, merge stamp, manifest)."""
+        t0 = time.perf_counter()
+        hf_dir = self.out / HF_DIR
+        if source.kind == "model":
+            self.record("merge", "skipped", [source.path], t0, f"{source.path} is a full model: converted as it is")
+            return source.path, None
+        assert source.adapter is not None
+        digest = adapter_digest(source.adapter)
+        problem = merged_folder_problem(hf_dir, digest)
+        if problem is None:
+            self.record("merge", "skipped", [hf_dir], t0, f"{hf_dir} is already merged")
+            return hf_dir, digest
+        if problem == "a merge of a different adapter" and not self.config.force:
+            raise ExportError("merge", f"{hf_dir} holds {problem}: pass --force to redo the export, or use "
+                                       "another --out")  # fmt: skip
+        self.say("merge", "start", f"merging {source.adapter} into {source.base_model}")
+        try:
+            merge_adapter(source.base_model, source.adapter, hf_dir, dtype=self.config.dtype, digest=digest,
+                          progress=self.progress)  # fmt: skip
+        except ExportError:
+            raise
+        except MulcotError as err:
+            raise ExportError("merge", str(err)) from err
+        except (OSError, RuntimeError, ValueError) as err:
+            raise ExportError("merge", _failure_reason(str(err), type(err).__name__)) from err
+        self.dirty = True
+        self.record("merge", "done", [hf_dir], t0)
+        return hf_dir, digest
+
+    def convert(self, hf_dir: Path, roles: tuple[tuple[str, str], ...], names: dict[str, str], name: str) -> bool:
+        """Step 2: the text GGUF and the vision projector, in two converter processes side by side; returns whether
+        the text GGUF is new."""
+        jobs: dict[str, tuple[str, Path, str, float]] = {}
+        for step, role in roles:
+            t0 = time.perf_counter()
+            target = self.out / names[role]
+            kind = self.config.outtype if role == "text" else outtype_mmproj(self.config.outtype)
+            if not self.dirty and _gguf_ok(target, role, _OUTTYPE_FTYPES[kind] if role == "text" else None):
+                self.record(step, "skipped", [target], t0, f"{target.name} exists and verifies")
+            else:
+                jobs[step] = (role, target, kind, t0)
+        if not jobs:
+            return False
+        from concurrent.futures import ThreadPoolExecutor
+
+        try:  # fetch/extract the converter once, before the processes start
+            converter_script(llama_cpp_dir=self.config.llama_cpp_dir, progress=self.progress)
+        except MulcotError as err:
+            raise ExportError(next(iter(jobs)), str(err)) from err
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            futures = {}
+            for step, (role, target, kind, _) in jobs.items():
+                self.say(step, "start", f"llama.cpp converter → {target.name}")
+                futures[step] = pool.submit(convert_to_gguf, hf_dir, target, mmproj=role == "mmproj", outtype=kind,
+                                            llama_cpp_dir=self.config.llama_cpp_dir,
+                                            log_file=self.out / LOG_DIR / f"{step}.log", model_name=name)  # fmt: skip
+            errors = {step: f.exception() for step, f in futures.items()}
+        for step, (_role, target, _, t0) in jobs.items():
+            err = errors[step]
+            if err is not None:
+                if isinstance(err, MulcotError):
+                    raise ExportError(step, str(err)) from err
+                raise err
+            self.record(step, "done", [target], t0)
+        return "convert-text" in jobs
+
+    def quantize(self, quants: tuple[str, ...], names: dict[str, str], text_new: bool) -> dict[str, str]:
+        """Step 3: one GGUF per quantization type; returns type -> file."""
+        out: dict[str, str] = {}
+        for q in quants:
+            step = f"quantize-{q}"
+            t0 = time.perf_counter()
+            target = self.out / names[q]
+            if not (self.dirty or text_new) and _gguf_ok(target, "text", QUANT_TYPES[q]):
+                self.record(step, "skipped", [target], t0, f"{names[q]} exists and verifies")
+            else:
+                self.say(step, "start", f"llama.cpp quantizer → {names[q]}")
+                try:
+                    quantize_gguf(self.out / names["text"], target, q, threads=self.config.threads,
+                                  log_file=self.out / LOG_DIR / f"{step}.log")  # fmt: skip
+                except MulcotError as err:
+                    raise ExportError(step, str(err)) from err
+                self.record(step, "done", [target], t0)
+            out[q] = str(target)
+        return out
+
+
 def _export(config: ExportConfig, source: ExportSource, name: str, quants: tuple[str, ...],
             progress: Progress | None) -> ExportResult:  # fmt: skip
     start = time.perf_counter()
     out = Path(config.out).expanduser()
     _prepare_out(out, config.force)
-    logs = out / LOG_DIR
-
     # a text-only backbone (paper, Appendix G) has no vision projector: one text GGUF, no mmproj
     text_only = _text_only(str(source.path if source.kind == "model" else source.base_model))
     roles = (("convert-text", "text"),) if text_only else (("convert-text", "text"), ("convert-mmproj", "mmproj"))
@@ -169,118 +221,32 @@ def _export(config: ExportConfig, source: ExportSource, name: str, quants: tuple
     if config.gguf:
         steps += [step for step, _ in roles] + [f"quantize-{q}" for q in quants]
     steps.append("manifest")
-    total = len(steps)
-    results: list[StepResult] = []
-    dirty = False  # an earlier step produced new output: later steps redo theirs
+    run = _Steps(config, out, steps, progress)
 
-    def record(step: str, status: str, outputs: list[Path], t0: float, message: str = "") -> None:
-        results.append(StepResult(step, status, [str(p) for p in outputs], round(time.perf_counter() - t0, 3)))
-        _say(progress, step, status, message, steps.index(step) + 1, total)
-
-    # 1. merge
-    t0 = time.perf_counter()
-    hf_dir = out / HF_DIR
-    digest = None  # the adapter's sha256: read once, for the merge check, the merge stamp and the manifest
-    if source.kind == "model":
-        hf_dir = source.path
-        record("merge", "skipped", [hf_dir], t0, f"{source.path} is a full model: converted as it is")
-    else:
-        assert source.adapter is not None
-        digest = adapter_digest(source.adapter)
-        problem = merged_folder_problem(hf_dir, digest)
-        if problem is None:
-            record("merge", "skipped", [hf_dir], t0, f"{hf_dir} is already merged")
-        else:
-            if problem == "a merge of a different adapter" and not config.force:
-                raise ExportError("merge", f"{hf_dir} holds {problem}: pass --force to redo the export, or use "
-                                           "another --out")  # fmt: skip
-            _say(progress, "merge", "start", f"merging {source.adapter} into {source.base_model}", 1, total)
-            try:
-                merge_adapter(source.base_model, source.adapter, hf_dir, dtype=config.dtype, digest=digest,
-                              progress=progress)  # fmt: skip
-            except ExportError:
-                raise
-            except MulcotError as err:
-                raise ExportError("merge", str(err)) from err
-            except (OSError, RuntimeError, ValueError) as err:
-                raise ExportError("merge", _failure_reason(str(err), type(err).__name__)) from err
-            dirty = True
-            record("merge", "done", [hf_dir], t0)
-    family = _family(str(hf_dir))
-
-    result = ExportResult(out=str(out), name=name, family=family, source_kind=source.kind, run_id=source.run_id,
-                          base_model=source.base_model, hf_dir=str(hf_dir))  # fmt: skip
+    hf_dir, digest = run.merge(source)
+    result = ExportResult(out=str(out), name=name, family=_family(str(hf_dir)), source_kind=source.kind,
+                          run_id=source.run_id, base_model=source.base_model, hf_dir=str(hf_dir))  # fmt: skip
     names = gguf_names(name, config.outtype, quants)
-
     if config.gguf:
-        # 2. convert: text model and vision projector, in two converter processes side by side
-        jobs: dict[str, tuple[str, Path, str, float]] = {}
-        for step, role in roles:
-            t0 = time.perf_counter()
-            target = out / names[role]
-            kind = config.outtype if role == "text" else outtype_mmproj(config.outtype)
-            if not dirty and _gguf_ok(target, role, _OUTTYPE_FTYPES[kind] if role == "text" else None):
-                record(step, "skipped", [target], t0, f"{target.name} exists and verifies")
-            else:
-                jobs[step] = (role, target, kind, t0)
-        if jobs:
-            from concurrent.futures import ThreadPoolExecutor
-
-            try:  # fetch/extract the converter once, before the processes start
-                converter_script(llama_cpp_dir=config.llama_cpp_dir, progress=progress)
-            except MulcotError as err:
-                raise ExportError(next(iter(jobs)), str(err)) from err
-            with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-                futures = {}
-                for step, (role, target, kind, _) in jobs.items():
-                    _say(progress, step, "start", f"llama.cpp converter → {target.name}", steps.index(step) + 1, total)
-                    futures[step] = pool.submit(convert_to_gguf, hf_dir, target, mmproj=role == "mmproj", outtype=kind,
-                                                llama_cpp_dir=config.llama_cpp_dir, log_file=logs / f"{step}.log",
-                                                model_name=name)  # fmt: skip
-                errors = {step: f.exception() for step, f in futures.items()}
-            for step, (_role, target, _, t0) in jobs.items():
-                err = errors[step]
-                if err is not None:
-                    if isinstance(err, MulcotError):
-                        raise ExportError(step, str(err)) from err
-                    raise err
-                record(step, "done", [target], t0)
-            text_new = "convert-text" in jobs
-        else:
-            text_new = False
+        text_new = run.convert(hf_dir, roles, names, name)
         result.text_gguf = str(out / names["text"])
         result.mmproj_gguf = None if text_only else str(out / names["mmproj"])
-
-        # 3. quantize
-        for q in quants:
-            step = f"quantize-{q}"
-            t0 = time.perf_counter()
-            target = out / names[q]
-            if not (dirty or text_new) and _gguf_ok(target, "text", QUANT_TYPES[q]):
-                record(step, "skipped", [target], t0, f"{names[q]} exists and verifies")
-            else:
-                _say(progress, step, "start", f"llama.cpp quantizer → {names[q]}", steps.index(step) + 1, total)
-                try:
-                    quantize_gguf(out / names["text"], target, q, threads=config.threads, log_file=logs / f"{step}.log")
-                except MulcotError as err:
-                    raise ExportError(step, str(err)) from err
-                record(step, "done", [target], t0)
-            result.quantized[q] = str(target)
+        result.quantized = run.quantize(quants, names, text_new)
         # the smallest file is what a laptop runs by default
         order = [q for q in ("q4_k_m", "q4_k_s", "q4_0", "q5_k_m", "q5_k_s", "q6_k", "q8_0") if q in quants]
         result.default_gguf = result.quantized[order[0]] if order else result.text_gguf
 
     # 4. manifest and Modelfile
     t0 = time.perf_counter()
-    _say(progress, "manifest", "start", "hashing files, writing manifest.json and Modelfile", total, total)
+    run.say("manifest", "start", "hashing files, writing manifest.json and Modelfile")
     try:
         manifest = write_manifest(out, result, source, config, quants, names, adapter_sha256=digest)
     except OSError as err:
         raise ExportError("manifest", f"cannot write the manifest: {err}") from err
     result.manifest = str(out / MANIFEST)
     result.modelfile = str(out / MODELFILE) if config.gguf else None
-    record("manifest", "done", [Path(result.manifest)] + ([Path(result.modelfile)] if result.modelfile else []), t0,
-           f"{len(manifest['files'])} files")  # fmt: skip
-    result.steps = results
+    run.record("manifest", "done", [Path(result.manifest)] + ([Path(result.modelfile)] if result.modelfile else []),
+               t0, f"{len(manifest['files'])} files")  # fmt: skip
+    result.steps = run.results
     result.wall_s = round(time.perf_counter() - start, 3)
     return result

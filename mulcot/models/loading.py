@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from mulcot.core.refs import looks_like_path
 from mulcot.errors import ModelError, NotFoundError
 from mulcot.events import INFO, Progress, emit
-from mulcot.refs import looks_like_path
 
 # peft asks transformers a deprecated question about every model it wraps; the warning is theirs, not the user's.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

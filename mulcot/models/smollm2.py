@@ -58,7 +58,7 @@ def _digest(path: Path) -> str:
 
 def cached_dir(*, progress: Progress | None = None) -> Path:
     """The cached SmolLM2 HF folder, built from the package's GGUF on first use (~60 s)."""
-    from mulcot.export.llamacpp import cache_root
+    from mulcot.core.llamacpp import cache_root
 
     gguf = gguf_path()
     dest = cache_root() / "models" / f"smollm2-135m-instruct-{_digest(gguf)}-v{_FORMAT}"

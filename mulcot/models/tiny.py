@@ -1,7 +1,7 @@
 """Tiny random-weight Qwen2.5-VL / Qwen3-VL models on the real Qwen2 tokenizer, built offline.
 
 The tokenizer is rebuilt from llama.cpp's ``models/ggml-vocab-qwen2.gguf`` (shipped in the llama-cpp-python
-sdist, see :mod:`mulcot.export.llamacpp`): the real byte-level BPE vocabulary and merges plus the Qwen-VL special
+sdist, see :mod:`mulcot.core.llamacpp`): the real byte-level BPE vocabulary and merges plus the Qwen-VL special
 tokens at their real ids. Its pre-tokenizer hash is one llama.cpp knows, so a tiny model converts to GGUF
 unpatched. Parsing the GGUF takes ~20 s, so built tokenizers are cached in ``$MULCOT_CACHE/tokenizers/``.
 
@@ -9,7 +9,7 @@ Shapes follow what is known to work end to end (forward/backward, generate, LoRA
 text hidden 64, intermediate 128, 2 layers, 4 heads (head dim 16), 2 KV heads; vision depth 4 (Qwen2.5-VL:
 full attention in blocks 1 and 3, evenly spaced as llama.cpp's mmproj converter needs), hidden 32, 2 heads.
 
-Over 400 lines on purpose: the tokenizer rebuild, the two families' configs and the processors that must agree
+Long because: the tokenizer rebuild, the two families' chat templates and configs and the processors that must agree
 with them are one unit that tests and benchmarks use together.
 """
 
@@ -23,9 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mulcot.core.llamacpp import cache_root, qwen2_vocab_path
 from mulcot.errors import ModelError
 from mulcot.events import INFO, Progress, emit
-from mulcot.export.llamacpp import cache_root, qwen2_vocab_path
 
 FAMILIES = ("qwen2.5-vl", "qwen3-vl")
 
@@ -392,7 +392,7 @@ _QWEN2_SPLIT = (
 
 def _compact_corpus() -> list[str]:
     """Text the compact vocabulary is learned from: the embedded sample's posts and chains, and the prompts."""
-    from mulcot.prompts import PROMPT_NAMES, TASKS, get_prompt
+    from mulcot.core.prompts import PROMPT_NAMES, TASKS, get_prompt
     from mulcot.sample import SAMPLE_DIR
 
     corpus = [get_prompt(n, t).template for n in PROMPT_NAMES for t in TASKS]
@@ -436,6 +436,34 @@ def compact_tokenizer_dir(family: str = "qwen2.5-vl", *, vocab: int = COMPACT_VO
 # ------------------------------------------------------------------------------------------------------ model
 
 
+# the tiny shapes per family (text and vision), beside what both families' text models share (see tiny_config)
+_TINY_SHAPES: dict[str, dict[str, dict[str, Any]]] = {
+    "qwen2.5-vl": {
+        "text": {
+            "max_position_embeddings": 128000,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+        },
+        "vision": {
+            "depth": 4, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "hidden_act": "silu",
+            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+            "fullatt_block_indexes": [1, 3], "out_hidden_size": 64, "tokens_per_second": 2,
+        },
+    },
+    "qwen3-vl": {
+        "text": {
+            "head_dim": 16, "max_position_embeddings": 262144, "attention_bias": False,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [4, 2, 2],
+                                "mrope_interleaved": True},
+        },
+        "vision": {
+            "depth": 4, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+            "hidden_act": "gelu_pytorch_tanh", "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            "out_hidden_size": 64, "num_position_embeddings": 64, "deepstack_visual_indexes": [0],
+        },
+    },
+}  # fmt: skip
+
+
 def tiny_config(
     family: str,
     *,
@@ -468,6 +496,7 @@ def tiny_config(
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
         "tie_word_embeddings": tie_word_embeddings,
+        **_TINY_SHAPES[family]["text"],
     }
     tokens = {
         "image_token_id": ids["<|image_pad|>"],
@@ -476,56 +505,11 @@ def tiny_config(
         "vision_end_token_id": ids["<|vision_end|>"],
     }
     if family == "qwen2.5-vl":
-        from transformers import Qwen2_5_VLConfig
-
-        text |= {
-            "max_position_embeddings": 128000,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
-        }
-        vision = {
-            "depth": 4,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "hidden_act": "silu",
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 112,
-            "fullatt_block_indexes": [1, 3],
-            "out_hidden_size": 64,
-            "tokens_per_second": 2,
-        }
-        return Qwen2_5_VLConfig(
-            text_config=text, vision_config=vision, tie_word_embeddings=tie_word_embeddings, **tokens
-        )
-    from transformers import Qwen3VLConfig
-
-    text |= {
-        "head_dim": 16,
-        "max_position_embeddings": 262144,
-        "attention_bias": False,
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 5000000.0,
-            "mrope_section": [4, 2, 2],
-            "mrope_interleaved": True,
-        },
-    }
-    vision = {
-        "depth": 4,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "hidden_act": "gelu_pytorch_tanh",
-        "patch_size": 16,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "out_hidden_size": 64,
-        "num_position_embeddings": 64,
-        "deepstack_visual_indexes": [0],
-    }
-    return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tie_word_embeddings, **tokens)
+        from transformers import Qwen2_5_VLConfig as config_class
+    else:
+        from transformers import Qwen3VLConfig as config_class
+    return config_class(text_config=text, vision_config=dict(_TINY_SHAPES[family]["vision"]),
+                        tie_word_embeddings=tie_word_embeddings, **tokens)  # fmt: skip
 
 
 def _model_class(family: str) -> Any:

@@ -1,7 +1,7 @@
 """Predicting with a backend: one post, or every sample of a dataset split.
 
 The student is asked with the reasoning prompt P_cot; its answer is parsed into the five fields and the label
-(:func:`mulcot.reasoning.parse_reasoning`). In batch mode every answer is stored as a chain (source
+(:func:`mulcot.core.reasoning.parse_reasoning`). In batch mode every answer is stored as a chain (source
 ``student-gguf``, stage ``eval``, model = the GGUF file name, prompt version of P_cot) so ``mulcot eval`` can score
 it; samples that already have one for that model and prompt are skipped, so an interrupted run resumes. With
 the label prompt P_label too, its answers are stored as ``mulcot.evaluate`` stores them (stage ``label``, fields
@@ -14,19 +14,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from mulcot.chains import EVAL, LABEL, chain_row, parse_output
+from mulcot.core.chains import EVAL, LABEL, chain_row, parse_output
+from mulcot.core.gguf import safe_name
+from mulcot.core.prompts import get_prompt
 from mulcot.errors import DataError, ModelError, MulcotError
 from mulcot.events import Progress, emit
-from mulcot.export.gguf import safe_name
-from mulcot.predict.config import Generated, Post
-from mulcot.prompts import get_prompt
-
-if TYPE_CHECKING:
-    from mulcot.predict.gguf_backend import GGUFBackend
-    from mulcot.predict.hf_backend import HFBackend
-    from mulcot.predict.server_backend import ServerBackend
+from mulcot.generation.base import Backend, Generated, Post, Request
 
 PROMPT_STAGES = {"cot": EVAL, "label": LABEL}  # the stage a prompt's answers are stored under, as eval stores them
 
@@ -71,7 +66,7 @@ def _check_prompts(prompts: Sequence[str]) -> None:
         raise MulcotError(f"prompts must be cot and/or label (cot first), not {list(prompts)}")
 
 
-def predict_post(backend: GGUFBackend | HFBackend | ServerBackend, post: Post, *, task: str | None = None,
+def predict_post(backend: Backend, post: Post, *, task: str | None = None,
                  prompts: Sequence[str] = ("cot",)) -> list[PostPrediction]:  # fmt: skip
     """Predict one post with each of ``prompts`` (``cot``: the five-field reasoning; ``label``: the label only).
     ``task`` defaults to ``masc`` when the post has an aspect, else ``msa``."""
@@ -114,7 +109,7 @@ class BatchSummary:
 
 def predict_dataset(
     store: Any,
-    backend: GGUFBackend | HFBackend | ServerBackend,
+    backend: Backend,
     dataset: str,
     split: str = "test",
     *,
@@ -141,14 +136,63 @@ def predict_dataset(
     run_id = run_id or f"predict-{safe_name(backend.name)}-{dataset}-{split}"
     summary = BatchSummary(run_id=run_id, model=backend.name, source=source, dataset=dataset, split=split,
                            prompt_version=cot.version)  # fmt: skip
+    todo = _todo(store, backend, dataset, split, samples, prompts, task, source)
+    summary.skipped_done = len(samples) - len(todo[prompts[0]])
+    text_only = backend.text_only  # a text-only backbone reads captions, never images
+    config = {"backend": backend.kind, "model": backend.name, "split": split, "prompts": list(prompts),
+              "limit": limit, **{k: v for k, v in asdict(backend.config).items() if k not in ("device",)}}  # fmt: skip
+    requests = [Request(post=Post(text=s["text"], aspect=s["aspect"],
+                                  image=s["image_path"] if s["has_image"] and not text_only else None,
+                                  caption=(s.get("meta") or {}).get("caption")),
+                        prompt=p, task=task, tag=s["id"], name=f"sample {s['key']} ({p})")
+                for p in prompts for s in todo[p]]  # fmt: skip
+    emit(progress, "predict", done=0, total=len(requests))
+    server = getattr(backend, "server", None)
+    if server is not None:
+        from mulcot.generation.server import served_identity
+
+        config.update(served_identity(server, None)[0])
+    count = 0
+
+    def store_answer(request: Request, gen: Generated) -> None:
+        nonlocal count
+        pred = _prediction(gen, request.prompt, task)
+        store.add_reasoning(**chain_row(
+            sample_id=request.tag, source=source, model=backend.name, stage=PROMPT_STAGES[request.prompt],
+            output=pred.raw, run_id=run_id, prompt_version=pred.prompt_version, origin="predict",
+            tokens_in=pred.tokens_in, tokens_out=pred.tokens_out, latency_s=pred.latency_s,
+        ))  # fmt: skip
+        count += 1
+        if request.prompt == prompts[0]:
+            summary.predicted += 1
+        else:
+            summary.extra_prompts[request.prompt] = summary.extra_prompts.get(request.prompt, 0) + 1
+        emit(progress, "predict", done=count, total=len(requests), prediction=pred)
+
+    with store.run(run_id, kind="predict", dataset=dataset, config=config) as run:
+        run.metrics = summary
+        served = backend.run(requests, store_answer, stage="predict")
+        if server is not None:
+            summary.served = served.as_dict()
+            if served.stopped:
+                run.status = "stopped"
+        summary.samples = len(samples)
+        _score(store, summary, task)
+        summary.wall_s = round(time.perf_counter() - start, 3)
+    return summary
+
+
+def _todo(store: Any, backend: Backend, dataset: str, split: str, samples: list[dict[str, Any]],
+          prompts: Sequence[str], task: str, source: str) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """Per prompt, the samples without a final answer of this model yet; refuses images the backend cannot read and
+    image files that are gone, in one line, before anything is generated."""
     todo: dict[str, list[dict[str, Any]]] = {}
     for p in prompts:
         version = get_prompt(p, task).version
         done = store.chain_progress(dataset, split, source=source, model=backend.name, stage=PROMPT_STAGES[p],
                                     prompt_version=version)  # fmt: skip
         todo[p] = [s for s in samples if (done.get(s["id"]) or {}).get("final") is None]
-    summary.skipped_done = len(samples) - len(todo[prompts[0]])
-    text_only = getattr(backend, "text_only", False)  # a text-only backbone reads captions, never images
+    text_only = backend.text_only
     needs_vision = not text_only and any(s["has_image"] for p in prompts for s in todo[p])
     if needs_vision and not backend.has_vision:
         raise ModelError(
@@ -158,85 +202,12 @@ def predict_dataset(
     for s in {s["id"]: s for p in prompts for s in todo[p]}.values():
         if s["has_image"] and not text_only and not (s["image_path"] and Path(s["image_path"]).is_file()):
             raise DataError(f"image of sample {s['key']} not found: {s['image_path']}", file=s["image_path"])
-    config = {"backend": backend.kind, "model": backend.name, "split": split, "prompts": list(prompts),
-              "limit": limit, **{k: v for k, v in asdict(backend.config).items() if k not in ("device",)}}  # fmt: skip
-    total = sum(len(v) for v in todo.values())
-    count = 0
-    emit(progress, "predict", done=0, total=total)
-    server = getattr(backend, "server", None)
-    if server is not None:
-        from mulcot.serving import served_identity
-
-        config.update(served_identity(server, None)[0])
-    with store.run(run_id, kind="predict", dataset=dataset, config=config) as run:
-        run.metrics = summary
-        if server is not None:
-            _predict_served(store, backend, todo, task, source, run_id, summary, progress)  # type: ignore[arg-type]
-            if summary.served and summary.served["stopped"]:
-                run.status = "stopped"
-        for p in prompts if server is None else ():
-            step = backend.config.batch_size if backend.kind == "hf" else 1
-            for offset in range(0, len(todo[p]), step):
-                chunk = todo[p][offset : offset + step]
-                posts = [Post(text=s["text"], aspect=s["aspect"],
-                              image=s["image_path"] if s["has_image"] and not text_only else None,
-                              caption=(s.get("meta") or {}).get("caption")) for s in chunk]  # fmt: skip
-                gens = backend.generate(posts, p, task)
-                for sample, gen in zip(chunk, gens, strict=True):
-                    pred = _prediction(gen, p, task)
-                    store.add_reasoning(**chain_row(
-                        sample_id=sample["id"], source=source, model=backend.name, stage=PROMPT_STAGES[p],
-                        output=pred.raw, run_id=run_id, prompt_version=pred.prompt_version, origin="predict",
-                        tokens_in=pred.tokens_in, tokens_out=pred.tokens_out, latency_s=pred.latency_s,
-                    ))  # fmt: skip
-                    count += 1
-                    if p == prompts[0]:
-                        summary.predicted += 1
-                    else:
-                        summary.extra_prompts[p] = summary.extra_prompts.get(p, 0) + 1
-                    emit(progress, "predict", done=count, total=total, prediction=pred)
-        summary.samples = len(samples)
-        _score(store, summary, task)
-        summary.wall_s = round(time.perf_counter() - start, 3)
-    return summary
-
-
-def _predict_served(store: Any, backend: ServerBackend, todo: dict[str, list[dict[str, Any]]], task: str,
-                    source: str, run_id: str, summary: BatchSummary, progress: Progress | None) -> None:  # fmt: skip
-    """Every missing answer through the server, ``concurrency`` at a time, each stored as it arrives."""
-    from mulcot import serving
-    from mulcot.predict.server_backend import generated
-
-    text_only = backend.text_only
-    jobs = [backend.job(Post(text=s["text"], aspect=s["aspect"],
-                             image=s["image_path"] if s["has_image"] and not text_only else None,
-                             caption=(s.get("meta") or {}).get("caption")),
-                        p, task, sample_id=s["id"], name=f"sample {s['key']} ({p})")
-            for p, samples in todo.items() for s in samples]  # fmt: skip
-    first = next(iter(todo))
-    count = 0
-
-    def store_answer(job: serving.Job, comp: Any) -> None:
-        nonlocal count
-        pred = _prediction(generated(comp), job.tag, task)
-        store.add_reasoning(**chain_row(
-            sample_id=job.sample_id, source=source, model=backend.name, stage=PROMPT_STAGES[job.tag], output=pred.raw,
-            run_id=run_id, prompt_version=pred.prompt_version, origin="predict", tokens_in=pred.tokens_in,
-            tokens_out=pred.tokens_out, latency_s=pred.latency_s,
-        ))  # fmt: skip
-        count += 1
-        if job.tag == first:
-            summary.predicted += 1
-        else:
-            summary.extra_prompts[job.tag] = summary.extra_prompts.get(job.tag, 0) + 1
-        emit(progress, "predict", done=count, total=len(jobs), prediction=pred)
-
-    summary.served = serving.generate(backend.server, jobs, store_answer, stage="predict").as_dict()
+    return todo
 
 
 def _score(store: Any, summary: BatchSummary, task: str) -> None:
     """Figures over every final chain of the model and prompt on the split."""
-    from mulcot.evaluate.metrics import classification_metrics
+    from mulcot.metrics import classification_metrics
 
     chains = [c for c in store.reasonings(dataset=summary.dataset, split=summary.split, source=summary.source,
                                           stage=EVAL, final_only=True)

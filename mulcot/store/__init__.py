@@ -4,7 +4,7 @@ SQL. One module per group of tables:
 - :mod:`~mulcot.store.connection` — opening, migrations, all-or-nothing transactions;
 - :mod:`~mulcot.store.migrations` — the forward migrations (``_mulcot_migrations`` records which ran);
 - :mod:`~mulcot.store.samples` — ``datasets`` and ``samples``;
-- :mod:`~mulcot.store.chains` — ``reasonings`` (every chain, every attempt), D_t, D_a, statistics, ``soft_labels``;
+- :mod:`~mulcot.store.reasonings` — ``reasonings`` (every chain, every attempt), D_t, D_a, statistics, ``soft_labels``;
 - :mod:`~mulcot.store.runs` — ``runs`` and :meth:`Store.run`, the one place a run's status changes;
 - :mod:`~mulcot.store.results` — ``eval_results``;
 - :mod:`~mulcot.store.browse` — the TUI's read model and ``ratings``;
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from mulcot.store.batches import BatchesMixin
 from mulcot.store.browse import BrowseMixin
-from mulcot.store.chains import REASONING_COLUMNS, ChainsMixin
 from mulcot.store.connection import DEFAULT_DB, default_db_path, now
 from mulcot.store.migrations import MIGRATIONS
+from mulcot.store.reasonings import REASONING_COLUMNS, ChainsMixin
 from mulcot.store.results import ResultsMixin
 from mulcot.store.runs import RunRecord, RunsMixin
 from mulcot.store.samples import SAMPLE_CONTENT, SamplesMixin, UpsertCounts

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mulcot.errors import NotFoundError, StoreError
-from mulcot.store.chains import FINAL, OUTCOME, OUTCOMES, SOURCES, STAGES, is_final
 from mulcot.store.connection import Connection, equals, from_json, now
+from mulcot.store.reasonings import FINAL, OUTCOME, OUTCOMES, SOURCES, STAGES, is_final
 
 
 class SearchSyntaxError(StoreError):

@@ -221,3 +221,29 @@ def m006_batches(db: sqlite_utils.Database) -> None:
     )
     db.execute("CREATE INDEX idx_batches_run ON batches (run_id, ingested)")
     db.execute("CREATE INDEX idx_batches_dataset ON batches (dataset)")
+
+
+@migration
+def m007_eval_posts(db: sqlite_utils.Database) -> None:
+    """Each evaluation's per-post predictions (gold, the headline prediction, the chain's and the label head's, and
+    the label probabilities of forced-choice scoring), so that results can be compared post by post (McNemar,
+    paired bootstrap) and exported. ``key`` is the sample's key in its dataset (the post id)."""
+    db.execute(
+        """
+        CREATE TABLE eval_posts (
+          result_id INTEGER NOT NULL REFERENCES eval_results (id) ON DELETE CASCADE,
+          sample_id INTEGER NOT NULL,
+          key TEXT NOT NULL,
+          gold TEXT NOT NULL,
+          prediction TEXT,
+          chain_prediction TEXT,
+          label_prediction TEXT,
+          chain_id INTEGER,
+          label_id INTEGER,
+          p_positive REAL,
+          p_neutral REAL,
+          p_negative REAL,
+          PRIMARY KEY (result_id, sample_id)
+        )
+        """
+    )

@@ -16,10 +16,11 @@ from typing import Any
 
 from transformers import Trainer
 
+from mulcot.core.inputs import teacher_items
 from mulcot.store import Store
 from mulcot.train import distributed as dist
+from mulcot.train.collator import TASK_CLS, TASK_REA
 from mulcot.train.config import TrainConfig
-from mulcot.train.items import TASK_CLS, TASK_REA, teacher_items
 from mulcot.train.loop import Progress, TrainResult, allow_text_only, check_request, fit
 from mulcot.train.losses import multitask_loss, position_tasks, prediction_mask, target_ce, task_means
 

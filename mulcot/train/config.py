@@ -1,27 +1,23 @@
 """The training runs' settings: pure dataclasses, importable without torch (TRL's ``*Config`` shape).
 
-Each field is declared once, with its help text, and everything else is derived from it: the command-line flags of
-``train-assistant`` and ``distill`` (:func:`mulcot.cli.config_options.config_options`), the recipe sections
-``[training]``, ``[assistant]`` and ``[student]`` (:mod:`mulcot.recipes`) and what ``mulcot run`` passes to the
-trainers (:mod:`mulcot.pipeline`). Field metadata:
-
-- ``help``: the flag's help text;
-- ``section``: where a recipe sets it — ``training`` (shared by both training stages), ``model`` (per model:
-  [assistant] and [student]), ``student`` (distillation only: [student]); absent: set by the command or the
-  pipeline itself (dataset, names, splits, folders);
-- ``flag`` / ``invert``: a flag named differently from the field (``--two-pass`` sets ``single_pass`` False);
-- ``none_flag``: a second flag that sets the field to None (``--no-dev``);
-- ``parse``: a function from the flag's text to the value (``--task-weights 0.2,0.8``);
-- ``choices`` / ``min``: allowed values, checked in recipes;
-- ``cli``: False keeps a field off the command line.
+Each field is declared once, with its help text and its checks (:mod:`mulcot.core.settings`), and everything else is
+derived from it: the command-line flags of ``train-assistant``, ``distill`` and ``dpo``
+(:func:`mulcot.cli.config_options.config_options`), the recipe sections ``[training]``, ``[assistant]``,
+``[student]`` and ``[dpo]`` (:mod:`mulcot.pipeline.recipes`), what ``mulcot run`` passes to the trainers
+(:mod:`mulcot.pipeline`), and the validation on construction (a library caller gets the CLI's one-line error).
+Sections: ``training`` (shared by the training stages), ``model`` (per model: [assistant] and [student]),
+``student`` (distillation only), ``dpo``.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mulcot.core.images import DEFAULT_MAX_PIXELS
+from mulcot.core.settings import ConfigError, Validated
+from mulcot.core.settings import field_ as _f
 from mulcot.errors import MulcotError
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -43,15 +39,8 @@ def parse_weights(value: str | tuple | list) -> tuple[float, float]:
     return cls, rea
 
 
-def _f(default: Any = MISSING, help: str = "", **meta: Any) -> Any:
-    """A config field: its default and its metadata (see the module docstring)."""
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **meta})
-    return field(default=default, metadata={"help": help, **meta})
-
-
 @dataclass
-class TrainConfig:
+class TrainConfig(Validated):
     """A training run's settings (train-assistant; distill adds :class:`DistillConfig`'s)."""
 
     dataset: str = _f(help="Dataset with teacher chains (D_t).", cli=False)
@@ -64,20 +53,21 @@ class TrainConfig:
         (0.2, 0.8), "λ_cls,λ_rea: 0.2,0.8 (paper) or 0.5,0.5 (authors' code).", section="training", parse=parse_weights
     )
     lora_r: int = _f(16, "LoRA rank.", section="model", min=1)
-    lora_alpha: int = _f(32, "LoRA alpha.", section="model")
-    lora_dropout: float = _f(0.05, "LoRA dropout.", section="model")
+    lora_alpha: int = _f(32, "LoRA alpha.", section="model", above=0)
+    lora_dropout: float = _f(0.05, "LoRA dropout.", section="model", min=0, max=1)
     lora_targets: str = _f("language", "language (LM projections), all (suffix match, vision MLPs too, as the authors' "
                            "code) or module names.", section="model", choices=LORA_TARGET_CHOICES)  # fmt: skip
-    lr: float = _f(3e-4, "AdamW learning rate.", section="training")
+    lr: float = _f(3e-4, "AdamW learning rate.", section="training", above=0)
     weight_decay: float = _f(0.0, "AdamW weight decay (0, the Trainer's default, as before).", section="training")
     batch_size: int = _f(2, "Chains per micro-batch (each gives 2 sequences).", section="training", min=1)
     grad_accum: int = _f(20, "Gradient accumulation steps.", section="training", min=1)
-    epochs: float = _f(20, "Epochs at most.", section="training")
-    plateau_epochs: int = _f(2, "Halve the lr after this many epochs without dev gain.", section="training")
-    lr_factor: float = _f(0.5, "Factor of the lr on a dev plateau.", section="training")
-    min_lr: float = _f(1e-6, "Floor of the lr halving.", section="training")
-    warmup_steps: int = _f(0, "Linear lr warm-up, in optimizer steps.", section="training")
-    max_pixels: int = _f(280 * 280, "Images are downsized to at most this many pixels.", section="training")
+    epochs: float = _f(20, "Epochs at most.", section="training", above=0)
+    plateau_epochs: int = _f(2, "Halve the lr after this many epochs without dev gain.", section="training", min=1)
+    lr_factor: float = _f(0.5, "Factor of the lr on a dev plateau.", section="training", above=0, max=1)
+    min_lr: float = _f(1e-6, "Floor of the lr halving.", section="training", min=0)
+    warmup_steps: int = _f(0, "Linear lr warm-up, in optimizer steps.", section="training", min=0)
+    max_pixels: int = _f(DEFAULT_MAX_PIXELS, "Images are downsized to at most this many pixels.",
+                         section="training", min=1)  # fmt: skip
     single_pass: bool = _f(True, "One forward pass per task instead of one for both.", section="training",
                            flag="--two-pass", invert=True)  # fmt: skip
     device: str | None = _f(None, "cuda, cuda:1, mps or cpu (default: best available).", section="training")
@@ -96,14 +86,19 @@ class TrainConfig:
     report_to: str = _f("none", "Also log to tensorboard (runs/NAME/tensorboard), wandb or mlflow (their usual "
                         "environment variables apply); log.jsonl and curves.png are always written.",
                         section="training", choices=REPORT_TO)  # fmt: skip
-    max_train_items: int | None = _f(None, "Use only the first N chains.", section="training")
-    max_dev_samples: int | None = _f(None, "Evaluate on the first N dev samples.", section="training")
+    max_train_items: int | None = _f(None, "Use only the first N chains.", section="training", min=1)
+    max_dev_samples: int | None = _f(None, "Evaluate on the first N dev samples.", section="training", min=1)
     save_steps: int | None = _f(None, "Checkpoint every N optimizer steps (default: each epoch).", section="training")
     dev_batch_size: int = _f(8, "Dev samples per generation batch.", section="training", min=1)
     dev_max_new_tokens: int = _f(16, "Token limit of a dev label answer.", section="training", min=1)
     allow_text_only: bool = _f(False, "Train on a dataset imported without images.")
     runs_dir: str = _f("runs", "Where run folders go.")
     extra: dict[str, Any] = _f({}, "Free-form notes kept with the run.", cli=False)
+
+    def check(self) -> None:
+        weights = tuple(self.task_weights)
+        if len(weights) != 2 or min(weights) < 0 or sum(weights) <= 0:
+            raise ConfigError("--task-weights must be two non-negative numbers, e.g. 0.2,0.8")
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,8 +114,9 @@ class DistillConfig(TrainConfig):
     """A student run: the training settings plus the assistant and the distillation knobs."""
 
     assistant: str = _f("", "The trained assistant: runs/NAME, an adapter folder or a run name.", cli=False)
-    lam: float = _f(0.3, "λ: weight of the soft (KL) loss against the hard (CE) loss.", section="student")
-    tau: float = _f(2.0, "τ: softmax temperature of the soft labels.", section="student")
+    lam: float = _f(0.3, "λ: weight of the soft (KL) loss against the hard (CE) loss.", section="student",
+                    min=0, max=1)  # fmt: skip
+    tau: float = _f(2.0, "τ: softmax temperature of the soft labels.", section="student", above=0)
     tau_squared: bool = _f(False, "Scale the soft loss by τ² (Hinton et al.).", section="student")
     soft_labels: str = _f("cache", "cache (top-k on disk, frugal), online (assistant resident) or server (top-k "
                           "from the assistant's --server, cached).", section="student", choices=SOFT_MODES)  # fmt: skip
@@ -135,36 +131,29 @@ class DistillConfig(TrainConfig):
     include_expanded: bool = _f(True, "Train on D_t only (skip D_a).", flag="--no-expanded", invert=True)
 
     def check(self) -> None:
-        """Refuse, in one line and before anything is loaded, distillation settings that cannot work: the soft-label
-        mode, λ, τ, k, and the server settings (``--soft-labels server`` needs --server and --served-model, and a
-        URL without credentials: its key comes from MULCOT_SERVER_KEY; the server settings mean nothing in the
-        other modes)."""
-        from mulcot.teacher import url_secrets
+        """The rules across fields (λ, τ, k and the mode are checked by their fields): ``--soft-labels server`` needs
+        --server and --served-model, and a URL without credentials (``user:password@`` or a ``?api-key=`` query: its
+        key comes from MULCOT_SERVER_KEY); the server settings mean nothing in the other modes. On construction,
+        so the CLI refuses before the training stack is imported."""
+        from mulcot.core.client import url_secrets
 
-        if self.soft_labels not in SOFT_MODES:
-            raise MulcotError(f"--soft-labels must be one of {', '.join(SOFT_MODES)}")
-        if not 0 <= self.lam <= 1:
-            raise MulcotError("--lam (λ) must be between 0 and 1")
-        if self.tau <= 0:
-            raise MulcotError("--tau must be positive")
-        if self.top_k < 1:
-            raise MulcotError("--top-k must be at least 1")
+        super().check()
         if self.soft_labels != "server":
             if self.server or self.served_model:
-                raise MulcotError("--server/--served-model are for --soft-labels server (the assistant's server)")
+                raise ConfigError("--server/--served-model are for --soft-labels server (the assistant's server)")
             return
         if not self.server or not self.served_model:
-            raise MulcotError("--soft-labels server needs --server URL and --served-model NAME (the assistant as the "
+            raise ConfigError("--soft-labels server needs --server URL and --served-model NAME (the assistant as the "
                               "server serves it)")  # fmt: skip
         if not self.server.startswith(("http://", "https://")):
-            raise MulcotError(f"--server must be an http(s) URL such as http://127.0.0.1:8000/v1, not '{self.server}'")
+            raise ConfigError(f"--server must be an http(s) URL such as http://127.0.0.1:8000/v1, not '{self.server}'")
         if found := url_secrets(self.server):
-            raise MulcotError(f"--server must not carry credentials (it has {' and '.join(found)}; they would be "
+            raise ConfigError(f"--server must not carry credentials (it has {' and '.join(found)}; they would be "
                               "stored with the run): put the key in MULCOT_SERVER_KEY")  # fmt: skip
 
     def server_config(self) -> Any:
-        """The :class:`mulcot.serving.ServerConfig` of the --server settings (``soft_labels = server``)."""
-        from mulcot.serving import ServerConfig
+        """The :class:`mulcot.generation.server.ServerConfig` of the --server settings (``soft_labels = server``)."""
+        from mulcot.generation.server import ServerConfig
 
         return ServerConfig(url=self.server, served_model=self.served_model, concurrency=self.server_concurrency,
                             text_only=True)  # fmt: skip
@@ -175,9 +164,9 @@ DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_
 
 
 @dataclass
-class PreferenceConfig:
+class PreferenceConfig(Validated):
     """A DPO run (``mulcot dpo``): preference optimisation of a trained assistant's or student's LoRA adapter on
-    pairs of chains (:mod:`mulcot.pairs`), through TRL's ``DPOTrainer``. The adapter keeps its own LoRA settings;
+    pairs of chains (:mod:`mulcot.train.pairs`), through TRL's ``DPOTrainer``. The adapter keeps its own LoRA settings;
     the reference policy is the starting adapter."""
 
     dataset: str = _f(help="Dataset whose pairs train the run.", cli=False)
@@ -186,18 +175,20 @@ class PreferenceConfig:
     split: str = _f("train", "Training split of the pairs.")
     sources: str = _f("teacher,assistant,student,ratings", "Where rejected chains come from (comma-separated).",
                       flag="--from", section="dpo")  # fmt: skip
-    beta: float = _f(0.1, "β: how far the policy may move from the reference (higher: less).", section="dpo")
+    beta: float = _f(0.1, "β: how far the policy may move from the reference (higher: less).", section="dpo",
+                     above=0)  # fmt: skip
     loss: str = _f("sigmoid", "TRL's DPO loss: sigmoid (DPO), ipo, hinge, robust, …", section="dpo",
                    choices=DPO_LOSSES)  # fmt: skip
-    lr: float = _f(5e-5, "AdamW learning rate.", section="dpo")
+    lr: float = _f(5e-5, "AdamW learning rate.", section="dpo", above=0)
     batch_size: int = _f(2, "Pairs per micro-batch.", section="dpo", min=1)
     grad_accum: int = _f(4, "Gradient accumulation steps.", section="dpo", min=1)
-    epochs: float = _f(1, "Epochs over the pairs.", section="dpo")
-    warmup_steps: int = _f(0, "Linear lr warm-up, in optimizer steps (then linear decay).", section="dpo")
-    max_pairs: int | None = _f(None, "Use only the first N pairs.", section="dpo")
+    epochs: float = _f(1, "Epochs over the pairs.", section="dpo", above=0)
+    warmup_steps: int = _f(0, "Linear lr warm-up, in optimizer steps (then linear decay).", section="dpo", min=0)
+    max_pairs: int | None = _f(None, "Use only the first N pairs.", section="dpo", min=1)
     max_length: int | None = _f(None, "Truncate sequences to N tokens (text-only models; default: none).",
                                 section="dpo")  # fmt: skip
-    max_pixels: int = _f(280 * 280, "Images are downsized to at most this many pixels.", section="training")
+    max_pixels: int = _f(DEFAULT_MAX_PIXELS, "Images are downsized to at most this many pixels.",
+                         section="training", min=1)  # fmt: skip
     device: str | None = _f(None, "cuda, cuda:1, mps or cpu (default: best available).", section="training")
     dtype: str | None = _f(None, "bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU).", section="training")
     gradient_checkpointing: bool = _f(False, "Trade compute for memory.", section="training")
@@ -215,22 +206,6 @@ class PreferenceConfig:
     def folder(self) -> Path:
         """The run folder, ``runs_dir/name``."""
         return Path(self.runs_dir) / self.name
-
-
-def config_fields(cls: type, *, section: str | None = None, cli: bool | None = None) -> list[Field]:
-    """The fields of a config class, optionally those of one recipe ``section`` or those on the command line."""
-    out = []
-    for f in fields(cls):
-        if section is not None and f.metadata.get("section") != section:
-            continue
-        if cli is not None and f.metadata.get("cli", True) != cli:
-            continue
-        out.append(f)
-    return out
-
-
-def default_of(f: Field) -> Any:
-    return f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
 
 
 def lora_target_modules(spec: str, *, text_only: bool = False) -> str | list[str]:

@@ -1,5 +1,5 @@
 """Preference optimisation (``mulcot dpo``, the paper's future work): DPO of a trained assistant's or student's
-LoRA adapter on pairs of its dataset's chains (:mod:`mulcot.pairs`), through TRL's ``DPOTrainer``.
+LoRA adapter on pairs of its dataset's chains (:mod:`mulcot.train.pairs`), through TRL's ``DPOTrainer``.
 
 The loss is TRL's (``--loss sigmoid`` is DPO: −log σ(β·[(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) −
 log π_ref(y_l|x))]); ``ipo``, ``hinge``, ``robust``, … are its variants). The reference policy π_ref is the
@@ -23,16 +23,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
+from mulcot.core.prompts import get_prompt
+from mulcot.core.refs import resolve_run
 from mulcot.errors import ModelError, MulcotError
 from mulcot.events import Progress
-from mulcot.pairs import PairSet, build_pairs, parse_sources
-from mulcot.prompts import get_prompt
-from mulcot.refs import resolve_run
 from mulcot.store import Store
 from mulcot.store.runs import RunRecord
 from mulcot.train.checkpoints import last_complete_checkpoint, save_adapter
 from mulcot.train.config import DPO_LOSSES, PreferenceConfig
 from mulcot.train.loop import TrainResult, _oom_message, check_request
+from mulcot.train.pairs import PairSet, build_pairs, parse_sources
 
 REF_ADAPTER = "ref"  # the name TRL gives the frozen copy of the starting adapter
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
@@ -42,7 +42,8 @@ def preference_rows(pairs: PairSet, *, text_only: bool, max_pixels: int) -> list
     """TRL's conversational preference rows: the pair's P_cot prompt (for a text-only backbone the image becomes its
     caption, as in training), the chosen and rejected chains as assistant turns, and for a Qwen-VL backbone the
     sample's image (downsized to ``max_pixels``) in ``images``."""
-    from mulcot.train.items import load_image, render_prompt, sample_item
+    from mulcot.core.images import load_image
+    from mulcot.core.inputs import render_prompt, sample_item
 
     template = get_prompt("cot", pairs.task)
     rows = []
@@ -113,10 +114,10 @@ def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
     Under torchrun / accelerate launch every rank calls this and the Trainer trains data-parallel (DDP): each rank
     loads the model on its own device, the pairs are the main process's (``pairs.json``), and only the main
     process writes the store, the run folder and the progress."""
+    from mulcot.core.inputs import is_text_only
     from mulcot.models import load_model
     from mulcot.models.loading import load_with_adapter
     from mulcot.train import distributed as dist
-    from mulcot.train.items import is_text_only
     from mulcot.train.loop import train_device
 
     if config.loss not in DPO_LOSSES:
@@ -226,7 +227,7 @@ def _train(config: PreferenceConfig, model: Any, processor: Any, pairs: PairSet,
     torch.manual_seed(config.seed)
     folder = config.folder
     rows = preference_rows(pairs, text_only=text_only, max_pixels=config.max_pixels)
-    from mulcot.serving import vision_lora_tensors
+    from mulcot.generation.server import vision_lora_tensors
 
     args = dpo_arguments(config, model, len(rows), vision_lora=vision_lora_tensors(start_adapter) > 0)
     callback = RunCallback(folder, progress, lambda metrics: None, None)  # no dev evaluation: no best epoch

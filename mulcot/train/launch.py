@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mulcot.core.settings import config_fields, default_of
 from mulcot.errors import MulcotError
-from mulcot.train.config import DistillConfig, PreferenceConfig, TrainConfig, config_fields, default_of
+from mulcot.train.config import DistillConfig, PreferenceConfig, TrainConfig
 
 Config = TrainConfig | PreferenceConfig
 

@@ -93,8 +93,8 @@ def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], train
 
     Under torchrun / accelerate launch every rank calls this; the Trainer trains data-parallel (DDP, DeepSpeed or
     FSDP as configured) and only the main process writes the store, the run folder and the progress."""
+    from mulcot.core.inputs import image_input, is_text_only, sample_items
     from mulcot.models import load_model
-    from mulcot.train.items import image_input, is_text_only, sample_items
 
     start = time.perf_counter()
     dist.setup(config.device)
@@ -312,7 +312,7 @@ def _train(config: TrainConfig, args: Any, model: Any, processor: Any, task: str
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from mulcot.train.callbacks import RunCallback, plot_curves, route_trackers
-    from mulcot.train.items import MultiTaskCollator
+    from mulcot.train.collator import MultiTaskCollator
 
     torch.manual_seed(config.seed)
     folder = config.folder

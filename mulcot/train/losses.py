@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mulcot.train.items import IGNORE, TASK_CLS, TASK_REA
+from mulcot.train.collator import IGNORE, TASK_CLS, TASK_REA
 
 
 def prediction_mask(labels: torch.Tensor) -> torch.Tensor:

@@ -18,10 +18,10 @@ def dev_evaluator(processor: Any, task: str, items: list[Any], *, batch_size: in
 
     Under a launcher each rank answers its share of the dev samples and the answers are gathered, so every rank
     computes the same metrics (the plateau schedule and the best epoch agree) in 1/N of the time."""
-    from mulcot.evaluate.metrics import classification_metrics
-    from mulcot.reasoning import parse_reasoning
+    from mulcot.core.reasoning import parse_reasoning
+    from mulcot.generation.hf import GenerationConfig, generate
+    from mulcot.metrics import classification_metrics
     from mulcot.train.distributed import gather_sharded
-    from mulcot.train.generation import GenerationConfig, generate
 
     gold = [it.label for it in items]
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, max_pixels=max_pixels,

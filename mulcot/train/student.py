@@ -19,23 +19,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from mulcot.core.inputs import TrainItem, sample_item, teacher_items
+from mulcot.core.refs import RunRef, resolve_run
 from mulcot.errors import MulcotError
-from mulcot.refs import RunRef, resolve_run
 from mulcot.store import Store
 from mulcot.train import distributed as dist
 from mulcot.train.assistant import MultiTaskTrainer
 from mulcot.train.config import DistillConfig
-from mulcot.train.items import TrainItem, sample_item, teacher_items
 from mulcot.train.loop import Progress, TrainResult, allow_text_only, check_request, fit
 from mulcot.train.losses import distill_loss, position_tasks, target_ce, task_means
-from mulcot.train.soft_labels import SoftLabels
+from mulcot.train.soft_labels import SoftLabelSource, source_class
 
 
 class DistillTrainer(MultiTaskTrainer):
     """``MultiTaskTrainer`` whose loss adds the assistant's soft labels:
     L = (1−λ)·(λ_cls·CE_cls + λ_rea·CE_rea) + λ·(λ_cls·KL_cls + λ_rea·KL_rea)."""
 
-    def __init__(self, *args: Any, soft_labels: SoftLabels, **kwargs: Any):
+    def __init__(self, *args: Any, soft_labels: SoftLabelSource, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.soft_labels = soft_labels
 
@@ -78,31 +78,11 @@ def check_backbones(config: DistillConfig, ref: RunRef) -> None:
         )
 
 
-def check_server_settings(config: DistillConfig) -> None:
-    """The distillation settings' own checks (:meth:`DistillConfig.check`)."""
-    config.check()
-
-
-def check_text_scoring(config: DistillConfig, items: list[TrainItem]) -> None:
-    """The server scores text (its completions endpoint takes no images): a vision-language run with images must
-    say it accepts soft labels over the text-only rendering."""
-    from mulcot.models.loading import is_text_family, model_family
-
-    if config.soft_labels != "server" or config.server_text_only or is_text_family(model_family(config.model)):
-        return
-    with_image = sum(i.image_path is not None for i in items)
-    if with_image:
-        raise MulcotError(
-            f"--soft-labels server scores text only (the completions endpoint takes no images), but {with_image} "
-            "training items have an image: pass --server-text-only to accept soft labels over the text with "
-            "captions for images, or use --soft-labels cache"
-        )
-
-
 def distill(store: Store, config: DistillConfig, *, resume: bool = False,
             progress: Progress | None = None) -> TrainResult:  # fmt: skip
     """Train the student on D_all with the hard and soft losses (the same run machinery as train-assistant)."""
-    config.check()
+    source = source_class(config.soft_labels)
+    source.check_settings(config)
     dist.setup(config.device)
 
     def prepare() -> tuple[RunRef, list[TrainItem]]:
@@ -112,17 +92,12 @@ def distill(store: Store, config: DistillConfig, *, resume: bool = False,
         items = distill_items(store, config, ref)
         if config.max_train_items:  # (fit takes the same first N) soft labels only for what is trained on
             items = items[: config.max_train_items]
-        check_text_scoring(config, items)
-        if config.soft_labels == "server":  # unreachable, not serving the assistant, or no prompt log-probs
-            from mulcot.serving import check_server
-            from mulcot.train.server_soft_labels import server_kind
-
-            server_kind(check_server(config.server_config()), config.server_config())
+        source.check_items(config, items)
         return ref, items
 
     # every rank checks before any records the run; a refusal is one error, the same on every rank
     ref, items = dist.everywhere(prepare)
-    soft = SoftLabels(store, config, ref, items, progress)
+    soft = source(store, config, ref, items, progress)
 
     def extras(processor: Any, collator: Any, folder: Any) -> dict[str, Any]:
         soft.prepare(processor, collator, folder)
@@ -130,7 +105,7 @@ def distill(store: Store, config: DistillConfig, *, resume: bool = False,
 
     result = fit(store, config, kind="distill", items=items, trainer_class=DistillTrainer, extras=extras,
                  resume=resume, progress=progress)  # fmt: skip
-    if soft.server_stats is not None and dist.is_main():  # what this invocation's scoring did (runs show)
+    if soft.stats is not None and dist.is_main():  # what this invocation's scoring did (runs show)
         metrics = (store.get_run(config.name) or {}).get("metrics") or {}
-        store.update_run(config.name, metrics={**metrics, "soft_labels_server": soft.server_stats})
+        store.update_run(config.name, metrics={**metrics, f"soft_labels_{soft.mode}": soft.stats})
     return result

@@ -4,7 +4,7 @@ Left: datasets and splits, the filters and the search. Centre: the samples (a vi
 store). Right (below, on narrow terminals): the selected sample — its text with the aspect highlighted, its image,
 and its chains as five labelled sections, one tab per chain. The app only reads the store, except for ratings.
 
-Over 400 lines on purpose: one ``App`` with its bindings, reactive state and the ``@work`` loaders that keep the
+Long because: one ``App`` with its bindings, reactive state and the ``@work`` loaders that keep the
 screen current, as Textual's own examples keep them; the widgets, filters, detail rendering and queries live in
 their own modules (table, filters, detail, screens, and the store's browse module).
 """
@@ -26,7 +26,7 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Footer, Header, Input, Static, Tree
 
-from mulcot.labels import LABELS
+from mulcot.core.labels import LABELS
 from mulcot.store import Store, default_db_path
 from mulcot.store.browse import SearchSyntaxError
 from mulcot.tui.detail import render_chain, render_chain_bar, render_head

@@ -13,7 +13,7 @@ from rich.console import Group, RenderableType
 from rich.style import Style
 from rich.text import Text
 
-from mulcot.reasoning import FIELDS
+from mulcot.core.reasoning import FIELDS
 from mulcot.tui.state import OUTCOME_MARK
 
 FIELD_TITLES = {f: f.replace("_", " ") for f in FIELDS}
@@ -21,7 +21,7 @@ FIELD_TITLES = {f: f.replace("_", " ") for f in FIELDS}
 
 def chain_outcome(chain: dict[str, Any], gold: str | None = None) -> str:
     """correct / wrong / failed (no valid prediction) / predicted (no gold label): the ``outcome`` the store
-    computed for the chain (:data:`mulcot.store.chains.OUTCOME`, the one definition)."""
+    computed for the chain (:data:`mulcot.store.reasonings.OUTCOME`, the one definition)."""
     return chain["outcome"]
 
 
