@@ -96,8 +96,8 @@ def test_jsonl_export_imports_back_as_it_was(tmp_path):
     """data export NAME FILE.jsonl, then data import jsonl FILE (no --images) into another store: the same samples
     (split, id, text, aspect, label, the same image bytes) and the same chains; the export's image paths are relative
     to its folder (images linked or copied into images/ there), so the folder can move."""
-    from mulcot.chains import chain_row
-    from mulcot.demo import run_demo
+    from mulcot.core.chains import chain_row
+    from mulcot.pipeline.demo import run_demo
 
     db = tmp_path / "a.db"
     with Store.open(db) as s:

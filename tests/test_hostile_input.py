@@ -22,10 +22,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from mulcot.chat_server import ChatServer, Reply
+from mulcot.annotate.chat_server import ChatServer, Reply
 from mulcot.cli import app
+from mulcot.core.reasoning import Reasoning
 from mulcot.datasets import import_dataset
-from mulcot.reasoning import Reasoning
 from mulcot.sample import SAMPLE_DIR
 from mulcot.store import Store
 
@@ -267,7 +267,7 @@ CASES: list[Case] = [
      "image 'bomb.png' is too large to decode safely (400,000,000 pixels"),
     ("decompression-bomb-warning-size", _bomb_case("big.png", 10000),
      "image 'big.png' is too large to decode safely (100,000,000 pixels"),
-    ("gguf-too-many-dimensions", _gguf_case, "claims 80000 dimensions, llama.cpp allows at most 4"),
+    ("gguf-too-many-dimensions", _gguf_case, "has 80000 dimensions (llama.cpp allows at most 4)"),
 ]  # fmt: skip
 
 
@@ -360,7 +360,7 @@ class _Teacher:
 def teacher_server():
     import openai  # noqa: F401  (imported once per process, as any command's first use would: not the case's time)
 
-    import mulcot.annotate  # noqa: F401
+    import mulcot.annotate.live  # noqa: F401
 
     with ChatServer(_Teacher()) as server:
         yield server
@@ -432,7 +432,7 @@ def test_a_secret_that_would_leak_is_refused_before_any_request(world, teacher_s
 
 def test_recipe_cannot_send_a_foreign_token_or_carry_a_credential(world):
     root, db = world
-    from mulcot.recipes import bundled_recipe
+    from mulcot.pipeline.recipes import bundled_recipe
 
     base = bundled_recipe("tiny-cpu").read_text()
     cases = (
@@ -461,7 +461,8 @@ def test_distill_server_url_with_a_query_key_is_refused(world):
 
 
 def test_public_url_keeps_no_credential():
-    from mulcot.teacher import TeacherConfig, public_url, url_secrets
+    from mulcot.core.client import TeacherConfig
+    from mulcot.core.keys import public_url, url_secrets
 
     assert public_url("http://u:pw@10.0.0.2:8000/v1?api-version=2024-06&api-key=sk-x") == (
         "http://10.0.0.2:8000/v1?api-version=2024-06"
@@ -514,7 +515,7 @@ def test_hub_id_without_network_fails_fast_with_the_real_reason(world, monkeypat
     import huggingface_hub.constants as hub_constants
 
     import mulcot.train.assistant  # noqa: F401  (the training stack: imported once per process, not the case's time)
-    from mulcot.demo import run_demo
+    from mulcot.pipeline.demo import run_demo
 
     root, db = world
     with Store.open(db) as s:  # teacher chains (D_t) to train on: the model is what fails

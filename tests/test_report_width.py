@@ -149,7 +149,7 @@ def test_eval_compare_and_list_keep_names_whole_at_80_columns(tmp_path):
         ids = [s.add_eval_result(dataset="twitter2015", split="test", n=1037, source="student", run_id=name,
                                  metrics=_result(name, "student")["metrics"],
                                  config={"subject": {"name": name}, "samples_sha256": "abc"}) for name in names]
-    for args in (["eval", "compare", *map(str, ids)], ["eval", "list"]):
+    for args in (["eval", "compare", *map(str, ids), "--no-paired"], ["eval", "list"]):
         result = CliRunner().invoke(app, [*args, "--db", str(db)], env={"COLUMNS": "80"})
         assert result.exit_code == 0, result.output
         lines = result.stdout.splitlines()

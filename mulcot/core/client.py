@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from mulcot.core.keys import DEFAULT_KEY_ENV, is_openai, key_env_problem, public_url, url_secrets
 from mulcot.errors import MulcotError
 
 # USD per 1M tokens (input, output), list prices; override with --price. Unknown models cost 0 and are flagged.
@@ -33,16 +33,6 @@ PRICES: dict[str, tuple[float, float]] = {
     "gpt-5-mini": (0.25, 2.00),
     "gpt-5-nano": (0.05, 0.40),
 }
-DEFAULT_KEY_ENV = "OPENAI_API_KEY"
-OPENAI_HOST = "api.openai.com"
-# What a key variable named for a server other than OpenAI's must be called: an API key (``*_KEY``: VLLM_API_KEY,
-# MY_TEACHER_KEY) or one made for mulcot (``MULCOT_*``), and not a secret of another kind (``*SECRET*``,
-# ``*PRIVATE*``, ``*ACCESS*``, ...), so that no recipe or typo sends a token made for something else (GITHUB_TOKEN,
-# AWS_SECRET_ACCESS_KEY, SSH_PRIVATE_KEY) to a stranger's server
-KEY_ENV_PATTERN = re.compile(r"^(MULCOT_[A-Z0-9_]+|[A-Z0-9_]+_KEY)$", re.IGNORECASE)
-_NOT_AN_API_KEY = re.compile(r"SECRET|PRIVATE|PASSW|ACCESS|SESSION|SSH|GPG|SIGNING", re.IGNORECASE)
-# query parameters that carry secrets (?api-key=, ?access_token=, ?sig=): never stored, never echoed
-_SECRET_PARAM = re.compile(r"key|token|secret|passw|pwd|auth|sig|credential|session", re.IGNORECASE)
 
 
 class Usage:
@@ -120,63 +110,6 @@ def price_for(model: str, override: tuple[float, float] | None = None) -> tuple[
     for known in sorted(PRICES, key=len, reverse=True):
         if name == known or name.startswith(known + "-20"):
             return PRICES[known]
-    return None
-
-
-def is_openai(base_url: str | None) -> bool:
-    """Whether ``base_url`` is the OpenAI API (no base URL, or https://api.openai.com/...)."""
-    if not base_url:
-        return True
-    parts = urlsplit(base_url)
-    return parts.scheme == "https" and (parts.hostname or "").lower() == OPENAI_HOST
-
-
-def url_secrets(url: str) -> list[str]:
-    """What in ``url`` is a credential: ``user:password@`` and query parameters such as ``api-key`` (empty when
-    none)."""
-    parts = urlsplit(url)
-    found = ["credentials (user:password@)"] if parts.username or parts.password else []
-    found += [f"a '{name}' query parameter" for name, _ in parse_qsl(parts.query, keep_blank_values=True)
-              if _SECRET_PARAM.search(name)]  # fmt: skip
-    return found
-
-
-def public_url(url: str | None) -> str | None:
-    """``url`` as it may be stored or shown: without ``user:password@``, secret query parameters (``?api-key=``)
-    left out, other parameters (``?api-version=``) kept."""
-    if not url:
-        return url
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:  # not a URL (a bad port): keep nothing that could be a credential
-        return url.split("?")[0].split("@")[-1]
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if port:
-        host += f":{port}"
-    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _SECRET_PARAM.search(k)]
-    query = urlencode(kept)
-    return urlunsplit((parts.scheme, host, parts.path, query, ""))
-
-
-def key_env_problem(key_env: str, base_url: str | None) -> str | None:
-    """Why the key in ``$key_env`` must not be sent to ``base_url`` (None when it may): OPENAI_API_KEY goes only to
-    the OpenAI API; another server gets a variable named ``*_KEY`` (not ``*SECRET*``, ``*PRIVATE*``, ...) or
-    ``MULCOT_*`` only."""
-    if is_openai(base_url):
-        return None
-    host = urlsplit(base_url or "").hostname or base_url
-    if key_env.upper() == DEFAULT_KEY_ENV:
-        return (f"{DEFAULT_KEY_ENV} goes only to the OpenAI API ({OPENAI_HOST}), not to {host}: put that server's "
-                "key in a variable of its own (e.g. MULCOT_TEACHER_KEY) and name it with --api-key-env "
-                "(api_key_env in a recipe)")  # fmt: skip
-    mulcot_own = key_env.upper().startswith("MULCOT_")
-    if not KEY_ENV_PATTERN.match(key_env) or (not mulcot_own and _NOT_AN_API_KEY.search(key_env)):
-        return (f"{key_env} is not sent to {host}: only a variable named like an API key (*_KEY, not a secret of "
-                "another kind) or MULCOT_* carries a key to a server, so no other token leaves by mistake; if "
-                f"{host} should get it, copy it into MULCOT_TEACHER_KEY and name that")  # fmt: skip
     return None
 
 

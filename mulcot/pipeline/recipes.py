@@ -223,7 +223,7 @@ def _build(cls: type, data: Any, file: str, prefix: str) -> Any:
 
 
 def _validate(recipe: Recipe, file: str) -> None:
-    from mulcot.core.client import key_env_problem, url_secrets
+    from mulcot.core.keys import key_env_problem, url_secrets
     from mulcot.train.pairs import parse_sources
 
     weights = recipe.training.task_weights

@@ -135,7 +135,7 @@ class DistillConfig(TrainConfig):
         --server and --served-model, and a URL without credentials (``user:password@`` or a ``?api-key=`` query: its
         key comes from MULCOT_SERVER_KEY); the server settings mean nothing in the other modes. On construction,
         so the CLI refuses before the training stack is imported."""
-        from mulcot.core.client import url_secrets
+        from mulcot.core.keys import url_secrets
 
         super().check()
         if self.soft_labels != "server":

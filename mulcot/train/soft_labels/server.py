@@ -301,7 +301,7 @@ class ServerSource(TopKSource):
     def check_settings(cls, config: DistillConfig) -> None:
         """--server and --served-model are needed, and a URL without credentials (the key comes from
         MULCOT_SERVER_KEY)."""
-        from mulcot.core.client import url_secrets
+        from mulcot.core.keys import url_secrets
 
         if not config.server or not config.served_model:
             raise MulcotError("--soft-labels server needs --server URL and --served-model NAME (the assistant as the "
