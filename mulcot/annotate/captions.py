@@ -218,6 +218,11 @@ class Captioner:
         cfg = self.config
         config = {"captions": {k: v for k, v in asdict(cfg).items() if k != "teacher"}, "splits": list(self.splits),
                   "teacher": cfg.teacher.public(), "prompts": {"caption": self.prompt.version}}  # fmt: skip
+        try:  # in seconds, before the run is recorded, when nothing listens there
+            await self.teacher.check_reachable()
+        except MulcotError:
+            await self.teacher.aclose()
+            raise
         with self.store.run(self.run_id, kind="captions", dataset=cfg.dataset, config=config) as run:
             run.metrics = self.summary  # recorded however the run ends
             try:

@@ -36,6 +36,7 @@ from mulcot.store.runs import RunRecord
 
 PASSES = (PREDICT, EXPLAIN)  # the teacher's two passes (chain stages)
 WRITE_TRIES = 10  # busy timeouts an answer already paid for waits for a locked store
+UNREACHABLE_STOP = 3  # this many requests in a row without any answer (each after its HTTP retries) stop a run
 
 
 @dataclass
@@ -67,16 +68,19 @@ class AnnotateSummary(Usage):
     failed: int = 0
     retries: dict[int, int] = field(default_factory=dict)  # retries needed -> (sample, stage) count
     http_retries: int = 0
+    answered: int = 0  # requests that got an answer (valid or not); 0 with requests > 0: the teacher never answered
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
     cost_known: bool = True
     wall_s: float = 0.0
-    stopped: str | None = None  # "budget": the budget stopped it early; "pending": batches or files still out
+    stopped: str | None = None  # "budget": the budget stopped it; "pending": batches or files still out;
+    # "unreachable": the teacher stopped answering (every request in a row failed to connect)
     skipped_done: int = 0
     skipped_other_writer: int = 0  # with force: samples another process writing the run has taken
     teacher_set: int = 0  # |D_t| for the split after the run
     failures: list[str] = field(default_factory=list)
+    last_error: str | None = None  # the last request that got no answer, and why
     # batch annotation (mulcot.annotate.batch): batches sent and taken in, files written, result lines skipped
     batches_submitted: int = 0
     batches_ingested: int = 0
@@ -112,6 +116,7 @@ class Annotator:
         self._jobs_total = 0
         self._jobs_done = 0
         self._stop = False
+        self._unreachable = 0  # requests in a row that got no answer at all (after their HTTP retries)
 
     # -- the decisions and the record, shared by the live and the batch path -----------------------------------
 
@@ -165,8 +170,13 @@ class Annotator:
         row["error"] = None if accepted else arc_error(row, sample["label"])
         s = self.summary
         s.requests += 1
+        s.http_retries += http_retries  # a request that gave up made retries too ("gave up after 6 tries": 5)
+        if output is not None:
+            s.answered += 1
+        elif error:
+            s.last_error = f"sample {sample['key']} ({stage}): {error}"
         if output is not None or tokens_in:
-            s.count_usage(http_retries, tokens_in, tokens_out, cost_usd)
+            s.count_usage(0, tokens_in, tokens_out, cost_usd)  # (its HTTP retries are counted above)
             row.update(tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost_usd,
                        latency_s=None if latency_s is None else round(latency_s, 4))  # fmt: skip
         self._keep(row)
@@ -225,17 +235,24 @@ class Annotator:
                 self._stop = True
                 self.summary.stopped = "budget"
                 return None
-            comp, error = None, None
+            comp, error, retried = None, None, 0
             try:
                 comp = await self.teacher.complete(prompt, image)
+                self._unreachable = 0
             except TeacherError as exc:
-                error = str(exc)
+                error, retried = str(exc), exc.retries
+                self._unreachable = self._unreachable + 1 if exc.kind in ("connection", "timeout") else 0
             self.budget.settle(reserved, comp.cost_usd if comp else None)
             outcome = self.record(
                 sample, stage, attempt, output=comp.text if comp else None, error=error, state=state,
                 **({"tokens_in": comp.tokens_in, "tokens_out": comp.tokens_out, "cost_usd": comp.cost_usd,
-                    "latency_s": comp.latency_s, "http_retries": comp.http_retries} if comp else {}),
+                    "latency_s": comp.latency_s, "http_retries": comp.http_retries} if comp else
+                   {"http_retries": retried}),
             )  # fmt: skip
+            if self._unreachable >= UNREACHABLE_STOP:  # the server went away: stop, keep the samples for a rerun
+                self._stop = True
+                self.summary.stopped = "unreachable"
+                return None
             if outcome["final"]:
                 return outcome
         return None
@@ -281,6 +298,11 @@ class Annotator:
             else 0
         )
         config = self.run_config()
+        try:  # in seconds, before the run is recorded, when nothing listens there
+            await self.teacher.check_reachable()
+        except MulcotError:
+            await self.teacher.aclose()
+            raise
         self._report()
         # `concurrency` workers share one iterator, each with one request in flight: only that many samples (and
         # encoded images) are in memory at once, however large the split, and each image is encoded just before

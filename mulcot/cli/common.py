@@ -15,6 +15,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -25,6 +26,28 @@ from mulcot.store import Store, default_db_path
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+class LazyProgress(Progress):
+    """A rich progress bar drawn from its first update on, not when the ``with`` block opens: a command refused by
+    its checks (a bad setting, a model that cannot be loaded) shows one line of error and no empty bar."""
+
+    def __enter__(self) -> LazyProgress:
+        return self
+
+    def stop(self) -> None:
+        if self.live.is_started:  # (rich prints a blank line on stop off a terminal, started or not)
+            super().stop()
+
+    def update(self, task_id: TaskID, **kwargs: Any) -> None:
+        if not self.live.is_started and not self.disable:
+            self.start()
+        super().update(task_id, **kwargs)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        if not self.live.is_started and not self.disable:
+            self.start()
+        super().advance(task_id, advance)
 
 DbOption = Annotated[
     Path | None,
@@ -56,7 +79,8 @@ def output_file(path: Path) -> Path:
 def progress_bar(as_json: bool, *, info: bool = False, spinner: bool = False, remaining: bool = False,
                  transient: bool = True) -> Progress:  # fmt: skip
     """The progress bar of every long command, on stderr (silent with --json): description, bar, done/total, and
-    optionally a spinner, an ``info`` text field, the time remaining."""
+    optionally a spinner, an ``info`` text field, the time remaining. Drawn from its first update on
+    (:class:`LazyProgress`): a command refused by its checks shows its one line of error and no empty bar."""
     columns: list[Any] = [SpinnerColumn()] if spinner else []
     columns += [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
     if info:
@@ -64,7 +88,7 @@ def progress_bar(as_json: bool, *, info: bool = False, spinner: bool = False, re
     columns.append(TimeElapsedColumn())
     if remaining:
         columns.append(TimeRemainingColumn())
-    return Progress(*columns, console=err_console, disable=as_json, transient=transient)
+    return LazyProgress(*columns, console=err_console, disable=as_json, transient=transient)
 
 
 def follow(bar: Progress, description: str, info: Callable[[Event], str] | None = None, *,

@@ -44,9 +44,14 @@ def import_(
     path: Annotated[Path, typer.Argument(help="A split file, or a folder of split files (train/dev/test).")],
     name: Annotated[str | None, typer.Option(help="Dataset name (default: from the folder name).")] = None,
     split: Annotated[str | None, typer.Option(help="Split of a single file, or the one split to take.")] = None,
-    images: Annotated[Path | None, typer.Option(help="Image folder (default: images/ beside the data).")] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Image folder that image names are relative to (default: jsonl: the data file's folder; "
+                     "mvsa-raw: its data/; others: the first of images/, Images/, data/ beside the data).",
+                     show_default=False),
+    ] = None,  # fmt: skip
     no_images: Annotated[bool, typer.Option("--no-images", help="Import text only (samples flagged).")] = False,
-    strict: Annotated[bool, typer.Option(help="Abort on any bad row; the store stays as it was.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Abort on any bad row; the store stays as it was.")] = False,
     split_ratio: Annotated[
         str | None, typer.Option(help="mvsa-raw: deterministic train,dev,test shares, e.g. 8,1,1.")
     ] = None,
@@ -56,7 +61,14 @@ def import_(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Import a dataset into the store (idempotent: re-importing updates, never duplicates)."""
+    """Import a dataset into the store (idempotent: re-importing updates, never duplicates).
+
+    jsonl: one JSON object per line, with text (required; $T$ stands for aspect)
+    and, when known: image (a path relative to the image folder), aspect,
+    label (positive, neutral or negative), id (default: the line number),
+    split (default: the file's), chains (a list of {source, stage, raw or text,
+    model, prompt_version}). `mulcot data export NAME FILE.jsonl` writes this,
+    with images relative to the file's folder: it imports back as it was."""
     store = open_store(db)
     with progress_bar(as_json, spinner=True) as bar:
         progress = follow(bar, f"importing {path}", describe=True)

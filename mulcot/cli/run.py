@@ -115,7 +115,8 @@ def demo(
     db: Annotated[Path, typer.Option("--db", help="Database to write the demo into.")] = Path("mulcot-demo.db"),
     runs_dir: Annotated[Path, typer.Option(help="Where the demo's runs go.")] = Path("mulcot-demo-runs"),
     real_teacher: Annotated[
-        bool, typer.Option(help="Call gpt-4o-mini (needs OPENAI_API_KEY) instead of replaying stored chains.")
+        bool, typer.Option("--real-teacher", help="Call gpt-4o-mini (needs OPENAI_API_KEY) instead of replaying stored "
+                           "chains.")
     ] = False,
     as_json: JsonOption = False,
 ) -> None:

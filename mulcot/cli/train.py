@@ -48,7 +48,7 @@ def train_assistant(
     dataset: Annotated[str, typer.Argument(help="Dataset with teacher chains (D_t).")],
     model: Annotated[str, typer.Option(help="Base model: hub id (Qwen/Qwen2.5-VL-7B-Instruct) or folder.")],
     name: Annotated[str | None, typer.Option(help="Run name (folder runs/NAME); default: assistant-DATASET.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last checkpoint.")] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
     options: dict[str, Any] | None = None,
@@ -115,7 +115,7 @@ def dpo(
     model: Annotated[str, typer.Option(help="The trained assistant or student to start from: run name, runs/NAME "
                                        "or an adapter folder.")],
     name: Annotated[str | None, typer.Option(help="Run name (folder runs/NAME); default: dpo-DATASET.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last checkpoint.")] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
     options: dict[str, Any] | None = None,

@@ -31,7 +31,7 @@ FORMATS: dict[str, str] = {
     "mvsa-raw": "MVSA-Single/-Multiple raw archive (data/<id>.txt|jpg + labelResultAll.txt)",
     "clmlf-json": "MVSA splits in CLMLF's JSON ({id, text, emotion_label})",
     "mulcot-json": "the MulCoT-RD authors' released JSON, teacher chains included",
-    "jsonl": "plain JSONL: {text, image, aspect?, label?, id?, split?} per line",
+    "jsonl": "plain JSONL: {text, image?, aspect?, label?, id?, split?, chains?} per line (mulcot's own export)",
 }
 _SUFFIX = {"twitter-tsv": ".tsv", "clmlf-json": ".json", "mulcot-json": ".json", "jsonl": ".jsonl"}
 
@@ -275,5 +275,6 @@ def _write(store: Store, name: str, fmt: str, path: Path, good: list[SampleRow],
                     continue
                 store.add_reasoning(**chain_row(sample_id=sample_id, source=chain.source, model=chain.model,
                                                 stage=chain.stage, output=chain.raw,
+                                                prompt_version=chain.prompt_version,
                                                 origin=f"{RELEASE_ORIGIN}{row.file}"))  # fmt: skip
                 report.chains_added += 1

@@ -25,6 +25,7 @@ headline's prediction, the chain's and the label head's, the probabilities) and 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -356,6 +357,8 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
     public = config.public()
     public["prompt_versions"] = {"cot": get_prompt("cot", task).version, "label": get_prompt("label", task).version}
     public["subject"] = subject.public()
+    # which posts were scored: results on other posts do not compare (mulcot eval compare refuses them)
+    public["samples_sha256"] = hashlib.sha256(",".join(map(str, sorted(ids))).encode()).hexdigest()[:16]
     result = EvalResult(id=None, dataset=config.dataset, split=config.split, task=task, subject=subject, n=len(ids),
                         metrics=metrics, config=public,
                         per_sample=per_sample_rows(ids, by_id, got, ref_rows, per_pair))  # fmt: skip

@@ -122,7 +122,7 @@ class Pipeline:
                 cfg = AnnotateConfig(
                     dataset=d.name, split=split, concurrency=t.concurrency, max_retries=t.max_retries,
                     budget_usd=t.budget_usd, run_id=f"{self.run_name('annotate')}-{split}",
-                    teacher=TeacherConfig(model=model, base_url=base_url, key_env=t.api_key_env,
+                    teacher=TeacherConfig(model=model, base_url=base_url, key_env=None if server else t.api_key_env,
                                           image_max_side=t.image_max_side, backoff_base_s=0.05 if server else 1.0),
                 )  # fmt: skip
                 summary = annotate(self.store, cfg, progress=self.report)

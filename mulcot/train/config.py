@@ -133,6 +133,27 @@ class DistillConfig(TrainConfig):
                                 "(captions for images) of a vision-language run.", section="student")  # fmt: skip
     include_expanded: bool = _f(True, "Train on D_t only (skip D_a).", flag="--no-expanded", invert=True)
 
+    def check(self) -> None:
+        """The rules across fields (λ, τ, k and the mode are checked by their fields): ``--soft-labels server`` needs
+        --server and --served-model, and a URL without credentials (``user:password@`` or a ``?api-key=`` query: its
+        key comes from MULCOT_SERVER_KEY); the server settings mean nothing in the other modes. On construction,
+        so the CLI refuses before the training stack is imported."""
+        from mulcot.core.keys import url_secrets
+
+        super().check()
+        if self.soft_labels != "server":
+            if self.server or self.served_model:
+                raise ConfigError("--server/--served-model are for --soft-labels server (the assistant's server)")
+            return
+        if not self.server or not self.served_model:
+            raise ConfigError("--soft-labels server needs --server URL and --served-model NAME (the assistant as the "
+                              "server serves it)")  # fmt: skip
+        if not self.server.startswith(("http://", "https://")):
+            raise ConfigError(f"--server must be an http(s) URL such as http://127.0.0.1:8000/v1, not '{self.server}'")
+        if found := url_secrets(self.server):
+            raise ConfigError(f"--server must not carry credentials (it has {' and '.join(found)}; they would be "
+                              "stored with the run): put the key in MULCOT_SERVER_KEY")  # fmt: skip
+
     def server_config(self) -> Any:
         """The :class:`mulcot.generation.server.ServerConfig` of the --server settings (``soft_labels = server``)."""
         from mulcot.generation.server import ServerConfig

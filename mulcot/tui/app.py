@@ -29,6 +29,7 @@ from textual.widgets import Footer, Header, Input, Static, Tree
 from mulcot.core.labels import LABELS
 from mulcot.errors import MulcotError
 from mulcot.store import Store, default_db_path
+from mulcot.store.browse import SearchSyntaxError
 from mulcot.tui.detail import render_chain, render_chain_bar, render_head
 from mulcot.tui.filters import FilterPanel
 from mulcot.tui.image import GRAPHICS_MODES, TerminalImage, graphics_widget
@@ -120,6 +121,7 @@ class ChainBrowser(App[None]):
         self._search_timer: Timer | None = None
         self._wanted: int | None = None  # the sample the cursor is on
         self._stale = True  # the sample shown must be read again (after a reload)
+        self._search_problem: str | None = None  # why the search as typed cannot run (shown in the status line)
 
     # -- layout ------------------------------------------------------------------------------------------------
 
@@ -242,13 +244,22 @@ class ChainBrowser(App[None]):
         self._stop_counting()
         filters = self.filters.store_filters()
         fetch = partial(self.store.browse_page, **filters)
-        first = fetch(limit=self.page_size)
+        self._search_problem = None
+        try:
+            first = fetch(limit=self.page_size)
+        except SearchSyntaxError as err:  # e.g. "cat OR": say how to write it, show nothing
+            self._search_problem = str(err)
+            fetch, first = (lambda **_: []), []
         count: int | None = None
         if len(first) < self.page_size:
             count = len(first)
         elif self.small:
             count = self.store.browse_count(**filters)
         table = self.query_one(SampleTable)
+        # rows from several datasets share ids: then each row names its dataset
+        widest = max(len("dataset"), *(len(d["name"]) for d in self.tree_data))
+        several = self.filters.dataset is None and len(self.tree_data) > 1
+        table.dataset_width = min(21, widest + 1) if several else 0
         table.load(fetch, first, count)
         if count is None:  # after this frame is painted, so the count does not compete with it
             self.call_after_refresh(self._count, self._generation, filters)
@@ -311,7 +322,9 @@ class ChainBrowser(App[None]):
         table = self.query_one(SampleTable)
         n = table.row_count
         where = self.filters.describe()
-        if n == 0:
+        if self._search_problem is not None:
+            text = Text(f"search: {self._search_problem}", style="bold")
+        elif n == 0:
             text = Text("no sample matches", style="bold")
             if self.filters.active:
                 text.append(f": {where} (c clears the filters)")
