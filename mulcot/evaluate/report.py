@@ -93,6 +93,13 @@ def plot_confusion(heads: Sequence[tuple[str, dict[str, Any]]], path: str | os.P
         for r, row in enumerate(matrix):
             for c, v in enumerate(row):
                 ax.text(c, r, str(v), ha="center", va="center", color="white" if v > peak / 2 else "black")
+    return _save(fig, path, title)
+
+
+def _save(fig: Any, path: str | os.PathLike[str], title: str) -> Path:
+    """Title, lay out, write and close a figure."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -129,13 +136,7 @@ def plot_reliability(heads: Sequence[tuple[str, dict[str, Any]]], path: str | os
         ax.set_ylabel("accuracy")
         ax.set_title(f"{name}\nECE {m['ece']:.3f} ({m['ece_bins']} bins)", fontsize=10)
         ax.legend(loc="upper left", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, path, title)
 
 
 def paper_row(result: dict[str, Any]) -> dict[str, Any]:
