@@ -22,18 +22,26 @@ from mulcot.train.config import TrainConfig
 from mulcot.train.items import TASK_CLS, TASK_REA, teacher_items
 from mulcot.train.loop import Progress, TrainResult, allow_text_only, check_request, fit
 from mulcot.train.losses import multitask_loss, position_tasks, prediction_mask, target_ce, task_means
+from mulcot.train.packing import enable_packing
 
 
 class MultiTaskTrainer(Trainer):
-    """HF Trainer with the multi-task loss and generation-based dev evaluation."""
+    """HF Trainer with the multi-task loss and generation-based dev evaluation.
+
+    ``packing`` (default) trains a text-only backbone on padding-free batches (:mod:`mulcot.train.packing`) where the
+    model supports them; other models, and ``packing=False``, get right-padded batches."""
+
+    packing_allowed = True  # a subclass whose loss reads padded rows (the student's soft labels) turns it off
 
     def __init__(self, *args: Any, task_weights: tuple[float, float], collator: Any, single_pass: bool = True,
-                 dev_eval: Callable[[Any], dict[str, float]] | None = None, **kwargs: Any):  # fmt: skip
+                 dev_eval: Callable[[Any], dict[str, float]] | None = None, packing: bool = True,
+                 **kwargs: Any):  # fmt: skip
         super().__init__(*args, data_collator=lambda items: items, **kwargs)
         self.task_weights = task_weights
         self.single_pass = single_pass
         self.collator = collator
         self.dev_eval = dev_eval
+        self.packed = bool(packing and self.packing_allowed and enable_packing(self.model))
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
         self._parts: dict[str, list[float]] = defaultdict(list)
 
@@ -45,10 +53,11 @@ class MultiTaskTrainer(Trainer):
 
     def forward_targets(self, model: Any, items: Any, tasks: tuple[int, ...]) -> dict[str, Any]:
         """Collate, run the model and return logits at the target-predicting positions only ([N, V])."""
-        batch = self._prepare_inputs(self.collator(items, tasks))
+        batch = self._prepare_inputs(self.collator(items, tasks, packed=self.packed))
         labels, task_ids = batch.pop("labels"), batch.pop("task_ids")
         mask = prediction_mask(labels)
-        logits = model(**batch, logits_to_keep=mask).logits
+        extra = {"use_cache": False} if self.packed else {}  # a cache would keep the packed keys and values
+        logits = model(**batch, logits_to_keep=mask, **extra).logits
         return {"batch": batch, "labels": labels, "task_ids": task_ids, "mask": mask, "logits": logits}
 
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,

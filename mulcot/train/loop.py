@@ -336,7 +336,7 @@ def _train(config: TrainConfig, args: Any, model: Any, processor: Any, task: str
     callback = RunCallback(folder, progress, save_best, best)
     trainer = trainer_class(model=model, args=args, train_dataset=items, eval_dataset=dev_items or None,
                             task_weights=config.task_weights, single_pass=config.single_pass, collator=collator,
-                            dev_eval=dev_eval, callbacks=[callback], **more)  # fmt: skip
+                            dev_eval=dev_eval, packing=config.packing, callbacks=[callback], **more)  # fmt: skip
     route_trackers(trainer, folder)
     trainer.remove_callback(PrinterCallback)  # progress goes through our callback; stdout stays clean for --json
     trainer.remove_callback(ProgressCallback)
