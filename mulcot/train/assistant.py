@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from transformers import Trainer
+from transformers import SchedulerType, Trainer
 
 from mulcot.store import Store
 from mulcot.train import distributed as dist
@@ -23,6 +23,7 @@ from mulcot.train.items import TASK_CLS, TASK_REA, teacher_items
 from mulcot.train.loop import Progress, TrainResult, allow_text_only, check_request, fit
 from mulcot.train.losses import multitask_loss, position_tasks, prediction_mask, target_ce, task_means
 from mulcot.train.packing import enable_packing
+from mulcot.train.schedule import WarmupPlateau, plateau_metric
 
 
 class MultiTaskTrainer(Trainer):
@@ -96,6 +97,16 @@ class MultiTaskTrainer(Trainer):
                 logs[key] = round(sum(r[key] for r in ranks if key in r) / sum(1 for r in ranks if key in r), 6)
         super().log(logs, *args, **kwargs)
 
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        """The plateau schedule with its warm-up (:class:`mulcot.train.schedule.WarmupPlateau`); the Trainer's own
+        ``reduce_lr_on_plateau`` would ignore ``warmup_steps``. Any other schedule is the Trainer's."""
+        if self.lr_scheduler is None and self.args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU:
+            self.lr_scheduler = WarmupPlateau(optimizer or self.optimizer,
+                                              self.args.get_warmup_steps(num_training_steps),
+                                              **(self.args.lr_scheduler_kwargs or {}))  # fmt: skip
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
+
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
                  metric_key_prefix: str = "eval") -> dict[str, float]:  # fmt: skip
         if self.dev_eval is None:
@@ -104,6 +115,9 @@ class MultiTaskTrainer(Trainer):
         raw = self.dev_eval(self.model)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in raw.items()}
         metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - start, 3)
+        watched = plateau_metric(metrics, self.args.metric_for_best_model or "accuracy")
+        if isinstance(self.lr_scheduler, WarmupPlateau) and watched is not None:
+            self.lr_scheduler.plateau_step(watched, self.state.global_step)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics

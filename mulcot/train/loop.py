@@ -281,8 +281,9 @@ def training_arguments(config: TrainConfig, device: str, n_items: int, with_dev:
         weight_decay=config.weight_decay,
         optim="adamw_torch",
         warmup_steps=config.warmup_steps,
-        # halve on a dev-accuracy plateau; without a dev split there is nothing to watch: a constant lr
-        lr_scheduler_type="reduce_lr_on_plateau" if with_dev else "constant",
+        # a linear warm-up, then: halve on a dev-accuracy plateau (the trainers run it with the warm-up, see
+        # mulcot.train.schedule); without a dev split there is nothing to watch: a constant lr
+        lr_scheduler_type="reduce_lr_on_plateau" if with_dev else "constant_with_warmup",
         lr_scheduler_kwargs=plateau if with_dev else {},
         eval_strategy="epoch" if with_dev else "no",
         metric_for_best_model="accuracy",  # what the plateau scheduler watches; the best epoch uses "select"
