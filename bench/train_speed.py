@@ -46,6 +46,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -63,9 +64,11 @@ SEED = 42
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # row -> (tool, settings)
 ROWS: dict[str, dict[str, Any]] = {
-    "mulcot-padded": {"tool": "mulcot", "weights": (0.2, 0.8), "packing": False, "optim": "adamw_torch"},
+    "mulcot-padded": {"tool": "mulcot", "weights": (0.2, 0.8), "packing": False, "before": True},
     "mulcot": {"tool": "mulcot", "weights": (0.2, 0.8), "packing": True},
     "mulcot-gc": {"tool": "mulcot", "weights": (0.2, 0.8), "packing": True, "gradient_checkpointing": True},
+    "mulcot-mmap": {"tool": "mulcot", "weights": (0.2, 0.8), "packing": True,
+                    "env": {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}},
     "mulcot-label": {"tool": "mulcot", "weights": (1.0, 0.0), "packing": True},
     "mulcot-chain": {"tool": "mulcot", "weights": (0.0, 1.0), "packing": True},
     "lf-chain": {"tool": "llamafactory", "data": "chain", "batch_factor": 1},
@@ -265,19 +268,20 @@ def mulcot_worker(spec: dict[str, Any]) -> dict[str, Any]:
         return out
 
     MultiTaskCollator.__call__ = recording
-    if spec.get("optim"):  # the optimizer before issue 27 (the mulcot-padded row: the step as it was)
+    if spec.get("before"):  # the step as it was before issue 27: unfused AdamW and LoRA dropout (and no packing)
         from transformers.training_args import OptimizerNames
 
-        from mulcot.train import loop
+        from mulcot.train import loop, lora_dropout
 
         arguments = loop.training_arguments
 
-        def with_optim(*a: Any, **kw: Any) -> Any:
+        def unfused_adamw(*a: Any, **kw: Any) -> Any:
             args = arguments(*a, **kw)
-            args.optim = OptimizerNames(spec["optim"])
+            args.optim = OptimizerNames.ADAMW_TORCH
             return args
 
-        loop.training_arguments = with_optim
+        loop.training_arguments = unfused_adamw
+        lora_dropout.fuse_lora_dropout = lambda model: 0
     clock: dict[str, Any] = {"begin": None, "step_ends": [], "losses": [], "parts": []}
 
     def progress(event: Any) -> None:
@@ -303,10 +307,11 @@ def mulcot_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return {**clock, "batches": batches, "threads": torch.get_num_threads(), "dtype": "torch.float32"}
 
 
-def run_worker(kind: str, spec: dict[str, Any], threads: int, python: str | None = None) -> dict[str, Any]:
-    """Run one row in a subprocess with ``threads`` threads; its result and peak RSS (MB)."""
+def run_worker(kind: str, spec: dict[str, Any], threads: int, python: str | None = None,
+               env: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run one row in a subprocess with ``threads`` threads (and ``env``); its result and peak RSS (MB)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+           "TOKENIZERS_PARALLELISM": "false", **(env or {})}  # fmt: skip
     if kind == "mulcot":
         env["PYTHONPATH"] = str(ROOT)
         spec_file = Path(spec["runs"]) / f"{spec['name']}.spec.json"
@@ -382,7 +387,7 @@ def equal_loss(model_dir: Path, work: Path, args: argparse.Namespace) -> dict[st
     for packing in (False, True):
         name = f"equal-loss-{'packed' if packing else 'padded'}"
         spec = {"model": str(model_dir), "name": name, "runs": str(work / "runs"), "db": str(work / "bench.db"),
-                "weights": (0.2, 0.8), "packing": packing, "batch": args.batch, "dropout": 0.0,
+                "weights": (0.2, 0.8), "packing": packing, "before": not packing, "batch": args.batch, "dropout": 0.0,
                 "epochs": steps * args.batch / args.n}  # fmt: skip
         losses[name] = run_worker("mulcot", spec, args.threads)["losses"][:steps]
     a, b = losses["equal-loss-packed"], losses["equal-loss-padded"]
@@ -466,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                                           "python": platform.python_version()}}  # fmt: skip
     runs = work / "runs"
+    for folder in (runs, work / "lf"):  # run folders of an earlier invocation
+        shutil.rmtree(folder, ignore_errors=True)
     for name in rows:
         row = ROWS[name]
         threads = row.get("threads", args.threads)
@@ -474,9 +481,9 @@ def main(argv: list[str] | None = None) -> int:
             if row["tool"] == "mulcot":
                 spec = {"model": str(model_dir), "name": name.replace("@", "-"), "runs": str(runs),
                         "db": str(work / "bench.db"), "weights": row["weights"], "packing": row["packing"],
-                        "batch": args.batch, "epochs": args.epochs, "optim": row.get("optim"),
+                        "batch": args.batch, "epochs": args.epochs, "before": row.get("before", False),
                         "gradient_checkpointing": row.get("gradient_checkpointing", False)}  # fmt: skip
-                raw = run_worker("mulcot", spec, threads)
+                raw = run_worker("mulcot", spec, threads, env=row.get("env"))
             else:
                 if python is None:
                     raise RuntimeError("no LLaMA-Factory venv (make llamafactory, or MULCOT_LLAMAFACTORY_PYTHON)")

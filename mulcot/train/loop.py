@@ -184,6 +184,9 @@ def add_lora(model: Any, config: TrainConfig) -> Any:
                       target_modules=lora_target_modules(config.lora_targets, text_only=text_only),
                       task_type="CAUSAL_LM")  # fmt: skip
     model = get_peft_model(model, lora)
+    from mulcot.train.lora_dropout import fuse_lora_dropout
+
+    fuse_lora_dropout(model)  # the same dropout, a boolean mask kept instead of two float copies per LoRA input
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
