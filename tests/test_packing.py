@@ -99,6 +99,20 @@ def test_packed_step_equals_padded_step(kind, demo_store, tiny_text_model, tmp_p
     assert model.get_base_model().config._attn_implementation == PACKED_SDPA
 
 
+def test_two_packed_passes_equal_one(demo_store, tiny_text_model, tmp_path):
+    model, processor, _ = load_model(tiny_text_model())
+    items = teacher_items(demo_store, SAMPLE_NAME, "train")[:3]
+    collator = MultiTaskCollator(processor, "masc")
+    losses = []
+    for single in (True, False):
+        trainer = _trainer(model, collator, tmp_path, packing=True)
+        trainer.single_pass = single
+        assert trainer.packed
+        with torch.no_grad():
+            losses.append(trainer.compute_loss(model, items).item())
+    assert abs(losses[0] - losses[1]) < 1e-5, losses
+
+
 def test_generation_is_unchanged_by_the_packed_attention(demo_store, tiny_text_model):
     from mulcot.train.generation import GenerationConfig, generate
     from mulcot.train.packing import enable_packing
