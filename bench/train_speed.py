@@ -10,15 +10,19 @@ tools see the same prompts and chat template (SmolLM2's, with its default system
 
 Rows (one subprocess each, so that its peak RSS is its own; ``--threads`` for all, via OMP/MKL_NUM_THREADS):
 
-- ``mulcot-padded``: train-assistant, multi-task in one pass, padded batches (``--no-packing``: the collation before
-  issue 27);
-- ``mulcot``: the same with padding-free batches (the default); its first steps' losses are checked against
-  ``mulcot-padded`` (same seed);
+- ``mulcot-padded``: train-assistant, multi-task in one pass, the step before issue 27: padded batches
+  (``--no-packing``), unfused AdamW and LoRA dropout;
+- ``mulcot``: the same with today's defaults (padding-free batches, fused AdamW and dropout);
+- ``mulcot-gc``: ``mulcot`` with ``--gradient-checkpointing``; ``mulcot-mmap``: ``mulcot`` with glibc's mmap threshold
+  fixed at 1 MB (``MALLOC_MMAP_THRESHOLD_``: freed activations go back to the system, fewer stay in the heap);
 - ``mulcot-label``: label task only (λ_cls 1, λ_rea 0); ``mulcot-chain``: reasoning task only (λ 0, 1);
 - ``lf-chain``: LLaMA-Factory SFT on the chain examples (batch ``--batch``, as mulcot-chain);
 - ``lf-chain+label``: on chain + label examples as separate records (batch 2×``--batch``: the same sequences per step
-  as one multi-task mulcot step);
-- ``mulcot@1t`` (with ``--threads 2``): ``mulcot`` on one thread, to choose the default thread count.
+  as one multi-task mulcot step); ``lf-chain+label-nogc``: the same without gradient checkpointing;
+- ``mulcot@1t``: ``mulcot`` on one thread (beside ``--threads``), to choose the default thread count.
+
+Equal loss: two more short runs (5 steps, LoRA dropout 0, same seed) of the padded-before and the packed step; their
+losses must agree within 1e-3 (with dropout the two draw their masks over differently shaped tensors).
 
 Both tools: AdamW lr 3e-4 constant, LoRA r 16, α 32, dropout 0.05, batch ``--batch`` posts, no accumulation, seed 42,
 ``--epochs`` epochs (32 steps for 64 posts at batch 2), fp32, SDPA attention. LLaMA-Factory keeps its defaults
