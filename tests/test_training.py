@@ -125,6 +125,58 @@ def test_plateau_halves_the_lr_and_best_epoch_breaks_ties(demo_store, compact_mo
     assert result.best["epoch"] == 5 and result.best["eval_accuracy"] == 0.6
 
 
+def _logged_lrs(folder: str) -> list[float]:
+    rows = [json.loads(x) for x in (Path(folder) / "log.jsonl").read_text().splitlines()]
+    return [r["learning_rate"] for r in rows if "loss" in r]
+
+
+def test_warmup_ramps_then_holds_without_dev(demo_store, compact_model, tmp_path):
+    """--no-dev: a linear warm-up over 4 optimizer steps, then the constant lr (read from log.jsonl)."""
+    cfg = _cfg(compact_model(), tmp_path, epochs=3, max_train_items=4, dev_split=None, warmup_steps=4, lr=1e-3)
+    lrs = _logged_lrs(train_assistant(demo_store, cfg).folder)
+    assert lrs == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3], abs=1e-12)
+
+
+def test_warmup_then_plateau_halving(demo_store, compact_model, tmp_path, monkeypatch):
+    """With a dev split: the lr ramps over 3 steps (one step per epoch), the epochs still warming up do not count
+    for the plateau, and two flat epochs after it halve the lr."""
+
+    def scripted(*args, **kwargs):
+        return lambda model: {"accuracy": 0.5, "macro_f1": 0.5, "weighted_f1": 0.5, "select": 0.5}
+
+    monkeypatch.setattr("mulcot.train.selection.dev_evaluator", scripted)
+    cfg = _cfg(compact_model(), tmp_path, epochs=7, max_train_items=2, warmup_steps=3, lr=1e-3)
+    lrs = _logged_lrs(train_assistant(demo_store, cfg).folder)
+    # evaluations after steps 1-2 are inside the warm-up; 3 sets the best, 4 and 5 bring no gain -> halved from 6
+    assert lrs == pytest.approx([0.0, 1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3, 5e-4, 5e-4], abs=1e-12)
+
+
+def test_warmup_plateau_state_round_trips():
+    """The scheduler's checkpoint is plain data (the Trainer reloads it with weights_only=True) and resumes the
+    same schedule."""
+    import io
+
+    from mulcot.train.schedule import WarmupPlateau
+
+    def make():
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+        return opt, WarmupPlateau(opt, 2, mode="max", factor=0.5, patience=0, min_lr=1e-6, threshold=0.0)
+
+    opt, sched = make()
+    for step, metric in ((1, 0.5), (2, 0.5), (3, 0.5), (4, 0.5)):
+        opt.step()
+        sched.step()
+        sched.plateau_step(metric, step)
+    buf = io.BytesIO()
+    torch.save(sched.state_dict(), buf)
+    buf.seek(0)
+    opt2, sched2 = make()
+    sched2.load_state_dict(torch.load(buf, weights_only=True))
+    sched.step()
+    sched2.step()
+    assert sched2.get_last_lr() == sched.get_last_lr() == [2.5e-4]  # step 2 sets the best, 3 and 4 halve
+
+
 def test_bad_input(demo_store, compact_model, tmp_path):
     with pytest.raises(MulcotError, match="model folder not found"):
         train_assistant(demo_store, _cfg(tmp_path / "nope", tmp_path))

@@ -3,6 +3,7 @@
 - :mod:`~mulcot.train.config` — ``TrainConfig`` / ``DistillConfig``: every knob declared once (importable without
   torch; the CLI flags and recipe sections are derived from it);
 - :mod:`~mulcot.train.items` — training items and their collation into the two task sequences;
+- :mod:`~mulcot.train.packing` — padding-free batches for text-only backbones (attention within each sequence);
 - :mod:`~mulcot.train.losses` — the objectives (CE at target tokens, KL at target positions);
 - :mod:`~mulcot.train.generation` — greedy or sampled generation from P_cot / P_label;
 - :mod:`~mulcot.train.assistant` — ``MultiTaskTrainer`` and ``train_assistant``;
@@ -11,6 +12,8 @@
 - :mod:`~mulcot.train.dpo` — ``dpo``, preference optimisation of a trained run through TRL's ``DPOTrainer``
   (import it from there: the module has the same name);
 - :mod:`~mulcot.train.loop` — the run both stages share (record, LoRA, ``TrainingArguments``, best adapter);
+- :mod:`~mulcot.train.schedule` — the learning rate: linear warm-up, then halving on a dev plateau;
+- :mod:`~mulcot.train.lora_dropout` — LoRA dropout that keeps a one-byte mask for the backward pass;
 - :mod:`~mulcot.train.selection`, :mod:`~mulcot.train.callbacks`, :mod:`~mulcot.train.checkpoints`.
 
 The heavy names load on first use, so ``import mulcot.train`` does not import torch.

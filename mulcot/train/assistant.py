@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from transformers import Trainer
+from transformers import SchedulerType, Trainer
 
 from mulcot.core.inputs import teacher_items
 from mulcot.store import Store
@@ -23,18 +23,27 @@ from mulcot.train.collator import TASK_CLS, TASK_REA
 from mulcot.train.config import TrainConfig, deciding_settings, with_runs_dir
 from mulcot.train.loop import Progress, TrainResult, allow_text_only, check_request, check_settings, fit
 from mulcot.train.losses import multitask_loss, position_tasks, prediction_mask, target_ce, task_means
+from mulcot.train.packing import enable_packing
+from mulcot.train.schedule import WarmupPlateau, plateau_metric
 
 
 class MultiTaskTrainer(Trainer):
-    """HF Trainer with the multi-task loss and generation-based dev evaluation."""
+    """HF Trainer with the multi-task loss and generation-based dev evaluation.
+
+    ``packing`` (default) trains a text-only backbone on padding-free batches (:mod:`mulcot.train.packing`) where the
+    model supports them; other models, and ``packing=False``, get right-padded batches."""
+
+    packing_allowed = True  # a subclass whose loss reads padded rows (the student's soft labels) turns it off
 
     def __init__(self, *args: Any, task_weights: tuple[float, float], collator: Any, single_pass: bool = True,
-                 dev_eval: Callable[[Any], dict[str, float]] | None = None, **kwargs: Any):  # fmt: skip
+                 dev_eval: Callable[[Any], dict[str, float]] | None = None, packing: bool = True,
+                 **kwargs: Any):  # fmt: skip
         super().__init__(*args, data_collator=lambda items: items, **kwargs)
         self.task_weights = task_weights
         self.single_pass = single_pass
         self.collator = collator
         self.dev_eval = dev_eval
+        self.packed = bool(packing and self.packing_allowed and enable_packing(self.model))
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
         self._parts: dict[str, list[float]] = defaultdict(list)
 
@@ -46,10 +55,11 @@ class MultiTaskTrainer(Trainer):
 
     def forward_targets(self, model: Any, items: Any, tasks: tuple[int, ...]) -> dict[str, Any]:
         """Collate, run the model and return logits at the target-predicting positions only ([N, V])."""
-        batch = self._prepare_inputs(self.collator(items, tasks))
+        batch = self._prepare_inputs(self.collator(items, tasks, packed=self.packed))
         labels, task_ids = batch.pop("labels"), batch.pop("task_ids")
         mask = prediction_mask(labels)
-        logits = model(**batch, logits_to_keep=mask).logits
+        extra = {"use_cache": False} if self.packed else {}  # a cache would keep the packed keys and values
+        logits = model(**batch, logits_to_keep=mask, **extra).logits
         return {"batch": batch, "labels": labels, "task_ids": task_ids, "mask": mask, "logits": logits}
 
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
@@ -88,6 +98,16 @@ class MultiTaskTrainer(Trainer):
                 logs[key] = round(sum(r[key] for r in ranks if key in r) / sum(1 for r in ranks if key in r), 6)
         super().log(logs, *args, **kwargs)
 
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        """The plateau schedule with its warm-up (:class:`mulcot.train.schedule.WarmupPlateau`); the Trainer's own
+        ``reduce_lr_on_plateau`` would ignore ``warmup_steps``. Any other schedule is the Trainer's."""
+        if self.lr_scheduler is None and self.args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU:
+            self.lr_scheduler = WarmupPlateau(optimizer or self.optimizer,
+                                              self.args.get_warmup_steps(num_training_steps),
+                                              **(self.args.lr_scheduler_kwargs or {}))  # fmt: skip
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
+
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
                  metric_key_prefix: str = "eval") -> dict[str, float]:  # fmt: skip
         if self.dev_eval is None:
@@ -96,6 +116,9 @@ class MultiTaskTrainer(Trainer):
         raw = self.dev_eval(self.model)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in raw.items()}
         metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - start, 3)
+        watched = plateau_metric(metrics, self.args.metric_for_best_model or "accuracy")
+        if isinstance(self.lr_scheduler, WarmupPlateau) and watched is not None:
+            self.lr_scheduler.plateau_step(watched, self.state.global_step)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics

@@ -83,7 +83,10 @@ class MultiTaskCollator:
                 break
         return labels
 
-    def __call__(self, items: list[TrainItem], tasks: tuple[int, ...] | None = None) -> dict[str, Any]:
+    def __call__(self, items: list[TrainItem], tasks: tuple[int, ...] | None = None, *,
+                 packed: bool = False) -> dict[str, Any]:  # fmt: skip
+        """Tokenized sequences, task by task (reasoning first) and item by item: right-padded rows with ``labels``
+        and ``task_ids`` [rows]; ``packed``: one row without padding (:func:`mulcot.train.packing.pack`)."""
         import torch
 
         texts, images, task_ids = [], [], []
@@ -106,4 +109,8 @@ class MultiTaskCollator:
                 f"a sequence of {batch['input_ids'].shape[1]} tokens exceeds --max-length {self.max_length}: "
                 "lower --max-pixels or raise --max-length"
             )
+        if packed:
+            from mulcot.train.packing import pack
+
+            return pack(dict(batch))
         return dict(batch)

@@ -72,6 +72,9 @@ class TrainConfig(Validated):
                          section="training", min=1)  # fmt: skip
     single_pass: bool = _f(True, "One forward pass per task instead of one for both.", section="training",
                            flag="--two-pass", invert=True)  # fmt: skip
+    packing: bool = _f(True, "train-assistant: padding-free batches for text-only models (each sequence attends "
+                       "to itself only); --no-packing pads every sequence to the longest.", section="training",
+                       flag="--no-packing", invert=True)  # fmt: skip
     device: str | None = _f(None, "cuda, cuda:1, mps or cpu (default: best available).", section="training")
     dtype: str | None = _f(None, "bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU).", section="training")
     load_in_4bit: bool = _f(False, "QLoRA through bitsandbytes.", section="training")

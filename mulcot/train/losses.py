@@ -23,8 +23,11 @@ def prediction_mask(labels: torch.Tensor) -> torch.Tensor:
 
 
 def position_tasks(mask: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-    """The task of each masked position, flattened in row-major order (as ``logits[mask]``)."""
-    return task_ids[:, None].expand_as(mask)[mask]
+    """The task of each masked position, flattened in row-major order (as ``logits[mask]``); ``task_ids`` gives one
+    task per row, or one per position (a packed batch's rows hold sequences of both tasks)."""
+    if task_ids.dim() == 1:
+        task_ids = task_ids[:, None].expand_as(mask)
+    return task_ids[mask]
 
 
 def target_ce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

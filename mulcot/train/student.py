@@ -35,6 +35,8 @@ class DistillTrainer(MultiTaskTrainer):
     """``MultiTaskTrainer`` whose loss adds the assistant's soft labels:
     L = (1−λ)·(λ_cls·CE_cls + λ_rea·CE_rea) + λ·(λ_cls·KL_cls + λ_rea·KL_rea)."""
 
+    packing_allowed = False  # the soft labels are read row by row (one sequence per row)
+
     def __init__(self, *args: Any, soft_labels: SoftLabelSource, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.soft_labels = soft_labels
