@@ -119,9 +119,14 @@ def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = No
     if config.split not in splits:
         raise NotFoundError(f"dataset '{config.dataset}' has no split '{config.split}' (splits: {', '.join(splits)})")
     if config.server is not None:
+        from mulcot.generation.base import LabelScoringError
         from mulcot.generation.server import check_server
+        from mulcot.generation.server_choice import dialect_problem
 
-        check_server(config.server)
+        owner = check_server(config.server).get(config.server.served_model, "")
+        problem = dialect_problem(owner, config.model) if config.label_scoring == "choice" else None
+        if problem:  # refused before the run is recorded: the store stays as it was
+            raise LabelScoringError(problem)
     record = config.public()
     if config.server is not None:
         from mulcot.events import emit
@@ -162,7 +167,7 @@ def gather(store: Store, config: EvalConfig, task: str, gold_by_id: dict[int, st
         items = [it for it in sample_items(store, config.dataset, config.split) if it.sample_id in gold_by_id]
         generated = generate_missing(store, subject, config, task, items, progress)
         outputs = {stage: stored_outputs(store, config.dataset, config.split, subject, stage,
-                                         get_prompt(prompt, task).version)
+                                         get_prompt(prompt, task).version, config.label_scoring)
                    for prompt, stage in (("cot", STAGE_EVAL), ("label", STAGE_LABEL))}  # fmt: skip
         chains = {sid: r for sid, r in outputs[STAGE_EVAL].items() if sid in gold_by_id}
         label_rows = {sid: r for sid, r in outputs[STAGE_LABEL].items() if sid in gold_by_id}

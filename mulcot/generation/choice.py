@@ -18,8 +18,9 @@ the common prefix once (left-padded, explicit position ids), repeats its key/val
 runs only the continuations; otherwise (Qwen-VL, whose multimodal rotary positions are recomputed by the model)
 each label's full sequence is run, right-padded as in training, and only the needed positions' logits computed.
 
-:func:`choice_texts`, :func:`scored_span` and :func:`normalise` are backend-neutral (a GGUF or server backend
-tokenizes the same texts and scores the same span); :func:`score_labels` is the transformers backend.
+:func:`choice_texts`, :func:`scored_span`, :func:`normalise` and :func:`choice_from_scores` are backend-neutral
+(a GGUF or server backend tokenizes the same texts and scores the same span); :func:`score_labels` is the
+transformers backend.
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ def normalise(log_probs: Mapping[str, float]) -> dict[str, float]:
     return {k: w / total for k, w in weights.items()}
 
 
-def _choice(sample_id: int, log_probs: dict[str, float], tokens: dict[str, int]) -> LabelChoice:
+def choice_from_scores(sample_id: int, log_probs: dict[str, float], tokens: dict[str, int]) -> LabelChoice:
+    """The :class:`LabelChoice` of one item from its labels' log-probabilities (any backend)."""
     probs = normalise(log_probs)
     best = max(LABELS, key=lambda lab: (probs[lab], -LABELS.index(lab)))
     return LabelChoice(sample_id=sample_id, prediction=best, probabilities=probs, log_probs=log_probs, tokens=tokens)
@@ -207,7 +209,7 @@ def _score_full(model: Any, processor: Any, chunk: Sequence[TrainItem], task: st
             lp = torch.log_softmax(logits[row, cols].float(), dim=-1)
             log_probs[label] = float(lp.gather(-1, torch.tensor(targets, device=lp.device)[:, None]).sum())
             tokens[label] = end - start
-        out.append(_choice(item.sample_id, log_probs, tokens))
+        out.append(choice_from_scores(item.sample_id, log_probs, tokens))
     return out
 
 
@@ -272,6 +274,6 @@ def _score_shared(model: Any, processor: Any, chunk: Sequence[TrainItem], task: 
     for i, (item, rows) in enumerate(zip(chunk, conts, strict=True)):
         log_probs = {lab: float(scores[i * n + k]) for k, lab in enumerate(LABELS)}
         tokens = {lab: len(c) for lab, c in zip(LABELS, rows, strict=True)}
-        out.append(_choice(item.sample_id, log_probs, tokens))
+        out.append(choice_from_scores(item.sample_id, log_probs, tokens))
     return out
 
