@@ -38,8 +38,14 @@ DIALECTS = {"vllm": VLLM, "me": LLAMA_CPP_PYTHON}
 ID_PREFIX = "token_id:"
 
 
+NO_BOS = ("llama-cpp-python's server pairs prompt log-probs one token off when the prompt does not start with the "
+          "BOS token (as this model's chat template does not): serve it with vLLM, score the GGUF in-process (--gguf), "
+          "or pass --label-scoring generate")  # fmt: skip
+
+
 def dialect_problem(owner: str, tokenizer: str | None) -> str | None:
-    """Why a server owned by ``owner`` cannot score label answers (one line), or None."""
+    """Why a server owned by ``owner`` cannot score label answers for the model ``tokenizer`` names (one line), or
+    None (llama-cpp-python: the model's rendered prompt must start with its BOS token; its tokenizer is read)."""
     if owner not in DIALECTS:
         return (f"the server ({owner or 'unknown'}) gives no prompt log-probabilities (llama.cpp's llama-server has "
                 "none), so it cannot score label answers by forced choice: pass --label-scoring generate, or serve "
@@ -47,21 +53,38 @@ def dialect_problem(owner: str, tokenizer: str | None) -> str | None:
     if tokenizer is None:
         return ("forced choice through a server renders and tokenizes the label answers with the served model's "
                 "own tokenizer: name the model (--model), or pass --label-scoring generate")  # fmt: skip
+    if DIALECTS[owner] == LLAMA_CPP_PYTHON:
+        scorer = _processor(tokenizer)
+        ids = scorer(text=[scorer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "x"}]}],
+                                                      tokenize=False, add_generation_prompt=True)])["input_ids"][0]
+        bos = scorer.tokenizer.bos_token_id
+        if bos is None or len(ids) == 0 or int(ids[0]) != bos:
+            return NO_BOS
     return None
+
+
+def _processor(tokenizer: str) -> Any:
+    """The model's processor (read once per folder)."""
+    from mulcot.models.loading import model_family
+    from mulcot.models.processor import load_processor
+
+    if tokenizer not in _PROCESSORS:
+        try:
+            _PROCESSORS[tokenizer] = load_processor(tokenizer, model_family(tokenizer))
+        except (OSError, ValueError) as err:
+            raise LabelScoringError(f"cannot read the served model's tokenizer ({tokenizer}): {err}") from None
+    return _PROCESSORS[tokenizer]
+
+
+_PROCESSORS: dict[str, Any] = {}
 
 
 class ServerLabelScorer:
     """Scores label answers through ``backend``'s server (see the module doc)."""
 
     def __init__(self, backend: ServerBackend, owner: str, tokenizer: str):
-        from mulcot.models.loading import model_family
-        from mulcot.models.processor import load_processor
-
         self.backend, self.dialect = backend, DIALECTS[owner]
-        try:
-            self.processor = load_processor(tokenizer, model_family(tokenizer))
-        except (OSError, ValueError) as err:
-            raise LabelScoringError(f"cannot read the served model's tokenizer ({tokenizer}): {err}") from None
+        self.processor = _processor(tokenizer)
         self.tok = self.processor.tokenizer
         self.eot = end_of_turn_id(self.processor)
         self.bos = self.tok.bos_token_id
@@ -135,10 +158,7 @@ class ServerLabelScorer:
             raise LabelScoringError(f"the server read {scored.tokens_in} prompt tokens where the model's tokenizer "
                                     f"makes {n}: serve a GGUF converted from this model")  # fmt: skip
         if self.bos is None or ids[0] != self.bos:
-            raise LabelScoringError("llama-cpp-python's server pairs prompt log-probs one token off when the prompt "
-                                    "does not start with the BOS token (as this model's chat template does not): "
-                                    "serve it with vLLM, score the GGUF in-process (--gguf), or pass "
-                                    "--label-scoring generate")  # fmt: skip
+            raise LabelScoringError(NO_BOS)
         positions = [p for p in range(1, n) if ids[p] != self.bos]
         out = [0.0] * n
         for r, p in enumerate(positions):
