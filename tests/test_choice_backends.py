@@ -232,6 +232,32 @@ def test_eval_stores_choice_rows_with_probabilities_apart_from_generated_ones(de
     assert again.metrics["probabilities"] == probs
 
 
+def test_predict_reads_the_label_head_by_forced_choice(demo_store, tiny_text):
+    """predict --dataset --label --label-scoring choice: label answers stored with their probabilities (origin
+    predict-choice), resumed, and kept apart from generated ones; one post prints its probabilities."""
+    from mulcot.predict import predict_dataset
+
+    path, _, _ = tiny_text
+    with open_backend("hf", model=str(path), config=PredictConfig(max_tokens=4, label_max_tokens=4)) as backend:
+        first = predict_dataset(demo_store, backend, SAMPLE_NAME, "test", limit=3, prompts=("cot", "label"),
+                                label_scoring="choice")  # fmt: skip
+        assert first.predicted == 3 and first.extra_prompts == {"label": 3}
+        again = predict_dataset(demo_store, backend, SAMPLE_NAME, "test", limit=3, prompts=("cot", "label"),
+                                label_scoring="choice")  # fmt: skip
+        assert again.skipped_done == 3 and again.extra_prompts == {}
+        generated = predict_dataset(demo_store, backend, SAMPLE_NAME, "test", limit=3, prompts=("cot", "label"))
+        assert generated.skipped_done == 3 and generated.extra_prompts == {"label": 3}
+    rows = demo_store.reasonings(dataset=SAMPLE_NAME, split="test", stage="label")
+    chosen = [r for r in rows if r["origin"] == "predict-choice"]
+    assert len(chosen) == 3 and len(rows) == 6
+    assert all(sum(r["fields"]["probabilities"].values()) == pytest.approx(1.0) for r in chosen)
+    r = _run("predict", "--text", POSTS[0].text, "--aspect", POSTS[0].aspect, "--backend", "hf", "--model", path,
+             "--max-tokens", 4, "--label", "--label-scoring", "choice", "--json")  # fmt: skip
+    out = json.loads(r.stdout)
+    probs = out["predictions"][1]["fields"]["probabilities"]
+    assert out["label_prompt"] == max(probs, key=probs.get) and set(probs) == set(LABELS)
+
+
 # ------------------------------------------------------------------------------------------------ slow tests
 
 needs_smollm2 = pytest.mark.skipif(

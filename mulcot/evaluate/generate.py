@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mulcot.core.chains import chain_row
+from mulcot.core.chains import chain_row, choice_fields
 from mulcot.core.inputs import TrainItem
 from mulcot.core.prompts import get_prompt
 from mulcot.core.reasoning import format_prediction
@@ -38,7 +38,6 @@ from mulcot.store import Store
 
 if TYPE_CHECKING:
     from mulcot.evaluate.config import EvalConfig
-    from mulcot.generation.choice import LabelChoice
 
 PROMPT_STAGES = (("cot", STAGE_EVAL), ("label", STAGE_LABEL))
 
@@ -161,30 +160,19 @@ def _storer(store: Store, subject: Subject, stages: dict[str, tuple[str, str]], 
     return store_answer
 
 
-def choice_row(choice: LabelChoice, *, sample_id: int, source: str, model: str | None, run_id: str | None,
-               prompt_version: str, origin: str, latency_s: float | None = None) -> dict[str, Any]:  # fmt: skip
-    """The ``label`` row of one forced-choice answer: ``"Prediction": "<most probable label>"`` with the
-    probabilities and log-probabilities in its fields."""
-    row = chain_row(sample_id=sample_id, source=source, model=model, stage=STAGE_LABEL,
-                    output=format_prediction(choice.prediction), run_id=run_id, prompt_version=prompt_version,
-                    origin=origin, latency_s=latency_s)  # fmt: skip
-    row["fields"] = {**row["fields"], "probabilities": choice.probabilities, "log_probs": choice.log_probs,
-                     "tokens": choice.tokens}  # fmt: skip
-    return row
-
-
 def score_choices(store: Store, backend: Backend, subject: Subject, task: str, items: list[TrainItem],
                   posts: list[Post], version: str, progress: Progress | None) -> None:  # fmt: skip
     """Forced-choice label answers for ``items`` (their ``posts``), a chunk at a time, each chunk stored at once."""
     where = origin(subject, "choice")
     server = getattr(backend, "server", None)
-    step = max(8, backend.batch_size(), 4 * server.concurrency if server is not None else 0)
+    step = max(8, 8 * backend.batch_size(), 4 * server.concurrency if server is not None else 0)
     for begin in range(0, len(items), step):
         t0 = time.perf_counter()
         scored = backend.score_labels(posts[begin : begin + step], task)
         each = round((time.perf_counter() - t0) / max(1, len(scored)), 4)
-        store.add_reasonings(choice_row(c, sample_id=items[begin + c.sample_id].sample_id,
-                                        source=subject.source or "model", model=subject.model,
-                                        run_id=subject.run_id, prompt_version=version, origin=where, latency_s=each)
+        store.add_reasonings(chain_row(sample_id=items[begin + c.sample_id].sample_id, source=subject.source or "model",
+                                       model=subject.model, stage=STAGE_LABEL, output=format_prediction(c.prediction),
+                                       run_id=subject.run_id, prompt_version=version, origin=where, latency_s=each,
+                                       extra_fields=choice_fields(c))
                              for c in scored)  # fmt: skip
         emit(progress, "eval", message="label choices", done=begin + len(scored), total=len(items))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -31,9 +31,6 @@ from mulcot.core.labels import LABELS
 from mulcot.core.prompts import get_prompt, image_as_text
 from mulcot.generation.base import LabelScoringError, Post
 from mulcot.generation.choice import ANSWER_PREFIX, ANSWER_SUFFIX, LabelChoice, choice_from_scores, scored_span
-
-if TYPE_CHECKING:
-    from mulcot.generation.gguf import GGUFBackend
 
 _PROBE_USER, _PROBE_ANSWER = "mulcot-probe-user", "mulcot-probe-answer"
 
@@ -48,7 +45,7 @@ def log_softmax(rows: np.ndarray) -> np.ndarray:
 class GGUFScorer:
     """Scores label answers on a loaded :class:`~mulcot.generation.gguf.GGUFBackend` (see the module doc)."""
 
-    def __init__(self, backend: GGUFBackend):
+    def __init__(self, backend: Any):
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.backend, self.llm, self.lib = backend, backend.llm, backend._llama_cpp

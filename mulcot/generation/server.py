@@ -347,6 +347,23 @@ class ServerBackend(Backend):
         return generate(self.server, jobs, lambda job, comp: on_answer(job.tag, generated(comp)), progress=progress,
                         stage=stage, total=total, message=message, stop=stop)  # fmt: skip
 
+    def ask(self, tags: Sequence[Any], request: Callable[[Teacher, Any], Awaitable[Any]],
+            on_answer: Callable[[Any, Any], None], *, names: Sequence[str] | None = None, stage: str = "generate",
+            stop: Callable[[], bool] | None = None) -> None:  # fmt: skip
+        """One request per tag (``await request(client, tag)``), ``concurrency`` in flight, ``on_answer(tag,
+        answer)`` for each as it arrives; a failed request, a budget stop or a dead server raises
+        :class:`ServerError` (after the answers already handed over)."""
+        jobs = [Job(sample_id=i, prompt="", max_tokens=1, tag=tag, name=names[i] if names else str(tag))
+                for i, tag in enumerate(tags)]  # fmt: skip
+
+        async def send(client: Teacher, job: Job, url: str | None) -> Any:
+            return await request(client, job.tag)
+
+        summary = generate(self.server, jobs, lambda job, answer: on_answer(job.tag, answer), request=send,
+                           stage=stage, stop=stop)  # fmt: skip
+        if summary.failures or summary.stopped:
+            raise ServerError(summary.failures[0] if summary.failures else f"stopped at the --{summary.stopped} budget")
+
     def generate(self, posts: Sequence[Post], prompt: str, task: str) -> list[Generated]:
         """Answers for ``posts`` (in order); a failed request raises :class:`ServerError`."""
         answers: dict[int, Generated] = {}

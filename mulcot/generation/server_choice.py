@@ -23,15 +23,12 @@ llama.cpp's own ``llama-server`` returns no prompt log-probs (llama.cpp PR #1518
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mulcot.core.inputs import TrainItem
 from mulcot.core.labels import LABELS
 from mulcot.generation.base import LabelScoringError, Post
 from mulcot.generation.choice import LabelChoice, choice_from_scores, choice_texts, end_of_turn_id, scored_span
-
-if TYPE_CHECKING:
-    from mulcot.generation.server import ServerBackend
 
 VLLM, LLAMA_CPP_PYTHON = "vllm", "llama-cpp-python"
 DIALECTS = {"vllm": VLLM, "me": LLAMA_CPP_PYTHON}
@@ -82,7 +79,8 @@ _PROCESSORS: dict[str, Any] = {}
 class ServerLabelScorer:
     """Scores label answers through ``backend``'s server (see the module doc)."""
 
-    def __init__(self, backend: ServerBackend, owner: str, tokenizer: str):
+    def __init__(self, backend: Any, owner: str, tokenizer: str):
+        """``backend``: the :class:`~mulcot.generation.server.ServerBackend` whose :meth:`ask` sends the requests."""
         self.backend, self.dialect = backend, DIALECTS[owner]
         self.processor = _processor(tokenizer)
         self.tok = self.processor.tokenizer
@@ -100,8 +98,6 @@ class ServerLabelScorer:
         return ids, texts, start, ends
 
     def score(self, posts: Sequence[Post], task: str) -> list[LabelChoice]:
-        from mulcot.generation.server import Job, ServerError, generate
-
         if any(p.image is not None for p in posts) and not self.backend.text_only:
             raise LabelScoringError("the completions endpoint takes no images, so forced choice through a server "
                                     "scores text only: pass --server-text-only (captions stand for images) or "
@@ -111,14 +107,14 @@ class ServerLabelScorer:
         problems: list[str] = []
         vllm = self.dialect == VLLM
 
-        async def request(client: Any, job: Job, url: str | None) -> Any:
-            i, k = job.tag
+        async def request(client: Any, tag: tuple[int, int]) -> Any:
+            i, k = tag
             if vllm:
                 return await client.score(seqs[i][0][k], 1, {"return_tokens_as_token_ids": True})
             return await client.score(seqs[i][1][k], 1)
 
-        def on_answer(job: Job, scored: Any) -> None:
-            i, k = job.tag
+        def on_answer(tag: tuple[int, int], scored: Any) -> None:
+            i, k = tag
             ids, _, start, ends = seqs[i]
             try:
                 values = self._token_logprobs(scored, ids[k], start)
@@ -126,14 +122,11 @@ class ServerLabelScorer:
             except LabelScoringError as err:
                 problems.append(str(err))
 
-        jobs = [Job(sample_id=i, prompt="", max_tokens=1, tag=(i, k), name=f"post {i + 1} ({label})")
-                for i in range(len(posts)) for k, label in enumerate(LABELS)]  # fmt: skip
-        summary = generate(self.backend.server, jobs, on_answer, request=request, stage="choice",
-                           stop=lambda: bool(problems))  # fmt: skip
+        tags = [(i, k) for i in range(len(posts)) for k in range(len(LABELS))]
+        self.backend.ask(tags, request, on_answer, names=[f"post {i + 1} ({LABELS[k]})" for i, k in tags],
+                         stage="choice", stop=lambda: bool(problems))  # fmt: skip
         if problems:
             raise LabelScoringError(problems[0])
-        if summary.failures or summary.stopped:
-            raise ServerError(summary.failures[0] if summary.failures else f"stopped at the --{summary.stopped} budget")
         out = []
         for i, (_, _, start, ends) in enumerate(seqs):
             log_probs = {label: scores[(i, k)] for k, label in enumerate(LABELS)}
