@@ -88,10 +88,21 @@ def settings(config: EvalConfig) -> PredictConfig:
                          load_in_4bit=config.load_in_4bit)  # fmt: skip
 
 
+def tokenizer_of(subject: Subject) -> str | None:
+    """The folder (or hub id) of the subject's tokenizer, for forced choice through a server: the model, or an
+    export's merged ``hf/`` folder beside its GGUF."""
+    if subject.gguf is not None:
+        from pathlib import Path
+
+        merged = Path(subject.folder or "") / "hf"
+        return str(merged) if (merged / "config.json").is_file() else None
+    return subject.model
+
+
 def open_subject(subject: Subject, config: EvalConfig) -> Backend:
     """The subject as a generation backend: its server, its GGUF, or transformers (base model + adapter)."""
     if config.server is not None:
-        return open_backend("server", config=settings(config), server=config.server, tokenizer=subject.model)
+        return open_backend("server", config=settings(config), server=config.server, tokenizer=tokenizer_of(subject))
     if subject.gguf is not None:
         return open_backend("gguf", config=settings(config), gguf=subject.gguf)
     return open_backend("hf", config=settings(config), model=subject.model, adapter=subject.adapter)

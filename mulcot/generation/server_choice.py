@@ -49,7 +49,8 @@ def dialect_problem(owner: str, tokenizer: str | None) -> str | None:
                 "the model with vLLM or llama-cpp-python (python -m llama_cpp.server)")  # fmt: skip
     if tokenizer is None:
         return ("forced choice through a server renders and tokenizes the label answers with the served model's "
-                "own tokenizer: name the model (--model), or pass --label-scoring generate")  # fmt: skip
+                "own tokenizer, and none is known here (eval takes it from --model: a run, a model folder, or an "
+                "export with its hf/ folder): pass --label-scoring generate")  # fmt: skip
     if DIALECTS[owner] == LLAMA_CPP_PYTHON:
         scorer = _processor(tokenizer)
         ids = scorer(text=[scorer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "x"}]}],
