@@ -37,6 +37,10 @@ class StoreError(MulcotError):
     """The store cannot be opened or is inconsistent."""
 
 
+class StoreBusyError(StoreError):
+    """Another process held the store's write lock past the busy timeout; trying the write again may succeed."""
+
+
 class NotFoundError(MulcotError):
     """A named dataset, run or file does not exist."""
 

@@ -182,6 +182,10 @@ def test_failures_are_stored_and_do_not_stop_the_run(sample_store):
     assert "not the gold label" in zero[-1]["error"]
     one = sample_store.reasonings(dataset="t15", source="teacher", sample_id=_sid(sample_store, script, 1))
     assert one[0]["raw"] is None and "HTTP 503" in one[0]["error"]
+    # the summary counts what each line says: 3 attempts of sample 1 "gave up after 2 tries" (1 retry each), and
+    # samples 2 and 3 needed one retry each
+    assert all("gave up after 2 tries" in c["error"] for c in one if c["raw"] is None)
+    assert summary.http_retries == 3 * 1 + 1 + 1 and summary.answered == summary.requests - 3
     assert [c["stage"] for c in one if c["final"]] == ["predict", "explain"]
     assert one[-1]["valid"] == 1
     two = sample_store.reasonings(dataset="t15", source="teacher", sample_id=_sid(sample_store, script, 2))

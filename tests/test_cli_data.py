@@ -41,6 +41,9 @@ def test_import_list_stats_json(tmp_path):
 
 def test_list_empty_and_unknown_dataset(tmp_path):
     db = tmp_path / "m.db"
+    r = runner.invoke(app, ["data", "list", "--db", str(db)])  # reading never creates a store
+    assert r.exit_code == 1 and "no mulcot database at" in r.output and not db.exists()
+    Store.open(db).close()
     assert "no datasets" in _invoke("data", "list", "--db", db).stdout
     r = runner.invoke(app, ["data", "stats", "nope", "--db", str(db)])
     assert r.exit_code == 1 and "no dataset named 'nope'" in r.output
@@ -90,3 +93,75 @@ def test_reimport_of_chains_is_idempotent(tmp_path):
     assert "chains added 0, already stored 60" in second
     with Store.open(db) as s:
         assert s.dataset_stats(SAMPLE_NAME)["samples"] == 60
+
+
+def test_jsonl_export_imports_back_as_it_was(tmp_path):
+    """data export NAME FILE.jsonl, then data import jsonl FILE (no --images) into another store: the same samples
+    (split, id, text, aspect, label, the same image bytes) and the same chains; the export's image paths are relative
+    to its folder (images linked or copied into images/ there), so the folder can move."""
+    from mulcot.core.chains import chain_row
+    from mulcot.pipeline.demo import run_demo
+
+    db = tmp_path / "a.db"
+    with Store.open(db) as s:
+        run_demo(s)  # the sample with the authors' teacher chains
+        sample = s.samples(SAMPLE_NAME, "dev")[0]
+        s.add_reasoning(**chain_row(sample_id=sample["id"], source="student", model="tiny", stage="eval",
+                                    output="no idea", prompt_version="p9", run_id="eval-x", origin="eval"))  # fmt: skip
+    out = tmp_path / "share" / "t15.jsonl"
+    out.parent.mkdir()
+    _invoke("data", "export", SAMPLE_NAME, out, "--db", db)
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert all(r["image"] and not Path(r["image"]).is_absolute() and (out.parent / r["image"]).is_file()
+               for r in records)  # fmt: skip
+    moved = tmp_path / "elsewhere"
+    out.parent.rename(moved)  # the export folder travels
+    copy = tmp_path / "b.db"
+    report = json.loads(_invoke("data", "import", "jsonl", moved / "t15.jsonl", "--name", "copy", "--db", copy,
+                                "--json").stdout)  # fmt: skip
+    assert report["problems"] == [] and report["added"] == 60 and report["chains_added"] == 61
+
+    def samples(path: Path, name: str) -> list[tuple]:
+        with Store.open(path) as s:
+            return sorted((r["split"], r["key"], r["text"], r["aspect"], r["label"], r["image_sha256"])
+                          for r in s.samples(name))  # fmt: skip
+
+    def chains(path: Path, name: str) -> list[tuple]:
+        with Store.open(path) as s:
+            return sorted((c["split"], c["key"], c["source"], c["model"], c["stage"], c["prompt_version"] or "",
+                           c["raw"], c["prediction"] or "") for c in s.reasonings(dataset=name, final_only=True))
+
+    assert samples(copy, "copy") == samples(db, SAMPLE_NAME)
+    assert chains(copy, "copy") == chains(db, SAMPLE_NAME) and len(chains(copy, "copy")) == 61
+    again = json.loads(_invoke("data", "import", "jsonl", moved / "t15.jsonl", "--name", "copy", "--db", copy,
+                               "--json").stdout)  # fmt: skip
+    assert (again["unchanged"], again["chains_added"], again["chains_existing"]) == (60, 0, 61)
+
+
+def test_import_help_says_where_images_are_looked_up_and_it_is_so(tmp_path):
+    from PIL import Image
+
+    help_text = runner.invoke(app, ["data", "import", "--help"], env={"COLUMNS": "200"}).output
+    text = " ".join(help_text.replace("│", " ").split())
+    assert "jsonl: the data file's folder" in text and "images/, Images/, data/ beside the data" in text
+    assert "chains (a list of {source, stage, raw or text, model, prompt_version})" in text
+    folder = tmp_path / "posts"
+    (folder / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / "beside.jpg")
+    Image.new("RGB", (8, 8)).save(folder / "images" / "inside.jpg")
+    (folder / "train.jsonl").write_text('{"text": "a", "image": "beside.jpg"}\n{"text": "b", "image": "inside.jpg"}\n')
+    report = json.loads(_invoke("data", "import", "jsonl", folder / "train.jsonl", "--db", tmp_path / "m.db",
+                                "--json").stdout)  # fmt: skip
+    assert report["images_root"] == str(folder.resolve()) and report["added"] == 1
+    assert report["problems"] == [f"{folder / 'train.jsonl'}:2: field 'image': image 'inside.jpg' not found in "
+                                  f"{folder.resolve()}"]  # fmt: skip
+
+
+def test_readme_commands_single_quote_dollar_t():
+    """A shell expands $T inside double quotes: every README line that passes $T$ quotes it with single quotes."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    commands = [line for line in readme.splitlines() if line.startswith("mulcot ") and "$T$" in line]
+    assert commands
+    for line in commands:
+        quoted = [chunk for i, chunk in enumerate(line.split('"')) if i % 2 == 1]
+        assert not any("$T$" in chunk for chunk in quoted), line

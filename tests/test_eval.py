@@ -229,17 +229,35 @@ def test_compare(demo_store, tmp_path):
     runs = str(tmp_path / "runs")
     first = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, source="teacher", runs_dir=runs))
     second = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, source="teacher", limit=5, runs_dir=runs))
-    rows = compare_results(demo_store, [str(first.id), f"#{second.id}", "teacher"])
-    assert [r["id"] for r in rows] == [first.id, second.id, second.id]  # a source means its latest result
-    assert [r["n"] for r in rows] == [12, 5, 5]
-    data = json.loads(_run("eval", "compare", first.id, second.id, "--db", demo_store.path, "--json").stdout)
-    assert [d["id"] for d in data] == [first.id, second.id] and data[0]["row"]["accuracy"] == 1.0
-    text = " ".join(_run("eval", "compare", first.id, "teacher", "--db", demo_store.path).stdout.split())
-    assert f"#{first.id} teacher" in text and "m-F1" in text and "Dist-2" in text
+    # a source alone means its latest result; beside a result named by id, its latest on the same posts
+    latest = compare_results(demo_store, ["teacher"])
+    assert [r["id"] for r in latest] == [second.id] and latest[0]["picked"]["how"] == "the latest"
+    rows = compare_results(demo_store, [str(first.id), "teacher"])
+    assert [r["id"] for r in rows] == [first.id, first.id] and [r["n"] for r in rows] == [12, 12]
+    assert rows[1]["picked"] == {"spec": "teacher", "results": 2, "how": "the latest on the same posts"}
+    # results on different posts (n=12 and n=5): each line says its n, the paired part counts the posts both scored
+    r = _run("eval", "compare", first.id, second.id, "--db", demo_store.path)
+    assert f"#{first.id} teacher · {SAMPLE_NAME}/test · n=12" in r.stdout and f"#{second.id} teacher" in r.stdout
+    assert "n=5" in r.stdout
+    third = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, source="teacher", metrics=["bleu"], runs_dir=runs))
+    data = json.loads(_run("eval", "compare", first.id, third.id, "--db", demo_store.path, "--json").stdout)
+    assert [d["id"] for d in data] == [first.id, third.id] and data[0]["row"]["accuracy"] == 1.0
+    r = _run("eval", "compare", first.id, "teacher", "--db", demo_store.path)
+    text = " ".join(r.stdout.split())
+    assert f"#{first.id} teacher · {SAMPLE_NAME}/test · n=12" in r.stdout and "m-F1" in text and "Dist-2" in text
+    assert f"'teacher' is result #{third.id} (the latest on the same posts of its 3)" in r.output
     r = _run("eval", "compare", "nope", "--db", demo_store.path, code=1)
     assert "no evaluation result for 'nope'" in r.output and "teacher" in r.output
     r = _run("eval", "compare", "#99", "--db", demo_store.path, code=1)
     assert "no evaluation result #99" in r.output
+    # no argument: what to pass, in one line; eval list shows every stored result with its n
+    r = _run("eval", "compare", "--db", demo_store.path, code=1)
+    assert len(r.output.strip().splitlines()) == 1
+    assert f"mulcot eval compare {second.id} {third.id}" in r.output and "mulcot eval list" in r.output
+    listed = _run("eval", "list", "--db", demo_store.path).stdout.splitlines()
+    assert [line.split()[0] for line in listed[:3]] == [f"#{first.id}", f"#{second.id}", f"#{third.id}"]
+    assert "n=5" in listed[1] and "n=12" in listed[0] and listed[-1].startswith("compare some with")
+    assert [d["n"] for d in json.loads(_run("eval", "list", "--db", demo_store.path, "--json").stdout)] == [12, 5, 12]
 
 
 # -------------------------------------------------------------------------------------------------- score

@@ -96,10 +96,55 @@ def run(coro):
 
 def test_fts_query_quotes_every_word():
     assert Store.fts_query("parks rec") == '"parks" "rec"*'
-    assert Store.fts_query('say "hi" NEAR(') == '"say" """hi""" "NEAR("*'
+    assert Store.fts_query('say "hi" NEAR(') == '"say" "hi" "NEAR("*'
     assert Store.fts_query("it's") == '"it\'s"*'
-    for text in ("", "   ", "%", ";--", "*", "'", '"', "( )"):
+    for text in ("", "   ", "%", ";--", "*", "'", '"', "( )", "-", "\x00"):
         assert Store.fts_query(text) is None
+
+
+def test_search_operators_parse_to_fts5():
+    from mulcot.store.browse import SearchSyntaxError, parse_search
+
+    assert Store.fts_query("cat OR dog") == '("cat" OR "dog"*)'
+    assert Store.fts_query('"a phrase" OR b c') == '("a phrase" OR "b") "c"*'
+    assert Store.fts_query("cat -dog") == Store.fts_query("cat NOT dog") == '("cat") NOT ("dog")'
+    assert Store.fts_query('cat -"two words"') == '("cat") NOT ("two words")'
+    assert parse_search("-zygote").exclude == '"zygote"' and parse_search("-zygote").match is None
+    assert Store.fts_query("zyg\x00ote") == '"zygote"*'  # a NUL is dropped, not an SQLite error
+    assert parse_search("21").key == "21" and parse_search("21 x").key is None
+    for bad, hint in (("OR cat", "on each side"), ("cat OR", "on each side"), ("cat OR OR dog", "on each side"),
+                      ("-cat OR dog", "not excluded ones")):  # fmt: skip
+        with pytest.raises(SearchSyntaxError, match=hint):
+            parse_search(bad)
+
+
+def test_search_operators_find_what_they_say(demo_db):
+    with Store.open(demo_db) as s:
+        def keys(query: str) -> set[str]:
+            return {r["key"] for r in s.browse_page(limit=1000, search=query)}
+
+        swanson, zygote, xyzzy = keys("Swanson"), keys("zygote"), keys("xyzzy")
+        assert len(xyzzy) == len(zygote) == 1 and xyzzy != zygote
+        assert keys("zygote OR xyzzy") == keys('xyzzy OR "zygote"') == zygote | xyzzy
+        assert keys("-zygote") == keys("") - zygote and len(keys("-zygote")) == 59
+        parks = keys("Parks")
+        assert zygote <= parks and keys("Parks -zygote") == parks - zygote
+        assert keys('"Ron Swanson"') == swanson and keys('"Swanson Ron"') == set()
+        assert keys("zygote\x00") == zygote
+        assert s.browse_count(search="-zygote") == 59 and s.browse_count(search="zygote OR xyzzy") == 2
+
+
+def test_search_by_sample_id(demo_db):
+    with Store.open(demo_db) as s:
+        samples = s.samples(SAMPLE_NAME)
+        # an id that is no word of any text or chain: only the id finds its sample
+        sample = next(x for x in samples if s.browse_count(search=f'"{x["key"]}"') == 0)
+        found = s.browse_page(limit=1000, search=sample["key"])
+        assert [r["key"] for r in found] == [sample["key"]]
+        assert s.browse_count(search=sample["key"]) == 1
+        assert s.browse_count(search=sample["key"], dataset=SAMPLE_NAME, split=sample["split"]) == 1
+        other = next(sp for sp in ("train", "dev", "test") if sp != sample["split"])
+        assert s.browse_count(search=sample["key"], split=other) == 0
 
 
 def test_browse_filters_count_and_agree_with_pages(demo_db):
@@ -450,6 +495,81 @@ def test_rating_is_persisted(db):
         assert [(r["reasoning_id"], r["faithfulness"], r["usefulness"], r["comment"], r["rater"]) for r in rows] == [
             (rid, 2, 4, 'wrong label; it\'s "fine"', "tester"), (rid, 5, 5, None, "tester")
         ]  # fmt: skip
+
+
+def test_rating_dialog_digits_in_the_comment_are_text(db):
+    """Scales set with the mouse, then a comment that starts with a digit: the digit is text, no scale changes; the
+    dialog shows its keys."""
+    from textual.widgets import Input, RadioSet
+
+    async def go():
+        app = ChainBrowser(db)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            await pilot.press("r")
+            dialog = app.screen
+            hints = str(dialog.query_one("#rating-keys").render())
+            assert "1–5" in hints and "Esc" in hints and "ctrl+s" in hints
+            await pilot.click("#faith-5")
+            await pilot.click("#use-4")
+            await pilot.press(*"3 stars, 2nd line wrong")
+            comment = dialog.query_one("#comment", Input)
+            assert comment.value == "3 stars, 2nd line wrong" and dialog.focused is comment
+            assert [r.pressed_button.id for r in dialog.query(RadioSet)] == ["faith-5", "use-4"]
+            comment.value = ""
+            await pilot.press(*"5")  # still in the comment
+            assert comment.value == "5" and dialog.focused is comment
+            assert [r.pressed_button.id for r in dialog.query(RadioSet)] == ["faith-5", "use-4"]
+            await pilot.press("enter")
+            await pilot.pause()
+            return app.current_chain["ratings"][-1]
+
+    rating = run(go())
+    assert (rating["faithfulness"], rating["usefulness"], rating["comment"]) == (5, 4, "5")
+
+
+def test_search_operators_and_hints_in_the_app(demo_db):
+    async def go():
+        app = ChainBrowser(demo_db)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            for query, n in (("zygote OR xyzzy", 2), ("-zygote", 59), ('"Ron Swanson"', 1), ("zyg\x00ote", 1)):
+                app.apply_filters(search=query)
+                await pilot.pause()
+                assert _table(app).row_count == n, query
+            app.apply_filters(search="zygote OR")
+            await pilot.pause()
+            status = str(app.query_one("#status").render())
+            assert _table(app).row_count == 0 and "search: OR needs a word or phrase on each side" in status
+            app.apply_filters(search="zygote")
+            await pilot.pause()
+            assert _table(app).row_count == 1 and "1 of 1 samples" in str(app.query_one("#status").render())
+
+    run(go())
+
+
+def test_dataset_column_when_rows_of_several_datasets_are_listed(tmp_path):
+    from mulcot.datasets import import_dataset
+    from mulcot.sample import SAMPLE_DIR
+
+    path = tmp_path / "two.db"
+    with Store.open(path) as s:
+        run_demo(s)
+        import_dataset(s, "twitter-tsv", SAMPLE_DIR, name="other-copy", split="dev")
+
+    async def go():
+        app = ChainBrowser(path)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            table = _table(app)
+            assert app.filters.dataset is None and table.row_count == 72
+            header, first = table.render_line(0).text, table.render_line(1).text
+            assert header.split()[:2] == ["dataset", "id"] and first.startswith(SAMPLE_NAME[:10])
+            app.apply_filters(dataset="other-copy")
+            await pilot.pause()
+            assert table.row_count == 12 and table.render_line(0).text.split()[0] == "id"
+
+    run(go())
 
 
 def test_empty_and_missing_database(tmp_path):

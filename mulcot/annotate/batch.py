@@ -50,7 +50,7 @@ class BatchConfig:
     max_bytes: int = MAX_BYTES
     poll_s: float = 30.0
     wait: bool = True
-    runs_dir: str = "runs"
+    runs_dir: str | None = None  # default: runs/ beside the database
 
 
 def batch_price(config: AnnotateConfig, override: tuple[float, float] | None = None) -> tuple[float, float] | None:
@@ -145,7 +145,7 @@ class BatchAnnotator:
             raise MulcotError(f"no samples in {config.dataset}/{config.split}")
         self.samples = {s["id"]: s for s in samples}
         self.state = self.ann.progress_state()
-        self.folder = Path(self.batch.runs_dir) / self.ann.run_id / "batches"
+        self.folder = Path(self.batch.runs_dir or store.runs_dir) / self.ann.run_id / "batches"
         self._touched: set[int] = set()
         self._undone_at_start = sum(1 for s in samples if self.ann.next_step(s, self.state) is not None)
         self._submitted_estimate = 0.0

@@ -24,6 +24,7 @@ from typing import Any
 from mulcot.core.client import Budget, BudgetReached, Teacher, TeacherConfig, TeacherError, Usage
 from mulcot.core.images import jpeg_data_url
 from mulcot.core.prompts import caption_prompt
+from mulcot.core.refs import check_name
 from mulcot.core.settings import Validated, field_
 from mulcot.errors import MulcotError
 from mulcot.events import Progress, emit
@@ -113,6 +114,8 @@ class Captioner:
         self.prompt = caption_prompt()
         self.teacher = teacher or Teacher(config.teacher)
         self.progress = progress
+        if config.run_id is not None:
+            check_name(config.run_id, "run id", "--run")
         self.run_id = config.run_id or f"captions-{config.dataset}-{_slug(config.teacher.model)}"
         self.summary = CaptionSummary(run_id=self.run_id, cost_known=self.teacher.price is not None)
         self.budget = Budget(config.budget_usd)
@@ -215,6 +218,11 @@ class Captioner:
         cfg = self.config
         config = {"captions": {k: v for k, v in asdict(cfg).items() if k != "teacher"}, "splits": list(self.splits),
                   "teacher": cfg.teacher.public(), "prompts": {"caption": self.prompt.version}}  # fmt: skip
+        try:  # in seconds, before the run is recorded, when nothing listens there
+            await self.teacher.check_reachable()
+        except MulcotError:
+            await self.teacher.aclose()
+            raise
         with self.store.run(self.run_id, kind="captions", dataset=cfg.dataset, config=config) as run:
             run.metrics = self.summary  # recorded however the run ends
             try:

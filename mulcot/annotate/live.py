@@ -27,12 +27,16 @@ from mulcot.core.chains import EXPLAIN, PREDICT, arc_accepts, arc_error, chain_r
 from mulcot.core.client import Budget, BudgetReached, Teacher, TeacherConfig, TeacherError, Usage
 from mulcot.core.images import jpeg_data_url
 from mulcot.core.prompts import get_prompt
+from mulcot.core.refs import check_name
 from mulcot.core.settings import Validated, field_
-from mulcot.errors import MulcotError
+from mulcot.errors import MulcotError, StoreBusyError
 from mulcot.events import Progress, emit
 from mulcot.store import Store
+from mulcot.store.runs import RunRecord
 
 PASSES = (PREDICT, EXPLAIN)  # the teacher's two passes (chain stages)
+WRITE_TRIES = 10  # busy timeouts an answer already paid for waits for a locked store
+UNREACHABLE_STOP = 3  # this many requests in a row without any answer (each after its HTTP retries) stop a run
 
 
 @dataclass
@@ -48,6 +52,7 @@ class AnnotateConfig(Validated):
     budget_usd: float | None = field_(None, "Stop before the cost would exceed this.", min=0)
     limit: int | None = field_(None, "Only the first N samples of the split.", min=1)
     run_id: str | None = None
+    force: bool = False  # share the run with a live writer of it (each sample goes to one of them)
 
 
 @dataclass
@@ -63,15 +68,19 @@ class AnnotateSummary(Usage):
     failed: int = 0
     retries: dict[int, int] = field(default_factory=dict)  # retries needed -> (sample, stage) count
     http_retries: int = 0
+    answered: int = 0  # requests that got an answer (valid or not); 0 with requests > 0: the teacher never answered
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
     cost_known: bool = True
     wall_s: float = 0.0
-    stopped: str | None = None  # "budget": the budget stopped it early; "pending": batches or files still out
+    stopped: str | None = None  # "budget": the budget stopped it; "pending": batches or files still out;
+    # "unreachable": the teacher stopped answering (every request in a row failed to connect)
     skipped_done: int = 0
+    skipped_other_writer: int = 0  # with force: samples another process writing the run has taken
     teacher_set: int = 0  # |D_t| for the split after the run
     failures: list[str] = field(default_factory=list)
+    last_error: str | None = None  # the last request that got no answer, and why
     # batch annotation (mulcot.annotate.batch): batches sent and taken in, files written, result lines skipped
     batches_submitted: int = 0
     batches_ingested: int = 0
@@ -89,6 +98,8 @@ class Annotator:
 
     def __init__(self, store: Store, config: AnnotateConfig, teacher: Teacher | None = None,
                  progress: Progress | None = None):  # fmt: skip
+        if config.run_id is not None:
+            check_name(config.run_id, "run id", "--run")
         self.store = store
         self.config = config
         self.dataset = store.require_dataset(config.dataset)
@@ -105,6 +116,7 @@ class Annotator:
         self._jobs_total = 0
         self._jobs_done = 0
         self._stop = False
+        self._unreachable = 0  # requests in a row that got no answer at all (after their HTTP retries)
 
     # -- the decisions and the record, shared by the live and the batch path -----------------------------------
 
@@ -158,11 +170,16 @@ class Annotator:
         row["error"] = None if accepted else arc_error(row, sample["label"])
         s = self.summary
         s.requests += 1
+        s.http_retries += http_retries  # a request that gave up made retries too ("gave up after 6 tries": 5)
+        if output is not None:
+            s.answered += 1
+        elif error:
+            s.last_error = f"sample {sample['key']} ({stage}): {error}"
         if output is not None or tokens_in:
-            s.count_usage(http_retries, tokens_in, tokens_out, cost_usd)
+            s.count_usage(0, tokens_in, tokens_out, cost_usd)  # (its HTTP retries are counted above)
             row.update(tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost_usd,
                        latency_s=None if latency_s is None else round(latency_s, 4))  # fmt: skip
-        self.store.add_reasoning(**row)
+        self._keep(row)
         outcome = {"accepted": accepted, "final": final, "valid": row["valid"], "prediction": row["prediction"]}
         if state is not None:
             state[stage][sample["id"]] = {"attempts": attempt, "final": outcome if final else None}
@@ -179,6 +196,19 @@ class Annotator:
                 s.failed += 1
                 s.failures.append(f"sample {sample['key']} ({stage}): {row['error']}")
         return outcome
+
+    def _keep(self, row: dict[str, Any]) -> None:
+        """Store an answer that was paid for: a store locked by another process is waited for again
+        (:data:`WRITE_TRIES` busy timeouts) rather than the answer lost."""
+        for tries in range(1, WRITE_TRIES + 1):
+            try:
+                self.store.add_reasoning(**row)
+                return
+            except StoreBusyError:
+                if tries == WRITE_TRIES:
+                    raise
+                emit(self.progress, "annotate", "info", message=f"the store is locked by another process: writing "
+                     f"the answer again ({tries + 1} of {WRITE_TRIES})", summary=self.summary)  # fmt: skip
 
     # -- the live path: one (sample, stage) with ARC, requests in flight -------------------------------------------
 
@@ -205,17 +235,24 @@ class Annotator:
                 self._stop = True
                 self.summary.stopped = "budget"
                 return None
-            comp, error = None, None
+            comp, error, retried = None, None, 0
             try:
                 comp = await self.teacher.complete(prompt, image)
+                self._unreachable = 0
             except TeacherError as exc:
-                error = str(exc)
+                error, retried = str(exc), exc.retries
+                self._unreachable = self._unreachable + 1 if exc.kind in ("connection", "timeout") else 0
             self.budget.settle(reserved, comp.cost_usd if comp else None)
             outcome = self.record(
                 sample, stage, attempt, output=comp.text if comp else None, error=error, state=state,
                 **({"tokens_in": comp.tokens_in, "tokens_out": comp.tokens_out, "cost_usd": comp.cost_usd,
-                    "latency_s": comp.latency_s, "http_retries": comp.http_retries} if comp else {}),
+                    "latency_s": comp.latency_s, "http_retries": comp.http_retries} if comp else
+                   {"http_retries": retried}),
             )  # fmt: skip
+            if self._unreachable >= UNREACHABLE_STOP:  # the server went away: stop, keep the samples for a rerun
+                self._stop = True
+                self.summary.stopped = "unreachable"
+                return None
             if outcome["final"]:
                 return outcome
         return None
@@ -261,22 +298,32 @@ class Annotator:
             else 0
         )
         config = self.run_config()
+        try:  # in seconds, before the run is recorded, when nothing listens there
+            await self.teacher.check_reachable()
+        except MulcotError:
+            await self.teacher.aclose()
+            raise
         self._report()
         # `concurrency` workers share one iterator, each with one request in flight: only that many samples (and
         # encoded images) are in memory at once, however large the split, and each image is encoded just before
         # its request
         pending = iter(samples)
 
-        async def worker() -> None:
+        async def worker(run: RunRecord) -> None:
             for sample in pending:
                 if self._stop:
                     return
+                # one writer per sample: another process writing this run (--force) may have taken it
+                if self.next_step(sample, state) is not None and not run.claim([f"sample {sample['id']}"]):
+                    self.summary.skipped_other_writer += 1
+                    continue
                 await self._sample(sample, state)
 
-        with self.store.run(self.run_id, kind="annotate", dataset=cfg.dataset, config=config) as run:
+        with self.store.run(self.run_id, kind="annotate", dataset=cfg.dataset, config=config,
+                            force=cfg.force) as run:  # fmt: skip
             run.metrics = self.summary  # recorded however the run ends
             try:
-                await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, len(samples)))))
+                await asyncio.gather(*(worker(run) for _ in range(min(cfg.concurrency, len(samples)))))
             finally:
                 self.summary.wall_s = time.perf_counter() - start
                 await self.teacher.aclose()

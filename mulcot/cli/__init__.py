@@ -30,9 +30,14 @@ class MulcotGroup(TyperGroup):
             err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
+            from mulcot.store.runs import last_interrupt
+
+            # the interrupted run says how it resumes (training: with --resume); SIGTERM (kill, timeout) as Ctrl-C
+            hint, sigterm = last_interrupt()
             if dist.is_main():
-                err_console.print("interrupted: run the same command again to resume", highlight=False)
-            raise typer.Exit(130) from None
+                err_console.print(f"interrupted{' (SIGTERM)' if sigterm else ''}" + (f": {hint}" if hint else ""),
+                                  highlight=False)  # fmt: skip
+            raise typer.Exit(143 if sigterm else 130) from None
 
 
 app = typer.Typer(

@@ -25,7 +25,7 @@ from mulcot.cli.common import (
     progress_bar,
     usage_text,
 )
-from mulcot.core.client import DEFAULT_KEY_ENV, TeacherConfig
+from mulcot.core.client import DEFAULT_KEY_ENV, TeacherConfig, TeacherUnreachable
 from mulcot.errors import MulcotError
 
 CAPTION_MAX_TOKENS = 100  # one sentence
@@ -56,7 +56,13 @@ def annotate(
         str | None,
         typer.Option(help="OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp, …); default: OpenAI."),
     ] = None,  # fmt: skip
-    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = DEFAULT_KEY_ENV,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(help=f"Environment variable holding the API key (default: {DEFAULT_KEY_ENV} for the OpenAI "
+                     "API, none for other servers; another server only gets one named *_KEY or MULCOT_*: see the "
+                     "README).",
+                     show_default=False),
+    ] = None,  # fmt: skip
     concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 8,
     max_retries: Annotated[int, typer.Option(help="ARC: regenerations of an invalid output.")] = 3,
     budget_usd: Annotated[
@@ -72,8 +78,14 @@ def annotate(
         int | None, typer.Option(help="Completion token limit per request (default 1024; captions 100).")
     ] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (endpoint default if unset).")] = None,
-    json_mode: Annotated[bool, typer.Option(help="Ask for a JSON object (response_format), where supported.")] = False,
+    json_mode: Annotated[
+        bool, typer.Option("--json-mode", help="Ask for a JSON object (response_format), where supported.")
+    ] = False,
     run: Annotated[str | None, typer.Option(help="Run id (default: annotate-DATASET-SPLIT-MODEL).")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Write the run even while another process writes it: the two share the "
+                           "samples (no request is sent twice).")
+    ] = False,
     batch: Annotated[
         bool, typer.Option("--batch", help="Use the OpenAI Batch API (half price; stage 2 and retries follow up).")
     ] = False,
@@ -92,12 +104,16 @@ def annotate(
         str | None, typer.Option(help="Batch USD per 1M tokens 'IN,OUT' (default: half the live price).")
     ] = None,
     poll_s: Annotated[float, typer.Option(help="Seconds between polls of submitted batches.")] = 30.0,
-    wait: Annotated[
-        bool, typer.Option(help="--no-wait: submit what is due and return; run again to poll and follow up.")
-    ] = True,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="--batch: submit what is due and return; run again to poll and follow up.")
+    ] = False,
     batch_max_requests: Annotated[int, typer.Option(help="Requests per batch file at most.")] = MAX_REQUESTS,
     batch_max_mb: Annotated[float, typer.Option(help="Size of a batch file at most (MB).")] = 200.0,
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders are (batch files are kept there).")] = Path("runs"),
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where run folders are (batch files are kept there; default: runs/ beside the database).",
+                     show_default=False),
+    ] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -128,18 +144,22 @@ def annotate(
         return
     cfg = AnnotateConfig(
         dataset=dataset, split=split or "train", stage=stage, concurrency=concurrency, max_retries=max_retries,
-        budget_usd=budget_usd, limit=limit, run_id=run, teacher=teacher_cfg,
+        budget_usd=budget_usd, limit=limit, run_id=run, teacher=teacher_cfg, force=force,
     )  # fmt: skip
     with progress_bar(as_json, info=True) as bar:
         progress = follow(bar, f"annotating {dataset}/{split}",
                           lambda e: (f"{e.message} · " if e.message else "") + usage_text(e.summary))  # fmt: skip
         if batch or batch_file or ingest:
             bcfg = BatchConfig(price=_price(batch_price, "--batch-price"), max_requests=batch_max_requests,
-                               max_bytes=int(batch_max_mb * 1e6), poll_s=poll_s, wait=wait,
-                               runs_dir=str(runs_dir))  # fmt: skip
+                               max_bytes=int(batch_max_mb * 1e6), poll_s=poll_s, wait=not no_wait,
+                               runs_dir=str(runs_dir) if runs_dir else None)  # fmt: skip
             summary = annotate_batch(store, cfg, bcfg, batch_file=batch_file, ingest=ingest, progress=progress)
         else:
             summary = run_annotate(store, cfg, progress=progress)
+            if summary.requests and not summary.answered:  # nothing reached the teacher: one line, not a table
+                raise TeacherUnreachable(f"no request got an answer from the teacher ({summary.requests} tried; "
+                                         f"last: {summary.last_error or 'no answer'}); "
+                                         "run the same command again when it answers")  # fmt: skip
     if as_json:
         print_json(summary.as_dict())
         return
@@ -189,6 +209,7 @@ def _print_summary(s: AnnotateSummary, dataset: str, split: str) -> None:
     rows = [
         ("samples annotated now", s.samples),
         ("already done before", s.skipped_done),
+        *((("left to the other writer (--force)", s.skipped_other_writer),) if s.skipped_other_writer else ()),
         ("stage 1 predictions", s.predicted),
         ("stage 1 correct (D_t1)", s.predicted_correct),
         ("stage 2 explained (D_t2)", s.explained),
@@ -218,6 +239,9 @@ def _print_summary(s: AnnotateSummary, dataset: str, split: str) -> None:
     if s.stopped == "budget":
         console.print("[yellow]stopped: the next request could exceed --budget-usd; raise it and run again to "
                       "continue[/]")  # fmt: skip
+    if s.stopped == "unreachable":
+        err_console.print("[yellow]stopped: the teacher stopped answering (requests in a row got no answer); run "
+                          "the same command again when it is back[/]")  # fmt: skip
 
 
 def _print_batches(rows: list[dict], as_json: bool) -> None:

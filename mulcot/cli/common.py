@@ -15,6 +15,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -26,6 +27,28 @@ from mulcot.store import Store, default_db_path
 console = Console()
 err_console = Console(stderr=True)
 
+
+class LazyProgress(Progress):
+    """A rich progress bar drawn from its first update on, not when the ``with`` block opens: a command refused by
+    its checks (a bad setting, a model that cannot be loaded) shows one line of error and no empty bar."""
+
+    def __enter__(self) -> LazyProgress:
+        return self
+
+    def stop(self) -> None:
+        if self.live.is_started:  # (rich prints a blank line on stop off a terminal, started or not)
+            super().stop()
+
+    def update(self, task_id: TaskID, **kwargs: Any) -> None:
+        if not self.live.is_started and not self.disable:
+            self.start()
+        super().update(task_id, **kwargs)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        if not self.live.is_started and not self.disable:
+            self.start()
+        super().advance(task_id, advance)
+
 DbOption = Annotated[
     Path | None,
     typer.Option("--db", envvar="MULCOT_DB", help="Project database (default ./mulcot.db).", show_default=False),
@@ -33,14 +56,31 @@ DbOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout, nothing else.")]
 
 
-def open_store(db: Path | None) -> Store:
-    return Store.open(db or default_db_path())
+def open_store(db: Path | None, *, readonly: bool = False) -> Store:
+    """The store of ``--db`` (default ``$MULCOT_DB`` or ./mulcot.db): for writing (created and migrated as needed),
+    or ``readonly`` for a command that only reads (never created or written; works on a read-only file)."""
+    return Store.open(db or default_db_path(), readonly=readonly)
+
+
+def output_file(path: Path) -> Path:
+    """``path`` for a file a command writes, its folder created first (``--out lf/train.json`` without ``lf/``)."""
+    from mulcot.errors import MulcotError
+
+    folder = path.expanduser().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MulcotError(f"cannot create the folder {folder} for {path}: {err.strerror or err}") from None
+    if path.is_dir():
+        raise MulcotError(f"{path} is a folder: give a file name for --out")
+    return path
 
 
 def progress_bar(as_json: bool, *, info: bool = False, spinner: bool = False, remaining: bool = False,
                  transient: bool = True) -> Progress:  # fmt: skip
     """The progress bar of every long command, on stderr (silent with --json): description, bar, done/total, and
-    optionally a spinner, an ``info`` text field, the time remaining."""
+    optionally a spinner, an ``info`` text field, the time remaining. Drawn from its first update on
+    (:class:`LazyProgress`): a command refused by its checks shows its one line of error and no empty bar."""
     columns: list[Any] = [SpinnerColumn()] if spinner else []
     columns += [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
     if info:
@@ -48,7 +88,7 @@ def progress_bar(as_json: bool, *, info: bool = False, spinner: bool = False, re
     columns.append(TimeElapsedColumn())
     if remaining:
         columns.append(TimeRemainingColumn())
-    return Progress(*columns, console=err_console, disable=as_json, transient=transient)
+    return LazyProgress(*columns, console=err_console, disable=as_json, transient=transient)
 
 
 def follow(bar: Progress, description: str, info: Callable[[Event], str] | None = None, *,

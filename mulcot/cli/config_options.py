@@ -43,8 +43,16 @@ def _parameters(cls: type, skip: set[str]) -> list[tuple[inspect.Parameter, Call
                                   annotation=Annotated[bool, option])  # fmt: skip
             out.append((p, lambda v, name=f.name, param=param: (name, not v[param])))
             continue
-        option = typer.Option(meta["flag"], help=meta["help"]) if "flag" in meta else typer.Option(help=meta["help"])
         tp = _cli_type(hints[f.name], f)
+        shown = _shown_default(f)
+        # a comma list shown with spaces ("teacher, assistant, ...") wraps at 80 columns instead of being cut
+        listed = shown.replace(",", ", ") if isinstance(shown, str) and "," in shown else True
+        if "flag" in meta:
+            option = typer.Option(meta["flag"], help=meta["help"], show_default=listed)
+        elif tp is bool and default_of(f) is False:  # a plain switch: --name (no --no-name, which only repeats it)
+            option = typer.Option("--" + f.name.replace("_", "-"), help=meta["help"])
+        else:
+            option = typer.Option(help=meta["help"], show_default=listed)
         if meta.get("none_flag"):
             tp = str  # the value flag; the none flag sets None
         p = inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=_shown_default(f),

@@ -10,7 +10,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mulcot.cli.common import DbOption, JsonOption, console, err_console, follow, open_store, print_json, progress_bar
+from mulcot.cli.common import (
+    DbOption,
+    JsonOption,
+    console,
+    err_console,
+    follow,
+    open_store,
+    output_file,
+    print_json,
+    progress_bar,
+)
 from mulcot.datasets import EXPORT_FORMATS, FORMATS, export_dataset, import_dataset
 from mulcot.errors import MulcotError
 
@@ -34,9 +44,14 @@ def import_(
     path: Annotated[Path, typer.Argument(help="A split file, or a folder of split files (train/dev/test).")],
     name: Annotated[str | None, typer.Option(help="Dataset name (default: from the folder name).")] = None,
     split: Annotated[str | None, typer.Option(help="Split of a single file, or the one split to take.")] = None,
-    images: Annotated[Path | None, typer.Option(help="Image folder (default: images/ beside the data).")] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Image folder that image names are relative to (default: jsonl: the data file's folder; "
+                     "mvsa-raw: its data/; others: the first of images/, Images/, data/ beside the data).",
+                     show_default=False),
+    ] = None,  # fmt: skip
     no_images: Annotated[bool, typer.Option("--no-images", help="Import text only (samples flagged).")] = False,
-    strict: Annotated[bool, typer.Option(help="Abort on any bad row; the store stays as it was.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Abort on any bad row; the store stays as it was.")] = False,
     split_ratio: Annotated[
         str | None, typer.Option(help="mvsa-raw: deterministic train,dev,test shares, e.g. 8,1,1.")
     ] = None,
@@ -46,7 +61,14 @@ def import_(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Import a dataset into the store (idempotent: re-importing updates, never duplicates)."""
+    """Import a dataset into the store (idempotent: re-importing updates, never duplicates).
+
+    jsonl: one JSON object per line, with text (required; $T$ stands for aspect)
+    and, when known: image (a path relative to the image folder), aspect,
+    label (positive, neutral or negative), id (default: the line number),
+    split (default: the file's), chains (a list of {source, stage, raw or text,
+    model, prompt_version}). `mulcot data export NAME FILE.jsonl` writes this,
+    with images relative to the file's folder: it imports back as it was."""
     store = open_store(db)
     with progress_bar(as_json, spinner=True) as bar:
         progress = follow(bar, f"importing {path}", describe=True)
@@ -82,7 +104,7 @@ def import_(
 @app.command("list")
 def list_(db: DbOption = None, as_json: JsonOption = False) -> None:
     """List the datasets in the store."""
-    store = open_store(db)
+    store = open_store(db, readonly=True)
     rows = store.list_datasets()
     if as_json:
         print_json(rows)
@@ -103,7 +125,7 @@ def list_(db: DbOption = None, as_json: JsonOption = False) -> None:
 def stats(name: Annotated[str, typer.Argument(help="Dataset name.")], db: DbOption = None,
           as_json: JsonOption = False) -> None:  # fmt: skip
     """Counts per split and label, images found, and the quality of each source's reasoning chains."""
-    store = open_store(db)
+    store = open_store(db, readonly=True)
     st = store.dataset_stats(name)
     if as_json:
         print_json(st)
@@ -167,7 +189,10 @@ def export(
     out = out if out is not None else dest
     if fmt == "hf" and out is None:
         raise MulcotError("--format hf writes a folder: give it, e.g. mulcot data export NAME --format hf DIR")
-    store = open_store(db)
+    store = open_store(db, readonly=True)
+    store.require_dataset(name)
+    if out is not None and fmt != "hf":
+        out = output_file(out)
     target = out if out is not None else sys.stdout
     if ratings:
         from mulcot.datasets.writers import export_ratings
@@ -198,13 +223,13 @@ def pairs(
     from mulcot.core.labels import LABELS
     from mulcot.train.pairs import build_pairs, export_pairs
 
-    store = open_store(db)
+    store = open_store(db, readonly=True)
     built = build_pairs(store, name, split, sources)
     if fmt is not None:
         if out is None:
             export_pairs(built, fmt, sys.stdout)
             return
-        n = export_pairs(built, fmt, out)
+        n = export_pairs(built, fmt, output_file(out))
         err_console.print(f"wrote {n} pairs to {out}", highlight=False)
     summary = built.summary()
     if as_json:

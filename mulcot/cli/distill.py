@@ -22,6 +22,7 @@ from mulcot.cli.common import (
 from mulcot.cli.config_options import config_options
 from mulcot.cli.train import train
 from mulcot.core.labels import LABELS
+from mulcot.core.refs import check_name
 from mulcot.expand import ExpandConfig
 from mulcot.train.config import DistillConfig
 
@@ -69,14 +70,15 @@ def distill(
     assistant: Annotated[str, typer.Option(help="The trained assistant: runs/NAME, an adapter folder or a run name.")],
     student: Annotated[str, typer.Option(help="Student base model: hub id (Qwen/Qwen2.5-VL-3B-Instruct) or folder.")],
     name: Annotated[str | None, typer.Option(help="Run name (default: student-DATASET).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last checkpoint.")] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
     options: dict[str, Any] | None = None,
 ) -> None:
     """Train the student on D_all = D_t ∪ D_a: L = (1−λ)·(hard CE) + λ·(KL to the assistant at target positions)."""
+    cfg = DistillConfig(dataset=dataset, model=student, name=check_name(name or f"student-{dataset}"),
+                        assistant=assistant, **(options or {}))  # fmt: skip
+    # (the settings are checked as the config is built: before the training stack is imported, which takes seconds)
     from mulcot.train.student import distill as run
 
-    cfg = DistillConfig(dataset=dataset, model=student, name=name or f"student-{dataset}", assistant=assistant,
-                        **(options or {}))  # fmt: skip
     train(run, cfg, resume=resume, db=db, as_json=as_json)

@@ -2,7 +2,8 @@
 (``mulcot eval compare``) and score two files of chains (``mulcot eval score``).
 
 ``mulcot eval DATASET`` is short for ``mulcot eval run DATASET``: the group routes any first argument that is not
-one of its commands to ``run`` (a dataset literally named ``compare`` or ``score`` needs the explicit ``run``).
+one of its commands to ``run`` (a dataset literally named ``compare``, ``list`` or ``score`` needs the explicit
+``run``). ``mulcot eval list`` shows the stored results.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class DefaultCommandGroup(TyperGroup):
 app = typer.Typer(
     cls=DefaultCommandGroup,
     help="Evaluate a model or stored chains: [bold]mulcot eval DATASET --source teacher[/] or "
-    "[bold]--model runs/NAME[/] (short for [bold]mulcot eval run …[/]); [bold]compare[/] stored results; "
-    "[bold]score[/] two files of chains.",
+    "[bold]--model runs/NAME[/] (short for [bold]mulcot eval run …[/]); [bold]list[/] and [bold]compare[/] "
+    "stored results; [bold]score[/] two files of chains.",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -59,8 +60,7 @@ def _progress_bar(as_json: bool) -> tuple[Progress, Any]:
     bar = progress_bar(as_json, spinner=True)
     tasks: dict[str, Any] = {}
     names = {"chains": "generating chains (P_cot)", "labels": "generating label answers (P_label)",
-             "label choices": "scoring label answers by forced choice (P_label)",
-             "loading model": "loading the model",
+             "label choices": "scoring label answers by forced choice (P_label)", "loading model": "loading the model",
              "served": "generating chains and label answers through the server"}  # fmt: skip
 
     def progress(event: Event) -> None:
@@ -149,7 +149,9 @@ def _display_name(result: dict[str, Any], with_ids: bool) -> str:
     label = name if not source or source == name else f"{name} ({source})"
     if not with_ids:
         return label
-    return f"#{result.get('id')} {label}\n{result.get('dataset')}/{result.get('split')} n={result.get('n')}"
+    # the row's id only: the names, whole and pasteable, follow the table (describe_result), one line each, instead
+    # of folding mid-word in a narrow column
+    return f"#{result.get('id')}"
 
 
 def _detail(result: dict[str, Any]) -> None:
@@ -192,8 +194,7 @@ def _detail(result: dict[str, Any]) -> None:
         notes.append(f"{cov['unlabelled_skipped']} unlabelled samples skipped")
     gen = m.get("generated")
     if gen:
-        how = ("scored by forced choice" if (result.get("config") or {}).get("label_scoring") == "choice"
-               else "generated")  # fmt: skip
+        how = "generated" if (result.get("config") or {}).get("label_scoring") == "generate" else "forced choice"
         notes.append(f"generated {gen['chains_generated']} chains and {gen['labels_generated']} label answers ({how}; "
                      f"reused {gen['chains_reused']} and {gen['labels_reused']} stored ones)")  # fmt: skip
     reasoning = m.get("reasoning") or {}
@@ -263,23 +264,25 @@ def run(
     max_pixels: Annotated[int | None, typer.Option(help="Images are downsized to at most this many pixels.")] = None,
     device: Annotated[str | None, typer.Option(help="cuda, cuda:1, mps or cpu (default: best available).")] = None,
     dtype: Annotated[str | None, typer.Option(help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU).")] = None,
-    load_in_4bit: Annotated[bool, typer.Option(help="Load the base model in 4-bit (bitsandbytes).")] = False,
+    load_in_4bit: Annotated[
+        bool, typer.Option("--load-in-4bit", help="Load the base model in 4-bit (bitsandbytes).")
+    ] = False,
     nltk_data: Annotated[Path | None, typer.Option(help="nltk data folder holding WordNet (for METEOR).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not keep Sim embeddings on disk.")] = False,
     out: Annotated[
         Path | None, typer.Option(help="Folder for result.json, per_sample.jsonl, confusion.png.", show_default=False)
     ] = None,
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders are.")] = Path("runs"),
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where run folders are (default: runs/ beside the database).", show_default=False),
+    ] = None,
     per_post: Annotated[
         Path | None,
         typer.Option("--per-post", help="Also write each post's gold, prediction and label probabilities to this "
                      ".csv or .jsonl file.", show_default=False),
     ] = None,
-    label_scoring: Annotated[
-        str,
-        typer.Option(help="How the label head answers: choice (forced choice: the log-probabilities of the three "
-                     "answers, the most probable taken; gives AUROC and calibration) or generate (generated, parsed)."),
-    ] = "choice",
+    label_scoring: Annotated[str, typer.Option(help="The label head: choice (forced choice: the three answers' "
+                                               "probabilities) or generate (generated, parsed).")] = "choice",
     server: Any = None,
     db: DbOption = None,
     as_json: JsonOption = False,
@@ -295,7 +298,7 @@ def run(
         metrics=_metric_list(metrics), limit=limit, max_new_tokens=max_new_tokens,
         label_max_new_tokens=label_max_new_tokens, batch_size=batch_size, max_pixels=max_pixels, device=device,
         dtype=dtype, load_in_4bit=load_in_4bit, nltk_data_dir=str(nltk_data) if nltk_data else None,
-        embedding_cache=not no_cache, out=str(out) if out else None, runs_dir=str(runs_dir),
+        embedding_cache=not no_cache, out=str(out) if out else None, runs_dir=str(runs_dir) if runs_dir else None,
         server=server,
         per_post=str(per_post) if per_post else None, label_scoring=label_scoring,
     )  # fmt: skip
@@ -318,7 +321,11 @@ def run(
 
 @app.command("compare")
 def compare(
-    results: Annotated[list[str], typer.Argument(help="Eval result ids (12 or #12), run ids or source names.")],
+    results: Annotated[
+        list[str] | None,
+        typer.Argument(help="Eval result ids (12 or #12), run ids or source names (mulcot eval list shows them).",
+                       show_default=False),
+    ] = None,  # fmt: skip
     dataset: Annotated[str | None, typer.Option(help="Only results on this dataset.")] = None,
     split: Annotated[str | None, typer.Option(help="Only results on this split.")] = None,
     paired: Annotated[
@@ -329,23 +336,60 @@ def compare(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Put stored evaluation results side by side (a run or source name means its latest result) and compare each
-    with the first over the posts both scored: exact McNemar p, paired bootstrap 95% intervals of the accuracy and
-    macro-F1 differences (whole tweets resampled), agreement."""
-    from mulcot.evaluate import compare_results, paper_row
+    """Put stored evaluation results side by side and compare each with the first over the posts both scored:
+    exact McNemar p, paired bootstrap 95% intervals of the accuracy and macro-F1 differences (whole tweets
+    resampled), agreement. A run or source name means its latest result on the same posts (it says which it
+    took)."""
+    from mulcot.evaluate import compare_results, describe_result, paper_row
     from mulcot.evaluate.posts import paired_results
 
     if n_boot < 1:
         raise MulcotError("--n-boot must be at least 1")
-    store = open_store(db)
-    rows = compare_results(store, results, dataset=dataset, split=split)
+    store = open_store(db, readonly=True)
+    rows = compare_results(store, results or [], dataset=dataset, split=split)
     pairs = paired_results(store, rows, n_boot=n_boot, seed=seed) if paired else [None] * len(rows)
     if as_json:
         print_json([{**r, "row": paper_row(r), "paired": p} for r, p in zip(rows, pairs, strict=True)])
         return
+    for r in rows:
+        if "picked" in r:
+            p = r["picked"]
+            err_console.print(f"'{escape(p['spec'])}' is result #{r['id']} ({p['how']} of its {p['results']})",
+                              highlight=False, soft_wrap=True)  # fmt: skip
     console.print(paper_table(rows, "evaluation results", with_ids=True))
+    # the names whole, one line each (soft-wrapped by the terminal, so they paste back as they are)
+    for r in rows:
+        console.print(escape(describe_result(r)), highlight=False, soft_wrap=True)
     if any(pairs):
         print_paired(rows, pairs)
+
+
+@app.command("list")
+def list_(
+    dataset: Annotated[str | None, typer.Option(help="Only results on this dataset.")] = None,
+    split: Annotated[str | None, typer.Option(help="Only results on this split.")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The stored evaluation results: id, dataset/split, n (how many posts), when, and what was evaluated."""
+    from mulcot.evaluate import describe_result, list_results, paper_row
+
+    store = open_store(db)
+    rows = list_results(store, dataset=dataset, split=split)
+    if as_json:
+        print_json([{**r, "row": paper_row(r)} for r in rows])
+        return
+    if not rows:
+        console.print("no evaluation results stored yet: run `mulcot eval DATASET --source teacher` (or --model "
+                      "runs/NAME) first", highlight=False)  # fmt: skip
+        return
+    for r in rows:
+        row = paper_row(r)
+        acc = "-" if row["accuracy"] is None else f"acc {100 * row['accuracy']:.2f}"
+        when = str(r.get("created_at") or "")[:16].replace("T", " ")
+        console.print(f"{escape(describe_result(r))} · {acc} · {when}", highlight=False, soft_wrap=True)
+    console.print(f"compare some with: mulcot eval compare {' '.join(str(r['id']) for r in rows[-2:])}",
+                  highlight=False)  # fmt: skip
 
 
 @app.command("score")

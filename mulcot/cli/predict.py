@@ -23,6 +23,7 @@ from mulcot.cli.common import (
     server_options,
 )
 from mulcot.cli.config_options import config_options
+from mulcot.core.refs import check_name
 from mulcot.errors import MulcotError
 from mulcot.events import Event
 from mulcot.generation.base import PredictConfig
@@ -65,6 +66,10 @@ def predict(
                           "three answers' probabilities, the most probable taken).")
     ] = "generate",
     name: Annotated[str | None, typer.Option(help="Batch mode run id (default: predict-MODEL-DATASET-SPLIT).")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Batch mode: write the run even while another process writes it (the two "
+                           "share the samples; none is asked twice).")
+    ] = False,
     server: Any = None,
     db: DbOption = None,
     as_json: JsonOption = False,
@@ -81,6 +86,8 @@ def predict(
         raise MulcotError("give either --text (with --image) for one post, or --dataset for a whole split")
     if (image is not None or caption is not None) and text is None:
         raise MulcotError("--image and --caption need --text (the post's text)")
+    if name is not None:
+        check_name(name, "run name", "--name")  # before any model is loaded
     served = server
     if served is not None:
         if gguf is not None or model is not None:
@@ -93,7 +100,7 @@ def predict(
     config = PredictConfig(**(options or {}))
     prompts = ("cot", "label") if label else ("cot",)
     run_name = backend == "hf" and model is not None and not Path(model).expanduser().exists()
-    store = open_store(db) if dataset is not None or run_name else None
+    store = open_store(db, readonly=dataset is None) if dataset is not None or run_name else None
     try:
         with err_console.status("loading the model", spinner="dots") if not as_json else _Null():
             runner = open_backend(backend, gguf=gguf, model=model, quant=quant, mmproj=mmproj, config=config,
@@ -117,7 +124,7 @@ def predict(
             progress = follow(bar, f"predict {runner.name}", _last_prediction)
             with bar:
                 summary = predict_dataset(store, runner, dataset, split, limit=limit, run_id=name, prompts=prompts,
-                                          label_scoring=label_scoring, progress=progress)  # fmt: skip
+                                          label_scoring=label_scoring, progress=progress, force=force)  # fmt: skip
         finally:
             runner.close()
     finally:
@@ -181,6 +188,8 @@ def print_summary(s: dict[str, Any]) -> None:
         ("source / stage", f"{s['source']} / eval (prompt {s['prompt_version']})"),
         ("predicted now", str(s["predicted"])),
         ("already predicted (skipped)", str(s["skipped_done"])),
+        *((("left to the other writer (--force)", str(s["skipped_other_writer"])),) if s.get("skipped_other_writer")
+          else ()),
         ("chains stored for this model", str(s["chains"])),
         ("accuracy (reasoning Prediction)", fmt(s["accuracy"])),
         ("macro-F1 / weighted-F1", f"{fmt(s['macro_f1'])} / {fmt(s['weighted_f1'])}"),

@@ -115,7 +115,8 @@ def demo(
     db: Annotated[Path, typer.Option("--db", help="Database to write the demo into.")] = Path("mulcot-demo.db"),
     runs_dir: Annotated[Path, typer.Option(help="Where the demo's runs go.")] = Path("mulcot-demo-runs"),
     real_teacher: Annotated[
-        bool, typer.Option(help="Call gpt-4o-mini (needs OPENAI_API_KEY) instead of replaying stored chains.")
+        bool, typer.Option("--real-teacher", help="Call gpt-4o-mini (needs OPENAI_API_KEY) instead of replaying stored "
+                           "chains.")
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -124,7 +125,7 @@ def demo(
     from mulcot.pipeline.recipes import load_recipe
 
     recipe = load_recipe("@tiny-cpu")
-    recipe.runs_dir = str(runs_dir)
+    recipe.runs_dir = str(runs_dir.resolve())  # --runs-dir as typed: from the working directory
     if real_teacher:
         if not os.environ.get("OPENAI_API_KEY"):
             from mulcot.errors import MulcotError

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mulcot.cli.common import DbOption, JsonOption, console, open_store, print_json, progress_bar
 from mulcot.cli.config_options import config_options
+from mulcot.core.refs import check_name
 from mulcot.events import Event
 from mulcot.train.config import PreferenceConfig, TrainConfig
 
@@ -47,15 +48,16 @@ def train_assistant(
     dataset: Annotated[str, typer.Argument(help="Dataset with teacher chains (D_t).")],
     model: Annotated[str, typer.Option(help="Base model: hub id (Qwen/Qwen2.5-VL-7B-Instruct) or folder.")],
     name: Annotated[str | None, typer.Option(help="Run name (folder runs/NAME); default: assistant-DATASET.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last checkpoint.")] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
     options: dict[str, Any] | None = None,
 ) -> None:
     """Train the assistant: LoRA on L = λ_cls·CE_cls + λ_rea·CE_rea over teacher reasoning (D_t)."""
-    from mulcot.train.assistant import train_assistant as run
+    config = TrainConfig(dataset=dataset, model=model, name=check_name(name or f"assistant-{dataset}"),
+                         **(options or {}))  # fmt: skip
+    from mulcot.train.assistant import train_assistant as run  # torch loads only for a name that can run
 
-    config = TrainConfig(dataset=dataset, model=model, name=name or f"assistant-{dataset}", **(options or {}))
     train(run, config, resume=resume, db=db, as_json=as_json)
 
 
@@ -113,14 +115,15 @@ def dpo(
     model: Annotated[str, typer.Option(help="The trained assistant or student to start from: run name, runs/NAME "
                                        "or an adapter folder.")],
     name: Annotated[str | None, typer.Option(help="Run name (folder runs/NAME); default: dpo-DATASET.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last checkpoint.")] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
     options: dict[str, Any] | None = None,
 ) -> None:
     """DPO of a trained run's LoRA adapter on pairs of chains (correct vs wrong, failed or lower-rated), through
     TRL; the reference policy is the starting adapter."""
+    config = PreferenceConfig(dataset=dataset, model=model, name=check_name(name or f"dpo-{dataset}"),
+                              **(options or {}))  # fmt: skip
     from mulcot.train.dpo import dpo as run
 
-    config = PreferenceConfig(dataset=dataset, model=model, name=name or f"dpo-{dataset}", **(options or {}))
     train(run, config, resume=resume, db=db, as_json=as_json)

@@ -17,7 +17,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
+from mulcot.core.keys import DEFAULT_KEY_ENV, is_openai, key_env_problem, public_url, url_secrets
 from mulcot.errors import MulcotError
 
 # USD per 1M tokens (input, output), list prices; override with --price. Unknown models cost 0 and are flagged.
@@ -31,7 +33,6 @@ PRICES: dict[str, tuple[float, float]] = {
     "gpt-5-mini": (0.25, 2.00),
     "gpt-5-nano": (0.05, 0.40),
 }
-DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 
 
 class Usage:
@@ -58,9 +59,15 @@ class TeacherError(MulcotError):
     ``refused`` (a 4xx other than 408/409/429), ``status`` (5xx, 408, 409), ``rate`` (429), ``timeout`` or
     ``connection`` (no answer at all: the server is down or unreachable)."""
 
-    def __init__(self, message: str, kind: str = "refused"):
+    def __init__(self, message: str, kind: str = "refused", retries: int = 0):
         super().__init__(message)
         self.kind = kind
+        self.retries = retries  # HTTP retries made before giving up
+
+
+class TeacherUnreachable(MulcotError):
+    """Nothing answers at the teacher's endpoint (checked before a run starts, or every request of a run failed to
+    connect): the run stops at once instead of retrying every sample."""
 
 
 class BudgetReached(Exception):
@@ -108,11 +115,14 @@ def price_for(model: str, override: tuple[float, float] | None = None) -> tuple[
 
 @dataclass
 class TeacherConfig:
-    """How to reach the teacher. ``api_key`` is resolved from ``key_env`` when not given and never stored."""
+    """How to reach the teacher. ``api_key`` is resolved from ``key_env`` when not given and never stored.
+
+    ``key_env`` None: OPENAI_API_KEY for the OpenAI API, no key for any other server (local servers take any).
+    A named ``key_env`` goes to another server only when named like an API key (see :func:`key_env_problem`)."""
 
     model: str
     base_url: str | None = None
-    key_env: str = DEFAULT_KEY_ENV
+    key_env: str | None = None
     api_key: str | None = field(default=None, repr=False)
     timeout_s: float = 120.0
     http_retries: int = 5
@@ -124,20 +134,39 @@ class TeacherConfig:
     image_max_side: int = 280
     price: tuple[float, float] | None = None
 
+    def check(self) -> None:
+        """Refuse, in one line, a base URL with a query (``?api-key=`` would be echoed into error messages, and the
+        OpenAI client cannot join paths to it) and a key variable that may not go there (see
+        :func:`key_env_problem`)."""
+        if self.base_url and urlsplit(self.base_url).query:
+            found = url_secrets(self.base_url)
+            what = " and ".join(found) if found else "a query (?...)"
+            raise MulcotError(f"--base-url carries {what}: give the endpoint without a query (e.g. "
+                              f"{public_url(self.base_url.split('?')[0])}); a key travels in a header: put it in a "
+                              "variable such as MULCOT_TEACHER_KEY and pass --api-key-env NAME")  # fmt: skip
+        if self.key_env is not None and (problem := key_env_problem(self.key_env, self.base_url)):
+            raise MulcotError(problem)
+
     def resolve_key(self) -> str:
-        key = self.api_key or os.environ.get(self.key_env)
+        """The key to send: ``api_key``, else ``$key_env`` (see the class doc); checks where it may go first."""
+        self.check()
+        if self.api_key:
+            return self.api_key
+        env = self.key_env or (DEFAULT_KEY_ENV if is_openai(self.base_url) else None)
+        key = os.environ.get(env) if env else None
         if key:
             return key
-        if self.base_url:  # local servers (vLLM, llama.cpp, Ollama) take any key
+        if not is_openai(self.base_url):  # local servers (vLLM, llama.cpp, Ollama) take any key
             return "not-needed"
         raise MulcotError(
-            f"no API key: set {self.key_env} (or pass --api-key-env NAME, or --base-url for a local server)"
+            f"no API key: set {env} (or pass --api-key-env NAME, or --base-url for a local server)"
         )
 
     def public(self) -> dict[str, Any]:
-        """The configuration as stored with a run: everything but the key."""
+        """The configuration as stored with a run: everything but the key, the base URL without credentials."""
         data = asdict(self)
         data.pop("api_key")
+        data["base_url"] = public_url(self.base_url)
         return data
 
 
@@ -252,6 +281,32 @@ class Teacher:
             raise TeacherError(f"connection failed ({_short(str(exc.__cause__ or exc))})", "connection") from None
         return {m.id: str(getattr(m, "owned_by", "") or "") for m in page.data}
 
+    async def probe(self, timeout_s: float = 10.0) -> None:
+        """Fail fast where nothing answers: one ``GET /models`` without retries. Raises :class:`TeacherError` (kind
+        ``connection`` or ``timeout``) when no answer comes; any answer, even an error status (a server without
+        ``/models``), passes."""
+        oa = self._openai
+        try:
+            await self.client.with_options(timeout=timeout_s, max_retries=0).models.list()
+        except oa.APITimeoutError:
+            raise TeacherError(f"no answer within {timeout_s:g} s", "timeout") from None
+        except oa.APIConnectionError as exc:
+            raise TeacherError(f"connection failed ({_short(str(exc.__cause__ or exc))})", "connection") from None
+        except Exception:  # noqa: BLE001 - it answered (404, 401, a body that is no model list): it is there
+            return
+
+    async def check_reachable(self, timeout_s: float = 10.0) -> None:
+        """Raise :class:`TeacherUnreachable` (one line) when :meth:`probe` gets no answer."""
+        try:
+            await self.probe(timeout_s)
+        except TeacherError as exc:
+            hint = "is the server running? check --base-url" if self.config.base_url else "check the network"
+            raise TeacherUnreachable(f"nothing answers at {self.where()}: {exc}; {hint}") from None
+
+    def where(self) -> str:
+        """The endpoint in words, without credentials: its URL, or "the OpenAI API"."""
+        return public_url(self.config.base_url) if self.config.base_url else "the OpenAI API"
+
     async def complete(self, prompt: str, image_url: str | None = None, *, max_tokens: int | None = None,
                        params: dict[str, Any] | None = None) -> Completion:  # fmt: skip
         """One chat completion, retrying transient HTTP failures; raises :class:`TeacherError` when it gives up.
@@ -322,7 +377,7 @@ class Teacher:
             if resp is not None:
                 return resp, retries, time.perf_counter() - start
             if retries >= self.config.http_retries:
-                raise TeacherError(f"{reason}; gave up after {retries + 1} tries", kind)
+                raise TeacherError(f"{reason}; gave up after {retries + 1} tries", kind, retries)
             retries += 1
             await asyncio.sleep(wait)
 

@@ -31,6 +31,7 @@ OUTTYPES = ("f16", "bf16", "f32")
 # general.file_type of the converter's outputs
 _OUTTYPE_FTYPES = {"f32": 0, "f16": 1, "bf16": 32}
 GGUF_MAGIC = b"GGUF"
+GGML_MAX_DIMS = 4  # ggml.h: a tensor has at most four dimensions; llama.cpp refuses a header claiming more
 
 
 def safe_name(name: str) -> str:

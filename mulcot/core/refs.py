@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,17 @@ from mulcot.errors import ModelError, MulcotError, NotFoundError
 from mulcot.store import Store
 
 KINDS = ("run", "adapter", "model", "export", "gguf", "hub")
+# A name that becomes a file or folder name (datasets, runs, exports): letters, digits, '.', '_' and '-', starting
+# with a letter or digit, so never '..', never a path ('a/b', '../x', '/x') and never hidden.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def check_name(name: str, what: str = "run name", flag: str = "--name") -> str:
+    """``name`` when it is a safe name (:data:`NAME`), else a one-line refusal naming ``flag``."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise MulcotError(f"{what} {name!r} may use only letters, digits, '.', '_' and '-' (starting with a letter "
+                          f"or digit, at most 200): pass another {flag}")  # fmt: skip
+    return name
 
 
 def looks_like_path(spec: str | os.PathLike[str]) -> bool:
@@ -69,7 +81,7 @@ def resolve_run(store: Store | None, ref: str | os.PathLike[str], runs_dir: str 
     if not path.exists():
         run = store.get_run(str(ref)) if store is not None else None
         if run is not None:
-            path = Path(run["output_dir"]) if run.get("output_dir") else Path(runs_dir) / str(ref)
+            path = store.run_folder(run) or Path(runs_dir) / str(ref)  # type: ignore[union-attr]
         elif (Path(runs_dir) / str(ref)).is_dir():
             path = Path(runs_dir) / str(ref)
         else:

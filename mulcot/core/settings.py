@@ -86,7 +86,10 @@ def field_problem(f: Field, value: Any) -> str | None:
 def validate(config: Any) -> None:
     """Check every field of a config dataclass against its metadata; raises :class:`ConfigError` naming the flag."""
     for f in fields(config):
-        problem = field_problem(f, getattr(config, f.name))
+        value, choices = getattr(config, f.name), f.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise ConfigError(f"{flag_name(f)} {value!r} is not one of: {', '.join(map(str, choices))}")
+        problem = field_problem(f, value)
         if problem:
             raise ConfigError(f"{flag_name(f)} {problem}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +30,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 
 @dataclass
 class ChainRow:
-    """A reasoning chain that comes with the data (the authors' release)."""
+    """A reasoning chain that comes with the data (the authors' release, a mulcot JSONL export)."""
 
     raw: str
     source: str = "teacher"
     stage: str = "predict"
     model: str | None = None
+    prompt_version: str | None = None
 
 
 @dataclass
@@ -201,12 +203,25 @@ class ImageChecker:
         if not data:
             raise ValueError(f"image '{name}' is an empty (zero-byte) file")
         try:
-            with Image.open(path) as im:
-                im.draft("RGB", (64, 64))  # JPEG: decode at reduced scale, still reads every byte
-                im.load()
+            with warnings.catch_warnings():
+                # Pillow warns above MAX_IMAGE_PIXELS and refuses at twice that: both are a problem row here, since
+                # decoding such an image (a few KB of PNG can claim 20000x20000) would take gigabytes
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    im.draft("RGB", (64, 64))  # JPEG: decode at reduced scale, still reads every byte
+                    im.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ValueError(f"image '{name}' is too large to decode safely ({_bomb_size(exc)}): downsize it") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise ValueError(f"image '{name}' does not decode ({exc})") from None
         return str(path), hashlib.sha256(data).hexdigest()
+
+
+def _bomb_size(exc: Exception) -> str:
+    """'400,000,000 pixels, over Pillow's limit of 89,478,485' from a decompression-bomb error or warning."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    return f"{size}, over Pillow's limit of {Image.MAX_IMAGE_PIXELS or 0:,}"
 
 
 def iter_lines(text: str) -> Iterator[tuple[int, str]]:

@@ -6,7 +6,6 @@ Bad rows are reported with file, line and problem. By default they are skipped a
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mulcot.core.chains import RELEASE_ORIGIN, chain_row
+from mulcot.core.refs import check_name
 from mulcot.datasets import jsonl, mvsa, release, tombert
 from mulcot.datasets.common import (
     ImageChecker,
@@ -31,10 +31,9 @@ FORMATS: dict[str, str] = {
     "mvsa-raw": "MVSA-Single/-Multiple raw archive (data/<id>.txt|jpg + labelResultAll.txt)",
     "clmlf-json": "MVSA splits in CLMLF's JSON ({id, text, emotion_label})",
     "mulcot-json": "the MulCoT-RD authors' released JSON, teacher chains included",
-    "jsonl": "plain JSONL: {text, image, aspect?, label?, id?, split?} per line",
+    "jsonl": "plain JSONL: {text, image?, aspect?, label?, id?, split?, chains?} per line (mulcot's own export)",
 }
 _SUFFIX = {"twitter-tsv": ".tsv", "clmlf-json": ".json", "mulcot-json": ".json", "jsonl": ".jsonl"}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 
@@ -169,8 +168,7 @@ def import_dataset(
     if not path.exists():
         raise DataError("no such file or folder", file=str(path))
     name = name or _default_name(path)
-    if not _NAME.match(name):
-        raise MulcotError(f"dataset name '{name}' may use only letters, digits, '.', '_' and '-': pass --name")
+    check_name(name, "dataset name")
     split = normalize_split(split) if split else None
     if split_ratio is not None and (len(split_ratio) != 3 or min(split_ratio) < 0 or sum(split_ratio) <= 0):
         raise MulcotError("--split-ratio takes three non-negative shares for train,dev,test, e.g. 8,1,1")
@@ -277,5 +275,6 @@ def _write(store: Store, name: str, fmt: str, path: Path, good: list[SampleRow],
                     continue
                 store.add_reasoning(**chain_row(sample_id=sample_id, source=chain.source, model=chain.model,
                                                 stage=chain.stage, output=chain.raw,
+                                                prompt_version=chain.prompt_version,
                                                 origin=f"{RELEASE_ORIGIN}{row.file}"))  # fmt: skip
                 report.chains_added += 1

@@ -1,8 +1,14 @@
-"""Plain JSONL, one post per line: ``{"text", "image", "aspect"?, "label"?, "id"?, "split"?}``.
+"""Plain JSONL, one post per line (what ``mulcot data export NAME FILE.jsonl`` writes, read back here):
 
-``label`` may be a name (positive/neutral/negative) or absent (unlabelled posts, e.g. for prediction). ``id``
-defaults to the line number; ``split`` to the one given on the command line or in the file name. A ``$T$`` in the
-text is replaced by the aspect.
+- ``text`` (required): the post; a ``$T$`` in it stands for the aspect and is replaced by it;
+- ``image``: the image file, a path relative to the image folder (``--images``, by default the JSONL file's own
+  folder); it must stay inside that folder; absent or null: a text-only post (with ``--no-images``, ignored);
+- ``aspect``: the target of aspect-level (MASC) posts; given on any line, the dataset is aspect-level;
+- ``label``: positive, neutral or negative (or absent: unlabelled posts, e.g. to predict);
+- ``id``: the post's id within its split (default: the line number);
+- ``split``: train, dev/val/validation or test (default: ``--split``, else from the file name, else train);
+- ``chains``: reasoning chains that come with the post, each ``{"source", "stage", "raw" or "text", "model"?,
+  "prompt_version"?}`` (as the export writes them); stored as imported chains.
 """
 
 from __future__ import annotations
@@ -10,8 +16,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from mulcot.datasets.common import RowOrProblem, SampleRow, iter_lines, map_label, normalize_split, read_utf8
+from mulcot.datasets.common import (
+    ChainRow,
+    RowOrProblem,
+    SampleRow,
+    iter_lines,
+    map_label,
+    normalize_split,
+    read_utf8,
+)
 from mulcot.errors import DataError
 
 
@@ -41,6 +56,7 @@ def read(path: Path, split: str) -> Iterator[RowOrProblem]:
             image = item.get("image")
             if image is not None and not isinstance(image, str):
                 raise DataError("image is not a path string", file=file, row=number, field="image")
+            chains = _chains(item.get("chains"), file, number)
             row_split = normalize_split(str(item.get("split") or split))
             key = str(item.get("id", number)).strip()
             if (row_split, key) in seen:
@@ -52,5 +68,28 @@ def read(path: Path, split: str) -> Iterator[RowOrProblem]:
         aspect = aspect.strip() if aspect else None
         yield SampleRow(
             split=row_split, key=key, text=text.replace("$T$", aspect or "").strip(), raw_text=text, aspect=aspect,
-            label=label, image_name=image or None, file=file, line=number,
+            label=label, image_name=image or None, file=file, line=number, chains=chains,
         )  # fmt: skip
+
+
+def _chains(value: Any, file: str, line: int) -> list[ChainRow]:
+    """The ``chains`` of one line: a list of ``{source, stage, raw or text, model?, prompt_version?}``."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DataError("chains is not a list of objects", file=file, row=line, field="chains")
+    out = []
+    for i, chain in enumerate(value, start=1):
+        where = f"chain {i}"
+        if not isinstance(chain, dict):
+            raise DataError(f"{where} is not an object", file=file, row=line, field="chains")
+        raw = chain.get("raw") if chain.get("raw") is not None else chain.get("text")
+        for name, val in (("source", chain.get("source")), ("stage", chain.get("stage")), ("raw or text", raw)):
+            if not isinstance(val, str) or not val.strip():
+                raise DataError(f"{where} has no {name} string", file=file, row=line, field="chains")
+        for name in ("model", "prompt_version"):
+            if chain.get(name) is not None and not isinstance(chain[name], str):
+                raise DataError(f"{where}: {name} is not a string", file=file, row=line, field="chains")
+        out.append(ChainRow(raw=raw, source=chain["source"].strip(), stage=chain["stage"].strip(),
+                            model=chain.get("model"), prompt_version=chain.get("prompt_version")))  # fmt: skip
+    return out

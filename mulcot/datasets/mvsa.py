@@ -76,6 +76,14 @@ def _read_post_text(path: Path) -> tuple[str, str]:
         return data.decode("cp1252", errors="replace"), "cp1252"
 
 
+def _id_problem(key: str) -> str | None:
+    """Why an id from ``labelResultAll.txt`` cannot name files in ``data/`` (None when it can): ids are file names,
+    checked like image paths, so a hostile label file cannot make the importer read ``data/../../x.txt``."""
+    if any(ch in key for ch in "/\\\0") or key in (".", "..") or Path(key).is_absolute():
+        return f"id {key!r} is not a plain file name: ids name files in data/ (no folders, no absolute paths)"
+    return None
+
+
 def read_raw(root: Path, split: str, split_ratio: Sequence[float] | None = None) -> Iterator[RowOrProblem | Dropped]:
     """Rows of a raw MVSA archive folder."""
     label_file = root / LABEL_FILE
@@ -98,6 +106,8 @@ def read_raw(root: Path, split: str, split_ratio: Sequence[float] | None = None)
         key = cols[0]
         pairs = []
         try:
+            if (why := _id_problem(key)) is not None:
+                raise DataError(why, file=file, row=number, field="id")
             if key in seen:
                 raise DataError(f"duplicate id {key} (first on line {seen[key]})", file=file, row=number)
             for pair in cols[1:]:
@@ -117,6 +127,9 @@ def read_raw(root: Path, split: str, split_ratio: Sequence[float] | None = None)
         text_file = data_dir / f"{key}.txt"
         if not text_file.is_file():
             yield DataError(f"text file data/{key}.txt not found", file=file, row=number)
+            continue
+        if not text_file.resolve().is_relative_to(data_dir.resolve()):  # a link out of the archive
+            yield DataError(f"text file data/{key}.txt leads outside {data_dir}", file=file, row=number)
             continue
         text, encoding = _read_post_text(text_file)
         text = " ".join(text.split())

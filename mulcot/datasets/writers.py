@@ -24,19 +24,58 @@ def _chains_by_sample(store: Store, dataset: str, split: str | None, source: str
     return out
 
 
-def _jsonl_records(store: Store, dataset: str, split: str | None, source: str | None) -> Iterator[dict[str, Any]]:
+def _jsonl_records(store: Store, dataset: str, split: str | None, source: str | None,
+                   image_dir: Path | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """One record per sample, with its final chains: what ``mulcot data import jsonl`` reads back. Written to a file
+    (``image_dir``: its folder), image paths are relative to it: images already under it are named as they are,
+    the others are linked (or copied) into ``images/`` there, so the file and its folder import anywhere."""
     chains = _chains_by_sample(store, dataset, split, source)
+    placed: dict[str, str] = {}  # image path -> its relative name in the export
     for s in store.samples(dataset, split):
+        image = None
+        if s["has_image"]:
+            image = s["image_path"] if image_dir is None else _place_image(s, image_dir, placed)
         yield {
             "id": s["key"], "split": s["split"], "text": s["text"], "aspect": s["aspect"], "label": s["label"],
-            "image": s["image_path"] if s["has_image"] else None,
+            "image": image,
             "chains": [
                 {"source": c["source"], "model": c["model"], "stage": c["stage"], "prompt_version":
-                 c["prompt_version"], "text": c["text"], "prediction": c["prediction"],
+                 c["prompt_version"], "raw": c["raw"], "text": c["text"], "prediction": c["prediction"],
                  "parse_status": c["parse_status"]}
                 for c in chains.get(s["id"], [])
             ],
         }  # fmt: skip
+
+
+def _place_image(sample: dict[str, Any], out_dir: Path, placed: dict[str, str]) -> str:
+    """``sample``'s image as a path relative to ``out_dir``: where it is, when that is under ``out_dir``, else a
+    hard link (a copy across file systems) in ``out_dir/images/`` under its own name (its digest first, when another
+    image took that name)."""
+    import shutil
+
+    path = Path(sample["image_path"])
+    if str(path) in placed:
+        return placed[str(path)]
+    if not path.is_file():
+        raise DataError(f"image of sample '{sample['key']}' is gone: restore it or re-import the dataset",
+                        file=str(path))  # fmt: skip
+    root = out_dir.resolve()
+    resolved = path.resolve()
+    if resolved.is_relative_to(root):
+        placed[str(path)] = resolved.relative_to(root).as_posix()
+        return placed[str(path)]
+    folder = root / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    if target.exists() and not target.samefile(resolved):
+        target = folder / f"{(sample['image_sha256'] or '')[:16]}-{path.name}"
+    if not target.exists():
+        try:
+            os.link(resolved, target)
+        except OSError:  # another file system, or links not allowed: copy
+            shutil.copy2(resolved, target)
+    placed[str(path)] = target.relative_to(root).as_posix()
+    return placed[str(path)]
 
 
 def _sharegpt_records(store: Store, dataset: str, split: str | None, source: str | None, correct_only: bool,
@@ -95,6 +134,8 @@ def export_dataset(store: Store, dataset: str, fmt: str, out: TextIO | Path, *, 
                    source: str | None = None, correct_only: bool = True) -> int:  # fmt: skip
     """Write ``dataset`` in ``fmt`` to ``out`` (a path or an open text stream); returns the records written.
 
+    JSONL: one sample per line with its final chains, read back by ``mulcot data import jsonl``; written to a file,
+    image paths are relative to its folder (images elsewhere are linked or copied into ``images/`` there).
     ShareGPT: for each sample, one reasoning example per fully parsed chain (P_cot → chain; by default only chains
     whose Prediction equals the gold label, i.e. D_t) and one classification example (P_label → ``"Prediction"``),
     with one ``<image>`` placeholder per image — a LLaMA-Factory ``sharegpt`` dataset. Written to a file, the image
@@ -111,7 +152,7 @@ def export_dataset(store: Store, dataset: str, fmt: str, out: TextIO | Path, *, 
 
         return export_hf(store, dataset, out, split=split, source=source)
     if fmt == "jsonl":
-        records = _jsonl_records(store, dataset, split, source)
+        records = _jsonl_records(store, dataset, split, source, out.resolve().parent if isinstance(out, Path) else None)
     else:
         image_dir = out.resolve().parent if isinstance(out, Path) else None
         records = _sharegpt_records(store, dataset, split, source, correct_only, image_dir)

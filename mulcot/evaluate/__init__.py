@@ -18,8 +18,11 @@ from mulcot.evaluate.files import FileScores, read_chain_file, score_files
 from mulcot.evaluate.report import (
     PAPER_COLUMNS,
     compare_results,
+    describe_result,
+    list_results,
     paper_row,
     plot_confusion,
+    posts_key,
     write_outputs,
 )
 from mulcot.evaluate.run import default_out_dir, evaluate, human_ratings
@@ -55,6 +58,9 @@ __all__ = [
     "Subject",
     "choose_group",
     "compare_results",
+    "describe_result",
+    "list_results",
+    "posts_key",
     "default_out_dir",
     "evaluate",
     "human_ratings",

@@ -56,7 +56,7 @@ class EvalConfig(Validated):
     nltk_data_dir: str | None = None
     embedding_cache: bool = True
     out: str | None = None
-    runs_dir: str = "runs"
+    runs_dir: str | None = None  # where run folders are (default: runs/ beside the database)
     write_files: bool = True
     server: ServerConfig | None = None  # model mode: generate through an OpenAI-compatible server
     per_post: str | None = None  # also write the per-post predictions to this .csv or .jsonl file

@@ -69,6 +69,18 @@ def stored_outputs(store: Store, dataset: str, split: str, subject: Subject, sta
     return out
 
 
+def attempts(store: Store, config: EvalConfig, subject: Subject, stage: str, version: str) -> dict[int, int]:
+    """Per sample, the attempt number a new output takes: one more than the outputs the run already has for the stage
+    and prompt (those of other weights under the same run name, and label answers read the other way), so that each
+    is its own row, while two processes generating the same output at once write one (the store keeps one row per
+    attempt)."""
+    if subject.run_id is None:
+        return {}
+    done = store.chain_counts(config.dataset, config.split, source=subject.source or "model", stage=stage,
+                              run_id=subject.run_id, prompt_version=version)  # fmt: skip
+    return {sid: n + 1 for sid, n in done.items()}
+
+
 def origin(subject: Subject, scoring: str = "generate") -> str:
     """What generated chains carry in ``origin``: how (``eval:``, or ``eval-choice:`` for forced-choice label
     answers), the weights (adapter, GGUF or model) and their hash."""
@@ -140,8 +152,9 @@ def generate_missing(store: Store, subject: Subject, config: EvalConfig, task: s
         if problem:
             raise LabelScoringError(problem)
         if choices:
-            score_choices(store, backend, subject, task, choices, posts, stages["label"][1], progress)
-        summary = backend.run(requests, _storer(store, subject, stages, len(requests), progress), stage="eval")
+            score_choices(store, backend, subject, config, task, choices, posts, progress)
+        summary = backend.run(requests, _storer(store, subject, config, stages, len(requests), progress),
+                              stage="eval")  # fmt: skip
     if backend.kind == "server":
         counts["served"] = summary.as_dict()
     return counts
@@ -151,10 +164,11 @@ def _post(item: TrainItem, *, text_only: bool = False) -> Post:
     return Post(text=item.text, aspect=item.aspect, image=None if text_only else item.image_path, caption=item.caption)
 
 
-def _storer(store: Store, subject: Subject, stages: dict[str, tuple[str, str]], total: int,
+def _storer(store: Store, subject: Subject, config: EvalConfig, stages: dict[str, tuple[str, str]], total: int,
             progress: Progress | None) -> Callable[[Request, Generated], None]:  # fmt: skip
     """Stores each generated answer as it comes."""
     where = origin(subject)
+    numbers = {prompt: attempts(store, config, subject, stage, version) for prompt, (stage, version) in stages.items()}
     done = 0
 
     def store_answer(request: Request, gen: Generated) -> None:
@@ -162,8 +176,9 @@ def _storer(store: Store, subject: Subject, stages: dict[str, tuple[str, str]], 
         stage, version = stages[request.prompt]
         store.add_reasoning(**chain_row(
             sample_id=request.tag, source=subject.source or "model", model=subject.model, stage=stage,
-            output=gen.text, run_id=subject.run_id, prompt_version=version, origin=where, tokens_in=gen.tokens_in,
-            tokens_out=gen.tokens_out, latency_s=round(gen.latency_s, 4),
+            output=gen.text, run_id=subject.run_id, prompt_version=version, origin=where,
+            attempt=numbers[request.prompt].get(request.tag, 1), tokens_in=gen.tokens_in, tokens_out=gen.tokens_out,
+            latency_s=round(gen.latency_s, 4),
         ))  # fmt: skip
         done += 1
         emit(progress, "eval", message="chains" if stage == STAGE_EVAL else "labels", done=done, total=total)
@@ -171,19 +186,24 @@ def _storer(store: Store, subject: Subject, stages: dict[str, tuple[str, str]], 
     return store_answer
 
 
-def score_choices(store: Store, backend: Backend, subject: Subject, task: str, items: list[TrainItem],
-                  posts: list[Post], version: str, progress: Progress | None) -> None:  # fmt: skip
+def score_choices(store: Store, backend: Backend, subject: Subject, config: EvalConfig, task: str,
+                  items: list[TrainItem], posts: list[Post], progress: Progress | None) -> None:  # fmt: skip
     """Forced-choice label answers for ``items`` (their ``posts``), a chunk at a time, each chunk stored at once."""
     where = origin(subject, "choice")
+    version = get_prompt("label", task).version
+    numbers = attempts(store, config, subject, STAGE_LABEL, version)
     server = getattr(backend, "server", None)
     step = max(8, 8 * backend.batch_size(), 4 * server.concurrency if server is not None else 0)
     for begin in range(0, len(items), step):
         t0 = time.perf_counter()
         scored = backend.score_labels(posts[begin : begin + step], task)
         each = round((time.perf_counter() - t0) / max(1, len(scored)), 4)
-        store.add_reasonings(chain_row(sample_id=items[begin + c.sample_id].sample_id, source=subject.source or "model",
-                                       model=subject.model, stage=STAGE_LABEL, output=format_prediction(c.prediction),
-                                       run_id=subject.run_id, prompt_version=version, origin=where, latency_s=each,
-                                       extra_fields=choice_fields(c))
-                             for c in scored)  # fmt: skip
+        rows = []
+        for c in scored:
+            sid = items[begin + c.sample_id].sample_id
+            rows.append(chain_row(sample_id=sid, source=subject.source or "model", model=subject.model,
+                                  stage=STAGE_LABEL, output=format_prediction(c.prediction), run_id=subject.run_id,
+                                  prompt_version=version, origin=where, attempt=numbers.get(sid, 1), latency_s=each,
+                                  extra_fields=choice_fields(c)))  # fmt: skip
+        store.add_reasonings(rows)
         emit(progress, "eval", message="label choices", done=begin + len(scored), total=len(items))

@@ -93,6 +93,13 @@ def plot_confusion(heads: Sequence[tuple[str, dict[str, Any]]], path: str | os.P
         for r, row in enumerate(matrix):
             for c, v in enumerate(row):
                 ax.text(c, r, str(v), ha="center", va="center", color="white" if v > peak / 2 else "black")
+    return _save(fig, path, title)
+
+
+def _save(fig: Any, path: str | os.PathLike[str], title: str) -> Path:
+    """Title, lay out, write and close a figure."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -129,13 +136,7 @@ def plot_reliability(heads: Sequence[tuple[str, dict[str, Any]]], path: str | os
         ax.set_ylabel("accuracy")
         ax.set_title(f"{name}\nECE {m['ece']:.3f} ({m['ece_bins']} bins)", fontsize=10)
         ax.legend(loc="upper left", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, path, title)
 
 
 def paper_row(result: dict[str, Any]) -> dict[str, Any]:
@@ -164,36 +165,81 @@ def _row_dict(row: dict[str, Any]) -> dict[str, Any]:
                                 "created_at") if k in row}  # fmt: skip
 
 
+def posts_key(row: dict[str, Any]) -> tuple:
+    """What a result was scored on: dataset, split, n and (results stored since it was recorded) a digest of the
+    sample ids. Results with different keys are not comparable side by side."""
+    return (row["dataset"], row["split"], row["n"], (row.get("config") or {}).get("samples_sha256"))
+
+
+def describe_result(row: dict[str, Any]) -> str:
+    """``#12 student-t15 (student) · twitter2015/test · n=1037``: one result in one line, its name whole."""
+    subject = (row.get("config") or {}).get("subject") or {}
+    name = subject.get("name") or row.get("run_id") or row.get("source") or row.get("model") or "?"
+    source = row.get("source")
+    label = name if not source or source == name else f"{name} ({source})"
+    return f"#{row['id']} {label} · {row['dataset']}/{row['split']} · n={row['n']}"
+
+
+def list_results(store: Store, *, dataset: str | None = None, split: str | None = None) -> list[dict[str, Any]]:
+    """The stored evaluation results (optionally of one dataset / split), oldest first."""
+    return [_row_dict(r) for r in store.eval_results(dataset) if split is None or r["split"] == split]
+
+
 def compare_results(store: Store, specs: Sequence[str], *, dataset: str | None = None,
                     split: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Stored evaluation results for each spec, in order: an eval result id (``12`` or ``#12``), else the latest
-    result of a run id, else of a source name, else of a model (optionally within one dataset / split)."""
+    """Stored evaluation results for each spec, in order: an eval result id (``12`` or ``#12``), else a result of a
+    run id, else of a source name, else of a model (optionally within one dataset / split). A name means the latest
+    of its results scored on the same posts as the results named by id (else its latest); each such row says which
+    it took in ``picked``. Whether results on different posts compare is :func:`mulcot.evaluate.posts.paired_results`'
+    business (post by post over the posts both scored)."""
     if not specs:
-        raise MulcotError("name at least one evaluation result, run or source to compare")
+        stored = list_results(store, dataset=dataset, split=split)
+        if not stored:
+            raise MulcotError("no evaluation results stored yet: run `mulcot eval DATASET --source teacher` (or "
+                              "--model runs/NAME) first")  # fmt: skip
+        shown = "; ".join(describe_result(r) for r in stored[-3:])
+        raise MulcotError(f"name the results to compare: ids or run/source names, e.g. mulcot eval compare "
+                          f"{' '.join(str(r['id']) for r in stored[-2:])} (latest: {shown}; all: mulcot eval "
+                          "list)")  # fmt: skip
     rows = store.eval_results(dataset)
     by_id = {r["id"]: r for r in rows} if dataset is None else {r["id"]: r for r in store.eval_results()}
     scoped = [r for r in rows if split is None or r["split"] == split]
-    out = []
+    resolved: list[dict[str, Any] | None] = []
     for spec in specs:
         text = spec.strip()
         if re.fullmatch(r"#?\d+", text):
             rid = int(text.lstrip("#"))
             if rid not in by_id:
                 raise NotFoundError(f"no evaluation result #{rid} in {store.path}")
-            out.append(_row_dict(by_id[rid]))
+            resolved.append(_row_dict(by_id[rid]))
+        else:
+            resolved.append(None)
+    wanted = next((posts_key(r) for r in resolved if r is not None), None)
+    for i, spec in enumerate(specs):
+        if resolved[i] is not None:
             continue
-        found = None
+        text = spec.strip()
+        matches: list[dict[str, Any]] = []
         for col in ("run_id", "source", "model"):
             matches = [r for r in scoped if r.get(col) == text]
             if matches:
-                found = max(matches, key=lambda r: r["id"])
                 break
-        if found is None:
+        if not matches:
             known = sorted({str(r.get(c)) for r in scoped for c in ("run_id", "source") if r.get(c)})
             where = f" for {dataset or 'any dataset'}" + (f"/{split}" if split else "")
             raise NotFoundError(
                 f"no evaluation result for '{text}'{where} (results exist for: {', '.join(known) or 'nothing yet'}; "
                 "run `mulcot eval DATASET ...` first)"
             )
-        out.append(_row_dict(found))
-    return out
+        same = [r for r in matches if wanted is not None and _same_posts(posts_key(r), wanted)]
+        found = max(same or matches, key=lambda r: r["id"])
+        row = _row_dict(found)
+        how = "the latest on the same posts" if same and len(same) < len(matches) else "the latest"
+        row["picked"] = {"spec": text, "results": len(matches), "how": how if len(matches) > 1 else "the only one"}
+        resolved[i] = row
+        wanted = wanted or posts_key(row)
+    return [r for r in resolved if r is not None]
+
+
+def _same_posts(a: tuple, b: tuple) -> bool:
+    return a[:3] == b[:3] and (a[3] is None or b[3] is None or a[3] == b[3])

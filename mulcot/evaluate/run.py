@@ -25,9 +25,10 @@ headline's prediction, the chain's and the label head's, the probabilities) and 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,7 @@ def default_out_dir(config: EvalConfig, subject: Subject) -> Path:
         return Path(subject.folder) / "eval" / slug
     name = subject.name if subject.kind == "source" else Path(subject.name).name or subject.name
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{slug}-{name}").strip("-")
-    return Path(config.runs_dir) / "eval" / safe
+    return Path(config.runs_dir or "runs") / "eval" / safe
 
 
 def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = None) -> EvalResult:
@@ -114,6 +115,8 @@ def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = No
     settings or when there is nothing to evaluate."""
     if config.per_post is not None:
         check_per_post_path(config.per_post)
+    if not config.runs_dir:
+        config = replace(config, runs_dir=str(store.runs_dir))
     store.require_dataset(config.dataset)
     splits = store.splits(config.dataset)
     if config.split not in splits:
@@ -357,6 +360,8 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
     public = config.public()
     public["prompt_versions"] = {"cot": get_prompt("cot", task).version, "label": get_prompt("label", task).version}
     public["subject"] = subject.public()
+    # which posts were scored: results on other posts do not compare (mulcot eval compare refuses them)
+    public["samples_sha256"] = hashlib.sha256(",".join(map(str, sorted(ids))).encode()).hexdigest()[:16]
     result = EvalResult(id=None, dataset=config.dataset, split=config.split, task=task, subject=subject, n=len(ids),
                         metrics=metrics, config=public,
                         per_sample=per_sample_rows(ids, by_id, got, ref_rows, per_pair))  # fmt: skip

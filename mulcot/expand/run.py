@@ -151,12 +151,14 @@ def _generate(store: Store, backend: Backend, config: ExpandConfig, ref: RunRef,
     ]  # fmt: skip
     total = sum(r.n for r in requests)
     touched: set[int] = set()
+    numbered = dict(done)  # a sample's chains so far: the next one's attempt number (one row each)
 
     def store_answer(request: Request, gen: Generated) -> None:
+        numbered[request.tag] = numbered.get(request.tag, 0) + 1
         store.add_reasoning(**chain_row(
             sample_id=request.tag, source="assistant", model=ref.base_model, stage=EXPAND, output=gen.text,
-            run_id=ref.run_id, prompt_version=version, origin="expand", tokens_in=gen.tokens_in,
-            tokens_out=gen.tokens_out, latency_s=round(gen.latency_s, 4),
+            run_id=ref.run_id, prompt_version=version, origin="expand", attempt=numbered[request.tag],
+            tokens_in=gen.tokens_in, tokens_out=gen.tokens_out, latency_s=round(gen.latency_s, 4),
         ))  # fmt: skip
         summary.generated += 1
         touched.add(request.tag)

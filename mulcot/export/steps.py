@@ -37,7 +37,7 @@ from mulcot.core.gguf import (
     safe_name,
 )
 from mulcot.core.llamacpp import converter_script
-from mulcot.core.refs import ExportSource, adapter_digest, resolve_source
+from mulcot.core.refs import ExportSource, adapter_digest, check_name, resolve_source
 from mulcot.errors import ExportError, MulcotError
 from mulcot.events import Progress, emit
 from mulcot.export.config import HF_DIR, LOG_DIR, ExportConfig, ExportResult, StepResult
@@ -97,6 +97,8 @@ def _gguf_ok(path: Path, role: str, file_type: int | None = None) -> bool:
 def export(config: ExportConfig, *, store: Any = None, progress: Progress | None = None) -> ExportResult:
     """Run the export steps (merge, convert, quantize, manifest) into ``config.out``; see the module docstring.
     With a store, the export is recorded as a run (kind ``export``)."""
+    if config.name is not None:
+        check_name(config.name, "export name")
     quants = parse_quants(config.quants) if config.gguf else ()
     source = resolve_source(config.source, store, base_model=config.base_model)
     name = safe_name(config.name or source.run_id or source.path.name)

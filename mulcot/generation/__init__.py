@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mulcot.errors import MulcotError
+from mulcot.core.registry import load
 from mulcot.generation.base import (
     SOURCE_GGUF,
     SOURCE_HF,
@@ -38,10 +38,7 @@ BACKENDS: dict[str, str] = {
 
 def backend_class(kind: str) -> type[Backend]:
     """The class registered for ``kind``; refuses an unknown kind in one line."""
-    if kind not in BACKENDS:
-        raise MulcotError(f"unknown backend '{kind}' (use one of: {', '.join(BACKENDS)})")
-    module, name = BACKENDS[kind].split(":")
-    return getattr(importlib.import_module(module), name)
+    return load(BACKENDS, kind, f"unknown backend '{kind}'")
 
 
 def open_backend(kind: str, *, config: PredictConfig | None = None, store: Any = None, **args: Any) -> Backend:

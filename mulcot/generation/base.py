@@ -201,31 +201,34 @@ class Backend:
         thread: store it there). Consecutive requests with the same prompt and task share a batch."""
         summary = RunSummary()
         start = time.perf_counter()
-        pending = list(requests)
+        pending = iter(requests)  # taken lazily: a caller may claim each request as it is taken
         step = max(1, self.batch_size())
-        i = 0
-        while i < len(pending):
+        head = next(pending, None)
+        while head is not None:
             if stop is not None and stop():
                 break
-            head = pending[i]
-            chunk = [head]
-            while (len(chunk) < step and i + len(chunk) < len(pending)
-                   and (pending[i + len(chunk)].prompt, pending[i + len(chunk)].task) == (head.prompt, head.task)):
-                chunk.append(pending[i + len(chunk)])  # fmt: skip
-            i += len(chunk)
-            posts = [r.post for r in chunk]
+            chunk, head = [head], None
+            for request in pending:
+                if (request.prompt, request.task) != (chunk[0].prompt, chunk[0].task):
+                    head = request
+                    break
+                chunk.append(request)
+                if len(chunk) == step:
+                    break
+            first = chunk[0]
             summary.requests += len(chunk)
             n = max(r.n for r in chunk)
             if n == 1:
-                answers = [[g] for g in self.generate(posts, head.prompt, head.task)]
+                answers = [[g] for g in self.generate([r.post for r in chunk], first.prompt, first.task)]
             else:
-                answers = self.sample(posts, head.prompt, head.task, n, head.seed)
+                answers = self.sample([r.post for r in chunk], first.prompt, first.task, n, first.seed)
             for request, gens in zip(chunk, answers, strict=True):
                 for gen in gens[: request.n]:
                     on_answer(request, gen)
                     summary.count(gen)
-            emit(progress, stage, done=summary.requests, total=total if total is not None else len(pending),
-                 message=message)  # fmt: skip
+            emit(progress, stage, done=summary.requests, total=total, message=message)
+            if head is None:
+                head = next(pending, None)
         summary.wall_s = round(time.perf_counter() - start, 3)
         return summary
 

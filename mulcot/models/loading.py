@@ -87,12 +87,53 @@ def _read_config(path_or_id: str | os.PathLike[str]) -> tuple[dict[str, Any], bo
         raise NotFoundError(f"model folder not found: {name}")
     from huggingface_hub import hf_hub_download
 
+    unreachable = None if _offline() else hub_unreachable()
+    if unreachable is not None:
+        # the Hub does not answer: work from the cache (offline) rather than retry every file for half a minute
+        _go_offline()
     try:
         config_file = hf_hub_download(name, "config.json")
     except Exception as err:  # every failure to fetch becomes one line for the user
         problem = _hub_problem(err)
+        if unreachable is not None:
+            problem = (f"the Hugging Face Hub cannot be reached ({unreachable}) and it is not in the local cache: "
+                       "connect to the internet, or pass a local model folder")  # fmt: skip
         raise NotFoundError(f"cannot find model '{name}': no such local folder, and {problem}") from err
     return json.loads(Path(config_file).read_text(encoding="utf-8")), False
+
+
+_HUB_PROBE: dict[str, str | None] = {}  # endpoint -> why it cannot be reached (None: it can), once per process
+
+
+def hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the Hugging Face Hub (``HF_ENDPOINT``, through ``HTTPS_PROXY`` when set) cannot be reached, or None when
+    it accepts a connection within ``timeout_s``: a DNS lookup and a TCP connect, seconds at most, instead of
+    huggingface_hub's five retries with back-off (about 30 s of "Retrying in 8s")."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT
+    if endpoint not in _HUB_PROBE:
+        proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY")
+        target = urlsplit(proxy if proxy and "://" in proxy else endpoint)
+        host, port = target.hostname or "", target.port or (443 if target.scheme == "https" else 80)
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            _HUB_PROBE[endpoint] = None
+        except OSError as err:
+            why = f"no answer within {timeout_s:g} s" if isinstance(err, TimeoutError) else err.strerror or str(err)
+            _HUB_PROBE[endpoint] = f"{host}: {why}"
+    return _HUB_PROBE[endpoint]
+
+
+def _go_offline() -> None:
+    """Hub calls from here on read the local cache only (what HF_HUB_OFFLINE=1 does), in this process."""
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
 
 
 def _hub_problem(err: BaseException) -> str:

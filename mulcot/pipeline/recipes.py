@@ -57,7 +57,7 @@ class DatasetSection:
 class TeacherSection:
     model: str = "gpt-4o-mini"
     base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str | None = None  # None: OPENAI_API_KEY for OpenAI, none elsewhere (mulcot.teacher.TeacherConfig)
     concurrency: int = 16
     max_retries: int = 3
     budget_usd: float | None = None
@@ -224,6 +224,7 @@ def _build(cls: type, data: Any, file: str, prefix: str) -> Any:
 
 
 def _validate(recipe: Recipe, file: str) -> None:
+    from mulcot.core.keys import key_env_problem, url_secrets
     from mulcot.train.pairs import parse_sources
 
     weights = recipe.training.task_weights
@@ -235,6 +236,14 @@ def _validate(recipe: Recipe, file: str) -> None:
         parse_sources(recipe.dpo.sources)
     except MulcotError as err:
         raise RecipeError(f"{file}: 'dpo.sources': {err}") from None
+    teacher = recipe.teacher
+    if teacher.base_url and (found := url_secrets(teacher.base_url)):
+        raise RecipeError(f"{file}: 'teacher.base_url' carries {' and '.join(found)}: a recipe is shared and stored "
+                          "with the run; put the key in a variable such as MULCOT_TEACHER_KEY and name it in "
+                          "'teacher.api_key_env'")  # fmt: skip
+    if teacher.api_key_env and not teacher.replay and (problem := key_env_problem(teacher.api_key_env,
+                                                                                   teacher.base_url)):
+        raise RecipeError(f"{file}: 'teacher.api_key_env': {problem}")
     if recipe.teacher.replay and recipe.teacher.skip:
         raise RecipeError(f"{file}: 'teacher.replay' and 'teacher.skip' exclude each other")
     if not recipe.name or any(c in recipe.name for c in "/\\ "):

@@ -56,7 +56,9 @@ class Pipeline:
         self.store = store
         self.recipe = recipe
         self.report = report or (lambda event: None)
-        self.runs_dir = Path(recipe.runs_dir)
+        # a recipe's runs_dir (default "runs") is relative to the database's folder, not the working directory
+        runs = Path(recipe.runs_dir).expanduser()
+        self.runs_dir = runs if runs.is_absolute() else store.path.resolve().parent / runs
         self.files: dict[str, str] = {}
         self.metrics: list[dict[str, Any]] = []
         self.cost = 0.0
@@ -120,7 +122,7 @@ class Pipeline:
                 cfg = AnnotateConfig(
                     dataset=d.name, split=split, concurrency=t.concurrency, max_retries=t.max_retries,
                     budget_usd=t.budget_usd, run_id=f"{self.run_name('annotate')}-{split}",
-                    teacher=TeacherConfig(model=model, base_url=base_url, key_env=t.api_key_env,
+                    teacher=TeacherConfig(model=model, base_url=base_url, key_env=None if server else t.api_key_env,
                                           image_max_side=t.image_max_side, backoff_base_s=0.05 if server else 1.0),
                 )  # fmt: skip
                 summary = annotate(self.store, cfg, progress=self.report)
@@ -162,7 +164,7 @@ class Pipeline:
         done = self.store.get_run(cfg.name)
         if done is not None and done["status"] == "done":
             result_best = (done["metrics"] or {}).get("best")
-            self.files["assistant adapter"] = str(Path(done["output_dir"]) / "adapter")
+            self.files["assistant adapter"] = str(self.store.run_folder(done) / "adapter")  # type: ignore[operator]
             return {"run": cfg.name, "best": result_best}
         if cfg.processes > 1:
             return self._launched(cfg, "assistant adapter")
@@ -206,7 +208,7 @@ class Pipeline:
                                  include_expanded=not self.recipe.expand.skip)  # fmt: skip
         done = self.store.get_run(cfg.name)
         if done is not None and done["status"] == "done":
-            self.files["student adapter"] = str(Path(done["output_dir"]) / "adapter")
+            self.files["student adapter"] = str(self.store.run_folder(done) / "adapter")  # type: ignore[operator]
             return {"run": cfg.name, "best": (done["metrics"] or {}).get("best")}
         if cfg.processes > 1:
             return self._launched(cfg, "student adapter")
@@ -234,7 +236,7 @@ class Pipeline:
         cfg = self._dpo_config()
         done = self.store.get_run(cfg.name)
         if done is not None and done["status"] == "done":
-            self.files["student DPO adapter"] = str(Path(done["output_dir"]) / "adapter")
+            self.files["student DPO adapter"] = str(self.store.run_folder(done) / "adapter")  # type: ignore[operator]
             return {"run": cfg.name, "last": (done["metrics"] or {}).get("last")}
         processes = self.recipe.training.processes
         if processes > 1:

@@ -13,6 +13,7 @@ probabilities (origin ``predict-choice``, kept apart from generated answers as e
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from mulcot.core.chains import EVAL, LABEL, chain_row, choice_fields, parse_outp
 from mulcot.core.gguf import safe_name
 from mulcot.core.prompts import get_prompt
 from mulcot.core.reasoning import format_prediction
+from mulcot.core.refs import check_name
 from mulcot.errors import DataError, ModelError, MulcotError
 from mulcot.events import Progress, emit
 from mulcot.generation.base import Backend, Generated, LabelScoringError, Post, Request
@@ -122,6 +124,7 @@ class BatchSummary:
     prompt_version: str
     predicted: int = 0
     skipped_done: int = 0
+    skipped_other_writer: int = 0  # with force: answers another process writing the run has taken
     samples: int = 0
     chains: int = 0  # final chains of this model and prompt on the split (this run and earlier ones)
     accuracy: float | None = None
@@ -152,13 +155,17 @@ def predict_dataset(
     prompts: Sequence[str] = ("cot",),
     label_scoring: str = "generate",
     progress: Progress | None = None,
+    force: bool = False,
 ) -> BatchSummary:
     """Predict every sample of ``dataset``/``split`` (the first ``limit``) and store each answer as a chain (source
     ``student-gguf`` or ``student-hf``, stage ``eval``, model = the backend's name); samples that already have a
     final chain for this model and prompt are skipped. The label prompt's answers are generated, or scored by
-    forced choice (``label_scoring="choice"``). The run is recorded in the store (kind ``predict``)."""
+    forced choice (``label_scoring="choice"``). The run is recorded in the store (kind ``predict``); a second
+    process predicting the same run is refused, or with ``force`` shares the work (no sample is asked twice)."""
     start = time.perf_counter()
     _check_prompts(prompts)
+    if run_id is not None:
+        check_name(run_id, "run name", "--name")
     ds = store.require_dataset(dataset)
     task = ds["task"]
     if split not in store.splits(dataset):
@@ -178,10 +185,7 @@ def predict_dataset(
     config = {"backend": backend.kind, "model": backend.name, "split": split, "prompts": list(prompts),
               "label_scoring": label_scoring if "label" in prompts else None, "limit": limit,
               **{k: v for k, v in asdict(backend.config).items() if k not in ("device",)}}  # fmt: skip
-
-    def post(s: dict[str, Any]) -> Post:
-        return Post(text=s["text"], aspect=s["aspect"], image=s["image_path"] if s["has_image"] and not text_only
-                    else None, caption=(s.get("meta") or {}).get("caption"))  # fmt: skip
+    post = functools.partial(_post, text_only=text_only)
 
     _check_scoring(backend, label_scoring, prompts, [post(s) for s in todo.get("label", [])])
     requests = [Request(post=post(s), prompt=p, task=task, tag=s["id"], name=f"sample {s['key']} ({p})")
@@ -193,6 +197,7 @@ def predict_dataset(
 
         config.update(served_identity(server, None)[0])
     count = 0
+    numbers = _attempt_numbers(store, dataset, split, source, run_id, prompts, task)
 
     def store_answer(request: Request, gen: Generated) -> None:
         nonlocal count
@@ -200,7 +205,8 @@ def predict_dataset(
         store.add_reasoning(**chain_row(
             sample_id=request.tag, source=source, model=backend.name, stage=PROMPT_STAGES[request.prompt],
             output=pred.raw, run_id=run_id, prompt_version=pred.prompt_version, origin="predict",
-            tokens_in=pred.tokens_in, tokens_out=pred.tokens_out, latency_s=pred.latency_s,
+            attempt=numbers[request.prompt].get(request.tag, 1), tokens_in=pred.tokens_in, tokens_out=pred.tokens_out,
+            latency_s=pred.latency_s,
         ))  # fmt: skip
         count += 1
         if request.prompt == prompts[0]:
@@ -209,12 +215,24 @@ def predict_dataset(
             summary.extra_prompts[request.prompt] = summary.extra_prompts.get(request.prompt, 0) + 1
         emit(progress, "predict", done=count, total=len(requests), prediction=pred)
 
-    with store.run(run_id, kind="predict", dataset=dataset, config=config) as run:
+    with store.run(run_id, kind="predict", dataset=dataset, config=config, force=force) as run:
         run.metrics = summary
-        served = backend.run(requests, store_answer, stage="predict")
+
+        def claimed() -> Any:
+            """Each request, claimed just before it is asked: another writer of the run (force) may have taken it."""
+            for request in requests:
+                if run.claim([_job(request.tag, request.prompt)]):
+                    yield request
+                else:
+                    summary.skipped_other_writer += 1
+
+        served = backend.run(claimed(), store_answer, stage="predict")
         if choice and todo["label"]:
-            summary.extra_prompts["label"] = _store_choices(store, backend, todo["label"], [post(x) for x in
-                                                            todo["label"]], task, source, run_id)  # fmt: skip
+            mine = run.claim([_job(x["id"], "label-choice") for x in todo["label"]])
+            chosen = [x for x in todo["label"] if _job(x["id"], "label-choice") in mine]
+            summary.skipped_other_writer += len(todo["label"]) - len(chosen)
+            summary.extra_prompts["label"] = _store_choices(store, backend, chosen, list(map(post, chosen)), task,
+                                                            source, run_id, numbers["label"])  # fmt: skip
         if server is not None:
             summary.served = served.as_dict()
             if served.stopped:
@@ -225,9 +243,28 @@ def predict_dataset(
     return summary
 
 
+def _post(s: dict[str, Any], *, text_only: bool) -> Post:
+    """A stored sample as a post (a text-only backbone reads its caption, never its image)."""
+    return Post(text=s["text"], aspect=s["aspect"], image=s["image_path"] if s["has_image"] and not text_only else None,
+                caption=(s.get("meta") or {}).get("caption"))
+
+
+def _attempt_numbers(store: Any, dataset: str, split: str, source: str, run_id: str, prompts: Sequence[str],
+                     task: str) -> dict[str, dict[int, int]]:  # fmt: skip
+    """Per prompt and sample, the attempt number a new answer takes (one more than the run's rows for it): label
+    answers read the other way, or by other weights under the run's name, keep their rows."""
+    out = {}
+    for p in prompts:
+        counts = store.chain_counts(dataset, split, source=source, stage=PROMPT_STAGES[p], run_id=run_id,
+                                    prompt_version=get_prompt(p, task).version)  # fmt: skip
+        out[p] = {sid: n + 1 for sid, n in counts.items()}
+    return out
+
+
 def _store_choices(store: Any, backend: Backend, samples: list[dict[str, Any]], posts: list[Post], task: str,
-                   source: str, run_id: str) -> int:  # fmt: skip
-    """Forced-choice label answers for ``samples``, a chunk at a time, each chunk stored at once; returns how many."""
+                   source: str, run_id: str, numbers: dict[int, int]) -> int:  # fmt: skip
+    """Forced-choice label answers for ``samples``, a chunk at a time, each chunk stored at once (``numbers``: each
+    sample's attempt number); returns how many."""
     version = get_prompt("label", task).version
     step = max(8, 8 * backend.batch_size())
     for begin in range(0, len(posts), step):
@@ -237,6 +274,7 @@ def _store_choices(store: Any, backend: Backend, samples: list[dict[str, Any]], 
         store.add_reasonings(chain_row(sample_id=samples[begin + c.sample_id]["id"], source=source, model=backend.name,
                                        stage=LABEL, output=format_prediction(c.prediction), run_id=run_id,
                                        prompt_version=version, origin=CHOICE_ORIGIN, latency_s=each,
+                                       attempt=numbers.get(samples[begin + c.sample_id]["id"], 1),
                                        extra_fields=choice_fields(c)) for c in scored)  # fmt: skip
     return len(posts)
 
@@ -270,6 +308,11 @@ def _todo(store: Any, backend: Backend, dataset: str, split: str, samples: list[
         if s["has_image"] and not text_only and not (s["image_path"] and Path(s["image_path"]).is_file()):
             raise DataError(f"image of sample {s['key']} not found: {s['image_path']}", file=s["image_path"])
     return todo
+
+
+def _job(sample_id: int, prompt: str) -> str:
+    """The name of one answer a predict run makes (what its writers claim)."""
+    return f"sample {sample_id} {prompt}"
 
 
 def _score(store: Any, summary: BatchSummary, task: str) -> None:

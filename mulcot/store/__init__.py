@@ -1,11 +1,13 @@
 """The project store: one SQLite file (sqlite-utils, WAL), the single source of truth, and the only package with
 SQL. One module per group of tables:
 
-- :mod:`~mulcot.store.connection` — opening, migrations, all-or-nothing transactions;
+- :mod:`~mulcot.store.connection` — opening (for writing, or read-only for commands that only read), migrations,
+  all-or-nothing transactions, one-line errors for a locked or read-only store;
 - :mod:`~mulcot.store.migrations` — the forward migrations (``_mulcot_migrations`` records which ran);
 - :mod:`~mulcot.store.samples` — ``datasets`` and ``samples``;
 - :mod:`~mulcot.store.reasonings` — ``reasonings`` (every chain, every attempt), D_t, D_a, statistics, ``soft_labels``;
-- :mod:`~mulcot.store.runs` — ``runs`` and :meth:`Store.run`, the one place a run's status changes;
+- :mod:`~mulcot.store.runs` — ``runs`` and :meth:`Store.run`, the one place a run's status changes, and
+  ``run_jobs``: one writer per run (a claim with pid, host and heartbeat; job claims when writers share a run);
 - :mod:`~mulcot.store.results` — ``eval_results``;
 - :mod:`~mulcot.store.browse` — the TUI's read model and ``ratings``;
 - :mod:`~mulcot.store.batches` — ``batches``: annotation requests sent as batches or written to batch files.

@@ -3,11 +3,94 @@ attempts, full-text search — and the one thing the browser writes: human ratin
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from mulcot.errors import NotFoundError, StoreError
 from mulcot.store.connection import Connection, equals, from_json, now
 from mulcot.store.reasonings import FINAL, OUTCOME, OUTCOMES, SOURCES, STAGES, is_final
+
+
+class SearchSyntaxError(StoreError):
+    """A search the browser cannot run as typed (an ``OR`` with nothing on one side); the message says how."""
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """A parsed search: ``match``, the FTS5 query of the terms to find (excluded terms folded in with ``NOT``), or
+    None when only excluded terms were typed; ``exclude``, the FTS5 query of the excluded terms; ``key``, the text
+    when it may be a sample id (a single word with a digit in it)."""
+
+    match: str | None
+    exclude: str | None
+    key: str | None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TOKEN = re.compile(r'(-?)"([^"]*)"?|(\S+)')
+
+
+def _phrase(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def parse_search(text: str) -> SearchQuery | None:
+    """What a user typed as a full-text search, safely in FTS5's syntax. Words are all required (the last one also
+    as a prefix: ``zyg`` finds zygote); ``"two words"`` is a phrase; ``OR`` (upper case) between two words or phrases
+    takes either; ``-word``, ``-"a phrase"`` or ``NOT word`` excludes. Every word or phrase travels as a quoted
+    FTS5 string, so no other FTS5 syntax (``NEAR(``, ``*``, ``^``, ``column:``) survives; a NUL is dropped, other
+    control characters become spaces. None when nothing searchable is left (only punctuation). Raises
+    :class:`SearchSyntaxError` for an ``OR`` without a term on each side."""
+    text = _CONTROL.sub(" ", text.replace("\x00", ""))
+    terms: list[tuple[str, bool, bool]] = []  # (FTS5 string, excluded, bare word)
+    ors: list[int] = []  # term indexes an OR joins with the term before them
+    pending_or = negate_next = False
+    for m in _TOKEN.finditer(text):
+        minus, phrase, word = m.group(1), m.group(2), m.group(3)
+        if word == "OR":
+            if not terms or pending_or:
+                raise SearchSyntaxError("OR needs a word or phrase on each side, e.g. cat OR dog")
+            pending_or = True
+            continue
+        if word in ("AND", "NOT"):
+            negate_next = negate_next or word == "NOT"
+            continue
+        excluded = negate_next or bool(minus)
+        if word is not None and word.startswith("-") and len(word) > 1:
+            excluded, word = True, word[1:]
+        body = phrase if phrase is not None else word
+        negate_next = False
+        if not any(ch.isalnum() for ch in body):
+            continue  # punctuation only: nothing for the index to match
+        if pending_or:
+            if excluded or terms[-1][1]:
+                raise SearchSyntaxError("OR joins words or phrases to find, not excluded ones (-word)")
+            ors.append(len(terms))
+            pending_or = False
+        terms.append((_phrase(body), excluded, phrase is None))
+    if pending_or:
+        raise SearchSyntaxError("OR needs a word or phrase on each side, e.g. cat OR dog")
+    if terms and not terms[-1][1] and terms[-1][2]:  # the last word typed is a prefix (results while typing)
+        terms[-1] = (terms[-1][0] + "*", False, True)
+    found = [i for i, t in enumerate(terms) if not t[1]]
+    groups: list[list[str]] = []
+    for i in found:
+        if i in ors:
+            groups[-1].append(terms[i][0])
+        else:
+            groups.append([terms[i][0]])
+    wanted = " ".join(g[0] if len(g) == 1 else "(" + " OR ".join(g) + ")" for g in groups)
+    excluded = " OR ".join(t[0] for t in terms if t[1])
+    if not wanted and not excluded:
+        return None
+    stripped = text.strip()
+    # a sample id: one word with a digit in it (ids are numbers or codes; a plain word costs no id lookup)
+    one_word = stripped and not any(ch.isspace() or ch == '"' for ch in stripped)
+    key = stripped if one_word and any(ch.isdigit() for ch in stripped) else None
+    if wanted and excluded:
+        return SearchQuery(match=f"({wanted}) NOT ({excluded})", exclude=excluded, key=None)
+    return SearchQuery(match=wanted or None, exclude=excluded or None, key=key if wanted else None)
 
 
 class BrowseMixin(Connection):
@@ -19,14 +102,10 @@ class BrowseMixin(Connection):
 
     @staticmethod
     def fts_query(text: str) -> str | None:
-        """The FTS5 query for words a user typed: each whitespace-separated word becomes a quoted phrase (inner
-        quotes doubled, so no FTS5 syntax such as NEAR(, *, ^, column: or AND/OR survives), all words required, the
-        last one also as a prefix. None when nothing searchable is left (only punctuation)."""
-        words = [w for w in text.split() if any(ch.isalnum() for ch in w)]
-        if not words:
-            return None
-        phrases = ['"' + w.replace('"', '""') + '"' for w in words]
-        return " ".join(phrases) + "*"
+        """The FTS5 query of the terms to find in what a user typed (see :func:`parse_search`); None when nothing
+        searchable is left."""
+        parsed = parse_search(text)
+        return parsed.match if parsed else None
 
     def _browse_where(
         self,
@@ -46,13 +125,20 @@ class BrowseMixin(Connection):
         (source, run, stage, predicted label, outcome) select the samples that have one final chain meeting them."""
         tables, where, params = "samples s", [], []
         if search is not None and search.strip():
-            query = self.fts_query(search)
+            query = parse_search(search)
             if query is None:
                 where.append("0")
-            else:
+            elif query.key is not None and self._key_exists(query.key, dataset, split):
+                # an id typed alone finds its sample, besides the samples whose words match it
+                where.append("(s.key = ? OR s.id IN (SELECT rowid FROM samples_fts WHERE samples_fts MATCH ?))")
+                params += [query.key, query.match]
+            elif query.match is not None:
                 tables = "samples_fts f JOIN samples s ON s.id = f.rowid"
                 where.append("samples_fts MATCH ?")
-                params.append(query)
+                params.append(query.match)
+            else:  # only excluded terms
+                where.append("s.id NOT IN (SELECT rowid FROM samples_fts WHERE samples_fts MATCH ?)")
+                params.append(query.exclude)
         sample_clauses, sample_params = equals(("s.dataset", dataset), ("s.split", split), ("s.label", gold))
         chain, chain_params = equals(("r.source", source), ("r.run_id", run_id), ("r.stage", stage),
                                      ("r.prediction", predicted))  # fmt: skip
@@ -69,6 +155,10 @@ class BrowseMixin(Connection):
                 " AND " + " AND ".join(chain) + ")"
             )
         return tables, " AND ".join(where) or "1", params
+
+    def _key_exists(self, key: str, dataset: str | None, split: str | None) -> bool:
+        clauses, params = equals(("dataset", dataset), ("split", split), ("key", key))
+        return bool(self.db.execute(f"SELECT 1 FROM samples WHERE {' AND '.join(clauses)} LIMIT 1", params).fetchall())
 
     def browse_tree(self, *, chains: bool = True) -> list[dict[str, Any]]:
         """Datasets (name, task, samples, chains) each with its splits (split, samples, chains). Counting chains

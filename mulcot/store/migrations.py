@@ -247,3 +247,69 @@ def m007_eval_posts(db: sqlite_utils.Database) -> None:
         )
         """
     )
+
+
+@migration
+def m008_one_writer(db: sqlite_utils.Database) -> None:
+    """One writer per run: the process holding a run (pid, host, a token per invocation, its last heartbeat), and
+    the jobs (requests) each writer of a run has claimed, so that two writers never send the same request."""
+    for column in ("writer_pid INTEGER", "writer_host TEXT", "writer_token TEXT", "heartbeat_at TEXT"):
+        db.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+    db.execute(
+        """
+        CREATE TABLE run_jobs (
+          run_id TEXT NOT NULL,
+          job TEXT NOT NULL,
+          token TEXT NOT NULL,
+          pid INTEGER,
+          host TEXT,
+          claimed_at TEXT NOT NULL,
+          PRIMARY KEY (run_id, job)
+        ) WITHOUT ROWID
+        """
+    )
+
+
+# The columns that make a chain row one attempt of one sequence; the unique index of m009 is over them.
+_ATTEMPT_KEY = "sample_id, source, model, stage, prompt_version, run_id, attempt"
+
+
+@migration
+def m009_one_row_per_attempt(db: sqlite_utils.Database) -> None:
+    """At most one row per attempt (sample, source, model, stage, prompt version, run, attempt): a unique index, so
+    that a second writer's copy of an answer is ignored rather than stored twice. Expansion chains are numbered
+    (``attempt`` = the chain's number among the sample's n, as expand now writes them); of existing duplicates
+    (two processes that annotated or predicted one run at once) the first is kept, and ratings of the copies move
+    to it."""
+    db.execute("CREATE TEMP TABLE _renumbered (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+    db.execute(
+        "INSERT INTO _renumbered (id, n) SELECT id, ROW_NUMBER() OVER (PARTITION BY sample_id, source, model, stage,"
+        " prompt_version, run_id ORDER BY id) FROM reasonings WHERE stage = 'expand'"
+    )
+    db.execute(
+        "UPDATE reasonings SET attempt = (SELECT n FROM _renumbered WHERE _renumbered.id = reasonings.id)"
+        " WHERE id IN (SELECT id FROM _renumbered) AND attempt IS NOT (SELECT n FROM _renumbered"
+        " WHERE _renumbered.id = reasonings.id)"
+    )
+    db.execute("DROP TABLE _renumbered")
+    db.execute("CREATE TEMP TABLE _copies (id INTEGER PRIMARY KEY, keep INTEGER NOT NULL)")
+    db.execute(
+        f"INSERT INTO _copies (id, keep) SELECT id, keep FROM (SELECT id, MIN(id) OVER (PARTITION BY {_ATTEMPT_KEY})"
+        " AS keep FROM reasonings WHERE model IS NOT NULL AND prompt_version IS NOT NULL AND run_id IS NOT NULL"
+        " AND attempt IS NOT NULL) WHERE id != keep"
+    )
+    db.execute(
+        "UPDATE ratings SET reasoning_id = (SELECT keep FROM _copies WHERE _copies.id = ratings.reasoning_id)"
+        " WHERE reasoning_id IN (SELECT id FROM _copies)"
+    )
+    db.execute("DELETE FROM reasonings WHERE id IN (SELECT id FROM _copies)")
+    db.execute("DROP TABLE _copies")
+    db.execute(f"CREATE UNIQUE INDEX idx_reasonings_attempt ON reasonings ({_ATTEMPT_KEY})")
+
+
+@migration
+def m010_settings(db: sqlite_utils.Database) -> None:
+    """What a run's result depends on: a hash of its deciding settings (a resume with other ones is refused), and
+    which assistant (adapter digest, mode, k) a cached soft label came from (a cache is reused for that one only)."""
+    db.execute("ALTER TABLE runs ADD COLUMN settings_hash TEXT")
+    db.execute("ALTER TABLE soft_labels ADD COLUMN source TEXT")

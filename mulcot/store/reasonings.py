@@ -16,7 +16,7 @@ Rows are built by :func:`mulcot.chains.chain_row`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from mulcot.errors import StoreError
@@ -54,6 +54,12 @@ _CORRECT = "r.valid = 1 AND r.prediction = s.label"
 TEACHER_SET = f"r.source = 'teacher' AND r.stage IN ('{PREDICT}', '{EXPLAIN}') AND {FINAL} AND {_CORRECT}"
 ASSISTANT_SET = f"r.source = 'assistant' AND r.stage = '{EXPAND}' AND {FINAL} AND {_CORRECT}"
 _JOIN = "reasonings r JOIN samples s ON s.id = r.sample_id"
+# One row per attempt (a unique index, m008): a second writer's copy of an attempt is ignored.
+ATTEMPT_KEY = ("sample_id", "source", "model", "stage", "prompt_version", "run_id", "attempt")
+_INSERT = (
+    f"INSERT OR IGNORE INTO reasonings ({', '.join(REASONING_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in REASONING_COLUMNS)})"
+)
 
 
 def _row_values(row: dict[str, Any], stamp: str) -> list[Any]:
@@ -89,34 +95,28 @@ class ChainsMixin(Connection):
     """Writing and reading chains, D_t and D_a, per-dataset statistics, and the soft-label index."""
 
     def add_reasoning(self, **row: Any) -> int:
-        """Store one chain (one attempt); returns its id. ``fields`` may be a dict; ``created_at`` defaults to now."""
+        """Store one chain (one attempt); returns its id. ``fields`` may be a dict; ``created_at`` defaults to now.
+        An attempt already stored (same sample, source, model, stage, prompt version, run and attempt: another
+        writer's copy) is left as it is and its id returned."""
         values = _row_values(row, now())
-        sql = (
-            f"INSERT INTO reasonings ({', '.join(REASONING_COLUMNS)})"
-            f" VALUES ({', '.join('?' for _ in REASONING_COLUMNS)})"
-        )
         with self.transaction():
-            return self.db.execute(sql, values).lastrowid
+            cur = self.db.execute(_INSERT, values)
+            if cur.rowcount:
+                return cur.lastrowid
+            key = dict(zip(REASONING_COLUMNS, values, strict=True))
+            found = self.db.execute(
+                "SELECT id FROM reasonings WHERE sample_id = ? AND source = ? AND model IS ? AND stage = ?"
+                " AND prompt_version IS ? AND run_id IS ? AND attempt IS ?",
+                [key[c] for c in ATTEMPT_KEY],
+            ).fetchone()
+            return found[0]
 
     def add_reasonings(self, rows: Iterable[dict[str, Any]]) -> int:
-        """Bulk-insert chains (``executemany`` in one transaction); returns how many. Same columns as
-        :meth:`add_reasoning`."""
+        """Bulk-insert chains (``executemany`` in one transaction); returns how many were new. Same columns as
+        :meth:`add_reasoning` (attempts already stored are left as they are)."""
         stamp = now()
-        count = 0
-
-        def counted() -> Iterator[list[Any]]:
-            nonlocal count
-            for row in rows:
-                count += 1
-                yield _row_values(row, stamp)
-
-        sql = (
-            f"INSERT INTO reasonings ({', '.join(REASONING_COLUMNS)})"
-            f" VALUES ({', '.join('?' for _ in REASONING_COLUMNS)})"
-        )
         with self.transaction():
-            self.db.conn.executemany(sql, counted())
-        return count
+            return self.db.conn.executemany(_INSERT, (_row_values(row, stamp) for row in rows)).rowcount
 
     def reasoning_exists(self, sample_id: int, source: str, stage: str, raw: str, model: str | None) -> bool:
         rows = self.db.execute(
@@ -237,22 +237,28 @@ class ChainsMixin(Connection):
 
     # -- soft labels -------------------------------------------------------------------------------------
 
-    def soft_label_index(self, run_id: str) -> dict[str, dict[str, Any]]:
-        """item key -> {shard, positions, k} for a distill run's cached soft labels."""
+    def soft_label_index(self, run_id: str, source: str | None = None) -> dict[str, dict[str, Any]]:
+        """item key -> {shard, positions, k} for a distill run's cached soft labels (only those computed from
+        ``source``, :func:`mulcot.train.soft_labels.cache_source`, when given)."""
+        clauses, params = equals(("run_id", run_id), ("source", source))
         return {
             r["item_key"]: r
-            for r in self.db.query("SELECT item_key, shard, positions, k FROM soft_labels WHERE run_id = ?", [run_id])
+            for r in self.db.query(
+                f"SELECT item_key, shard, positions, k FROM soft_labels WHERE {' AND '.join(clauses)}", params
+            )
         }
 
-    def add_soft_labels(self, run_id: str, shard: str, entries: Iterable[tuple[str, int, int]]) -> None:
-        """Index one written shard: (item key, positions, k) per entry, all in one transaction."""
+    def add_soft_labels(self, run_id: str, shard: str, entries: Iterable[tuple[str, int, int]],
+                        source: str | None = None) -> None:  # fmt: skip
+        """Index one written shard: (item key, positions, k) per entry, computed from ``source``, all in one
+        transaction (an entry from another source is replaced)."""
         stamp = now()
         with self.transaction():
             for key, positions, k in entries:
                 self.db.execute(
-                    "INSERT OR REPLACE INTO soft_labels (run_id, item_key, shard, positions, k, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [run_id, key, shard, positions, k, stamp],
+                    "INSERT OR REPLACE INTO soft_labels (run_id, item_key, shard, positions, k, created_at, source)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [run_id, key, shard, positions, k, stamp, source],
                 )
 
     # -- stats -------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from mulcot.core.inputs import teacher_items
 from mulcot.store import Store
 from mulcot.train import distributed as dist
 from mulcot.train.collator import TASK_CLS, TASK_REA
-from mulcot.train.config import TrainConfig
-from mulcot.train.loop import Progress, TrainResult, allow_text_only, check_request, fit
+from mulcot.train.config import TrainConfig, deciding_settings, with_runs_dir
+from mulcot.train.loop import Progress, TrainResult, allow_text_only, check_request, check_settings, fit
 from mulcot.train.losses import multitask_loss, position_tasks, prediction_mask, target_ce, task_means
 
 
@@ -106,11 +106,15 @@ class MultiTaskTrainer(Trainer):
 
 def train_assistant(store: Store, config: TrainConfig, *, resume: bool = False, progress: Progress | None = None,
                     items: list[Any] | None = None) -> TrainResult:  # fmt: skip
-    """Train (or resume) the assistant on D_t (or ``items``); records the run and writes ``runs/<name>/``."""
+    """Train (or resume) the assistant on D_t (or ``items``); records the run and writes ``runs/<name>/`` (beside the
+    database unless ``config.runs_dir`` says where)."""
+    config = with_runs_dir(config, store.runs_dir)
+    settings = deciding_settings(config)
     dist.setup(config.device)
 
     def prepare() -> list[Any]:
         check_request(store, config, resume)
+        check_settings(store, config, resume, settings)
         store.require_dataset(config.dataset)
         if items is not None:
             return items
@@ -118,5 +122,5 @@ def train_assistant(store: Store, config: TrainConfig, *, resume: bool = False, 
 
     # every rank checks before any records the run; a refusal is one error, the same on every rank
     items = dist.everywhere(prepare)
-    return fit(store, config, kind="train-assistant", items=items, trainer_class=MultiTaskTrainer, resume=resume,
-               progress=progress)  # fmt: skip
+    return fit(store, config, kind="train-assistant", items=items, trainer_class=MultiTaskTrainer, settings=settings,
+               resume=resume, progress=progress)  # fmt: skip

@@ -11,7 +11,9 @@ Sections: ``training`` (shared by the training stages), ``model`` (per model: [a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +94,7 @@ class TrainConfig(Validated):
     dev_batch_size: int = _f(8, "Dev samples per generation batch.", section="training", min=1)
     dev_max_new_tokens: int = _f(16, "Token limit of a dev label answer.", section="training", min=1)
     allow_text_only: bool = _f(False, "Train on a dataset imported without images.")
-    runs_dir: str = _f("runs", "Where run folders go.")
+    runs_dir: str | None = _f(None, "Where run folders go (default: runs/ beside the database).")
     extra: dict[str, Any] = _f({}, "Free-form notes kept with the run.", cli=False)
 
     def check(self) -> None:
@@ -105,8 +107,9 @@ class TrainConfig(Validated):
 
     @property
     def folder(self) -> Path:
-        """The run folder, ``runs_dir/name``."""
-        return Path(self.runs_dir) / self.name
+        """The run folder, ``runs_dir/name`` (``runs_dir`` unset: ``runs/`` here; the stages set it to the one
+        beside the database first, :func:`with_runs_dir`)."""
+        return Path(self.runs_dir or "runs") / self.name
 
 
 @dataclass
@@ -129,6 +132,27 @@ class DistillConfig(TrainConfig):
     server_text_only: bool = _f(False, "--soft-labels server: accept soft labels over the text-only rendering "
                                 "(captions for images) of a vision-language run.", section="student")  # fmt: skip
     include_expanded: bool = _f(True, "Train on D_t only (skip D_a).", flag="--no-expanded", invert=True)
+
+    def check(self) -> None:
+        """The rules across fields (λ, τ, k and the mode are checked by their fields): ``--soft-labels server`` needs
+        --server and --served-model, and a URL without credentials (``user:password@`` or a ``?api-key=`` query: its
+        key comes from MULCOT_SERVER_KEY); the server settings mean nothing in the other modes. On construction,
+        so the CLI refuses before the training stack is imported."""
+        from mulcot.core.keys import url_secrets
+
+        super().check()
+        if self.soft_labels != "server":
+            if self.server or self.served_model:
+                raise ConfigError("--server/--served-model are for --soft-labels server (the assistant's server)")
+            return
+        if not self.server or not self.served_model:
+            raise ConfigError("--soft-labels server needs --server URL and --served-model NAME (the assistant as the "
+                              "server serves it)")  # fmt: skip
+        if not self.server.startswith(("http://", "https://")):
+            raise ConfigError(f"--server must be an http(s) URL such as http://127.0.0.1:8000/v1, not '{self.server}'")
+        if found := url_secrets(self.server):
+            raise ConfigError(f"--server must not carry credentials (it has {' and '.join(found)}; they would be "
+                              "stored with the run): put the key in MULCOT_SERVER_KEY")  # fmt: skip
 
     def server_config(self) -> Any:
         """The :class:`mulcot.generation.server.ServerConfig` of the --server settings (``soft_labels = server``)."""
@@ -176,15 +200,68 @@ class PreferenceConfig(Validated):
     report_to: str = _f("none", "Also log to tensorboard (runs/NAME/tensorboard), wandb or mlflow (their usual "
                         "environment variables apply); log.jsonl and curves.png are always written.",
                         section="training", choices=REPORT_TO)  # fmt: skip
-    runs_dir: str = _f("runs", "Where run folders go.")
+    runs_dir: str | None = _f(None, "Where run folders go (default: runs/ beside the database).")
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
     def folder(self) -> Path:
-        """The run folder, ``runs_dir/name``."""
-        return Path(self.runs_dir) / self.name
+        """The run folder, ``runs_dir/name`` (see :attr:`TrainConfig.folder`)."""
+        return Path(self.runs_dir or "runs") / self.name
+
+
+AnyConfig = TrainConfig | PreferenceConfig
+
+# What does not change what a run learns (where and how fast it runs, how it reports and checkpoints, the spelling
+# of a starting adapter, which its digest stands for): a resume may change these, and nothing else.
+OPERATIONAL = frozenset({
+    "name", "runs_dir", "device", "report_to", "extra", "processes", "save_steps", "dev_batch_size", "deepspeed",
+    "fsdp", "fsdp_config", "gradient_checkpointing", "assistant", "server", "served_model", "server_concurrency",
+})  # fmt: skip
+# Settings that stand for a starting adapter, and the flag that names it.
+DIGEST_FLAGS = {"assistant_sha256": "--assistant", "start_sha256": "--model"}
+
+
+def with_runs_dir(config: Any, runs_dir: str | Path) -> Any:
+    """``config`` with its ``runs_dir`` set (to ``runs_dir`` when unset: the folder beside the database)."""
+    return config if config.runs_dir else replace(config, runs_dir=str(runs_dir))
+
+
+def deciding_settings(config: AnyConfig, *, leave_out: tuple[str, ...] = (), **digests: str) -> dict[str, Any]:
+    """The settings that decide what a run learns, as JSON values: every field but :data:`OPERATIONAL` ones (and
+    ``leave_out``), plus ``digests`` of starting adapters (``assistant_sha256``, ``start_sha256``)."""
+    values = json.loads(json.dumps(config.public(), default=str))
+    out = {k: v for k, v in values.items() if k not in OPERATIONAL and k not in leave_out}
+    out.update(digests)
+    return out
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """sha256 of :func:`deciding_settings` (stored with the run)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def changed_settings(cls: type, recorded: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """``--lr 0.1 (was 0.0003)`` for each deciding setting that differs from the run's ``recorded`` config (settings
+    an older run did not record are not compared)."""
+    flags = {f.name: f.metadata.get("flag") or "--" + f.name.replace("_", "-") for f in fields(cls)}
+    inverted = {f.name for f in fields(cls) if f.metadata.get("invert")}  # --two-pass sets single_pass False
+    out = []
+    for key, value in settings.items():
+        if key not in recorded or recorded[key] == value:
+            continue
+        if key in DIGEST_FLAGS:
+            new, was = str(value)[:12], str(recorded[key])[:12]
+            out.append(f"{DIGEST_FLAGS[key]} (another adapter: sha256 {new}, was {was})")
+            continue
+        if key in inverted:
+            out.append(f"{flags[key]} {'off' if value else 'on'} (was {'off' if recorded[key] else 'on'})")
+            continue
+        shown = ",".join(str(v) for v in value) if isinstance(value, list) else value
+        was = ",".join(str(v) for v in recorded[key]) if isinstance(recorded[key], list) else recorded[key]
+        out.append(f"{flags.get(key, '--' + key.replace('_', '-'))} {shown} (was {was})")
+    return out
 
 
 def lora_target_modules(spec: str, *, text_only: bool = False) -> str | list[str]:

@@ -24,14 +24,14 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from mulcot.core.prompts import get_prompt
-from mulcot.core.refs import resolve_run
+from mulcot.core.refs import adapter_digest, resolve_run
 from mulcot.errors import ModelError, MulcotError
 from mulcot.events import Progress
 from mulcot.store import Store
 from mulcot.store.runs import RunRecord
 from mulcot.train.checkpoints import last_complete_checkpoint, save_adapter
-from mulcot.train.config import DPO_LOSSES, PreferenceConfig
-from mulcot.train.loop import TrainResult, _oom_message, check_request
+from mulcot.train.config import DPO_LOSSES, PreferenceConfig, deciding_settings, settings_hash, with_runs_dir
+from mulcot.train.loop import RESUME_HINT, TrainResult, _oom_message, check_request, check_settings
 from mulcot.train.pairs import PairSet, build_pairs, parse_sources
 
 REF_ADAPTER = "ref"  # the name TRL gives the frozen copy of the starting adapter
@@ -126,14 +126,17 @@ def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
         raise MulcotError("--beta must be positive")
     sources = parse_sources(config.sources)
     start = time.perf_counter()
+    config = with_runs_dir(config, store.runs_dir)
     dist.setup(config.device)
     main = dist.is_main()
     progress = progress if main else None
     folder = config.folder
 
-    def prepare() -> tuple[Any, PairSet]:
+    def prepare() -> tuple[Any, PairSet, dict[str, Any]]:
         check_request(store, config, resume)
         ref = resolve_run(store, config.model, config.runs_dir)
+        settings = deciding_settings(config, leave_out=("model",), start_sha256=adapter_digest(ref.adapter))
+        check_settings(store, config, resume, settings)
         pairs = build_pairs(store, config.dataset, config.split, sources)
         if not pairs.pairs:
             raise MulcotError(
@@ -143,9 +146,9 @@ def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
             )
         if config.max_pairs:
             pairs.pairs = pairs.pairs[: config.max_pairs]
-        return ref, pairs
+        return ref, pairs, settings
 
-    ref, pairs = dist.everywhere(prepare)
+    ref, pairs, settings = dist.everywhere(prepare)
     # every rank trains on the pairs the main process kept (read back from pairs.json on resume)
     kept = dist.on_main(lambda: _keep_pairs(pairs, folder / "pairs.json", resume))
     found = {(p.chosen_id, p.rejected_id): p for p in pairs.pairs}
@@ -157,7 +160,7 @@ def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
 
     model, processor, family = dist.everywhere(load)
     text_only = is_text_only(processor)
-    recorded = {**config.public(), "family": family, "base_model": ref.base_model, "start_run": ref.run_id,
+    recorded = {**config.public(), **settings, "family": family, "base_model": ref.base_model, "start_run": ref.run_id,
                 "start_adapter": str(ref.adapter), "pairs": pairs.summary(), "world_size": dist.world_size(),
                 "effective_batch": config.batch_size * config.grad_accum * dist.world_size()}  # fmt: skip
     if main:
@@ -165,7 +168,7 @@ def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
         (folder / "config.json").write_text(json.dumps(recorded, indent=2, default=str))
     record = (
         store.run(config.name, kind="dpo", dataset=config.dataset, config=recorded, output_dir=str(folder),
-                  resume_hint="resume with --resume")
+                  settings_hash=settings_hash(settings), resume_hint=RESUME_HINT)
         if main
         else nullcontext(RunRecord(id=config.name))
     )  # fmt: skip

@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mulcot.core.refs import check_name
 from mulcot.errors import MulcotError
 from mulcot.events import Progress
 from mulcot.store import Store
 from mulcot.store.runs import RunRecord
 from mulcot.train import distributed as dist
 from mulcot.train import selection
-from mulcot.train.checkpoints import atomic_copy, last_complete_checkpoint, save_trained_adapter
-from mulcot.train.config import REPORT_TO, TrainConfig, lora_target_modules
+from mulcot.train.checkpoints import atomic_copy, last_complete_checkpoint, resume_best, save_trained_adapter
+from mulcot.train.config import REPORT_TO, TrainConfig, changed_settings, lora_target_modules, settings_hash
 
 # (processor, collator, run folder) -> extra keyword arguments for the Trainer subclass (e.g. the soft labels)
 TrainerExtras = Callable[[Any, Any, Path], dict[str, Any]]
@@ -44,8 +45,12 @@ class TrainResult:
     launch: dict[str, Any] | None = None
 
 
+RESUME_HINT = "run the same command with --resume to continue"
+
+
 def check_request(store: Store, config: Any, resume: bool) -> None:
-    """Refuse, in one line, what cannot run: a taken name, nothing to resume, bad task weights."""
+    """Refuse, in one line, what cannot run: an unsafe or taken name, nothing to resume, bad task weights."""
+    check_name(config.name)
     existing = store.get_run(config.name)
     if existing is not None and not resume:
         raise MulcotError(
@@ -60,6 +65,18 @@ def check_request(store: Store, config: Any, resume: bool) -> None:
     if weights is not None and (sum(weights) <= 0 or min(weights) < 0):
         raise MulcotError("--task-weights must be two non-negative numbers, e.g. 0.2,0.8")
     check_tracker(config.report_to)
+
+
+def check_settings(store: Store, config: Any, resume: bool, settings: dict[str, Any]) -> None:
+    """A resume continues the run as it was started: refuse, in one line naming them, settings that would change
+    what it learns (:func:`mulcot.train.config.deciding_settings`)."""
+    existing = store.get_run(config.name) if resume else None
+    if existing is None:
+        return
+    changed = changed_settings(type(config), existing.get("config") or {}, settings)
+    if changed:
+        raise MulcotError(f"run '{config.name}' was started with other settings: {'; '.join(changed)}: resume with "
+                          "the run's own settings, or start a new run with another --name")  # fmt: skip
 
 
 _TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
@@ -87,9 +104,10 @@ def allow_text_only(store: Store, config: TrainConfig) -> bool:
 
 
 def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], trainer_class: type,
-        extras: TrainerExtras | None = None, resume: bool = False,
+        settings: dict[str, Any], extras: TrainerExtras | None = None, resume: bool = False,
         progress: Progress | None = None) -> TrainResult:  # fmt: skip
-    """Train (or resume) one LoRA run of ``trainer_class`` on ``items``; records it in the store as ``kind``.
+    """Train (or resume) one LoRA run of ``trainer_class`` on ``items``; records it in the store as ``kind``, with
+    its deciding ``settings`` (:func:`check_settings` compares a resume with them).
 
     Under torchrun / accelerate launch every rank calls this; the Trainer trains data-parallel (DDP, DeepSpeed or
     FSDP as configured) and only the main process writes the store, the run folder and the progress."""
@@ -122,7 +140,7 @@ def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], train
 
     task, dev_items, args, model, processor, family = dist.everywhere(prepare)
     # what stood for the image: the pixels (Qwen-VL), or for a text-only backbone the caption or nothing
-    recorded = {**config.public(), "family": family, **image_input(items, is_text_only(processor)),
+    recorded = {**config.public(), **settings, "family": family, **image_input(items, is_text_only(processor)),
                 "world_size": dist.world_size(),
                 "effective_batch": config.batch_size * config.grad_accum * dist.world_size()}  # fmt: skip
     if main:
@@ -130,7 +148,7 @@ def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], train
         (folder / "config.json").write_text(json.dumps(recorded, indent=2, default=str))
     record = (
         store.run(config.name, kind=kind, dataset=config.dataset, config=recorded, output_dir=str(folder),
-                  resume_hint="resume with --resume")
+                  settings_hash=settings_hash(settings), resume_hint=RESUME_HINT)
         if main
         else nullcontext(RunRecord(id=config.name))
     )  # fmt: skip
@@ -325,8 +343,7 @@ def _train(config: TrainConfig, args: Any, model: Any, processor: Any, task: str
         dev_eval = selection.dev_evaluator(processor, task, dev_items, batch_size=config.dev_batch_size,
                                            max_new_tokens=config.dev_max_new_tokens, max_pixels=config.max_pixels,
                                            synced_gpus=sharded(config))  # fmt: skip
-    best_file = folder / "best" / "mulcot.json"
-    best = json.loads(best_file.read_text())["best"] if resume and best_file.exists() else None
+    best = dist.on_main(lambda: resume_best(folder)) if resume else None
     trainer: Any = None
 
     def save_best(metrics: dict) -> None:  # every rank: a sharded model's weights are gathered to save them

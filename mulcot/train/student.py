@@ -20,13 +20,13 @@ from __future__ import annotations
 from typing import Any
 
 from mulcot.core.inputs import TrainItem, sample_item, teacher_items
-from mulcot.core.refs import RunRef, resolve_run
+from mulcot.core.refs import RunRef, adapter_digest, resolve_run
 from mulcot.errors import MulcotError
 from mulcot.store import Store
 from mulcot.train import distributed as dist
 from mulcot.train.assistant import MultiTaskTrainer
-from mulcot.train.config import DistillConfig
-from mulcot.train.loop import Progress, TrainResult, allow_text_only, check_request, fit
+from mulcot.train.config import DistillConfig, deciding_settings, with_runs_dir
+from mulcot.train.loop import Progress, TrainResult, allow_text_only, check_request, check_settings, fit
 from mulcot.train.losses import distill_loss, position_tasks, target_ce, task_means
 from mulcot.train.soft_labels import SoftLabelSource, source_class
 
@@ -83,28 +83,31 @@ def distill(store: Store, config: DistillConfig, *, resume: bool = False,
     """Train the student on D_all with the hard and soft losses (the same run machinery as train-assistant)."""
     source = source_class(config.soft_labels)
     source.check_settings(config)
+    config = with_runs_dir(config, store.runs_dir)
     dist.setup(config.device)
 
-    def prepare() -> tuple[RunRef, list[TrainItem]]:
+    def prepare() -> tuple[RunRef, list[TrainItem], dict[str, Any]]:
         check_request(store, config, resume)
-        ref = resolve_run(store, config.assistant)
+        ref = resolve_run(store, config.assistant, config.runs_dir)
+        settings = deciding_settings(config, assistant_sha256=adapter_digest(ref.adapter))
+        check_settings(store, config, resume, settings)
         check_backbones(config, ref)
         items = distill_items(store, config, ref)
         if config.max_train_items:  # (fit takes the same first N) soft labels only for what is trained on
             items = items[: config.max_train_items]
         source.check_items(config, items)
-        return ref, items
+        return ref, items, settings
 
     # every rank checks before any records the run; a refusal is one error, the same on every rank
-    ref, items = dist.everywhere(prepare)
-    soft = source(store, config, ref, items, progress)
+    ref, items, settings = dist.everywhere(prepare)
+    soft = source(store, config, ref, items, progress, assistant_sha256=settings["assistant_sha256"])
 
     def extras(processor: Any, collator: Any, folder: Any) -> dict[str, Any]:
         soft.prepare(processor, collator, folder)
         return {"soft_labels": soft}
 
-    result = fit(store, config, kind="distill", items=items, trainer_class=DistillTrainer, extras=extras,
-                 resume=resume, progress=progress)  # fmt: skip
+    result = fit(store, config, kind="distill", items=items, trainer_class=DistillTrainer, settings=settings,
+                 extras=extras, resume=resume, progress=progress)  # fmt: skip
     if soft.stats is not None and dist.is_main():  # what this invocation's scoring did (runs show)
         metrics = (store.get_run(config.name) or {}).get("metrics") or {}
         store.update_run(config.name, metrics={**metrics, f"soft_labels_{soft.mode}": soft.stats})

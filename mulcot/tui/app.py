@@ -27,7 +27,9 @@ from textual.widget import Widget
 from textual.widgets import Footer, Header, Input, Static, Tree
 
 from mulcot.core.labels import LABELS
+from mulcot.errors import MulcotError
 from mulcot.store import Store, default_db_path
+from mulcot.store.browse import SearchSyntaxError
 from mulcot.tui.detail import render_chain, render_chain_bar, render_head
 from mulcot.tui.filters import FilterPanel
 from mulcot.tui.image import GRAPHICS_MODES, TerminalImage, graphics_widget
@@ -104,8 +106,10 @@ class ChainBrowser(App[None]):
             self.db_path = db.path
         else:
             self.db_path = Path(db) if db is not None else default_db_path()
-            # A missing database is reported on screen, not created: the browser does not write (except ratings).
-            self.store = Store.open(self.db_path) if self.db_path.exists() else None
+            # A missing database is reported on screen, not created: the browser reads through a read-only
+            # connection (a read-only file or filesystem is fine); a rating opens one to write (_writer).
+            self.store = Store.open(self.db_path, readonly=True) if self.db_path.exists() else None
+        self._writable: Store | None = None
         self.rater = rater
         self.image_mode = image_mode
         self.page_size = page_size
@@ -117,6 +121,7 @@ class ChainBrowser(App[None]):
         self._search_timer: Timer | None = None
         self._wanted: int | None = None  # the sample the cursor is on
         self._stale = True  # the sample shown must be read again (after a reload)
+        self._search_problem: str | None = None  # why the search as typed cannot run (shown in the status line)
 
     # -- layout ------------------------------------------------------------------------------------------------
 
@@ -239,13 +244,22 @@ class ChainBrowser(App[None]):
         self._stop_counting()
         filters = self.filters.store_filters()
         fetch = partial(self.store.browse_page, **filters)
-        first = fetch(limit=self.page_size)
+        self._search_problem = None
+        try:
+            first = fetch(limit=self.page_size)
+        except SearchSyntaxError as err:  # e.g. "cat OR": say how to write it, show nothing
+            self._search_problem = str(err)
+            fetch, first = (lambda **_: []), []
         count: int | None = None
         if len(first) < self.page_size:
             count = len(first)
         elif self.small:
             count = self.store.browse_count(**filters)
         table = self.query_one(SampleTable)
+        # rows from several datasets share ids: then each row names its dataset
+        widest = max(len("dataset"), *(len(d["name"]) for d in self.tree_data))
+        several = self.filters.dataset is None and len(self.tree_data) > 1
+        table.dataset_width = min(21, widest + 1) if several else 0
         table.load(fetch, first, count)
         if count is None:  # after this frame is painted, so the count does not compete with it
             self.call_after_refresh(self._count, self._generation, filters)
@@ -255,7 +269,7 @@ class ChainBrowser(App[None]):
     def _count(self, generation: int, filters: dict[str, Any]) -> None:
         if generation != self._generation:  # the filters changed before it started
             return
-        store = Store(self.db_path, migrate=False)  # its own connection: counts run beside the UI's queries
+        store = Store(self.db_path, readonly=True)  # its own connection: counts run beside the UI's queries
         self._counting[generation] = store
         try:
             n = store.browse_count(**filters)
@@ -268,7 +282,7 @@ class ChainBrowser(App[None]):
 
     @work(thread=True, group="tree", exit_on_error=False)
     def _count_chains(self) -> None:
-        store = Store(self.db_path, migrate=False)
+        store = Store(self.db_path, readonly=True)
         try:
             tree = store.browse_tree()
         finally:
@@ -301,12 +315,16 @@ class ChainBrowser(App[None]):
         self._stop_counting()
         if self.store is not None and self._owns_store:
             self.store.close()
+        if self._writable is not None and self._writable is not self.store:
+            self._writable.close()
 
     def _update_status(self) -> None:
         table = self.query_one(SampleTable)
         n = table.row_count
         where = self.filters.describe()
-        if n == 0:
+        if self._search_problem is not None:
+            text = Text(f"search: {self._search_problem}", style="bold")
+        elif n == 0:
             text = Text("no sample matches", style="bold")
             if self.filters.active:
                 text.append(f": {where} (c clears the filters)")
@@ -480,13 +498,21 @@ class ChainBrowser(App[None]):
 
     def action_reload(self) -> None:
         if self.store is None and self.db_path.exists():
-            self.store = Store.open(self.db_path)
+            self.store = Store.open(self.db_path, readonly=True)
             self._owns_store = True
         if self.store is not None:
             self.reload()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    def _writer(self) -> Store:
+        """The store to write ratings to: the one given, else a connection for writing opened on first use."""
+        if self.store is not None and not self.store.readonly:
+            return self.store
+        if self._writable is None:
+            self._writable = Store.open(self.db_path)
+        return self._writable
 
     def action_rate(self) -> None:
         chain = self.current_chain
@@ -498,7 +524,11 @@ class ChainBrowser(App[None]):
     def _rated(self, reasoning_id: int, result: dict[str, Any] | None) -> None:
         if result is None or self.store is None or self.detail is None:
             return
-        self.store.add_rating(reasoning_id, rater=self.rater, **result)
+        try:
+            self._writer().add_rating(reasoning_id, rater=self.rater, **result)
+        except MulcotError as err:  # a read-only or locked store: the browser goes on
+            self.notify(f"rating not saved: {err}", severity="error", timeout=10)
+            return
         index = self.chain_index
         self.detail = self.store.browse_sample(self.detail["sample"]["id"])
         self.chain_index = index

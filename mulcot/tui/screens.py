@@ -15,7 +15,8 @@ from textual.widgets import Button, Input, Label, RadioButton, RadioSet, Static
 KEYS = (
     ("j / k, ↓ / ↑", "next / previous sample (PgDn / PgUp, g / G: page, first, last)"),
     ("h / l, ← / →", "previous / next chain of the sample (or click its tab)"),
-    ("/", "search text, aspect and chains (Enter applies, Esc returns to the list)"),
+    ("/", "search text, aspect and chains (Enter applies, Esc returns to the list):"),
+    ("", 'words all required, "a phrase", cat OR dog, -word excludes; an id finds its sample'),
     ("f", "show / hide the datasets and filters"),
     ("in the filters", "↑ / ↓ pick a filter, ← / → or Enter or a click change it, Backspace: any"),
     ("c", "clear the filters and the search"),
@@ -65,6 +66,10 @@ class HelpScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
+RATING_KEYS = ("1–5 score the scale in focus · ←/→, Enter pick · Tab next field\n"
+               "Enter in the comment or ctrl+s saves · Esc cancels")
+
+
 class RatingScreen(ModalScreen[dict[str, Any] | None]):
     """Rate one chain; dismisses with {faithfulness, usefulness, comment} or None."""
 
@@ -89,6 +94,7 @@ class RatingScreen(ModalScreen[dict[str, Any] | None]):
                 ),
                 classes="dialog-title",
             )  # fmt: skip
+            yield Static(Text(RATING_KEYS, style="dim"), id="rating-keys")
             yield Label("Faithfulness: does it follow from the post and the image? (1–5)")
             yield RadioSet(*(RadioButton(str(n), id=f"faith-{n}") for n in range(1, 6)), id="faithfulness")
             yield Label("Usefulness: does it explain the label well? (1–5)")
@@ -102,24 +108,29 @@ class RatingScreen(ModalScreen[dict[str, Any] | None]):
     def on_mount(self) -> None:
         self.query_one("#faithfulness", RadioSet).focus()
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Digits score a scale only while one has the focus: typed in the comment (or on a button) they are text."""
+        if action == "score":
+            return isinstance(self.focused, RadioSet)
+        return True
+
     def _score(self, name: str) -> int | None:
         pressed = self.query_one(f"#{name}", RadioSet).pressed_button
         return int(str(pressed.label)) if pressed is not None else None
 
     def action_score(self, n: int) -> None:
-        """Digits set the focused scale (else the first unset one) and move on."""
-        focused = self.focused
-        target = focused if isinstance(focused, RadioSet) else None
-        if target is None:
-            target = next((r for r in self.query(RadioSet) if r.pressed_button is None), None)
-        if target is None:
+        """A digit sets the focused scale; the focus moves on (see :meth:`on_radio_set_changed`)."""
+        target = self.focused
+        if not isinstance(target, RadioSet):
             return
         prefix = "faith" if target.id == "faithfulness" else "use"
         target.query_one(f"#{prefix}-{n}", RadioButton).value = True
-        if target.id == "faithfulness":
-            self.query_one("#usefulness", RadioSet).focus()
-        else:
-            self.query_one("#comment", Input).focus()
+
+    def on_radio_set_changed(self, event: RadioSet.Changed) -> None:
+        """A scale was set (a digit, Enter or a click): on to the next unset scale, else to the comment, so that
+        what is typed next lands in the comment and never rescores a scale."""
+        unset = next((r for r in self.query(RadioSet) if r.pressed_button is None), None)
+        (unset or self.query_one("#comment", Input)).focus()
 
     def action_save(self) -> None:
         faith, use = self._score("faithfulness"), self._score("usefulness")

@@ -35,6 +35,14 @@ def _fit(text: str, width: int) -> str:
     return text.ljust(width)
 
 
+def _fit_middle(text: str, width: int) -> str:
+    """``text`` in ``width`` cells, cut in the middle when too long (names that share a prefix stay apart)."""
+    if len(text) <= width:
+        return text.ljust(width)
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
+
+
 class SampleTable(ScrollView, can_focus=True):
     """Samples with their gold label and one mark per source (the source's prediction, coloured by outcome)."""
 
@@ -79,6 +87,7 @@ class SampleTable(ScrollView, can_focus=True):
         self.count_exact = True
         self.loaded = False
         self.fetches = 0  # page queries made (for tests and the benchmark)
+        self.dataset_width = 0  # a dataset column this wide (when rows of several datasets are listed), or none
         self._styles: dict[str, Style] = {}
         self._base = Style()
 
@@ -228,6 +237,8 @@ class SampleTable(ScrollView, can_focus=True):
         cols = [("key", 9), ("gold", 5), ("marks", 6)]
         if width >= 100:
             cols.insert(1, ("split", 6))
+        if self.dataset_width:
+            cols.insert(0, ("dataset", self.dataset_width))
         cols.append(("aspect", 16 if width >= 100 else 12))
         used = sum(w for _, w in cols)
         cols.append(("text", max(0, width - used)))
@@ -263,6 +274,8 @@ class SampleTable(ScrollView, can_focus=True):
                 segments.append(Segment(_fit(str(row["key"]), w - 1) + " ", style))
             elif col == "split":
                 segments.append(Segment(_fit(row["split"], w - 1) + " ", style))
+            elif col == "dataset":
+                segments.append(Segment(_fit_middle(row["dataset"], w - 1) + " ", style))
             elif col == "gold":
                 segments.append(Segment(_fit(LABEL_SHORT.get(row["label"], "—"), w - 1) + " ", style))
             elif col == "aspect":
@@ -287,8 +300,8 @@ class SampleTable(ScrollView, can_focus=True):
 
     def _header(self, width: int, base: Style) -> Strip:
         style = base + self._styles["header"]
-        names = {"key": "id", "split": "split", "gold": "gold", "marks": " ".join(s[0].upper() for s in MARK_SOURCES),
-                 "aspect": "aspect", "text": "text"}  # fmt: skip
+        names = {"dataset": "dataset", "key": "id", "split": "split", "gold": "gold",
+                 "marks": " ".join(s[0].upper() for s in MARK_SOURCES), "aspect": "aspect", "text": "text"}  # fmt: skip
         segments = [Segment(_fit(names[col], w - 1) + " " if col != "text" else _fit(names[col], w), style)
                     for col, w in self._columns(width) if w > 0]  # fmt: skip
         return Strip(segments).adjust_cell_length(width, style)

@@ -12,11 +12,10 @@ A new source is one module with a :class:`SoftLabelSource` subclass and one line
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from mulcot.errors import MulcotError
-from mulcot.train.soft_labels.base import SoftLabelSource, TopKSource, check_tokenizers, item_key
+from mulcot.core.registry import load
+from mulcot.train.soft_labels.base import SoftLabelSource, TopKSource, cache_source, check_tokenizers, item_key
 from mulcot.train.soft_labels.cache import SoftLabelCache, assistant_top_k, build_soft_label_cache
 
 # --soft-labels value -> "module:class"
@@ -29,10 +28,7 @@ SOURCES: dict[str, str] = {
 
 def source_class(mode: str) -> type[SoftLabelSource]:
     """The source registered for ``--soft-labels MODE``; refuses an unknown one in one line."""
-    if mode not in SOURCES:
-        raise MulcotError(f"--soft-labels must be one of {', '.join(SOURCES)}, not '{mode}'")
-    module, name = SOURCES[mode].split(":")
-    return getattr(importlib.import_module(module), name)
+    return load(SOURCES, mode, f"unknown --soft-labels '{mode}'")
 
 
 def open_source(store: Any, config: Any, ref: Any, items: list[Any], progress: Any = None) -> SoftLabelSource:
@@ -47,6 +43,7 @@ __all__ = [
     "TopKSource",
     "assistant_top_k",
     "build_soft_label_cache",
+    "cache_source",
     "check_tokenizers",
     "item_key",
     "open_source",

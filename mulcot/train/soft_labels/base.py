@@ -40,14 +40,22 @@ def item_key(item: TrainItem, task: int) -> str:
     return f"s{item.sample_id}/cls" if task == TASK_CLS else f"c{item.chain_id}/rea"
 
 
+def cache_source(mode: str, assistant_sha256: str, top_k: int) -> str:
+    """What a cached soft label was computed from: the mode (resident assistant or server), the assistant adapter's
+    digest and k. A cache is reused only for the same source."""
+    return f"{mode}:{assistant_sha256[:16]}:k{top_k}"
+
+
 class SoftLabelSource:
     """The assistant's soft labels for one distill run."""
 
     mode = ""
 
     def __init__(self, store: Store, config: DistillConfig, ref: RunRef, items: list[TrainItem],
-                 progress: Progress | None):  # fmt: skip
+                 progress: Progress | None, assistant_sha256: str = ""):  # fmt: skip
         self.store, self.config, self.ref, self.items, self.progress = store, config, ref, items, progress
+        # a cache is keyed by where its soft labels come from: another assistant or k computes them again
+        self.source = cache_source(config.soft_labels, assistant_sha256, config.top_k)
         self.stats: dict[str, Any] | None = None  # what preparing did, recorded with the run (server scoring)
 
     @classmethod

@@ -49,11 +49,13 @@ class SoftLabelCache:
 
 
 def build_soft_label_cache(store: Store, run_id: str, folder: Path, compute: Compute, items: list[TrainItem],
-                           progress: Progress | None = None) -> tuple[SoftLabelCache, int]:  # fmt: skip
+                           progress: Progress | None = None, source: str | None = None
+                           ) -> tuple[SoftLabelCache, int]:  # fmt: skip
     """Store top-k log-probs per target position of every training sequence, computed by ``compute`` (the resident
     assistant: :func:`assistant_top_k`; a server: :class:`mulcot.train.soft_labels.server.ServerScorer`).
-    Resumable: sequences already indexed are skipped; each shard is written whole, then indexed. Returns the cache
-    and how many sequences ``compute`` gave nothing for (they stay unindexed, for a rerun).
+    Resumable: sequences already indexed from the same ``source`` (:func:`cache_source`) are skipped, those from
+    another assistant or k are computed again; each shard is written whole, then indexed. Returns the cache and how
+    many sequences ``compute`` gave nothing for (they stay unindexed, for a rerun).
 
     Under a launcher every rank computes its share of each shard; the main process gathers the shares and alone
     writes the files and the store, so the cache is the same as one process would build."""
@@ -62,7 +64,7 @@ def build_soft_label_cache(store: Store, run_id: str, folder: Path, compute: Com
     main = dist.is_main()
     if main:
         folder.mkdir(parents=True, exist_ok=True)
-    index = dist.on_main(lambda: store.soft_label_index(run_id))
+    index = dist.on_main(lambda: store.soft_label_index(run_id, source))
     todo: list[tuple[TrainItem, int]] = []
     seen = set(index)
     for item in items:
@@ -79,11 +81,11 @@ def build_soft_label_cache(store: Store, run_id: str, folder: Path, compute: Com
         kept = [r for r in results if r is not None]
         missing += len(results) - len(kept)
         if main and kept:
-            _write_shard(store, run_id, folder, kept)
+            _write_shard(store, run_id, folder, kept, source)
         if main:
             emit(progress, "soft_labels", done=done, total=len(todo))
         dist.barrier()
-    return SoftLabelCache(folder, dist.on_main(lambda: store.soft_label_index(run_id))), missing
+    return SoftLabelCache(folder, dist.on_main(lambda: store.soft_label_index(run_id, source))), missing
 
 
 def assistant_top_k(assistant: Any, collator: Any, top_k: int, batch_size: int = 4) -> Compute:
@@ -122,7 +124,8 @@ def _top_k(assistant: Any, collator: Any, jobs: list[tuple[TrainItem, int]], top
     return [out[i] for i in range(len(jobs))]
 
 
-def _write_shard(store: Store, run_id: str, folder: Path, results: list[tuple[str, Any, Any]]) -> None:
+def _write_shard(store: Store, run_id: str, folder: Path, results: list[tuple[str, Any, Any]],
+                 source: str | None) -> None:  # fmt: skip
     from safetensors.torch import save_file
 
     tensors: dict[str, Any] = {}
@@ -135,7 +138,7 @@ def _write_shard(store: Store, run_id: str, folder: Path, results: list[tuple[st
     tmp = folder / (shard + ".tmp")
     save_file(tensors, str(tmp))
     os.replace(tmp, folder / shard)
-    store.add_soft_labels(run_id, shard, entries)
+    store.add_soft_labels(run_id, shard, entries, source)
 
 
 class CachedSource(TopKSource):
@@ -147,5 +150,5 @@ class CachedSource(TopKSource):
         assistant = self.load_assistant(student_processor)
         compute = assistant_top_k(assistant, collator, self.config.top_k)
         self.cache, _ = build_soft_label_cache(self.store, self.config.name, folder / "soft_labels", compute,
-                                               self.items, self.progress)  # fmt: skip
+                                               self.items, self.progress, self.source)  # fmt: skip
         del assistant, compute

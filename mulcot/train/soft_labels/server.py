@@ -301,7 +301,7 @@ class ServerSource(TopKSource):
     def check_settings(cls, config: DistillConfig) -> None:
         """--server and --served-model are needed, and a URL without credentials (the key comes from
         MULCOT_SERVER_KEY)."""
-        from urllib.parse import urlsplit
+        from mulcot.core.keys import url_secrets
 
         if not config.server or not config.served_model:
             raise MulcotError("--soft-labels server needs --server URL and --served-model NAME (the assistant as the "
@@ -309,9 +309,9 @@ class ServerSource(TopKSource):
         if not config.server.startswith(("http://", "https://")):
             raise MulcotError(f"--server must be an http(s) URL such as http://127.0.0.1:8000/v1, not "
                               f"'{config.server}'")
-        if urlsplit(config.server).password or urlsplit(config.server).username:
-            raise MulcotError("--server must not carry credentials (they would be stored with the run): put the key in "
-                              "MULCOT_SERVER_KEY")  # fmt: skip
+        if found := url_secrets(config.server):
+            raise MulcotError(f"--server must not carry credentials (it has {' and '.join(found)}; they would be "
+                              "stored with the run): put the key in MULCOT_SERVER_KEY")  # fmt: skip
 
     @classmethod
     def check_items(cls, config: DistillConfig, items: list[TrainItem]) -> None:
@@ -346,7 +346,7 @@ class ServerSource(TopKSource):
         scorer = ServerScorer(self.config.server_config(), text_collator, student_processor.tokenizer,
                               self.config.top_k, self.progress)  # fmt: skip
         self.cache, missing = build_soft_label_cache(self.store, self.config.name, folder / "soft_labels", scorer,
-                                                     self.items, self.progress)  # fmt: skip
+                                                     self.items, self.progress, self.source)  # fmt: skip
         if dist.is_main():
             scorer.write_stats(folder / "soft_labels")
         self.stats = scorer.stats.as_dict()
