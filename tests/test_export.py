@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 import typer
+from conftest import dump
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -518,3 +519,81 @@ def test_predict_cli_argument_errors(tmp_path: Path) -> None:
     r = runner.invoke(_cli(), ["predict", "--text", "hi", "--backend", "onnx"])
     assert r.exit_code != 0 and "unknown --backend" in r.output
 
+
+
+# ------------------------------------------------------------------------------------- export --verify N
+
+
+def test_verify_bad_input_is_one_line_and_changes_nothing(tmp_path: Path, demo_store: Any,
+                                                          student: Callable[[str], Path]) -> None:  # fmt: skip
+    """--verify with --no-gguf (no GGUF to verify), without a dataset, or on a dataset the store lacks: one line, a
+    non-zero exit, no export folder, the store as it was."""
+    runner = CliRunner()
+    base = ["export", str(student("qwen2.5-vl")), "--out", str(tmp_path / "o"), "--db", demo_store.path]
+    before = dump(demo_store)
+    cases = [(["--no-gguf", "--verify", "3", "--verify-dataset", "twitter2015-sample"], "made with --no-gguf has none"),
+             (["--verify", "3"], "pass --verify-dataset NAME"),
+             (["--verify", "3", "--verify-dataset", "nope"], "nope"),
+             (["--verify", "3", "--verify-dataset", "twitter2015-sample", "--verify-split", "x"], "no split 'x'"),
+             (["--verify", "0", "--verify-dataset", "twitter2015-sample"], "--verify must be at least 1")]  # fmt: skip
+    for extra, message in cases:
+        r = runner.invoke(_cli(), [*base, *extra])
+        assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+        assert r.output.strip().count("\n") == 0 and message in " ".join(r.output.split()), r.output
+    assert not (tmp_path / "o").exists() and dump(demo_store) == before
+
+
+def _text_dataset(store: Any, folder: Path, n: int = 4) -> str:
+    """The embedded sample's first ``n`` test posts imported again without their images (dataset ``text-only``):
+    posts both runtimes read the same way (images of other sizes are resized differently by mtmd and by
+    transformers, so their pixels differ)."""
+    import mulcot.sample
+    from mulcot.datasets.importer import import_dataset
+
+    tsv = Path(mulcot.sample.__file__).parent / "twitter2015" / "test.tsv"
+    rows = tsv.read_text(encoding="utf-8").splitlines()[: n + 1]
+    (folder / "test.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    import_dataset(store, "twitter-tsv", folder / "test.tsv", name="text-only", split="test", no_images=True)
+    return "text-only"
+
+
+@pytest.mark.slow
+def test_verify_scores_every_gguf_against_the_merged_model(tmp_path: Path, demo_store: Any,
+                                                           exported: Callable[[str], Any],
+                                                           student: Callable[[str], Path]) -> None:  # fmt: skip
+    """Every exported GGUF (F16 and each quantization) scored by forced choice on 4 posts against the merged model:
+    F16 agrees with it and its probabilities are within 0.01; the figures go into the manifest with each file's
+    sha256, are shown by the CLI, and a later export that changes no file keeps them. Posts with images go through
+    the vision projector."""
+    from mulcot.sample import SAMPLE_NAME
+
+    dataset = _text_dataset(demo_store, tmp_path)
+    out = tmp_path / "out"
+    shutil.copytree(exported("qwen2.5-vl").out, out)  # the session's export: every step but verify is done
+    args = ["export", str(student("qwen2.5-vl")), "--out", str(out), "--quant", "q8_0,q4_k_m", "--verify", "4",
+            "--verify-dataset", dataset, "--threads", "1", "--db", demo_store.path]  # fmt: skip
+    r = CliRunner().invoke(_cli(), args)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert f"verify: 4 posts of {dataset}/test" in text and "q4_k_m" in text and "McNemar p" in text
+    manifest = json.loads((out / MANIFEST).read_text())
+    v = manifest["verify"]
+    assert (v["dataset"], v["split"], v["n"], v["method"]) == (dataset, "test", 4, "forced choice")
+    assert set(v["gguf"]) == {"f16", "q8_0", "q4_k_m"}
+    digests = {f["path"]: f["sha256"] for f in manifest["files"]}
+    for quant, g in v["gguf"].items():
+        assert g["sha256"] == digests[g["file"]] and quant.upper() in g["file"]
+        d = g["accuracy_diff"]
+        assert d["low"] <= d["diff"] <= d["high"] and 0 <= g["mcnemar_p"] <= 1
+        assert g["accuracy"] - v["hf"]["accuracy"] == pytest.approx(d["diff"])
+    assert v["gguf"]["f16"]["agreement"] == 1.0 and v["gguf"]["f16"]["max_abs_prob_diff"] < 0.01
+    # a rerun without --verify that changes no file keeps the figures
+    again = CliRunner().invoke(_cli(), args[:-8] + ["--db", demo_store.path, "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["verify"] == v == json.loads((out / MANIFEST).read_text())["verify"]
+    # posts with images: through the projector (pixels resized otherwise than transformers does: figures only)
+    r = CliRunner().invoke(_cli(), [*args[:7], "2", "--verify-dataset", SAMPLE_NAME, *args[10:], "--json"])
+    assert r.exit_code == 0, r.output
+    v = json.loads(r.stdout)["verify"]
+    assert v["n"] == 2 and set(v["gguf"]) == {"f16", "q8_0", "q4_k_m"}
+    assert all(0 <= g["agreement"] <= 1 and g["max_abs_prob_diff"] < 1 for g in v["gguf"].values())

@@ -53,6 +53,7 @@ def test_every_recipe_validates():
         ('\n[training]\nbatch_size = "two"', "'training.batch_size' must be a int, got 'two'"),
         ('\n[student]\nsoft_labels = "disk"', None),
         ('\n[eval]\nmetrics = ["bleu", "cider"]', "'eval.metrics' has 'cider'; allowed: sim, meteor"),
+        ('\n[eval]\nlabel_scoring = "vote"', "'eval.label_scoring' is 'vote'; allowed: choice, generate"),
         ('\n[training]\ntask_weights = [1.0]', "'training.task_weights' must be two non-negative numbers"),
         ('\n[export]\nquant = ["q3"]', "'export.quant' has 'q3'"),
         ("\nextra = 1", "unknown key 'student.extra' (known: lam"),

@@ -201,10 +201,11 @@ def test_expand_and_eval_through_a_server_store_what_in_process_stores(demo_stor
         more = expand(demo_store, ExpandConfig(**{**cfg.__dict__, "n": 3}))
         assert more.generated == 3 and more.served["requests"] == 3
 
-        # eval --model through the server: chains (stage eval) and label answers (stage label), adapter-hashed
+        # eval --model through the server: chains (stage eval) and generated label answers (stage label; the
+        # scripted server has no completions endpoint, so no forced choice), adapter-hashed
         args = ("eval", "run", SAMPLE_NAME, "--split", "test", "--model", asst, "--limit", 3, "--max-new-tokens", 32,
                 "--metrics", "bleu", "--server", server.base_url, "--served-model", "asst", "--runs-dir", runs,
-                "--db", demo_store.path, "--json")  # fmt: skip
+                "--label-scoring", "generate", "--db", demo_store.path, "--json")  # fmt: skip
         data = json.loads(_run(*args).stdout)
         m = data["metrics"]
         assert m["generated"]["chains_generated"] == 3 and m["generated"]["served"]["answered"] == 6

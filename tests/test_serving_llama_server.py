@@ -108,11 +108,12 @@ def test_greedy_chains_through_the_server_equal_predict_gguf(demo_store: Any, se
     rows = demo_store.reasonings(dataset=SAMPLE_NAME, split="test", source=SOURCE_SERVER, stage="eval")
     assert all(r["tokens_out"] == TOKENS and r["tokens_in"] > 20 for r in rows)  # the image's tokens count too
 
-    # eval --model RUN --server: the run's chains (stage eval) and label answers, as in-process eval stores them
+    # eval --model RUN --server: the run's chains (stage eval) and generated label answers (compared with predict's
+    # generated ones), as in-process eval stores them
     evaluated = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, model=str(run), limit=3, max_new_tokens=TOKENS,
                                                 label_max_new_tokens=LABEL_TOKENS, max_pixels=PIXELS,
                                                 metrics=["bleu"], server=server.config(concurrency=2),
-                                                out=str(tmp_path / "eval")))  # fmt: skip
+                                                label_scoring="generate", out=str(tmp_path / "eval")))  # fmt: skip
     assert evaluated.metrics["generated"]["served"]["answered"] == 6
     assert _answers(demo_store, "test", "model", "eval", run_id=run.name) == want["eval"]
     assert _answers(demo_store, "test", "model", "label", run_id=run.name) == want["label"]

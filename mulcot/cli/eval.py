@@ -60,7 +60,7 @@ def _progress_bar(as_json: bool) -> tuple[Progress, Any]:
     bar = progress_bar(as_json, spinner=True)
     tasks: dict[str, Any] = {}
     names = {"chains": "generating chains (P_cot)", "labels": "generating label answers (P_label)",
-             "loading model": "loading the model",
+             "label choices": "scoring label answers by forced choice (P_label)", "loading model": "loading the model",
              "served": "generating chains and label answers through the server"}  # fmt: skip
 
     def progress(event: Event) -> None:
@@ -194,8 +194,9 @@ def _detail(result: dict[str, Any]) -> None:
         notes.append(f"{cov['unlabelled_skipped']} unlabelled samples skipped")
     gen = m.get("generated")
     if gen:
-        notes.append(f"generated {gen['chains_generated']} chains and {gen['labels_generated']} label answers "
-                     f"(reused {gen['chains_reused']} and {gen['labels_reused']} stored ones)")  # fmt: skip
+        how = "generated" if (result.get("config") or {}).get("label_scoring") == "generate" else "forced choice"
+        notes.append(f"generated {gen['chains_generated']} chains and {gen['labels_generated']} label answers ({how}; "
+                     f"reused {gen['chains_reused']} and {gen['labels_reused']} stored ones)")  # fmt: skip
     reasoning = m.get("reasoning") or {}
     if reasoning.get("refs"):
         line = f"reasoning metrics against '{reasoning['refs']}' chains: {reasoning['pairs']} pairs"
@@ -280,12 +281,15 @@ def run(
         typer.Option("--per-post", help="Also write each post's gold, prediction and label probabilities to this "
                      ".csv or .jsonl file.", show_default=False),
     ] = None,
+    label_scoring: Annotated[str, typer.Option(help="The label head: choice (forced choice: the three answers' "
+                                               "probabilities) or generate (generated, parsed).")] = "choice",
     server: Any = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Evaluate a model (generating chains and label answers) or stored chains on a split; store the result.
-    With --server the model's missing chains come from a server serving it, stored as in-process ones."""
+    """Evaluate a model (generating chains; label answers by forced choice or generated) or stored chains on a
+    split; store the result. With --server the model's missing chains come from a server serving it, stored as
+    in-process ones."""
     from mulcot.evaluate import EvalConfig, evaluate
 
     store = open_store(db)
@@ -296,7 +300,7 @@ def run(
         dtype=dtype, load_in_4bit=load_in_4bit, nltk_data_dir=str(nltk_data) if nltk_data else None,
         embedding_cache=not no_cache, out=str(out) if out else None, runs_dir=str(runs_dir) if runs_dir else None,
         server=server,
-        per_post=str(per_post) if per_post else None,
+        per_post=str(per_post) if per_post else None, label_scoring=label_scoring,
     )  # fmt: skip
     bar, progress = _progress_bar(as_json)
     with bar:

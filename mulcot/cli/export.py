@@ -14,13 +14,13 @@ from mulcot.errors import MulcotError
 from mulcot.events import Event
 
 
-def _store_for(source: str, db: Path | None) -> Any:
-    """The store, when one is named or exists (a run name needs it); exporting a folder creates none."""
+def _store_for(source: str, db: Path | None, needed: bool = False) -> Any:
+    """The store, when one is named or exists (a run name or --verify needs it); exporting a folder creates none."""
     from mulcot.store import Store, default_db_path
 
     if db is not None:
         return Store.open(db)
-    if Path(source).expanduser().exists():
+    if Path(source).expanduser().exists() and not needed:
         return None
     path = default_db_path()
     return Store.open(path) if path.is_file() else None
@@ -60,6 +60,15 @@ def export(
     ] = None,
     threads: Annotated[int | None, typer.Option(help="Quantizer threads (default: all cores).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo every step instead of resuming.")] = False,
+    verify: Annotated[
+        int | None,
+        typer.Option(help="Score N posts by forced choice with every exported GGUF and the merged model: agreement, "
+                     "accuracy difference (paired 95% interval), written into the manifest.", show_default=False),
+    ] = None,
+    verify_dataset: Annotated[
+        str | None, typer.Option(help="Dataset in the store whose posts --verify scores.", show_default=False)
+    ] = None,
+    verify_split: Annotated[str, typer.Option(help="Split whose first N labelled posts --verify scores.")] = "test",
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -73,10 +82,11 @@ def export(
     quants = parse_quants(quant)
     if outtype not in ("f16", "f32", "bf16"):
         raise MulcotError(f"unknown --outtype '{outtype}' (use f16, f32 or bf16)")
-    store = _store_for(source, db)
+    store = _store_for(source, db, needed=verify is not None)
     config = ExportConfig(source=source, out=str(out), quants=quants, gguf=not no_gguf, outtype=outtype,
                           llama_cpp_dir=str(llama_cpp) if llama_cpp else None, name=name, base_model=base,
-                          dtype=dtype, threads=threads, force=force)  # fmt: skip
+                          dtype=dtype, threads=threads, force=force, verify=verify, verify_dataset=verify_dataset,
+                          verify_split=verify_split)  # fmt: skip
     status = None if as_json else err_console.status("exporting", spinner="dots")
 
     def progress(event: Event) -> None:
@@ -127,5 +137,21 @@ def print_export(result: dict[str, Any]) -> None:
     skipped = [s["step"] for s in result["steps"] if s["status"] == "skipped"]
     console.print(f"Done: {', '.join(done) or 'nothing'}; already there: {', '.join(skipped) or 'nothing'} "
                   f"({result['wall_s']:.1f} s). Folder: [cyan]{escape(result['out'])}[/]")  # fmt: skip
+    if result.get("verify"):
+        print_verify(result["verify"])
     if result.get("default_gguf"):
         console.print(f"Run it: [bold]mulcot predict --gguf {escape(result['out'])} --image IMG --text TEXT[/]")
+
+
+def print_verify(v: dict[str, Any]) -> None:
+    """``--verify``: each GGUF against the merged model on the same posts (forced choice)."""
+    table = Table(title=f"verify: {v['n']} posts of {escape(v['dataset'])}/{escape(v['split'])}, forced choice, "
+                        f"against the merged model (accuracy {100 * v['hf']['accuracy']:.1f}%)")  # fmt: skip
+    for col in ("GGUF", "agreement", "accuracy", "Δ accuracy [95% CI]", "McNemar p", "max |Δp|"):
+        table.add_column(col, justify="left" if col == "GGUF" else "right")
+    for quant, g in v["gguf"].items():
+        d = g["accuracy_diff"]
+        table.add_row(f"{quant} ({escape(g['file'])})", f"{100 * g['agreement']:.1f}%", f"{100 * g['accuracy']:.1f}%",
+                      f"{100 * d['diff']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]",
+                      f"{g['mcnemar_p']:.3g}", f"{g['max_abs_prob_diff']:.4f}")  # fmt: skip
+    console.print(table)

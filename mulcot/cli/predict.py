@@ -61,6 +61,10 @@ def predict(
         Path | None, typer.Option(help="Vision projector GGUF (default: the one beside the model).")
     ] = None,
     label: Annotated[bool, typer.Option("--label", help="Also ask the classification prompt (P_label).")] = False,
+    label_scoring: Annotated[
+        str, typer.Option(help="With --label: generate (the answer generated, parsed) or choice (forced choice: the "
+                          "three answers' probabilities, the most probable taken).")
+    ] = "generate",
     name: Annotated[str | None, typer.Option(help="Batch mode run id (default: predict-MODEL-DATASET-SPLIT).")] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Batch mode: write the run even while another process writes it (the two "
@@ -91,6 +95,8 @@ def predict(
         backend = "server"
     if backend not in ("gguf", "hf", "server"):
         raise MulcotError(f"unknown --backend '{backend}' (use gguf or hf)")
+    if label_scoring not in ("choice", "generate"):
+        raise MulcotError(f"--label-scoring is {label_scoring!r}; allowed: choice, generate")
     config = PredictConfig(**(options or {}))
     prompts = ("cot", "label") if label else ("cot",)
     run_name = backend == "hf" and model is not None and not Path(model).expanduser().exists()
@@ -104,7 +110,7 @@ def predict(
                 assert text is not None
                 with err_console.status("thinking", spinner="dots") if not as_json else _Null():
                     post = Post(text=text, aspect=aspect, image=image, caption=caption)
-                    results = predict_post(runner, post, prompts=prompts)
+                    results = predict_post(runner, post, prompts=prompts, label_scoring=label_scoring)
                 out = {"backend": runner.kind, "model": runner.name, "predictions": [r.as_dict() for r in results],
                        "label": results[0].prediction}  # fmt: skip
                 if label:
@@ -118,7 +124,7 @@ def predict(
             progress = follow(bar, f"predict {runner.name}", _last_prediction)
             with bar:
                 summary = predict_dataset(store, runner, dataset, split, limit=limit, run_id=name, prompts=prompts,
-                                          progress=progress, force=force)  # fmt: skip
+                                          label_scoring=label_scoring, progress=progress, force=force)  # fmt: skip
         finally:
             runner.close()
     finally:
@@ -161,8 +167,11 @@ def print_single(out: dict[str, Any]) -> None:
         console.print("[dim]raw output:[/]")
         console.print(escape(cot["raw"]), highlight=False)
     if "label_prompt" in out:
+        probs = (out["predictions"][1].get("fields") or {}).get("probabilities")
+        shares = (" (forced choice: " + ", ".join(f"{lab} {100 * p:.1f}%" for lab, p in probs.items()) + ")"
+                  if probs else "")  # fmt: skip
         console.print(f"label prompt (P_label): [{_LABEL_STYLE.get(out['label_prompt'] or '', 'bold')}]"
-                      f"{out['label_prompt'] or 'none found'}[/]")  # fmt: skip
+                      f"{out['label_prompt'] or 'none found'}[/]{shares}")  # fmt: skip
 
 
 def print_summary(s: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from mulcot.store.reasonings import EVAL, EXPAND, EXPLAIN, LABEL, OUTCOMES, PRED
 
 __all__ = [
     "EVAL", "EXPAND", "EXPLAIN", "LABEL", "OUTCOMES", "PREDICT", "SOURCES", "STAGES", "arc_accepts", "arc_error",
-    "chain_row", "parse_output", "release_chain",
+    "chain_row", "choice_fields", "parse_output", "release_chain",
 ]  # fmt: skip
 
 # Teachers whose chains were not written by mulcot's stage 1 but taken from a release that keeps only the chains that
@@ -63,14 +63,25 @@ def chain_row(
     tokens_out: int | None = None,
     cost_usd: float | None = None,
     latency_s: float | None = None,
+    extra_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``reasonings`` row for one output (``None`` when the request failed), parsed by :func:`parse_output`."""
+    """The ``reasonings`` row for one output (``None`` when the request failed), parsed by :func:`parse_output`;
+    ``extra_fields`` are stored beside the parsed fields (a forced-choice label answer's probabilities)."""
+    parsed = parse_output(stage, output)
+    if extra_fields:
+        parsed["fields"] = {**parsed["fields"], **extra_fields}
     return {
         "sample_id": sample_id, "source": source, "model": model, "stage": stage, "prompt_version": prompt_version,
-        "raw": output, **parse_output(stage, output), "attempt": attempt, "final": final, "run_id": run_id,
+        "raw": output, **parsed, "attempt": attempt, "final": final, "run_id": run_id,
         "error": error, "origin": origin, "tokens_in": tokens_in, "tokens_out": tokens_out, "cost_usd": cost_usd,
         "latency_s": latency_s,
     }  # fmt: skip
+
+
+def choice_fields(choice: Any) -> dict[str, Any]:
+    """What a forced-choice label answer (a :class:`mulcot.generation.choice.LabelChoice`) stores beside its
+    ``Prediction``: the probabilities, the log-probabilities and the scored token counts per label."""
+    return {"probabilities": choice.probabilities, "log_probs": choice.log_probs, "tokens": choice.tokens}
 
 
 def arc_accepts(row: dict[str, Any], gold: str | None) -> bool:

@@ -2,7 +2,8 @@
 
 - :mod:`~mulcot.evaluate.select`: what is evaluated (a model or a source of stored chains) and which chains and
   references stand for it;
-- :mod:`~mulcot.evaluate.generate`: model mode, the chains and label answers generated where missing (resumable);
+- :mod:`~mulcot.evaluate.generate`: model mode, the chains generated and the label answers scored by forced choice
+  (or generated) where missing (resumable);
 - :mod:`~mulcot.evaluate.config`: :class:`EvalConfig` (one evaluation's settings) and :class:`EvalResult`;
 - :mod:`~mulcot.evaluate.run`: :func:`evaluate`, gather → classify → score the reasoning → store and write;
 - :mod:`~mulcot.metrics`: the classification and reasoning metrics;

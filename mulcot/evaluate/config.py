@@ -13,7 +13,8 @@ from mulcot.generation.server import ServerConfig
 # how each number of the eval table is computed (its footer, and result.json's "definitions")
 METRIC_DEFINITIONS: dict[str, str] = {
     "Acc": "share of samples whose predicted label equals the gold label; from the label prompt (P_label) when the "
-    "model has a label head, else from the chain's own Prediction; an unparseable answer counts as wrong",
+    "model has a label head (label scoring 'choice': the most probable of its three answers; 'generate': its "
+    "generated answer, parsed), else from the chain's own Prediction; an unparseable answer counts as wrong",
     "w-F1": "F1 per label (2PR/(P+R)) averaged with weights = gold support (scikit-learn 'weighted'); reported for MSA",
     "m-F1": "unweighted mean of the three labels' F1 (scikit-learn 'macro'); reported for MASC",
     "Cons.": "share of samples where the chain's own Prediction equals the label head's prediction (both valid)",
@@ -59,6 +60,9 @@ class EvalConfig(Validated):
     write_files: bool = True
     server: ServerConfig | None = None  # model mode: generate through an OpenAI-compatible server
     per_post: str | None = None  # also write the per-post predictions to this .csv or .jsonl file
+    label_scoring: str = field_("choice", "How the label head answers: choice (forced choice: the three answers' "
+                                "log-probabilities, the most probable taken) or generate (generated and parsed).",
+                                choices=("choice", "generate"))  # fmt: skip
 
     def check(self) -> None:
         if (self.model is None) == (self.source is None):

@@ -18,40 +18,14 @@ from typing import Any
 
 from mulcot.core.labels import LABELS
 from mulcot.errors import MulcotError
-from mulcot.metrics.paired import paired_comparison
+from mulcot.metrics.paired import paired_comparison, post_clusters
 from mulcot.store import Store
+
+__all__ = ["PER_POST_COLUMNS", "check_per_post_path", "paired_results", "per_post_rows", "post_clusters",
+           "write_per_post"]  # fmt: skip
 
 #: The per-post export's columns, in order.
 PER_POST_COLUMNS = ("post_id", "dataset", "split", "gold", "prediction", *(f"p_{lab}" for lab in LABELS))
-
-
-def post_clusters(samples: Iterable[dict[str, Any]]) -> dict[int, int]:
-    """Per sample id, the number of its tweet: samples sharing an image (its sha256, else its file name) or a text
-    (the post with the aspect filled in) belong to one tweet — several aspects of one tweet are several samples.
-    Linked transitively (union-find), so a cluster never splits one tweet."""
-    parent: dict[Any, Any] = {}
-
-    def find(x: Any) -> Any:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    ids = []
-    for s in samples:
-        node = ("sample", s["id"])
-        ids.append(s["id"])
-        keys = [("text", (s.get("text") or "").strip())] if (s.get("text") or "").strip() else []
-        image = (s.get("image_sha256") or s.get("image_name")) if s.get("has_image", 1) else None
-        if image:
-            keys.append(("image", image))
-        for key in keys:
-            a, b = find(node), find(key)
-            if a != b:
-                parent[a] = b
-    numbers: dict[Any, int] = {}
-    return {sid: numbers.setdefault(find(("sample", sid)), len(numbers)) for sid in ids}
 
 
 def _posts(store: Store, row: dict[str, Any]) -> dict[int, dict[str, Any]]:

@@ -37,7 +37,7 @@ from mulcot.core.labels import LABELS
 from mulcot.core.prompts import get_prompt
 from mulcot.errors import MulcotError, NotFoundError
 from mulcot.evaluate.config import EvalConfig, EvalResult
-from mulcot.evaluate.generate import generate_missing, stored_outputs
+from mulcot.evaluate.generate import generate_missing, stored_outputs, tokenizer_of
 from mulcot.evaluate.posts import check_per_post_path, per_post_rows, write_per_post
 from mulcot.evaluate.report import paper_row, write_outputs
 from mulcot.evaluate.select import (
@@ -121,17 +121,20 @@ def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = No
     splits = store.splits(config.dataset)
     if config.split not in splits:
         raise NotFoundError(f"dataset '{config.dataset}' has no split '{config.split}' (splits: {', '.join(splits)})")
-    if config.server is not None:
-        from mulcot.generation.server import check_server
-
-        check_server(config.server)
     record = config.public()
     if config.server is not None:
         from mulcot.events import emit
-        from mulcot.generation.server import served_identity
+        from mulcot.generation.base import LabelScoringError
+        from mulcot.generation.server import check_server, served_identity
+        from mulcot.generation.server_choice import dialect_problem
 
+        owner = check_server(config.server).get(config.server.served_model, "")
         assert config.model is not None
-        served, warnings = served_identity(config.server, resolve_model(store, config.model, config.runs_dir).adapter)
+        served_subject = resolve_model(store, config.model, config.runs_dir)
+        problem = dialect_problem(owner, tokenizer_of(served_subject)) if config.label_scoring == "choice" else None
+        if problem:  # refused before the run is recorded: the store stays as it was
+            raise LabelScoringError(problem)
+        served, warnings = served_identity(config.server, served_subject.adapter)
         record.update(served)
         for warning in warnings:
             emit(progress, "eval", "info", message=warning, warning=True)
@@ -165,7 +168,7 @@ def gather(store: Store, config: EvalConfig, task: str, gold_by_id: dict[int, st
         items = [it for it in sample_items(store, config.dataset, config.split) if it.sample_id in gold_by_id]
         generated = generate_missing(store, subject, config, task, items, progress)
         outputs = {stage: stored_outputs(store, config.dataset, config.split, subject, stage,
-                                         get_prompt(prompt, task).version)
+                                         get_prompt(prompt, task).version, config.label_scoring)
                    for prompt, stage in (("cot", STAGE_EVAL), ("label", STAGE_LABEL))}  # fmt: skip
         chains = {sid: r for sid, r in outputs[STAGE_EVAL].items() if sid in gold_by_id}
         label_rows = {sid: r for sid, r in outputs[STAGE_LABEL].items() if sid in gold_by_id}

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mulcot.core.gguf import OUTTYPES
-from mulcot.core.settings import Validated, field_
+from mulcot.core.settings import ConfigError, Validated, field_
 
 HF_DIR = "hf"  # the merged Hugging Face folder inside an export
 LOG_DIR = "logs"  # the converter's and quantizer's full output
@@ -29,6 +29,16 @@ class ExportConfig(Validated):
     dtype: str | None = None  # dtype to merge and save in (default: the base checkpoint's)
     threads: int | None = field_(None, "Quantizer threads (default: all cores).", min=1)
     force: bool = False  # redo every step
+    verify: int | None = field_(None, "Score N posts by forced choice with every GGUF and the merged model.", min=1)
+    verify_dataset: str | None = None  # the dataset (in the store) whose posts --verify scores
+    verify_split: str = "test"
+
+    def check(self) -> None:
+        if self.verify is not None and not self.gguf:
+            raise ConfigError("--verify scores the exported GGUF files against the merged model, and an export made "
+                              "with --no-gguf has none: leave out --no-gguf")  # fmt: skip
+        if self.verify is not None and not self.verify_dataset:
+            raise ConfigError("--verify N scores N posts of a dataset in the store: pass --verify-dataset NAME")
 
 
 @dataclass
@@ -55,6 +65,7 @@ class ExportResult:
     manifest: str | None = None
     modelfile: str | None = None
     steps: list[StepResult] = field(default_factory=list)
+    verify: dict[str, Any] | None = None  # --verify: each GGUF against the merged model (export.verify)
     wall_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Export step 4, ``manifest``: ``manifest.json`` (files with sizes and sha256, source run, base model, quantization
-types, prompt versions, package versions) and, with GGUF files, the Ollama ``Modelfile``. A rerun hashes only the
-files whose size or modification time changed."""
+types, prompt versions, package versions, and ``--verify``'s figures) and, with GGUF files, the Ollama
+``Modelfile``. A rerun hashes only the files whose size or modification time changed, and keeps an earlier
+``verify`` section while the GGUFs it describes are unchanged."""
 
 from __future__ import annotations
 
@@ -34,11 +35,15 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def _previous_hashes(out: Path) -> dict[str, dict[str, Any]]:
+def _previous(out: Path) -> dict[str, Any]:
     try:
         old = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return old if isinstance(old, dict) else {}
+
+
+def _previous_hashes(old: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {f["path"]: f for f in old.get("files", []) if isinstance(f, dict) and "path" in f}
 
 
@@ -54,13 +59,27 @@ def _file_entry(out: Path, path: Path, role: str, kind: str | None, previous: di
             "mtime_ns": stat.st_mtime_ns}  # fmt: skip
 
 
+def _verify_section(new: dict[str, Any] | None, old: dict[str, Any] | None,
+                    files: list[dict[str, Any]]) -> dict[str, Any] | None:  # fmt: skip
+    """``--verify``'s figures with each GGUF's sha256 (new), else an earlier export's when the files are the same."""
+    from mulcot.export.verify import still_valid
+
+    if new is None:
+        return old if still_valid(old, files) else None
+    digests = {f["path"]: f["sha256"] for f in files}
+    for entry in new["gguf"].values():
+        entry["sha256"] = digests.get(entry["file"])
+    return new
+
+
 def write_manifest(out: Path, result: ExportResult, source: ExportSource, config: ExportConfig,
                    quants: tuple[str, ...], names: dict[str, str], *,
                    adapter_sha256: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Write ``manifest.json`` (and, with GGUF files, the ``Modelfile``); returns the manifest."""
     from mulcot.core.prompts import PROMPT_NAMES, TASKS, get_prompt
 
-    previous = _previous_hashes(out)
+    old = _previous(out)
+    previous = _previous_hashes(old)
     files: list[dict[str, Any]] = []
     hf_dir = Path(result.hf_dir)
     if hf_dir.resolve().parent == out.resolve():
@@ -117,6 +136,7 @@ def write_manifest(out: Path, result: ExportResult, source: ExportSource, config
         "llama_cpp_python": llamacpp.installed_version(),
         "versions": package_versions(),
         "files": files,
+        "verify": _verify_section(result.verify, old.get("verify"), files),
     }
     tmp = out / (MANIFEST + ".partial")
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -9,7 +9,10 @@ that produced new output):
 2. ``convert-text`` / ``convert-mmproj`` (:mod:`~mulcot.export.convert`): the text GGUF and the vision projector
    (mmproj) GGUF, in two converter processes side by side (a text-only backbone: the text GGUF alone).
 3. ``quantize-<type>`` (:mod:`~mulcot.export.convert`): one GGUF per quantization type.
-4. ``manifest`` (:mod:`~mulcot.export.manifest`): ``manifest.json`` and an Ollama ``Modelfile``.
+4. ``verify`` (with ``--verify N``, :mod:`~mulcot.export.verify`): every GGUF scored by forced choice on N posts
+   against the merged model (agreement, accuracy difference with its paired interval); always rerun when asked.
+5. ``manifest`` (:mod:`~mulcot.export.manifest`): ``manifest.json`` (with the verify figures) and an Ollama
+   ``Modelfile``.
 
 A failure raises :class:`~mulcot.errors.ExportError` naming the step; the converter's and quantizer's full output is
 kept in ``logs/``.
@@ -42,6 +45,8 @@ from mulcot.export.convert import _failure_reason, convert_to_gguf, quantize_ggu
 from mulcot.export.manifest import write_manifest
 from mulcot.export.merge import merge_adapter, merged_folder_problem
 from mulcot.export.ollama import MODELFILE
+from mulcot.export.verify import verify_export, verify_posts
+from mulcot.generation.base import PredictConfig
 
 _MARKER = ".mulcot-export"
 
@@ -97,11 +102,14 @@ def export(config: ExportConfig, *, store: Any = None, progress: Progress | None
     quants = parse_quants(config.quants) if config.gguf else ()
     source = resolve_source(config.source, store, base_model=config.base_model)
     name = safe_name(config.name or source.run_id or source.path.name)
+    posts = None
+    if config.verify is not None:  # refused before anything is written: no store, dataset, split or samples
+        posts = verify_posts(store, config.verify_dataset, config.verify_split, config.verify)
     if store is None:
-        return _export(config, source, name, quants, progress)
+        return _export(config, source, name, quants, progress, posts)
     record = {**asdict(config), "source_kind": source.kind, "base_model": source.base_model}
     with store.run(f"export-{name}", kind="export", dataset=None, config=record, output_dir=config.out) as run:
-        result = _export(config, source, name, quants, progress)
+        result = _export(config, source, name, quants, progress, posts)
         run.metrics = result
     return result
 
@@ -211,8 +219,8 @@ class _Steps:
         return out
 
 
-def _export(config: ExportConfig, source: ExportSource, name: str, quants: tuple[str, ...],
-            progress: Progress | None) -> ExportResult:  # fmt: skip
+def _export(config: ExportConfig, source: ExportSource, name: str, quants: tuple[str, ...], progress: Progress | None,
+            posts: tuple[list[dict[str, Any]], str] | None = None) -> ExportResult:  # fmt: skip
     start = time.perf_counter()
     out = Path(config.out).expanduser()
     _prepare_out(out, config.force)
@@ -222,6 +230,8 @@ def _export(config: ExportConfig, source: ExportSource, name: str, quants: tuple
     steps = ["merge"]
     if config.gguf:
         steps += [step for step, _ in roles] + [f"quantize-{q}" for q in quants]
+    if posts is not None:
+        steps.append("verify")
     steps.append("manifest")
     run = _Steps(config, out, steps, progress)
 
@@ -238,11 +248,21 @@ def _export(config: ExportConfig, source: ExportSource, name: str, quants: tuple
         order = [q for q in ("q4_k_m", "q4_k_s", "q4_0", "q5_k_m", "q5_k_s", "q6_k", "q8_0") if q in quants]
         result.default_gguf = result.quantized[order[0]] if order else result.text_gguf
 
+    if posts is not None:  # each GGUF against the merged model, by forced choice
+        t0 = time.perf_counter()
+        run.say("verify", "start", f"scoring {len(posts[0])} posts of {config.verify_dataset}/{config.verify_split}")
+        settings = PredictConfig(n_threads=config.threads, batch_size=8)
+        result.verify = verify_export(result, posts[0], posts[1], dataset=str(config.verify_dataset),
+                                      split=config.verify_split, config=settings, progress=progress)  # fmt: skip
+        agree = ", ".join(f"{q} {100 * v['agreement']:.1f}%" for q, v in result.verify["gguf"].items())
+        run.record("verify", "done", [], t0, f"agreement with the merged model: {agree}")
+
     # 4. manifest and Modelfile
     t0 = time.perf_counter()
     run.say("manifest", "start", "hashing files, writing manifest.json and Modelfile")
     try:
         manifest = write_manifest(out, result, source, config, quants, names, adapter_sha256=digest)
+        result.verify = manifest.get("verify")
     except OSError as err:
         raise ExportError("manifest", f"cannot write the manifest: {err}") from err
     result.manifest = str(out / MANIFEST)

@@ -8,6 +8,13 @@ five-field reasoning; ``label``: the label only), decoded as :class:`PredictConf
   ``on_answer`` as soon as it exists, so the caller stores it at once and an interrupted job resumes. In-process
   backends batch the requests; the server backend keeps ``concurrency`` of them in flight.
 
+A third way asks no text at all: :meth:`Backend.score_labels` scores the label prompt's three possible answers by
+forced choice (:mod:`~mulcot.generation.choice`): per post, the log-probability of each label's whole continuation
+after ``"Prediction": "`` (the label, the closing quote and the end-of-turn token), normalised over the three, as
+:class:`~mulcot.generation.choice.LabelChoice` objects. A backend that cannot (no prompt log-probs) says why in one
+line from :meth:`Backend.cannot_score_labels`, asked before anything is stored; its :meth:`~Backend.score_labels`
+raises :class:`LabelScoringError` with the same line.
+
 Backends: ``hf`` (transformers in-process, :mod:`~mulcot.generation.hf`), ``gguf`` (llama.cpp,
 :mod:`~mulcot.generation.gguf`), ``server`` (an OpenAI-compatible server, :mod:`~mulcot.generation.server`). Adding
 one is one module with a :class:`Backend` subclass and one line in :data:`mulcot.generation.BACKENDS`.
@@ -19,12 +26,16 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mulcot.core.client import Usage
 from mulcot.core.images import DEFAULT_MAX_PIXELS
 from mulcot.core.settings import Validated, field_
+from mulcot.errors import ModelError
 from mulcot.events import Progress, emit
+
+if TYPE_CHECKING:
+    from mulcot.generation.choice import LabelChoice
 
 SOURCE_GGUF = "student-gguf"
 SOURCE_HF = "student-hf"
@@ -125,6 +136,10 @@ class RunSummary(Usage):
 OnAnswer = Callable[[Request, Generated], None]
 
 
+class LabelScoringError(ModelError):
+    """A backend cannot score label answers by forced choice (no prompt log-probabilities, or not for this input)."""
+
+
 class Backend:
     """A model that answers posts. Subclasses set ``kind``, ``source`` (the chain source of its answers), ``name``,
     ``text_only`` and ``config``, and implement :meth:`generate`; :meth:`run` batches requests through it."""
@@ -166,6 +181,18 @@ class Backend:
     def batch_size(self) -> int:
         """How many posts :meth:`run` hands to one :meth:`generate` call."""
         return 1
+
+    def cannot_score_labels(self, posts: Sequence[Post] = ()) -> str | None:
+        """Why this backend cannot score ``posts``' label answers by forced choice (one line naming what to do), or
+        None when it can; asked before anything is generated or stored. By default: it cannot."""
+        return (f"the {self.kind or type(self).__name__} backend cannot score label answers by forced choice (it gives "
+                "no log-probabilities): pass --label-scoring generate")  # fmt: skip
+
+    def score_labels(self, posts: Sequence[Post], task: str) -> list[LabelChoice]:
+        """Forced-choice scores of the label prompt (P_label of ``task``) for each post, in order
+        (``LabelChoice.sample_id`` is the post's index): the log-probability of each label's whole answer, its share
+        of the three, the most probable label. Raises :class:`LabelScoringError` where the backend cannot."""
+        raise LabelScoringError(self.cannot_score_labels(posts) or f"{self.kind}: forced choice is not implemented")
 
     def run(self, requests: Iterable[Request], on_answer: OnAnswer, *, progress: Progress | None = None,
             stage: str = "generate", total: int | None = None, message: str = "",

@@ -13,13 +13,16 @@ everything before it — the log-probability of the whole continuation after ``"
 turn makes an answer that would go on after the label (``"positive" because …``) less likely, as training taught.
 The probabilities are the softmax of the three scores (normalised over the three labels only).
 
-Two ways of computing, equal up to float rounding: ``shared_prefix`` (the default for text-only backbones) runs
-the common prefix once (left-padded, explicit position ids), repeats its key/value cache for the three labels and
-runs only the continuations; otherwise (Qwen-VL, whose multimodal rotary positions are recomputed by the model)
-each label's full sequence is run, right-padded as in training, and only the needed positions' logits computed.
+Two ways of computing, equal up to float rounding: ``shared_prefix`` (the default for text-only backbones) batches
+the items by prompt length and runs, per batch, the head every prompt shares (the chat template's system turn and
+the instructions) once, then each item's rest of the prefix on that cache (right-padded, explicit position ids),
+then only the three continuations on its cache repeated per label; otherwise (Qwen-VL, whose multimodal rotary
+positions are recomputed by the model) each label's full sequence is run, right-padded as in training, and only
+the needed positions' logits computed.
 
-:func:`choice_texts`, :func:`scored_span` and :func:`normalise` are backend-neutral (a GGUF or server backend
-tokenizes the same texts and scores the same span); :func:`score_labels` is the transformers backend.
+:func:`choice_texts`, :func:`scored_span`, :func:`normalise` and :func:`choice_from_scores` are backend-neutral
+(a GGUF or server backend tokenizes the same texts and scores the same span); :func:`score_labels` is the
+transformers backend.
 """
 
 from __future__ import annotations
@@ -117,7 +120,8 @@ def normalise(log_probs: Mapping[str, float]) -> dict[str, float]:
     return {k: w / total for k, w in weights.items()}
 
 
-def _choice(sample_id: int, log_probs: dict[str, float], tokens: dict[str, int]) -> LabelChoice:
+def choice_from_scores(sample_id: int, log_probs: dict[str, float], tokens: dict[str, int]) -> LabelChoice:
+    """The :class:`LabelChoice` of one item from its labels' log-probabilities (any backend)."""
     probs = normalise(log_probs)
     best = max(LABELS, key=lambda lab: (probs[lab], -LABELS.index(lab)))
     return LabelChoice(sample_id=sample_id, prediction=best, probabilities=probs, log_probs=log_probs, tokens=tokens)
@@ -149,19 +153,33 @@ def score_labels(model: Any, processor: Any, items: Sequence[TrainItem], task: s
     out: list[LabelChoice] = []
     try:
         with torch.inference_mode():
-            for begin in range(0, len(items), batch_size):
+            if shared_prefix:
+                out = _score_all_shared(model, processor, items, task, eot, end_of_turn, device, batch_size, progress)
+            for begin in range(0, len(items) if not shared_prefix else 0, batch_size):
                 chunk = items[begin : begin + batch_size]
-                if shared_prefix:
-                    out.extend(_score_shared(model, processor, chunk, task, eot, end_of_turn, device, text_only))
-                else:
-                    out.extend(_score_full(model, processor, chunk, task, eot, end_of_turn, device, text_only,
-                                           max_pixels))  # fmt: skip
+                out.extend(_score_full(model, processor, chunk, task, eot, end_of_turn, device, text_only,
+                                       max_pixels))  # fmt: skip
                 emit(progress, "choice", done=len(out), total=len(items))
     finally:
         tok.padding_side = "right"
         if was_training:
             model.train()
     return out
+
+
+def _score_all_shared(model: Any, processor: Any, items: Sequence[TrainItem], task: str, eot: int, include_eot: bool,
+                      device: Any, batch_size: int, progress: Progress | None) -> list[LabelChoice]:  # fmt: skip
+    """Text-only items through :func:`_score_shared`, batched by prompt length (less padding), in their order."""
+    spans = [_shared_span(processor, item, task, eot, include_eot, True) for item in items]
+    order = sorted(range(len(items)), key=lambda i: len(spans[i][0]))
+    scored: dict[int, LabelChoice] = {}
+    for begin in range(0, len(order), batch_size):
+        chunk = order[begin : begin + batch_size]
+        for i, (log_probs, tokens) in zip(chunk, _score_shared(model, processor, [spans[i] for i in chunk], device),
+                                          strict=True):  # fmt: skip
+            scored[i] = choice_from_scores(items[i].sample_id, log_probs, tokens)
+        emit(progress, "choice", done=len(scored), total=len(items))
+    return [scored[i] for i in range(len(items))]
 
 
 def _token_ids(processor: Any, texts: list[str], images: list[Any] | None) -> tuple[list[list[int]], dict[str, Any]]:
@@ -207,7 +225,7 @@ def _score_full(model: Any, processor: Any, chunk: Sequence[TrainItem], task: st
             lp = torch.log_softmax(logits[row, cols].float(), dim=-1)
             log_probs[label] = float(lp.gather(-1, torch.tensor(targets, device=lp.device)[:, None]).sum())
             tokens[label] = end - start
-        out.append(_choice(item.sample_id, log_probs, tokens))
+        out.append(choice_from_scores(item.sample_id, log_probs, tokens))
     return out
 
 
@@ -217,61 +235,74 @@ def _cache_argument(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def _score_shared(model: Any, processor: Any, chunk: Sequence[TrainItem], task: str, eot: int, include_eot: bool,
-                  device: Any, text_only: bool) -> list[LabelChoice]:  # fmt: skip
-    """The common prefix once per item (left padding), its cache repeated for the three continuations."""
+def _shared_span(processor: Any, item: TrainItem, task: str, eot: int, include_eot: bool,
+                 text_only: bool) -> tuple[list[int], list[list[int]]]:  # fmt: skip
+    """One item's common prefix (token ids) and each label's continuation."""
+    by_label = choice_texts(processor, item, task, text_only=text_only)
+    ids, _ = _token_ids(processor, [by_label[lab] for lab in LABELS], None)
+    start, ends = scored_span(ids, eot, include_end_of_turn=include_eot)
+    return ids[0][:start], [row[start:end] for row, end in zip(ids, ends, strict=True)]
+
+
+def _score_shared(model: Any, processor: Any, spans: Sequence[tuple[list[int], list[list[int]]]],
+                  device: Any) -> list[tuple[dict[str, float], dict[str, int]]]:  # fmt: skip
+    """Per item, each label's log-probability and token count, in three passes: the items' common head once
+    (batch 1), each item's rest of the prefix (right-padded, its cache the head's repeated), then the three
+    continuations (that cache repeated per label). Padding slots stay masked; positions count real tokens only."""
     import torch
 
-    n = len(LABELS)
-    prefixes, conts = [], []
-    for item in chunk:
-        by_label = choice_texts(processor, item, task, text_only=text_only)
-        ids, _ = _token_ids(processor, [by_label[lab] for lab in LABELS], None)
-        start, ends = scored_span(ids, eot, include_end_of_turn=include_eot)
-        prefixes.append(ids[0][:start])
-        conts.append([row[start:end] for row, end in zip(ids, ends, strict=True)])
+    n, b = len(LABELS), len(spans)
+    prefixes = [p for p, _ in spans]
+    head = 0
+    shortest = min(len(p) for p in prefixes)
+    while head < shortest - 1 and all(p[head] == prefixes[0][head] for p in prefixes):
+        head += 1  # the common head, leaving every item at least one token of its own
+    cache_arg = _cache_argument(model)
+    cache = None
+    if head:
+        first = model(input_ids=torch.tensor([prefixes[0][:head]], device=device), use_cache=True, logits_to_keep=1)
+        cache = first.get("cache") or first.get("past_key_values")  # transformers ≥ 5.25 names it cache
+        cache.batch_repeat_interleave(b)
+    rest = [p[head:] for p in prefixes]
+    width = max(len(r) for r in rest)
     pad = processor.tokenizer.pad_token_id
-    width = max(len(p) for p in prefixes)
-    prefix_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-    prefix_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-    for i, p in enumerate(prefixes):
-        prefix_ids[i, width - len(p) :] = torch.tensor(p)
-        prefix_mask[i, width - len(p) :] = 1
-    positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
-    first = model(input_ids=prefix_ids.to(device), attention_mask=prefix_mask.to(device),
-                  position_ids=positions.to(device), use_cache=True, logits_to_keep=1)  # fmt: skip
-    first_lp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)  # (items, vocab)
-    # the continuations: every token but the last is an input; every token is a target
-    longest = max(len(c) for rows in conts for c in rows)
-    scores = torch.zeros(len(chunk) * n, dtype=torch.float64)
+    mid_ids = torch.full((b, width), pad, dtype=torch.long)
+    mid_mask = torch.zeros((b, width), dtype=torch.long)
+    for i, r in enumerate(rest):
+        mid_ids[i, : len(r)], mid_mask[i, : len(r)] = torch.tensor(r), 1
+    ones = torch.ones((b, head), dtype=torch.long)
+    last = sorted({len(r) - 1 for r in rest})
+    kwargs = {cache_arg: cache} if cache is not None else {}
+    out_b = model(input_ids=mid_ids.to(device), attention_mask=torch.cat([ones, mid_mask], 1).to(device),
+                  position_ids=(head + torch.arange(width)).expand(b, width).to(device), use_cache=True,
+                  logits_to_keep=torch.tensor(last, device=device), **kwargs)  # fmt: skip
+    column = {pos: c for c, pos in enumerate(last)}
+    first_lp = torch.log_softmax(torch.stack([out_b.logits[i, column[len(r) - 1]] for i, r in enumerate(rest)])
+                                 .float(), dim=-1)  # fmt: skip
+    conts = [c for _, c in spans]
+    scores = torch.zeros(b * n, dtype=torch.float64)
     for i, rows in enumerate(conts):
         for k, c in enumerate(rows):
             scores[i * n + k] = float(first_lp[i, c[0]])
-    if longest > 1:
-        steps = longest - 1
-        cont_ids = torch.full((len(chunk) * n, steps), pad, dtype=torch.long)
-        cont_mask = torch.zeros((len(chunk) * n, steps), dtype=torch.long)
+    steps = max(len(c) for rows in conts for c in rows) - 1
+    if steps > 0:
+        cont_ids = torch.full((b * n, steps), pad, dtype=torch.long)
+        cont_mask = torch.zeros((b * n, steps), dtype=torch.long)
         for i, rows in enumerate(conts):
             for k, c in enumerate(rows):
                 if len(c) > 1:
-                    cont_ids[i * n + k, : len(c) - 1] = torch.tensor(c[:-1])
-                    cont_mask[i * n + k, : len(c) - 1] = 1
-        lengths = prefix_mask.sum(-1).repeat_interleave(n)
-        cache = first.get("cache") or first.get("past_key_values")  # transformers ≥ 5.25 names it cache
+                    cont_ids[i * n + k, : len(c) - 1], cont_mask[i * n + k, : len(c) - 1] = torch.tensor(c[:-1]), 1
+        cache = out_b.get("cache") or out_b.get("past_key_values")
         cache.batch_repeat_interleave(n)
-        mask = torch.cat([prefix_mask.repeat_interleave(n, dim=0), cont_mask], dim=1)
-        pos = lengths[:, None] + torch.arange(steps)[None, :]
-        logits = model(input_ids=cont_ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                       use_cache=True, **{_cache_argument(model): cache}).logits  # fmt: skip
+        mask = torch.cat([ones.repeat_interleave(n, 0), mid_mask.repeat_interleave(n, 0), cont_mask], 1)
+        lengths = torch.tensor([head + len(r) for r in rest]).repeat_interleave(n)
+        logits = model(input_ids=cont_ids.to(device), attention_mask=mask.to(device),
+                       position_ids=(lengths[:, None] + torch.arange(steps)[None, :]).to(device), use_cache=True,
+                       **{cache_arg: cache}).logits  # fmt: skip
         lp = torch.log_softmax(logits.float(), dim=-1)
         for i, rows in enumerate(conts):
             for k, c in enumerate(rows):
                 for t in range(1, len(c)):
                     scores[i * n + k] += float(lp[i * n + k, t - 1, c[t]])
-    out = []
-    for i, (item, rows) in enumerate(zip(chunk, conts, strict=True)):
-        log_probs = {lab: float(scores[i * n + k]) for k, lab in enumerate(LABELS)}
-        tokens = {lab: len(c) for lab, c in zip(LABELS, rows, strict=True)}
-        out.append(_choice(item.sample_id, log_probs, tokens))
-    return out
-
+    return [({lab: float(scores[i * n + k]) for k, lab in enumerate(LABELS)},
+             {lab: len(c) for lab, c in zip(LABELS, rows, strict=True)}) for i, rows in enumerate(conts)]  # fmt: skip

@@ -12,13 +12,16 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mulcot.core.gguf import check_gguf, read_manifest
 from mulcot.core.images import load_image, png_data_url
 from mulcot.core.prompts import get_prompt, image_as_text
 from mulcot.errors import ModelError, MulcotError, NotFoundError
 from mulcot.generation.base import SOURCE_GGUF, Backend, Generated, Post, PredictConfig
+
+if TYPE_CHECKING:
+    from mulcot.generation.choice import LabelChoice
 
 _LOG_CALLBACK: Any = None
 _LOG_TAIL: list[str] = []
@@ -123,6 +126,7 @@ class GGUFBackend(Backend):
                     f"of {self.model_path.name}?){': ' + detail if detail else ''}"
                 ) from err
         self._eog = self._eog_ids() if self.config.ignore_eos else []
+        self._scorer: Any = None  # the forced-choice scorer (gguf_choice), made on first use
 
     @classmethod
     def open(cls, *, config: PredictConfig, store: Any = None, gguf: str | os.PathLike[str] | None = None,
@@ -199,6 +203,8 @@ class GGUFBackend(Backend):
         }
         if self._eog:
             kwargs["logit_bias"] = {i: float("-inf") for i in self._eog}
+        if self._scorer is not None:
+            self._scorer.cached = []  # generation reuses the context: the scorer's prefix is no longer there
         start = time.perf_counter()
         try:
             out = self.llm.create_chat_completion(**kwargs)
@@ -221,6 +227,21 @@ class GGUFBackend(Backend):
         return Generated(text=text, token_ids=ids, tokens_in=out["usage"]["prompt_tokens"], tokens_out=len(ids),
                          latency_s=latency, first_token_s=first,
                          finish_reason=out["choices"][0].get("finish_reason"))  # fmt: skip
+
+    def cannot_score_labels(self, posts: Sequence[Post] = ()) -> str | None:
+        if any(p.image is not None for p in posts) and self.handler is None:
+            return (f"{self.name} has no vision projector (mmproj) loaded, so it cannot read images: leave out the "
+                    "images, or pass --mmproj FILE (`mulcot export` writes mmproj-*.gguf beside it)")  # fmt: skip
+        return None
+
+    def score_labels(self, posts: Sequence[Post], task: str) -> list[LabelChoice]:
+        """Forced choice on the GGUF (:mod:`mulcot.generation.gguf_choice`): the label prompt as generation renders
+        it, each label's continuation scored by llama.cpp; the common prefix (and the image) evaluated once."""
+        from mulcot.generation.gguf_choice import GGUFScorer
+
+        if self._scorer is None:
+            self._scorer = GGUFScorer(self)
+        return self._scorer.score(posts, task)
 
     def generate(self, posts: Sequence[Post], prompt: str, task: str) -> list[Generated]:
         template = get_prompt(prompt, task)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mulcot.core.images import DEFAULT_MAX_PIXELS, load_image, png_bytes
 from mulcot.core.inputs import TrainItem, is_text_only, render_prompt, user_message
@@ -23,6 +23,9 @@ from mulcot.core.prompts import get_prompt
 from mulcot.errors import ModelError, MulcotError
 from mulcot.events import Progress, emit
 from mulcot.generation.base import SOURCE_HF, Backend, Generated, Post, PredictConfig
+
+if TYPE_CHECKING:
+    from mulcot.generation.choice import LabelChoice
 
 
 @dataclass
@@ -186,3 +189,15 @@ class HFBackend(Backend):
 
     def generate(self, posts: Sequence[Post], prompt: str, task: str) -> list[Generated]:
         return [answers[0] for answers in self.sample(posts, prompt, task, 1, None)]
+
+    def cannot_score_labels(self, posts: Sequence[Post] = ()) -> str | None:
+        return None
+
+    def score_labels(self, posts: Sequence[Post], task: str) -> list[LabelChoice]:
+        """Forced choice through :func:`mulcot.generation.choice.score_labels`, ``batch_size`` posts at once (the
+        common prefix run once for text-only backbones; full sequences for Qwen-VL, the same pixels as generation)."""
+        from mulcot.generation.choice import score_labels
+
+        cfg = self.config
+        return score_labels(self.model, self.processor, self._items(posts), task, batch_size=cfg.batch_size,
+                            max_pixels=cfg.max_pixels)  # fmt: skip

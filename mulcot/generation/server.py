@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from mulcot.core.client import Completion, Teacher, TeacherConfig, TeacherError
@@ -30,6 +30,9 @@ from mulcot.core.images import DEFAULT_MAX_PIXELS
 from mulcot.errors import MulcotError
 from mulcot.events import Progress, emit
 from mulcot.generation.base import SOURCE_SERVER, Backend, Generated, Post, PredictConfig, Request, RunSummary
+
+if TYPE_CHECKING:
+    from mulcot.generation.choice import LabelChoice
 
 SERVER_KEY_ENV = "MULCOT_SERVER_KEY"  # the server's API key, if it wants one (vLLM --api-key); never stored
 DEAD = ("connection", "timeout")  # TeacherError kinds that mean the server stopped answering
@@ -285,20 +288,41 @@ class ServerBackend(Backend):
     kind = "server"
     source = SOURCE_SERVER
 
-    def __init__(self, server: ServerConfig, config: PredictConfig | None = None):
+    def __init__(self, server: ServerConfig, config: PredictConfig | None = None, *, tokenizer: str | None = None):
         self.server = server
         self.config = config or PredictConfig()
         self.text_only = server.text_only
         self.name = server.served_model
-        check_server(server)
+        self.tokenizer = tokenizer  # the served model's folder or hub id: forced choice renders and tokenizes with it
+        self.owner = check_server(server).get(server.served_model, "")
+        self._scorer: Any = None
 
     @classmethod
     def open(cls, *, config: PredictConfig, store: Any = None, server: ServerConfig | None = None,
-             **_: Any) -> ServerBackend:  # fmt: skip
-        """The model a server serves (checked: reachable and serving it)."""
+             tokenizer: str | None = None, **_: Any) -> ServerBackend:  # fmt: skip
+        """The model a server serves (checked: reachable and serving it); ``tokenizer`` (the served model's folder
+        or hub id) for forced-choice scoring."""
         if server is None:
             raise MulcotError("the server backend needs --server URL --served-model NAME")
-        return cls(server, config)
+        return cls(server, config, tokenizer=tokenizer)
+
+    def cannot_score_labels(self, posts: Sequence[Post] = ()) -> str | None:
+        from mulcot.generation.server_choice import dialect_problem
+
+        return dialect_problem(self.owner, self.tokenizer)
+
+    def score_labels(self, posts: Sequence[Post], task: str) -> list[LabelChoice]:
+        """Forced choice from the server's prompt log-probs (:mod:`mulcot.generation.server_choice`): vLLM or
+        llama-cpp-python; anything else is refused in one line."""
+        from mulcot.generation.base import LabelScoringError
+        from mulcot.generation.server_choice import ServerLabelScorer
+
+        problem = self.cannot_score_labels(posts)
+        if problem:
+            raise LabelScoringError(problem)
+        if self._scorer is None:
+            self._scorer = ServerLabelScorer(self, self.owner, str(self.tokenizer))
+        return self._scorer.score(posts, task)
 
     def job(self, request: Request, k: int = 0) -> Job:
         """The request for the ``k``-th answer to ``request``."""
@@ -322,6 +346,23 @@ class ServerBackend(Backend):
         jobs = (self.job(request, k) for request in requests for k in range(request.n))
         return generate(self.server, jobs, lambda job, comp: on_answer(job.tag, generated(comp)), progress=progress,
                         stage=stage, total=total, message=message, stop=stop)  # fmt: skip
+
+    def ask(self, tags: Sequence[Any], request: Callable[[Teacher, Any], Awaitable[Any]],
+            on_answer: Callable[[Any, Any], None], *, names: Sequence[str] | None = None, stage: str = "generate",
+            stop: Callable[[], bool] | None = None) -> None:  # fmt: skip
+        """One request per tag (``await request(client, tag)``), ``concurrency`` in flight, ``on_answer(tag,
+        answer)`` for each as it arrives; a failed request, a budget stop or a dead server raises
+        :class:`ServerError` (after the answers already handed over)."""
+        jobs = [Job(sample_id=i, prompt="", max_tokens=1, tag=tag, name=names[i] if names else str(tag))
+                for i, tag in enumerate(tags)]  # fmt: skip
+
+        async def send(client: Teacher, job: Job, url: str | None) -> Any:
+            return await request(client, job.tag)
+
+        summary = generate(self.server, jobs, lambda job, answer: on_answer(job.tag, answer), request=send,
+                           stage=stage, stop=stop)  # fmt: skip
+        if summary.failures or summary.stopped:
+            raise ServerError(summary.failures[0] if summary.failures else f"stopped at the --{summary.stopped} budget")
 
     def generate(self, posts: Sequence[Post], prompt: str, task: str) -> list[Generated]:
         """Answers for ``posts`` (in order); a failed request raises :class:`ServerError`."""

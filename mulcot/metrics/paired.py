@@ -9,6 +9,7 @@
   since their answers are not independent), both models scored on the same draw; seeded, so a rerun gives the
   same interval.
 - :func:`agreement`: the share of posts where both predictions are the same valid label.
+- :func:`post_clusters`: which posts share one tweet (the bootstrap's clusters), from store samples.
 
 Labels are normalised with :func:`mulcot.core.labels.normalize_label`; a prediction that is not a label counts as wrong
 (as in :func:`mulcot.metrics.classification_metrics`, whose macro-F1 the bootstrap reproduces exactly on
@@ -18,7 +19,7 @@ negative of its gold label and a false positive of none).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -226,3 +227,32 @@ def paired_comparison(gold: Sequence[object], pred_a: Sequence[object], pred_b: 
     boot = paired_bootstrap(gold, pred_a, pred_b, clusters=clusters, n_boot=n_boot, seed=seed, confidence=confidence)
     return {"n": boot.n, "clusters": boot.clusters, "agreement": agreement(pred_a, pred_b),
             "mcnemar": mcnemar_exact(gold, pred_a, pred_b).to_dict(), "bootstrap": boot.to_dict()}  # fmt: skip
+
+
+def post_clusters(samples: Iterable[dict[str, Any]]) -> dict[int, int]:
+    """Per sample id, the number of its tweet: samples sharing an image (its sha256, else its file name) or a text
+    (the post with the aspect filled in) belong to one tweet — several aspects of one tweet are several samples.
+    Linked transitively (union-find), so a cluster never splits one tweet."""
+    parent: dict[Any, Any] = {}
+
+    def find(x: Any) -> Any:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    ids = []
+    for s in samples:
+        node = ("sample", s["id"])
+        ids.append(s["id"])
+        keys = [("text", (s.get("text") or "").strip())] if (s.get("text") or "").strip() else []
+        image = (s.get("image_sha256") or s.get("image_name")) if s.get("has_image", 1) else None
+        if image:
+            keys.append(("image", image))
+        for key in keys:
+            a, b = find(node), find(key)
+            if a != b:
+                parent[a] = b
+    numbers: dict[Any, int] = {}
+    return {sid: numbers.setdefault(find(("sample", sid)), len(numbers)) for sid in ids}

@@ -102,6 +102,7 @@ class EvalSection:
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
     max_new_tokens: int = 512
     limit: int | None = None
+    label_scoring: str = "choice"  # the label head: choice (forced choice) or generate
 
 
 @dataclass
@@ -155,7 +156,7 @@ class Recipe:
 
 
 # checks of the sections that are not derived from a config (those carry ``choices`` / ``min`` in their metadata)
-_ALLOWED = {"dataset.format": FORMATS}
+_ALLOWED = {"dataset.format": FORMATS, "eval.label_scoring": ("choice", "generate")}
 _ALLOWED_ITEMS = {"eval.metrics": METRICS, "export.quant": QUANTS}
 _POSITIVE = {"teacher.concurrency", "expand.n"}
 

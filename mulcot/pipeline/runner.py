@@ -266,7 +266,8 @@ class Pipeline:
                 continue  # the teacher annotates train only; a release may carry test chains
             cfg = EvalConfig(dataset=d.name, split=ev.split, metrics=list(ev.metrics), limit=ev.limit,
                              max_new_tokens=ev.max_new_tokens, max_pixels=self.recipe.training.max_pixels,
-                             device=self.recipe.training.device, runs_dir=str(self.runs_dir), **subject)  # fmt: skip
+                             device=self.recipe.training.device, runs_dir=str(self.runs_dir),
+                             label_scoring=ev.label_scoring, **subject)  # fmt: skip
             result = evaluate(self.store, cfg)
             row = {"subject": label, **_headline(result.to_dict())}
             self.metrics.append(row)

@@ -5,26 +5,32 @@ The student is asked with the reasoning prompt P_cot; its answer is parsed into 
 ``student-gguf``, stage ``eval``, model = the GGUF file name, prompt version of P_cot) so ``mulcot eval`` can score
 it; samples that already have one for that model and prompt are skipped, so an interrupted run resumes. With
 the label prompt P_label too, its answers are stored as ``mulcot.evaluate`` stores them (stage ``label``, fields
-``{"Prediction": label}``), so eval reports the label head beside the chains' own Prediction.
+``{"Prediction": label}``), so eval reports the label head beside the chains' own Prediction. With
+``label_scoring="choice"`` the label head is read by forced choice instead (:meth:`Backend.score_labels
+<mulcot.generation.base.Backend.score_labels>`): the most probable of the three answers, stored with its
+probabilities (origin ``predict-choice``, kept apart from generated answers as eval keeps them).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mulcot.core.chains import EVAL, LABEL, chain_row, parse_output
+from mulcot.core.chains import EVAL, LABEL, chain_row, choice_fields, parse_output
 from mulcot.core.gguf import safe_name
 from mulcot.core.prompts import get_prompt
+from mulcot.core.reasoning import format_prediction
 from mulcot.core.refs import check_name
 from mulcot.errors import DataError, ModelError, MulcotError
 from mulcot.events import Progress, emit
-from mulcot.generation.base import Backend, Generated, Post, Request
+from mulcot.generation.base import Backend, Generated, LabelScoringError, Post, Request
 
 PROMPT_STAGES = {"cot": EVAL, "label": LABEL}  # the stage a prompt's answers are stored under, as eval stores them
+CHOICE_ORIGIN = "predict-choice"  # the origin of forced-choice label answers (generated ones: "predict")
 
 
 @dataclass
@@ -67,15 +73,43 @@ def _check_prompts(prompts: Sequence[str]) -> None:
         raise MulcotError(f"prompts must be cot and/or label (cot first), not {list(prompts)}")
 
 
-def predict_post(backend: Backend, post: Post, *, task: str | None = None,
-                 prompts: Sequence[str] = ("cot",)) -> list[PostPrediction]:  # fmt: skip
-    """Predict one post with each of ``prompts`` (``cot``: the five-field reasoning; ``label``: the label only).
-    ``task`` defaults to ``masc`` when the post has an aspect, else ``msa``."""
+def predict_post(backend: Backend, post: Post, *, task: str | None = None, prompts: Sequence[str] = ("cot",),
+                 label_scoring: str = "generate") -> list[PostPrediction]:  # fmt: skip
+    """Predict one post with each of ``prompts`` (``cot``: the five-field reasoning; ``label``: the label only,
+    generated or, with ``label_scoring="choice"``, by forced choice). ``task`` defaults to ``masc`` when the post
+    has an aspect, else ``msa``."""
     _check_prompts(prompts)
+    _check_scoring(backend, label_scoring, prompts, [post])
     task = task or ("masc" if post.aspect else "msa")
     if task == "masc" and not post.aspect:
         raise MulcotError("an aspect-level (masc) prediction needs --aspect")
-    return [_prediction(backend.generate([post], p, task)[0], p, task) for p in prompts]
+    out = []
+    for p in prompts:
+        if p == "label" and label_scoring == "choice":
+            t0 = time.perf_counter()
+            choice = backend.score_labels([post], task)[0]
+            out.append(_chosen(choice, task, time.perf_counter() - t0))
+        else:
+            out.append(_prediction(backend.generate([post], p, task)[0], p, task))
+    return out
+
+
+def _check_scoring(backend: Backend, label_scoring: str, prompts: Sequence[str], posts: Sequence[Post]) -> None:
+    if label_scoring not in ("choice", "generate"):
+        raise MulcotError(f"--label-scoring is {label_scoring!r}; allowed: choice, generate")
+    if label_scoring == "choice" and "label" in prompts:
+        problem = backend.cannot_score_labels(posts)
+        if problem:
+            raise LabelScoringError(problem)
+
+
+def _chosen(choice: Any, task: str, seconds: float) -> PostPrediction:
+    """A forced-choice label answer as a prediction: ``"Prediction": "<label>"`` with the probabilities."""
+    raw = format_prediction(choice.prediction)
+    return PostPrediction(prompt="label", task=task, prompt_version=get_prompt("label", task).version, raw=raw,
+                          fields={"Prediction": choice.prediction, **choice_fields(choice)},
+                          prediction=choice.prediction, parse_status="full", valid=True, tokens_in=None, tokens_out=0,
+                          latency_s=round(seconds, 4))  # fmt: skip
 
 
 @dataclass
@@ -119,14 +153,15 @@ def predict_dataset(
     run_id: str | None = None,
     source: str | None = None,
     prompts: Sequence[str] = ("cot",),
+    label_scoring: str = "generate",
     progress: Progress | None = None,
     force: bool = False,
 ) -> BatchSummary:
     """Predict every sample of ``dataset``/``split`` (the first ``limit``) and store each answer as a chain (source
     ``student-gguf`` or ``student-hf``, stage ``eval``, model = the backend's name); samples that already have a
-    final chain for this model and prompt are skipped. The run is recorded in the store (kind ``predict``); a
-    second process predicting the same run is refused, or with ``force`` shares the work (no sample is asked
-    twice)."""
+    final chain for this model and prompt are skipped. The label prompt's answers are generated, or scored by
+    forced choice (``label_scoring="choice"``). The run is recorded in the store (kind ``predict``); a second
+    process predicting the same run is refused, or with ``force`` shares the work (no sample is asked twice)."""
     start = time.perf_counter()
     _check_prompts(prompts)
     if run_id is not None:
@@ -143,16 +178,18 @@ def predict_dataset(
     run_id = run_id or f"predict-{safe_name(backend.name)}-{dataset}-{split}"
     summary = BatchSummary(run_id=run_id, model=backend.name, source=source, dataset=dataset, split=split,
                            prompt_version=cot.version)  # fmt: skip
-    todo = _todo(store, backend, dataset, split, samples, prompts, task, source)
+    choice = label_scoring == "choice" and "label" in prompts
+    todo = _todo(store, backend, dataset, split, samples, prompts, task, source, choice)
     summary.skipped_done = len(samples) - len(todo[prompts[0]])
     text_only = backend.text_only  # a text-only backbone reads captions, never images
     config = {"backend": backend.kind, "model": backend.name, "split": split, "prompts": list(prompts),
-              "limit": limit, **{k: v for k, v in asdict(backend.config).items() if k not in ("device",)}}  # fmt: skip
-    requests = [Request(post=Post(text=s["text"], aspect=s["aspect"],
-                                  image=s["image_path"] if s["has_image"] and not text_only else None,
-                                  caption=(s.get("meta") or {}).get("caption")),
-                        prompt=p, task=task, tag=s["id"], name=f"sample {s['key']} ({p})")
-                for p in prompts for s in todo[p]]  # fmt: skip
+              "label_scoring": label_scoring if "label" in prompts else None, "limit": limit,
+              **{k: v for k, v in asdict(backend.config).items() if k not in ("device",)}}  # fmt: skip
+    post = functools.partial(_post, text_only=text_only)
+
+    _check_scoring(backend, label_scoring, prompts, [post(s) for s in todo.get("label", [])])
+    requests = [Request(post=post(s), prompt=p, task=task, tag=s["id"], name=f"sample {s['key']} ({p})")
+                for p in prompts if not (choice and p == "label") for s in todo[p]]  # fmt: skip
     emit(progress, "predict", done=0, total=len(requests))
     server = getattr(backend, "server", None)
     if server is not None:
@@ -160,6 +197,7 @@ def predict_dataset(
 
         config.update(served_identity(server, None)[0])
     count = 0
+    numbers = _attempt_numbers(store, dataset, split, source, run_id, prompts, task)
 
     def store_answer(request: Request, gen: Generated) -> None:
         nonlocal count
@@ -167,7 +205,8 @@ def predict_dataset(
         store.add_reasoning(**chain_row(
             sample_id=request.tag, source=source, model=backend.name, stage=PROMPT_STAGES[request.prompt],
             output=pred.raw, run_id=run_id, prompt_version=pred.prompt_version, origin="predict",
-            tokens_in=pred.tokens_in, tokens_out=pred.tokens_out, latency_s=pred.latency_s,
+            attempt=numbers[request.prompt].get(request.tag, 1), tokens_in=pred.tokens_in, tokens_out=pred.tokens_out,
+            latency_s=pred.latency_s,
         ))  # fmt: skip
         count += 1
         if request.prompt == prompts[0]:
@@ -188,6 +227,12 @@ def predict_dataset(
                     summary.skipped_other_writer += 1
 
         served = backend.run(claimed(), store_answer, stage="predict")
+        if choice and todo["label"]:
+            mine = run.claim([_job(x["id"], "label-choice") for x in todo["label"]])
+            chosen = [x for x in todo["label"] if _job(x["id"], "label-choice") in mine]
+            summary.skipped_other_writer += len(todo["label"]) - len(chosen)
+            summary.extra_prompts["label"] = _store_choices(store, backend, chosen, list(map(post, chosen)), task,
+                                                            source, run_id, numbers["label"])  # fmt: skip
         if server is not None:
             summary.served = served.as_dict()
             if served.stopped:
@@ -198,16 +243,60 @@ def predict_dataset(
     return summary
 
 
+def _post(s: dict[str, Any], *, text_only: bool) -> Post:
+    """A stored sample as a post (a text-only backbone reads its caption, never its image)."""
+    return Post(text=s["text"], aspect=s["aspect"], image=s["image_path"] if s["has_image"] and not text_only else None,
+                caption=(s.get("meta") or {}).get("caption"))
+
+
+def _attempt_numbers(store: Any, dataset: str, split: str, source: str, run_id: str, prompts: Sequence[str],
+                     task: str) -> dict[str, dict[int, int]]:  # fmt: skip
+    """Per prompt and sample, the attempt number a new answer takes (one more than the run's rows for it): label
+    answers read the other way, or by other weights under the run's name, keep their rows."""
+    out = {}
+    for p in prompts:
+        counts = store.chain_counts(dataset, split, source=source, stage=PROMPT_STAGES[p], run_id=run_id,
+                                    prompt_version=get_prompt(p, task).version)  # fmt: skip
+        out[p] = {sid: n + 1 for sid, n in counts.items()}
+    return out
+
+
+def _store_choices(store: Any, backend: Backend, samples: list[dict[str, Any]], posts: list[Post], task: str,
+                   source: str, run_id: str, numbers: dict[int, int]) -> int:  # fmt: skip
+    """Forced-choice label answers for ``samples``, a chunk at a time, each chunk stored at once (``numbers``: each
+    sample's attempt number); returns how many."""
+    version = get_prompt("label", task).version
+    step = max(8, 8 * backend.batch_size())
+    for begin in range(0, len(posts), step):
+        t0 = time.perf_counter()
+        scored = backend.score_labels(posts[begin : begin + step], task)
+        each = round((time.perf_counter() - t0) / max(1, len(scored)), 4)
+        store.add_reasonings(chain_row(sample_id=samples[begin + c.sample_id]["id"], source=source, model=backend.name,
+                                       stage=LABEL, output=format_prediction(c.prediction), run_id=run_id,
+                                       prompt_version=version, origin=CHOICE_ORIGIN, latency_s=each,
+                                       attempt=numbers.get(samples[begin + c.sample_id]["id"], 1),
+                                       extra_fields=choice_fields(c)) for c in scored)  # fmt: skip
+    return len(posts)
+
+
 def _todo(store: Any, backend: Backend, dataset: str, split: str, samples: list[dict[str, Any]],
-          prompts: Sequence[str], task: str, source: str) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
-    """Per prompt, the samples without a final answer of this model yet; refuses images the backend cannot read and
-    image files that are gone, in one line, before anything is generated."""
+          prompts: Sequence[str], task: str, source: str, choice: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Per prompt, the samples without a final answer of this model yet (label answers: read the same way, generated
+    or by forced choice); refuses images the backend cannot read and image files that are gone, in one line, before
+    anything is generated."""
     todo: dict[str, list[dict[str, Any]]] = {}
     for p in prompts:
         version = get_prompt(p, task).version
-        done = store.chain_progress(dataset, split, source=source, model=backend.name, stage=PROMPT_STAGES[p],
-                                    prompt_version=version)  # fmt: skip
-        todo[p] = [s for s in samples if (done.get(s["id"]) or {}).get("final") is None]
+        if p == "label":
+            done = {r["sample_id"] for r in store.reasonings(dataset=dataset, split=split, source=source, stage=LABEL,
+                                                             final_only=True)
+                    if r["model"] == backend.name and r["prompt_version"] == version
+                    and (r["origin"] == CHOICE_ORIGIN) == choice}  # fmt: skip
+            todo[p] = [s for s in samples if s["id"] not in done]
+            continue
+        progress = store.chain_progress(dataset, split, source=source, model=backend.name, stage=PROMPT_STAGES[p],
+                                        prompt_version=version)  # fmt: skip
+        todo[p] = [s for s in samples if (progress.get(s["id"]) or {}).get("final") is None]
     text_only = backend.text_only
     needs_vision = not text_only and any(s["has_image"] for p in prompts for s in todo[p])
     if needs_vision and not backend.has_vision:
