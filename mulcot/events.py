@@ -54,7 +54,7 @@ Progress = Callable[[Event], None]
 
 
 def emit(progress: Progress | None, stage: str, kind: str = PROGRESS, *, done: int | None = None,
-         total: int | None = None, message: str = "", **data: Any) -> None:  # fmt: skip
+         total: int | None = None, message: str = "", **data: Any) -> None:
     """Report one event when someone listens."""
     if progress is not None:
         progress(Event(stage, kind, done, total, message, data))

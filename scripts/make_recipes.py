@@ -106,7 +106,7 @@ def main() -> None:
                     name=name, dataset=dataset, fmt=fmt, path=path, about=about, teacher=teacher,
                     images=f'\nimages = "{images}"' if images else "", assistant=assistant, student=student,
                     teacher_model=teacher.split('"')[1],
-                )  # fmt: skip
+                )
                 (out / f"{name}.toml").write_text(text, encoding="utf-8")
     print(f"wrote {len(DATASETS) * len(TEACHERS) * len(FAMILIES)} recipes to {out}/")
 

@@ -98,7 +98,7 @@ def tiny_text_model(tmp_path_factory):
             config = Qwen2Config(vocab_size=-(-len(tok) // 64) * 64, hidden_size=64, intermediate_size=128,
                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                  tie_word_embeddings=True, bos_token_id=end, eos_token_id=eot,
-                                 pad_token_id=end)  # fmt: skip
+                                 pad_token_id=end)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 model = Qwen2ForCausalLM(config).eval()

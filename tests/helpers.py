@@ -11,7 +11,7 @@ from typing import Any
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, *, interval: float = 0.1,
-               process: subprocess.Popen | None = None, what: str = "") -> Any:  # fmt: skip
+               process: subprocess.Popen | None = None, what: str = "") -> Any:
     """Poll ``condition()`` until it gives something truthy, and return that. With ``what``, a timeout (or the
     ``process`` ending first) fails the test naming it; without, the last falsy value is returned (a test that
     only wants to get far enough, then acts anyway)."""

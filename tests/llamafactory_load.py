@@ -17,9 +17,9 @@ from transformers import Qwen2TokenizerFast, Qwen2VLImageProcessor, Seq2SeqTrain
 
 dataset_dir, name, tokenizer_json = sys.argv[1:4]
 tok = Qwen2TokenizerFast(tokenizer_file=tokenizer_json, unk_token=None, bos_token=None, eos_token="<|im_end|>",
-                         pad_token="<|endoftext|>")  # fmt: skip
+                         pad_token="<|endoftext|>")
 data_args = DataArguments(dataset=name, dataset_dir=dataset_dir, template="qwen2_vl", cutoff_len=4096,
-                          overwrite_cache=True)  # fmt: skip
+                          overwrite_cache=True)
 model_args = ModelArguments(model_name_or_path=str(Path(tokenizer_json).parent))
 training_args = Seq2SeqTrainingArguments(output_dir=str(Path(dataset_dir) / "lf-out"), do_train=True, report_to=[])
 template = get_template_and_fix_tokenizer(tok, data_args)
@@ -33,7 +33,7 @@ class Processor:
 
 
 train = get_dataset(template, model_args, data_args, training_args, stage="sft", tokenizer=tok,
-                    processor=Processor())["train_dataset"]  # fmt: skip
+                    processor=Processor())["train_dataset"]
 pad = tok.convert_tokens_to_ids("<|image_pad|>")
 images = [img for row in train["images"] for img in (row or [])]
 print("RESULT " + json.dumps({
@@ -42,4 +42,4 @@ print("RESULT " + json.dumps({
     "images_exist": all(Path(p).is_file() for p in images),
     "image_pad_per_row": sorted({row.count(pad) for row in train["input_ids"]}),
     "target_tokens_per_row_min": min(sum(t != -100 for t in row) for row in train["labels"]),
-}))  # fmt: skip
+}))

@@ -315,7 +315,7 @@ def test_kill_9_then_resume(tmp_path):
         )
         with Store.open(db) as s:
             wait_until(lambda: len(s.reasonings(dataset="t15", source="teacher", final_only=True)) >= 8, 60,
-                       interval=0.05)  # fmt: skip
+                       interval=0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         with Store.open(db) as s:

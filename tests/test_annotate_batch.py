@@ -89,7 +89,7 @@ def test_batch_equals_live_on_the_same_answers(tmp_path):
     # nothing left: a rerun submits nothing
     with BatchServer(script) as server:
         again = annotate_batch(batch_store, AnnotateConfig(dataset="t15", teacher=_teacher(server.base_url)),
-                               BatchConfig(poll_s=0.01, runs_dir=str(tmp_path / "runs")))  # fmt: skip
+                               BatchConfig(poll_s=0.01, runs_dir=str(tmp_path / "runs")))
         assert server.batches == {} and again.requests == 0 and again.skipped_done == 36
     live_store.close()
     batch_store.close()
@@ -110,13 +110,13 @@ def test_expired_failed_error_file_and_split(sample_store, tmp_path):
     with BatchServer(script, plans=plans) as server:
         cfg = AnnotateConfig(dataset="t15", teacher=_teacher(server.base_url), max_retries=2)
         got = annotate_batch(sample_store, cfg, BatchConfig(poll_s=0.01, max_requests=20,
-                                                            runs_dir=str(tmp_path / "runs")))  # fmt: skip
+                                                            runs_dir=str(tmp_path / "runs")))
         answered = server.state.answered
     rows = sample_store.batches(dataset="t15")
     assert [(r["status"], r["requests"]) for r in rows[:2]] == [("expired", 20), ("failed", 16)]
     assert len(answered) == len(set(answered))  # no request answered twice
     finals = Counter((r["sample_id"], r["stage"]) for r in sample_store.reasonings(dataset="t15", final_only=True,
-                                                                                   source="teacher"))  # fmt: skip
+                                                                                   source="teacher"))
     assert set(finals.values()) == {1} and sum(1 for k in finals if k[1] == "predict") == 36
     sids = [s["id"] for s in sample_store.samples("t15", "train")]  # in the script's order
     # the expired batch's 13 unanswered requests went out again as the same attempt; the failed batch's 16 each
@@ -147,7 +147,7 @@ def _answer_file(path: Path, script: Script, out: Path, extra: list[str] = ()) -
         reply = script(line["body"])
         body = completion(line["body"], reply.text or "", f"c{n}")
         results.append(json.dumps({"id": f"vllm-{n}", "custom_id": line["custom_id"], "error": None,
-                                   "response": {"status_code": 200, "request_id": f"r{n}", "body": body}}))  # fmt: skip
+                                   "response": {"status_code": 200, "request_id": f"r{n}", "body": body}}))
     random.Random(0).shuffle(results)
     out.write_text("\n".join([*results, *extra]) + "\n")
     return len(lines)
@@ -162,9 +162,9 @@ def test_offline_files_round_trip_with_the_cli(tmp_path):
         script = _mixed(Script(s, "t15"))
     runner = CliRunner()
     base = ["annotate", "t15", "--teacher", "Qwen/Qwen2.5-VL-72B-Instruct", "--db", str(db), "--json",
-            "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+            "--runs-dir", str(tmp_path / "runs")]
     r = runner.invoke(app, [*base, "--batch-file", str(tmp_path / "round1.jsonl"), "--batch-max-requests", "30"],
-                      env={"OPENAI_API_KEY": ""})  # fmt: skip
+                      env={"OPENAI_API_KEY": ""})
     assert r.exit_code == 0, r.output
     first = json.loads(r.output)
     assert first["batch_files"] == [str(tmp_path / "round1.jsonl"), str(tmp_path / "round1-2.jsonl")]
@@ -194,7 +194,7 @@ def test_offline_files_round_trip_with_the_cli(tmp_path):
         req = tmp_path / f"round{n}.jsonl"
         _answer_file(req, script, tmp_path / f"out{n}.jsonl")
         r = runner.invoke(app, [*base, "--ingest", str(tmp_path / f"out{n}.jsonl"), "--batch-file",
-                                str(tmp_path / f"round{n + 1}.jsonl")])  # fmt: skip
+                                str(tmp_path / f"round{n + 1}.jsonl")])
         assert r.exit_code == 0, r.output
         if not json.loads(r.output)["batch_files"]:
             break
@@ -260,7 +260,7 @@ def test_kill_9_between_upload_and_completion_then_rerun(tmp_path):
     env = {**os.environ, "OPENAI_API_KEY": "x"}
     with BatchServer(script, plans=[BatchPlan(hold=True)]) as server:
         cmd = [exe, "annotate", "t15", "--teacher", "gpt-4o-mini", "--base-url", server.base_url, "--batch",
-               "--poll-s", "0.05", "--db", str(db), "--runs-dir", str(tmp_path / "runs"), "--json"]  # fmt: skip
+               "--poll-s", "0.05", "--db", str(db), "--runs-dir", str(tmp_path / "runs"), "--json"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         wait_until(lambda: any(b["status"] == "in_progress" for b in server.batches.values()), 60, interval=0.05)
         time.sleep(0.2)  # a few polls while in progress
@@ -292,7 +292,7 @@ def test_the_key_never_lands_in_files_store_or_run_folder(tmp_path, monkeypatch)
     runner = CliRunner()
     with BatchServer(script) as server:
         common = ["annotate", "t15", "--teacher", "gpt-4o-mini", "--base-url", server.base_url, "--api-key-env",
-                  "MY_TEACHER_KEY", "--db", str(db), "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+                  "MY_TEACHER_KEY", "--db", str(db), "--runs-dir", str(tmp_path / "runs")]
         r = runner.invoke(app, [*common, "--limit", "6", "--batch", "--poll-s", "0.01"])
         assert r.exit_code == 0, r.output
         assert f"Bearer {SECRET}" in server.state.auth  # the key was used...
@@ -335,12 +335,12 @@ def test_bad_input(tmp_path):
     assert r.exit_code == 2 and "no such results file" in r.output
     (tmp_path / "junk.jsonl").write_text("{nope\n")
     r = runner.invoke(app, ["annotate", "t15", "--teacher", "m", "--db", str(db), "--ingest",
-                            str(tmp_path / "junk.jsonl")])  # fmt: skip
+                            str(tmp_path / "junk.jsonl")])
     assert r.exit_code == 2 and "no result lines with a mulcot custom_id" in r.output
     r = runner.invoke(app, ["annotate", "t15", "--teacher", "m", "--db", str(db), "--batch", "--batch-file", "f"])
     assert r.exit_code == 1 and "choose one" in r.output
     r = runner.invoke(app, ["annotate", "t15", "--db", str(db), "--batch"])
     assert r.exit_code == 1 and "--teacher MODEL is required" in r.output
     r = runner.invoke(app, ["annotate", "t15", "--teacher", "m", "--db", str(db), "--batch", "--runs-dir",
-                            str(tmp_path / "runs")], env={"OPENAI_API_KEY": ""})  # fmt: skip
+                            str(tmp_path / "runs")], env={"OPENAI_API_KEY": ""})
     assert r.exit_code != 0 and "no API key" in r.output and "Traceback" not in r.output

@@ -40,15 +40,15 @@ def test_annotate_against_llama_cpp_server(tmp_path):
         [sys.executable, "-m", "llama_cpp.server", "--model", result.text_gguf, "--clip_model_path",
          result.mmproj_gguf, "--chat_format", "qwen2.5-vl", "--port", str(port), "--n_ctx", "4096"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     try:
         wait_until(lambda: answers(f"http://127.0.0.1:{port}/v1/models"), 120, interval=0.5, process=server,
-                   what="llama-cpp-python's server starting")  # fmt: skip
+                   what="llama-cpp-python's server starting")
         with Store.open(tmp_path / "m.db") as store:
             import_dataset(store, "twitter-tsv", SAMPLE_DIR, name="s")
             cfg = AnnotateConfig(dataset="s", limit=2, max_retries=1, concurrency=2,
                                  teacher=TeacherConfig(model="tiny", base_url=f"http://127.0.0.1:{port}/v1",
-                                                       max_tokens=24, timeout_s=120))  # fmt: skip
+                                                       max_tokens=24, timeout_s=120))
             summary = annotate(store, cfg)
             attempts = store.reasonings(dataset="s", source="teacher")
             store_samples = store.samples("s", "train")

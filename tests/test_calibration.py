@@ -40,7 +40,7 @@ def test_hand_values():
     assert expected_calibration_error(GOLD, PROBS) == pytest.approx(ece, abs=1e-12)
     full = [(round(b["low"], 6), b["count"], b["confidence"], b["accuracy"]) for b in m["bins"] if b["count"]]
     assert full == [(0.4, 1, pytest.approx(0.45), 0.0), (0.5, 1, pytest.approx(0.55), 0.0),
-                    (0.7, 2, pytest.approx(0.76), 1.0), (0.9, 1, pytest.approx(0.95), 1.0)]  # fmt: skip
+                    (0.7, 2, pytest.approx(0.76), 1.0), (0.9, 1, pytest.approx(0.95), 1.0)]
     assert len(m["bins"]) == 10 and sum(b["count"] for b in m["bins"]) == 5
     # AUROC one-vs-rest: positive scores .75/.20 against .02/.45/.05 win 5 of 6 pairs; the others separate fully
     assert m["auroc"] == {P: pytest.approx(5 / 6), U: 1.0, N: 1.0}
@@ -48,7 +48,7 @@ def test_hand_values():
     gold_probs = [0.75, 0.20, 0.95, 0.43, 0.77]
     assert m["nll"] == pytest.approx(-sum(math.log(x) for x in gold_probs) / 5)
     brier = [0.25**2 + 0.15**2 + 0.10**2, 0.80**2 + 0.55**2 + 0.25**2, 0.02**2 + 0.05**2 + 0.03**2,
-             0.45**2 + 0.12**2 + 0.57**2, 0.05**2 + 0.18**2 + 0.23**2]  # fmt: skip
+             0.45**2 + 0.12**2 + 0.57**2, 0.05**2 + 0.18**2 + 0.23**2]
     assert m["brier"] == pytest.approx(sum(brier) / 5)
     assert m["mean_confidence"] == pytest.approx((0.75 + 0.55 + 0.95 + 0.45 + 0.77) / 5)
 
@@ -88,7 +88,7 @@ def test_mappings_and_undefined_auroc():
     ("probs", "match"),
     [([(0.5, 0.5)], "2 values"), ([(0.5, 0.6, 0.1)], "not a distribution"), ([(1.2, -0.2, 0.0)], "not a dist"),
      ([{"positive": 1.0}], "no neutral, negative"), ([("a", 0, 0)], "not numbers")],
-)  # fmt: skip
+)
 def test_bad_probabilities(probs, match):
     with pytest.raises(MetricsError, match=match):
         probability_metrics([P], probs)

@@ -56,7 +56,7 @@ def _cfg(server: ChatServer, **kw) -> CaptionConfig:
     from mulcot.core.client import TeacherConfig
 
     teacher = TeacherConfig(model="gpt-4o-mini", base_url=server.base_url, api_key="x", backoff_base_s=0.01,
-                            http_retries=2, max_tokens=100)  # fmt: skip
+                            http_retries=2, max_tokens=100)
     return CaptionConfig(dataset="t15", teacher=teacher, concurrency=kw.pop("concurrency", 4), **kw)
 
 
@@ -133,7 +133,7 @@ def test_teacher_that_cannot_see_images_is_one_line(store, tmp_path):
         assert "nothing stored" in message
         assert store.get_run("captions-t15-gpt-4o-mini")["status"] == "failed"
         r = CliRunner().invoke(app, ["annotate", "t15", "--captions", "--teacher", "text-model", "--base-url",
-                                     server.base_url, "--db", str(tmp_path / "mulcot.db")])  # fmt: skip
+                                     server.base_url, "--db", str(tmp_path / "mulcot.db")])
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1 and "cannot see images" in r.output
     assert not any(s["meta"].get("caption") for s in store.samples("t15"))
@@ -164,7 +164,7 @@ def test_cli_json_split_and_bad_input(store, tmp_path):
     db = str(tmp_path / "mulcot.db")
     with ChatServer(Captions()) as server:
         r = CliRunner().invoke(app, ["annotate", "t15", "--captions", "--split", "dev", "--teacher", "gpt-4o-mini",
-                                     "--base-url", server.base_url, "--db", db, "--json"])  # fmt: skip
+                                     "--base-url", server.base_url, "--db", db, "--json"])
         assert r.exit_code == 0, r.output
         out = json.loads(r.stdout)
         dev_images = {s["image_sha256"] for s in store.samples("t15", "dev")}
@@ -172,7 +172,7 @@ def test_cli_json_split_and_bad_input(store, tmp_path):
         assert out["samples_captioned"] == len(store.samples("t15", "dev"))
         assert not any(s["meta"].get("caption") for s in store.samples("t15", "train"))
         r = CliRunner().invoke(app, ["annotate", "t15", "--captions", "--split", "val2", "--teacher", "m",
-                                     "--base-url", server.base_url, "--db", db])  # fmt: skip
+                                     "--base-url", server.base_url, "--db", db])
         assert r.exit_code != 0 and "has no split 'val2'" in r.output
     with Store.open(tmp_path / "text.db") as s:
         import_dataset(s, "twitter-tsv", SAMPLE_DIR, name="t15", no_images=True)

@@ -27,7 +27,7 @@ from mulcot.sample import SAMPLE_NAME
 
 POSTS = [Post(text="RT @user: what a night for $T$ , the crowd went wild", aspect="Messi"),
          Post(text="I hate rainy $T$ so much", aspect="Mondays", caption="A grey street in the rain."),
-         Post(text="$T$ announced the new schedule today", aspect="The council")]  # fmt: skip
+         Post(text="$T$ announced the new schedule today", aspect="The council")]
 
 
 def _run(*args: Any, code: int = 0) -> Any:
@@ -60,7 +60,7 @@ class Completions:
                 "choices": [{"index": 0, "text": "x", "finish_reason": "length",
                              "logprobs": {"tokens": tokens, "token_logprobs": [*values, float(lp[-1, nxt])],
                                           "top_logprobs": None, "text_offset": [0] * len(tokens)}}],
-                "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1}}  # fmt: skip
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1}}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -128,7 +128,7 @@ def test_hf_backend_scores_what_choice_computes(tiny_text):
 
     path, model, processor = tiny_text
     items = [TrainItem(sample_id=i, text=p.text, aspect=p.aspect, label="", image_path=None, chain=None,
-                       caption=p.caption) for i, p in enumerate(POSTS)]  # fmt: skip
+                       caption=p.caption) for i, p in enumerate(POSTS)]
     want = score_labels(model, processor, items, "masc", batch_size=1)
     with open_backend("hf", model=str(path), config=PredictConfig(batch_size=2)) as backend:
         assert backend.cannot_score_labels(POSTS) is None
@@ -186,7 +186,7 @@ def test_servers_without_faithful_prompt_log_probs_are_refused(tiny_text, demo_s
             before = dump(demo_store)
             for extra in ((), ("--label-scoring", "choice")):  # choice is the default
                 r = _run("eval", SAMPLE_NAME, "--model", path, "--server", server.url, "--served-model", "student",
-                         "--limit", 2, "--db", demo_store.path, "--runs-dir", tmp_path, *extra, code=1)  # fmt: skip
+                         "--limit", 2, "--db", demo_store.path, "--runs-dir", tmp_path, *extra, code=1)
                 assert r.output.strip().count("\n") == 0 and reason[:40] in " ".join(r.output.split()), r.output
             assert dump(demo_store) == before
 
@@ -198,11 +198,11 @@ def test_eval_stores_choice_rows_with_probabilities_apart_from_generated_ones(de
 
     path, _, _ = tiny_text
     common = dict(dataset=SAMPLE_NAME, model=str(path), limit=3, max_new_tokens=4, label_max_new_tokens=4,
-                  metrics=["bleu"], runs_dir=str(tmp_path), out=str(tmp_path / "out"))  # fmt: skip
+                  metrics=["bleu"], runs_dir=str(tmp_path), out=str(tmp_path / "out"))
     chosen = evaluate(demo_store, EvalConfig(**common))  # choice is the default
     assert chosen.config["label_scoring"] == "choice"
     assert chosen.metrics["generated"] == {"chains_generated": 3, "chains_reused": 0, "labels_generated": 3,
-                                           "labels_reused": 0}  # fmt: skip
+                                           "labels_reused": 0}
     rows = demo_store.reasonings(dataset=SAMPLE_NAME, source="model", stage="label")
     assert len(rows) == 3 and {label_scoring_of(r) for r in rows} == {"choice"}
     assert all(r["valid"] and r["raw"] == f'"Prediction": "{r["prediction"]}"' for r in rows)
@@ -211,7 +211,7 @@ def test_eval_stores_choice_rows_with_probabilities_apart_from_generated_ones(de
 
     items = {it.sample_id: it for it in sample_items(demo_store, SAMPLE_NAME, "test")}
     posts = [Post(text=items[r["sample_id"]].text, aspect=items[r["sample_id"]].aspect,
-                  caption=items[r["sample_id"]].caption) for r in rows]  # fmt: skip
+                  caption=items[r["sample_id"]].caption) for r in rows]
     with open_backend("hf", model=str(path)) as backend:
         direct = backend.score_labels(posts, "masc")
     for row, choice in zip(rows, direct, strict=True):
@@ -228,7 +228,7 @@ def test_eval_stores_choice_rows_with_probabilities_apart_from_generated_ones(de
     # choice again: everything reused, the same numbers
     again = evaluate(demo_store, EvalConfig(**common))
     assert again.metrics["generated"] == {"chains_generated": 0, "chains_reused": 3, "labels_generated": 0,
-                                          "labels_reused": 3}  # fmt: skip
+                                          "labels_reused": 3}
     assert again.metrics["probabilities"] == probs
 
 
@@ -240,10 +240,10 @@ def test_predict_reads_the_label_head_by_forced_choice(demo_store, tiny_text):
     path, _, _ = tiny_text
     with open_backend("hf", model=str(path), config=PredictConfig(max_tokens=4, label_max_tokens=4)) as backend:
         first = predict_dataset(demo_store, backend, SAMPLE_NAME, "test", limit=3, prompts=("cot", "label"),
-                                label_scoring="choice")  # fmt: skip
+                                label_scoring="choice")
         assert first.predicted == 3 and first.extra_prompts == {"label": 3}
         again = predict_dataset(demo_store, backend, SAMPLE_NAME, "test", limit=3, prompts=("cot", "label"),
-                                label_scoring="choice")  # fmt: skip
+                                label_scoring="choice")
         assert again.skipped_done == 3 and again.extra_prompts == {}
         generated = predict_dataset(demo_store, backend, SAMPLE_NAME, "test", limit=3, prompts=("cot", "label"))
         assert generated.skipped_done == 3 and generated.extra_prompts == {"label": 3}
@@ -252,7 +252,7 @@ def test_predict_reads_the_label_head_by_forced_choice(demo_store, tiny_text):
     assert len(chosen) == 3 and len(rows) == 6
     assert all(sum(r["fields"]["probabilities"].values()) == pytest.approx(1.0) for r in chosen)
     r = _run("predict", "--text", POSTS[0].text, "--aspect", POSTS[0].aspect, "--backend", "hf", "--model", path,
-             "--max-tokens", 4, "--label", "--label-scoring", "choice", "--json")  # fmt: skip
+             "--max-tokens", 4, "--label", "--label-scoring", "choice", "--json")
     out = json.loads(r.stdout)
     probs = out["predictions"][1]["fields"]["probabilities"]
     assert out["label_prompt"] == max(probs, key=probs.get) and set(probs) == set(LABELS)
@@ -317,12 +317,12 @@ def test_llama_cpp_python_server_scores_as_the_gguf_in_process(tmp_path):
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", "student",
                              "--n_ctx", "2048", "--n_threads", "1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}/v1"
         wait_until(lambda: answers(f"{url}/models"), 120, interval=0.3, process=proc, what="the server starting")
         backend = ServerBackend(ServerConfig(url=url, served_model="student", concurrency=2, text_only=True),
-                                tokenizer=str(cached_dir()))  # fmt: skip
+                                tokenizer=str(cached_dir()))
         assert backend.owner == "me" and backend.cannot_score_labels(POSTS) is None
         served = backend.score_labels(POSTS, "masc")
     finally:
@@ -365,16 +365,16 @@ def test_choice_and_generate_agree_on_a_trained_smollm2(store, tmp_path):
     train_assistant(store, TrainConfig(dataset="t15", model=str(cached_dir()), name="smol", split="train",
                                        runs_dir=str(tmp_path / "runs"), dev_split=None, task_weights=(1.0, 0.0),
                                        batch_size=2, grad_accum=1, lr=1e-3, epochs=1, lora_dropout=0.0,
-                                       seed=0))  # fmt: skip
+                                       seed=0))
     common = dict(dataset="t15", split="dev", model="smol", runs_dir=str(tmp_path / "runs"), max_new_tokens=1,
-                  refs="none", metrics=["distinct_1"], write_files=False)  # fmt: skip
+                  refs="none", metrics=["distinct_1"], write_files=False)
     chosen = evaluate(store, EvalConfig(**common, label_scoring="choice"))
     generated = evaluate(store, EvalConfig(**common, label_scoring="generate"))
     by_way = {}
     for way in ("choice", "generate"):
         rows = store.reasonings(dataset="t15", split="dev", stage="label", run_id="smol")
         by_way[way] = {r["sample_id"]: r["prediction"] for r in rows
-                       if (r["origin"] or "").startswith("eval-choice:") == (way == "choice")}  # fmt: skip
+                       if (r["origin"] or "").startswith("eval-choice:") == (way == "choice")}
     assert len(by_way["choice"]) == len(by_way["generate"]) == 30
     parsed = [i for i, p in by_way["generate"].items() if p is not None]
     agree = sum(by_way["choice"][i] == by_way["generate"][i] for i in parsed)

@@ -27,12 +27,12 @@ def test_import_list_stats_json(tmp_path):
     listed = json.loads(_invoke("data", "list", "--db", db, "--json").stdout)
     assert [(d["name"], d["samples"], d["chains"]) for d in listed] == [("s", 60, 0)]
     text = _invoke("data", "import", "mulcot-json", SAMPLE_DIR / "chains", "--name", "s", "--images",
-                   SAMPLE_DIR / "images", "--db", db).stdout  # fmt: skip
+                   SAMPLE_DIR / "images", "--db", db).stdout
     text = " ".join(text.split())
     assert "chains added 60" in text and "unchanged 60" in text
     stats = json.loads(_invoke("data", "stats", "s", "--db", db, "--json").stdout)
     assert stats["samples"] == 60 and stats["splits"]["train"]["labels"] == {"negative": 12, "neutral": 12,
-                                                                              "positive": 12}  # fmt: skip
+                                                                              "positive": 12}
     assert sum(c["chains"] for c in stats["chains"]) == 60
     assert stats["teacher_set"]["train"] == 34  # two release chains in train disagree with the gold label
     table = _invoke("data", "stats", "s", "--db", db).stdout
@@ -52,7 +52,7 @@ def test_list_empty_and_unknown_dataset(tmp_path):
 def _sample_with_chains(db):
     _invoke("data", "import", "twitter-tsv", SAMPLE_DIR, "--name", SAMPLE_NAME, "--db", db)
     return _invoke("data", "import", "mulcot-json", SAMPLE_DIR / "chains", "--name", SAMPLE_NAME, "--images",
-                   SAMPLE_DIR / "images", "--db", db).stdout  # fmt: skip
+                   SAMPLE_DIR / "images", "--db", db).stdout
 
 
 def test_export_jsonl_and_sharegpt(tmp_path):
@@ -77,10 +77,10 @@ def test_export_jsonl_and_sharegpt(tmp_path):
     assert info["train"] == {"file_name": "train.json", "formatting": "sharegpt",
                              "columns": {"messages": "conversations", "images": "images"},
                              "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human",
-                                      "assistant_tag": "gpt"}}  # fmt: skip
+                                      "assistant_tag": "gpt"}}
     every = tmp_path / "all.json"
     _invoke("data", "export", SAMPLE_NAME, "--format", "sharegpt", "--split", "train", "--all-chains", "--out",
-            every, "--db", db)  # fmt: skip
+            every, "--db", db)
     assert len(json.loads(every.read_text())) == 36 + 36
     assert set(json.loads((tmp_path / "dataset_info.json").read_text())) == {"train", "all"}  # entries add up
 
@@ -107,24 +107,24 @@ def test_jsonl_export_imports_back_as_it_was(tmp_path):
         run_demo(s)  # the sample with the authors' teacher chains
         sample = s.samples(SAMPLE_NAME, "dev")[0]
         s.add_reasoning(**chain_row(sample_id=sample["id"], source="student", model="tiny", stage="eval",
-                                    output="no idea", prompt_version="p9", run_id="eval-x", origin="eval"))  # fmt: skip
+                                    output="no idea", prompt_version="p9", run_id="eval-x", origin="eval"))
     out = tmp_path / "share" / "t15.jsonl"
     out.parent.mkdir()
     _invoke("data", "export", SAMPLE_NAME, out, "--db", db)
     records = [json.loads(x) for x in out.read_text().splitlines()]
     assert all(r["image"] and not Path(r["image"]).is_absolute() and (out.parent / r["image"]).is_file()
-               for r in records)  # fmt: skip
+               for r in records)
     moved = tmp_path / "elsewhere"
     out.parent.rename(moved)  # the export folder travels
     copy = tmp_path / "b.db"
     report = json.loads(_invoke("data", "import", "jsonl", moved / "t15.jsonl", "--name", "copy", "--db", copy,
-                                "--json").stdout)  # fmt: skip
+                                "--json").stdout)
     assert report["problems"] == [] and report["added"] == 60 and report["chains_added"] == 61
 
     def samples(path: Path, name: str) -> list[tuple]:
         with Store.open(path) as s:
             return sorted((r["split"], r["key"], r["text"], r["aspect"], r["label"], r["image_sha256"])
-                          for r in s.samples(name))  # fmt: skip
+                          for r in s.samples(name))
 
     def chains(path: Path, name: str) -> list[tuple]:
         with Store.open(path) as s:
@@ -134,7 +134,7 @@ def test_jsonl_export_imports_back_as_it_was(tmp_path):
     assert samples(copy, "copy") == samples(db, SAMPLE_NAME)
     assert chains(copy, "copy") == chains(db, SAMPLE_NAME) and len(chains(copy, "copy")) == 61
     again = json.loads(_invoke("data", "import", "jsonl", moved / "t15.jsonl", "--name", "copy", "--db", copy,
-                               "--json").stdout)  # fmt: skip
+                               "--json").stdout)
     assert (again["unchanged"], again["chains_added"], again["chains_existing"]) == (60, 0, 61)
 
 
@@ -151,10 +151,10 @@ def test_import_help_says_where_images_are_looked_up_and_it_is_so(tmp_path):
     Image.new("RGB", (8, 8)).save(folder / "images" / "inside.jpg")
     (folder / "train.jsonl").write_text('{"text": "a", "image": "beside.jpg"}\n{"text": "b", "image": "inside.jpg"}\n')
     report = json.loads(_invoke("data", "import", "jsonl", folder / "train.jsonl", "--db", tmp_path / "m.db",
-                                "--json").stdout)  # fmt: skip
+                                "--json").stdout)
     assert report["images_root"] == str(folder.resolve()) and report["added"] == 1
     assert report["problems"] == [f"{folder / 'train.jsonl'}:2: field 'image': image 'inside.jpg' not found in "
-                                  f"{folder.resolve()}"]  # fmt: skip
+                                  f"{folder.resolve()}"]
 
 
 def test_readme_commands_single_quote_dollar_t():

@@ -27,13 +27,13 @@ FAST = dict(batch_size=2, grad_accum=1, max_pixels=56 * 56, lr=2e-3, lora_dropou
 def assistant(demo_store, compact_model, tmp_path):
     """A tiny assistant trained for two steps on D_t."""
     cfg = TrainConfig(dataset=SAMPLE_NAME, model=str(compact_model()), name="asst", runs_dir=str(tmp_path / "runs"),
-                      epochs=1, max_train_items=4, dev_split=None, **FAST)  # fmt: skip
+                      epochs=1, max_train_items=4, dev_split=None, **FAST)
     return train_assistant(demo_store, cfg)
 
 
 def _dcfg(compact_model, tmp_path, **kw) -> DistillConfig:
     base = dict(dataset=SAMPLE_NAME, model=str(compact_model()), name="stud", runs_dir=str(tmp_path / "runs"),
-                assistant=str(tmp_path / "runs" / "asst"), dev_split=None, **FAST)  # fmt: skip
+                assistant=str(tmp_path / "runs" / "asst"), dev_split=None, **FAST)
     return DistillConfig(**{**base, **kw})
 
 
@@ -45,7 +45,7 @@ def test_expand_refuses_other_splits(demo_store, assistant):
 
 def test_expand_stores_chains_resumes_and_keeps_only_correct(demo_store, assistant):
     cfg = ExpandConfig(dataset=SAMPLE_NAME, assistant=assistant.folder, n=2, limit=3, max_new_tokens=24,
-                       max_pixels=56 * 56)  # fmt: skip
+                       max_pixels=56 * 56)
     first = expand(demo_store, cfg)
     assert first.generated == 6 and first.samples == 3
     assert sum(first.kept.values()) + sum(first.rejected.values()) == 6
@@ -61,14 +61,14 @@ def test_expand_stores_chains_resumes_and_keeps_only_correct(demo_store, assista
     made = {}
     for s, label, kind in ((samples[0], samples[0]["label"], "right"),
                            (samples[1], "positive" if samples[1]["label"] != "positive" else "negative", "wrong"),
-                           (samples[2], samples[2]["label"], "partial")):  # fmt: skip
+                           (samples[2], samples[2]["label"], "partial")):
         text = Reasoning("t", "i", "c", "f", label).to_text()
         if kind == "partial":
             text = text.split("\n\n", 1)[1]
         p = parse_reasoning(text)
         made[kind] = demo_store.add_reasoning(sample_id=s["id"], source="assistant", model="asst", stage="expand",
                                               raw=text, text=p.to_text(), fields=p.fields, prediction=p.prediction,
-                                              parse_status=p.status, run_id="asst", final=True)  # fmt: skip
+                                              parse_status=p.status, run_id="asst", final=True)
     assert good
     d_a = {r["id"] for r in demo_store.assistant_set(SAMPLE_NAME, "train", "asst")}
     assert made["right"] in d_a and made["wrong"] not in d_a and made["partial"] not in d_a
@@ -106,7 +106,7 @@ def test_lambda_zero_is_sft_and_cached_equals_online(demo_store, compact_model, 
     losses = _batch_losses(demo_store, compact_model, tmp_path, assistant, {
         "sft": {}, "zero": {"lam": 0.0, "soft_labels": "online"},
         "online": {"lam": 0.3}, "cache": {"lam": 0.3, "soft_labels": "cache", "top_k": 10**6},
-    })  # fmt: skip
+    })
     assert torch.equal(losses["zero"], losses["sft"])
     assert losses["online-parts"]["kl_rea"] > 0
     assert torch.allclose(losses["cache"], losses["online"], rtol=1e-5), (losses["cache"], losses["online"])
@@ -151,10 +151,10 @@ def test_tokenizer_mismatch_is_refused(demo_store, compact_model, tmp_path, assi
 @pytest.mark.slow
 def test_end_to_end_teacher_assistant_expand_student(demo_store, compact_model, tmp_path, assistant):
     summary = expand(demo_store, ExpandConfig(dataset=SAMPLE_NAME, assistant=assistant.folder, limit=6,
-                                              max_new_tokens=16, max_pixels=56 * 56))  # fmt: skip
+                                              max_new_tokens=16, max_pixels=56 * 56))
     assert summary.generated == 6
     cfg = _dcfg(compact_model, tmp_path, epochs=2, max_train_items=16, batch_size=4, dev_split="dev",
-                max_dev_samples=4, top_k=16)  # fmt: skip
+                max_dev_samples=4, top_k=16)
     result = distill(demo_store, cfg)
     log = [json.loads(x) for x in (Path(result.folder) / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss" in r]
@@ -178,7 +178,7 @@ def test_distill_cli_passes_every_flag_to_the_run(demo_store, compact_model, tmp
             "--db", str(demo_store.path), "--runs-dir", str(tmp_path / "runs"), "--no-dev", "--epochs", "1",
             "--max-train-items", "2", "--batch-size", "2", "--grad-accum", "1", "--max-pixels", "3136",
             "--lam", "0.5", "--tau", "1.5", "--top-k", "4", "--task-weights", "0.5,0.5", "--min-lr", "1e-5",
-            "--two-pass", "--lora-r", "4", "--lora-dropout", "0", "--seed", "7", "--json"]  # fmt: skip
+            "--two-pass", "--lora-r", "4", "--lora-dropout", "0", "--seed", "7", "--json"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["run"] == "cli-stud"

@@ -50,7 +50,7 @@ def test_single_process_is_a_no_op(monkeypatch):
 def _torchrun(*args: str, nproc: int = 2, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(_free_port()), "-m",
-           "mulcot", *args]  # fmt: skip
+           "mulcot", *args]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
@@ -91,7 +91,7 @@ def test_two_processes_train_like_one_and_write_once(demo_store, compact_model, 
     get the same cached soft labels as one process."""
     model, db, runs = str(compact_model()), str(demo_store.path), str(tmp_path / "runs")
     base = ["train-assistant", SAMPLE_NAME, "--model", model, "--db", db, "--runs-dir", runs, "--epochs", "2",
-            "--max-train-items", "8", "--max-dev-samples", "4", *COMMON]  # fmt: skip
+            "--max-train-items", "8", "--max-dev-samples", "4", *COMMON]
     one = _run(*base, "--name", "one", "--batch-size", "2", nproc=None)
     assert one.returncode == 0, one.stderr
     two = _run(*base, "--name", "two", "--batch-size", "1")
@@ -114,7 +114,7 @@ def test_two_processes_train_like_one_and_write_once(demo_store, compact_model, 
 
     # the student: soft labels cached by 2 ranks equal those cached by 1
     student = ["distill", SAMPLE_NAME, "--assistant", "one", "--student", model, "--db", db, "--runs-dir", runs,
-               "--epochs", "1", "--max-train-items", "6", "--no-dev", "--top-k", "4", *COMMON]  # fmt: skip
+               "--epochs", "1", "--max-train-items", "6", "--no-dev", "--top-k", "4", *COMMON]
     s1 = _run(*student, "--name", "s1", "--batch-size", "2", nproc=None)
     assert s1.returncode == 0, s1.stderr
     s2 = _run(*student, "--name", "s2", "--batch-size", "1")
@@ -158,7 +158,7 @@ def test_a_killed_rank_is_resumed(demo_store, compact_model, tmp_path):
     model, db, runs = str(compact_model()), str(demo_store.path), tmp_path / "runs"
     args = ["train-assistant", SAMPLE_NAME, "--model", model, "--db", db, "--runs-dir", str(runs), "--epochs", "2",
             "--max-train-items", "12", "--no-dev", "--batch-size", "1", "--save-steps", "1", "--name", "k",
-            *COMMON]  # fmt: skip
+            *COMMON]
     proc = _torchrun(*args)
     log = runs / "k" / "log.jsonl"
     wait_until(lambda: loss_lines(log) >= 3, 300, process=proc)
@@ -201,7 +201,7 @@ def test_launch_command_reproduces_the_config(monkeypatch, tmp_path):
                       fsdp="full_shard auto_wrap", max_train_items=10),
         PreferenceConfig(dataset="d", model="s", name="c", sources="teacher,ratings", beta=0.3, loss="ipo",
                          max_pairs=5, gradient_checkpointing=True),
-    ]  # fmt: skip
+    ]
     for cfg in configs:
         n = getattr(cfg, "processes", 3)
         argv = launch_command(cfg, db=tmp_path / "x.db", processes=n)
@@ -281,7 +281,7 @@ def test_a_recipe_trains_on_two_processes(tmp_path):
     db = tmp_path / "m.db"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     r = subprocess.run([str(BIN / "mulcot"), "run", "two.toml", "--db", str(db), "--to", "train-assistant"],
-                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
+                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "launching 2 processes" in r.stderr and "--nproc_per_node 2" in r.stderr
     with Store.open(db) as s:
@@ -290,4 +290,4 @@ def test_a_recipe_trains_on_two_processes(tmp_path):
         assert runs[0]["metrics"]["world_size"] == 2 and runs[0]["config"]["lr"] == 1e-3
         assert runs[0]["config"]["batch_size"] == 4 and runs[0]["config"]["max_dev_samples"] == 6
     assert (Path(runs[0]["output_dir"]) if Path(runs[0]["output_dir"]).is_absolute() else
-            tmp_path / runs[0]["output_dir"]).joinpath("adapter", "adapter_config.json").is_file()  # fmt: skip
+            tmp_path / runs[0]["output_dir"]).joinpath("adapter", "adapter_config.json").is_file()

@@ -29,7 +29,7 @@ FAST = dict(batch_size=2, grad_accum=1, max_pixels=56 * 56)
 def start(demo_store, compact_model, tmp_path):
     """A tiny assistant trained for two steps, and a wrong teacher chain for the first 4 D_t samples (4 pairs)."""
     cfg = TrainConfig(dataset=SAMPLE_NAME, model=str(compact_model()), name="asst", runs_dir=str(tmp_path / "runs"),
-                      epochs=1, max_train_items=4, dev_split=None, lr=2e-3, lora_dropout=0.0, **FAST)  # fmt: skip
+                      epochs=1, max_train_items=4, dev_split=None, lr=2e-3, lora_dropout=0.0, **FAST)
     result = train_assistant(demo_store, cfg)
     _add_misses(demo_store, 4)
     return result
@@ -46,7 +46,7 @@ def _add_misses(store, n: int) -> list[int]:
         bad = flip[c["gold"]]
         text = Reasoning("The text mocks it.", "A dark image.", "None.", f"It is {bad}.", bad).to_text()
         store.add_reasoning(sample_id=c["sample_id"], source="teacher", model="t", stage="predict", raw=text,
-                            text=text, prediction=bad, parse_status="full", final=True)  # fmt: skip
+                            text=text, prediction=bad, parse_status="full", final=True)
         if len(seen) == n:
             break
     return seen
@@ -54,7 +54,7 @@ def _add_misses(store, n: int) -> list[int]:
 
 def _cfg(tmp_path, **kw) -> PreferenceConfig:
     base = dict(dataset=SAMPLE_NAME, model=str(tmp_path / "runs" / "asst"), name="pref",
-                runs_dir=str(tmp_path / "runs"), sources="teacher", **FAST)  # fmt: skip
+                runs_dir=str(tmp_path / "runs"), sources="teacher", **FAST)
     return PreferenceConfig(**{**base, **kw})
 
 
@@ -106,7 +106,7 @@ def test_dpo_refuses_bad_input(demo_store, start, tmp_path):
     with pytest.raises(MulcotError, match="no preference pairs"):
         dpo(demo_store, _cfg(tmp_path, sources="student"))
     r = CliRunner().invoke(app, ["dpo", SAMPLE_NAME, "--model", "nope", "--db", str(demo_store.path), "--from",
-                                 "teacher"])  # fmt: skip
+                                 "teacher"])
     assert r.exit_code == 1 and "no run folder" in r.output and "Traceback" not in r.output
     assert demo_store.get_run("pref") is None and demo_store.get_run("dpo-" + SAMPLE_NAME) is None
 
@@ -116,7 +116,7 @@ def test_dpo_resumes_after_a_kill(demo_store, start, tmp_path):
     exe = str(Path(sys.executable).parent / "mulcot")
     common = ["dpo", SAMPLE_NAME, "--model", "asst", "--db", str(demo_store.path), "--runs-dir",
               str(tmp_path / "runs"), "--from", "teacher", "--epochs", "3", "--batch-size", "1", "--grad-accum", "1",
-              "--max-pixels", "3136", "--save-steps", "1", "--lr", "5e-3", "--json", "--name", "cut"]  # fmt: skip
+              "--max-pixels", "3136", "--save-steps", "1", "--lr", "5e-3", "--json", "--name", "cut"]
     proc = subprocess.Popen([exe, *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = tmp_path / "runs" / "cut"
     wait_until(lambda: (folder / "log.jsonl").exists() and len(_log(folder)) >= 4, 300, process=proc)
@@ -127,11 +127,11 @@ def test_dpo_resumes_after_a_kill(demo_store, start, tmp_path):
     paired = {p[0] for p in json.loads((folder / "pairs.json").read_text())}
     fifth = next(c for c in demo_store.teacher_set(SAMPLE_NAME, "train") if c["id"] not in paired
                  and c["sample_id"] not in {x["sample_id"] for x in demo_store.reasonings(dataset=SAMPLE_NAME)
-                                            if x["prediction"] != x["gold"]})  # fmt: skip
+                                            if x["prediction"] != x["gold"]})
     wrong = "negative" if fifth["gold"] != "negative" else "positive"
     text = Reasoning("a", "b", "c", "d", wrong).to_text()
     demo_store.add_reasoning(sample_id=fifth["sample_id"], source="teacher", model="t", stage="predict", raw=text,
-                             text=text, prediction=wrong, parse_status="full", final=True)  # fmt: skip
+                             text=text, prediction=wrong, parse_status="full", final=True)
     again = subprocess.run([exe, *common], capture_output=True, text=True)
     assert again.returncode != 0 and "--resume" in again.stderr
     resumed = subprocess.run([exe, *common, "--resume"], capture_output=True, text=True)
@@ -153,7 +153,7 @@ def test_dpo_under_two_processes_trains_like_one(demo_store, start, tmp_path):
     runs = tmp_path / "runs"
     args = ["dpo", SAMPLE_NAME, "--model", "asst", "--db", str(demo_store.path), "--runs-dir", str(runs), "--from",
             "teacher", "--epochs", "2", "--grad-accum", "1", "--max-pixels", "3136", "--lr", "5e-3", "--beta", "0.5",
-            "--json"]  # fmt: skip
+            "--json"]
     one = _run(*args, "--name", "one", "--batch-size", "2", nproc=None)
     assert one.returncode == 0, one.stderr
     two = _run(*args, "--name", "two", "--batch-size", "1")
@@ -184,7 +184,7 @@ def test_dpo_knobs_are_flags_and_recipe_keys(tmp_path):
     for f in config_fields(PreferenceConfig, cli=True):
         assert (f.metadata.get("flag") or "--" + f.name.replace("_", "-")) in text, f.name
     recipe_text = ('name = "r"\n[dataset]\nname = "d"\nformat = "jsonl"\npath = "x.jsonl"\n[assistant]\nmodel = "m"\n'
-                   '[student]\nmodel = "s"\n[training]\nseed = 7\n')  # fmt: skip
+                   '[student]\nmodel = "s"\n[training]\nseed = 7\n')
     plain = parse_recipe(recipe_text, "r.toml")
     off = parse_recipe(recipe_text + "[dpo]\nbeta = 0.3\n", "r.toml")
     on = parse_recipe(recipe_text + '[dpo]\nenabled = true\nbeta = 0.3\nloss = "ipo"\nsources = "teacher"\n', "r.toml")
@@ -196,11 +196,11 @@ def test_dpo_knobs_are_flags_and_recipe_keys(tmp_path):
         pipe = Pipeline(store, on)
         cfg = pipe._dpo_config()
         assert (cfg.beta, cfg.loss, cfg.sources, cfg.seed, cfg.model) == (0.3, "ipo", "teacher", 7,
-                                                                          pipe.run_name("distill"))  # fmt: skip
+                                                                          pipe.run_name("distill"))
         assert pipe.final_student() == pipe.run_name("dpo")
         assert Pipeline(store, off).final_student() == pipe.run_name("distill")
     for bad, message in (('loss = "nope"', "'dpo.loss' is 'nope'"), ("beta = 0.0", "'dpo.beta' must be positive"),
-                         ('sources = "x"', "'dpo.sources'")):  # fmt: skip
+                         ('sources = "x"', "'dpo.sources'")):
         with pytest.raises(MulcotError, match=message):
             parse_recipe(recipe_text + f"[dpo]\n{bad}\n", "r.toml")
 
@@ -209,7 +209,7 @@ def test_dpo_result_table_shows_rewards(capsys):
     from mulcot.cli.train import print_result
 
     print_result({"run": "pref", "adapter": "runs/pref/adapter", "steps": 8, "train_loss": 0.5, "wall_s": 3.0,
-                  "best": {"step": 8, "epoch": 4.0, "rewards/margins": 1.25, "rewards/accuracies": 1.0}})  # fmt: skip
+                  "best": {"step": 8, "epoch": 4.0, "rewards/margins": 1.25, "rewards/accuracies": 1.0}})
     out = capsys.readouterr().out
     assert "reward margin" in out and "1.2500" in out and "dev accuracy" not in out
 
@@ -221,7 +221,7 @@ def test_dpo_of_a_text_only_backbone(demo_store, tiny_text_model, tmp_path):
 
     cfg = TrainConfig(dataset=SAMPLE_NAME, model=str(tiny_text_model()), name="text-asst",
                       runs_dir=str(tmp_path / "runs"), epochs=1, max_train_items=2, dev_split=None, lr=2e-3,
-                      lora_dropout=0.0, **FAST)  # fmt: skip
+                      lora_dropout=0.0, **FAST)
     train_assistant(demo_store, cfg)
     first = _add_misses(demo_store, 2)[0]
     demo_store.set_caption(first, "A man holds a trophy.")

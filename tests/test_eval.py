@@ -78,14 +78,14 @@ def test_teacher_on_the_demo_store(demo_store, tmp_path):
 def test_teacher_through_the_cli_table(demo_store, tmp_path):
     out = tmp_path / "out"
     text = _run("eval", SAMPLE_NAME, "--split", "test", "--source", "teacher", "--db", demo_store.path, "--out",
-                out).stdout  # fmt: skip
+                out).stdout
     flat = " ".join(text.split())
     for word in ("Acc", "m-F1", "Sim", "METEOR", "BLEU", "ROUGE-L", "Dist-1", "Dist-2", "100.00", "All values × 100"):
         assert word in flat, word
     assert "unweighted mean of the three labels' F1" in flat  # the footer defines every metric
     assert "no label head" in flat and (out / "confusion.png").is_file()
     data = json.loads(_run("eval", "--json", SAMPLE_NAME, "--source", "teacher", "--db", demo_store.path, "--out",
-                           out).stdout)  # fmt: skip
+                           out).stdout)
     assert data["metrics"]["chain"]["accuracy"] == 1.0 and data["n"] == 12
 
 
@@ -98,7 +98,7 @@ def test_release_chains_are_labelled_gold_conditioned(demo_store, tmp_path):
     result = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, source="teacher", runs_dir=runs))
     assert result.metrics["gold_conditioned"] is True
     flat = " ".join(_run("eval", SAMPLE_NAME, "--source", "teacher", "--db", demo_store.path, "--out",
-                         tmp_path / "o").stdout.split())  # fmt: skip
+                         tmp_path / "o").stdout.split())
     assert "teacher* 100.00" in flat and "*: gold-conditioned, a release's kept chains" in flat
     for r in demo_store.reasonings(dataset=SAMPLE_NAME, split="test", source="teacher"):
         demo_store.add_reasoning(**chain_row(sample_id=r["sample_id"], source="teacher", model="gpt-4o-mini",
@@ -121,7 +121,7 @@ def test_authors_teacher_accuracy(tmp_path):
     expected = sum(parse_reasoning(x["cot"]).prediction == normalize_label(x["label"]) for x in items)
     assert (expected, len(items)) == (1016, 1037)
     data = json.loads(_run("eval", "t15", "--split", "test", "--source", "teacher", "--db", db, "--json",
-                           "--runs-dir", tmp_path / "runs").stdout)  # fmt: skip
+                           "--runs-dir", tmp_path / "runs").stdout)
     assert data["n"] == 1037 and data["metrics"]["chain"]["n"] == 1037
     assert data["metrics"]["chain"]["accuracy"] == pytest.approx(1016 / 1037, abs=1e-12)
     assert data["metrics"]["headline"]["accuracy"] == pytest.approx(1016 / 1037, abs=1e-12)
@@ -152,12 +152,12 @@ def test_one_models_chains_are_evaluated_never_a_mix(demo_store, tmp_path):
     test = demo_store.samples(SAMPLE_NAME, "test")
     for s in test[:3]:
         demo_store.add_reasoning(sample_id=s["id"], source="teacher", model="other", stage="predict", final=True,
-                                 raw='"Prediction": "neutral"', prediction="neutral")  # fmt: skip
+                                 raw='"Prediction": "neutral"', prediction="neutral")
     runs = str(tmp_path / "runs")
     result = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, source="teacher", runs_dir=runs))
     groups = result.metrics["chains_from"]["groups"]
     assert [(g["model"], g["samples"], g["chosen"]) for g in groups] == [("mulcot-rd-release", 12, True),
-                                                                          ("other", 3, False)]  # fmt: skip
+                                                                          ("other", 3, False)]
     assert result.subject.model == "mulcot-rd-release" and result.metrics["chain"]["accuracy"] == 1.0
     limited = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, source="teacher", limit=3, runs_dir=runs))
     assert limited.subject.model == "other"  # same coverage (3 samples): the newest chains win the tie
@@ -174,7 +174,7 @@ def test_human_ratings_are_reported(demo_store, tmp_path):
     [row] = result.metrics["ratings"]
     assert (row["source"], row["ratings"], row["faithfulness"], row["usefulness"]) == ("teacher", 2, 3.0, 3.5)
     text = " ".join(_run("eval", SAMPLE_NAME, "--source", "teacher", "--db", demo_store.path, "--runs-dir",
-                         tmp_path / "r").stdout.split())  # fmt: skip
+                         tmp_path / "r").stdout.split())
     assert "human ratings" in text and "3.50" in text
 
 
@@ -182,7 +182,7 @@ def test_meteor_unavailable_without_wordnet(demo_store, tmp_path):
     empty = tmp_path / "no-nltk"
     empty.mkdir()
     args = ("eval", SAMPLE_NAME, "--source", "teacher", "--refs", "teacher", "--metrics", "meteor,bleu,distinct_1",
-            "--nltk-data", empty, "--db", demo_store.path, "--runs-dir", tmp_path / "runs")  # fmt: skip
+            "--nltk-data", empty, "--db", demo_store.path, "--runs-dir", tmp_path / "runs")
     data = json.loads(_run(*args, "--json").stdout)
     reasoning = data["metrics"]["reasoning"]
     assert "meteor" in reasoning["unavailable"] and "fix:" in reasoning["unavailable"]["meteor"]
@@ -198,9 +198,9 @@ def test_missing_references_are_counted(demo_store, tmp_path):
     for i, r in enumerate(teacher):
         for source in ("student-gguf", "student") if i else ("student-gguf",):  # refs for all samples but one
             demo_store.add_reasoning(sample_id=r["sample_id"], source=source, model="m.gguf", stage="eval",
-                                     raw=r["raw"], text=r["text"], prediction=r["prediction"], final=True)  # fmt: skip
+                                     raw=r["raw"], text=r["text"], prediction=r["prediction"], final=True)
     config = EvalConfig(dataset=SAMPLE_NAME, source="student-gguf", refs="student", metrics=["bleu", "distinct_1"],
-                        runs_dir=str(tmp_path / "runs"))  # fmt: skip
+                        runs_dir=str(tmp_path / "runs"))
     result = evaluate(demo_store, config)
     reasoning = result.metrics["reasoning"]
     assert (result.n, reasoning["refs"], reasoning["pairs"], reasoning["missing_refs"]) == (12, "student", 11, 1)
@@ -273,7 +273,7 @@ def _write_chain_files(tmp_path: Path, preds: list[str], refs: list[str]) -> tup
 
 PREDS = ['"Text_analysis": "The text praises the team." "Prediction": positive', "A calm street.", "neutral"]
 REFS = ['"Text_analysis": "The text praises the team and its win." "Prediction": positive', "A quiet street.",
-        "The post is neutral."]  # fmt: skip
+        "The post is neutral."]
 
 
 def test_score_files_cheap_metrics(tmp_path):
@@ -355,11 +355,11 @@ def test_model_run_generates_stores_scores_and_resumes(demo_store, compact_model
     runs = tmp_path / "runs"
     cfg = TrainConfig(dataset=SAMPLE_NAME, model=str(compact_model()), name="tiny", runs_dir=str(runs), epochs=1,
                       max_train_items=2, dev_split=None, batch_size=2, grad_accum=1, max_pixels=56 * 56, lr=2e-3,
-                      lora_dropout=0.0)  # fmt: skip
+                      lora_dropout=0.0)
     train_assistant(demo_store, cfg)
     args = ("eval", SAMPLE_NAME, "--split", "test", "--model", runs / "tiny", "--limit", 3, "--max-new-tokens", 8,
             "--label-max-new-tokens", 6, "--batch-size", 2, "--max-pixels", 56 * 56, "--db", demo_store.path,
-            "--runs-dir", runs, "--json")  # fmt: skip
+            "--runs-dir", runs, "--json")
     data = json.loads(_run(*args).stdout)
     assert data["subject"]["source"] == "assistant" and data["run_id"] == "tiny" and data["n"] == 3
     assert data["model"] == str(compact_model())
@@ -387,13 +387,13 @@ def test_model_run_generates_stores_scores_and_resumes(demo_store, compact_model
     monkeypatch.setattr("mulcot.models.load_model", no_loading)
     again = json.loads(_run(*args).stdout)
     assert again["metrics"]["generated"] == {"chains_generated": 0, "chains_reused": 3, "labels_generated": 0,
-                                             "labels_reused": 3}  # fmt: skip
+                                             "labels_reused": 3}
     assert again["metrics"]["label"]["accuracy"] == m["label"]["accuracy"]
     monkeypatch.undo()
     assert len(demo_store.reasonings(dataset=SAMPLE_NAME, source="assistant")) == 6
     # the stored chains, as a source (with their label answers), and by run id
     stored = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, source="assistant", metrics=["bleu"],
-                                             runs_dir=str(runs)))  # fmt: skip
+                                             runs_dir=str(runs)))
     assert stored.n == 3 and stored.metrics["label"]["accuracy"] == m["label"]["accuracy"]
     assert stored.metrics["consistency"] == m["consistency"]
     by_run = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, source="tiny", metrics=["bleu"], runs_dir=str(runs)))
@@ -407,7 +407,7 @@ def test_model_run_generates_stores_scores_and_resumes(demo_store, compact_model
     # a plain model folder: source "model", no run, results under runs/eval/
     plain = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, model=str(compact_model()), limit=2, max_new_tokens=4,
                                             label_max_new_tokens=4, max_pixels=56 * 56, metrics=["bleu"],
-                                            runs_dir=str(runs)))  # fmt: skip
+                                            runs_dir=str(runs)))
     assert (plain.subject.source, plain.subject.run_id, plain.n) == ("model", None, 2)
     assert Path(plain.files["json"]).parent == runs / "eval" / f"{SAMPLE_NAME}-test-model"
     assert len(demo_store.reasonings(dataset=SAMPLE_NAME, source="model")) == 4
@@ -418,4 +418,4 @@ def test_model_run_generates_stores_scores_and_resumes(demo_store, compact_model
     save_file({k: v * 2 for k, v in load_file(weights).items()}, weights)
     fresh = json.loads(_run(*args).stdout)
     assert fresh["metrics"]["generated"] == {"chains_generated": 3, "chains_reused": 0, "labels_generated": 3,
-                                             "labels_reused": 0}  # fmt: skip
+                                             "labels_reused": 0}

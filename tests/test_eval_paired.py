@@ -72,7 +72,7 @@ def test_compare_post_by_post(demo_store, tmp_path):
     assert all(p["label_id"] is not None and p["p_positive"] is None for p in posts)
 
     data = json.loads(_run("eval", "compare", teacher.id, model.id, "--db", demo_store.path, "--json",
-                           "--n-boot", 500, "--seed", 3).stdout)  # fmt: skip
+                           "--n-boot", 500, "--seed", 3).stdout)
     assert data[0]["paired"] is None
     paired = data[1]["paired"]
     gold = [p["gold"] for p in posts]
@@ -103,7 +103,7 @@ def test_compare_refuses_other_post_sets(demo_store, tmp_path):
     assert len(r.output.strip().splitlines()) == 1 and "different posts" in r.output and "--no-paired" in r.output
     assert dump(demo_store) == before
     data = json.loads(_run("eval", "compare", test.id, dev.id, "--no-paired", "--db", demo_store.path,
-                           "--json").stdout)  # fmt: skip
+                           "--json").stdout)
     assert [d["paired"] for d in data] == [None, None]
     # no post in common
     first = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, source="teacher", limit=5, runs_dir=runs))
@@ -138,13 +138,13 @@ def test_per_post_export(demo_store, tmp_path):
     _add_model_chains(demo_store, wrong={1}, probabilities=True)
     out_csv, out_jsonl = tmp_path / "posts" / "a.csv", tmp_path / "b.jsonl"
     base = ("eval", SAMPLE_NAME, "--split", "test", "--source", "assistant", "--metrics", "bleu", "--db",
-            demo_store.path, "--runs-dir", tmp_path / "runs")  # fmt: skip
+            demo_store.path, "--runs-dir", tmp_path / "runs")
     text = _run(*base, "--per-post", out_csv).stdout
     assert "per_post" in text and "ECE" in text and "AUROC" in text
     with out_csv.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["post_id", "dataset", "split", "gold", "prediction", "p_positive", "p_neutral",
-                             "p_negative"]  # fmt: skip
+                             "p_negative"]
     samples = {s["key"]: s for s in demo_store.samples(SAMPLE_NAME, "test")}
     assert sorted(r["post_id"] for r in rows) == sorted(samples) and {r["split"] for r in rows} == {"test"}
     assert all(r["gold"] == samples[r["post_id"]]["label"] for r in rows)
@@ -162,7 +162,7 @@ def test_per_post_export(demo_store, tmp_path):
     assert json.loads(open(data["files"]["json"]).read())["files"]["reliability"] == data["files"]["reliability"]
     # teacher chains have no probabilities: empty cells
     _run("eval", SAMPLE_NAME, "--split", "test", "--source", "teacher", "--metrics", "bleu", "--db", demo_store.path,
-         "--runs-dir", tmp_path / "runs", "--per-post", out_csv)  # fmt: skip
+         "--runs-dir", tmp_path / "runs", "--per-post", out_csv)
     with out_csv.open(newline="", encoding="utf-8") as fh:
         assert {r["p_neutral"] for r in csv.DictReader(fh)} == {""}
 

@@ -133,7 +133,7 @@ def _hf_inputs(processor: Any, prompt: str, image: Image.Image | None) -> Any:
     from mulcot.core.inputs import user_message
 
     text = processor.apply_chat_template([user_message(prompt, image is not None)], add_generation_prompt=True,
-                                         tokenize=False)  # fmt: skip
+                                         tokenize=False)
     return processor(text=[text], images=[image] if image is not None else None, return_tensors="pt")
 
 
@@ -169,7 +169,7 @@ def test_quant_types_and_names() -> None:
     with pytest.raises(MulcotError, match="unknown quantization type 'q3'"):
         parse_quants("q3")
     assert gguf_names("s", "f16", ("q4_k_m",)) == {"text": "s-F16.gguf", "mmproj": "mmproj-s-F16.gguf",
-                                                   "q4_k_m": "s-Q4_K_M.gguf"}  # fmt: skip
+                                                   "q4_k_m": "s-Q4_K_M.gguf"}
     assert gguf_names("s", "f32", ())["mmproj"] == "mmproj-s-F32.gguf"
 
 
@@ -242,11 +242,11 @@ def test_export_writes_every_file(family: str, exported: Callable[[str], Any], s
     assert [(s.step, s.status) for s in result.steps] == [
         ("merge", "done"), ("convert-text", "done"), ("convert-mmproj", "done"), ("quantize-q8_0", "done"),
         ("quantize-q4_k_m", "done"), ("manifest", "done"),
-    ]  # fmt: skip
+    ]
     hf = Path(result.hf_dir)
     for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                  "tokenizer_config.json", "chat_template.jinja", "processor_config.json",
-                 "preprocessor_config.json"):  # fmt: skip
+                 "preprocessor_config.json"):
         assert (hf / name).is_file(), name
     text, mmproj = inspect_gguf(result.text_gguf), inspect_gguf(result.mmproj_gguf)
     assert text["architecture"] == ("qwen2vl" if family == "qwen2.5-vl" else "qwen3vl")
@@ -384,9 +384,9 @@ def test_rerun_resumes_and_a_failed_step_is_named(
     assert [(s.step, s.status) for s in resumed.steps] == [
         ("merge", "skipped"), ("convert-text", "done"), ("convert-mmproj", "done"), ("quantize-q4_k_m", "done"),
         ("manifest", "done"),
-    ]  # fmt: skip
+    ]
     assert {e.step for e in events if e.status == "start"} == {"convert-text", "convert-mmproj", "quantize-q4_k_m",
-                                                                "manifest"}  # fmt: skip
+                                                                "manifest"}
     assert inspect_gguf(out / "student-qwen2.5-vl-Q4_K_M.gguf")["file_type"] == QUANT_TYPES["q4_k_m"]
 
 
@@ -406,7 +406,7 @@ def test_corrupt_or_missing_mmproj_is_one_clear_line(tmp_path: Path, exported: C
 
     def run(*args: str) -> Any:
         return runner.invoke(_cli(), ["predict", *args, "--image", str(image), "--text", "a post", "--max-tokens", "4",
-                                      "--n-threads", "1"])  # fmt: skip
+                                      "--n-threads", "1"])
 
     def one_line_error(r: Any, *needles: str) -> None:
         assert r.exit_code != 0, r.output
@@ -434,7 +434,7 @@ def test_predict_single_post_gguf_and_hf_agree(tmp_path: Path, exported: Callabl
     image = tmp_path / "post.png"
     _image(224).save(image)
     common = ["--image", str(image), "--text", POST[0], "--aspect", POST[1], "--max-tokens", "12", "--n-threads", "1",
-              "--json"]  # fmt: skip
+              "--json"]
     runner = CliRunner()
     gg = runner.invoke(_cli(), ["predict", "--gguf", result.out, "--quant", "f16", *common])
     assert gg.exit_code == 0, gg.output
@@ -459,7 +459,7 @@ def test_predict_batch_stores_student_gguf_chains_and_resumes(demo_store: Any, e
     seen: list[int] = []
     with GGUFBackend(result.text_gguf, result.mmproj_gguf, config) as gg:
         summary = predict_dataset(demo_store, gg, SAMPLE_NAME, "test", limit=3, prompts=("cot", "label"),
-                                  progress=lambda event: seen.append(event.done))  # fmt: skip
+                                  progress=lambda event: seen.append(event.done))
     assert summary.predicted == 3 and summary.extra_prompts == {"label": 3} and summary.skipped_done == 0
     assert seen[-1] == 6
     model = "student-qwen2.5-vl-F16.gguf"
@@ -467,7 +467,7 @@ def test_predict_batch_stores_student_gguf_chains_and_resumes(demo_store: Any, e
     labels = demo_store.reasonings(dataset=SAMPLE_NAME, split="test", source=SOURCE_GGUF, stage="label")
     assert len(labels) == 3 and {r["prompt_version"] for r in labels} == {get_prompt("label", "masc").version}
     assert all(r["tokens_out"] == 4 and r["fields"] == ({"Prediction": r["prediction"]} if r["prediction"] else {})
-               for r in labels)  # fmt: skip
+               for r in labels)
     rows = demo_store.reasonings(dataset=SAMPLE_NAME, split="test", source=SOURCE_GGUF, stage="eval")
     assert len(rows) == 3
     for row in rows:
@@ -483,7 +483,7 @@ def test_predict_batch_stores_student_gguf_chains_and_resumes(demo_store: Any, e
     # the CLI resumes it: 3 already there, 1 more
     r = CliRunner().invoke(_cli(), ["predict", "--gguf", result.text_gguf, "--dataset", SAMPLE_NAME, "--split", "test",
                                     "--limit", "4", "--max-tokens", "8", "--max-pixels", "3136", "--n-threads", "1",
-                                    "--db", str(demo_store.path), "--json"])  # fmt: skip
+                                    "--db", str(demo_store.path), "--json"])
     assert r.exit_code == 0, r.output
     again = json.loads(r.stdout)
     assert again["predicted"] == 1 and again["skipped_done"] == 3 and again["chains"] == 4
@@ -497,7 +497,7 @@ def test_export_cli_json(tmp_path: Path, exported: Callable[[str], Any], student
     result = exported("qwen3-vl")
     runner = CliRunner()
     r = runner.invoke(_cli(), ["export", str(student("qwen3-vl")), "--out", result.out, "--quant", "q8_0,q4_k_m",
-                               "--db", str(tmp_path / "m.db"), "--json"])  # fmt: skip
+                               "--db", str(tmp_path / "m.db"), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["default_gguf"].endswith("Q4_K_M.gguf") and {s["status"] for s in out["steps"][:-1]} == {"skipped"}
@@ -525,7 +525,7 @@ def test_predict_cli_argument_errors(tmp_path: Path) -> None:
 
 
 def test_verify_bad_input_is_one_line_and_changes_nothing(tmp_path: Path, demo_store: Any,
-                                                          student: Callable[[str], Path]) -> None:  # fmt: skip
+                                                          student: Callable[[str], Path]) -> None:
     """--verify with --no-gguf (no GGUF to verify), without a dataset, or on a dataset the store lacks: one line, a
     non-zero exit, no export folder, the store as it was."""
     runner = CliRunner()
@@ -535,7 +535,7 @@ def test_verify_bad_input_is_one_line_and_changes_nothing(tmp_path: Path, demo_s
              (["--verify", "3"], "pass --verify-dataset NAME"),
              (["--verify", "3", "--verify-dataset", "nope"], "nope"),
              (["--verify", "3", "--verify-dataset", "twitter2015-sample", "--verify-split", "x"], "no split 'x'"),
-             (["--verify", "0", "--verify-dataset", "twitter2015-sample"], "--verify must be at least 1")]  # fmt: skip
+             (["--verify", "0", "--verify-dataset", "twitter2015-sample"], "--verify must be at least 1")]
     for extra, message in cases:
         r = runner.invoke(_cli(), [*base, *extra])
         assert r.exit_code != 0 and "Traceback" not in r.output, r.output
@@ -560,7 +560,7 @@ def _text_dataset(store: Any, folder: Path, n: int = 4) -> str:
 @pytest.mark.slow
 def test_verify_scores_every_gguf_against_the_merged_model(tmp_path: Path, demo_store: Any,
                                                            exported: Callable[[str], Any],
-                                                           student: Callable[[str], Path]) -> None:  # fmt: skip
+                                                           student: Callable[[str], Path]) -> None:
     """Every exported GGUF (F16 and each quantization) scored by forced choice on 4 posts against the merged model:
     F16 agrees with it and its probabilities are within 0.01; the figures go into the manifest with each file's
     sha256, are shown by the CLI, and a later export that changes no file keeps them. Posts with images go through
@@ -571,7 +571,7 @@ def test_verify_scores_every_gguf_against_the_merged_model(tmp_path: Path, demo_
     out = tmp_path / "out"
     shutil.copytree(exported("qwen2.5-vl").out, out)  # the session's export: every step but verify is done
     args = ["export", str(student("qwen2.5-vl")), "--out", str(out), "--quant", "q8_0,q4_k_m", "--verify", "4",
-            "--verify-dataset", dataset, "--threads", "1", "--db", demo_store.path]  # fmt: skip
+            "--verify-dataset", dataset, "--threads", "1", "--db", demo_store.path]
     r = CliRunner().invoke(_cli(), args)
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())

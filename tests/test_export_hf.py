@@ -19,7 +19,7 @@ def _invoke(*args, code=0):
 def _sample(db: Path) -> None:
     _invoke("data", "import", "twitter-tsv", SAMPLE_DIR, "--name", SAMPLE_NAME, "--db", db)
     _invoke("data", "import", "mulcot-json", SAMPLE_DIR / "chains", "--name", SAMPLE_NAME, "--images",
-            SAMPLE_DIR / "images", "--db", db)  # fmt: skip
+            SAMPLE_DIR / "images", "--db", db)
 
 
 def test_hf_export_loads_with_datasets_and_images_decode(tmp_path):
@@ -29,7 +29,7 @@ def test_hf_export_loads_with_datasets_and_images_decode(tmp_path):
     db, out = tmp_path / "m.db", tmp_path / "hf"
     _sample(db)
     assert "wrote 60 records" in " ".join(_invoke("data", "export", SAMPLE_NAME, "--format", "hf", out,
-                                                  "--db", db).stdout.split())  # fmt: skip
+                                                  "--db", db).stdout.split())
     ds = load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
     assert {k: len(v) for k, v in ds.items()} == {"train": 36, "dev": 12, "test": 12}
     assert type(ds["train"].features["image"]).__name__ == "Image"

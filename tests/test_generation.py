@@ -14,7 +14,7 @@ from mulcot.generation import BACKENDS, Backend, Generated, Post, PredictConfig,
 from mulcot.sample import SAMPLE_NAME
 
 CHAIN = format_reasoning({"Text_analysis": "t", "Image_analysis": "i", "Conflict_resolution": "c",
-                          "Final_conclusion": "f", "Prediction": "neutral"})  # fmt: skip
+                          "Final_conclusion": "f", "Prediction": "neutral"})
 
 
 class ConstantBackend(Backend):
@@ -70,7 +70,7 @@ def test_run_hands_over_n_answers_per_request_with_their_seeds(constant):
 
     constant.generate = generate  # type: ignore[method-assign]
     requests = [Request(post=Post(text=f"post {i}"), prompt="cot", task="msa", n=2, seed=100 + i, tag=i)
-                for i in range(3)]  # fmt: skip
+                for i in range(3)]
     summary = constant.run(requests, lambda r, g: got.append((r.tag, g.text)))
     assert [tag for tag, _ in got] == [0, 0, 1, 1, 2, 2]  # every request's answers, in order
     assert summary.requests == 3 and summary.answered == 6

@@ -84,7 +84,7 @@ class Outcome:
 def _counts(db: Path) -> dict[str, int]:
     with Store(db, migrate=False) as s:
         tables = [r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"
-                                             " AND name NOT LIKE 'samples_fts%'").fetchall()]  # fmt: skip
+                                             " AND name NOT LIKE 'samples_fts%'").fetchall()]
         return {t: s.db.execute(f"SELECT COUNT(*) FROM [{t}]").fetchone()[0] for t in tables}
 
 
@@ -268,7 +268,7 @@ CASES: list[Case] = [
     ("decompression-bomb-warning-size", _bomb_case("big.png", 10000),
      "image 'big.png' is too large to decode safely (100,000,000 pixels"),
     ("gguf-too-many-dimensions", _gguf_case, "has 80000 dimensions (llama.cpp allows at most 4)"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -290,7 +290,7 @@ def test_decompression_bomb_is_a_problem_row_not_the_end_of_an_import(world):
     _jpeg(folder / "ok.jpg")
     bomb_png(folder / "bomb.png", 20000)
     (folder / "train.jsonl").write_text('{"text": "fine", "label": "positive", "image": "ok.jpg"}\n'
-                                        '{"text": "boom", "label": "negative", "image": "bomb.png"}\n')  # fmt: skip
+                                        '{"text": "boom", "label": "negative", "image": "bomb.png"}\n')
     before = _counts(db)
     strict = run_case(root, db, ["data", "import", "jsonl", str(folder), "--name", "j", "--strict"], [folder])
     check_refused(strict, "train.jsonl:2: field 'image': image 'bomb.png' is too large to decode safely")
@@ -368,7 +368,7 @@ def teacher_server():
 
 def _annotate(server_url: str, *extra: str) -> list[str]:
     return ["annotate", "keep", "--split", "dev", "--limit", "1", "--stage", "predict", "--teacher", "m",
-            "--base-url", server_url, "--http-retries", "0", *extra]  # fmt: skip
+            "--base-url", server_url, "--http-retries", "0", *extra]
 
 
 def _store_text(db: Path) -> str:
@@ -415,7 +415,7 @@ SECRET_CASES = [
      "GITHUB_TOKEN is not sent to 127.0.0.1: only a variable named like an API key"),
     ("cloud-secret-to-a-server", ["", "--api-key-env", "AWS_SECRET_ACCESS_KEY"],
      {"AWS_SECRET_ACCESS_KEY": OTHER_TOKEN}, "AWS_SECRET_ACCESS_KEY is not sent to 127.0.0.1"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("case", SECRET_CASES, ids=[c[0] for c in SECRET_CASES])
@@ -440,7 +440,7 @@ def test_recipe_cannot_send_a_foreign_token_or_carry_a_credential(world):
          "'teacher.api_key_env': GITHUB_TOKEN is not sent to 127.0.0.1"),
         ('replay = "@sample"', 'base_url = "https://u:pw-secret@example.org/v1"',
          "'teacher.base_url' carries credentials (user:password@)"),
-    )  # fmt: skip
+    )
     for i, (old, new, message) in enumerate(cases):
         folder = _mkdir(root / f"recipe{i}")
         (folder / "r.toml").write_text(base.replace(old, new))
@@ -455,7 +455,7 @@ def test_distill_server_url_with_a_query_key_is_refused(world):
     before = _counts(db)
     outcome = run_case(root, db, ["distill", "keep", "--assistant", "asst", "--student", "m", "--soft-labels",
                                   "server", "--server", "http://127.0.0.1:9/v1?api_key=sk-distill-secret",
-                                  "--served-model", "a"], [])  # fmt: skip
+                                  "--served-model", "a"], [])
     check_refused(outcome, "--server must not carry credentials (it has a 'api_key' query parameter")
     assert "sk-distill-secret" not in outcome.lines[0] and _counts(db) == before
 
@@ -470,7 +470,7 @@ def test_public_url_keeps_no_credential():
     assert public_url("http://u:pw@host:notaport/v1?key=sk") == "host:notaport/v1"
     assert url_secrets("https://h/v1?access_token=a&sig=b&api-version=1") == [
         "a 'access_token' query parameter", "a 'sig' query parameter"
-    ]  # fmt: skip
+    ]
     cfg = TeacherConfig(model="m", base_url="http://u:pw-9@h:1/v1?token=t-9", api_key="sk-direct")
     public = str(cfg.public())
     assert "pw-9" not in public and "sk-direct" not in public and "t-9" not in public
@@ -503,7 +503,7 @@ def test_annotate_whose_every_request_is_dropped_stops_and_fails(world):
     root, db = world
     with ChatServer(lambda body: Reply(drop=True)) as server:
         outcome = run_case(root, db, ["annotate", "keep", "--split", "dev", "--teacher", "m", "--base-url",
-                                      server.base_url, "--http-retries", "0", "--concurrency", "1"], [])  # fmt: skip
+                                      server.base_url, "--http-retries", "0", "--concurrency", "1"], [])
         check_refused(outcome, "no request got an answer from the teacher (3 tried; last: sample")
         assert len(server.requests) == 3
     assert _integrity(db) == "ok"
@@ -526,8 +526,8 @@ def test_hub_id_without_network_fails_fast_with_the_real_reason(world, monkeypat
     monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{_free_port()}")
     before = _counts(db)
     args = ["train-assistant", "twitter2015-sample", "--model", "example-org/no-such-model", "--runs-dir",
-            str(root / "runs")]  # fmt: skip
+            str(root / "runs")]
     outcome = run_case(root, db, args, [root / "runs"])
     check_refused(outcome, "cannot find model 'example-org/no-such-model': no such local folder, and the Hugging "
-                  "Face Hub cannot be reached (127.0.0.1: Connection refused)")  # fmt: skip
+                  "Face Hub cannot be reached (127.0.0.1: Connection refused)")
     assert _counts(db) == before and not (root / "runs").exists()

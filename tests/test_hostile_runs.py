@@ -48,13 +48,13 @@ def _store(path: Path, n: int = 4, chains: bool = False) -> Path:
         s.upsert_dataset("d", task="msa", format="jsonl", source="x", images_root=None, has_images=False)
         rows = [{"split": split, "key": f"{split}{i}", "text": f"post {split} {i}", "raw_text": None, "aspect": None,
                  "label": labels[i % 3], "image_name": None, "image_path": None, "image_sha256": None,
-                 "has_image": False} for split, k in (("train", n), ("test", 2)) for i in range(k)]  # fmt: skip
+                 "has_image": False} for split, k in (("train", n), ("test", 2)) for i in range(k)]
         ids = s.upsert_samples("d", rows).ids
         if chains:
             for (split, key), sid in ids.items():
                 label = labels[int(key[len(split) :]) % 3]
                 s.add_reasoning(**chain_row(sample_id=sid, source="teacher", model="t", stage="predict",
-                                            output=_chain(label), run_id="a", prompt_version="v"))  # fmt: skip
+                                            output=_chain(label), run_id="a", prompt_version="v"))
     return path
 
 
@@ -166,7 +166,7 @@ def test_unsafe_run_names_are_refused_before_anything_is_written(tmp_path, monke
         ("annotate", "d", "--teacher", "m", "--base-url", "http://127.0.0.1:9/v1", "--run", bad),
         ("export", tmp_path / "noadapter", "--out", tmp_path / "exp", "--name", bad),
         ("data", "import", "jsonl", tmp_path / "nofile.jsonl", "--name", bad),
-    ]  # fmt: skip
+    ]
     for args in cases:
         if args[0] == "data":
             (tmp_path / "nofile.jsonl").write_text('{"text": "hi", "label": "positive"}\n')
@@ -243,7 +243,7 @@ def test_default_runs_folder_is_beside_the_database(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ 3. opening the store
 
 READS = [("data", "list"), ("data", "stats", "d"), ("eval", "compare", "1"), ("data", "export", "d"),
-         ("data", "pairs", "d")]  # fmt: skip
+         ("data", "pairs", "d")]
 
 
 @pytest.mark.parametrize("args", READS, ids=[" ".join(a) for a in READS])
@@ -285,7 +285,7 @@ def test_a_read_only_store_reads_and_refuses_writes_in_one_line(tmp_path):
         assert _cli("data", "stats", "d", "--db", db).exit_code == 0
         _one_line(_cli("data", "import", "jsonl", jsonl, "--name", "more", "--no-images", "--db", db), "read-only")
         _one_line(_cli("eval", "d", "--source", "teacher", "--refs", "none", "--metrics", "distinct_1", "--db", db),
-                  "read-only")  # fmt: skip
+                  "read-only")
     _intact(db, before)
 
 
@@ -347,7 +347,7 @@ def test_a_lock_held_past_the_busy_timeout_is_one_line(tmp_path, monkeypatch):
     try:
         started = time.perf_counter()
         _one_line(_cli("data", "import", "jsonl", jsonl, "--name", "more", "--no-images", "--db", db),
-                  "locked by another process")  # fmt: skip
+                  "locked by another process")
         assert time.perf_counter() - started < 5
         assert _cli("data", "list", "--db", db).exit_code == 0  # reading is not blocked by a writer
     finally:
@@ -361,7 +361,7 @@ def _teacher(server: ChatServer, db: Path, **kw: object):
     from mulcot.core.client import TeacherConfig
 
     teacher = TeacherConfig(model="gpt-x", base_url=server.base_url, api_key="x", backoff_base_s=0.01, timeout_s=10,
-                            http_retries=1)  # fmt: skip
+                            http_retries=1)
     return AnnotateConfig(dataset="d", teacher=teacher, concurrency=kw.pop("concurrency", 2), run_id="ann", **kw)
 
 
@@ -395,7 +395,7 @@ class Teacher:
 def _finals(db: Path) -> Counter:
     with Store.open(db, readonly=True) as s:
         return Counter((r["sample_id"], r["stage"]) for r in s.reasonings(dataset="d", source="teacher")
-                       if r["final"] and r["run_id"] == "ann")  # fmt: skip
+                       if r["final"] and r["run_id"] == "ann")
 
 
 def test_annotate_keeps_a_paid_answer_when_the_store_is_locked(tmp_path, monkeypatch):
@@ -453,7 +453,7 @@ def _claim(db: Path, run_id: str, *, pid: int, host: str, age_s: float = 0.0) ->
         if s.get_run(run_id) is None:
             s.create_run(run_id, kind="annotate", dataset="d")
         s.db.execute("UPDATE runs SET status = 'running', writer_token = 'theirs', writer_pid = ?, writer_host = ?,"
-                     " heartbeat_at = ? WHERE id = ?", [pid, host, stamp, run_id])  # fmt: skip
+                     " heartbeat_at = ? WHERE id = ?", [pid, host, stamp, run_id])
 
 
 def test_a_live_writer_is_refused_and_a_stale_one_taken_over(tmp_path):
@@ -479,7 +479,7 @@ def test_a_live_writer_is_refused_and_a_stale_one_taken_over(tmp_path):
             with Store.open(db) as s:
                 s.db.execute("INSERT INTO run_jobs (run_id, job, token, pid, host, claimed_at) VALUES ('ann',"
                              " 'sample 99', 'joined', ?, ?, ?)",
-                             [sleeper.pid, socket.gethostname(), s.get_run("ann")["updated_at"]])  # fmt: skip
+                             [sleeper.pid, socket.gethostname(), s.get_run("ann")["updated_at"]])
             _one_line(_cli(*args), f"is being written by process {sleeper.pid}")
             _claim(db, "ann", pid=sleeper.pid, host=socket.gethostname())
             sleeper.kill()
@@ -526,7 +526,7 @@ def test_two_annotates_of_one_run_the_second_refuses(tmp_path):
         thread, out = _annotate_in_thread(db, server)
         _wait_running(db, "ann")
         second = _cli("annotate", "d", "--teacher", "gpt-x", "--base-url", server.base_url, "--run", "ann",
-                      "--db", db)  # fmt: skip
+                      "--db", db)
         thread.join()
     _one_line(second, "run 'ann' is being written by process")
     assert "error" not in out and out["summary"].requests == 9
@@ -557,7 +557,7 @@ def _predict(db: Path, server: ChatServer, force: bool = False):
     from mulcot.predict import predict_dataset
 
     backend = open_backend("server", server=ServerConfig(url=server.base_url, served_model="local"),
-                           config=PredictConfig())  # fmt: skip
+                           config=PredictConfig())
     with Store.open(db) as store:
         return predict_dataset(store, backend, "d", "train", run_id="pred", force=force)
 
@@ -600,19 +600,19 @@ def test_one_row_per_attempt_and_the_migration_keeps_the_first_copy(tmp_path, mo
                 sid = old.upsert_samples("d", [{"split": "train", "key": "1", "text": "t", "raw_text": None,
                                                 "aspect": None, "label": "positive", "image_name": None,
                                                 "image_path": None, "image_sha256": None,
-                                                "has_image": False}]).ids[("train", "1")]  # fmt: skip
+                                                "has_image": False}]).ids[("train", "1")]
             row = chain_row(sample_id=sid, source="teacher", model="t", stage="predict", output=_chain("positive"),
-                            run_id="a", prompt_version="v")  # fmt: skip
+                            run_id="a", prompt_version="v")
             first, copy = old.add_reasoning(**row), old.add_reasoning(**row)  # two writers of one run, before
             exp = chain_row(sample_id=sid, source="assistant", model="b", stage="expand", output=_chain("positive"),
-                            run_id="asst", prompt_version="c")  # fmt: skip
+                            run_id="asst", prompt_version="c")
             old.add_reasoning(**exp)
             old.add_reasoning(**exp)  # n = 2 expansions: both attempt 1 then
             old.add_rating(copy, faithfulness=2, usefulness=3, rater="me")
     with Store.open(path) as new:
         rows = new.reasonings(dataset="d")
         assert [(r["id"], r["stage"], r["attempt"]) for r in rows] == [
-            (first, "predict", 1), (copy + 1, "expand", 1), (copy + 2, "expand", 2)]  # fmt: skip
+            (first, "predict", 1), (copy + 1, "expand", 1), (copy + 2, "expand", 2)]
         assert [r["reasoning_id"] for r in new.ratings()] == [first]  # the copy's rating moved to the kept row
         assert new.add_reasoning(**row) == first and len(new.reasonings(dataset="d")) == 3
         assert new.add_reasonings([row, {**row, "attempt": 2}]) == 1
@@ -652,7 +652,7 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
 
         # what only changes where or how it runs may differ on a resume
         same = TrainConfig(dataset="d", model=str(model), name="asst", runs_dir="elsewhere", device="cpu",
-                           report_to="tensorboard", save_steps=3, dev_batch_size=2)  # fmt: skip
+                           report_to="tensorboard", save_steps=3, dev_batch_size=2)
         check_settings(s, same, True, deciding_settings(same))
 
 
@@ -691,14 +691,14 @@ def test_the_soft_label_cache_is_keyed_by_the_assistant_and_k(tmp_path):
 
     db = _store(tmp_path / "m.db")
     items = [TrainItem(sample_id=i, chain_id=10 + i, text=f"t{i}", aspect=None, image_path=None, label="positive",
-                       chain="r") for i in range(3)]  # fmt: skip
+                       chain="r") for i in range(3)]
     computed: list[int] = []
 
     def compute(k: int, value: float):
         def run(jobs):
             computed.append(len(jobs))
             return [(f"s{it.sample_id}/cls" if task == 1 else f"c{it.chain_id}/rea",
-                     torch.zeros(2, k, dtype=torch.int32), torch.full((2, k), value)) for it, task in jobs]  # fmt: skip
+                     torch.zeros(2, k, dtype=torch.int32), torch.full((2, k), value)) for it, task in jobs]
 
         return run
 
@@ -754,7 +754,7 @@ def test_sigterm_interrupts_a_run_and_a_rerun_resumes_it(tmp_path):
     teacher = Teacher(db, delay_s=0.05, on_request=on_request)
     with ChatServer(teacher) as server:
         args = ("annotate", "d", "--teacher", "gpt-x", "--base-url", server.base_url, "--run", "ann",
-                "--concurrency", 1, "--db", db)  # fmt: skip
+                "--concurrency", 1, "--db", db)
         cut = _cli(*args)
         assert cut.exit_code == 143, cut.output
         assert "interrupted (SIGTERM): run the same command again to resume" in cut.output
@@ -798,12 +798,12 @@ def test_a_kill_while_saving_leaves_a_whole_best_adapter(tmp_path, monkeypatch, 
     from mulcot.train.checkpoints import is_complete_adapter, resume_best
 
     script = SAVER if exchange else SAVER.replace("import json", "import mulcot.train.checkpoints as c\n"
-                                                  "c._exchange = lambda a, b: False\nimport json")  # fmt: skip
+                                                  "c._exchange = lambda a, b: False\nimport json")
     rng = random.Random(0)
     saved = 0
     for _ in range(12):
         proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})  # fmt: skip
+                                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         proc.stdout.readline()  # one whole save first
         time.sleep(rng.uniform(0.0, 0.05))
         proc.kill()
@@ -831,7 +831,7 @@ def test_sigterm_during_training_then_resume_keeps_the_best_epoch(demo_store, co
     common = ["train-assistant", SAMPLE_NAME, "--model", str(compact_model()), "--db", str(demo_store.path),
               "--runs-dir", str(runs), "--epochs", "2", "--batch-size", "2", "--grad-accum", "1", "--max-pixels",
               "3136", "--max-train-items", "4", "--max-dev-samples", "3", "--save-steps", "1", "--lr", "1e-3",
-              "--lora-dropout", "0", "--name", "cut", "--json"]  # fmt: skip
+              "--lora-dropout", "0", "--name", "cut", "--json"]
     exe = str(Path(sys.executable).parent / "mulcot")
     proc = subprocess.Popen([exe, *common], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = runs / "cut" / "log.jsonl"

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pipeline", ("mulcot.pipeline",)),
     ("tui", ("mulcot.tui",)),
     ("cli", ("mulcot.cli", "mulcot.__main__")),
-]  # fmt: skip
+]
 STAGES = dict(LAYERS)["stages"]
 MODULE_LINES = 450  # a longer module says why in its first lines ("Long because: ...")
 FUNCTION_LINES = 80  # of a function's body, after its signature and docstring (a command's signature is its options)

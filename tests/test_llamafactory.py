@@ -33,9 +33,9 @@ def _load(python: str, folder: Path, name: str, tmp_path: Path) -> subprocess.Co
 
     tokenizer = compact_tokenizer_dir("qwen2.5-vl") / "tokenizer.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf-cache"),
-           "PYTHONPATH": "", "DISABLE_VERSION_CHECK": "1"}  # fmt: skip
+           "PYTHONPATH": "", "DISABLE_VERSION_CHECK": "1"}
     return subprocess.run([python, str(HELPER), str(folder), name, str(tokenizer)], capture_output=True, text=True,
-                          env=env, timeout=600)  # fmt: skip
+                          env=env, timeout=600)
 
 
 @pytest.mark.slow

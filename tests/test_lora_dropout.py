@@ -38,9 +38,9 @@ def _lora_model(dropout: float):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                            num_attention_heads=4, num_key_value_heads=2))  # fmt: skip
+                                            num_attention_heads=4, num_key_value_heads=2))
         return get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, init_lora_weights=False,
-                                               target_modules=["q_proj", "v_proj", "down_proj"]))  # fmt: skip
+                                               target_modules=["q_proj", "v_proj", "down_proj"]))
 
 
 def _saved_bytes(model, ids) -> int:

@@ -35,7 +35,7 @@ def _text_model(kind: str, tiny_text_model, tmp_path: Path) -> Path:
     ref = AutoConfig.from_pretrained(path)
     common = dict(vocab_size=ref.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=ref.bos_token_id,
-                  eos_token_id=ref.eos_token_id, pad_token_id=ref.pad_token_id)  # fmt: skip
+                  eos_token_id=ref.eos_token_id, pad_token_id=ref.pad_token_id)
     classes = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
     config_class, model_class = classes[kind]
     out = tmp_path / kind
@@ -78,7 +78,7 @@ def test_packed_step_equals_padded_step(kind, demo_store, tiny_text_model, tmp_p
     model, processor, _ = load_model(_text_model(kind, tiny_text_model, tmp_path))
     assert supports_packing(model)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,
-                                             target_modules=["q_proj", "v_proj", "down_proj"]))  # fmt: skip
+                                             target_modules=["q_proj", "v_proj", "down_proj"]))
     items = teacher_items(demo_store, SAMPLE_NAME, "train")[:3]
     collator = MultiTaskCollator(processor, "masc")
     results = []

@@ -17,7 +17,7 @@ from mulcot.train.pairs import build_pairs, export_pairs
 def _sample(key, split, label):
     text = f"post {key}"
     return {"split": split, "key": key, "text": text, "raw_text": text, "aspect": None, "label": label,
-            "image_name": None, "image_path": None, "image_sha256": None, "has_image": False}  # fmt: skip
+            "image_name": None, "image_path": None, "image_sha256": None, "has_image": False}
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def scripted(store):
         store.upsert_dataset("d", task="msa", format="jsonl", source="x", images_root=None, has_images=False)
     store.upsert_samples("d", [_sample("a", "train", "positive"), _sample("b", "train", "negative"),
                                _sample("c", "train", "neutral"), _sample("e", "train", "positive"),
-                               _sample("x", "dev", "positive"), _sample("y", "test", "negative")])  # fmt: skip
+                               _sample("x", "dev", "positive"), _sample("y", "test", "negative")])
     sid = {s["key"]: s["id"] for s in store.samples("d")}
     ids = {}
 
@@ -36,7 +36,7 @@ def scripted(store):
         ids[name] = store.add_reasoning(
             sample_id=sid[key], source=source, model="m", stage=stage, raw=raw if raw is not None else text,
             text=text, prediction=prediction if valid else None, parse_status="full" if valid else "none",
-            final=final, attempt=attempt, run_id="r" if source != "teacher" else None)  # fmt: skip
+            final=final, attempt=attempt, run_id="r" if source != "teacher" else None)
 
     # a: ARC failure then a wrong prediction, explained (D_t); one kept and one rejected expansion; a wrong student
     chain("a_fail", "a", "teacher", "predict", None, valid=False, final=False, raw="I think it is sad", attempt=1)
@@ -61,7 +61,7 @@ def scripted(store):
         chain(f"{key}_pred", key, "teacher", "predict", gold)
         chain(f"{key}_student", key, "student", "eval", bad)
     for name, f, u in (("b_pred", 5, 5), ("b_exp_low", 2, 2), ("b_student", 4, 4), ("c_pred", 3, 3),
-                       ("c_exp_bad", 4, 5), ("x_student", 1, 1), ("x_pred", 5, 5)):  # fmt: skip
+                       ("c_exp_bad", 4, 5), ("x_student", 1, 1), ("x_pred", 5, 5)):
         store.add_rating(ids[name], faithfulness=f, usefulness=u)
     return store, ids
 
@@ -81,7 +81,7 @@ def test_pairs_exact_counts_and_chosen_in_turn(scripted):
         ("student", "wrong", "a_exp_ok", "a_student"),
         ("student", "wrong", "b_pred", "b_student"),
         ("ratings", "rated", "b_pred", "b_exp_low"),
-    ])  # fmt: skip
+    ])
     assert pairs.counts() == {
         "teacher": {"positive": 2, "neutral": 0, "negative": 0},
         "assistant": {"positive": 1, "neutral": 0, "negative": 0},
@@ -123,7 +123,7 @@ def test_pairs_respect_ratings_and_sources(scripted):
     assert _by(build_pairs(store, "d", sources="student,assistant"), ids) == sorted([
         ("assistant", "wrong", "a_explain", "a_exp_bad"), ("student", "wrong", "a_exp_ok", "a_student"),
         ("student", "wrong", "b_pred", "b_student"),
-    ])  # fmt: skip
+    ])
     with pytest.raises(MulcotError, match="--from 'humans'"):
         build_pairs(store, "d", sources="humans")
 
@@ -162,7 +162,7 @@ def test_pairs_of_a_dataset_with_images(demo_store, tmp_path):
     text = Reasoning("t", "i", "c", "f", "negative" if good["gold"] != "negative" else "positive").to_text()
     demo_store.add_reasoning(sample_id=good["sample_id"], source="student", model="s", stage="eval", raw=text,
                              text=text, prediction="negative" if good["gold"] != "negative" else "positive",
-                             parse_status="full", final=True, run_id="stud")  # fmt: skip
+                             parse_status="full", final=True, run_id="stud")
     pairs = build_pairs(demo_store, SAMPLE_NAME)
     assert [(p.source, p.chosen_id, p.sample_id) for p in pairs.pairs] == [("student", good["id"], good["sample_id"])]
     export_pairs(pairs, "trl", tmp_path / "p.jsonl")

@@ -42,7 +42,7 @@ def test_every_recipe_validates():
     assert (ROOT / "recipes" / "tiny-cpu.toml").resolve() == bundled_recipe("tiny-cpu").resolve()
     paper = load_recipe(ROOT / "recipes" / "twitter2015-gpt4omini-qwen2.5vl.toml")
     assert (paper.teacher.model, paper.assistant.model, paper.student.model) == (
-        "gpt-4o-mini", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct")  # fmt: skip
+        "gpt-4o-mini", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct")
     assert paper.training.task_weights == [0.2, 0.8] and paper.student.lam == 0.3
 
 
@@ -64,7 +64,7 @@ def test_broken_recipes_name_the_key(change, message):
     if message is None:  # a second [student] table is itself a TOML error; set the value inline instead
         text, message = MINIMAL.replace('model = "Qwen/Qwen2.5-VL-3B-Instruct"',
                                         'model = "Qwen/Qwen2.5-VL-3B-Instruct"\nsoft_labels = "disk"'), (
-            "'student.soft_labels' is 'disk'; allowed: cache, online")  # fmt: skip
+            "'student.soft_labels' is 'disk'; allowed: cache, online")
     else:
         text = MINIMAL + change
     with pytest.raises(RecipeError) as err:
@@ -112,7 +112,7 @@ def test_run_tiny_cpu_killed_mid_stage_then_rerun(tmp_path):
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     logs = (tmp_path / "runs").glob
     wait_until(lambda: any(loss_lines(log) >= 2 for log in logs("tiny-cpu-train-assistant-*/log.jsonl")), 600,
-               interval=0.2, process=proc, what="two training steps before the interruption")  # fmt: skip
+               interval=0.2, process=proc, what="two training steps before the interruption")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = _ledger(db)
@@ -139,7 +139,7 @@ def test_run_tiny_cpu_killed_mid_stage_then_rerun(tmp_path):
 def test_demo_finishes(tmp_path):
     start = time.time()
     result = subprocess.run([EXE, "demo"], cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+                            env={**os.environ, "COLUMNS": "200"})
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "Teacher: REPLAYED" in out and "meaningless text" in out

@@ -75,7 +75,7 @@ def test_eval_sees_runs_through_the_same_resolver(tmp_path: Path, store) -> None
     for spec in (str(runs / "asst"), str(adapter), "asst"):
         subject = resolve_model(store, spec, runs)
         assert (subject.name, subject.source, subject.run_id, subject.model) == ("asst", "assistant", "asst",
-                                                                                 "/models/base")  # fmt: skip
+                                                                                 "/models/base")
         assert subject.folder == str(runs / "asst") and subject.adapter_sha256 == adapter_digest(adapter)
     with pytest.raises(NotFoundError, match="has not finished"):
         _adapter(runs / "half" / "best")

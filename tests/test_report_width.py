@@ -17,11 +17,11 @@ LONG = "runs/twitter2015-qwen2.5-vl-3b-student-distilled-tau2"
 
 def _result(name: str, source: str, gold: bool = False) -> dict:
     reasoning = {"sim": 0.66, "meteor": 0.404, "bleu": 0.2863, "rouge_l": 0.4018, "distinct_1": 0.424,
-                 "distinct_2": 0.7287}  # fmt: skip
+                 "distinct_2": 0.7287}
     metrics = {"headline": {"accuracy": 1.0, "f1": 0.8345, "from": "label"}, "f1_reported": "macro_f1",
-               "consistency": 0.9871, "gold_conditioned": gold, "reasoning": {"headline": reasoning}}  # fmt: skip
+               "consistency": 0.9871, "gold_conditioned": gold, "reasoning": {"headline": reasoning}}
     return {"id": 12, "dataset": "twitter2015", "split": "test", "n": 1037, "source": source,
-            "config": {"subject": {"name": name}}, "metrics": metrics}  # fmt: skip
+            "config": {"subject": {"name": name}}, "metrics": metrics}
 
 
 def _render(renderable=None, fn=None) -> str:
@@ -43,7 +43,7 @@ def _model_column(text: str) -> str:
 def test_paper_table_fits_80_columns_without_cutting(tmp_path):
     for with_ids in (False, True):
         text = _render(paper_table([_result("teacher", "teacher", gold=True), _result(LONG, "student")],
-                                   "evaluation results", with_ids=with_ids))  # fmt: skip
+                                   "evaluation results", with_ids=with_ids))
         assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
         header = next(line for line in text.splitlines() if line.strip().startswith("Model"))
         assert header.split() == [*HEADERS[:2], "m-F1", *HEADERS[2:]]
@@ -56,12 +56,12 @@ def test_paper_table_fits_80_columns_without_cutting(tmp_path):
 
 def test_run_and_demo_final_table_fits_80_columns(monkeypatch):
     row = {"subject": "teacher", "accuracy": 1.0, "f1": 1.0, "consistency": None, "sim": 0.66, "meteor": 0.404,
-           "bleu": 0.28, "rouge_l": 0.40, "distinct_1": 0.42, "distinct_2": 0.72, "gold_conditioned": True}  # fmt: skip
+           "bleu": 0.28, "rouge_l": 0.40, "distinct_1": 0.42, "distinct_2": 0.72, "gold_conditioned": True}
     result = SimpleNamespace(
         recipe="tiny", stages=[SimpleNamespace(stage="eval", status="done", seconds=1.0)],
         metrics=[row, dict(row, subject="assistant", gold_conditioned=False), dict(row, subject=LONG)],
         files={"student gguf": "/a/long/folder/" * 8 + "model.gguf"}, cost_usd=0.0, wall_s=3.0,
-    )  # fmt: skip
+    )
 
     def show(console):
         monkeypatch.setattr(run_cli, "console", console)
@@ -145,7 +145,7 @@ def test_eval_compare_and_list_keep_names_whole_at_80_columns(tmp_path):
     names = [LONG, "runs/" + "an-even-longer-student-run-name-with-many-parts-" * 2 + "end"]
     with Store.open(db) as s:
         s.upsert_dataset("twitter2015", task="masc", format="twitter-tsv", source="x", images_root=None,
-                         has_images=False)  # fmt: skip
+                         has_images=False)
         ids = [s.add_eval_result(dataset="twitter2015", split="test", n=1037, source="student", run_id=name,
                                  metrics=_result(name, "student")["metrics"],
                                  config={"subject": {"name": name}, "samples_sha256": "abc"}) for name in names]

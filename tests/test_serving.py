@@ -76,12 +76,12 @@ def test_a_server_without_the_model_or_no_server_is_refused_in_one_line(demo_sto
     before = dump(demo_store)
     with ChatServer(Gold(demo_store), model="student") as server:
         r = _run("predict", "--dataset", SAMPLE_NAME, "--server", server.base_url, "--served-model", "other",
-                 "--db", demo_store.path, code=1)  # fmt: skip
+                 "--db", demo_store.path, code=1)
         assert r.output.strip().count("\n") == 0, r.output
         assert "does not serve 'other' (it serves: student)" in r.output
         url = server.base_url
     r = _run("eval", "run", SAMPLE_NAME, "--model", "/nowhere", "--server", url, "--served-model", "student",
-             "--db", demo_store.path, code=1)  # fmt: skip
+             "--db", demo_store.path, code=1)
     assert r.output.strip().count("\n") == 0 and "cannot reach the server" in r.output, r.output
     _run("predict", "--dataset", SAMPLE_NAME, "--server", url, "--db", demo_store.path, code=1)
     assert dump(demo_store) == before
@@ -182,7 +182,7 @@ def test_expand_and_eval_through_a_server_store_what_in_process_stores(demo_stor
     gold.faults[train[0]["text"]] = [Reply(text=chain(wrong))]  # its first chain is rejected from D_a
     with ChatServer(gold, model="asst") as server:
         cfg = ExpandConfig(dataset=SAMPLE_NAME, assistant=str(asst), n=2, limit=3, max_new_tokens=64,
-                           server=_server_config(server, concurrency=2))  # fmt: skip
+                           server=_server_config(server, concurrency=2))
         summary = expand(demo_store, cfg)
         assert summary.generated == 6 and summary.samples == 3 and summary.served["answered"] == 6
         assert summary.assistant_set == 5 and sum(summary.rejected.values()) == 1 and not summary.warnings
@@ -205,14 +205,14 @@ def test_expand_and_eval_through_a_server_store_what_in_process_stores(demo_stor
         # scripted server has no completions endpoint, so no forced choice), adapter-hashed
         args = ("eval", "run", SAMPLE_NAME, "--split", "test", "--model", asst, "--limit", 3, "--max-new-tokens", 32,
                 "--metrics", "bleu", "--server", server.base_url, "--served-model", "asst", "--runs-dir", runs,
-                "--label-scoring", "generate", "--db", demo_store.path, "--json")  # fmt: skip
+                "--label-scoring", "generate", "--db", demo_store.path, "--json")
         data = json.loads(_run(*args).stdout)
         m = data["metrics"]
         assert m["generated"]["chains_generated"] == 3 and m["generated"]["served"]["answered"] == 6
         assert m["label"]["accuracy"] == 1.0 and m["chain"]["accuracy"] == 1.0 and m["consistency"] == 1.0
         chains = demo_store.reasonings(dataset=SAMPLE_NAME, split="test", run_id="asst", stage="eval")
         assert len(chains) == 3 and all(c["origin"].endswith("@" + adapter_digest(asst / "adapter")[:12])
-                                        for c in chains)  # fmt: skip
+                                        for c in chains)
         again = json.loads(_run(*args).stdout)
         assert again["metrics"]["generated"]["chains_reused"] == 3 and "served" not in again["metrics"]["generated"]
 
@@ -220,7 +220,7 @@ def test_expand_and_eval_through_a_server_store_what_in_process_stores(demo_stor
     vis = _adapter(compact_model(), runs, "vis", ["q_proj", "qkv"])
     with ChatServer(Gold(demo_store), model="vis") as server:
         warned = expand(demo_store, ExpandConfig(dataset=SAMPLE_NAME, assistant=str(vis), limit=1, max_new_tokens=16,
-                                                 server=_server_config(server)))  # fmt: skip
+                                                 server=_server_config(server)))
     assert len(warned.warnings) == 1 and "vision tower" in warned.warnings[0]
 
 
@@ -234,10 +234,10 @@ def test_budget_stops_and_settings_are_checked(demo_store):
             ServerBackend(_server_config(server, concurrency=0))
         # the CLI goes on from there (and says how to score it)
         r = _run("predict", "--dataset", SAMPLE_NAME, "--limit", 3, "--label", "--server", server.base_url,
-                 "--served-model", "local", "--concurrency", 2, "--db", demo_store.path, "--json")  # fmt: skip
+                 "--served-model", "local", "--concurrency", 2, "--db", demo_store.path, "--json")
         out = json.loads(r.stdout)
         assert out["source"] == SOURCE_SERVER and out["predicted"] == 1 and out["extra_prompts"] == {"label": 3}
         assert out["chains"] == 3 and out["accuracy"] == 1.0 and out["served"]["answered"] == 4
         r = _run("predict", "--dataset", SAMPLE_NAME, "--server", server.base_url, "--served-model", "local",
-                 "--gguf", "x.gguf", "--db", demo_store.path, code=1)  # fmt: skip
+                 "--gguf", "x.gguf", "--db", demo_store.path, code=1)
         assert "leave out --gguf" in r.output

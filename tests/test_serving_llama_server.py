@@ -41,7 +41,7 @@ class LlamaServer:
     def __init__(self, text_gguf: str, mmproj: str):
         self.args = [sys.executable, "-m", "llama_cpp.server", "--model", text_gguf, "--clip_model_path", mmproj,
                      "--chat_format", "mtmd", "--model_alias", "student", "--n_ctx", "4096", "--n_threads", "1",
-                     "--n_threads_batch", "1"]  # fmt: skip
+                     "--n_threads_batch", "1"]
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
@@ -52,9 +52,9 @@ class LlamaServer:
     def start(self) -> LlamaServer:
         self.port = _free_port()
         self.proc = subprocess.Popen([*self.args, "--port", str(self.port)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)  # fmt: skip
+                                     stderr=subprocess.DEVNULL)
         wait_until(lambda: answers(f"{self.url}/models"), 120, interval=0.3, process=self.proc,
-                   what="llama-cpp-python's server starting")  # fmt: skip
+                   what="llama-cpp-python's server starting")
         return self
 
     def kill(self) -> None:
@@ -113,7 +113,7 @@ def test_greedy_chains_through_the_server_equal_predict_gguf(demo_store: Any, se
     evaluated = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, model=str(run), limit=3, max_new_tokens=TOKENS,
                                                 label_max_new_tokens=LABEL_TOKENS, max_pixels=PIXELS,
                                                 metrics=["bleu"], server=server.config(concurrency=2),
-                                                label_scoring="generate", out=str(tmp_path / "eval")))  # fmt: skip
+                                                label_scoring="generate", out=str(tmp_path / "eval")))
     assert evaluated.metrics["generated"]["served"]["answered"] == 6
     assert _answers(demo_store, "test", "model", "eval", run_id=run.name) == want["eval"]
     assert _answers(demo_store, "test", "model", "label", run_id=run.name) == want["label"]
@@ -121,7 +121,7 @@ def test_greedy_chains_through_the_server_equal_predict_gguf(demo_store: Any, se
     # expand --assistant RUN --server, greedy: the P_cot chains predict --gguf wrote for the same training posts
     done = expand(demo_store, ExpandConfig(dataset=SAMPLE_NAME, assistant=str(run), limit=2, temperature=0.0,
                                            max_new_tokens=TOKENS, max_pixels=PIXELS,
-                                           server=server.config()))  # fmt: skip
+                                           server=server.config()))
     assert done.generated == 2
     assert _answers(demo_store, "train", "assistant", "expand") == want_train
     record = demo_store.get_run(f"expand-{run.name}-{SAMPLE_NAME}")["config"]
@@ -148,7 +148,7 @@ def test_server_killed_mid_run_then_restarted(demo_store: Any, served: Any) -> N
 
     server.start()  # restarted (on another port): the same command, pointed at it, completes
     summary = predict_dataset(demo_store, ServerBackend(server.config(concurrency=2), config), SAMPLE_NAME, "test",
-                              limit=5)  # fmt: skip
+                              limit=5)
     assert summary.skipped_done == 2 and summary.predicted == 3 and summary.chains == 5
     rows = demo_store.reasonings(dataset=SAMPLE_NAME, split="test", source=SOURCE_SERVER)
     assert len(rows) == 5 and set(Counter(r["sample_id"] for r in rows).values()) == {1}
@@ -156,7 +156,7 @@ def test_server_killed_mid_run_then_restarted(demo_store: Any, served: Any) -> N
 
 @pytest.mark.slow
 def test_soft_labels_from_the_server_match_the_resident_assistant(demo_store: Any, served: Any,
-                                                                  tmp_path: Path) -> None:  # fmt: skip
+                                                                  tmp_path: Path) -> None:
     """distill --soft-labels server on llama-cpp-python's server (the assistant as an f16 GGUF): per target position
     the same top-k ids as the resident float32 assistant, log-probs within f16's rounding; positions where a
     control token (<|im_end|>, text "") ranks in the top k are counted as inexact, not cached wrong."""
@@ -173,7 +173,7 @@ def test_soft_labels_from_the_server_match_the_resident_assistant(demo_store: An
                         runs_dir=str(tmp_path / "runs"), assistant=str(run), dev_split=None, soft_labels="server",
                         server=server.url, served_model="student", server_text_only=True, top_k=k,
                         max_train_items=1, epochs=1, batch_size=1, grad_accum=1, max_pixels=PIXELS,
-                        lam=0.5)  # fmt: skip
+                        lam=0.5)
     result = distill(demo_store, cfg)
     stats = json.loads((Path(result.folder) / "soft_labels" / "server.json").read_text())
     assert stats["kind"] == "llama-cpp-python" and stats["sequences"] == 2 and stats["padded_positions"] == 0
@@ -184,7 +184,7 @@ def test_soft_labels_from_the_server_match_the_resident_assistant(demo_store: An
     collator = MultiTaskCollator(processor, "masc", max_pixels=PIXELS, text_only=True)
     items = distill_items(demo_store, cfg, resolve_run(demo_store, str(run)))[:1]
     here, _ = build_soft_label_cache(demo_store, "here", tmp_path / "here", assistant_top_k(assistant, collator, k),
-                                     items)  # fmt: skip
+                                     items)
     assert set(here.index) == set(served_cache.index) and len(here.index) == 2
     positions = same_top1 = same_set = 0
     worst = 0.0

@@ -112,7 +112,7 @@ def test_smollm2_learns_labels_and_chains(demo_store, smollm2_dir: Path, tmp_pat
     for item in teacher_items(demo_store, SAMPLE_NAME, "train"):
         chosen.setdefault(item.label, item)  # the first post of each label
     items = [dataclasses.replace(chosen[label], chain=_first_sentences(chosen[label].chain))
-             for label in ("negative", "neutral", "positive")]  # fmt: skip
+             for label in ("negative", "neutral", "positive")]
     assert all(parse_reasoning(i.chain).valid for i in items)
 
     base, processor, family = load_model(smollm2_dir)
@@ -123,7 +123,7 @@ def test_smollm2_learns_labels_and_chains(demo_store, smollm2_dir: Path, tmp_pat
 
     config = TrainConfig(dataset=SAMPLE_NAME, model=str(smollm2_dir), name="smol", runs_dir=str(tmp_path / "runs"),
                          dev_split=None, batch_size=1, grad_accum=1, lr=1e-3, epochs=8, lora_dropout=0.0,
-                         seed=0)  # fmt: skip
+                         seed=0)
     result = train_assistant(demo_store, config, items=items)
     run = demo_store.get_run("smol")
     assert run["config"]["family"] == "llama" and run["config"]["image_input"] == "none"

@@ -53,7 +53,7 @@ class ScoringModel:
         k = int(body["logprobs"])
         if k > self.max_logprobs:
             return 400, {"error": {"message": f"Requested sample logprobs of {k}, which is greater than max "
-                                              f"allowed: {self.max_logprobs}", "type": "BadRequestError"}}  # fmt: skip
+                                              f"allowed: {self.max_logprobs}", "type": "BadRequestError"}}
         ids = list(body["prompt"])
         with self.lock, torch.no_grad():
             logprobs = torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
@@ -77,7 +77,7 @@ class ScoringModel:
                          "logprobs": {"tokens": tokens, "top_logprobs": tops, "text_offset": [0] * len(tokens),
                                       "token_logprobs": [None] + [0.0] * (len(tokens) - 1)}}],
             "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1},
-        }  # fmt: skip
+        }
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -138,7 +138,7 @@ def _cfg(assistant: Any, url: str, tmp_path: Path, **kw: Any) -> DistillConfig: 
     base = dict(dataset=SAMPLE_NAME, model=_base(assistant), name="stud", runs_dir=str(tmp_path / "runs"),
                 assistant=assistant.folder, dev_split=None, soft_labels="server", server=url, served_model="asst",
                 server_text_only=True, top_k=K, max_train_items=3, epochs=1, server_concurrency=2, lam=0.5,
-                **FAST)  # fmt: skip
+                **FAST)
     return DistillConfig(**{**base, **kw})
 
 
@@ -151,7 +151,7 @@ def test_the_server_cache_equals_the_resident_assistants(demo_store, served_assi
     # one request per sequence (3 items × 2 tasks), token ids, ids as keys, k log-probs
     assert len(scorer.bodies) == 6
     assert all(isinstance(b["prompt"], list) and b["echo"] and b["logprobs"] == K and b["max_tokens"] == 1
-               and b["return_tokens_as_token_ids"] is True for b in scorer.bodies)  # fmt: skip
+               and b["return_tokens_as_token_ids"] is True for b in scorer.bodies)
     stats = json.loads((Path(result.folder) / "soft_labels" / "server.json").read_text())
     assert stats["kind"] == "vllm" and stats["sequences"] == 6 and stats["inexact_positions"] == 0
     assert stats["padded_positions"] == 0 and stats["positions"] > 6
@@ -165,7 +165,7 @@ def test_the_server_cache_equals_the_resident_assistants(demo_store, served_assi
     ref = resolve_run(demo_store, asst.folder)
     items = distill_items(demo_store, _cfg(asst, server.url, tmp_path), ref)[:3]
     here, missing = build_soft_label_cache(demo_store, "here", tmp_path / "here", assistant_top_k(model, collator, K),
-                                           items)  # fmt: skip
+                                           items)
     served = SoftLabelCache(Path(result.folder) / "soft_labels", demo_store.soft_label_index("stud"))
     assert missing == 0 and set(here.index) == set(served.index) and len(here.index) == 6
     for key in here.index:
@@ -199,9 +199,9 @@ def test_a_server_dying_mid_cache_keeps_what_was_scored_and_resume_finishes(demo
     ("text_keys", "keyed its log-probs by text"),
     ("shift", "tokenized the sequence otherwise"),
     ("max_logprobs", "--max-logprobs"),
-])  # fmt: skip
+])
 def test_servers_that_cannot_give_faithful_soft_labels_are_refused_in_one_line(demo_store, served_assistant,
-                                                                                 tmp_path, fault, message):  # fmt: skip
+                                                                                 tmp_path, fault, message):
     asst, scorer, server, _ = served_assistant
     before_runs = {r["id"] for r in demo_store.list_runs()}
     if fault == "owner":
@@ -228,13 +228,13 @@ def test_server_settings_are_checked_before_anything_is_written(demo_store, assi
                         ({"server": "http://u:sk-secret@127.0.0.1:9/v1"}, "must not carry credentials"),
                         ({"soft_labels": "cache"}, "are for --soft-labels server"),
                         ({"server": "127.0.0.1:9"}, "must be an http"),
-                        ({"server_text_only": False}, "pass --server-text-only")):  # fmt: skip
+                        ({"server_text_only": False}, "pass --server-text-only")):
         with pytest.raises(MulcotError, match=message):
             distill(demo_store, _cfg(assistant, "http://127.0.0.1:9/v1", tmp_path, **kw))
     assert dump(demo_store) == before
     r = CliRunner().invoke(app, ["distill", SAMPLE_NAME, "--assistant", assistant.folder, "--student",
                                  _base(assistant), "--soft-labels", "server", "--server", "http://127.0.0.1:9/v1",
-                                 "--served-model", "asst", "--server-text-only", "--db", demo_store.path])  # fmt: skip
+                                 "--served-model", "asst", "--server-text-only", "--db", demo_store.path])
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert r.exit_code == 1 and len(errors) == 1 and "cannot reach the server" in errors[0], r.output
     assert "Traceback" not in r.output
@@ -251,7 +251,7 @@ def test_two_processes_cache_what_one_does(demo_store, served_assistant, tmp_pat
     args = ["distill", SAMPLE_NAME, "--assistant", asst.folder, "--student", _base(asst), "--db", str(demo_store.path),
             "--runs-dir", str(tmp_path / "runs"), "--epochs", "1", "--max-train-items", "4", "--no-dev",
             "--top-k", str(K), "--soft-labels", "server", "--server", server.url, "--served-model", "asst",
-            "--server-text-only", "--max-pixels", str(56 * 56), "--json"]  # fmt: skip
+            "--server-text-only", "--max-pixels", str(56 * 56), "--json"]
     one = _run(*args, "--name", "one", "--batch-size", "2", nproc=None)
     assert one.returncode == 0, one.stderr
     two = _run(*args, "--name", "two", "--batch-size", "1")

@@ -17,7 +17,7 @@ from mulcot.train.collator import IGNORE, TASK_CLS, TASK_REA, MultiTaskCollator
 from mulcot.train.config import DistillConfig, TrainConfig
 
 FAST = dict(batch_size=2, grad_accum=1, lr=2e-3, lora_dropout=0.0, dev_max_new_tokens=8, epochs=1,
-            max_train_items=4, max_dev_samples=2)  # fmt: skip
+            max_train_items=4, max_dev_samples=2)
 
 
 def test_family_and_processor(tiny_text_model) -> None:
@@ -53,7 +53,7 @@ def test_image_becomes_caption_or_nothing(demo_store, tiny_text_model) -> None:
     assert "Image (described in words): A crowd cheers at a stadium." in texts[0]
     assert "\nImage:" not in texts[1] and "Image (" not in texts[1]  # no caption: no image line at all
     for row, (item, task) in enumerate([(items[0], TASK_REA), (items[1], TASK_REA), (items[0], TASK_CLS),
-                                        (items[1], TASK_CLS)]):  # fmt: skip
+                                        (items[1], TASK_CLS)]):
         target = batch["labels"][row] != IGNORE
         _, expected = collator.sequences(item, task)
         assert tok.decode(batch["input_ids"][row][target]) == expected + "<|im_end|>"
@@ -66,7 +66,7 @@ def test_train_text_assistant_records_image_input(demo_store, tiny_text_model, c
     first = teacher_items(demo_store, SAMPLE_NAME, "train")[0]
     demo_store.set_caption(first.sample_id, "A man holds a trophy.")
     cfg = TrainConfig(dataset=SAMPLE_NAME, model=str(tiny_text_model()), name="text-asst",
-                      runs_dir=str(tmp_path / "runs"), **FAST)  # fmt: skip
+                      runs_dir=str(tmp_path / "runs"), **FAST)
     result = train_assistant(demo_store, cfg)
     run = demo_store.get_run("text-asst")
     assert run["config"]["family"] == "qwen2"
@@ -91,7 +91,7 @@ def test_train_text_assistant_records_image_input(demo_store, tiny_text_model, c
 
     # a Qwen-VL student cannot learn from a text-only assistant's soft labels (nor the reverse)
     bad = DistillConfig(dataset=SAMPLE_NAME, model=str(compact_model()), assistant=result.folder, name="vl-student",
-                        runs_dir=str(tmp_path / "runs"), **FAST)  # fmt: skip
+                        runs_dir=str(tmp_path / "runs"), **FAST)
     with pytest.raises(MulcotError) as err:
         distill(demo_store, bad)
     assert "text-only" in str(err.value) and "Qwen-VL" in str(err.value) and "\n" not in str(err.value)
@@ -102,10 +102,10 @@ def test_train_text_assistant_records_image_input(demo_store, tiny_text_model, c
     from mulcot.expand import ExpandConfig, expand
 
     summary = expand(demo_store, ExpandConfig(dataset=SAMPLE_NAME, assistant=result.folder, limit=2,
-                                              max_new_tokens=8))  # fmt: skip
+                                              max_new_tokens=8))
     assert summary.generated == 2
     good = DistillConfig(dataset=SAMPLE_NAME, model=str(tiny_text_model()), assistant=result.folder,
-                         name="text-student", runs_dir=str(tmp_path / "runs"), **FAST)  # fmt: skip
+                         name="text-student", runs_dir=str(tmp_path / "runs"), **FAST)
     distilled = distill(demo_store, good)
     assert demo_store.get_run("text-student")["config"]["image_input"] == "mixed"
     assert (Path(distilled.adapter) / "adapter_config.json").is_file()
@@ -118,7 +118,7 @@ def test_text_dataset_needs_no_flag_for_a_text_model(demo_store, tiny_text_model
 
     import_dataset(demo_store, "twitter-tsv", SAMPLE_DIR, name="textonly", no_images=True)
     cfg = TrainConfig(dataset="textonly", model=str(tiny_text_model()), name="t", runs_dir=str(tmp_path / "runs"),
-                      **FAST)  # fmt: skip
+                      **FAST)
     with pytest.raises(MulcotError, match="no teacher reasoning"):  # past the images check, to the chains one
         train_assistant(demo_store, cfg)
 
@@ -131,7 +131,7 @@ def test_predict_cli_reads_a_caption(tiny_text_model, tmp_path) -> None:
 
     model = str(tiny_text_model())
     base = ["predict", "--backend", "hf", "--model", model, "--text", "Great game by $T$", "--aspect", "the Bulls",
-            "--max-tokens", "4", "--json"]  # fmt: skip
+            "--max-tokens", "4", "--json"]
     r = CliRunner().invoke(app, [*base, "--caption", "A crowd cheers in a stadium."])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
@@ -156,13 +156,13 @@ def test_cli_refuses_a_model_without_chat_template_in_one_line(demo_store, tiny_
 
     model = str(tiny_text_model(chat_template=False))
     r = CliRunner().invoke(app, ["predict", "--backend", "hf", "--model", model, "--text", "Great $T$",
-                                 "--aspect", "game", "--max-tokens", "4"])  # fmt: skip
+                                 "--aspect", "game", "--max-tokens", "4"])
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1 and "has no chat template" in r.output
     runs = {r["id"] for r in demo_store.list_runs()}
     db, runs_dir = str(tmp_path / "mulcot.db"), str(tmp_path / "runs")
     r = CliRunner().invoke(app, ["train-assistant", SAMPLE_NAME, "--model", model, "--name", "x", "--db", db,
-                                 "--runs-dir", runs_dir])  # fmt: skip
+                                 "--runs-dir", runs_dir])
     assert r.exit_code != 0 and "Traceback" not in r.output
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]  # the rest: a transient bar
     assert len(errors) == 1 and "has no chat template" in errors[0]

@@ -17,7 +17,7 @@ runner = CliRunner()
 def _train(db, model, runs, *more):
     args = ["train-assistant", SAMPLE_NAME, "--model", str(model), "--db", str(db), "--runs-dir", str(runs),
             "--epochs", "1", "--batch-size", "2", "--grad-accum", "1", "--max-pixels", "3136", "--max-train-items",
-            "4", "--no-dev", "--json", *more]  # fmt: skip
+            "4", "--no-dev", "--json", *more]
     return runner.invoke(app, [str(a) for a in args])
 
 

@@ -29,7 +29,7 @@ FAST = dict(batch_size=2, grad_accum=1, max_pixels=56 * 56, lr=2e-3, lora_dropou
 
 def _cfg(model: Path, tmp_path: Path, **kw) -> TrainConfig:
     return TrainConfig(dataset=SAMPLE_NAME, model=str(model), name=kw.pop("name", "a"), runs_dir=str(tmp_path / "runs"),
-                       **{**FAST, **kw})  # fmt: skip
+                       **{**FAST, **kw})
 
 
 def test_masks_token_by_token(demo_store, compact_model):
@@ -40,7 +40,7 @@ def test_masks_token_by_token(demo_store, compact_model):
     assert batch["task_ids"].tolist() == [TASK_REA, TASK_REA, TASK_CLS, TASK_CLS]
     tok = processor.tokenizer
     for row, (item, task) in enumerate([(items[0], TASK_REA), (items[1], TASK_REA), (items[0], TASK_CLS),
-                                        (items[1], TASK_CLS)]):  # fmt: skip
+                                        (items[1], TASK_CLS)]):
         ids, labels = batch["input_ids"][row], batch["labels"][row]
         target = labels != IGNORE
         _, expected = collator.sequences(item, task)
@@ -88,7 +88,7 @@ def test_training_lowers_the_loss_and_writes_the_run(demo_store, compact_model, 
     assert all("ce_cls" in r and "ce_rea" in r for r in steps)
     assert len([r for r in log if "eval_accuracy" in r]) == 3
     for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer.json",
-                 "adapter/mulcot.json", "curves.png", "config.json"):  # fmt: skip
+                 "adapter/mulcot.json", "curves.png", "config.json"):
         assert (folder / name).is_file(), name
     run = demo_store.get_run("a")
     assert run["status"] == "done" and run["kind"] == "train-assistant" and run["metrics"]["best"]["epoch"] >= 1
@@ -191,11 +191,11 @@ def test_bad_input(demo_store, compact_model, tmp_path):
     import_dataset(demo_store, "twitter-tsv", SAMPLE_DIR, name="bare")
     with pytest.raises(MulcotError, match="no teacher reasoning"):
         train_assistant(demo_store, TrainConfig(dataset="bare", model=str(compact_model()), name="b",
-                                                runs_dir=str(tmp_path / "runs")))  # fmt: skip
+                                                runs_dir=str(tmp_path / "runs")))
     import_dataset(demo_store, "twitter-tsv", SAMPLE_DIR, name="textonly", no_images=True)
     with pytest.raises(MulcotError, match="without images"):
         train_assistant(demo_store, TrainConfig(dataset="textonly", model=str(compact_model()), name="c",
-                                                runs_dir=str(tmp_path / "runs")))  # fmt: skip
+                                                runs_dir=str(tmp_path / "runs")))
     assert demo_store.list_runs() == []  # nothing half-written was registered
 
 
@@ -212,7 +212,7 @@ def test_kill_then_resume_matches_an_uninterrupted_run(demo_store, compact_model
     common = ["train-assistant", SAMPLE_NAME, "--model", str(model), "--db", str(db), "--runs-dir",
               str(tmp_path / "runs"), "--epochs", "2", "--batch-size", "2", "--grad-accum", "1", "--max-pixels",
               "3136", "--max-train-items", "12", "--max-dev-samples", "3", "--save-steps", "1", "--lr", "1e-3",
-              "--lora-dropout", "0", "--json"]  # fmt: skip
+              "--lora-dropout", "0", "--json"]
     exe = str(Path(sys.executable).parent / "mulcot")
     full = subprocess.run([exe, *common, "--name", "full"], capture_output=True, text=True)
     assert full.returncode == 0, full.stderr
@@ -236,6 +236,6 @@ def test_kill_then_resume_matches_an_uninterrupted_run(demo_store, compact_model
         if "loss" in r:
             steps[r["step"]] = r["loss"]  # a step redone after the kill overwrites the lost one
     full_steps = {json.loads(x)["step"]: json.loads(x)["loss"] for x in
-                  (tmp_path / "runs" / "full" / "log.jsonl").read_text().splitlines() if '"loss"' in x}  # fmt: skip
+                  (tmp_path / "runs" / "full" / "log.jsonl").read_text().splitlines() if '"loss"' in x}
     assert sorted(steps) == sorted(full_steps) == list(range(1, 13))
     assert abs(steps[12] - full_steps[12]) < 0.05 * abs(full_steps[12])

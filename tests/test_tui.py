@@ -43,7 +43,7 @@ def _chain(sample: dict, source: str, stage: str, prediction: str | None, **extr
         "text": text, "fields": r.as_dict() if prediction else {}, "prediction": prediction,
         "parse_status": "full" if prediction else "none", "valid": prediction is not None, "attempt": 1,
         "final": True, "origin": "test",
-    }  # fmt: skip
+    }
     row.update(extra)
     return row
 
@@ -62,14 +62,14 @@ def build_store(path: Path) -> Path:
             student = None if i % 10 == 7 else (wrong if i % 3 == 0 else gold)
             words = {0: " zygote", 1: ' qwerty\'s "xyzzy" 4711% done'}.get(i, "")
             rows.append(_chain(s, "student", "predict", student, run_id="eval-1", words=words,
-                               error=None if student else "output missing Prediction"))  # fmt: skip
+                               error=None if student else "output missing Prediction"))
             if i % 12 == 5:
                 common = {"model": "gpt-4o-mini", "prompt_version": "p1", "run_id": "annot-1"}
                 rows.append(_chain(s, "teacher", "predict", None, attempt=1, final=False, tokens_in=900,
                                    tokens_out=150, cost_usd=0.0004, latency_s=3.1,
-                                   error="output missing Prediction", **common))  # fmt: skip
+                                   error="output missing Prediction", **common))
                 rows.append(_chain(s, "teacher", "predict", gold, attempt=2, final=True, tokens_in=900,
-                                   tokens_out=210, cost_usd=0.0005, latency_s=2.9, **common))  # fmt: skip
+                                   tokens_out=210, cost_usd=0.0005, latency_s=2.9, **common))
         store.add_reasonings(rows)
     return path
 
@@ -113,7 +113,7 @@ def test_search_operators_parse_to_fts5():
     assert Store.fts_query("zyg\x00ote") == '"zygote"*'  # a NUL is dropped, not an SQLite error
     assert parse_search("21").key == "21" and parse_search("21 x").key is None
     for bad, hint in (("OR cat", "on each side"), ("cat OR", "on each side"), ("cat OR OR dog", "on each side"),
-                      ("-cat OR dog", "not excluded ones")):  # fmt: skip
+                      ("-cat OR dog", "not excluded ones")):
         with pytest.raises(SearchSyntaxError, match=hint):
             parse_search(bad)
 
@@ -164,7 +164,7 @@ def test_browse_filters_count_and_agree_with_pages(demo_db):
         assert s.browse_count(**ds, source="student", outcome="correct") == 60 - len(failed) - len(wrong)
         # two of the authors' released explanations do not end on the gold label
         teacher_wrong = {c["sample_id"] for c in s.reasonings(source="teacher", final_only=True)
-                         if c["prediction"] and c["prediction"] != c["gold"]}  # fmt: skip
+                         if c["prediction"] and c["prediction"] != c["gold"]}
         assert s.browse_count(**ds, source="teacher", outcome="wrong") == len(teacher_wrong) == 2
         assert s.browse_count(**ds, source="student", predicted="negative") == sum(
             c["prediction"] == "negative" for c in students
@@ -183,7 +183,7 @@ def test_browse_page_marks_and_paging(demo_db):
         first = everything[0]
         assert first["marks"]["teacher"]["outcome"] == "correct"
         assert first["marks"]["student"] == {"outcome": "wrong", "prediction": first["marks"]["student"]["prediction"],
-                                             "chains": 1}  # fmt: skip
+                                             "chains": 1}
         assert s.browse_page(limit=7, offset=10) == everything[10:17]
         assert s.browse_page(limit=7, after_id=ids[9]) == everything[10:17]
         assert s.browse_page(limit=7, before_id=ids[17]) == everything[10:17]
@@ -246,7 +246,7 @@ def test_browse_sample_groups_retries(demo_db):
         assert retried["fields"]["Prediction"] == detail["sample"]["label"]
         assert s.browse_choices() == {"sources": ["teacher", "assistant", "student"],
                                       "stages": ["predict", "explain", "expand"],
-                                      "runs": ["annot-1", "eval-1", "expand-1"]}  # fmt: skip
+                                      "runs": ["annot-1", "eval-1", "expand-1"]}
         tree = s.browse_tree()
         assert [(d["name"], d["samples"]) for d in tree] == [(SAMPLE_NAME, 60)]
         assert [(sp["split"], sp["samples"]) for sp in tree[0]["splits"]] == [("train", 36), ("dev", 12), ("test", 12)]
@@ -272,7 +272,7 @@ def test_wrong_expansion_chain_is_wrong_not_failed(tmp_path):
                       run_id="asst", origin="expand"),
             chain_row(sample_id=second["id"], source="assistant", model="base", stage="expand", output="no idea",
                       run_id="asst", origin="expand"),
-        ])  # fmt: skip
+        ])
         marks = {r["id"]: r["marks"]["assistant"]["outcome"] for r in s.browse_page(limit=100, source="assistant")}
         assert marks == {first["id"]: "wrong", second["id"]: "failed"}
         assert s.browse_count(source="assistant", outcome="wrong") == 1
@@ -289,7 +289,7 @@ def test_ratings_store_summary_and_export(db):
         s.add_rating(students[0], faithfulness=2, usefulness=3, rater="ann")
         s.add_rating(students[1], faithfulness=3, usefulness=1, comment="", rater="bob")
         for bad in ({"faithfulness": 0, "usefulness": 3}, {"faithfulness": 3, "usefulness": 6},
-                    {"faithfulness": "4", "usefulness": 3}, {"faithfulness": True, "usefulness": 3}):  # fmt: skip
+                    {"faithfulness": "4", "usefulness": 3}, {"faithfulness": True, "usefulness": 3}):
             with pytest.raises(StoreError, match="from 1 to 5"):
                 s.add_rating(teacher, **bad)
         with pytest.raises(NotFoundError):
@@ -297,7 +297,7 @@ def test_ratings_store_summary_and_export(db):
         rows = s.ratings()
         assert [(r["source"], r["faithfulness"], r["comment"], r["rater"]) for r in rows] == [
             ("teacher", 5, "solid", "ann"), ("student", 2, None, "ann"), ("student", 3, None, "bob")
-        ]  # fmt: skip
+        ]
         assert rows[0]["dataset"] == SAMPLE_NAME and rows[0]["gold"] in LABELS
         assert s.ratings(source="student", dataset=SAMPLE_NAME)[1]["rater"] == "bob"
         summary = {r["source"]: r for r in s.rating_summary()}
@@ -494,7 +494,7 @@ def test_rating_is_persisted(db):
         rows = s.ratings()
         assert [(r["reasoning_id"], r["faithfulness"], r["usefulness"], r["comment"], r["rater"]) for r in rows] == [
             (rid, 2, 4, 'wrong label; it\'s "fine"', "tester"), (rid, 5, 5, None, "tester")
-        ]  # fmt: skip
+        ]
 
 
 def test_rating_dialog_digits_in_the_comment_are_text(db):

@@ -102,7 +102,7 @@ def _result(obj: dict[str, Any]) -> dict[str, Any]:
     body = resp.get("body") if isinstance(resp.get("body"), dict) else {}
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
     out: dict[str, Any] = {"output": None, "error": None, "tokens_in": usage.get("prompt_tokens"),
-                           "tokens_out": usage.get("completion_tokens")}  # fmt: skip
+                           "tokens_out": usage.get("completion_tokens")}
     error, code = obj.get("error"), resp.get("status_code")
     if error:
         out["error"] = f"batch request failed: {error.get('code', '') if isinstance(error, dict) else ''} " + (
@@ -127,7 +127,7 @@ class BatchAnnotator:
     :meth:`ingest_file`). ``client``: a sync ``openai.OpenAI`` (made from the teacher config when needed)."""
 
     def __init__(self, store: Store, config: AnnotateConfig, batch: BatchConfig | None = None,
-                 progress: Progress | None = None, client: Any = None):  # fmt: skip
+                 progress: Progress | None = None, client: Any = None):
         self.store = store
         self.config = config
         self.batch = batch or BatchConfig()
@@ -157,7 +157,7 @@ class BatchAnnotator:
 
             t = self.config.teacher
             self._client = openai.OpenAI(api_key=t.resolve_key(), base_url=t.base_url, timeout=t.timeout_s,
-                                         max_retries=t.http_retries)  # fmt: skip
+                                         max_retries=t.http_retries)
         return self._client
 
     # -- what is due, as files -----------------------------------------------------------------------------------
@@ -176,10 +176,10 @@ class BatchAnnotator:
         for sample, stage, attempt in jobs:
             prompt = self.ann.render(sample, stage)
             image = (jpeg_data_url(sample["image_path"], self.config.teacher.image_max_side)
-                     if sample["has_image"] else None)  # fmt: skip
+                     if sample["has_image"] else None)
             cid = custom_id(self.config.dataset, sample["id"], stage, attempt, self.ann.prompts[stage].version)
             line = {"custom_id": cid, "method": "POST", "url": ENDPOINT,
-                    "body": self.ann.teacher.request_body(prompt, image)}  # fmt: skip
+                    "body": self.ann.teacher.request_body(prompt, image)}
             yield cid, json.dumps(line, ensure_ascii=False) + "\n", self.ann.teacher.estimate(prompt)
 
     def _write(self, jobs: list[tuple[dict[str, Any], str, int]], paths: Iterator[Path]) -> list[dict[str, Any]]:
@@ -198,7 +198,7 @@ class BatchAnnotator:
                 data = line.encode()
                 if len(data) > self.batch.max_bytes:
                     raise MulcotError(f"one request ({cid}) is {len(data)} bytes, over the file limit: "
-                                      "lower --image-max-side")  # fmt: skip
+                                      "lower --image-max-side")
                 if (
                     current is None
                     or len(current["custom_ids"]) >= self.batch.max_requests
@@ -232,7 +232,7 @@ class BatchAnnotator:
     # -- results -------------------------------------------------------------------------------------------------
 
     def _ingest(self, results: dict[str, dict[str, Any]], expected: set[str] | None = None,
-                missing_error: str | None = None) -> set[str]:  # fmt: skip
+                missing_error: str | None = None) -> set[str]:
         """Record the results as attempts (in sample, stage, attempt order); ``expected`` custom_ids without a result
         are recorded as failed attempts with ``missing_error`` when given. Returns the custom_ids recorded."""
         done: set[str] = set()
@@ -267,7 +267,7 @@ class BatchAnnotator:
             cost = self.ann.teacher.cost(r["tokens_in"] or 0, r["tokens_out"] or 0) if r["tokens_in"] else None
             self.ann.record(self.samples[sid], stage, attempt, output=r["output"], error=r["error"],
                             state=self.state, tokens_in=r["tokens_in"], tokens_out=r["tokens_out"],
-                            cost_usd=cost)  # fmt: skip
+                            cost_usd=cost)
             self._touched.add(sid)
             done.add(cid)
         return done
@@ -294,7 +294,7 @@ class BatchAnnotator:
             row["input_file_id"] = f.id
         meta = {"mulcot_batch": row["id"], "mulcot_run": row["run_id"]}
         b = self._call("create", self.client.batches.create, input_file_id=row["input_file_id"], endpoint=ENDPOINT,
-                       completion_window="24h", metadata=meta)  # fmt: skip
+                       completion_window="24h", metadata=meta)
         self.store.update_batch(row["id"], remote_id=b.id, status=b.status)
         self.summary.batches_submitted += 1
 
@@ -325,7 +325,7 @@ class BatchAnnotator:
         remote = self._find_remote(row["id"])
         if remote is not None:
             self.store.update_batch(row["id"], remote_id=remote.id, status=remote.status,
-                                    input_file_id=remote.input_file_id)  # fmt: skip
+                                    input_file_id=remote.input_file_id)
             return
         path = Path(row["input_path"] or "")
         if not row["input_file_id"]:
@@ -345,7 +345,7 @@ class BatchAnnotator:
         errors = [e.message or e.code or "" for e in (b.errors.data or [])] if b.errors else None
         values = {"status": b.status, "output_file_id": b.output_file_id, "error_file_id": b.error_file_id,
                   "completed": counts.completed if counts else None, "failed": counts.failed if counts else None,
-                  "errors": errors}  # fmt: skip
+                  "errors": errors}
         self.store.update_batch(row["id"], **values)
         if b.status not in TERMINAL:
             return
@@ -377,7 +377,7 @@ class BatchAnnotator:
             self._ingest(results, expected=set(row["custom_ids"]), missing_error=missing)
             self.store.update_batch(row["id"], ingested=1, tokens_in=self.summary.tokens_in - tokens[0],
                                     tokens_out=self.summary.tokens_out - tokens[1],
-                                    cost_usd=self.summary.cost_usd - tokens[2])  # fmt: skip
+                                    cost_usd=self.summary.cost_usd - tokens[2])
         self._submitted_estimate = max(0.0, self._submitted_estimate - (row["estimate_usd"] or 0.0))
         self.summary.batches_ingested += 1
 
@@ -408,7 +408,7 @@ class BatchAnnotator:
                 split=self.config.split, model=self.config.teacher.model, kind=API, stage=f["stage"],
                 custom_ids=f["custom_ids"], status="preparing", input_path=str(f["path"]),
                 estimate_usd=round(f["estimate"], 8),
-            )  # fmt: skip
+            )
             self._submit(row)
 
     def _report(self, pending: list[dict[str, Any]]) -> None:
@@ -417,7 +417,7 @@ class BatchAnnotator:
         statuses = ", ".join(sorted({r["status"] for r in pending}))
         emit(self.progress, "annotate", done=done, total=total or None, summary=self.summary,
              message=f"{len(pending)} batch(es) {statuses}" if pending else "batches done",
-             batches=len(pending))  # fmt: skip
+             batches=len(pending))
 
     def run_api(self) -> AnnotateSummary:
         """Submit, follow and take in batches until every sample is done (or, ``wait=False``, until what is due is
@@ -425,7 +425,7 @@ class BatchAnnotator:
         start = time.perf_counter()
         self.client  # noqa: B018 -- no key, no run: refuse before anything is written
         with self.store.run(self.ann.run_id, kind="annotate", dataset=self.config.dataset,
-                            config={**self.ann.run_config(), "batch": asdict(self.batch)}) as run:  # fmt: skip
+                            config={**self.ann.run_config(), "batch": asdict(self.batch)}) as run:
             run.metrics = self.summary
             while True:
                 for row in self._pending(API):
@@ -453,7 +453,7 @@ class BatchAnnotator:
         run; earlier files of this run whose results never came back are superseded."""
         start = time.perf_counter()
         with self.store.run(self.ann.run_id, kind="annotate", dataset=self.config.dataset,
-                            config={**self.ann.run_config(), "batch": asdict(self.batch)}) as run:  # fmt: skip
+                            config={**self.ann.run_config(), "batch": asdict(self.batch)}) as run:
             run.metrics = self.summary
             self._write_next(Path(out))
             self._finish(start)
@@ -482,7 +482,7 @@ class BatchAnnotator:
                 split=self.config.split, model=self.config.teacher.model, kind=FILE, stage=f["stage"],
                 custom_ids=f["custom_ids"], status="written", input_path=str(f["path"]),
                 estimate_usd=round(f["estimate"], 8),
-            )  # fmt: skip
+            )
             self.summary.batch_files.append(str(f["path"]))
         self.summary.stopped = self.summary.stopped or "pending"
 
@@ -497,7 +497,7 @@ class BatchAnnotator:
         if not got:
             raise DataError(f"no result lines with a mulcot custom_id ({len(bad)} unreadable)", file=str(path))
         with self.store.run(self.ann.run_id, kind="annotate", dataset=self.config.dataset,
-                            config={**self.ann.run_config(), "batch": asdict(self.batch)}) as run:  # fmt: skip
+                            config={**self.ann.run_config(), "batch": asdict(self.batch)}) as run:
             run.metrics = self.summary
             self.summary.malformed_lines += len(bad)
             self.summary.failures.extend(bad[:20])
@@ -508,7 +508,7 @@ class BatchAnnotator:
                     if answered:
                         whole = answered == row["requests"]
                         self.store.update_batch(row["id"], status="ingested" if whole else "partial",
-                                                completed=answered, ingested=int(whole))  # fmt: skip
+                                                completed=answered, ingested=int(whole))
             self.summary.batches_ingested += bool(recorded)
             if next_file is None:
                 n = len(self.store.batches(run_id=self.ann.run_id, kind=FILE)) + 1
@@ -540,7 +540,7 @@ def batch_status(store: Store, dataset: str | None = None) -> list[dict[str, Any
 
 def annotate_batch(store: Store, config: AnnotateConfig, batch: BatchConfig | None = None, *,
                    batch_file: str | Path | None = None, ingest: str | Path | None = None,
-                   progress: Progress | None = None, client: Any = None) -> AnnotateSummary:  # fmt: skip
+                   progress: Progress | None = None, client: Any = None) -> AnnotateSummary:
     """Annotate through batches: ``ingest`` a results file (then write the next round to ``batch_file``), write the
     due requests to ``batch_file`` only, or (neither) the Batch API round trip."""
     job = BatchAnnotator(store, config, batch, progress=progress, client=client)
@@ -554,4 +554,4 @@ def annotate_batch(store: Store, config: AnnotateConfig, batch: BatchConfig | No
 __all__ = [
     "ENDPOINT", "BatchAnnotator", "BatchConfig", "annotate_batch", "batch_price", "batch_status",
     "custom_id", "parse_custom_id", "read_results",
-]  # fmt: skip
+]

@@ -97,13 +97,13 @@ class Captioner:
     """One caption job against one store and one teacher."""
 
     def __init__(self, store: Store, config: CaptionConfig, teacher: Teacher | None = None,
-                 progress: Progress | None = None):  # fmt: skip
+                 progress: Progress | None = None):
         if config.concurrency < 1:
             raise MulcotError("--concurrency must be at least 1")
         ds = store.require_dataset(config.dataset)
         if not ds["has_images"]:
             raise MulcotError(f"dataset '{config.dataset}' was imported without images (--no-images): there is "
-                              "nothing to caption; import it with its images first")  # fmt: skip
+                              "nothing to caption; import it with its images first")
         available = store.splits(config.dataset)
         for split in config.splits or ():
             if split not in available:
@@ -182,7 +182,7 @@ class Captioner:
             if first:
                 self._stop = True
                 raise MulcotError(f"the first caption request failed ({exc}): check --teacher and --base-url; a "
-                                  f"teacher must see images to caption them ({kept})") from None  # fmt: skip
+                                  f"teacher must see images to caption them ({kept})") from None
             self._fail(f"image {path} (samples {keys}): {exc}")
             return
         self.budget.settle(reserved, comp.cost_usd)
@@ -195,7 +195,7 @@ class Captioner:
             return
         source = {"model": self.config.teacher.model, "prompt_version": self.prompt.version, "run": self.run_id,
                   "tokens_in": comp.tokens_in, "tokens_out": comp.tokens_out, "cost_usd": comp.cost_usd,
-                  "latency_s": round(comp.latency_s, 4)}  # fmt: skip
+                  "latency_s": round(comp.latency_s, 4)}
         for sample in samples:
             self.store.set_caption(sample["id"], caption, source=source)
         s.captioned += 1
@@ -217,7 +217,7 @@ class Captioner:
         start = time.perf_counter()
         cfg = self.config
         config = {"captions": {k: v for k, v in asdict(cfg).items() if k != "teacher"}, "splits": list(self.splits),
-                  "teacher": cfg.teacher.public(), "prompts": {"caption": self.prompt.version}}  # fmt: skip
+                  "teacher": cfg.teacher.public(), "prompts": {"caption": self.prompt.version}}
         try:  # in seconds, before the run is recorded, when nothing listens there
             await self.teacher.check_reachable()
         except MulcotError:
@@ -252,6 +252,6 @@ class Captioner:
 
 
 def caption_images(store: Store, config: CaptionConfig, progress: Progress | None = None,
-                   teacher: Teacher | None = None) -> CaptionSummary:  # fmt: skip
+                   teacher: Teacher | None = None) -> CaptionSummary:
     """Have the teacher caption every image of the dataset's splits that has no caption yet (blocking)."""
     return asyncio.run(Captioner(store, config, teacher=teacher, progress=progress).run_async())

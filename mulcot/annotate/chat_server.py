@@ -69,7 +69,7 @@ def completion(body: dict[str, Any], text: str, completion_id: str, model: str =
         "model": body.get("model", model),
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": t_in, "completion_tokens": len(text) // 4, "total_tokens": t_in + len(text) // 4},
-    }  # fmt: skip
+    }
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -97,7 +97,7 @@ class Annotator:
     """Runs one annotation job against one store and one teacher."""
 
     def __init__(self, store: Store, config: AnnotateConfig, teacher: Teacher | None = None,
-                 progress: Progress | None = None):  # fmt: skip
+                 progress: Progress | None = None):
         if config.run_id is not None:
             check_name(config.run_id, "run id", "--run")
         self.store = store
@@ -105,7 +105,7 @@ class Annotator:
         self.dataset = store.require_dataset(config.dataset)
         if config.split not in store.splits(config.dataset):
             raise MulcotError(f"dataset '{config.dataset}' has no split '{config.split}' "
-                              f"(splits: {', '.join(store.splits(config.dataset))})")  # fmt: skip
+                              f"(splits: {', '.join(store.splits(config.dataset))})")
         self.teacher = teacher or Teacher(config.teacher)
         self.progress = progress
         self.task = self.dataset["task"]
@@ -123,7 +123,7 @@ class Annotator:
     def render(self, sample: dict[str, Any], stage: str) -> str:
         """The prompt text for one (sample, stage): P_pre, or P_exp given the gold label."""
         return self.prompts[stage].render(sample["text"], sample["aspect"],
-                                          sample["label"] if stage == EXPLAIN else None)  # fmt: skip
+                                          sample["label"] if stage == EXPLAIN else None)
 
     def progress_state(self) -> dict[str, dict[int, dict[str, Any]]]:
         """Per stage and sample: attempts so far and the final chain (or None), for this teacher and prompts."""
@@ -132,7 +132,7 @@ class Annotator:
             stage: self.store.chain_progress(cfg.dataset, cfg.split, source="teacher", model=cfg.teacher.model,
                                              stage=stage, prompt_version=self.prompts[stage].version)
             for stage in PASSES
-        }  # fmt: skip
+        }
 
     def next_step(self, sample: dict[str, Any], state: dict[str, dict]) -> tuple[str, int] | None:
         """What a sample needs next, as (stage, attempt number), or None when it is done: P_pre until a final chain
@@ -156,7 +156,7 @@ class Annotator:
     def record(self, sample: dict[str, Any], stage: str, attempt: int, *, output: str | None, error: str | None,
                state: dict[str, dict] | None = None, tokens_in: int | None = None, tokens_out: int | None = None,
                cost_usd: float | None = None, latency_s: float | None = None,
-               http_retries: int = 0) -> dict[str, Any]:  # fmt: skip
+               http_retries: int = 0) -> dict[str, Any]:
         """Record one attempt's answer (``output`` None: the request failed with ``error``): its chain row with ARC's
         verdict (final when accepted or the retries are spent), tokens and cost, in the store and the summary; the
         ``state`` (see :meth:`progress_state`) follows. Returns ``accepted``, ``final``, ``valid``, ``prediction``."""
@@ -164,7 +164,7 @@ class Annotator:
             sample_id=sample["id"], source="teacher", model=self.config.teacher.model, stage=stage, output=output,
             run_id=self.run_id, prompt_version=self.prompts[stage].version, origin="annotate", attempt=attempt,
             error=error,
-        )  # fmt: skip
+        )
         accepted = arc_accepts(row, sample["label"])
         row["final"] = final = accepted or attempt >= self.config.max_retries + 1
         row["error"] = None if accepted else arc_error(row, sample["label"])
@@ -178,7 +178,7 @@ class Annotator:
         if output is not None or tokens_in:
             s.count_usage(0, tokens_in, tokens_out, cost_usd)  # (its HTTP retries are counted above)
             row.update(tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost_usd,
-                       latency_s=None if latency_s is None else round(latency_s, 4))  # fmt: skip
+                       latency_s=None if latency_s is None else round(latency_s, 4))
         self._keep(row)
         outcome = {"accepted": accepted, "final": final, "valid": row["valid"], "prediction": row["prediction"]}
         if state is not None:
@@ -208,7 +208,7 @@ class Annotator:
                 if tries == WRITE_TRIES:
                     raise
                 emit(self.progress, "annotate", "info", message=f"the store is locked by another process: writing "
-                     f"the answer again ({tries + 1} of {WRITE_TRIES})", summary=self.summary)  # fmt: skip
+                     f"the answer again ({tries + 1} of {WRITE_TRIES})", summary=self.summary)
 
     # -- the live path: one (sample, stage) with ARC, requests in flight -------------------------------------------
 
@@ -218,11 +218,11 @@ class Annotator:
             cache["url"] = None
             if sample["has_image"]:
                 cache["url"] = await asyncio.to_thread(jpeg_data_url, sample["image_path"],
-                                                       self.config.teacher.image_max_side)  # fmt: skip
+                                                       self.config.teacher.image_max_side)
         return cache["url"]
 
     async def _attempts(self, sample: dict[str, Any], stage: str, first: int, state: dict[str, dict],
-                        image_cache: dict[str, str | None]) -> dict[str, Any] | None:  # fmt: skip
+                        image_cache: dict[str, str | None]) -> dict[str, Any] | None:
         """Request attempts from ``first`` on until one is final (valid, or the retries spent); returns its outcome."""
         prompt = self.render(sample, stage)
         image = await self._image(sample, image_cache)
@@ -248,7 +248,7 @@ class Annotator:
                 **({"tokens_in": comp.tokens_in, "tokens_out": comp.tokens_out, "cost_usd": comp.cost_usd,
                     "latency_s": comp.latency_s, "http_retries": comp.http_retries} if comp else
                    {"http_retries": retried}),
-            )  # fmt: skip
+            )
             if self._unreachable >= UNREACHABLE_STOP:  # the server went away: stop, keep the samples for a rerun
                 self._stop = True
                 self.summary.stopped = "unreachable"
@@ -277,7 +277,7 @@ class Annotator:
         """What the run records as its config (never the key)."""
         return {"annotate": {k: v for k, v in asdict(self.config).items() if k != "teacher"},
                 "teacher": self.config.teacher.public(),
-                "prompts": {s: p.version for s, p in self.prompts.items()}}  # fmt: skip
+                "prompts": {s: p.version for s, p in self.prompts.items()}}
 
     def _report(self) -> None:
         """(sample, stage) jobs done of those known so far, with the summary so far."""
@@ -320,7 +320,7 @@ class Annotator:
                 await self._sample(sample, state)
 
         with self.store.run(self.run_id, kind="annotate", dataset=cfg.dataset, config=config,
-                            force=cfg.force) as run:  # fmt: skip
+                            force=cfg.force) as run:
             run.metrics = self.summary  # recorded however the run ends
             try:
                 await asyncio.gather(*(worker(run) for _ in range(min(cfg.concurrency, len(samples)))))
@@ -335,7 +335,7 @@ class Annotator:
 
 
 def annotate(store: Store, config: AnnotateConfig, progress: Progress | None = None,
-             teacher: Teacher | None = None) -> AnnotateSummary:  # fmt: skip
+             teacher: Teacher | None = None) -> AnnotateSummary:
     """Annotate ``config.split`` of ``config.dataset`` with the teacher (blocking)."""
     return asyncio.run(Annotator(store, config, teacher=teacher, progress=progress).run_async())
 

@@ -42,7 +42,7 @@ class ReplayResponder:
 
     def describe(self) -> str:
         return (f"{len(self.chains)} stored chains of the MulCoT-RD authors' Qwen2.5-VL-72B teacher, replayed "
-                "(no model is called)")  # fmt: skip
+                "(no model is called)")
 
     def __call__(self, body: dict[str, Any]) -> Reply:
         text, aspect = post_of(body)

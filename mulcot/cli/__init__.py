@@ -36,7 +36,7 @@ class MulcotGroup(TyperGroup):
             hint, sigterm = last_interrupt()
             if dist.is_main():
                 err_console.print(f"interrupted{' (SIGTERM)' if sigterm else ''}" + (f": {hint}" if hint else ""),
-                                  highlight=False)  # fmt: skip
+                                  highlight=False)
             raise typer.Exit(143 if sigterm else 130) from None
 
 

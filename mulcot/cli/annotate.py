@@ -55,14 +55,14 @@ def annotate(
     base_url: Annotated[
         str | None,
         typer.Option(help="OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp, …); default: OpenAI."),
-    ] = None,  # fmt: skip
+    ] = None,
     api_key_env: Annotated[
         str | None,
         typer.Option(help=f"Environment variable holding the API key (default: {DEFAULT_KEY_ENV} for the OpenAI "
                      "API, none for other servers; another server only gets one named *_KEY or MULCOT_*: see the "
                      "README).",
                      show_default=False),
-    ] = None,  # fmt: skip
+    ] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 8,
     max_retries: Annotated[int, typer.Option(help="ARC: regenerations of an invalid output.")] = 3,
     budget_usd: Annotated[
@@ -138,28 +138,28 @@ def annotate(
     teacher_cfg = TeacherConfig(model=teacher, base_url=base_url, key_env=api_key_env, timeout_s=timeout,
                                 http_retries=http_retries, temperature=temperature,
                                 max_tokens=max_tokens or (CAPTION_MAX_TOKENS if captions else 1024),
-                                json_mode=json_mode, image_max_side=image_max_side, price=_price(price))  # fmt: skip
+                                json_mode=json_mode, image_max_side=image_max_side, price=_price(price))
     if captions:
         _captions(store, dataset, teacher_cfg, split, concurrency, budget_usd, limit, run, as_json)
         return
     cfg = AnnotateConfig(
         dataset=dataset, split=split or "train", stage=stage, concurrency=concurrency, max_retries=max_retries,
         budget_usd=budget_usd, limit=limit, run_id=run, teacher=teacher_cfg, force=force,
-    )  # fmt: skip
+    )
     with progress_bar(as_json, info=True) as bar:
         progress = follow(bar, f"annotating {dataset}/{split}",
-                          lambda e: (f"{e.message} · " if e.message else "") + usage_text(e.summary))  # fmt: skip
+                          lambda e: (f"{e.message} · " if e.message else "") + usage_text(e.summary))
         if batch or batch_file or ingest:
             bcfg = BatchConfig(price=_price(batch_price, "--batch-price"), max_requests=batch_max_requests,
                                max_bytes=int(batch_max_mb * 1e6), poll_s=poll_s, wait=not no_wait,
-                               runs_dir=str(runs_dir) if runs_dir else None)  # fmt: skip
+                               runs_dir=str(runs_dir) if runs_dir else None)
             summary = annotate_batch(store, cfg, bcfg, batch_file=batch_file, ingest=ingest, progress=progress)
         else:
             summary = run_annotate(store, cfg, progress=progress)
             if summary.requests and not summary.answered:  # nothing reached the teacher: one line, not a table
                 raise TeacherUnreachable(f"no request got an answer from the teacher ({summary.requests} tried; "
                                          f"last: {summary.last_error or 'no answer'}); "
-                                         "run the same command again when it answers")  # fmt: skip
+                                         "run the same command again when it answers")
     if as_json:
         print_json(summary.as_dict())
         return
@@ -167,10 +167,10 @@ def annotate(
 
 
 def _captions(store: Any, dataset: str, teacher: TeacherConfig, split: str | None, concurrency: int,
-              budget_usd: float | None, limit: int | None, run: str | None, as_json: bool) -> None:  # fmt: skip
+              budget_usd: float | None, limit: int | None, run: str | None, as_json: bool) -> None:
     """``annotate --captions``: the teacher captions every image of the dataset (or of ``split``)."""
     cfg = CaptionConfig(dataset=dataset, teacher=teacher, splits=(split,) if split else None,
-                        concurrency=concurrency, budget_usd=budget_usd, limit=limit, run_id=run)  # fmt: skip
+                        concurrency=concurrency, budget_usd=budget_usd, limit=limit, run_id=run)
     with progress_bar(as_json, info=True) as bar:
         progress = follow(bar, f"captioning {dataset}", lambda e: usage_text(e.summary))
         summary = caption_images(store, cfg, progress=progress)
@@ -199,7 +199,7 @@ def _captions(store: Any, dataset: str, teacher: TeacherConfig, split: str | Non
         err_console.print(f"[yellow]failed[/] {escape(failure)}", soft_wrap=True)
     if s.stopped == "budget":
         console.print("[yellow]stopped: the next request could exceed --budget-usd; raise it and run again to "
-                      "continue[/]")  # fmt: skip
+                      "continue[/]")
 
 
 def _print_summary(s: AnnotateSummary, dataset: str, split: str) -> None:
@@ -228,20 +228,20 @@ def _print_summary(s: AnnotateSummary, dataset: str, split: str) -> None:
     if s.batches_submitted or s.batches_ingested or s.batch_files or s.batches_pending:
         console.print(f"batches: {s.batches_submitted} submitted, {s.batches_ingested} taken in, "
                       f"{s.batches_pending} pending; {s.malformed_lines} unreadable and {s.stale_results} stale "
-                      "result lines skipped")  # fmt: skip
+                      "result lines skipped")
     for path in s.batch_files:
         console.print(f"requests written to {escape(path)}: run it offline (vllm run-batch -i FILE -o RESULTS "
-                      "--model MODEL), then take it in with --ingest RESULTS")  # fmt: skip
+                      "--model MODEL), then take it in with --ingest RESULTS")
     for failure in s.failures[:10]:
         err_console.print(f"[yellow]failed[/] {escape(failure)}", soft_wrap=True)
     if s.stopped == "pending" and s.batches_pending:
         console.print("[yellow]batches still running: run the same command again to poll and take them in[/]")
     if s.stopped == "budget":
         console.print("[yellow]stopped: the next request could exceed --budget-usd; raise it and run again to "
-                      "continue[/]")  # fmt: skip
+                      "continue[/]")
     if s.stopped == "unreachable":
         err_console.print("[yellow]stopped: the teacher stopped answering (requests in a row got no answer); run "
-                          "the same command again when it is back[/]")  # fmt: skip
+                          "the same command again when it is back[/]")
 
 
 def _print_batches(rows: list[dict], as_json: bool) -> None:
@@ -261,5 +261,5 @@ def _print_batches(rows: list[dict], as_json: bool) -> None:
         cost = f"${r['cost_usd']:.4f}" if r["cost_usd"] is not None else "-"
         name = r["remote_id"] or r["id"] if r["kind"] == "api" else f"file {Path(r['input_path'] or '').name}"
         table.add_row(escape(name), escape(r["dataset"]), r["stage"], r["status"], str(r["requests"]),
-                      f"{r['completed'] or 0}/{r['failed'] or 0}", cost, "yes" if r["ingested"] else "no")  # fmt: skip
+                      f"{r['completed'] or 0}/{r['failed'] or 0}", cost, "yes" if r["ingested"] else "no")
     console.print(table)

@@ -77,7 +77,7 @@ def output_file(path: Path) -> Path:
 
 
 def progress_bar(as_json: bool, *, info: bool = False, spinner: bool = False, remaining: bool = False,
-                 transient: bool = True) -> Progress:  # fmt: skip
+                 transient: bool = True) -> Progress:
     """The progress bar of every long command, on stderr (silent with --json): description, bar, done/total, and
     optionally a spinner, an ``info`` text field, the time remaining. Drawn from its first update on
     (:class:`LazyProgress`): a command refused by its checks shows its one line of error and no empty bar."""
@@ -92,7 +92,7 @@ def progress_bar(as_json: bool, *, info: bool = False, spinner: bool = False, re
 
 
 def follow(bar: Progress, description: str, info: Callable[[Event], str] | None = None, *,
-           describe: bool = False) -> Callable[[Event], None]:  # fmt: skip
+           describe: bool = False) -> Callable[[Event], None]:
     """A task on ``bar`` and the library callback that moves it (``event.done`` of ``event.total``); ``info(event)``
     fills the info field, ``describe`` shows each event's message as the description."""
     task = bar.add_task(description, total=None, info="")
@@ -123,12 +123,12 @@ def print_json(data: Any) -> None:
 ServerOption = Annotated[
     str | None,
     typer.Option("--server", help="Generate through this OpenAI-compatible server (http://HOST:PORT/v1: vLLM, "
-                 "llama.cpp) instead of in-process.", show_default=False),  # fmt: skip
+                 "llama.cpp) instead of in-process.", show_default=False),
 ]
 ServedModelOption = Annotated[
     str | None,
     typer.Option("--served-model", help="The model's name on --server (as its /v1/models lists it).",
-                 show_default=False),  # fmt: skip
+                 show_default=False),
 ]
 ConcurrencyOption = Annotated[int, typer.Option(help="--server: requests in flight.")]
 ServerRetriesOption = Annotated[int, typer.Option(help="--server: HTTP retries per request (429/5xx/drops).")]
@@ -145,7 +145,7 @@ ServerTextOnlyOption = Annotated[
 
 def server_config(server: str | None, served_model: str | None, *, concurrency: int = 4, retries: int = 3,
                   max_requests: int | None = None, time_budget: float | None = None,
-                  text_only: bool = False) -> Any:  # fmt: skip
+                  text_only: bool = False) -> Any:
     """The :class:`mulcot.generation.server.ServerConfig` of the --server flags (None without --server)."""
     from mulcot.errors import MulcotError
     from mulcot.generation.server import ServerConfig
@@ -157,7 +157,7 @@ def server_config(server: str | None, served_model: str | None, *, concurrency: 
     if not served_model:
         raise MulcotError("--server needs --served-model NAME (the model's name in the server's /v1/models)")
     return ServerConfig(url=server, served_model=served_model, concurrency=concurrency, http_retries=retries,
-                        max_requests=max_requests, time_budget_s=time_budget, text_only=text_only)  # fmt: skip
+                        max_requests=max_requests, time_budget_s=time_budget, text_only=text_only)
 
 
 _SERVER_FLAGS: dict[str, tuple[Any, Any]] = {  # parameter -> (annotation, default)
@@ -181,18 +181,18 @@ def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     sig = inspect.signature(fn, eval_str=True)
     own = [p for p in sig.parameters.values() if p.name != "server"]
     flags = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-             for name, (annotation, default) in _SERVER_FLAGS.items()]  # fmt: skip
+             for name, (annotation, default) in _SERVER_FLAGS.items()]
     tail = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.name in ("db", "as_json", "options")]
     head = [p for p in own if p.name not in ("db", "as_json", "options")]
     head = [p if p.default is inspect.Parameter.empty else p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-            for p in head]  # fmt: skip
+            for p in head]
 
     @functools.wraps(fn)
     def command(*args: Any, **kwargs: Any) -> Any:
         values = {name: kwargs.pop(name) for name in _SERVER_FLAGS}
         served = server_config(values["server"], values["served_model"], concurrency=values["concurrency"],
                                retries=values["retries"], max_requests=values["max_requests"],
-                               time_budget=values["time_budget"], text_only=values["server_text_only"])  # fmt: skip
+                               time_budget=values["time_budget"], text_only=values["server_text_only"])
         return fn(*args, server=served, **kwargs)
 
     command.__signature__ = sig.replace(parameters=[*head, *flags, *tail])  # type: ignore[attr-defined]
@@ -209,7 +209,7 @@ def print_served(served: dict[str, Any] | None, warnings: list[str] | None = Non
         err_console.print(f"[red]failed:[/] {escape(line)}", highlight=False, soft_wrap=True)
     if served.get("failed"):
         err_console.print(f"{served['failed']} requests failed (nothing stored for them): rerun to ask again",
-                          highlight=False)  # fmt: skip
+                          highlight=False)
     if served.get("stopped"):
         err_console.print(f"stopped at the {served['stopped']} budget: rerun the same command to go on",
-                          highlight=False)  # fmt: skip
+                          highlight=False)

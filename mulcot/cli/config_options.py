@@ -40,7 +40,7 @@ def _parameters(cls: type, skip: set[str]) -> list[tuple[inspect.Parameter, Call
             param = meta["flag"].lstrip("-").replace("-", "_")
             option = typer.Option(meta["flag"], help=meta["help"])
             p = inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=False,
-                                  annotation=Annotated[bool, option])  # fmt: skip
+                                  annotation=Annotated[bool, option])
             out.append((p, lambda v, name=f.name, param=param: (name, not v[param])))
             continue
         tp = _cli_type(hints[f.name], f)
@@ -56,7 +56,7 @@ def _parameters(cls: type, skip: set[str]) -> list[tuple[inspect.Parameter, Call
         if meta.get("none_flag"):
             tp = str  # the value flag; the none flag sets None
         p = inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=_shown_default(f),
-                              annotation=Annotated[tp, option])  # fmt: skip
+                              annotation=Annotated[tp, option])
         parse = meta.get("parse")
 
         def read(v: dict, name: str = f.name, parse: Callable | None = parse, none: Any = meta.get("none_flag")):
@@ -72,7 +72,7 @@ def _parameters(cls: type, skip: set[str]) -> list[tuple[inspect.Parameter, Call
             flag, help_text = meta["none_flag"]
             param = flag.lstrip("-").replace("-", "_")
             q = inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=False,
-                                  annotation=Annotated[bool, typer.Option(flag, help=help_text)])  # fmt: skip
+                                  annotation=Annotated[bool, typer.Option(flag, help=help_text)])
             out.append((q, lambda v: ("", None)))
     return out
 

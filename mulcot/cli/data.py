@@ -49,7 +49,7 @@ def import_(
         typer.Option(help="Image folder that image names are relative to (default: jsonl: the data file's folder; "
                      "mvsa-raw: its data/; others: the first of images/, Images/, data/ beside the data).",
                      show_default=False),
-    ] = None,  # fmt: skip
+    ] = None,
     no_images: Annotated[bool, typer.Option("--no-images", help="Import text only (samples flagged).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Abort on any bad row; the store stays as it was.")] = False,
     split_ratio: Annotated[
@@ -75,7 +75,7 @@ def import_(
         report = import_dataset(
             store, fmt, path, name=name, split=split, images=images, no_images=no_images, strict=strict,
             split_ratio=_parse_ratio(split_ratio), teacher=teacher, progress=progress,
-        )  # fmt: skip
+        )
     if as_json:
         print_json(report.as_dict())
         return
@@ -98,7 +98,7 @@ def import_(
            if report.chains_added or report.chains_existing else "")
         + (f"; text-only samples {report.text_only}" if report.text_only else ""),
         highlight=False,
-    )  # fmt: skip
+    )
 
 
 @app.command("list")
@@ -117,13 +117,13 @@ def list_(db: DbOption = None, as_json: JsonOption = False) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r["name"], r["task"], r["format"], str(r["samples"]), str(r["chains"]),
-                      "yes" if r["has_images"] else "text only")  # fmt: skip
+                      "yes" if r["has_images"] else "text only")
     console.print(table)
 
 
 @app.command()
 def stats(name: Annotated[str, typer.Argument(help="Dataset name.")], db: DbOption = None,
-          as_json: JsonOption = False) -> None:  # fmt: skip
+          as_json: JsonOption = False) -> None:
     """Counts per split and label, images found, and the quality of each source's reasoning chains."""
     store = open_store(db, readonly=True)
     st = store.dataset_stats(name)
@@ -150,7 +150,7 @@ def stats(name: Annotated[str, typer.Argument(help="Dataset name.")], db: DbOpti
             chains.add_row(
                 c["source"], c["stage"], c["split"], str(c["chains"]), str(c["full"]), str(c["partial"]),
                 str(c["unparsed"]), pct,
-            )  # fmt: skip
+            )
         console.print(chains)
         if st["teacher_set"]:
             dt = ", ".join(f"{split} {n}" for split, n in sorted(st["teacher_set"].items()))
@@ -236,7 +236,7 @@ def pairs(
         print_json(summary)
         return
     table = Table(title=f"preference pairs of {escape(name)}/{escape(split)}: {summary['pairs']} pairs over "
-                  f"{summary['samples']} samples")  # fmt: skip
+                  f"{summary['samples']} samples")
     table.add_column("rejected from")
     for label in LABELS:
         table.add_column(label, justify="right")

@@ -77,7 +77,7 @@ def distill(
 ) -> None:
     """Train the student on D_all = D_t ∪ D_a: L = (1−λ)·(hard CE) + λ·(KL to the assistant at target positions)."""
     cfg = DistillConfig(dataset=dataset, model=student, name=check_name(name or f"student-{dataset}"),
-                        assistant=assistant, **(options or {}))  # fmt: skip
+                        assistant=assistant, **(options or {}))
     # (the settings are checked as the config is built: before the training stack is imported, which takes seconds)
     from mulcot.train.student import distill as run
 

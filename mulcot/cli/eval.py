@@ -61,7 +61,7 @@ def _progress_bar(as_json: bool) -> tuple[Progress, Any]:
     tasks: dict[str, Any] = {}
     names = {"chains": "generating chains (P_cot)", "labels": "generating label answers (P_label)",
              "label choices": "scoring label answers by forced choice (P_label)", "loading model": "loading the model",
-             "served": "generating chains and label answers through the server"}  # fmt: skip
+             "served": "generating chains and label answers through the server"}
 
     def progress(event: Event) -> None:
         if event.get("warning"):
@@ -95,7 +95,7 @@ def paper_table(results: list[dict[str, Any]], title: str, *, with_ids: bool = F
     rows = [paper_row(r) for r in results]
     f1 = _f1_header(rows)
     names = [_display_name(result, with_ids) + ("*" if row["gold_conditioned"] else "")
-             for result, row in zip(results, rows, strict=True)]  # fmt: skip
+             for result, row in zip(results, rows, strict=True)]
     shown = ["Acc", "w-F1" if f1 == "w-F1" else "m-F1" if f1 == "m-F1" else None]
     lines = ["All values × 100; '-' = not computed."]
     if f1 == "F1*":
@@ -123,16 +123,16 @@ def print_paired(rows: list[dict[str, Any]], pairs: list[dict[str, Any] | None])
         boot, mc = pair["bootstrap"], pair["mcnemar"]
         table = Table(title=f"#{row['id']} {escape(_display_name(row, False))} against #{base['id']} "
                       f"{escape(_display_name(base, False))}: {pair['n']} posts ({pair['clusters']} tweets)",
-                      title_justify="left")  # fmt: skip
+                      title_justify="left")
         for col in ("", f"#{base['id']}", f"#{row['id']}", "Δ", "95% CI"):
             table.add_column(col, justify="left" if not col else "right")
         for name, key in (("Acc", "accuracy"), ("m-F1", "macro_f1")):
             table.add_row(name, _pct(boot[f"{key}_a"]), _pct(boot[f"{key}_b"]), f"{100 * boot[key]['diff']:+.2f}",
-                          _ci(boot[key]))  # fmt: skip
+                          _ci(boot[key]))
         console.print(table)
         console.print(f"exact McNemar p = {mc['p_value']:.4g} ({mc['a_only']} posts only #{base['id']} gets right, "
                       f"{mc['b_only']} only #{row['id']}); same label on {_pct(pair['agreement'])}% of the posts",
-                      highlight=False)  # fmt: skip
+                      highlight=False)
     if boot is not None:
         console.print(
             "Over the posts both results scored; Δ = the second − the first, × 100. McNemar: exact two-sided binomial "
@@ -164,7 +164,7 @@ def _detail(result: dict[str, Any]) -> None:
         c = m.get(head)
         if c:
             table.add_row(name, str(c["n"]), _pct(c["accuracy"]), _pct(c["weighted_f1"]), _pct(c["macro_f1"]),
-                          _pct(c.get("balanced_accuracy")), str(c["invalid_predictions"]))  # fmt: skip
+                          _pct(c.get("balanced_accuracy")), str(c["invalid_predictions"]))
             recalls.append(f"{head} " + " / ".join(_pct(c["per_label"][lab]["recall"]) for lab in c["labels"]))
         else:
             table.add_row(name, "-", "-", "-", "-", "-", "no label head")
@@ -185,18 +185,18 @@ def _detail(result: dict[str, Any]) -> None:
     notes = []
     if m.get("consistency") is not None:
         notes.append(f"consistency (chain Prediction = label prediction): {100 * m['consistency']:.2f}% of "
-                     f"{m['consistency_n']}")  # fmt: skip
+                     f"{m['consistency_n']}")
     cov = m.get("coverage") or {}
     if cov.get("without_chain"):
         notes.append(f"{cov['without_chain']} of {cov['considered']} samples have no chain from this source "
-                     "(left out)")  # fmt: skip
+                     "(left out)")
     if cov.get("unlabelled_skipped"):
         notes.append(f"{cov['unlabelled_skipped']} unlabelled samples skipped")
     gen = m.get("generated")
     if gen:
         how = "generated" if (result.get("config") or {}).get("label_scoring") == "generate" else "forced choice"
         notes.append(f"generated {gen['chains_generated']} chains and {gen['labels_generated']} label answers ({how}; "
-                     f"reused {gen['chains_reused']} and {gen['labels_reused']} stored ones)")  # fmt: skip
+                     f"reused {gen['chains_reused']} and {gen['labels_reused']} stored ones)")
     reasoning = m.get("reasoning") or {}
     if reasoning.get("refs"):
         line = f"reasoning metrics against '{reasoning['refs']}' chains: {reasoning['pairs']} pairs"
@@ -222,7 +222,7 @@ def _detail(result: dict[str, Any]) -> None:
         for r in ratings:
             rt.add_row(escape(str(r.get("source"))), escape(str(r.get("model") or "-")), str(r.get("ratings")),
                        str(r.get("chains")), f"{r.get('faithfulness') or 0:.2f}",
-                       f"{r.get('usefulness') or 0:.2f}")  # fmt: skip
+                       f"{r.get('usefulness') or 0:.2f}")
         console.print(rt)
 
 
@@ -301,7 +301,7 @@ def run(
         embedding_cache=not no_cache, out=str(out) if out else None, runs_dir=str(runs_dir) if runs_dir else None,
         server=server,
         per_post=str(per_post) if per_post else None, label_scoring=label_scoring,
-    )  # fmt: skip
+    )
     bar, progress = _progress_bar(as_json)
     with bar:
         result = evaluate(store, config, progress=progress)
@@ -316,7 +316,7 @@ def run(
     for kind, path in result.files.items():
         console.print(f"{kind}: {escape(path)}", highlight=False)
     console.print(f"stored as evaluation result #{result.id} (compare with: mulcot eval compare {result.id} …)",
-                  highlight=False)  # fmt: skip
+                  highlight=False)
 
 
 @app.command("compare")
@@ -325,7 +325,7 @@ def compare(
         list[str] | None,
         typer.Argument(help="Eval result ids (12 or #12), run ids or source names (mulcot eval list shows them).",
                        show_default=False),
-    ] = None,  # fmt: skip
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="Only results on this dataset.")] = None,
     split: Annotated[str | None, typer.Option(help="Only results on this split.")] = None,
     paired: Annotated[
@@ -355,7 +355,7 @@ def compare(
         if "picked" in r:
             p = r["picked"]
             err_console.print(f"'{escape(p['spec'])}' is result #{r['id']} ({p['how']} of its {p['results']})",
-                              highlight=False, soft_wrap=True)  # fmt: skip
+                              highlight=False, soft_wrap=True)
     console.print(paper_table(rows, "evaluation results", with_ids=True))
     # the names whole, one line each (soft-wrapped by the terminal, so they paste back as they are)
     for r in rows:
@@ -381,7 +381,7 @@ def list_(
         return
     if not rows:
         console.print("no evaluation results stored yet: run `mulcot eval DATASET --source teacher` (or --model "
-                      "runs/NAME) first", highlight=False)  # fmt: skip
+                      "runs/NAME) first", highlight=False)
         return
     for r in rows:
         row = paper_row(r)
@@ -389,7 +389,7 @@ def list_(
         when = str(r.get("created_at") or "")[:16].replace("T", " ")
         console.print(f"{escape(describe_result(r))} · {acc} · {when}", highlight=False, soft_wrap=True)
     console.print(f"compare some with: mulcot eval compare {' '.join(str(r['id']) for r in rows[-2:])}",
-                  highlight=False)  # fmt: skip
+                  highlight=False)
 
 
 @app.command("score")
@@ -415,7 +415,7 @@ def score(
         result = score_files(
             preds, refs, field_name=field_name, progress=progress, sim_model=sim_model, corpus=corpus,
             metrics=_metric_list(metrics), nltk_data_dir=nltk_data, embedding_cache=None if no_cache else True,
-        )  # fmt: skip
+        )
     if as_json:
         print_json(result.to_dict(per_pair=True))
         return
@@ -426,7 +426,7 @@ def score(
     if s.corpus:
         table.add_column("corpus", justify="right")
     defs = {"sim": "Sim", "meteor": "METEOR", "bleu": "BLEU", "rouge_l": "ROUGE-L", "distinct_1": "Dist-1/2",
-            "distinct_2": "Dist-1/2"}  # fmt: skip
+            "distinct_2": "Dist-1/2"}
     for m in s.metrics:
         mean = f"{s.means[m]:.4f}" if m in s.means else "[yellow]unavailable[/]"
         cells = [HEADERS[m], mean]
@@ -434,7 +434,7 @@ def score(
             cells.append(f"{s.corpus[m]:.4f}" if m in s.corpus else "")
         table.add_row(*cells)
     table.caption = "\n".join(escape(f"{defs[m]}: {METRIC_DEFINITIONS[defs[m]]}.") for m in dict.fromkeys(
-        m for m in s.metrics if m != "distinct_2") if m in defs)  # fmt: skip
+        m for m in s.metrics if m != "distinct_2") if m in defs)
     table.caption_justify = "left"
     console.print(table)
     if per_pair:

@@ -47,7 +47,7 @@ def export(
         Path | None,
         typer.Option("--llama-cpp", help="llama.cpp checkout or llama-cpp-python sdist with the converter "
                      "(default: the installed llama-cpp-python's own).", show_default=False),
-    ] = None,  # fmt: skip
+    ] = None,
     outtype: Annotated[str, typer.Option(help="Text GGUF precision: f16, f32 or bf16 (the mmproj is f16/f32).")] = (
         "f16"
     ),
@@ -86,7 +86,7 @@ def export(
     config = ExportConfig(source=source, out=str(out), quants=quants, gguf=not no_gguf, outtype=outtype,
                           llama_cpp_dir=str(llama_cpp) if llama_cpp else None, name=name, base_model=base,
                           dtype=dtype, threads=threads, force=force, verify=verify, verify_dataset=verify_dataset,
-                          verify_split=verify_split)  # fmt: skip
+                          verify_split=verify_split)
     status = None if as_json else err_console.status("exporting", spinner="dots")
 
     def progress(event: Event) -> None:
@@ -136,7 +136,7 @@ def print_export(result: dict[str, Any]) -> None:
     done = [s["step"] for s in result["steps"] if s["status"] == "done"]
     skipped = [s["step"] for s in result["steps"] if s["status"] == "skipped"]
     console.print(f"Done: {', '.join(done) or 'nothing'}; already there: {', '.join(skipped) or 'nothing'} "
-                  f"({result['wall_s']:.1f} s). Folder: [cyan]{escape(result['out'])}[/]")  # fmt: skip
+                  f"({result['wall_s']:.1f} s). Folder: [cyan]{escape(result['out'])}[/]")
     if result.get("verify"):
         print_verify(result["verify"])
     if result.get("default_gguf"):
@@ -146,12 +146,12 @@ def print_export(result: dict[str, Any]) -> None:
 def print_verify(v: dict[str, Any]) -> None:
     """``--verify``: each GGUF against the merged model on the same posts (forced choice)."""
     table = Table(title=f"verify: {v['n']} posts of {escape(v['dataset'])}/{escape(v['split'])}, forced choice, "
-                        f"against the merged model (accuracy {100 * v['hf']['accuracy']:.1f}%)")  # fmt: skip
+                        f"against the merged model (accuracy {100 * v['hf']['accuracy']:.1f}%)")
     for col in ("GGUF", "agreement", "accuracy", "Δ accuracy [95% CI]", "McNemar p", "max |Δp|"):
         table.add_column(col, justify="left" if col == "GGUF" else "right")
     for quant, g in v["gguf"].items():
         d = g["accuracy_diff"]
         table.add_row(f"{quant} ({escape(g['file'])})", f"{100 * g['agreement']:.1f}%", f"{100 * g['accuracy']:.1f}%",
                       f"{100 * d['diff']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]",
-                      f"{g['mcnemar_p']:.3g}", f"{g['max_abs_prob_diff']:.4f}")  # fmt: skip
+                      f"{g['mcnemar_p']:.3g}", f"{g['max_abs_prob_diff']:.4f}")
     console.print(table)

@@ -104,7 +104,7 @@ def predict(
     try:
         with err_console.status("loading the model", spinner="dots") if not as_json else _Null():
             runner = open_backend(backend, gguf=gguf, model=model, quant=quant, mmproj=mmproj, config=config,
-                                  store=store, server=served)  # fmt: skip
+                                  store=store, server=served)
         try:
             if dataset is None:
                 assert text is not None
@@ -112,7 +112,7 @@ def predict(
                     post = Post(text=text, aspect=aspect, image=image, caption=caption)
                     results = predict_post(runner, post, prompts=prompts, label_scoring=label_scoring)
                 out = {"backend": runner.kind, "model": runner.name, "predictions": [r.as_dict() for r in results],
-                       "label": results[0].prediction}  # fmt: skip
+                       "label": results[0].prediction}
                 if label:
                     out["label_prompt"] = results[1].prediction
                 if as_json:
@@ -124,7 +124,7 @@ def predict(
             progress = follow(bar, f"predict {runner.name}", _last_prediction)
             with bar:
                 summary = predict_dataset(store, runner, dataset, split, limit=limit, run_id=name, prompts=prompts,
-                                          label_scoring=label_scoring, progress=progress, force=force)  # fmt: skip
+                                          label_scoring=label_scoring, progress=progress, force=force)
         finally:
             runner.close()
     finally:
@@ -160,23 +160,23 @@ def print_single(out: dict[str, Any]) -> None:
     pred = cot["prediction"]
     table.add_row("Prediction", f"[{_LABEL_STYLE.get(pred or '', 'bold')}]{pred or 'none found'}[/]")
     subtitle = (f"{escape(out['model'])} ({out['backend']}) · {cot['tokens_out']} tokens in {cot['latency_s']:.1f} s"
-                f" · parse {cot['parse_status']}")  # fmt: skip
+                f" · parse {cot['parse_status']}")
     console.print(Panel(table, title=f"label: [{_LABEL_STYLE.get(pred or '', 'bold')}]{pred or '?'}[/]",
-                        subtitle=subtitle))  # fmt: skip
+                        subtitle=subtitle))
     if cot["parse_status"] != "full":
         console.print("[dim]raw output:[/]")
         console.print(escape(cot["raw"]), highlight=False)
     if "label_prompt" in out:
         probs = (out["predictions"][1].get("fields") or {}).get("probabilities")
         shares = (" (forced choice: " + ", ".join(f"{lab} {100 * p:.1f}%" for lab, p in probs.items()) + ")"
-                  if probs else "")  # fmt: skip
+                  if probs else "")
         console.print(f"label prompt (P_label): [{_LABEL_STYLE.get(out['label_prompt'] or '', 'bold')}]"
-                      f"{out['label_prompt'] or 'none found'}[/]{shares}")  # fmt: skip
+                      f"{out['label_prompt'] or 'none found'}[/]{shares}")
 
 
 def print_summary(s: dict[str, Any]) -> None:
     table = Table(title=f"predict {escape(s['model'])} on {escape(s['dataset'])}/{escape(s['split'])}",
-                  show_header=False)  # fmt: skip
+                  show_header=False)
     table.add_column("what")
     table.add_column("value")
 
@@ -201,4 +201,4 @@ def print_summary(s: dict[str, Any]) -> None:
         table.add_row(k, escape(v))
     console.print(table)
     console.print(f"Score it: [bold]mulcot eval {escape(s['dataset'])} --split {escape(s['split'])} "
-                  f"--source {escape(s['source'])}[/]")  # fmt: skip
+                  f"--source {escape(s['source'])}[/]")

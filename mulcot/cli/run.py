@@ -24,7 +24,7 @@ class _View:
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.bar = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=err_console, transient=True, disable=quiet)  # fmt: skip
+                            console=err_console, transient=True, disable=quiet)
         self.task: Any = None
         self.stage = ""
 
@@ -42,7 +42,7 @@ class _View:
                 self.task = self.bar.add_task(stage, total=None)
             elif event.kind == DONE:
                 self.bar.console.print(f"[green]✓ {stage}[/] ({event.seconds:.1f} s) {_short(event.summary)}",
-                                       highlight=False)  # fmt: skip
+                                       highlight=False)
             else:
                 self.bar.console.print(f"[dim]· {stage}: already done for this recipe, skipped[/]")
         elif event.kind == "eval":  # a training run's dev evaluation
@@ -139,10 +139,10 @@ def demo(
     if recipe.teacher.replay:
         say("[yellow]Teacher: REPLAYED[/] — the MulCoT-RD authors' Qwen2.5-VL-72B chains for these posts are served by "
             "a local OpenAI-compatible server on 127.0.0.1; no model is called (pass --real-teacher with "
-            "OPENAI_API_KEY to use gpt-4o-mini).")  # fmt: skip
+            "OPENAI_API_KEY to use gpt-4o-mini).")
     say("[yellow]Models: tiny random-weight Qwen2.5-VL[/] (~10M parameters) so that every stage runs on a laptop "
         "CPU in minutes. They write meaningless text: the metrics below show the pipeline works, not that it learns. "
-        "For real models: [bold]mulcot run recipes/twitter2015-gpt4omini-qwen2.5vl.toml[/]\n")  # fmt: skip
+        "For real models: [bold]mulcot run recipes/twitter2015-gpt4omini-qwen2.5vl.toml[/]\n")
     store = open_store(db)
     view = _View(as_json)
     start = time.perf_counter()

@@ -13,17 +13,17 @@ from rich.table import Table
 
 #: Short headers of the paper's columns (the caption's legend explains each).
 HEADERS = {"accuracy": "Acc", "sim": "Sim", "meteor": "METEOR", "bleu": "BLEU", "rouge_l": "ROUGE-L",
-           "distinct_1": "Dist-1", "distinct_2": "Dist-2", "consistency": "Cons."}  # fmt: skip
+           "distinct_1": "Dist-1", "distinct_2": "Dist-2", "consistency": "Cons."}
 KEYS = ("accuracy", "f1", "sim", "meteor", "bleu", "rouge_l", "distinct_1", "distinct_2", "consistency")
 
 
 def metrics_table(names: Sequence[str], rows: Sequence[dict[str, Any]], title: str, *, f1_header: str = "F1",
-                  caption: Sequence[str] = (), digits: int = 2) -> Table:  # fmt: skip
+                  caption: Sequence[str] = (), digits: int = 2) -> Table:
     """Rows = evaluations (``paper_row`` dicts: values in [0, 1] or None), columns as the paper's Tables 3-5 plus
     consistency, values × 100 with ``digits`` decimals; ``names`` are plain text (escaped here), ``caption`` lines
     go under the table."""
     table = Table(title=title, caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False,
-                  collapse_padding=True)  # fmt: skip
+                  collapse_padding=True)
     table.add_column("Model", overflow="fold", min_width=8)
     cells = [[_pct(row.get(k), digits) for k in KEYS] for row in rows]
     for i, key in enumerate(KEYS):

@@ -55,7 +55,7 @@ def train_assistant(
 ) -> None:
     """Train the assistant: LoRA on L = λ_cls·CE_cls + λ_rea·CE_rea over teacher reasoning (D_t)."""
     config = TrainConfig(dataset=dataset, model=model, name=check_name(name or f"assistant-{dataset}"),
-                         **(options or {}))  # fmt: skip
+                         **(options or {}))
     from mulcot.train.assistant import train_assistant as run  # torch loads only for a name that can run
 
     train(run, config, resume=resume, db=db, as_json=as_json)
@@ -74,7 +74,7 @@ def train(run: Any, config: Any, *, resume: bool, db: Any, as_json: bool) -> Non
         return
     summary = {"run": result.run, "folder": result.folder, "adapter": result.adapter, "best": result.best,
                "steps": result.steps, "train_loss": result.train_loss, "wall_s": round(result.wall_s, 1),
-               "launch": result.launch}  # fmt: skip
+               "launch": result.launch}
     if as_json:
         print_json(summary)
         return
@@ -95,11 +95,11 @@ def print_result(summary: dict[str, Any]) -> None:
         ("dev macro-F1 / weighted-F1", f"{best['eval_macro_f1']:.4f} / {best['eval_weighted_f1']:.4f}"
          if "eval_macro_f1" in best else "-"),
         ("wall time", f"{summary['wall_s']} s"),
-    ]  # fmt: skip
+    ]
     if "rewards/margins" in best:  # a DPO run: its last step's implicit rewards instead of dev figures
         rows[3:6] = [("last step", best.get("step", "-")),
                      ("reward margin (chosen − rejected)", f"{best['rewards/margins']:.4f}"),
-                     ("pairs ranked right (reward accuracy)", f"{best.get('rewards/accuracies', 0):.4f}")]  # fmt: skip
+                     ("pairs ranked right (reward accuracy)", f"{best.get('rewards/accuracies', 0):.4f}")]
     launch = summary.get("launch") or {}
     if launch.get("world_size", 1) > 1:
         how = "FSDP" if launch.get("fsdp") else "DeepSpeed" if launch.get("deepspeed") else "DDP"
@@ -123,7 +123,7 @@ def dpo(
     """DPO of a trained run's LoRA adapter on pairs of chains (correct vs wrong, failed or lower-rated), through
     TRL; the reference policy is the starting adapter."""
     config = PreferenceConfig(dataset=dataset, model=model, name=check_name(name or f"dpo-{dataset}"),
-                              **(options or {}))  # fmt: skip
+                              **(options or {}))
     from mulcot.train.dpo import dpo as run
 
     train(run, config, resume=resume, db=db, as_json=as_json)

@@ -22,7 +22,7 @@ from mulcot.store.reasonings import EVAL, EXPAND, EXPLAIN, LABEL, OUTCOMES, PRED
 __all__ = [
     "EVAL", "EXPAND", "EXPLAIN", "LABEL", "OUTCOMES", "PREDICT", "SOURCES", "STAGES", "arc_accepts", "arc_error",
     "chain_row", "choice_fields", "parse_output", "release_chain",
-]  # fmt: skip
+]
 
 # Teachers whose chains were not written by mulcot's stage 1 but taken from a release that keeps only the chains that
 # passed (correct stage-1 answers and gold-conditioned explanations): importing the authors' JSON, or replaying it.
@@ -43,7 +43,7 @@ def parse_output(stage: str, output: str | None) -> dict[str, Any]:
     else:
         text, fields, status = parsed.to_text(), parsed.fields, parsed.status
     return {"text": text, "fields": fields, "prediction": parsed.prediction, "parse_status": status,
-            "valid": status == "full"}  # fmt: skip
+            "valid": status == "full"}
 
 
 def chain_row(
@@ -75,7 +75,7 @@ def chain_row(
         "raw": output, **parsed, "attempt": attempt, "final": final, "run_id": run_id,
         "error": error, "origin": origin, "tokens_in": tokens_in, "tokens_out": tokens_out, "cost_usd": cost_usd,
         "latency_s": latency_s,
-    }  # fmt: skip
+    }
 
 
 def choice_fields(choice: Any) -> dict[str, Any]:

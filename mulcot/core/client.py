@@ -41,17 +41,17 @@ class Usage:
     is left alone."""
 
     def count_usage(self, http_retries: int = 0, tokens_in: int | None = 0, tokens_out: int | None = 0,
-                    cost_usd: float | None = None) -> None:  # fmt: skip
+                    cost_usd: float | None = None) -> None:
         """Add one answer's usage."""
         for name, value in (("http_retries", http_retries), ("tokens_in", tokens_in), ("tokens_out", tokens_out),
-                            ("cost_usd", cost_usd)):  # fmt: skip
+                            ("cost_usd", cost_usd)):
             if value and hasattr(self, name):
                 setattr(self, name, getattr(self, name) + value)
 
     def count_answer(self, answer: Any) -> None:
         """Add the usage of an answer that carries it (a :class:`Completion`, a scored prompt, a generation)."""
         self.count_usage(getattr(answer, "http_retries", 0), getattr(answer, "tokens_in", 0),
-                         getattr(answer, "tokens_out", 0), getattr(answer, "cost_usd", None))  # fmt: skip
+                         getattr(answer, "tokens_out", 0), getattr(answer, "cost_usd", None))
 
 
 class TeacherError(MulcotError):
@@ -143,7 +143,7 @@ class TeacherConfig:
             what = " and ".join(found) if found else "a query (?...)"
             raise MulcotError(f"--base-url carries {what}: give the endpoint without a query (e.g. "
                               f"{public_url(self.base_url.split('?')[0])}); a key travels in a header: put it in a "
-                              "variable such as MULCOT_TEACHER_KEY and pass --api-key-env NAME")  # fmt: skip
+                              "variable such as MULCOT_TEACHER_KEY and pass --api-key-env NAME")
         if self.key_env is not None and (problem := key_env_problem(self.key_env, self.base_url)):
             raise MulcotError(problem)
 
@@ -218,7 +218,7 @@ class Teacher:
     """Async access to one teacher model."""
 
     def __init__(self, config: TeacherConfig, client: Any = None, *, connect: bool = True,
-                 price: tuple[float, float] | None = None):  # fmt: skip
+                 price: tuple[float, float] | None = None):
         """``connect=False``: no client (building request bodies only, e.g. for batch files); ``price`` overrides
         the live price (batch prices)."""
         import openai
@@ -245,7 +245,7 @@ class Teacher:
         """The chat-completions request body for one prompt (and image): what a live request sends and what a batch
         file line carries as ``body``."""
         body: dict[str, Any] = {"model": self.config.model, "messages": self.messages(prompt, image_url),
-                                "max_tokens": self.config.max_tokens}  # fmt: skip
+                                "max_tokens": self.config.max_tokens}
         if self.config.temperature is not None:
             body["temperature"] = self.config.temperature
         if self.config.json_mode:
@@ -308,7 +308,7 @@ class Teacher:
         return public_url(self.config.base_url) if self.config.base_url else "the OpenAI API"
 
     async def complete(self, prompt: str, image_url: str | None = None, *, max_tokens: int | None = None,
-                       params: dict[str, Any] | None = None) -> Completion:  # fmt: skip
+                       params: dict[str, Any] | None = None) -> Completion:
         """One chat completion, retrying transient HTTP failures; raises :class:`TeacherError` when it gives up.
         ``max_tokens`` overrides the configured limit; ``params`` are further request fields (sampling settings a
         server understands: ``temperature``, ``top_k``, ``seed``, ...) sent as they are."""
@@ -324,16 +324,16 @@ class Teacher:
         t_in, t_out = _usage(resp)
         return Completion(text=(choice.message.content or "") if choice else "", tokens_in=t_in, tokens_out=t_out,
                           latency_s=latency, http_retries=retries, cost_usd=self.cost(t_in, t_out),
-                          finish_reason=choice.finish_reason if choice else None)  # fmt: skip
+                          finish_reason=choice.finish_reason if choice else None)
 
     async def score(self, prompt: str | list[int], top_logprobs: int,
-                    params: dict[str, Any] | None = None) -> Scored:  # fmt: skip
+                    params: dict[str, Any] | None = None) -> Scored:
         """The prompt's own token log-probs (top ``top_logprobs`` per position) through the legacy completions
         endpoint: ``echo`` the prompt (text, or token ids where the server takes them), ``logprobs=k``, one generated
         token. ``params`` are further request fields
         (vLLM's ``return_tokens_as_token_ids``). Same retries as :meth:`complete`."""
         kwargs: dict[str, Any] = {"model": self.config.model, "prompt": prompt, "max_tokens": 1, "echo": True,
-                                  "logprobs": top_logprobs, "temperature": 0.0}  # fmt: skip
+                                  "logprobs": top_logprobs, "temperature": 0.0}
         if params:
             kwargs["extra_body"] = dict(params)
         resp, retries, latency = await self._with_retries(self.client.completions.create, kwargs)
@@ -343,7 +343,7 @@ class Teacher:
             raise TeacherError("the server answered without log-probs (does it support echo with logprobs?)")
         t_in, t_out = _usage(resp)
         return Scored(logprobs=logprobs.model_dump() if hasattr(logprobs, "model_dump") else dict(logprobs),
-                      tokens_in=t_in, tokens_out=t_out, latency_s=latency, http_retries=retries)  # fmt: skip
+                      tokens_in=t_in, tokens_out=t_out, latency_s=latency, http_retries=retries)
 
     async def _with_retries(self, create: Any, kwargs: dict[str, Any]) -> tuple[Any, int, float]:
         """``await create(**kwargs)`` until it answers: 429 waits (``Retry-After``), 5xx/timeouts/drops back off;
@@ -362,7 +362,7 @@ class Teacher:
             except oa.APIStatusError as exc:
                 if exc.status_code < 500 and exc.status_code not in (408, 409):
                     raise TeacherError(f"the teacher endpoint refused the request: HTTP {exc.status_code} "
-                                       f"{_short(exc.message)}") from None  # fmt: skip
+                                       f"{_short(exc.message)}") from None
                 reason, kind, wait = f"HTTP {exc.status_code}", "status", self._backoff(retries)
             except oa.APITimeoutError:
                 reason, kind = f"timed out after {self.config.timeout_s:g} s", "timeout"

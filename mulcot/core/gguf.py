@@ -79,7 +79,7 @@ def parse_quants(value: str | Iterable[str] | None) -> tuple[str, ...]:
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value types
 _SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _WANTED_KEYS = ("general.architecture", "general.type", "general.file_type", "clip.projector_type", "general.name",
-                "general.alignment")  # fmt: skip
+                "general.alignment")
 
 
 class _Truncated(Exception):
@@ -155,7 +155,7 @@ def _tensor_data_end(r: _Reader, n_tensors: int) -> int:
         n_dims = r.unpack("I")
         if n_dims > GGML_MAX_DIMS:
             raise ValueError(f"tensor {name.decode(errors='replace')[:80]} has {n_dims} dimensions (llama.cpp allows "
-                             f"at most {GGML_MAX_DIMS})")  # fmt: skip
+                             f"at most {GGML_MAX_DIMS})")
         dims = [r.unpack("Q") for _ in range(n_dims)]
         ttype, offset = r.unpack("I"), r.unpack("Q")
         try:

@@ -26,7 +26,7 @@ MIN_SIDE = 28  # a downsized image keeps at least one 28-pixel patch per side (Q
 
 
 def load_image(source: str | os.PathLike[str] | IO[bytes], max_pixels: int | None = DEFAULT_MAX_PIXELS,
-               max_side: int | None = None) -> Any:  # fmt: skip
+               max_side: int | None = None) -> Any:
     """An RGB PIL image from a path (or a binary file object), downsized (aspect kept) to at most ``max_pixels``
     pixels and ``max_side`` pixels on its longer side (None or 0: no limit). A missing file is a
     :class:`NotFoundError`, an unreadable one a :class:`DataError` naming the file."""

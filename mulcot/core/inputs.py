@@ -67,7 +67,7 @@ def sample_item(sample: dict[str, Any], chain: str | None = None, chain_id: int 
         sample_id=sample["id"], text=sample["text"], aspect=sample["aspect"], label=sample["label"],
         image_path=sample["image_path"] if sample["has_image"] else None, chain=chain, chain_id=chain_id,
         caption=meta.get("caption") if isinstance(meta, dict) else None,
-    )  # fmt: skip
+    )
 
 
 def is_text_only(processor: Any) -> bool:

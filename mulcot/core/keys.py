@@ -33,7 +33,7 @@ def url_secrets(url: str) -> list[str]:
     parts = urlsplit(url)
     found = ["credentials (user:password@)"] if parts.username or parts.password else []
     found += [f"a '{name}' query parameter" for name, _ in parse_qsl(parts.query, keep_blank_values=True)
-              if _SECRET_PARAM.search(name)]  # fmt: skip
+              if _SECRET_PARAM.search(name)]
     return found
 
 
@@ -67,10 +67,10 @@ def key_env_problem(key_env: str, base_url: str | None) -> str | None:
     if key_env.upper() == DEFAULT_KEY_ENV:
         return (f"{DEFAULT_KEY_ENV} goes only to the OpenAI API ({OPENAI_HOST}), not to {host}: put that server's "
                 "key in a variable of its own (e.g. MULCOT_TEACHER_KEY) and name it with --api-key-env "
-                "(api_key_env in a recipe)")  # fmt: skip
+                "(api_key_env in a recipe)")
     mulcot_own = key_env.upper().startswith("MULCOT_")
     if not KEY_ENV_PATTERN.match(key_env) or (not mulcot_own and _NOT_AN_API_KEY.search(key_env)):
         return (f"{key_env} is not sent to {host}: only a variable named like an API key (*_KEY, not a secret of "
                 "another kind) or MULCOT_* carries a key to a server, so no other token leaves by mistake; if "
-                f"{host} should get it, copy it into MULCOT_TEACHER_KEY and name that")  # fmt: skip
+                f"{host} should get it, copy it into MULCOT_TEACHER_KEY and name that")
     return None

@@ -161,7 +161,7 @@ def _download_sdist(version: str, into: Path, progress: Progress | None) -> Path
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
         "--disable-pip-version-check", "--quiet", f"{DIST_NAME}=={version}", "-d", str(into),
-    ]  # fmt: skip
+    ]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except OSError as err:  # pragma: no cover - no interpreter to run pip with

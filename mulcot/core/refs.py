@@ -30,7 +30,7 @@ def check_name(name: str, what: str = "run name", flag: str = "--name") -> str:
     """``name`` when it is a safe name (:data:`NAME`), else a one-line refusal naming ``flag``."""
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise MulcotError(f"{what} {name!r} may use only letters, digits, '.', '_' and '-' (starting with a letter "
-                          f"or digit, at most 200): pass another {flag}")  # fmt: skip
+                          f"or digit, at most 200): pass another {flag}")
     return name
 
 
@@ -100,11 +100,11 @@ def resolve_run(store: Store | None, ref: str | os.PathLike[str], runs_dir: str 
     if run is None and store is not None:
         run = store.get_run(run_id)
     base = (meta.get("base") or ((run or {}).get("config") or {}).get("model")
-            or _json(adapter / "adapter_config.json").get("base_model_name_or_path"))  # fmt: skip
+            or _json(adapter / "adapter_config.json").get("base_model_name_or_path"))
     if not base:
         raise NotFoundError(f"{adapter} does not say which base model it adapts (base_model_name_or_path)")
     return RunRef(run_id=str(run_id), kind=run["kind"] if run else None, folder=folder, adapter=adapter,
-                  base_model=str(base))  # fmt: skip
+                  base_model=str(base))
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -151,7 +151,7 @@ def _is_export(path: Path) -> bool:
 
 
 def resolve(store: Store | None, spec: str | os.PathLike[str], runs_dir: str | os.PathLike[str] = "runs", *,
-            allow: tuple[str, ...] = KINDS, what: str = "model") -> Ref:  # fmt: skip
+            allow: tuple[str, ...] = KINDS, what: str = "model") -> Ref:
     """What ``spec`` names, as one of ``allow``'s kinds; anything else is refused in one line naming ``what`` the
     command wanted. A hub id is only recognised, not fetched (loading does that)."""
     text = str(spec)
@@ -168,7 +168,7 @@ def resolve(store: Store | None, spec: str | os.PathLike[str], runs_dir: str | o
         ref = Ref("export", text, path)
     elif path.is_dir() and adapter is None and not (path / "best" / "adapter_config.json").is_file():
         raise MulcotError(f"{text} is neither a run folder (with adapter/), an adapter folder (adapter_config.json), "
-                          "a model folder (config.json) nor an export folder (GGUF files)")  # fmt: skip
+                          "a model folder (config.json) nor an export folder (GGUF files)")
     elif path.is_dir() or (store is not None and store.get_run(text) is not None) or (Path(runs_dir) / text).is_dir():
         run = resolve_run(store, text, runs_dir)
         kind = "adapter" if (path / "adapter_config.json").is_file() or run.folder is None else "run"
@@ -184,7 +184,7 @@ def resolve(store: Store | None, spec: str | os.PathLike[str], runs_dir: str | o
     if ref.kind not in allow:
         want = ", ".join("run" if k == "adapter" else k for k in allow if k != "adapter")
         raise MulcotError(f"{text} is {'an' if ref.kind[0] in 'aeiou' else 'a'} {ref.kind}, but this needs a {what} "
-                          f"({want})")  # fmt: skip
+                          f"({want})")
     return ref
 
 
@@ -215,4 +215,4 @@ def resolve_source(source: str | os.PathLike[str], store: Any = None, *, base_mo
             task = ds["task"] if ds else None
     assert ref.path is not None
     return ExportSource(kind=ref.kind, path=ref.path, base_model=base_model or ref.run.base_model,
-                        adapter=ref.run.adapter, run_id=ref.run.run_id, task=task)  # fmt: skip
+                        adapter=ref.run.adapter, run_id=ref.run.run_id, task=task)

@@ -29,8 +29,6 @@ from mulcot.errors import MulcotError
 class ConfigError(MulcotError):
     """A setting outside what its field allows (names the flag and what is allowed)."""
 
-    exit_code = 2
-
 
 def field_(default: Any = MISSING, help: str = "", **meta: Any) -> Any:
     """A config field: its default and its metadata (see the module docstring)."""
@@ -88,7 +86,7 @@ def validate(config: Any) -> None:
     for f in fields(config):
         value, choices = getattr(config, f.name), f.metadata.get("choices")
         if choices and value is not None and value not in choices:
-            raise ConfigError(f"{flag_name(f)} {value!r} is not one of: {', '.join(map(str, choices))}")
+            raise ConfigError(f"{flag_name(f)} {value!r} is not one of {', '.join(map(str, choices))}")
         problem = field_problem(f, value)
         if problem:
             raise ConfigError(f"{flag_name(f)} {problem}")

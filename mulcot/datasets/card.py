@@ -20,7 +20,7 @@ FORMAT_SOURCES: dict[str, str] = {
                   "(github.com/Link-Li/CLMLF); originally Niu et al., MMM 2016.",
     "mulcot-json": "Posts, images and teacher chains: the MulCoT-RD release (github.com/123sghn/MulCoTRD).",
     "jsonl": "Posts imported from a user's own JSONL file: add its source and terms here before publishing.",
-}  # fmt: skip
+}
 RELEASE_SOURCE = (
     "Teacher chains (and images) from the MulCoT-RD release (github.com/123sghn/MulCoTRD): Shangguan, Yang et al., "
     "\"Resource-Limited Joint Multimodal Sentiment Reasoning and Classification via Chain-of-Thought Enhancement "
@@ -54,7 +54,7 @@ def dataset_card(store: Store, ds: dict[str, Any], by_split: dict[str, list[dict
         "---", "license: other", "task_categories:", "- image-text-to-text", "- text-classification",
         "language:", "- en", "tags:", "- sentiment", "- chain-of-thought", "- multimodal", "- mulcot",
         f"pretty_name: {_yaml_str(name)}", "configs:", "- config_name: default", "  data_files:",
-    ]  # fmt: skip
+    ]
     for split in by_split:
         header += [f"  - split: {split}", f"    path: data/{split}-*.parquet"]
     header.append("---")
@@ -72,5 +72,5 @@ def dataset_card(store: Store, ds: dict[str, Any], by_split: dict[str, list[dict
         "`prediction`, `parse_status` (full, partial, none), `correct` (prediction equals the gold label).",
         "", "```python", "from datasets import load_dataset", "", 'ds = load_dataset("path/to/this/folder")', "```",
         "", "## Sources", "", *[f"- {s}" for s in sources], "", "## Licence", "", LICENCE, "",
-    ]  # fmt: skip
+    ]
     return "\n".join(header + body)

@@ -68,7 +68,7 @@ class SampleRow:
             "aspect": self.aspect, "label": self.label, "image_name": self.image_name,
             "image_path": self.image_path, "image_sha256": self.image_sha256, "has_image": self.has_image,
             "meta": self.meta,
-        }  # fmt: skip
+        }
 
 
 # A reader yields either a row or a problem (a DataError naming file, line and what is wrong).

@@ -15,7 +15,7 @@ from mulcot.store import Store
 
 SAMPLE_COLUMNS = ("id", "split", "text", "aspect", "label", "image")
 CHAIN_COLUMNS = ("chain_id", "source", "model", "stage", "prompt_version", "reasoning", *ANALYSIS_FIELDS, "prediction",
-                 "parse_status", "correct")  # fmt: skip
+                 "parse_status", "correct")
 
 
 def features() -> Any:
@@ -38,7 +38,7 @@ def _image(sample: dict[str, Any]) -> dict[str, Any] | None:
         return {"bytes": path.read_bytes(), "path": path.name}
     except OSError as e:
         raise DataError(f"image of sample '{sample['key']}' cannot be read ({e.strerror}): restore it or re-import",
-                        file=str(path)) from e  # fmt: skip
+                        file=str(path)) from e
 
 
 def rows(store: Store, dataset: str, split: str | None, source: str | None) -> dict[str, list[dict[str, Any]]]:
@@ -50,7 +50,7 @@ def rows(store: Store, dataset: str, split: str | None, source: str | None) -> d
     out: dict[str, list[dict[str, Any]]] = {}
     for s in store.samples(dataset, split):
         base = {"id": s["key"], "split": s["split"], "text": s["text"], "aspect": s["aspect"], "label": s["label"],
-                "image": _image(s)}  # fmt: skip
+                "image": _image(s)}
         empty = dict.fromkeys(CHAIN_COLUMNS)
         for c in chains.get(s["id"]) or [None]:
             row = dict(base, **empty)
@@ -61,7 +61,7 @@ def rows(store: Store, dataset: str, split: str | None, source: str | None) -> d
                     "prediction": c["prediction"], "parse_status": c["parse_status"],
                     "correct": None if not s["label"] or not c["prediction"] else c["prediction"] == s["label"],
                     **{f: c["fields"].get(f) for f in ANALYSIS_FIELDS},
-                })  # fmt: skip
+                })
             out.setdefault(s["split"], []).append(row)
     return out
 

@@ -76,7 +76,7 @@ class ImportReport:
             "text_only": self.text_only, "splits": self.splits, "labels": self.labels,
             "problems": [str(p) for p in self.problems],
             "dropped": [f"{d.file}:{d.line}: {d.reason}" for d in self.dropped],
-        }  # fmt: skip
+        }
 
 
 def _split_files(fmt: str, path: Path, split: str | None) -> list[tuple[Path, str]]:
@@ -121,7 +121,7 @@ def _default_images(fmt: str, path: Path) -> list[Path]:
 
 
 def _read_all(fmt: str, path: Path, split: str | None, split_ratio: Sequence[float] | None,
-              teacher: str) -> tuple[list[str], Iterable]:  # fmt: skip
+              teacher: str) -> tuple[list[str], Iterable]:
     if fmt == "mvsa-raw":
         if not path.is_dir():
             raise DataError("mvsa-raw expects the unpacked archive folder", file=str(path))
@@ -176,7 +176,7 @@ def import_dataset(
     files, rows = _read_all(fmt, path, split, split_ratio, teacher)
     checker = None if no_images else _image_checker(fmt, path, images)
     report = ImportReport(dataset=name, format=fmt, task="", files=files,
-                          images_root=str(checker.root) if checker else None)  # fmt: skip
+                          images_root=str(checker.root) if checker else None)
     good = _check_rows(rows, checker, report, progress)
     report.task = _settle_task(store, name, fmt, good, report)
     if strict and report.problems:
@@ -208,12 +208,12 @@ def _image_checker(fmt: str, path: Path, images: str | Path | None) -> ImageChec
     if found is None:
         looked = ", ".join(str(c) for c in candidates)
         raise DataError(f"no image folder found (looked in {looked}): pass --images DIR, or --no-images to import "
-                        "text only", file=str(path))  # fmt: skip
+                        "text only", file=str(path))
     return ImageChecker(found)
 
 
 def _check_rows(rows: Iterable[Any], checker: ImageChecker | None, report: ImportReport,
-                progress: Progress | None) -> list[SampleRow]:  # fmt: skip
+                progress: Progress | None) -> list[SampleRow]:
     """The rows that import; the others go to the report (problems, or dropped by MVSA's cleaning)."""
     good: list[SampleRow] = []
     for n, item in enumerate(rows, start=1):
@@ -252,19 +252,19 @@ def _settle_task(store: Store, name: str, fmt: str, good: list[SampleRow], repor
     if task == "masc":
         for row in [r for r in good if not r.aspect]:
             report.problems.append(DataError("no aspect in an aspect-level dataset", file=row.file, row=row.line,
-                                             field="aspect"))  # fmt: skip
+                                             field="aspect"))
             good.remove(row)
     return task
 
 
 def _write(store: Store, name: str, fmt: str, path: Path, good: list[SampleRow], report: ImportReport, *,
-           has_images: bool) -> None:  # fmt: skip
+           has_images: bool) -> None:
     """The dataset, its samples and the chains they carry, in one transaction (chains already stored are kept)."""
     with store.transaction():
         report.created = store.upsert_dataset(
             name, task=report.task, format=fmt, source=str(path.resolve()), images_root=report.images_root,
             has_images=has_images,
-        )  # fmt: skip
+        )
         counts = store.upsert_samples(name, (r.record() for r in good))
         report.added, report.updated, report.unchanged = counts.added, counts.updated, counts.unchanged
         for row in good:
@@ -276,5 +276,5 @@ def _write(store: Store, name: str, fmt: str, path: Path, good: list[SampleRow],
                 store.add_reasoning(**chain_row(sample_id=sample_id, source=chain.source, model=chain.model,
                                                 stage=chain.stage, output=chain.raw,
                                                 prompt_version=chain.prompt_version,
-                                                origin=f"{RELEASE_ORIGIN}{row.file}"))  # fmt: skip
+                                                origin=f"{RELEASE_ORIGIN}{row.file}"))
                 report.chains_added += 1

@@ -69,7 +69,7 @@ def read(path: Path, split: str) -> Iterator[RowOrProblem]:
         yield SampleRow(
             split=row_split, key=key, text=text.replace("$T$", aspect or "").strip(), raw_text=text, aspect=aspect,
             label=label, image_name=image or None, file=file, line=number, chains=chains,
-        )  # fmt: skip
+        )
 
 
 def _chains(value: Any, file: str, line: int) -> list[ChainRow]:
@@ -91,5 +91,5 @@ def _chains(value: Any, file: str, line: int) -> list[ChainRow]:
             if chain.get(name) is not None and not isinstance(chain[name], str):
                 raise DataError(f"{where}: {name} is not a string", file=file, row=line, field="chains")
         out.append(ChainRow(raw=raw, source=chain["source"].strip(), stage=chain["stage"].strip(),
-                            model=chain.get("model"), prompt_version=chain.get("prompt_version")))  # fmt: skip
+                            model=chain.get("model"), prompt_version=chain.get("prompt_version")))
     return out

@@ -142,7 +142,7 @@ def read_raw(root: Path, split: str, split_ratio: Sequence[float] | None = None)
         yield SampleRow(
             split=_split_for(key, split_ratio, split), key=key, text=text, raw_text=text, aspect=None, label=label,
             image_name=f"{key}.jpg", file=file, line=number, meta=meta,
-        )  # fmt: skip
+        )
 
 
 def read_clmlf(path: Path, split: str) -> Iterator[RowOrProblem]:
@@ -166,4 +166,4 @@ def read_clmlf(path: Path, split: str) -> Iterator[RowOrProblem]:
         yield SampleRow(
             split=split, key=key, text=text.strip(), raw_text=text, aspect=None, label=label,
             image_name=f"{key}.jpg", file=file, line=number,
-        )  # fmt: skip
+        )

@@ -53,4 +53,4 @@ def read(path: Path, split: str, teacher: str = DEFAULT_TEACHER) -> Iterator[Row
         yield SampleRow(
             split=split, key=key, text=text.strip(), raw_text=text, aspect=aspect.strip() if aspect else None,
             label=label, image_name=image, file=file, line=number, meta=meta, chains=chains,
-        )  # fmt: skip
+        )

@@ -30,7 +30,7 @@ def read(path: Path, split: str) -> Iterator[RowOrProblem]:
             yield DataError(
                 f"expected 5 tab-separated columns (index, label, image, text with $T$, aspect), found {len(cols)}",
                 file=file, row=number,
-            )  # fmt: skip
+            )
             continue
         index, raw_label, image, raw_text, aspect = (c.strip() for c in cols)
         try:
@@ -52,4 +52,4 @@ def read(path: Path, split: str) -> Iterator[RowOrProblem]:
         yield SampleRow(
             split=split, key=index, text=raw_text.replace(PLACEHOLDER, aspect), raw_text=raw_text, aspect=aspect,
             label=label, image_name=image or None, file=file, line=number,
-        )  # fmt: skip
+        )

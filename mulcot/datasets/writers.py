@@ -25,7 +25,7 @@ def _chains_by_sample(store: Store, dataset: str, split: str | None, source: str
 
 
 def _jsonl_records(store: Store, dataset: str, split: str | None, source: str | None,
-                   image_dir: Path | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
+                   image_dir: Path | None = None) -> Iterator[dict[str, Any]]:
     """One record per sample, with its final chains: what ``mulcot data import jsonl`` reads back. Written to a file
     (``image_dir``: its folder), image paths are relative to it: images already under it are named as they are,
     the others are linked (or copied) into ``images/`` there, so the file and its folder import anywhere."""
@@ -44,7 +44,7 @@ def _jsonl_records(store: Store, dataset: str, split: str | None, source: str | 
                  "parse_status": c["parse_status"]}
                 for c in chains.get(s["id"], [])
             ],
-        }  # fmt: skip
+        }
 
 
 def _place_image(sample: dict[str, Any], out_dir: Path, placed: dict[str, str]) -> str:
@@ -58,7 +58,7 @@ def _place_image(sample: dict[str, Any], out_dir: Path, placed: dict[str, str]) 
         return placed[str(path)]
     if not path.is_file():
         raise DataError(f"image of sample '{sample['key']}' is gone: restore it or re-import the dataset",
-                        file=str(path))  # fmt: skip
+                        file=str(path))
     root = out_dir.resolve()
     resolved = path.resolve()
     if resolved.is_relative_to(root):
@@ -79,7 +79,7 @@ def _place_image(sample: dict[str, Any], out_dir: Path, placed: dict[str, str]) 
 
 
 def _sharegpt_records(store: Store, dataset: str, split: str | None, source: str | None, correct_only: bool,
-                      image_dir: Path | None) -> Iterator[dict[str, Any]]:  # fmt: skip
+                      image_dir: Path | None) -> Iterator[dict[str, Any]]:
     task = store.require_dataset(dataset)["task"]
     cot, label_prompt = get_prompt("cot", task), get_prompt("label", task)
     chains = _chains_by_sample(store, dataset, split, source or "teacher")
@@ -131,7 +131,7 @@ def write_dataset_info(data_file: Path) -> Path:
 
 
 def export_dataset(store: Store, dataset: str, fmt: str, out: TextIO | Path, *, split: str | None = None,
-                   source: str | None = None, correct_only: bool = True) -> int:  # fmt: skip
+                   source: str | None = None, correct_only: bool = True) -> int:
     """Write ``dataset`` in ``fmt`` to ``out`` (a path or an open text stream); returns the records written.
 
     JSONL: one sample per line with its final chains, read back by ``mulcot data import jsonl``; written to a file,
@@ -181,7 +181,7 @@ RATING_FORMATS = ("jsonl", "csv")
 RATING_FIELDS = (
     "id", "dataset", "split", "key", "gold", "reasoning_id", "source", "model", "stage", "prompt_version", "run_id",
     "prediction", "faithfulness", "usefulness", "comment", "rater", "created_at",
-)  # fmt: skip
+)
 
 
 def export_ratings(store: Store, out: TextIO | Path, *, dataset: str | None = None, fmt: str = "jsonl") -> int:

@@ -62,7 +62,7 @@ class EvalConfig(Validated):
     per_post: str | None = None  # also write the per-post predictions to this .csv or .jsonl file
     label_scoring: str = field_("choice", "How the label head answers: choice (forced choice: the three answers' "
                                 "log-probabilities, the most probable taken) or generate (generated and parsed).",
-                                choices=("choice", "generate"))  # fmt: skip
+                                choices=("choice", "generate"))
 
     def check(self) -> None:
         if (self.model is None) == (self.source is None):
@@ -98,7 +98,7 @@ class EvalResult:
             "subject": self.subject.public(), "source": self.subject.source, "model": self.subject.model,
             "run_id": self.subject.run_id, "n": self.n, "metrics": self.metrics, "config": self.config,
             "files": self.files, "wall_s": round(self.wall_s, 3), "definitions": METRIC_DEFINITIONS,
-        }  # fmt: skip
+        }
         if per_sample:
             out["per_sample"] = self.per_sample
         return out

@@ -38,7 +38,7 @@ def read_chain_file(path: str | os.PathLike[str], *, field_name: str = "text") -
     stripped = content.lstrip()
     if not stripped:
         raise DataError("empty file: expected a JSON array of chains or JSONL with a "
-                        f"'{field_name}' field per line", file=name)  # fmt: skip
+                        f"'{field_name}' field per line", file=name)
 
     def take(value: Any, line: int) -> str:
         if isinstance(value, str):
@@ -46,7 +46,7 @@ def read_chain_file(path: str | os.PathLike[str], *, field_name: str = "text") -
         if isinstance(value, dict):
             if field_name not in value:
                 raise DataError(f"no '{field_name}' field (keys: {', '.join(map(str, value)) or 'none'})", file=name,
-                                row=line)  # fmt: skip
+                                row=line)
             text = value[field_name]
             if text is None:
                 return ""
@@ -54,7 +54,7 @@ def read_chain_file(path: str | os.PathLike[str], *, field_name: str = "text") -
                 raise DataError(f"'{field_name}' is {type(text).__name__}, not text", file=name, row=line)
             return text
         raise DataError(f"expected an object with a '{field_name}' field or a string, got "
-                        f"{type(value).__name__}", file=name, row=line)  # fmt: skip
+                        f"{type(value).__name__}", file=name, row=line)
 
     if stripped.startswith("["):
         try:
@@ -109,11 +109,11 @@ class FileScores:
 
     def to_dict(self, *, per_pair: bool = True) -> dict[str, Any]:
         return {"preds": self.preds, "refs": self.refs, "n": self.scores.n, **self.scores.to_dict(per_pair=per_pair),
-                "definitions": METRIC_DEFINITIONS}  # fmt: skip
+                "definitions": METRIC_DEFINITIONS}
 
 
 def score_files(preds: str | os.PathLike[str], refs: str | os.PathLike[str], *, field_name: str = "text",
-                progress: Progress | None = None, **options: Any) -> FileScores:  # fmt: skip
+                progress: Progress | None = None, **options: Any) -> FileScores:
     """Score the chains of ``preds`` against those of ``refs`` (paired by order) with the reasoning metrics;
     ``options`` go to :func:`mulcot.metrics.reasoning_metrics` (sim_model, corpus, metrics, nltk_data_dir,
     embedding_cache, …)."""

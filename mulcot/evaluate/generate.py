@@ -52,7 +52,7 @@ def label_scoring_of(row: dict[str, Any]) -> str:
 
 
 def stored_outputs(store: Store, dataset: str, split: str, subject: Subject, stage: str, version: str,
-                   scoring: str | None = None) -> dict[int, dict[str, Any]]:  # fmt: skip
+                   scoring: str | None = None) -> dict[int, dict[str, Any]]:
     """Newest final output per sample of the subject for one stage and prompt version (label answers: only those
     read by ``scoring``, when given)."""
     out: dict[int, dict[str, Any]] = {}
@@ -77,7 +77,7 @@ def attempts(store: Store, config: EvalConfig, subject: Subject, stage: str, ver
     if subject.run_id is None:
         return {}
     done = store.chain_counts(config.dataset, config.split, source=subject.source or "model", stage=stage,
-                              run_id=subject.run_id, prompt_version=version)  # fmt: skip
+                              run_id=subject.run_id, prompt_version=version)
     return {sid: n + 1 for sid, n in done.items()}
 
 
@@ -97,7 +97,7 @@ def settings(config: EvalConfig) -> PredictConfig:
     return PredictConfig(max_tokens=config.max_new_tokens, label_max_tokens=config.label_max_new_tokens,
                          temperature=0.0, max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS,
                          batch_size=config.batch_size, device=config.device, dtype=config.dtype,
-                         load_in_4bit=config.load_in_4bit)  # fmt: skip
+                         load_in_4bit=config.load_in_4bit)
 
 
 def tokenizer_of(subject: Subject) -> str | None:
@@ -121,7 +121,7 @@ def open_subject(subject: Subject, config: EvalConfig) -> Backend:
 
 
 def generate_missing(store: Store, subject: Subject, config: EvalConfig, task: str, items: list[TrainItem],
-                     progress: Progress | None) -> dict[str, Any]:  # fmt: skip
+                     progress: Progress | None) -> dict[str, Any]:
     """Generate chains and label answers (or score the label answers by forced choice) for the items without
     them, storing each as it comes; returns counts (and, through a server, what the serving did under ``served``)."""
     stages: dict[str, tuple[str, str]] = {}
@@ -139,7 +139,7 @@ def generate_missing(store: Store, subject: Subject, config: EvalConfig, task: s
             choices = todo
             continue
         requests += [Request(post=_post(it), prompt=prompt, task=task, tag=it.sample_id,
-                             name=f"sample {it.sample_id} ({prompt})") for it in todo]  # fmt: skip
+                             name=f"sample {it.sample_id} ({prompt})") for it in todo]
     if not requests and not choices:
         return counts
     emit(progress, "eval", message="loading model", done=0, total=None)
@@ -154,7 +154,7 @@ def generate_missing(store: Store, subject: Subject, config: EvalConfig, task: s
         if choices:
             score_choices(store, backend, subject, config, task, choices, posts, progress)
         summary = backend.run(requests, _storer(store, subject, config, stages, len(requests), progress),
-                              stage="eval")  # fmt: skip
+                              stage="eval")
     if backend.kind == "server":
         counts["served"] = summary.as_dict()
     return counts
@@ -165,7 +165,7 @@ def _post(item: TrainItem, *, text_only: bool = False) -> Post:
 
 
 def _storer(store: Store, subject: Subject, config: EvalConfig, stages: dict[str, tuple[str, str]], total: int,
-            progress: Progress | None) -> Callable[[Request, Generated], None]:  # fmt: skip
+            progress: Progress | None) -> Callable[[Request, Generated], None]:
     """Stores each generated answer as it comes."""
     where = origin(subject)
     numbers = {prompt: attempts(store, config, subject, stage, version) for prompt, (stage, version) in stages.items()}
@@ -179,7 +179,7 @@ def _storer(store: Store, subject: Subject, config: EvalConfig, stages: dict[str
             output=gen.text, run_id=subject.run_id, prompt_version=version, origin=where,
             attempt=numbers[request.prompt].get(request.tag, 1), tokens_in=gen.tokens_in, tokens_out=gen.tokens_out,
             latency_s=round(gen.latency_s, 4),
-        ))  # fmt: skip
+        ))
         done += 1
         emit(progress, "eval", message="chains" if stage == STAGE_EVAL else "labels", done=done, total=total)
 
@@ -187,7 +187,7 @@ def _storer(store: Store, subject: Subject, config: EvalConfig, stages: dict[str
 
 
 def score_choices(store: Store, backend: Backend, subject: Subject, config: EvalConfig, task: str,
-                  items: list[TrainItem], posts: list[Post], progress: Progress | None) -> None:  # fmt: skip
+                  items: list[TrainItem], posts: list[Post], progress: Progress | None) -> None:
     """Forced-choice label answers for ``items`` (their ``posts``), a chunk at a time, each chunk stored at once."""
     where = origin(subject, "choice")
     version = get_prompt("label", task).version
@@ -204,6 +204,6 @@ def score_choices(store: Store, backend: Backend, subject: Subject, config: Eval
             rows.append(chain_row(sample_id=sid, source=subject.source or "model", model=subject.model,
                                   stage=STAGE_LABEL, output=format_prediction(c.prediction), run_id=subject.run_id,
                                   prompt_version=version, origin=where, attempt=numbers.get(sid, 1), latency_s=each,
-                                  extra_fields=choice_fields(c)))  # fmt: skip
+                                  extra_fields=choice_fields(c)))
         store.add_reasonings(rows)
         emit(progress, "eval", message="label choices", done=begin + len(scored), total=len(items))

@@ -22,7 +22,7 @@ from mulcot.metrics.paired import paired_comparison, post_clusters
 from mulcot.store import Store
 
 __all__ = ["PER_POST_COLUMNS", "check_per_post_path", "paired_results", "per_post_rows", "post_clusters",
-           "write_per_post"]  # fmt: skip
+           "write_per_post"]
 
 #: The per-post export's columns, in order.
 PER_POST_COLUMNS = ("post_id", "dataset", "split", "gold", "prediction", *(f"p_{lab}" for lab in LABELS))
@@ -32,12 +32,12 @@ def _posts(store: Store, row: dict[str, Any]) -> dict[int, dict[str, Any]]:
     posts = store.eval_posts(row["id"])
     if not posts:
         raise MulcotError(f"evaluation result #{row['id']} has no per-post predictions (stored by an older mulcot): "
-                          "evaluate again to compare post by post, or pass --no-paired")  # fmt: skip
+                          "evaluate again to compare post by post, or pass --no-paired")
     return {p["sample_id"]: p for p in posts}
 
 
 def paired_results(store: Store, rows: Sequence[dict[str, Any]], *, n_boot: int = 2000, seed: int = 0,
-                   confidence: float = 0.95) -> list[dict[str, Any] | None]:  # fmt: skip
+                   confidence: float = 0.95) -> list[dict[str, Any] | None]:
     """For each stored result row after the first, its paired comparison with the first over the posts both scored
     (None for the first): ``{"against": first id, "n", "clusters", "agreement", "mcnemar", "bootstrap"}`` (see
     :func:`mulcot.metrics.paired.paired_comparison`; differences are this result − the first). Raises
@@ -61,12 +61,12 @@ def paired_results(store: Store, rows: Sequence[dict[str, Any]], *, n_boot: int 
         common = sorted(set(first) & set(other))
         if not common:
             raise MulcotError(f"results #{base['id']} and #{row['id']} share no post of {base['dataset']}/"
-                              f"{base['split']}: nothing to compare post by post (pass --no-paired)")  # fmt: skip
+                              f"{base['split']}: nothing to compare post by post (pass --no-paired)")
         gold = [first[i]["gold"] for i in common]
         result = paired_comparison(gold, [first[i]["prediction"] for i in common],
                                    [other[i]["prediction"] for i in common],
                                    clusters=[clusters.get(i, f"sample {i}") for i in common], n_boot=n_boot,
-                                   seed=seed, confidence=confidence)  # fmt: skip
+                                   seed=seed, confidence=confidence)
         out.append({"against": base["id"], **result})
     return out
 
@@ -75,7 +75,7 @@ def per_post_rows(result: dict[str, Any], posts: Iterable[dict[str, Any]]) -> li
     """The export rows (:data:`PER_POST_COLUMNS`) of a result's per-post predictions."""
     return [{"post_id": p["key"], "dataset": result["dataset"], "split": result["split"], "gold": p["gold"],
              "prediction": p["prediction"], **{f"p_{lab}": p.get(f"p_{lab}") for lab in LABELS}}
-            for p in posts]  # fmt: skip
+            for p in posts]
 
 
 def check_per_post_path(path: str | os.PathLike[str]) -> Path:
@@ -100,7 +100,7 @@ def write_per_post(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str])
                 writer = csv.DictWriter(fh, fieldnames=list(PER_POST_COLUMNS))
                 writer.writeheader()
                 writer.writerows({k: "" if row.get(k) is None else row.get(k) for k in PER_POST_COLUMNS}
-                                 for row in rows)  # fmt: skip
+                                 for row in rows)
             else:
                 for row in rows:
                     fh.write(json.dumps({k: row.get(k) for k in PER_POST_COLUMNS}, ensure_ascii=False) + "\n")

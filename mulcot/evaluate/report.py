@@ -45,13 +45,13 @@ def write_outputs(result: EvalResult, folder: str | os.PathLike[str]) -> dict[st
     except OSError as err:
         raise MulcotError(f"cannot create the output folder {out}: {err.strerror or err}") from None
     files = {**result.files, "json": str(out / "result.json"), "per_sample": str(out / "per_sample.jsonl"),
-             "confusion": str(out / "confusion.png")}  # fmt: skip
+             "confusion": str(out / "confusion.png")}
     probs = result.metrics.get("probabilities")
     if probs:
         files["reliability"] = str(out / "reliability.png")
     result.files = files
     (out / "result.json").write_text(json.dumps(_json_safe(result.to_dict()), indent=2, ensure_ascii=False,
-                                                default=str), encoding="utf-8")  # fmt: skip
+                                                default=str), encoding="utf-8")
     with (out / "per_sample.jsonl").open("w", encoding="utf-8") as fh:
         for row in result.per_sample:
             fh.write(json.dumps(_json_safe(row), ensure_ascii=False) + "\n")
@@ -69,7 +69,7 @@ def write_outputs(result: EvalResult, folder: str | os.PathLike[str]) -> dict[st
 
 
 def plot_confusion(heads: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike[str], *,
-                   title: str = "") -> Path:  # fmt: skip
+                   title: str = "") -> Path:
     """One confusion-matrix panel per (title, classification_metrics dict): gold rows × predicted columns, with an
     ``invalid`` column for unparseable predictions; counts in the cells."""
     import matplotlib
@@ -81,7 +81,7 @@ def plot_confusion(heads: Sequence[tuple[str, dict[str, Any]]], path: str | os.P
     for ax, (name, m) in zip(axes[0], heads, strict=True):
         labels = m["labels"]
         matrix = [row + [m["per_label"][lab]["invalid"]] for row, lab in zip(m["confusion_matrix"], labels,
-                                                                            strict=True)]  # fmt: skip
+                                                                            strict=True)]
         cols = [*labels, "invalid"]
         peak = max(1, max(max(r) for r in matrix))
         ax.imshow(matrix, cmap="Blues", vmin=0, vmax=peak)
@@ -110,7 +110,7 @@ def _save(fig: Any, path: str | os.PathLike[str], title: str) -> Path:
 
 
 def plot_reliability(heads: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike[str], *,
-                     title: str = "") -> Path:  # fmt: skip
+                     title: str = "") -> Path:
     """One reliability-diagram panel per (title, :func:`~mulcot.metrics.calibration.probability_metrics`
     dict): per confidence bin, the accuracy of its posts (bars) against the diagonal of perfect calibration, the
     bin's mean confidence (dots) and its post count; ECE in the panel's title."""
@@ -125,9 +125,9 @@ def plot_reliability(heads: Sequence[tuple[str, dict[str, Any]]], path: str | os
         full = [b for b in m["bins"] if b["count"]]
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
         ax.bar([b["low"] for b in full], [b["accuracy"] for b in full], width=width, align="edge",
-               color="tab:blue", edgecolor="black", alpha=0.8, label="accuracy")  # fmt: skip
+               color="tab:blue", edgecolor="black", alpha=0.8, label="accuracy")
         ax.scatter([b["confidence"] for b in full], [b["confidence"] for b in full], color="tab:orange", zorder=3,
-                   s=14, label="mean confidence")  # fmt: skip
+                   s=14, label="mean confidence")
         for b in full:
             ax.text(b["low"] + width / 2, min(b["accuracy"], 0.9) + 0.03, str(b["count"]), ha="center", fontsize=8)
         ax.set_xlim(0, 1)
@@ -151,7 +151,7 @@ def paper_row(result: dict[str, Any]) -> dict[str, Any]:
         "accuracy": head.get("accuracy"), "f1": head.get("f1"), "f1_name": m.get("f1_reported"),
         "from": head.get("from"), "consistency": m.get("consistency"),
         "gold_conditioned": bool(m.get("gold_conditioned")),
-    }  # fmt: skip
+    }
     for k in REASONING_METRICS:
         row[k] = values.get(k)
     return row
@@ -162,7 +162,7 @@ def paper_row(result: dict[str, Any]) -> dict[str, Any]:
 
 def _row_dict(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in ("id", "dataset", "split", "source", "model", "run_id", "n", "metrics", "config",
-                                "created_at") if k in row}  # fmt: skip
+                                "created_at") if k in row}
 
 
 def posts_key(row: dict[str, Any]) -> tuple:
@@ -186,7 +186,7 @@ def list_results(store: Store, *, dataset: str | None = None, split: str | None 
 
 
 def compare_results(store: Store, specs: Sequence[str], *, dataset: str | None = None,
-                    split: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                    split: str | None = None) -> list[dict[str, Any]]:
     """Stored evaluation results for each spec, in order: an eval result id (``12`` or ``#12``), else a result of a
     run id, else of a source name, else of a model (optionally within one dataset / split). A name means the latest
     of its results scored on the same posts as the results named by id (else its latest); each such row says which
@@ -196,11 +196,11 @@ def compare_results(store: Store, specs: Sequence[str], *, dataset: str | None =
         stored = list_results(store, dataset=dataset, split=split)
         if not stored:
             raise MulcotError("no evaluation results stored yet: run `mulcot eval DATASET --source teacher` (or "
-                              "--model runs/NAME) first")  # fmt: skip
+                              "--model runs/NAME) first")
         shown = "; ".join(describe_result(r) for r in stored[-3:])
         raise MulcotError(f"name the results to compare: ids or run/source names, e.g. mulcot eval compare "
                           f"{' '.join(str(r['id']) for r in stored[-2:])} (latest: {shown}; all: mulcot eval "
-                          "list)")  # fmt: skip
+                          "list)")
     rows = store.eval_results(dataset)
     by_id = {r["id"]: r for r in rows} if dataset is None else {r["id"]: r for r in store.eval_results()}
     scoped = [r for r in rows if split is None or r["split"] == split]

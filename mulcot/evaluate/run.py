@@ -140,7 +140,7 @@ def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = No
             emit(progress, "eval", "info", message=warning, warning=True)
     what = re.sub(r"[^A-Za-z0-9._-]+", "-", str(config.model or config.source)).strip("-")
     with store.run(f"eval-{what}-{config.dataset}-{config.split}", kind="eval", dataset=config.dataset,
-                   config=record) as run:  # fmt: skip
+                   config=record) as run:
         result = _evaluate(store, config, progress)
         run.metrics = {"eval_result": result.id, "n": result.n, **paper_row(result.to_dict())}
     return result
@@ -158,7 +158,7 @@ class Gathered:
 
 
 def gather(store: Store, config: EvalConfig, task: str, gold_by_id: dict[int, str],
-           progress: Progress | None) -> Gathered:  # fmt: skip
+           progress: Progress | None) -> Gathered:
     """Model mode: the model's chains and label answers, generated where missing; source mode: one stored model's
     chains (:func:`choose_group`) and their label answers."""
     from mulcot.core.inputs import sample_items
@@ -169,7 +169,7 @@ def gather(store: Store, config: EvalConfig, task: str, gold_by_id: dict[int, st
         generated = generate_missing(store, subject, config, task, items, progress)
         outputs = {stage: stored_outputs(store, config.dataset, config.split, subject, stage,
                                          get_prompt(prompt, task).version, config.label_scoring)
-                   for prompt, stage in (("cot", STAGE_EVAL), ("label", STAGE_LABEL))}  # fmt: skip
+                   for prompt, stage in (("cot", STAGE_EVAL), ("label", STAGE_LABEL))}
         chains = {sid: r for sid, r in outputs[STAGE_EVAL].items() if sid in gold_by_id}
         label_rows = {sid: r for sid, r in outputs[STAGE_LABEL].items() if sid in gold_by_id}
         return Gathered(subject, chains, label_rows, {"generated": generated})
@@ -199,9 +199,9 @@ def classify(task: str, ids: list[int], gold_by_id: dict[int, str], got: Gathere
     label_ids = [i for i in ids if i in label_rows]
     if label_ids:
         metrics["label"] = classification_metrics([gold_by_id[i] for i in label_ids],
-                                                  [label_rows[i]["prediction"] for i in label_ids])  # fmt: skip
+                                                  [label_rows[i]["prediction"] for i in label_ids])
         metrics["consistency"] = consistency([chains[i]["prediction"] for i in label_ids],
-                                             [label_rows[i]["prediction"] for i in label_ids])  # fmt: skip
+                                             [label_rows[i]["prediction"] for i in label_ids])
     else:
         metrics["label"] = metrics["consistency"] = None
     metrics["consistency_n"] = len(label_ids)
@@ -225,7 +225,7 @@ def classify(task: str, ids: list[int], gold_by_id: dict[int, str], got: Gathere
 
 
 def reference_rows(store: Store, config: EvalConfig, subject: Subject,
-                   gold_by_id: dict[int, str]) -> tuple[str | None, dict[int, dict[str, Any]]]:  # fmt: skip
+                   gold_by_id: dict[int, str]) -> tuple[str | None, dict[int, dict[str, Any]]]:
     """The references' source (default the teacher; none when the teacher itself is evaluated) and its chosen
     chain per sample (:func:`select_references`)."""
     refs_name = config.refs
@@ -243,16 +243,16 @@ def reference_rows(store: Store, config: EvalConfig, subject: Subject,
 
 def score_reasoning(config: EvalConfig, ids: list[int], chains: dict[int, dict[str, Any]], refs_name: str | None,
                     ref_rows: dict[int, dict[str, Any]],
-                    progress: Progress | None) -> tuple[dict[str, Any], dict[str, dict[int, float]]]:  # fmt: skip
+                    progress: Progress | None) -> tuple[dict[str, Any], dict[str, dict[int, float]]]:
     """Reasoning metrics of the chains against their references (Distinct-n over every chain); returns the
     result's ``reasoning`` section and the per-pair values per metric."""
     paired = [i for i in ids if i in ref_rows]
     texts = {i: _text(chains[i], canonical=False) for i in ids}
     reasoning: dict[str, Any] = {"refs": refs_name, "pairs": len(paired), "missing_refs": len(ids) - len(paired),
-                                 "subject_text": "raw output", "reference_text": "canonical text"}  # fmt: skip
+                                 "subject_text": "raw output", "reference_text": "canonical text"}
     per_pair: dict[str, dict[int, float]] = {}
     common = dict(sim_model=config.sim_model, corpus=config.corpus, nltk_data_dir=config.nltk_data_dir,
-                  embedding_cache=True if config.embedding_cache else None)  # fmt: skip
+                  embedding_cache=True if config.embedding_cache else None)
     chosen = list(normalize_metric_names(config.metrics))
     ref_metrics = [m for m in chosen if not m.startswith("distinct")]
     distinct_metrics = [m for m in chosen if m.startswith("distinct")]
@@ -260,13 +260,13 @@ def score_reasoning(config: EvalConfig, ids: list[int], chains: dict[int, dict[s
     if paired and ref_metrics:
         scores = reasoning_metrics([texts[i] for i in paired], [_text(ref_rows[i], canonical=True) for i in paired],
                                    metrics=chosen if len(paired) == len(ids) else ref_metrics,
-                                   progress=progress, **common)  # type: ignore[arg-type]  # fmt: skip
+                                   progress=progress, **common)  # type: ignore[arg-type]
         for m, values in scores.per_pair.items():
             per_pair[m] = dict(zip(paired, values, strict=True))
     if distinct_metrics and (scores is None or len(paired) != len(ids)):
         every = [texts[i] for i in ids]
         distinct = reasoning_metrics(every, every, metrics=distinct_metrics, progress=progress,
-                                     **{**common, "sim_model": None})  # type: ignore[arg-type]  # fmt: skip
+                                     **{**common, "sim_model": None})  # type: ignore[arg-type]
         for m, values in distinct.per_pair.items():
             per_pair[m] = dict(zip(ids, values, strict=True))
         if scores is None:
@@ -294,7 +294,7 @@ def score_reasoning(config: EvalConfig, ids: list[int], chains: dict[int, dict[s
 
 def per_sample_rows(ids: list[int], samples: dict[int, dict[str, Any]], got: Gathered,
                     ref_rows: dict[int, dict[str, Any]],
-                    per_pair: dict[str, dict[int, float]]) -> list[dict[str, Any]]:  # fmt: skip
+                    per_pair: dict[str, dict[int, float]]) -> list[dict[str, Any]]:
     """One row per scored sample: gold, the chain's and the label head's predictions, the reference, the metrics."""
     out = []
     for i in ids:
@@ -303,7 +303,7 @@ def per_sample_rows(ids: list[int], samples: dict[int, dict[str, Any]], got: Gat
                "chain_stage": chain["stage"], "chain_prediction": chain["prediction"],
                "label_id": label["id"] if label else None, "label_prediction": label["prediction"] if label else None,
                "label_probabilities": (got.probs or {}).get(i),
-               "ref_id": ref_rows[i]["id"] if i in ref_rows else None}  # fmt: skip
+               "ref_id": ref_rows[i]["id"] if i in ref_rows else None}
         for m, values in per_pair.items():
             row[m] = values.get(i)
         out.append(row)
@@ -323,7 +323,7 @@ def post_rows(ids: list[int], samples: dict[int, dict[str, Any]], got: Gathered,
             "chain_prediction": chain["prediction"], "chain_id": chain["id"],
             "label_prediction": label["prediction"] if label else None, "label_id": label["id"] if label else None,
             **{f"p_{lab}": p.get(lab) for lab in LABELS},
-        })  # fmt: skip
+        })
     return out
 
 
@@ -351,7 +351,7 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
         "samples": len(samples), "unlabelled_skipped": len(samples) - sum(1 for s in samples if s["label"]),
         "limit": config.limit, "considered": len(gold_by_id), "evaluated": len(ids),
         "without_chain": len(gold_by_id) - len(ids), "without_label_answer": len(ids) - len(label_ids),
-    }  # fmt: skip
+    }
     metrics.update(got.provenance)
     refs_name, ref_rows = reference_rows(store, config, subject, gold_by_id)
     metrics["reasoning"], per_pair = score_reasoning(config, ids, got.chains, refs_name, ref_rows, progress)
@@ -364,11 +364,11 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
     public["samples_sha256"] = hashlib.sha256(",".join(map(str, sorted(ids))).encode()).hexdigest()[:16]
     result = EvalResult(id=None, dataset=config.dataset, split=config.split, task=task, subject=subject, n=len(ids),
                         metrics=metrics, config=public,
-                        per_sample=per_sample_rows(ids, by_id, got, ref_rows, per_pair))  # fmt: skip
+                        per_sample=per_sample_rows(ids, by_id, got, ref_rows, per_pair))
     posts = post_rows(ids, by_id, got, metrics["headline"]["from"])
     result.id = store.add_eval_result(dataset=config.dataset, split=config.split, metrics=metrics, n=len(ids),
                                       source=subject.source, model=subject.model, run_id=subject.run_id,
-                                      config=public, posts=posts)  # fmt: skip
+                                      config=public, posts=posts)
     result.wall_s = time.perf_counter() - began
     if config.per_post is not None:
         path = write_per_post(per_post_rows(result.to_dict(), posts), config.per_post)

@@ -77,7 +77,7 @@ def _adapter_subject(store: Store, ref: RunRef) -> Subject:
         kind="model", name=ref.run_id, source=run_source(store, ref.run_id, ref.kind), run_id=ref.run_id,
         model=ref.base_model, adapter=str(ref.adapter), folder=str(ref.folder) if ref.folder else None,
         run_kind=ref.kind, adapter_sha256=adapter_digest(ref.adapter),
-    )  # fmt: skip
+    )
 
 
 def _gguf_subject(path: Path) -> Subject:
@@ -91,7 +91,7 @@ def _gguf_subject(path: Path) -> Subject:
     listed = {f.get("path"): f.get("sha256") for f in (read_manifest(text.parent) or {}).get("files", [])}
     digest = listed.get(text.name) or sha256_file(text)
     return Subject(kind="model", name=text.name, source=SOURCE_GGUF, model=text.name, folder=str(text.parent),
-                   adapter_sha256=digest, gguf=str(path))  # fmt: skip
+                   adapter_sha256=digest, gguf=str(path))
 
 
 def resolve_model(store: Store, spec: str, runs_dir: str | os.PathLike[str] = "runs") -> Subject:
@@ -99,7 +99,7 @@ def resolve_model(store: Store, spec: str, runs_dir: str | os.PathLike[str] = "r
     name, in the store or under ``runs_dir``), a model folder (``config.json``), an export folder or GGUF file
     (llama.cpp) or else a hub id."""
     ref = resolve(store, spec, runs_dir, allow=("run", "adapter", "model", "hub", "export", "gguf"),
-                  what="model to evaluate")  # fmt: skip
+                  what="model to evaluate")
     if ref.run is not None:
         return _adapter_subject(store, ref.run)
     if ref.kind in ("export", "gguf"):
@@ -182,7 +182,7 @@ def choose_group(rows: Iterable[dict[str, Any]]) -> tuple[tuple[str, str | None,
     best = max(samples, key=lambda k: (len(samples[k]), newest[k]))
     ordered = sorted(samples, key=lambda k: (-len(samples[k]), -newest[k]))
     return best, [{"source": k[0], "model": k[1], "run_id": k[2], "samples": len(samples[k]), "chosen": k == best}
-                  for k in ordered]  # fmt: skip
+                  for k in ordered]
 
 
 def _ref_rank(row: dict[str, Any]) -> int:

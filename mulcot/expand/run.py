@@ -44,7 +44,7 @@ class ExpandConfig(Validated):
     device: str | None = field_(None, "cuda, mps or cpu (default: best available).")
     dtype: str | None = field_(None, "bf16, fp16 or fp32.")
     gguf: str | None = field_(None, "Generate with the assistant's GGUF export (an export folder or a text GGUF) "
-                              "instead of transformers.")  # fmt: skip
+                              "instead of transformers.")
     # generate through an OpenAI-compatible server instead of in-process (the command's server options)
     server: ServerConfig | None = field_(None, "", cli=False)
 
@@ -61,7 +61,7 @@ class ExpandConfig(Validated):
         """The decoding and input settings of the generation backend."""
         return PredictConfig(max_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
                              seed=self.seed, max_pixels=self.max_pixels, batch_size=self.batch_size,
-                             device=self.device, dtype=self.dtype)  # fmt: skip
+                             device=self.device, dtype=self.dtype)
 
 
 @dataclass
@@ -101,11 +101,11 @@ def expand(store: Store, config: ExpandConfig, progress: Progress | None = None)
     if config.limit is not None:
         items = items[: config.limit]
     done = store.chain_counts(config.dataset, "train", source="assistant", stage=EXPAND, run_id=ref.run_id,
-                              prompt_version=cot.version)  # fmt: skip
+                              prompt_version=cot.version)
     todo = [it for it in items if done.get(it.sample_id, 0) < config.n]
     summary = ExpandSummary(run_id=ref.run_id, skipped_done=len(items) - len(todo))
     record = {"assistant": ref.run_id, "adapter": str(ref.adapter), "base_model": ref.base_model,
-              **{k: v for k, v in asdict(config).items() if k not in ("dataset", "assistant", "server")}}  # fmt: skip
+              **{k: v for k, v in asdict(config).items() if k not in ("dataset", "assistant", "server")}}
     if config.server is not None:
         from mulcot.generation.server import check_server, served_identity
 
@@ -115,7 +115,7 @@ def expand(store: Store, config: ExpandConfig, progress: Progress | None = None)
         for warning in summary.warnings:
             emit(progress, "expand", "info", message=warning, warning=True)
     with store.run(f"expand-{ref.run_id}-{config.dataset}", kind="expand", dataset=config.dataset,
-                   config=record) as run:  # fmt: skip
+                   config=record) as run:
         run.metrics = summary
         if todo:
             with _open(config, ref) as backend:
@@ -138,7 +138,7 @@ def _open(config: ExpandConfig, ref: RunRef) -> Backend:
 
 def _generate(store: Store, backend: Backend, config: ExpandConfig, ref: RunRef, task: str, version: str,
               todo: list[Any], done: dict[int, int], summary: ExpandSummary,
-              progress: Progress | None) -> None:  # fmt: skip
+              progress: Progress | None) -> None:
     """Sample the missing chains, storing each as it is generated. A sample's k-th chain is seeded
     ``seed + 1000·sample_id + k`` (the first of a batch seeds the batch in-process)."""
     requests = [
@@ -148,7 +148,7 @@ def _generate(store: Store, backend: Backend, config: ExpandConfig, ref: RunRef,
                 seed=config.seed + 1000 * it.sample_id + done.get(it.sample_id, 0), tag=it.sample_id,
                 name=f"sample {it.sample_id} chain {done.get(it.sample_id, 0) + 1}")
         for it in todo
-    ]  # fmt: skip
+    ]
     total = sum(r.n for r in requests)
     touched: set[int] = set()
     numbered = dict(done)  # a sample's chains so far: the next one's attempt number (one row each)
@@ -159,7 +159,7 @@ def _generate(store: Store, backend: Backend, config: ExpandConfig, ref: RunRef,
             sample_id=request.tag, source="assistant", model=ref.base_model, stage=EXPAND, output=gen.text,
             run_id=ref.run_id, prompt_version=version, origin="expand", attempt=numbered[request.tag],
             tokens_in=gen.tokens_in, tokens_out=gen.tokens_out, latency_s=round(gen.latency_s, 4),
-        ))  # fmt: skip
+        ))
         summary.generated += 1
         touched.add(request.tag)
         summary.samples = len(touched)

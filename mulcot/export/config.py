@@ -22,7 +22,7 @@ class ExportConfig(Validated):
     quants: tuple[str, ...] = ("q4_k_m",)
     gguf: bool = True  # False: stop after the merged Hugging Face folder
     outtype: str = field_("f16", "f16, bf16 or f32 for the converted text GGUF (the mmproj is f16, or f32 with f32).",
-                          choices=OUTTYPES)  # fmt: skip
+                          choices=OUTTYPES)
     llama_cpp_dir: str | None = None  # a llama.cpp checkout / sdist (default: the installed version's sdist)
     name: str | None = None  # file name stem (default: the run name)
     base_model: str | None = None  # override the adapter's recorded base model
@@ -36,7 +36,7 @@ class ExportConfig(Validated):
     def check(self) -> None:
         if self.verify is not None and not self.gguf:
             raise ConfigError("--verify scores the exported GGUF files against the merged model, and an export made "
-                              "with --no-gguf has none: leave out --no-gguf")  # fmt: skip
+                              "with --no-gguf has none: leave out --no-gguf")
         if self.verify is not None and not self.verify_dataset:
             raise ConfigError("--verify N scores N posts of a dataset in the store: pass --verify-dataset NAME")
 

@@ -33,7 +33,7 @@ def _failure_reason(output: str, fallback: str) -> str:
 
 
 def _run_tool(tool: str, cmd: list[str], tmp: Path, log_file: str | os.PathLike[str] | None,
-              env: dict[str, str] | None = None) -> None:  # fmt: skip
+              env: dict[str, str] | None = None) -> None:
     """Run llama.cpp's ``tool`` (converter or quantizer) writing ``tmp``; its output goes to ``log_file``.
     Raises :class:`ModelError` with the telling line (and removes ``tmp``) when it fails."""
     try:
@@ -49,7 +49,7 @@ def _run_tool(tool: str, cmd: list[str], tmp: Path, log_file: str | os.PathLike[
     tmp.unlink(missing_ok=True)
     if "No module named 'llama_cpp'" in output:
         raise ModelError(f"llama.cpp's {tool} needs llama-cpp-python, which is not installed: "
-                         "pip install llama-cpp-python")  # fmt: skip
+                         "pip install llama-cpp-python")
     reason = _failure_reason(output, f"the {tool} exited with {done.returncode}")
     where = f" (full log: {log_file})" if log_file else ""
     raise ModelError(f"llama.cpp's {tool} failed: {reason}{where}")

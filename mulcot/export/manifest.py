@@ -56,11 +56,11 @@ def _file_entry(out: Path, path: Path, role: str, kind: str | None, previous: di
     else:
         digest = sha256_file(path)
     return {"path": rel, "role": role, "type": kind, "bytes": stat.st_size, "sha256": digest,
-            "mtime_ns": stat.st_mtime_ns}  # fmt: skip
+            "mtime_ns": stat.st_mtime_ns}
 
 
 def _verify_section(new: dict[str, Any] | None, old: dict[str, Any] | None,
-                    files: list[dict[str, Any]]) -> dict[str, Any] | None:  # fmt: skip
+                    files: list[dict[str, Any]]) -> dict[str, Any] | None:
     """``--verify``'s figures with each GGUF's sha256 (new), else an earlier export's when the files are the same."""
     from mulcot.export.verify import still_valid
 
@@ -74,7 +74,7 @@ def _verify_section(new: dict[str, Any] | None, old: dict[str, Any] | None,
 
 def write_manifest(out: Path, result: ExportResult, source: ExportSource, config: ExportConfig,
                    quants: tuple[str, ...], names: dict[str, str], *,
-                   adapter_sha256: str | None = None) -> dict[str, Any]:  # fmt: skip
+                   adapter_sha256: str | None = None) -> dict[str, Any]:
     """Write ``manifest.json`` (and, with GGUF files, the ``Modelfile``); returns the manifest."""
     from mulcot.core.prompts import PROMPT_NAMES, TASKS, get_prompt
 
@@ -89,7 +89,7 @@ def write_manifest(out: Path, result: ExportResult, source: ExportSource, config
         files.append(_file_entry(out, Path(result.text_gguf), "gguf-text", config.outtype, previous))
         if result.mmproj_gguf:  # a text-only backbone has no vision projector
             files.append(_file_entry(out, Path(result.mmproj_gguf), "gguf-mmproj", outtype_mmproj(config.outtype),
-                                     previous))  # fmt: skip
+                                     previous))
     for q, path in result.quantized.items():
         files.append(_file_entry(out, Path(path), "gguf-quant", q, previous))
     modelfile = None

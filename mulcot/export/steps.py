@@ -146,11 +146,11 @@ class _Steps:
             return hf_dir, digest
         if problem == "a merge of a different adapter" and not self.config.force:
             raise ExportError("merge", f"{hf_dir} holds {problem}: pass --force to redo the export, or use "
-                                       "another --out")  # fmt: skip
+                                       "another --out")
         self.say("merge", "start", f"merging {source.adapter} into {source.base_model}")
         try:
             merge_adapter(source.base_model, source.adapter, hf_dir, dtype=self.config.dtype, digest=digest,
-                          progress=self.progress)  # fmt: skip
+                          progress=self.progress)
         except ExportError:
             raise
         except MulcotError as err:
@@ -187,7 +187,7 @@ class _Steps:
                 self.say(step, "start", f"llama.cpp converter → {target.name}")
                 futures[step] = pool.submit(convert_to_gguf, hf_dir, target, mmproj=role == "mmproj", outtype=kind,
                                             llama_cpp_dir=self.config.llama_cpp_dir,
-                                            log_file=self.out / LOG_DIR / f"{step}.log", model_name=name)  # fmt: skip
+                                            log_file=self.out / LOG_DIR / f"{step}.log", model_name=name)
             errors = {step: f.exception() for step, f in futures.items()}
         for step, (_role, target, _, t0) in jobs.items():
             err = errors[step]
@@ -211,7 +211,7 @@ class _Steps:
                 self.say(step, "start", f"llama.cpp quantizer → {names[q]}")
                 try:
                     quantize_gguf(self.out / names["text"], target, q, threads=self.config.threads,
-                                  log_file=self.out / LOG_DIR / f"{step}.log")  # fmt: skip
+                                  log_file=self.out / LOG_DIR / f"{step}.log")
                 except MulcotError as err:
                     raise ExportError(step, str(err)) from err
                 self.record(step, "done", [target], t0)
@@ -220,7 +220,7 @@ class _Steps:
 
 
 def _export(config: ExportConfig, source: ExportSource, name: str, quants: tuple[str, ...], progress: Progress | None,
-            posts: tuple[list[dict[str, Any]], str] | None = None) -> ExportResult:  # fmt: skip
+            posts: tuple[list[dict[str, Any]], str] | None = None) -> ExportResult:
     start = time.perf_counter()
     out = Path(config.out).expanduser()
     _prepare_out(out, config.force)
@@ -237,7 +237,7 @@ def _export(config: ExportConfig, source: ExportSource, name: str, quants: tuple
 
     hf_dir, digest = run.merge(source)
     result = ExportResult(out=str(out), name=name, family=_family(str(hf_dir)), source_kind=source.kind,
-                          run_id=source.run_id, base_model=source.base_model, hf_dir=str(hf_dir))  # fmt: skip
+                          run_id=source.run_id, base_model=source.base_model, hf_dir=str(hf_dir))
     names = gguf_names(name, config.outtype, quants)
     if config.gguf:
         text_new = run.convert(hf_dir, roles, names, name)
@@ -253,7 +253,7 @@ def _export(config: ExportConfig, source: ExportSource, name: str, quants: tuple
         run.say("verify", "start", f"scoring {len(posts[0])} posts of {config.verify_dataset}/{config.verify_split}")
         settings = PredictConfig(n_threads=config.threads, batch_size=8)
         result.verify = verify_export(result, posts[0], posts[1], dataset=str(config.verify_dataset),
-                                      split=config.verify_split, config=settings, progress=progress)  # fmt: skip
+                                      split=config.verify_split, config=settings, progress=progress)
         agree = ", ".join(f"{q} {100 * v['agreement']:.1f}%" for q, v in result.verify["gguf"].items())
         run.record("verify", "done", [], t0, f"agreement with the merged model: {agree}")
 
@@ -268,7 +268,7 @@ def _export(config: ExportConfig, source: ExportSource, name: str, quants: tuple
     result.manifest = str(out / MANIFEST)
     result.modelfile = str(out / MODELFILE) if config.gguf else None
     run.record("manifest", "done", [Path(result.manifest)] + ([Path(result.modelfile)] if result.modelfile else []),
-               t0, f"{len(manifest['files'])} files")  # fmt: skip
+               t0, f"{len(manifest['files'])} files")
     result.steps = run.results
     result.wall_s = round(time.perf_counter() - start, 3)
     return result

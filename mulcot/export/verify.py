@@ -56,12 +56,12 @@ def _posts(samples: list[dict[str, Any]], text_only: bool) -> list[Post]:
         if image is not None and not Path(image).is_file():
             raise VerifyError(f"image of sample {s['key']} not found: {image}")
         out.append(Post(text=s["text"], aspect=s["aspect"], image=image,
-                        caption=meta.get("caption") if isinstance(meta, dict) else None))  # fmt: skip
+                        caption=meta.get("caption") if isinstance(meta, dict) else None))
     return out
 
 
 def verify_export(result: Any, samples: list[dict[str, Any]], task: str, *, dataset: str, split: str,
-                  config: PredictConfig | None = None, progress: Progress | None = None) -> dict[str, Any]:  # fmt: skip
+                  config: PredictConfig | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Score ``samples`` with the merged model of ``result`` (an :class:`~mulcot.export.config.ExportResult`) and
     each of its GGUFs; returns the manifest's ``verify`` section (see the module doc; the manifest adds each
     file's sha256)."""
@@ -71,13 +71,13 @@ def verify_export(result: Any, samples: list[dict[str, Any]], task: str, *, data
     files = {_outtype(result): result.text_gguf, **result.quantized}
     started = time.perf_counter()
     emit(progress, "export", "start", step="verify", status="start",
-         message=f"scoring {len(samples)} posts with the merged model")  # fmt: skip
+         message=f"scoring {len(samples)} posts with the merged model")
     with open_backend("hf", model=result.hf_dir, config=config) as hf:
         reference = hf.score_labels(_posts(samples, hf.text_only), task)
     ref_pred = [c.prediction for c in reference]
     out: dict[str, Any] = {"dataset": dataset, "split": split, "n": len(samples), "method": "forced choice",
                            "hf": {"accuracy": sum(g == p for g, p in zip(gold, ref_pred, strict=True)) / len(gold)},
-                           "gguf": {}}  # fmt: skip
+                           "gguf": {}}
     for quant, path in files.items():
         emit(progress, "export", "start", step="verify", status="start", message=f"scoring with {Path(path).name}")
         with open_backend("gguf", gguf=path, mmproj=result.mmproj_gguf, config=config) as gg:
@@ -85,14 +85,14 @@ def verify_export(result: Any, samples: list[dict[str, Any]], task: str, *, data
         pred = [c.prediction for c in got]
         paired = paired_comparison(gold, ref_pred, pred, clusters=[clusters[s["id"]] for s in samples])
         diffs = [abs(a.probabilities[lab] - b.probabilities[lab]) for a, b in zip(reference, got, strict=True)
-                 for lab in LABELS]  # fmt: skip
+                 for lab in LABELS]
         boot = paired["bootstrap"]
         out["gguf"][quant] = {
             "file": Path(path).name,
             "agreement": paired["agreement"], "accuracy": boot["accuracy_b"], "accuracy_diff": boot["accuracy"],
             "mcnemar_p": paired["mcnemar"]["p_value"],
             "max_abs_prob_diff": max(diffs), "mean_abs_prob_diff": sum(diffs) / len(diffs),
-        }  # fmt: skip
+        }
     out["seconds"] = round(time.perf_counter() - started, 1)
     return out
 

@@ -53,7 +53,7 @@ class PredictConfig(Validated):
     top_p: float = field_(1.0, "Nucleus sampling (temperature > 0).", above=0, max=1)
     seed: int = field_(0, "Sampling seed.")
     n_threads: int | None = field_(None, "llama.cpp threads (default: half the logical cores, as llama-cpp-python).",
-                                   min=1)  # fmt: skip
+                                   min=1)
     ctx: int = field_(4096, "llama.cpp context length (tokens).", min=1)
     # read the GGUF into memory (False) or map it (True). Reading is the default: llama.cpp repacks Q4_K / Q8_0
     # weights for the CPU, and a mapped file then stays resident beside the repacked copy (+27% peak RSS measured)
@@ -186,7 +186,7 @@ class Backend:
         """Why this backend cannot score ``posts``' label answers by forced choice (one line naming what to do), or
         None when it can; asked before anything is generated or stored. By default: it cannot."""
         return (f"the {self.kind or type(self).__name__} backend cannot score label answers by forced choice (it gives "
-                "no log-probabilities): pass --label-scoring generate")  # fmt: skip
+                "no log-probabilities): pass --label-scoring generate")
 
     def score_labels(self, posts: Sequence[Post], task: str) -> list[LabelChoice]:
         """Forced-choice scores of the label prompt (P_label of ``task``) for each post, in order
@@ -196,7 +196,7 @@ class Backend:
 
     def run(self, requests: Iterable[Request], on_answer: OnAnswer, *, progress: Progress | None = None,
             stage: str = "generate", total: int | None = None, message: str = "",
-            stop: Callable[[], bool] | None = None) -> RunSummary:  # fmt: skip
+            stop: Callable[[], bool] | None = None) -> RunSummary:
         """Answer every request, calling ``on_answer(request, answer)`` for each answer as it exists (on this
         thread: store it there). Consecutive requests with the same prompt and task share a batch."""
         summary = RunSummary()

@@ -59,7 +59,7 @@ class LabelChoice:
 
     def to_dict(self) -> dict[str, Any]:
         return {"sample_id": self.sample_id, "prediction": self.prediction, "probabilities": self.probabilities,
-                "log_probs": self.log_probs, "tokens": self.tokens}  # fmt: skip
+                "log_probs": self.log_probs, "tokens": self.tokens}
 
 
 def end_of_turn_id(processor: Any) -> int:
@@ -90,7 +90,7 @@ def choice_texts(processor: Any, item: TrainItem, task: str, *, text_only: bool 
 
 
 def scored_span(sequences: Sequence[Sequence[int]], end_of_turn: int, *,
-                include_end_of_turn: bool = True) -> tuple[int, list[int]]:  # fmt: skip
+                include_end_of_turn: bool = True) -> tuple[int, list[int]]:
     """Where the labels' token sequences are scored: ``start`` = the length of their common prefix (the first
     position where any differs) and, per sequence, ``end`` (exclusive) = just past its first end-of-turn token at
     or after ``start`` (just before it with ``include_end_of_turn=False``; the sequence's end when it has none).
@@ -129,7 +129,7 @@ def choice_from_scores(sample_id: int, log_probs: dict[str, float], tokens: dict
 
 def score_labels(model: Any, processor: Any, items: Sequence[TrainItem], task: str, *, batch_size: int = 8,
                  max_pixels: int = DEFAULT_MAX_PIXELS, end_of_turn: bool = True, shared_prefix: bool | None = None,
-                 progress: Progress | None = None) -> list[LabelChoice]:  # fmt: skip
+                 progress: Progress | None = None) -> list[LabelChoice]:
     """Forced-choice scores of the three labels for each item (see the module doc), in the items' order.
 
     ``batch_size`` items go through the model at once (three sequences each); ``max_pixels`` downsizes images as
@@ -158,7 +158,7 @@ def score_labels(model: Any, processor: Any, items: Sequence[TrainItem], task: s
             for begin in range(0, len(items) if not shared_prefix else 0, batch_size):
                 chunk = items[begin : begin + batch_size]
                 out.extend(_score_full(model, processor, chunk, task, eot, end_of_turn, device, text_only,
-                                       max_pixels))  # fmt: skip
+                                       max_pixels))
                 emit(progress, "choice", done=len(out), total=len(items))
     finally:
         tok.padding_side = "right"
@@ -168,7 +168,7 @@ def score_labels(model: Any, processor: Any, items: Sequence[TrainItem], task: s
 
 
 def _score_all_shared(model: Any, processor: Any, items: Sequence[TrainItem], task: str, eot: int, include_eot: bool,
-                      device: Any, batch_size: int, progress: Progress | None) -> list[LabelChoice]:  # fmt: skip
+                      device: Any, batch_size: int, progress: Progress | None) -> list[LabelChoice]:
     """Text-only items through :func:`_score_shared`, batched by prompt length (less padding), in their order."""
     spans = [_shared_span(processor, item, task, eot, include_eot, True) for item in items]
     order = sorted(range(len(items)), key=lambda i: len(spans[i][0]))
@@ -176,7 +176,7 @@ def _score_all_shared(model: Any, processor: Any, items: Sequence[TrainItem], ta
     for begin in range(0, len(order), batch_size):
         chunk = order[begin : begin + batch_size]
         for i, (log_probs, tokens) in zip(chunk, _score_shared(model, processor, [spans[i] for i in chunk], device),
-                                          strict=True):  # fmt: skip
+                                          strict=True):
             scored[i] = choice_from_scores(items[i].sample_id, log_probs, tokens)
         emit(progress, "choice", done=len(scored), total=len(items))
     return [scored[i] for i in range(len(items))]
@@ -193,7 +193,7 @@ def _token_ids(processor: Any, texts: list[str], images: list[Any] | None) -> tu
 
 
 def _score_full(model: Any, processor: Any, chunk: Sequence[TrainItem], task: str, eot: int, include_eot: bool,
-                device: Any, text_only: bool, max_pixels: int) -> list[LabelChoice]:  # fmt: skip
+                device: Any, text_only: bool, max_pixels: int) -> list[LabelChoice]:
     """Every label's whole sequence through the model (right padding, as in training)."""
     import torch
 
@@ -236,7 +236,7 @@ def _cache_argument(model: Any) -> str:
 
 
 def _shared_span(processor: Any, item: TrainItem, task: str, eot: int, include_eot: bool,
-                 text_only: bool) -> tuple[list[int], list[list[int]]]:  # fmt: skip
+                 text_only: bool) -> tuple[list[int], list[list[int]]]:
     """One item's common prefix (token ids) and each label's continuation."""
     by_label = choice_texts(processor, item, task, text_only=text_only)
     ids, _ = _token_ids(processor, [by_label[lab] for lab in LABELS], None)
@@ -245,7 +245,7 @@ def _shared_span(processor: Any, item: TrainItem, task: str, eot: int, include_e
 
 
 def _score_shared(model: Any, processor: Any, spans: Sequence[tuple[list[int], list[list[int]]]],
-                  device: Any) -> list[tuple[dict[str, float], dict[str, int]]]:  # fmt: skip
+                  device: Any) -> list[tuple[dict[str, float], dict[str, int]]]:
     """Per item, each label's log-probability and token count, in three passes: the items' common head once
     (batch 1), each item's rest of the prefix (right-padded, its cache the head's repeated), then the three
     continuations (that cache repeated per label). Padding slots stay masked; positions count real tokens only."""
@@ -275,10 +275,10 @@ def _score_shared(model: Any, processor: Any, spans: Sequence[tuple[list[int], l
     kwargs = {cache_arg: cache} if cache is not None else {}
     out_b = model(input_ids=mid_ids.to(device), attention_mask=torch.cat([ones, mid_mask], 1).to(device),
                   position_ids=(head + torch.arange(width)).expand(b, width).to(device), use_cache=True,
-                  logits_to_keep=torch.tensor(last, device=device), **kwargs)  # fmt: skip
+                  logits_to_keep=torch.tensor(last, device=device), **kwargs)
     column = {pos: c for c, pos in enumerate(last)}
     first_lp = torch.log_softmax(torch.stack([out_b.logits[i, column[len(r) - 1]] for i, r in enumerate(rest)])
-                                 .float(), dim=-1)  # fmt: skip
+                                 .float(), dim=-1)
     conts = [c for _, c in spans]
     scores = torch.zeros(b * n, dtype=torch.float64)
     for i, rows in enumerate(conts):
@@ -298,11 +298,11 @@ def _score_shared(model: Any, processor: Any, spans: Sequence[tuple[list[int], l
         lengths = torch.tensor([head + len(r) for r in rest]).repeat_interleave(n)
         logits = model(input_ids=cont_ids.to(device), attention_mask=mask.to(device),
                        position_ids=(lengths[:, None] + torch.arange(steps)[None, :]).to(device), use_cache=True,
-                       **{cache_arg: cache}).logits  # fmt: skip
+                       **{cache_arg: cache}).logits
         lp = torch.log_softmax(logits.float(), dim=-1)
         for i, rows in enumerate(conts):
             for k, c in enumerate(rows):
                 for t in range(1, len(c)):
                     scores[i * n + k] += float(lp[i * n + k, t - 1, c[t]])
     return [({lab: float(scores[i * n + k]) for k, lab in enumerate(LABELS)},
-             {lab: len(c) for lab, c in zip(LABELS, rows, strict=True)}) for i, rows in enumerate(conts)]  # fmt: skip
+             {lab: len(c) for lab, c in zip(LABELS, rows, strict=True)}) for i, rows in enumerate(conts)]

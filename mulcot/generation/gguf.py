@@ -62,7 +62,7 @@ class GGUFBackend(Backend):
     source = SOURCE_GGUF
 
     def __init__(self, model: str | os.PathLike[str], mmproj: str | os.PathLike[str] | None = None,
-                 config: PredictConfig | None = None):  # fmt: skip
+                 config: PredictConfig | None = None):
         self.config = config or PredictConfig()
         self.model_path = Path(model)
         self.mmproj_path = Path(mmproj) if mmproj is not None else None
@@ -110,7 +110,7 @@ class GGUFBackend(Backend):
         try:
             self.llm = RecordingLlama(model_path=str(self.model_path), chat_handler=handler, n_ctx=self.config.ctx,
                                       n_threads=threads, n_threads_batch=threads, seed=self.config.seed,
-                                      use_mmap=self.config.mmap, verbose=False)  # fmt: skip
+                                      use_mmap=self.config.mmap, verbose=False)
         except (ValueError, RuntimeError, OSError) as err:
             raise ModelError(f"llama.cpp cannot load {self.model_path} (corrupt or unsupported GGUF?): {err}") from err
         self.handler = handler
@@ -131,7 +131,7 @@ class GGUFBackend(Backend):
     @classmethod
     def open(cls, *, config: PredictConfig, store: Any = None, gguf: str | os.PathLike[str] | None = None,
              quant: str | None = None, mmproj: str | os.PathLike[str] | None = None,
-             **_: Any) -> GGUFBackend:  # fmt: skip
+             **_: Any) -> GGUFBackend:
         """An export folder (its manifest's default GGUF, or ``quant``), an export's name in the store, or a text
         GGUF file; the vision projector beside it unless ``mmproj`` names one."""
         from mulcot.core.refs import resolve
@@ -226,12 +226,12 @@ class GGUFBackend(Backend):
         first = self.llm.first_token_at - start if self.llm.first_token_at is not None else None
         return Generated(text=text, token_ids=ids, tokens_in=out["usage"]["prompt_tokens"], tokens_out=len(ids),
                          latency_s=latency, first_token_s=first,
-                         finish_reason=out["choices"][0].get("finish_reason"))  # fmt: skip
+                         finish_reason=out["choices"][0].get("finish_reason"))
 
     def cannot_score_labels(self, posts: Sequence[Post] = ()) -> str | None:
         if any(p.image is not None for p in posts) and self.handler is None:
             return (f"{self.name} has no vision projector (mmproj) loaded, so it cannot read images: leave out the "
-                    "images, or pass --mmproj FILE (`mulcot export` writes mmproj-*.gguf beside it)")  # fmt: skip
+                    "images, or pass --mmproj FILE (`mulcot export` writes mmproj-*.gguf beside it)")
         return None
 
     def score_labels(self, posts: Sequence[Post], task: str) -> list[LabelChoice]:
@@ -262,7 +262,7 @@ class GGUFBackend(Backend):
 
 
 def find_gguf(path: str | os.PathLike[str], *, quant: str | None = None,
-              mmproj: str | os.PathLike[str] | None = None) -> tuple[Path, Path | None]:  # fmt: skip
+              mmproj: str | os.PathLike[str] | None = None) -> tuple[Path, Path | None]:
     """The text GGUF and vision projector to run, from an export folder (its manifest's default or ``quant``) or a
     text GGUF file (the projector beside it: the only ``mmproj*.gguf`` there). ``mmproj`` overrides the projector.
     The projector is None when none is found (text-only use)."""

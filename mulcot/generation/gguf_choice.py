@@ -53,10 +53,10 @@ class GGUFScorer:
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise LabelScoringError(f"{backend.name} has no chat template in its metadata: forced choice renders the "
-                                    "label prompt with it (pass --label-scoring generate)")  # fmt: skip
+                                    "label prompt with it (pass --label-scoring generate)")
         if self.handler is None and self.llm.chat_format != "chat_template.default":
             raise LabelScoringError(f"{backend.name}: llama-cpp-python chose its built-in '{self.llm.chat_format}' "
-                                    "chat format, not the GGUF's template: pass --label-scoring generate")  # fmt: skip
+                                    "chat format, not the GGUF's template: pass --label-scoring generate")
         eos, bos = self.llm.token_eos(), self.llm.token_bos()
         if self.handler is not None:  # as MTMDChatHandler fills them in
             def piece(t: int) -> str:
@@ -75,7 +75,7 @@ class GGUFScorer:
         """The token that ends an assistant turn: the first control (or end-of-generation) token the template puts
         after an assistant answer; else the end-of-sequence token."""
         full = self.render_turn(messages=[{"role": "user", "content": _PROBE_USER},
-                                          {"role": "assistant", "content": _PROBE_ANSWER}]).prompt  # fmt: skip
+                                          {"role": "assistant", "content": _PROBE_ANSWER}]).prompt
         after = full[full.index(_PROBE_ANSWER) + len(_PROBE_ANSWER) :] if _PROBE_ANSWER in full else ""
         vocab = self.lib.llama_model_get_vocab(self.llm.model)
         for t in self.llm.tokenize(after.encode("utf-8"), add_bos=False, special=True):
@@ -84,7 +84,7 @@ class GGUFScorer:
         eos = self.llm.token_eos()
         if eos == -1:
             raise LabelScoringError(f"{self.backend.name}: the chat template ends an assistant turn with no special "
-                                    "token: cannot score the label answers")  # fmt: skip
+                                    "token: cannot score the label answers")
         return int(eos)
 
     def prompt_text(self, post: Post, task: str, with_image: bool) -> str:
@@ -106,7 +106,7 @@ class GGUFScorer:
             if post.image is not None:
                 if self.handler is None:
                     raise LabelScoringError(f"{self.backend.name} has no vision projector loaded, so it cannot read "
-                                            "images: pass --mmproj FILE or leave out the image")  # fmt: skip
+                                            "images: pass --mmproj FILE or leave out the image")
                 image = load_image(post.image, self.backend.config.max_pixels, self.backend.config.image_max_side)
             prompt = self.prompt_text(post, task, image is not None)
             texts = [prompt + label + ANSWER_SUFFIX + self.eot_text for label in LABELS]
@@ -150,7 +150,7 @@ class GGUFScorer:
         return rows.reshape(len(tokens), n_vocab).copy()
 
     def _continuations(self, at: int, first: np.ndarray,
-                       conts: list[list[int]]) -> tuple[dict[str, float], dict[str, int]]:  # fmt: skip
+                       conts: list[list[int]]) -> tuple[dict[str, float], dict[str, int]]:
         """Each label's score from the prefix's last logits ``first`` (the prefix evaluated up to position ``at``)
         and its continuation run after it; the context is left at ``at``."""
         first_lp = log_softmax(first[None, :])[0]
@@ -234,7 +234,7 @@ class GGUFScorer:
         new_n_past = lib.llama_pos(0)
         result = mtmd.mtmd_helper_eval_chunk_single(self.handler.mtmd_ctx, self.llm._ctx.ctx, chunk,
                                                     lib.llama_pos(self.llm.n_tokens), lib.llama_seq_id(0),
-                                                    self.llm.n_batch, False, ctypes.byref(new_n_past))  # fmt: skip
+                                                    self.llm.n_batch, False, ctypes.byref(new_n_past))
         if result != 0:
             raise LabelScoringError(f"llama.cpp could not encode the image (mtmd error {result})")
         self.llm.n_tokens = new_n_past.value

@@ -45,7 +45,7 @@ class GenerationConfig:
 
 
 def generate(model: Any, processor: Any, items: Sequence[TrainItem], prompt: str, task: str,
-             config: GenerationConfig | None = None, progress: Progress | None = None) -> list[list[str]]:  # fmt: skip
+             config: GenerationConfig | None = None, progress: Progress | None = None) -> list[list[str]]:
     """Generate for each item with the ``prompt`` template (``cot`` or ``label``) of ``task``; returns, per item,
     ``num_return_sequences`` decoded answers (special tokens stripped)."""
     import torch
@@ -79,7 +79,7 @@ def generate(model: Any, processor: Any, items: Sequence[TrainItem], prompt: str
             kwargs: dict[str, Any] = {
                 "max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample, "eos_token_id": end_ids,
                 "pad_token_id": tok.pad_token_id, "num_return_sequences": cfg.num_return_sequences,
-            }  # fmt: skip
+            }
             if cfg.do_sample:
                 kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
             else:
@@ -108,7 +108,7 @@ class HFBackend(Backend):
     source = SOURCE_HF
 
     def __init__(self, model: str | os.PathLike[str], config: PredictConfig | None = None, store: Any = None, *,
-                 adapter: str | os.PathLike[str] | None = None):  # fmt: skip
+                 adapter: str | os.PathLike[str] | None = None):
         from mulcot.core.refs import resolve_source
         from mulcot.models import load_model, load_with_adapter
         from mulcot.models.loading import is_text_family
@@ -117,27 +117,27 @@ class HFBackend(Backend):
         cfg = self.config
         if adapter is not None:  # a base model and its adapter, named by the caller
             base, self.processor, self.family = load_model(model, device=cfg.device, dtype=cfg.dtype,
-                                                           load_in_4bit=cfg.load_in_4bit)  # fmt: skip
+                                                           load_in_4bit=cfg.load_in_4bit)
             self.model = load_with_adapter(base, adapter)
             self.name = Path(adapter).name
         else:
             source = resolve_source(model, store)
             if source.kind == "model":
                 self.model, self.processor, self.family = load_model(source.path, device=cfg.device, dtype=cfg.dtype,
-                                                                     load_in_4bit=cfg.load_in_4bit)  # fmt: skip
+                                                                     load_in_4bit=cfg.load_in_4bit)
                 self.name = source.path.resolve().name
                 if self.name == "hf":  # an export's hf/ folder: name it after the export
                     self.name = f"{source.path.resolve().parent.name}-hf"
             else:
                 base, self.processor, self.family = load_model(source.base_model, device=cfg.device, dtype=cfg.dtype,
-                                                               load_in_4bit=cfg.load_in_4bit)  # fmt: skip
+                                                               load_in_4bit=cfg.load_in_4bit)
                 self.model = load_with_adapter(base, source.adapter)
                 self.name = source.run_id or Path(model).name
         self.text_only = is_text_family(self.family)
 
     @classmethod
     def open(cls, *, config: PredictConfig, store: Any = None, model: str | os.PathLike[str] | None = None,
-             adapter: str | os.PathLike[str] | None = None, **_: Any) -> HFBackend:  # fmt: skip
+             adapter: str | os.PathLike[str] | None = None, **_: Any) -> HFBackend:
         """A merged folder, a model folder or hub id, a run (folder or name), or a base model with ``adapter``."""
         if model is None:
             raise MulcotError("the hf backend needs --model DIR (a merged export's hf/ folder, a model or a run)")
@@ -160,7 +160,7 @@ class HFBackend(Backend):
             if post.image is not None:  # the same pixels as the GGUF backend, handed over as an in-memory PNG
                 image = io.BytesIO(png_bytes(load_image(post.image, cfg.max_pixels, cfg.image_max_side)))
             items.append(TrainItem(sample_id=i, text=post.text, aspect=post.aspect, label="", image_path=image,  # type: ignore[arg-type]
-                                   chain=None, caption=post.caption))  # fmt: skip
+                                   chain=None, caption=post.caption))
         return items
 
     def _decode(self, prompt: str, n: int = 1, seed: int | None = None) -> GenerationConfig:
@@ -168,7 +168,7 @@ class HFBackend(Backend):
         return GenerationConfig(max_new_tokens=cfg.max_tokens_for(prompt), do_sample=cfg.temperature > 0,
                                 temperature=cfg.temperature or 1.0, top_p=cfg.top_p, batch_size=cfg.batch_size,
                                 max_pixels=cfg.max_pixels, seed=cfg.seed if seed is None else seed,
-                                num_return_sequences=n)  # fmt: skip
+                                num_return_sequences=n)
 
     def sample(self, posts: Sequence[Post], prompt: str, task: str, n: int, seed: int | None) -> list[list[Generated]]:
         """``n`` answers per post in one pass per batch (``num_return_sequences``), the batch seeded with ``seed``."""
@@ -184,7 +184,7 @@ class HFBackend(Backend):
             for texts in answers:
                 out.append([Generated(text=t, token_ids=None, tokens_in=None, latency_s=each,
                                       tokens_out=len(tok.encode(t, add_special_tokens=False)))
-                            for t in texts])  # fmt: skip
+                            for t in texts])
         return out
 
     def generate(self, posts: Sequence[Post], prompt: str, task: str) -> list[Generated]:
@@ -200,4 +200,4 @@ class HFBackend(Backend):
 
         cfg = self.config
         return score_labels(self.model, self.processor, self._items(posts), task, batch_size=cfg.batch_size,
-                            max_pixels=cfg.max_pixels)  # fmt: skip
+                            max_pixels=cfg.max_pixels)

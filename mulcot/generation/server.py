@@ -78,7 +78,7 @@ class ServerConfig:
         """A client for this server (the teacher's: same retries and backoff)."""
         config = TeacherConfig(model=self.served_model, base_url=self.url, key_env=self.key_env,
                                timeout_s=self.timeout_s, http_retries=self.http_retries, backoff_base_s=self.backoff_s,
-                               backoff_max_s=max(self.backoff_s, 30.0))  # fmt: skip
+                               backoff_max_s=max(self.backoff_s, 30.0))
         return Teacher(config)
 
 
@@ -102,10 +102,10 @@ def check_server(config: ServerConfig) -> dict[str, str]:
         names = asyncio.run(ask())
     except TeacherError as err:
         raise ServerError(f"cannot reach the server at {public_url(config.url)}: {err} (is it running? see "
-                          "README 'Generating through a server')") from None  # fmt: skip
+                          "README 'Generating through a server')") from None
     if config.served_model not in names:
         raise ServerError(f"the server at {public_url(config.url)} does not serve '{config.served_model}' (it serves: "
-                          f"{', '.join(names) or 'nothing'}): pass --served-model with one of those")  # fmt: skip
+                          f"{', '.join(names) or 'nothing'}): pass --served-model with one of those")
     return names
 
 
@@ -158,7 +158,7 @@ async def chat(client: Teacher, job: Job, url: str | None) -> Completion:
 class _Run:
     def __init__(self, config: ServerConfig, on_answer: OnJobAnswer, progress: Progress | None, stage: str,
                  total: int | None, message: str, request: SendJob = chat,
-                 stop: Callable[[], bool] | None = None):  # fmt: skip
+                 stop: Callable[[], bool] | None = None):
         self.request = request
         self.stop = stop
         self.message = message
@@ -199,7 +199,7 @@ class _Run:
         self.summary.answered += 1
         self.summary.count_answer(comp)
         emit(self.progress, self.stage, done=self.summary.answered + self.summary.failed, total=self.total,
-             message=self.message)  # fmt: skip
+             message=self.message)
 
     async def run(self, jobs: Iterable[Job]) -> RunSummary:
         client = self.config.teacher()
@@ -231,7 +231,7 @@ class _Run:
 
 def generate(config: ServerConfig, jobs: Iterable[Job], on_answer: OnJobAnswer, *, progress: Progress | None = None,
              stage: str = "generate", total: int | None = None, message: str = "",
-             request: SendJob = chat, stop: Callable[[], bool] | None = None) -> RunSummary:  # fmt: skip
+             request: SendJob = chat, stop: Callable[[], bool] | None = None) -> RunSummary:
     """Send ``jobs`` to the server, ``config.concurrency`` at a time; ``on_answer(job, answer)`` is called for each
     answer as it arrives (on this thread: store it there). ``request`` makes one job's request (default: a chat
     completion; anything answering with ``tokens_in``/``tokens_out``/``http_retries``); ``stop()`` true ends the
@@ -299,7 +299,7 @@ class ServerBackend(Backend):
 
     @classmethod
     def open(cls, *, config: PredictConfig, store: Any = None, server: ServerConfig | None = None,
-             tokenizer: str | None = None, **_: Any) -> ServerBackend:  # fmt: skip
+             tokenizer: str | None = None, **_: Any) -> ServerBackend:
         """The model a server serves (checked: reachable and serving it); ``tokenizer`` (the served model's folder
         or hub id) for forced-choice scoring."""
         if server is None:
@@ -336,31 +336,31 @@ class ServerBackend(Backend):
         return Job(sample_id=k, prompt=text, image=None if post.image is None else str(post.image),
                    max_tokens=cfg.max_tokens_for(request.prompt), temperature=cfg.temperature, top_p=cfg.top_p,
                    seed=seed, max_pixels=cfg.max_pixels, image_max_side=cfg.image_max_side, tag=request,
-                   name=request.name)  # fmt: skip
+                   name=request.name)
 
     def run(self, requests: Iterable[Request], on_answer: Callable[[Request, Generated], None], *,
             progress: Progress | None = None, stage: str = "generate", total: int | None = None, message: str = "",
-            stop: Callable[[], bool] | None = None) -> RunSummary:  # fmt: skip
+            stop: Callable[[], bool] | None = None) -> RunSummary:
         """Every answer through the server, ``concurrency`` at a time, each handed over as it arrives; a server that
         stops answering raises :class:`ServerError` after the answers already handed over."""
         jobs = (self.job(request, k) for request in requests for k in range(request.n))
         return generate(self.server, jobs, lambda job, comp: on_answer(job.tag, generated(comp)), progress=progress,
-                        stage=stage, total=total, message=message, stop=stop)  # fmt: skip
+                        stage=stage, total=total, message=message, stop=stop)
 
     def ask(self, tags: Sequence[Any], request: Callable[[Teacher, Any], Awaitable[Any]],
             on_answer: Callable[[Any, Any], None], *, names: Sequence[str] | None = None, stage: str = "generate",
-            stop: Callable[[], bool] | None = None) -> None:  # fmt: skip
+            stop: Callable[[], bool] | None = None) -> None:
         """One request per tag (``await request(client, tag)``), ``concurrency`` in flight, ``on_answer(tag,
         answer)`` for each as it arrives; a failed request, a budget stop or a dead server raises
         :class:`ServerError` (after the answers already handed over)."""
         jobs = [Job(sample_id=i, prompt="", max_tokens=1, tag=tag, name=names[i] if names else str(tag))
-                for i, tag in enumerate(tags)]  # fmt: skip
+                for i, tag in enumerate(tags)]
 
         async def send(client: Teacher, job: Job, url: str | None) -> Any:
             return await request(client, job.tag)
 
         summary = generate(self.server, jobs, lambda job, answer: on_answer(job.tag, answer), request=send,
-                           stage=stage, stop=stop)  # fmt: skip
+                           stage=stage, stop=stop)
         if summary.failures or summary.stopped:
             raise ServerError(summary.failures[0] if summary.failures else f"stopped at the --{summary.stopped} budget")
 
@@ -378,4 +378,4 @@ def generated(comp: Any) -> Generated:
     """A server's completion as a :class:`~mulcot.generation.base.Generated` (no token ids: servers send text)."""
     return Generated(text=comp.text.strip(), token_ids=None, tokens_in=comp.tokens_in, tokens_out=comp.tokens_out,
                      latency_s=comp.latency_s, finish_reason=comp.finish_reason,
-                     http_retries=comp.http_retries)  # fmt: skip
+                     http_retries=comp.http_retries)

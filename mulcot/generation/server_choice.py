@@ -37,7 +37,7 @@ ID_PREFIX = "token_id:"
 
 NO_BOS = ("llama-cpp-python's server pairs prompt log-probs one token off when the prompt does not start with the "
           "BOS token (as this model's chat template does not): serve it with vLLM, score the GGUF in-process (--gguf), "
-          "or pass --label-scoring generate")  # fmt: skip
+          "or pass --label-scoring generate")
 
 
 def dialect_problem(owner: str, tokenizer: str | None) -> str | None:
@@ -46,11 +46,11 @@ def dialect_problem(owner: str, tokenizer: str | None) -> str | None:
     if owner not in DIALECTS:
         return (f"the server ({owner or 'unknown'}) gives no prompt log-probabilities (llama.cpp's llama-server has "
                 "none), so it cannot score label answers by forced choice: pass --label-scoring generate, or serve "
-                "the model with vLLM or llama-cpp-python (python -m llama_cpp.server)")  # fmt: skip
+                "the model with vLLM or llama-cpp-python (python -m llama_cpp.server)")
     if tokenizer is None:
         return ("forced choice through a server renders and tokenizes the label answers with the served model's "
                 "own tokenizer, and none is known here (eval takes it from --model: a run, a model folder, or an "
-                "export with its hf/ folder): pass --label-scoring generate")  # fmt: skip
+                "export with its hf/ folder): pass --label-scoring generate")
     if DIALECTS[owner] == LLAMA_CPP_PYTHON:
         scorer = _processor(tokenizer)
         ids = scorer(text=[scorer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "x"}]}],
@@ -91,7 +91,7 @@ class ServerLabelScorer:
     def sequences(self, post: Post, task: str) -> tuple[list[list[int]], list[str], int, list[int]]:
         """The three labels' token ids and texts, and their scored span (start, ends)."""
         item = TrainItem(sample_id=0, text=post.text, aspect=post.aspect, label="", image_path=None, chain=None,
-                         caption=post.caption)  # fmt: skip
+                         caption=post.caption)
         texts = [choice_texts(self.processor, item, task, text_only=True)[label] for label in LABELS]
         ids = [list(self.processor(text=[t])["input_ids"][0]) for t in texts]
         ids = [[int(i) for i in row] for row in ids]
@@ -102,7 +102,7 @@ class ServerLabelScorer:
         if any(p.image is not None for p in posts) and not self.backend.text_only:
             raise LabelScoringError("the completions endpoint takes no images, so forced choice through a server "
                                     "scores text only: pass --server-text-only (captions stand for images) or "
-                                    "--label-scoring generate")  # fmt: skip
+                                    "--label-scoring generate")
         seqs = [self.sequences(p, task) for p in posts]
         scores: dict[tuple[int, int], float] = {}
         problems: list[str] = []
@@ -125,7 +125,7 @@ class ServerLabelScorer:
 
         tags = [(i, k) for i in range(len(posts)) for k in range(len(LABELS))]
         self.backend.ask(tags, request, on_answer, names=[f"post {i + 1} ({LABELS[k]})" for i, k in tags],
-                         stage="choice", stop=lambda: bool(problems))  # fmt: skip
+                         stage="choice", stop=lambda: bool(problems))
         if problems:
             raise LabelScoringError(problems[0])
         out = []
@@ -146,11 +146,11 @@ class ServerLabelScorer:
             if got != ids:
                 raise LabelScoringError("the server tokenized the label answer otherwise than the model's tokenizer "
                                         "(or ignores return_tokens_as_token_ids): check --model names the served "
-                                        "model")  # fmt: skip
+                                        "model")
             return [float(v) if v is not None else 0.0 for v in values[:n]]
         if scored.tokens_in and scored.tokens_in != n:
             raise LabelScoringError(f"the server read {scored.tokens_in} prompt tokens where the model's tokenizer "
-                                    f"makes {n}: serve a GGUF converted from this model")  # fmt: skip
+                                    f"makes {n}: serve a GGUF converted from this model")
         if self.bos is None or ids[0] != self.bos:
             raise LabelScoringError(NO_BOS)
         positions = [p for p in range(1, n) if ids[p] != self.bos]
@@ -162,5 +162,5 @@ class ServerLabelScorer:
         expected = self.tok.decode([ids[p] for p in positions if p >= start], skip_special_tokens=True)
         if echoed != expected:
             raise LabelScoringError(f"the server echoed {echoed!r} where the model's tokenizer has {expected!r}: serve "
-                                    "a GGUF converted from this model")  # fmt: skip
+                                    "a GGUF converted from this model")
         return out

@@ -53,7 +53,7 @@ def probability_matrix(probs: Sequence[Mapping[str, float] | Sequence[float]]) -
             raise MetricsError(f"probabilities of post #{i + 1} are not numbers: {values!r}") from None
         if not np.all(np.isfinite(out[i])) or np.any(out[i] < 0) or abs(out[i].sum() - 1) > 1e-4:
             raise MetricsError(f"probabilities of post #{i + 1} {values!r} are not a distribution over "
-                               f"{', '.join(LABELS)} (non-negative, summing to 1)")  # fmt: skip
+                               f"{', '.join(LABELS)} (non-negative, summing to 1)")
     return out
 
 
@@ -94,7 +94,7 @@ def _bins(g: np.ndarray, p: np.ndarray, n_bins: int) -> list[dict[str, Any]]:
             "low": m / n_bins, "high": (m + 1) / n_bins, "count": count,
             "confidence": float(conf[inside].mean()) if count else None,
             "accuracy": float(correct[inside].mean()) if count else None,
-        })  # fmt: skip
+        })
     return out
 
 

@@ -94,7 +94,7 @@ def _labels(values: Sequence[object]) -> np.ndarray:
 def _check(gold: Sequence[object], pred_a: Sequence[object], pred_b: Sequence[object]) -> np.ndarray:
     if not (len(gold) == len(pred_a) == len(pred_b)):
         raise MetricsError(f"{len(gold)} gold labels, {len(pred_a)} predictions of A and {len(pred_b)} of B: a paired "
-                           "comparison needs one of each per post")  # fmt: skip
+                           "comparison needs one of each per post")
     if not gold:
         raise MetricsError("no posts to compare")
     g = _labels(gold)
@@ -113,7 +113,7 @@ def mcnemar_exact(gold: Sequence[object], pred_a: Sequence[object], pred_b: Sequ
     b, c = int(np.sum(ra & ~rb)), int(np.sum(~ra & rb))
     p = 1.0 if b + c == 0 else min(1.0, 2.0 * float(binom.cdf(min(b, c), b + c, 0.5)))
     return McNemar(n=len(g), a_only=b, b_only=c, both=int(np.sum(ra & rb)), neither=int(np.sum(~ra & ~rb)),
-                   p_value=p)  # fmt: skip
+                   p_value=p)
 
 
 def agreement(pred_a: Sequence[object], pred_b: Sequence[object]) -> float:
@@ -188,7 +188,7 @@ def bootstrap_differences(gold: Sequence[object], pred_a: Sequence[object], pred
 
 def paired_bootstrap(gold: Sequence[object], pred_a: Sequence[object], pred_b: Sequence[object], *,
                      clusters: Sequence[Hashable] | None = None, n_boot: int = 2000, seed: int = 0,
-                     confidence: float = 0.95) -> PairedBootstrap:  # fmt: skip
+                     confidence: float = 0.95) -> PairedBootstrap:
     """Percentile bootstrap intervals of the accuracy and macro-F1 differences B − A on the same posts.
 
     ``clusters`` gives each post's cluster id (posts of one tweet share it); whole clusters are resampled, as many
@@ -216,17 +216,17 @@ def paired_bootstrap(gold: Sequence[object], pred_a: Sequence[object], pred_b: S
         accuracy_a=float(acc_a[0]), accuracy_b=float(acc_b[0]), macro_f1_a=float(f1_a[0]), macro_f1_b=float(f1_b[0]),
         accuracy=Interval(float(acc_obs), float(acc_lo), float(acc_hi)),
         macro_f1=Interval(float(f1_obs), float(f1_lo), float(f1_hi)),
-    )  # fmt: skip
+    )
 
 
 def paired_comparison(gold: Sequence[object], pred_a: Sequence[object], pred_b: Sequence[object], *,
                       clusters: Sequence[Hashable] | None = None, n_boot: int = 2000, seed: int = 0,
-                      confidence: float = 0.95) -> dict[str, Any]:  # fmt: skip
+                      confidence: float = 0.95) -> dict[str, Any]:
     """McNemar, the paired bootstrap and the agreement rate of A and B on the same posts, as one dict (what
     ``eval compare`` shows and prints with ``--json``)."""
     boot = paired_bootstrap(gold, pred_a, pred_b, clusters=clusters, n_boot=n_boot, seed=seed, confidence=confidence)
     return {"n": boot.n, "clusters": boot.clusters, "agreement": agreement(pred_a, pred_b),
-            "mcnemar": mcnemar_exact(gold, pred_a, pred_b).to_dict(), "bootstrap": boot.to_dict()}  # fmt: skip
+            "mcnemar": mcnemar_exact(gold, pred_a, pred_b).to_dict(), "bootstrap": boot.to_dict()}
 
 
 def post_clusters(samples: Iterable[dict[str, Any]]) -> dict[int, int]:

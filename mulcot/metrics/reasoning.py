@@ -186,7 +186,7 @@ def _load_wordnet(scores: ReasoningScores, nltk_data_dir: str | os.PathLike[str]
 
 
 def _score_sim(scores: ReasoningScores, preds: list[str], refs: list[str], sim_model: Any, device: str | None,
-               batch_size: int, embedding_cache: Any, progress: Progress | None) -> None:  # fmt: skip
+               batch_size: int, embedding_cache: Any, progress: Progress | None) -> None:
     """Sim per pair: the model loaded (timed apart) unless given, embeddings through the cache when asked."""
     start = time.perf_counter()
     if sim_model is not None and hasattr(sim_model, "encode"):
@@ -202,14 +202,14 @@ def _score_sim(scores: ReasoningScores, preds: list[str], refs: list[str], sim_m
         cache = EmbeddingCache.for_model(st_model, None if embedding_cache is True else embedding_cache)
     stats: dict[str, Any] = {}
     scores.per_pair["sim"] = sim_scores(st_model, preds, refs, batch_size=batch_size, progress=progress, cache=cache,
-                                        stats=stats)  # fmt: skip
+                                        stats=stats)
     if cache is not None:
         scores.sim_cache = {"dir": str(cache.folder), **stats}
     scores.score_seconds["sim"] = time.perf_counter() - start
 
 
 def _score_pairs(scores: ReasoningScores, metric: str, score: Any, preds: list[str], refs: list[str],
-                 progress: Progress | None) -> None:  # fmt: skip
+                 progress: Progress | None) -> None:
     """One pairwise metric over every (prediction, reference), timed, with a progress event every 64 pairs."""
     start = time.perf_counter()
     values = []

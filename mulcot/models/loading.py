@@ -97,7 +97,7 @@ def _read_config(path_or_id: str | os.PathLike[str]) -> tuple[dict[str, Any], bo
         problem = _hub_problem(err)
         if unreachable is not None:
             problem = (f"the Hugging Face Hub cannot be reached ({unreachable}) and it is not in the local cache: "
-                       "connect to the internet, or pass a local model folder")  # fmt: skip
+                       "connect to the internet, or pass a local model folder")
         raise NotFoundError(f"cannot find model '{name}': no such local folder, and {problem}") from err
     return json.loads(Path(config_file).read_text(encoding="utf-8")), False
 

@@ -461,7 +461,7 @@ _TINY_SHAPES: dict[str, dict[str, dict[str, Any]]] = {
             "out_hidden_size": 64, "num_position_embeddings": 64, "deepstack_visual_indexes": [0],
         },
     },
-}  # fmt: skip
+}
 
 
 def tiny_config(
@@ -509,7 +509,7 @@ def tiny_config(
     else:
         from transformers import Qwen3VLConfig as config_class
     return config_class(text_config=text, vision_config=dict(_TINY_SHAPES[family]["vision"]),
-                        tie_word_embeddings=tie_word_embeddings, **tokens)  # fmt: skip
+                        tie_word_embeddings=tie_word_embeddings, **tokens)
 
 
 def _model_class(family: str) -> Any:

@@ -216,7 +216,7 @@ def _build(cls: type, data: Any, file: str, prefix: str) -> Any:
     missing = [
         name for name, f in known.items()
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]  # fmt: skip
+    ]
     if missing:
         where = f" in [{prefix}]" if prefix else ""
         raise RecipeError(f"{file}: missing key '{(prefix + '.') if prefix else ''}{missing[0]}'{where}")
@@ -240,7 +240,7 @@ def _validate(recipe: Recipe, file: str) -> None:
     if teacher.base_url and (found := url_secrets(teacher.base_url)):
         raise RecipeError(f"{file}: 'teacher.base_url' carries {' and '.join(found)}: a recipe is shared and stored "
                           "with the run; put the key in a variable such as MULCOT_TEACHER_KEY and name it in "
-                          "'teacher.api_key_env'")  # fmt: skip
+                          "'teacher.api_key_env'")
     if teacher.api_key_env and not teacher.replay and (problem := key_env_problem(teacher.api_key_env,
                                                                                    teacher.base_url)):
         raise RecipeError(f"{file}: 'teacher.api_key_env': {problem}")

@@ -124,13 +124,13 @@ class Pipeline:
                     budget_usd=t.budget_usd, run_id=f"{self.run_name('annotate')}-{split}",
                     teacher=TeacherConfig(model=model, base_url=base_url, key_env=None if server else t.api_key_env,
                                           image_max_side=t.image_max_side, backoff_base_s=0.05 if server else 1.0),
-                )  # fmt: skip
+                )
                 summary = annotate(self.store, cfg, progress=self.report)
                 self.cost += summary.cost_usd
                 if summary.stopped == "budget":
                     raise MulcotError("annotate stopped at teacher.budget_usd: raise it in the recipe and run again")
                 out[split] = {k: getattr(summary, k) for k in ("predicted", "predicted_correct", "explained",
-                                                               "failed", "teacher_set", "cost_usd")}  # fmt: skip
+                                                               "failed", "teacher_set", "cost_usd")}
         finally:
             if server is not None:
                 server.stop()
@@ -151,7 +151,7 @@ class Pipeline:
         knobs["task_weights"] = tuple(knobs["task_weights"])
         return cls(dataset=d.name, model=self.model_path(section.model), name=self.run_name(stage),
                    split=d.train_split, dev_split=d.dev_split, allow_text_only=d.no_images, runs_dir=str(self.runs_dir),
-                   **knobs, **extra)  # fmt: skip
+                   **knobs, **extra)
 
     def _resume(self, name: str) -> bool:
         run = self.store.get_run(name)
@@ -195,17 +195,17 @@ class Pipeline:
         knobs = {f.name: getattr(e, f.name) for f in config_fields(ExpandConfig, section="expand")}
         cfg = ExpandConfig(dataset=self.recipe.dataset.name, assistant=self.run_name("train-assistant"), **knobs,
                            max_pixels=self.recipe.training.max_pixels, device=self.recipe.training.device,
-                           dtype=self.recipe.training.dtype)  # fmt: skip
+                           dtype=self.recipe.training.dtype)
         s = expand(self.store, cfg, progress=self.report)
         return {"generated": s.generated, "assistant_set": s.assistant_set, "accuracy": round(s.accuracy, 4),
-                "weighted_f1": round(s.weighted_f1, 4), "macro_f1": round(s.macro_f1, 4)}  # fmt: skip
+                "weighted_f1": round(s.weighted_f1, 4), "macro_f1": round(s.macro_f1, 4)}
 
     def stage_distill(self) -> dict[str, Any]:
         from mulcot.train import DistillConfig, distill
 
         st = self.recipe.student
         cfg = self._train_config(DistillConfig, "distill", st, assistant=self.run_name("train-assistant"),
-                                 include_expanded=not self.recipe.expand.skip)  # fmt: skip
+                                 include_expanded=not self.recipe.expand.skip)
         done = self.store.get_run(cfg.name)
         if done is not None and done["status"] == "done":
             self.files["student adapter"] = str(self.store.run_folder(done) / "adapter")  # type: ignore[operator]
@@ -224,9 +224,9 @@ class Pipeline:
         p, d = self.recipe.dpo, self.recipe.dataset
         knobs = {f.name: getattr(p, f.name) for f in config_fields(PreferenceConfig, section="dpo")}
         knobs |= {f.name: getattr(self.recipe.training, f.name)
-                  for f in config_fields(PreferenceConfig, section="training")}  # fmt: skip
+                  for f in config_fields(PreferenceConfig, section="training")}
         return PreferenceConfig(dataset=d.name, model=self.run_name("distill"), name=self.run_name("dpo"),
-                                split=d.train_split, runs_dir=str(self.runs_dir), **knobs)  # fmt: skip
+                                split=d.train_split, runs_dir=str(self.runs_dir), **knobs)
 
     def stage_dpo(self) -> dict[str, Any]:
         from mulcot.train.dpo import dpo
@@ -257,17 +257,17 @@ class Pipeline:
         ev, d = self.recipe.eval, self.recipe.dataset
         out = {}
         subjects = [("teacher", {"source": "teacher"}), ("assistant", {"model": self.run_name("train-assistant")}),
-                    ("student", {"model": self.run_name("distill")})]  # fmt: skip
+                    ("student", {"model": self.run_name("distill")})]
         if self.recipe.dpo.enabled:
             subjects.append(("student-dpo", {"model": self.run_name("dpo")}))
         for label, subject in subjects:
             if label == "teacher" and not self.store.reasonings(dataset=d.name, split=ev.split, source="teacher",
-                                                                final_only=True):  # fmt: skip
+                                                                final_only=True):
                 continue  # the teacher annotates train only; a release may carry test chains
             cfg = EvalConfig(dataset=d.name, split=ev.split, metrics=list(ev.metrics), limit=ev.limit,
                              max_new_tokens=ev.max_new_tokens, max_pixels=self.recipe.training.max_pixels,
                              device=self.recipe.training.device, runs_dir=str(self.runs_dir),
-                             label_scoring=ev.label_scoring, **subject)  # fmt: skip
+                             label_scoring=ev.label_scoring, **subject)
             result = evaluate(self.store, cfg)
             row = {"subject": label, **_headline(result.to_dict())}
             self.metrics.append(row)
@@ -288,7 +288,7 @@ class Pipeline:
         )
         self.files["merged student (HF)"] = result.hf_dir
         for key, value in (("text GGUF", result.text_gguf), ("mmproj GGUF", result.mmproj_gguf),
-                           ("manifest", result.manifest), ("Ollama Modelfile", result.modelfile)):  # fmt: skip
+                           ("manifest", result.manifest), ("Ollama Modelfile", result.modelfile)):
             if value:
                 self.files[key] = value
         for q, path in result.quantized.items():
@@ -315,7 +315,7 @@ class Pipeline:
                 close()
         return {"post": sample["text"], "aspect": sample["aspect"], "gold": sample["label"],
                 "prediction": pred.prediction, "parse_status": pred.parse_status, "raw": pred.raw[:300],
-                "latency_s": pred.latency_s}  # fmt: skip
+                "latency_s": pred.latency_s}
 
     # -- driver ------------------------------------------------------------------------------------------
 
@@ -337,7 +337,7 @@ class Pipeline:
             recipe=self.recipe.name, stages=outcomes, files=self.files, metrics=self.metrics, cost_usd=self.cost,
             wall_s=time.perf_counter() - begin,
             replayed_teacher=self.recipe.teacher.replay,
-        )  # fmt: skip
+        )
 
     def _stage(self, stage: str) -> StageOutcome:
         ledger = f"{self.recipe.name}:{stage}"
@@ -351,7 +351,7 @@ class Pipeline:
         emit(self.report, "run", START, message=stage)
         start = time.perf_counter()
         with self.store.run(ledger, kind="pipeline", dataset=self.recipe.dataset.name, recipe_hash=digest,
-                            config={"recipe": self.recipe.as_dict(), "stage": stage}) as run:  # fmt: skip
+                            config={"recipe": self.recipe.as_dict(), "stage": stage}) as run:
             summary = getattr(self, "stage_" + stage.replace("-", "_"))()
             seconds = time.perf_counter() - start
             run.metrics = {"summary": _jsonable(summary), "seconds": seconds, "files": dict(self.files)}
@@ -389,6 +389,6 @@ def _jsonable(value: Any) -> Any:
 
 
 def run_recipe(store: Store, recipe: Recipe, *, start: str | None = None, stop: str | None = None,
-               report: Report | None = None) -> PipelineResult:  # fmt: skip
+               report: Report | None = None) -> PipelineResult:
     """Run (or resume) ``recipe`` from ``start`` to ``stop``."""
     return Pipeline(store, recipe, report).run(start, stop)

@@ -65,7 +65,7 @@ def _prediction(gen: Generated, prompt: str, task: str) -> PostPrediction:
                           fields=said["fields"], prediction=said["prediction"], parse_status=said["parse_status"],
                           valid=said["valid"],
                           tokens_in=gen.tokens_in, tokens_out=gen.tokens_out, latency_s=round(gen.latency_s, 4),
-                          finish_reason=gen.finish_reason, token_ids=gen.token_ids)  # fmt: skip
+                          finish_reason=gen.finish_reason, token_ids=gen.token_ids)
 
 
 def _check_prompts(prompts: Sequence[str]) -> None:
@@ -74,7 +74,7 @@ def _check_prompts(prompts: Sequence[str]) -> None:
 
 
 def predict_post(backend: Backend, post: Post, *, task: str | None = None, prompts: Sequence[str] = ("cot",),
-                 label_scoring: str = "generate") -> list[PostPrediction]:  # fmt: skip
+                 label_scoring: str = "generate") -> list[PostPrediction]:
     """Predict one post with each of ``prompts`` (``cot``: the five-field reasoning; ``label``: the label only,
     generated or, with ``label_scoring="choice"``, by forced choice). ``task`` defaults to ``masc`` when the post
     has an aspect, else ``msa``."""
@@ -109,7 +109,7 @@ def _chosen(choice: Any, task: str, seconds: float) -> PostPrediction:
     return PostPrediction(prompt="label", task=task, prompt_version=get_prompt("label", task).version, raw=raw,
                           fields={"Prediction": choice.prediction, **choice_fields(choice)},
                           prediction=choice.prediction, parse_status="full", valid=True, tokens_in=None, tokens_out=0,
-                          latency_s=round(seconds, 4))  # fmt: skip
+                          latency_s=round(seconds, 4))
 
 
 @dataclass
@@ -177,19 +177,19 @@ def predict_dataset(
     cot = get_prompt("cot", task)
     run_id = run_id or f"predict-{safe_name(backend.name)}-{dataset}-{split}"
     summary = BatchSummary(run_id=run_id, model=backend.name, source=source, dataset=dataset, split=split,
-                           prompt_version=cot.version)  # fmt: skip
+                           prompt_version=cot.version)
     choice = label_scoring == "choice" and "label" in prompts
     todo = _todo(store, backend, dataset, split, samples, prompts, task, source, choice)
     summary.skipped_done = len(samples) - len(todo[prompts[0]])
     text_only = backend.text_only  # a text-only backbone reads captions, never images
     config = {"backend": backend.kind, "model": backend.name, "split": split, "prompts": list(prompts),
               "label_scoring": label_scoring if "label" in prompts else None, "limit": limit,
-              **{k: v for k, v in asdict(backend.config).items() if k not in ("device",)}}  # fmt: skip
+              **{k: v for k, v in asdict(backend.config).items() if k not in ("device",)}}
     post = functools.partial(_post, text_only=text_only)
 
     _check_scoring(backend, label_scoring, prompts, [post(s) for s in todo.get("label", [])])
     requests = [Request(post=post(s), prompt=p, task=task, tag=s["id"], name=f"sample {s['key']} ({p})")
-                for p in prompts if not (choice and p == "label") for s in todo[p]]  # fmt: skip
+                for p in prompts if not (choice and p == "label") for s in todo[p]]
     emit(progress, "predict", done=0, total=len(requests))
     server = getattr(backend, "server", None)
     if server is not None:
@@ -207,7 +207,7 @@ def predict_dataset(
             output=pred.raw, run_id=run_id, prompt_version=pred.prompt_version, origin="predict",
             attempt=numbers[request.prompt].get(request.tag, 1), tokens_in=pred.tokens_in, tokens_out=pred.tokens_out,
             latency_s=pred.latency_s,
-        ))  # fmt: skip
+        ))
         count += 1
         if request.prompt == prompts[0]:
             summary.predicted += 1
@@ -232,7 +232,7 @@ def predict_dataset(
             chosen = [x for x in todo["label"] if _job(x["id"], "label-choice") in mine]
             summary.skipped_other_writer += len(todo["label"]) - len(chosen)
             summary.extra_prompts["label"] = _store_choices(store, backend, chosen, list(map(post, chosen)), task,
-                                                            source, run_id, numbers["label"])  # fmt: skip
+                                                            source, run_id, numbers["label"])
         if server is not None:
             summary.served = served.as_dict()
             if served.stopped:
@@ -250,19 +250,19 @@ def _post(s: dict[str, Any], *, text_only: bool) -> Post:
 
 
 def _attempt_numbers(store: Any, dataset: str, split: str, source: str, run_id: str, prompts: Sequence[str],
-                     task: str) -> dict[str, dict[int, int]]:  # fmt: skip
+                     task: str) -> dict[str, dict[int, int]]:
     """Per prompt and sample, the attempt number a new answer takes (one more than the run's rows for it): label
     answers read the other way, or by other weights under the run's name, keep their rows."""
     out = {}
     for p in prompts:
         counts = store.chain_counts(dataset, split, source=source, stage=PROMPT_STAGES[p], run_id=run_id,
-                                    prompt_version=get_prompt(p, task).version)  # fmt: skip
+                                    prompt_version=get_prompt(p, task).version)
         out[p] = {sid: n + 1 for sid, n in counts.items()}
     return out
 
 
 def _store_choices(store: Any, backend: Backend, samples: list[dict[str, Any]], posts: list[Post], task: str,
-                   source: str, run_id: str, numbers: dict[int, int]) -> int:  # fmt: skip
+                   source: str, run_id: str, numbers: dict[int, int]) -> int:
     """Forced-choice label answers for ``samples``, a chunk at a time, each chunk stored at once (``numbers``: each
     sample's attempt number); returns how many."""
     version = get_prompt("label", task).version
@@ -275,7 +275,7 @@ def _store_choices(store: Any, backend: Backend, samples: list[dict[str, Any]], 
                                        stage=LABEL, output=format_prediction(c.prediction), run_id=run_id,
                                        prompt_version=version, origin=CHOICE_ORIGIN, latency_s=each,
                                        attempt=numbers.get(samples[begin + c.sample_id]["id"], 1),
-                                       extra_fields=choice_fields(c)) for c in scored)  # fmt: skip
+                                       extra_fields=choice_fields(c)) for c in scored)
     return len(posts)
 
 
@@ -291,11 +291,11 @@ def _todo(store: Any, backend: Backend, dataset: str, split: str, samples: list[
             done = {r["sample_id"] for r in store.reasonings(dataset=dataset, split=split, source=source, stage=LABEL,
                                                              final_only=True)
                     if r["model"] == backend.name and r["prompt_version"] == version
-                    and (r["origin"] == CHOICE_ORIGIN) == choice}  # fmt: skip
+                    and (r["origin"] == CHOICE_ORIGIN) == choice}
             todo[p] = [s for s in samples if s["id"] not in done]
             continue
         progress = store.chain_progress(dataset, split, source=source, model=backend.name, stage=PROMPT_STAGES[p],
-                                        prompt_version=version)  # fmt: skip
+                                        prompt_version=version)
         todo[p] = [s for s in samples if (progress.get(s["id"]) or {}).get("final") is None]
     text_only = backend.text_only
     needs_vision = not text_only and any(s["has_image"] for p in prompts for s in todo[p])
@@ -321,7 +321,7 @@ def _score(store: Any, summary: BatchSummary, task: str) -> None:
 
     chains = [c for c in store.reasonings(dataset=summary.dataset, split=summary.split, source=summary.source,
                                           stage=EVAL, final_only=True)
-              if c["model"] == summary.model and c["prompt_version"] == summary.prompt_version]  # fmt: skip
+              if c["model"] == summary.model and c["prompt_version"] == summary.prompt_version]
     summary.chains = len(chains)
     summary.invalid = sum(1 for c in chains if not c["valid"])
     latencies = [c["latency_s"] for c in chains if c["latency_s"] is not None]

@@ -32,4 +32,4 @@ class Store(SamplesMixin, ChainsMixin, RunsMixin, ResultsMixin, BrowseMixin, Bat
 __all__ = [
     "DEFAULT_DB", "MIGRATIONS", "REASONING_COLUMNS", "SAMPLE_CONTENT", "RunRecord", "Store", "UpsertCounts",
     "default_db_path", "now",
-]  # fmt: skip
+]

@@ -23,7 +23,7 @@ class BatchesMixin(Connection):
 
     def add_batch(self, batch_id: str, *, run_id: str, dataset: str, split: str, model: str, kind: str,
                   stage: str, custom_ids: list[str], status: str, input_path: str | None = None,
-                  estimate_usd: float | None = None) -> dict[str, Any]:  # fmt: skip
+                  estimate_usd: float | None = None) -> dict[str, Any]:
         """Register a batch about to be submitted (or a file just written)."""
         stamp = now()
         with self.transaction():
@@ -31,7 +31,7 @@ class BatchesMixin(Connection):
                 "id": batch_id, "run_id": run_id, "dataset": dataset, "split": split, "model": model, "kind": kind,
                 "stage": stage, "custom_ids": to_json(custom_ids), "status": status, "requests": len(custom_ids),
                 "input_path": input_path, "estimate_usd": estimate_usd, "created_at": stamp, "updated_at": stamp,
-            })  # fmt: skip
+            })
         return self.get_batch(batch_id)  # type: ignore[return-value]
 
     def update_batch(self, batch_id: str, **values: Any) -> None:
@@ -54,7 +54,7 @@ class BatchesMixin(Connection):
         return rows[0] if rows else None
 
     def batches(self, *, dataset: str | None = None, run_id: str | None = None, kind: str | None = None,
-                pending: bool | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                pending: bool | None = None) -> list[dict[str, Any]]:
         """Batches, oldest first; ``pending=True``: those whose results are not in the store yet (and not
         superseded)."""
         clauses, params = equals(("dataset", dataset), ("run_id", run_id), ("kind", kind))

@@ -141,7 +141,7 @@ class BrowseMixin(Connection):
                 params.append(query.exclude)
         sample_clauses, sample_params = equals(("s.dataset", dataset), ("s.split", split), ("s.label", gold))
         chain, chain_params = equals(("r.source", source), ("r.run_id", run_id), ("r.stage", stage),
-                                     ("r.prediction", predicted))  # fmt: skip
+                                     ("r.prediction", predicted))
         where += sample_clauses
         params += sample_params + chain_params
         if outcome is not None:
@@ -166,7 +166,7 @@ class BrowseMixin(Connection):
         tree: dict[str, dict[str, Any]] = {}
         for d in self.db.query("SELECT name, task FROM datasets ORDER BY name"):
             tree[d["name"]] = {"name": d["name"], "task": d["task"], "samples": 0, "chains": 0 if chains else None,
-                               "splits": {}}  # fmt: skip
+                               "splits": {}}
         for r in self.db.query("SELECT dataset, split, COUNT(*) AS n FROM samples GROUP BY dataset, split"):
             ds = tree.get(r["dataset"])
             if ds is not None:
@@ -280,7 +280,7 @@ class BrowseMixin(Connection):
             mark = per.get(r["source"])
             if mark is None or rank[outcome] > rank[mark["outcome"]]:
                 per[r["source"]] = {"outcome": outcome, "prediction": r["prediction"],
-                                    "chains": (mark or {}).get("chains", 0) + 1}  # fmt: skip
+                                    "chains": (mark or {}).get("chains", 0) + 1}
             else:
                 mark["chains"] += 1
         return out
@@ -326,7 +326,7 @@ class BrowseMixin(Connection):
         chain = dict(attempts[-1])
         chain["fields"] = from_json(chain["fields"]) or {}
         keep = ("id", "attempt", "valid", "parse_status", "prediction", "outcome", "error", "tokens_in",
-                "tokens_out", "cost_usd", "latency_s")  # fmt: skip
+                "tokens_out", "cost_usd", "latency_s")
         chain["attempts"] = [{k: a[k] for k in keep} for a in attempts]
         for key in ("tokens_in", "tokens_out", "cost_usd", "latency_s"):
             values = [a[key] for a in attempts if a[key] is not None]
@@ -356,7 +356,7 @@ class BrowseMixin(Connection):
                 "ratings",
                 {"reasoning_id": reasoning_id, "faithfulness": faithfulness, "usefulness": usefulness,
                  "comment": comment, "rater": rater, "created_at": now()},
-            )  # fmt: skip
+            )
 
     def ratings(
         self,
@@ -369,7 +369,7 @@ class BrowseMixin(Connection):
         """Ratings in the order given, each with its chain (source, model, stage, prompt version, run, prediction)
         and sample (dataset, split, key, gold label)."""
         where, params = equals(("s.dataset", dataset), ("s.split", split), ("r.source", source),
-                               ("t.reasoning_id", reasoning_id))  # fmt: skip
+                               ("t.reasoning_id", reasoning_id))
         sql = (
             "SELECT t.id, t.reasoning_id, t.faithfulness, t.usefulness, t.comment, t.rater, t.created_at,"
             " r.source, r.model, r.stage, r.prompt_version, r.run_id, r.prediction,"

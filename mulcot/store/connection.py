@@ -101,7 +101,7 @@ class Connection:
             self._close_quietly()
             if not existed and not readonly and "unable to open" in str(exc):
                 raise StoreError(f"cannot create {self.path}: its folder is read-only (or not ours to write): pass "
-                                 "--db FILE in a writable folder") from None  # fmt: skip
+                                 "--db FILE in a writable folder") from None
             raise self.store_error(exc) or StoreError(f"{self.path} is not a mulcot database ({exc})") from None
         except StoreError:
             self._close_quietly()
@@ -128,7 +128,7 @@ class Connection:
         except StoreError as err:
             done, known = len(self.applied_migrations_of(self.path)), len(migrations.MIGRATIONS)
             raise StoreError(f"{self.path} was written by an older mulcot (schema {done} of {known}) and cannot be "
-                             f"upgraded here: {err}") from None  # fmt: skip
+                             f"upgraded here: {err}") from None
         self.db = sqlite_utils.Database(self._connect())
         self.db.execute("PRAGMA query_only = 1")
 
@@ -147,11 +147,11 @@ class Connection:
     def _connect(self) -> sqlite3.Connection:
         if not self.readonly:
             return sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
-                                   timeout=self.busy_timeout_s)  # fmt: skip
+                                   timeout=self.busy_timeout_s)
         uri = "file:" + quote(str(self.path.resolve())) + "?mode=ro"
         try:
             conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None,
-                                   timeout=self.busy_timeout_s)  # fmt: skip
+                                   timeout=self.busy_timeout_s)
             conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
             return conn
         except sqlite3.OperationalError as exc:
@@ -169,13 +169,13 @@ class Connection:
         if tables:
             shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
             raise StoreError(f"{self.path} is an SQLite database of another application (tables: {shown}), not a "
-                             "mulcot store: pass another --db")  # fmt: skip
+                             "mulcot store: pass another --db")
         if self.readonly:
             raise StoreError(f"{self.path} is an empty SQLite file, not a mulcot database: check --db (mulcot data "
-                             "import creates one)")  # fmt: skip
+                             "import creates one)")
         if existed and self.db.execute("PRAGMA user_version").fetchone()[0]:
             raise StoreError(f"{self.path} is an SQLite database of another application, not a mulcot store: pass "
-                             "another --db")  # fmt: skip
+                             "another --db")
 
     def _check_writable(self) -> None:
         """A write command refuses a store it cannot write (read-only file or filesystem, held by another writer)
@@ -189,12 +189,12 @@ class Connection:
         text = str(exc).lower()
         if "locked" in text or "busy" in text:
             return StoreBusyError(f"{self.path} is locked by another process (waited {self.busy_timeout_s:g} s for its "
-                              "write to finish): try again when it is done")  # fmt: skip
+                              "write to finish): try again when it is done")
         if "readonly" in text or "read-only" in text or "unable to open database file" in text:
             if self.readonly:
                 return StoreError(f"{self.path} was opened read-only: this needs a command that writes")
             return StoreError(f"{self.path} is read-only (file permissions or a read-only filesystem) and this "
-                              "command writes to it: copy it somewhere writable and pass --db")  # fmt: skip
+                              "command writes to it: copy it somewhere writable and pass --db")
         if "disk is full" in text or "disk i/o error" in text:
             return StoreError(f"cannot write {self.path}: {exc}")
         return None

@@ -26,7 +26,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         },
         pk="name",
         not_null={"task", "format"},
-    )  # fmt: skip
+    )
     db["samples"].create(
         {
             "id": int, "dataset": str, "split": str, "key": str, "text": str, "raw_text": str, "aspect": str,
@@ -36,7 +36,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"dataset", "split", "key", "text"},
         foreign_keys=[("dataset", "datasets", "name")],
-    )  # fmt: skip
+    )
     db["samples"].create_index(["dataset", "split", "key"], unique=True)
     db["samples"].create_index(["dataset", "label"])
     db["runs"].create(
@@ -47,7 +47,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         },
         pk="id",
         not_null={"kind", "status"},
-    )  # fmt: skip
+    )
     db["reasonings"].create(
         {
             "id": int, "sample_id": int, "source": str, "model": str, "stage": str, "prompt_version": str,
@@ -58,7 +58,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"sample_id", "source", "stage"},
         foreign_keys=[("sample_id", "samples", "id")],
-    )  # fmt: skip
+    )
     db["reasonings"].create_index(["sample_id", "source", "stage"])
     db["reasonings"].create_index(["source", "model", "prompt_version", "final"])
     db["reasonings"].create_index(["run_id"])
@@ -69,7 +69,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         },
         pk="id",
         not_null={"dataset", "split", "metrics"},
-    )  # fmt: skip
+    )
     db["eval_results"].create_index(["dataset", "split"])
 
 
@@ -104,7 +104,7 @@ def m002_browse_search(db: sqlite_utils.Database) -> None:
         f" VALUES (new.id, new.text, new.aspect, ({_SAMPLE_CHAINS_SQL.format(sid='new.id')})); END"
     )
     db.execute("CREATE TRIGGER samples_fts_delete AFTER DELETE ON samples BEGIN"
-               " DELETE FROM samples_fts WHERE rowid = old.id; END")  # fmt: skip
+               " DELETE FROM samples_fts WHERE rowid = old.id; END")
     db.execute(
         "CREATE TRIGGER reasonings_fts_insert AFTER INSERT ON reasonings BEGIN"
         " UPDATE samples_fts SET chains = COALESCE(NULLIF(chains, '') || char(10), '')"

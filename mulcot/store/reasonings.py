@@ -26,7 +26,7 @@ REASONING_COLUMNS = (
     "sample_id", "source", "model", "stage", "prompt_version", "raw", "text", "fields", "prediction",
     "parse_status", "valid", "attempt", "final", "tokens_in", "tokens_out", "cost_usd", "latency_s", "run_id",
     "error", "origin", "created_at",
-)  # fmt: skip
+)
 
 # who wrote a chain (other names, e.g. student-gguf, are allowed and sort after these)
 SOURCES = ("teacher", "assistant", "student")
@@ -139,7 +139,7 @@ class ChainsMixin(Connection):
     ) -> list[dict[str, Any]]:
         """Chains matching the filters, joined with their sample's dataset, split, key and gold label."""
         where, params = equals(("s.dataset", dataset), ("s.split", split), ("r.source", source), ("r.stage", stage),
-                               ("r.sample_id", sample_id), ("r.run_id", run_id))  # fmt: skip
+                               ("r.sample_id", sample_id), ("r.run_id", run_id))
         if final_only:
             where.append(FINAL)
         sql = f"SELECT r.*, s.dataset, s.split, s.key, s.label AS gold FROM {_JOIN}"
@@ -184,7 +184,7 @@ class ChainsMixin(Connection):
         return out
 
     def chain_counts(self, dataset: str, split: str, *, source: str, stage: str, run_id: str,
-                     prompt_version: str) -> dict[int, int]:  # fmt: skip
+                     prompt_version: str) -> dict[int, int]:
         """Per sample, how many chains a run has already produced (for resuming sampled generation)."""
         return {
             r["sample_id"]: r["n"]
@@ -249,7 +249,7 @@ class ChainsMixin(Connection):
         }
 
     def add_soft_labels(self, run_id: str, shard: str, entries: Iterable[tuple[str, int, int]],
-                        source: str | None = None) -> None:  # fmt: skip
+                        source: str | None = None) -> None:
         """Index one written shard: (item key, positions, k) per entry, computed from ``source``, all in one
         transaction (an entry from another source is replaced)."""
         stamp = now()

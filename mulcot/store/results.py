@@ -11,7 +11,7 @@ from mulcot.store.connection import Connection, decoded, equals, now, to_json
 
 #: The columns of one ``eval_posts`` row a caller gives (``result_id`` is added).
 EVAL_POST_COLUMNS = ("sample_id", "key", "gold", "prediction", "chain_prediction", "label_prediction", "chain_id",
-                     "label_id", "p_positive", "p_neutral", "p_negative")  # fmt: skip
+                     "label_id", "p_positive", "p_neutral", "p_negative")
 
 
 class ResultsMixin(Connection):
@@ -19,7 +19,7 @@ class ResultsMixin(Connection):
 
     def add_eval_result(self, *, dataset: str, split: str, metrics: dict, n: int, source: str | None = None,
                         model: str | None = None, run_id: str | None = None, config: dict | None = None,
-                        posts: Iterable[dict[str, Any]] = ()) -> int:  # fmt: skip
+                        posts: Iterable[dict[str, Any]] = ()) -> int:
         """Store one evaluation's metrics (and settings) for a split, with its per-post rows (:data:`EVAL_POST_COLUMNS`;
         missing ones are NULL) in the same transaction; returns its id."""
         with self.transaction():
@@ -27,7 +27,7 @@ class ResultsMixin(Connection):
                 "eval_results",
                 {"run_id": run_id, "dataset": dataset, "split": split, "source": source, "model": model, "n": n,
                  "metrics": to_json(metrics), "config": to_json(config), "created_at": now()},
-            )  # fmt: skip
+            )
             rows = []
             for post in posts:
                 unknown = set(post) - set(EVAL_POST_COLUMNS)
@@ -36,7 +36,7 @@ class ResultsMixin(Connection):
                 rows.append([rid, *(post.get(c) for c in EVAL_POST_COLUMNS)])
             if rows:
                 sql = (f"INSERT INTO eval_posts (result_id, {', '.join(EVAL_POST_COLUMNS)}) VALUES "
-                       f"({', '.join('?' for _ in range(len(EVAL_POST_COLUMNS) + 1))})")  # fmt: skip
+                       f"({', '.join('?' for _ in range(len(EVAL_POST_COLUMNS) + 1))})")
                 self.db.conn.executemany(sql, rows)
             return rid
 

@@ -108,7 +108,7 @@ def claim_is_live(run: dict[str, Any]) -> bool:
     if run.get("status") != RUNNING:
         return False
     return _writer_alive(run.get("writer_token"), run.get("writer_pid"), run.get("writer_host"),
-                         run.get("heartbeat_at"))  # fmt: skip
+                         run.get("heartbeat_at"))
 
 
 def _writer_alive(token: str | None, pid: int | None, host: str | None, stamp: str | None) -> bool:
@@ -142,7 +142,7 @@ class _Heartbeat:
                 conn = sqlite3.connect(path, timeout=5, isolation_level=None)
                 try:
                     conn.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ? AND writer_token = ?",
-                                 [now(), run_id, token])  # fmt: skip
+                                 [now(), run_id, token])
                 finally:
                     conn.close()
             except sqlite3.Error:
@@ -197,7 +197,7 @@ class RunsMixin(Connection):
             claim = {}
             if writer is not None:
                 claim = {"writer_pid": os.getpid(), "writer_host": socket.gethostname(), "writer_token": writer,
-                         "heartbeat_at": now()}  # fmt: skip
+                         "heartbeat_at": now()}
             folder = None if output_dir is None else os.path.abspath(output_dir)
             if existing is None:
                 self._insert(
@@ -205,7 +205,7 @@ class RunsMixin(Connection):
                     {"id": run_id, "kind": kind, "dataset": dataset, "status": RUNNING, "config": to_json(config),
                      "output_dir": folder, "recipe_hash": recipe_hash, "created_at": now(), "updated_at": now(),
                      **({"settings_hash": settings_hash} if settings_hash is not None else {}), **claim},
-                )  # fmt: skip
+                )
             else:
                 if existing["kind"] != kind:
                     raise StoreError(f"run '{run_id}' already exists as a {existing['kind']} run: choose another name")
@@ -232,13 +232,13 @@ class RunsMixin(Connection):
         where = f"process {run.get('writer_pid')} on {run.get('writer_host')}{beat}"
         more = "; or pass --force to share the run with it (no request is sent twice)" if forceable else ""
         return (f"run '{run['id']}' is being written by {where}: wait for it to finish or stop it (a stopped run "
-                f"resumes){more}")  # fmt: skip
+                f"resumes){more}")
 
     def _job_owners(self, run_id: str) -> list[dict[str, Any]]:
         return list(self.db.query(
             "SELECT token, pid, host, MAX(claimed_at) AS claimed_at FROM run_jobs WHERE run_id = ? GROUP BY token",
             [run_id],
-        ))  # fmt: skip
+        ))
 
     def _live_job_owner(self, run_id: str) -> dict[str, Any] | None:
         """A writer of the run (by its job claims) that may still be at work, as a run row names its writer."""
@@ -287,7 +287,7 @@ class RunsMixin(Connection):
 
     @contextmanager
     def run(self, run_id: str, *, kind: str, resume_hint: str = RESUME_HINT, force: bool | None = None,
-            **record: Any) -> Iterator[RunRecord]:  # fmt: skip
+            **record: Any) -> Iterator[RunRecord]:
         """Record a run around its work: ``running`` now (:meth:`create_run` takes ``record``: dataset, config,
         output_dir, recipe_hash, settings_hash; and ``force``), then ``done`` / ``interrupted`` (Ctrl-C, SIGTERM) /
         ``failed``. The run is claimed for this process meanwhile (one writer per run)."""

@@ -55,13 +55,13 @@ class SamplesMixin(Connection):
                         "images_root": images_root, "has_images": int(has_images), "created_at": now(),
                         "updated_at": now(),
                     },
-                )  # fmt: skip
+                )
                 return True
             has = int(bool(existing["has_images"]) or has_images)
             self._update(
                 "datasets", "name", name,
                 {"images_root": images_root or existing["images_root"], "has_images": has, "updated_at": now()},
-            )  # fmt: skip
+            )
             return False
 
     def list_datasets(self) -> list[dict[str, Any]]:
@@ -102,7 +102,7 @@ class SamplesMixin(Connection):
                     "samples",
                     {"dataset": dataset, "split": row["split"], "key": row["key"], **content, **extra,
                      "created_at": stamp, "updated_at": stamp},
-                )  # fmt: skip
+                )
                 existing[ident] = {"id": sid, **content}
                 counts.added += 1
             else:

@@ -37,7 +37,7 @@ class MultiTaskTrainer(Trainer):
 
     def __init__(self, *args: Any, task_weights: tuple[float, float], collator: Any, single_pass: bool = True,
                  dev_eval: Callable[[Any], dict[str, float]] | None = None, packing: bool = True,
-                 **kwargs: Any):  # fmt: skip
+                 **kwargs: Any):
         super().__init__(*args, data_collator=lambda items: items, **kwargs)
         self.task_weights = task_weights
         self.single_pass = single_pass
@@ -63,7 +63,7 @@ class MultiTaskTrainer(Trainer):
         return {"batch": batch, "labels": labels, "task_ids": task_ids, "mask": mask, "logits": logits}
 
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:  # fmt: skip
+                     num_items_in_batch: Any = None) -> Any:
         """L = λ_cls·CE_cls + λ_rea·CE_rea over target tokens (:func:`mulcot.train.losses.multitask_loss`)."""
         w_cls, w_rea = self.task_weights
         tasks = self.tasks
@@ -104,12 +104,12 @@ class MultiTaskTrainer(Trainer):
         if self.lr_scheduler is None and self.args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU:
             self.lr_scheduler = WarmupPlateau(optimizer or self.optimizer,
                                               self.args.get_warmup_steps(num_training_steps),
-                                              **(self.args.lr_scheduler_kwargs or {}))  # fmt: skip
+                                              **(self.args.lr_scheduler_kwargs or {}))
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
-                 metric_key_prefix: str = "eval") -> dict[str, float]:  # fmt: skip
+                 metric_key_prefix: str = "eval") -> dict[str, float]:
         if self.dev_eval is None:
             return {}
         start = time.perf_counter()
@@ -128,7 +128,7 @@ class MultiTaskTrainer(Trainer):
 
 
 def train_assistant(store: Store, config: TrainConfig, *, resume: bool = False, progress: Progress | None = None,
-                    items: list[Any] | None = None) -> TrainResult:  # fmt: skip
+                    items: list[Any] | None = None) -> TrainResult:
     """Train (or resume) the assistant on D_t (or ``items``); records the run and writes ``runs/<name>/`` (beside the
     database unless ``config.runs_dir`` says where)."""
     config = with_runs_dir(config, store.runs_dir)
@@ -146,4 +146,4 @@ def train_assistant(store: Store, config: TrainConfig, *, resume: bool = False, 
     # every rank checks before any records the run; a refusal is one error, the same on every rank
     items = dist.everywhere(prepare)
     return fit(store, config, kind="train-assistant", items=items, trainer_class=MultiTaskTrainer, settings=settings,
-               resume=resume, progress=progress)  # fmt: skip
+               resume=resume, progress=progress)

@@ -19,7 +19,7 @@ class RunCallback(TrainerCallback):
     only: under a launcher the other ranks get no ``progress``)."""
 
     def __init__(self, folder: Path, progress: Progress | None, save_best: Callable[[dict], None],
-                 best: dict[str, Any] | None):  # fmt: skip
+                 best: dict[str, Any] | None):
         self.folder = folder
         self.progress = progress
         self.save_best = save_best
@@ -33,7 +33,7 @@ class RunCallback(TrainerCallback):
         if not state.is_world_process_zero:  # one log, written by the main process
             return
         record = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **(logs or {}),
-                  "elapsed_s": round(time.perf_counter() - self.started, 3)}  # fmt: skip
+                  "elapsed_s": round(time.perf_counter() - self.started, 3)}
         with (self.folder / "log.jsonl").open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         emit(self.progress, "train", "log", done=state.global_step, total=state.max_steps, **record)
@@ -43,7 +43,7 @@ class RunCallback(TrainerCallback):
              elapsed=time.perf_counter() - self.started)
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None,
-                    model: Any = None, **kwargs: Any) -> None:  # fmt: skip
+                    model: Any = None, **kwargs: Any) -> None:
         metrics = metrics or {}
         score = metrics.get("eval_select")
         if score is None:

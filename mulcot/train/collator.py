@@ -29,7 +29,7 @@ class MultiTaskCollator:
 
     def __init__(self, processor: Any, task: str, *, tasks: tuple[int, ...] = (TASK_REA, TASK_CLS),
                  max_pixels: int = DEFAULT_MAX_PIXELS, max_length: int | None = None,
-                 text_only: bool | None = None):  # fmt: skip
+                 text_only: bool | None = None):
         """``text_only`` (default: whether the processor is a text-only backbone's) renders every item without its
         image, captions standing in, as a text-only backbone sees it (soft labels from a text-only server)."""
         self.processor = processor
@@ -58,7 +58,7 @@ class MultiTaskCollator:
         else:
             target = format_prediction(item.label)
         return [user_message(prompt, item.image_path is not None and not self.text_only),
-                {"role": "assistant", "content": [{"type": "text", "text": target}]}], target  # fmt: skip
+                {"role": "assistant", "content": [{"type": "text", "text": target}]}], target
 
     def text(self, item: TrainItem, task_id: int) -> str:
         """One task's sequence of one item as the chat template renders it (what gets tokenized)."""
@@ -84,7 +84,7 @@ class MultiTaskCollator:
         return labels
 
     def __call__(self, items: list[TrainItem], tasks: tuple[int, ...] | None = None, *,
-                 packed: bool = False) -> dict[str, Any]:  # fmt: skip
+                 packed: bool = False) -> dict[str, Any]:
         """Tokenized sequences, task by task (reasoning first) and item by item: right-padded rows with ``labels``
         and ``task_ids`` [rows]; ``packed``: one row without padding (:func:`mulcot.train.packing.pack`)."""
         import torch

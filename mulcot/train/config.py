@@ -50,7 +50,7 @@ class TrainConfig(Validated):
     name: str = _f(help="Run name (folder runs/NAME).", cli=False)
     split: str = _f("train", "Training split.")
     dev_split: str | None = _f("dev", "Dev split for per-epoch evaluation.",
-                               none_flag=("--no-dev", "Skip dev evaluation (keeps the last epoch)."))  # fmt: skip
+                               none_flag=("--no-dev", "Skip dev evaluation (keeps the last epoch)."))
     task_weights: tuple[float, float] = _f(
         (0.2, 0.8), "λ_cls,λ_rea: 0.2,0.8 (paper) or 0.5,0.5 (authors' code).", section="training", parse=parse_weights
     )
@@ -58,7 +58,7 @@ class TrainConfig(Validated):
     lora_alpha: int = _f(32, "LoRA alpha.", section="model", above=0)
     lora_dropout: float = _f(0.05, "LoRA dropout.", section="model", min=0, max=1)
     lora_targets: str = _f("language", "language (LM projections), all (suffix match, vision MLPs too, as the authors' "
-                           "code) or module names.", section="model", choices=LORA_TARGET_CHOICES)  # fmt: skip
+                           "code) or module names.", section="model", choices=LORA_TARGET_CHOICES)
     lr: float = _f(3e-4, "AdamW learning rate.", section="training", above=0)
     weight_decay: float = _f(0.0, "AdamW weight decay (0, the Trainer's default, as before).", section="training")
     batch_size: int = _f(2, "Chains per micro-batch (each gives 2 sequences).", section="training", min=1)
@@ -69,28 +69,28 @@ class TrainConfig(Validated):
     min_lr: float = _f(1e-6, "Floor of the lr halving.", section="training", min=0)
     warmup_steps: int = _f(0, "Linear lr warm-up, in optimizer steps.", section="training", min=0)
     max_pixels: int = _f(DEFAULT_MAX_PIXELS, "Images are downsized to at most this many pixels.",
-                         section="training", min=1)  # fmt: skip
+                         section="training", min=1)
     single_pass: bool = _f(True, "One forward pass per task instead of one for both.", section="training",
-                           flag="--two-pass", invert=True)  # fmt: skip
+                           flag="--two-pass", invert=True)
     packing: bool = _f(True, "train-assistant: padding-free batches for text-only models (each sequence attends "
                        "to itself only); --no-packing pads every sequence to the longest.", section="training",
-                       flag="--no-packing", invert=True)  # fmt: skip
+                       flag="--no-packing", invert=True)
     device: str | None = _f(None, "cuda, cuda:1, mps or cpu (default: best available).", section="training")
     dtype: str | None = _f(None, "bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU).", section="training")
     load_in_4bit: bool = _f(False, "QLoRA through bitsandbytes.", section="training")
     gradient_checkpointing: bool = _f(False, "Trade compute for memory.", section="training")
     deepspeed: str | None = _f(None, "DeepSpeed config JSON (ZeRO-2/3, see examples/deepspeed/); launch with "
-                               "torchrun or accelerate launch.", section="training")  # fmt: skip
+                               "torchrun or accelerate launch.", section="training")
     fsdp: str | None = _f(None, "FSDP for the Trainer: true (settings in --fsdp-config) or legacy options such as "
-                          "'full_shard auto_wrap'; launch with torchrun.", section="training")  # fmt: skip
+                          "'full_shard auto_wrap'; launch with torchrun.", section="training")
     fsdp_config: str | None = _f(None, "FSDP config JSON (see examples/fsdp/).", section="training")
     processes: int = _f(1, "Recipes: train on this many processes (mulcot run launches the training stages with "
                         "torchrun --nproc_per_node N, one per GPU).", section="training", min=1,
-                        cli=False)  # fmt: skip
+                        cli=False)
     seed: int = _f(42, "Random seed.", section="training")
     report_to: str = _f("none", "Also log to tensorboard (runs/NAME/tensorboard), wandb or mlflow (their usual "
                         "environment variables apply); log.jsonl and curves.png are always written.",
-                        section="training", choices=REPORT_TO)  # fmt: skip
+                        section="training", choices=REPORT_TO)
     max_train_items: int | None = _f(None, "Use only the first N chains.", section="training", min=1)
     max_dev_samples: int | None = _f(None, "Evaluate on the first N dev samples.", section="training", min=1)
     save_steps: int | None = _f(None, "Checkpoint every N optimizer steps (default: each epoch).", section="training")
@@ -121,19 +121,19 @@ class DistillConfig(TrainConfig):
 
     assistant: str = _f("", "The trained assistant: runs/NAME, an adapter folder or a run name.", cli=False)
     lam: float = _f(0.3, "λ: weight of the soft (KL) loss against the hard (CE) loss.", section="student",
-                    min=0, max=1)  # fmt: skip
+                    min=0, max=1)
     tau: float = _f(2.0, "τ: softmax temperature of the soft labels.", section="student", above=0)
     tau_squared: bool = _f(False, "Scale the soft loss by τ² (Hinton et al.).", section="student")
     soft_labels: str = _f("cache", "cache (top-k on disk, frugal), online (assistant resident) or server (top-k "
-                          "from the assistant's --server, cached).", section="student", choices=SOFT_MODES)  # fmt: skip
+                          "from the assistant's --server, cached).", section="student", choices=SOFT_MODES)
     top_k: int = _f(32, "Cached soft labels: top-k log-probs per target position.", section="student", min=1)
     server: str = _f("", "--soft-labels server: the server serving the assistant (http://HOST:PORT/v1; vLLM or "
-                     "llama-cpp-python). Its key, if any, from MULCOT_SERVER_KEY.", section="student")  # fmt: skip
+                     "llama-cpp-python). Its key, if any, from MULCOT_SERVER_KEY.", section="student")
     served_model: str = _f("", "--soft-labels server: the assistant's name in the server's /v1/models.",
-                           section="student")  # fmt: skip
+                           section="student")
     server_concurrency: int = _f(4, "--soft-labels server: requests in flight.", section="student", min=1)
     server_text_only: bool = _f(False, "--soft-labels server: accept soft labels over the text-only rendering "
-                                "(captions for images) of a vision-language run.", section="student")  # fmt: skip
+                                "(captions for images) of a vision-language run.", section="student")
     include_expanded: bool = _f(True, "Train on D_t only (skip D_a).", flag="--no-expanded", invert=True)
 
     def check(self) -> None:
@@ -150,19 +150,19 @@ class DistillConfig(TrainConfig):
             return
         if not self.server or not self.served_model:
             raise ConfigError("--soft-labels server needs --server URL and --served-model NAME (the assistant as the "
-                              "server serves it)")  # fmt: skip
+                              "server serves it)")
         if not self.server.startswith(("http://", "https://")):
             raise ConfigError(f"--server must be an http(s) URL such as http://127.0.0.1:8000/v1, not '{self.server}'")
         if found := url_secrets(self.server):
             raise ConfigError(f"--server must not carry credentials (it has {' and '.join(found)}; they would be "
-                              "stored with the run): put the key in MULCOT_SERVER_KEY")  # fmt: skip
+                              "stored with the run): put the key in MULCOT_SERVER_KEY")
 
     def server_config(self) -> Any:
         """The :class:`mulcot.generation.server.ServerConfig` of the --server settings (``soft_labels = server``)."""
         from mulcot.generation.server import ServerConfig
 
         return ServerConfig(url=self.server, served_model=self.served_model, concurrency=self.server_concurrency,
-                            text_only=True)  # fmt: skip
+                            text_only=True)
 
 
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -180,11 +180,11 @@ class PreferenceConfig(Validated):
     name: str = _f(help="Run name (folder runs/NAME).", cli=False)
     split: str = _f("train", "Training split of the pairs.")
     sources: str = _f("teacher,assistant,student,ratings", "Where rejected chains come from (comma-separated).",
-                      flag="--from", section="dpo")  # fmt: skip
+                      flag="--from", section="dpo")
     beta: float = _f(0.1, "β: how far the policy may move from the reference (higher: less).", section="dpo",
-                     above=0)  # fmt: skip
+                     above=0)
     loss: str = _f("sigmoid", "TRL's DPO loss: sigmoid (DPO), ipo, hinge, robust, …", section="dpo",
-                   choices=DPO_LOSSES)  # fmt: skip
+                   choices=DPO_LOSSES)
     lr: float = _f(5e-5, "AdamW learning rate.", section="dpo", above=0)
     batch_size: int = _f(2, "Pairs per micro-batch.", section="dpo", min=1)
     grad_accum: int = _f(4, "Gradient accumulation steps.", section="dpo", min=1)
@@ -192,9 +192,9 @@ class PreferenceConfig(Validated):
     warmup_steps: int = _f(0, "Linear lr warm-up, in optimizer steps (then linear decay).", section="dpo", min=0)
     max_pairs: int | None = _f(None, "Use only the first N pairs.", section="dpo", min=1)
     max_length: int | None = _f(None, "Truncate sequences to N tokens (text-only models; default: none).",
-                                section="dpo")  # fmt: skip
+                                section="dpo")
     max_pixels: int = _f(DEFAULT_MAX_PIXELS, "Images are downsized to at most this many pixels.",
-                         section="training", min=1)  # fmt: skip
+                         section="training", min=1)
     device: str | None = _f(None, "cuda, cuda:1, mps or cpu (default: best available).", section="training")
     dtype: str | None = _f(None, "bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU).", section="training")
     gradient_checkpointing: bool = _f(False, "Trade compute for memory.", section="training")
@@ -202,7 +202,7 @@ class PreferenceConfig(Validated):
     save_steps: int | None = _f(None, "Checkpoint every N optimizer steps (default: each epoch).", section="training")
     report_to: str = _f("none", "Also log to tensorboard (runs/NAME/tensorboard), wandb or mlflow (their usual "
                         "environment variables apply); log.jsonl and curves.png are always written.",
-                        section="training", choices=REPORT_TO)  # fmt: skip
+                        section="training", choices=REPORT_TO)
     runs_dir: str | None = _f(None, "Where run folders go (default: runs/ beside the database).")
 
     def public(self) -> dict[str, Any]:
@@ -221,7 +221,7 @@ AnyConfig = TrainConfig | PreferenceConfig
 OPERATIONAL = frozenset({
     "name", "runs_dir", "device", "report_to", "extra", "processes", "save_steps", "dev_batch_size", "deepspeed",
     "fsdp", "fsdp_config", "gradient_checkpointing", "assistant", "server", "served_model", "server_concurrency",
-})  # fmt: skip
+})
 # Settings that stand for a starting adapter, and the flag that names it.
 DIGEST_FLAGS = {"assistant_sha256": "--assistant", "start_sha256": "--model"}
 

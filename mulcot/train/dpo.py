@@ -76,7 +76,7 @@ def dpo_arguments(config: PreferenceConfig, model: Any, n_pairs: int, vision_lor
     launch: dict[str, Any] = {}
     if world > 1:
         launch = {"ddp_backend": "nccl" if device.startswith("cuda") else "gloo",
-                  "ddp_find_unused_parameters": vision_lora}  # fmt: skip
+                  "ddp_find_unused_parameters": vision_lora}
     return DPOConfig(
         output_dir=str(config.folder / "checkpoints"),
         beta=config.beta,
@@ -107,7 +107,7 @@ def dpo_arguments(config: PreferenceConfig, model: Any, n_pairs: int, vision_lor
 
 
 def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
-        progress: Progress | None = None) -> TrainResult:  # fmt: skip
+        progress: Progress | None = None) -> TrainResult:
     """DPO of the run ``config.model`` on the pairs of ``config.dataset``; records the run (kind ``dpo``) and
     writes ``runs/<name>/`` with ``adapter/``. Refuses, in one line, bad settings and a dataset without pairs.
 
@@ -162,7 +162,7 @@ def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
     text_only = is_text_only(processor)
     recorded = {**config.public(), **settings, "family": family, "base_model": ref.base_model, "start_run": ref.run_id,
                 "start_adapter": str(ref.adapter), "pairs": pairs.summary(), "world_size": dist.world_size(),
-                "effective_batch": config.batch_size * config.grad_accum * dist.world_size()}  # fmt: skip
+                "effective_batch": config.batch_size * config.grad_accum * dist.world_size()}
     if main:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(json.dumps(recorded, indent=2, default=str))
@@ -171,11 +171,11 @@ def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
                   settings_hash=settings_hash(settings), resume_hint=RESUME_HINT)
         if main
         else nullcontext(RunRecord(id=config.name))
-    )  # fmt: skip
+    )
     with record as run:
         try:
             result = _train(config, model, processor, pairs, text_only, ref.base_model, ref.run_id, ref.adapter,
-                            resume, progress)  # fmt: skip
+                            resume, progress)
         except Exception as exc:
             message = _oom_message(exc, config)  # type: ignore[arg-type]
             if message:
@@ -183,7 +183,7 @@ def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
             raise
         result.wall_s = time.perf_counter() - start
         run.metrics = {"steps": result.steps, "train_loss": result.train_loss, "last": result.best,
-                       "pairs": len(pairs.pairs), "world_size": dist.world_size(), "launch": result.launch}  # fmt: skip
+                       "pairs": len(pairs.pairs), "world_size": dist.world_size(), "launch": result.launch}
     return result
 
 
@@ -210,7 +210,7 @@ def _keep_pairs(pairs: PairSet, path: Any, resume: bool) -> list[tuple[int, int]
         missing = [k for k in kept if k not in found]
         if missing:
             raise MulcotError(f"{len(missing)} of the run's {len(kept)} pairs are no longer in the store (e.g. chains "
-                              f"{missing[0][0]} / {missing[0][1]}): start a new run with another --name")  # fmt: skip
+                              f"{missing[0][0]} / {missing[0][1]}): start a new run with another --name")
         return kept
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([[p.chosen_id, p.rejected_id] for p in pairs.pairs]))
@@ -218,7 +218,7 @@ def _keep_pairs(pairs: PairSet, path: Any, resume: bool) -> list[tuple[int, int]
 
 
 def _train(config: PreferenceConfig, model: Any, processor: Any, pairs: PairSet, text_only: bool, base_model: str,
-           start_run: str, start_adapter: Any, resume: bool, progress: Progress | None) -> TrainResult:  # fmt: skip
+           start_run: str, start_adapter: Any, resume: bool, progress: Progress | None) -> TrainResult:
     import torch
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -237,11 +237,11 @@ def _train(config: PreferenceConfig, model: Any, processor: Any, pairs: PairSet,
     with _quiet_datasets():  # TRL tokenizes a text-only dataset with datasets' map, which draws a bar on stderr
         trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=processor.tokenizer if text_only else processor,
-                             callbacks=[callback])  # fmt: skip
+                             callbacks=[callback])
     policy = trainer.accelerator.unwrap_model(trainer.model)
     if REF_ADAPTER not in policy.peft_config:
         raise ModelError("TRL did not keep a copy of the starting adapter as the DPO reference (the reference would "
-                         "be the base model): this TRL/peft pairing is not supported")  # fmt: skip
+                         "be the base model): this TRL/peft pairing is not supported")
     route_trackers(trainer, folder)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -251,14 +251,14 @@ def _train(config: PreferenceConfig, model: Any, processor: Any, pairs: PairSet,
     policy.delete_adapter(REF_ADAPTER)
     logged = [r for r in trainer.state.log_history if "rewards/margins" in r]
     last = {"step": trainer.state.global_step, "epoch": trainer.state.epoch,
-            **{k: logged[-1][k] for k in REWARD_KEYS if logged and k in logged[-1]}}  # fmt: skip
+            **{k: logged[-1][k] for k in REWARD_KEYS if logged and k in logged[-1]}}
     if dist.is_main():  # DDP: every rank holds the same whole adapter
         meta = {"run": config.name, "base": base_model, "from": start_run, "kind": "dpo", "last": last}
         save_adapter(policy, processor, folder / "adapter", meta)
         plot_curves(folder)
     dist.barrier()
     launch = {"world_size": trainer.args.world_size, "backend": trainer.args.ddp_backend, "fsdp": False,
-              "deepspeed": False}  # fmt: skip
+              "deepspeed": False}
     return TrainResult(run=config.name, folder=str(folder), adapter=str(folder / "adapter"), best=last,
                        steps=trainer.state.global_step, train_loss=output.training_loss, history=logged,
-                       wall_s=0.0, launch=launch)  # fmt: skip
+                       wall_s=0.0, launch=launch)

@@ -41,7 +41,7 @@ def config_argv(config: Config) -> list[str]:
 
 
 def launch_command(config: Config, *, db: str | Path, resume: bool = False,
-                   processes: int | None = None) -> list[str]:  # fmt: skip
+                   processes: int | None = None) -> list[str]:
     """``python -m torch.distributed.run --nproc_per_node N -m mulcot train-assistant|distill|dpo …`` for ``config``
     (N: ``processes``, else the config's own)."""
     n = processes or getattr(config, "processes", 1)
@@ -53,11 +53,11 @@ def launch_command(config: Config, *, db: str | Path, resume: bool = False,
         stage = ["train-assistant", config.dataset, "--model", config.model]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "-m", "mulcot", *stage,
             "--name", config.name, *config_argv(config), *(["--resume"] if resume else []), "--db", str(db),
-            "--json"]  # fmt: skip
+            "--json"]
 
 
 def run_launched(config: Config, *, db: str | Path, resume: bool = False,
-                 processes: int | None = None) -> dict[str, Any]:  # fmt: skip
+                 processes: int | None = None) -> dict[str, Any]:
     """Run a training stage on ``processes`` (else the config's) processes; its JSON result (the training command's
     --json)."""
     n = processes or getattr(config, "processes", 1)
@@ -65,7 +65,7 @@ def run_launched(config: Config, *, db: str | Path, resume: bool = False,
     proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise MulcotError(f"training on {n} processes failed (exit code {proc.returncode}, see the lines above); the "
-                          f"command was: {shlex.join(argv)}")  # fmt: skip
+                          f"command was: {shlex.join(argv)}")
     try:
         return json.loads(proc.stdout)
     except json.JSONDecodeError:

@@ -76,7 +76,7 @@ def check_settings(store: Store, config: Any, resume: bool, settings: dict[str, 
     changed = changed_settings(type(config), existing.get("config") or {}, settings)
     if changed:
         raise MulcotError(f"run '{config.name}' was started with other settings: {'; '.join(changed)}: resume with "
-                          "the run's own settings, or start a new run with another --name")  # fmt: skip
+                          "the run's own settings, or start a new run with another --name")
 
 
 _TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
@@ -105,7 +105,7 @@ def allow_text_only(store: Store, config: TrainConfig) -> bool:
 
 def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], trainer_class: type,
         settings: dict[str, Any], extras: TrainerExtras | None = None, resume: bool = False,
-        progress: Progress | None = None) -> TrainResult:  # fmt: skip
+        progress: Progress | None = None) -> TrainResult:
     """Train (or resume) one LoRA run of ``trainer_class`` on ``items``; records it in the store as ``kind``, with
     its deciding ``settings`` (:func:`check_settings` compares a resume with them).
 
@@ -128,13 +128,13 @@ def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], train
         if config.dev_split:
             if config.dev_split not in store.splits(config.dataset):
                 raise MulcotError(f"dataset '{config.dataset}' has no split '{config.dev_split}' for dev "
-                                  "evaluation (pass --dev-split NAME, or --no-dev)")  # fmt: skip
+                                  "evaluation (pass --dev-split NAME, or --no-dev)")
             dev_items = sample_items(store, config.dataset, config.dev_split)[: config.max_dev_samples or None]
         device = train_device(config)
         # before the weights are read: with DeepSpeed ZeRO-3 the arguments make from_pretrained load them sharded
         args = training_arguments(config, device, len(items), bool(dev_items))
         model, processor, family = load_model(config.model, device=device, dtype=config.dtype,
-                                              load_in_4bit=config.load_in_4bit)  # fmt: skip
+                                              load_in_4bit=config.load_in_4bit)
         check_zero3_images(config, items + dev_items, is_text_only(processor))
         return task, dev_items, args, model, processor, family
 
@@ -142,7 +142,7 @@ def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], train
     # what stood for the image: the pixels (Qwen-VL), or for a text-only backbone the caption or nothing
     recorded = {**config.public(), **settings, "family": family, **image_input(items, is_text_only(processor)),
                 "world_size": dist.world_size(),
-                "effective_batch": config.batch_size * config.grad_accum * dist.world_size()}  # fmt: skip
+                "effective_batch": config.batch_size * config.grad_accum * dist.world_size()}
     if main:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(json.dumps(recorded, indent=2, default=str))
@@ -151,11 +151,11 @@ def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], train
                   settings_hash=settings_hash(settings), resume_hint=RESUME_HINT)
         if main
         else nullcontext(RunRecord(id=config.name))
-    )  # fmt: skip
+    )
     with record as run:
         try:
             result = _train(config, args, model, processor, task, items, dev_items, resume, progress,
-                            trainer_class, extras)  # fmt: skip
+                            trainer_class, extras)
         except Exception as exc:
             message = _oom_message(exc, config)
             if message:
@@ -163,7 +163,7 @@ def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], train
             raise
         result.wall_s = time.perf_counter() - start
         run.metrics = {"best": result.best, "steps": result.steps, "train_loss": result.train_loss,
-                       "history": result.history, "world_size": dist.world_size(), "launch": result.launch}  # fmt: skip
+                       "history": result.history, "world_size": dist.world_size(), "launch": result.launch}
     return result
 
 
@@ -183,7 +183,7 @@ def _oom_message(exc: BaseException, config: TrainConfig) -> str | None:
     if "out of memory" in text or type(exc).__name__ == "OutOfMemoryError":
         return (f"out of memory at --batch-size {config.batch_size} and --max-pixels {config.max_pixels}: lower "
                 "them (raise --grad-accum to keep the effective batch), use --gradient-checkpointing or "
-                "--load-in-4bit; then --resume")  # fmt: skip
+                "--load-in-4bit; then --resume")
     return None
 
 
@@ -200,7 +200,7 @@ def add_lora(model: Any, config: TrainConfig) -> Any:
     text_only = getattr(model.config, "model_type", None) not in FAMILIES
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=lora_target_modules(config.lora_targets, text_only=text_only),
-                      task_type="CAUSAL_LM")  # fmt: skip
+                      task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     from mulcot.train.lora_dropout import fuse_lora_dropout
 
@@ -226,10 +226,10 @@ def check_distributed(config: TrainConfig, device: str) -> None:
     if (config.deepspeed or config.fsdp) and not device.startswith("cuda"):
         # on CPUs accelerate leaves FSDP off without a word (measured): refuse rather than pretend to shard
         raise MulcotError(f"--deepspeed and --fsdp shard a model across GPUs, but this run trains on {device}: "
-                          "drop them (plain DDP runs on CPUs with gloo)")  # fmt: skip
+                          "drop them (plain DDP runs on CPUs with gloo)")
     if dist.is_distributed() and not config.single_pass:
         raise MulcotError("--two-pass runs two forward passes per step, which data-parallel training cannot "
-                          "synchronise: drop --two-pass under torchrun")  # fmt: skip
+                          "synchronise: drop --two-pass under torchrun")
 
 
 def _json_file(path: str, flag: str) -> dict[str, Any]:
@@ -251,7 +251,7 @@ def check_zero3_images(config: TrainConfig, items: list[Any], text_only: bool) -
     if bare:
         raise MulcotError(f"{bare} of the {len(items)} training and dev posts have no image, and DeepSpeed ZeRO-3 "
                           "hangs when one rank's batch has an image and another's has none: use ZeRO-2 "
-                          "(examples/deepspeed/ds_z2_config.json) or FSDP")  # fmt: skip
+                          "(examples/deepspeed/ds_z2_config.json) or FSDP")
 
 
 def sharded(config: TrainConfig) -> bool:
@@ -279,7 +279,7 @@ def training_arguments(config: TrainConfig, device: str, n_items: int, with_dev:
     world = dist.world_size()
     steps_per_epoch = max(1, math.ceil(n_items / (config.batch_size * config.grad_accum * world)))
     plateau = {"mode": "max", "factor": config.lr_factor, "patience": max(0, config.plateau_epochs - 1),
-               "min_lr": config.min_lr, "threshold": 0.0}  # fmt: skip
+               "min_lr": config.min_lr, "threshold": 0.0}
     launch: dict[str, Any] = {}
     if world > 1:
         launch["ddp_backend"] = "nccl" if device.startswith("cuda") else "gloo"
@@ -331,7 +331,7 @@ def training_arguments(config: TrainConfig, device: str, n_items: int, with_dev:
 
 def _train(config: TrainConfig, args: Any, model: Any, processor: Any, task: str, items: list[Any],
            dev_items: list[Any], resume: bool, progress: Progress | None, trainer_class: type,
-           extras: TrainerExtras | None) -> TrainResult:  # fmt: skip
+           extras: TrainerExtras | None) -> TrainResult:
     import torch
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -348,18 +348,18 @@ def _train(config: TrainConfig, args: Any, model: Any, processor: Any, task: str
     if dev_items:
         dev_eval = selection.dev_evaluator(processor, task, dev_items, batch_size=config.dev_batch_size,
                                            max_new_tokens=config.dev_max_new_tokens, max_pixels=config.max_pixels,
-                                           synced_gpus=sharded(config))  # fmt: skip
+                                           synced_gpus=sharded(config))
     best = dist.on_main(lambda: resume_best(folder)) if resume else None
     trainer: Any = None
 
     def save_best(metrics: dict) -> None:  # every rank: a sharded model's weights are gathered to save them
         save_trained_adapter(trainer, processor, folder / "best",
-                             {"best": metrics, "run": config.name, "base": config.model})  # fmt: skip
+                             {"best": metrics, "run": config.name, "base": config.model})
 
     callback = RunCallback(folder, progress, save_best, best)
     trainer = trainer_class(model=model, args=args, train_dataset=items, eval_dataset=dev_items or None,
                             task_weights=config.task_weights, single_pass=config.single_pass, collator=collator,
-                            dev_eval=dev_eval, packing=config.packing, callbacks=[callback], **more)  # fmt: skip
+                            dev_eval=dev_eval, packing=config.packing, callbacks=[callback], **more)
     route_trackers(trainer, folder)
     trainer.remove_callback(PrinterCallback)  # progress goes through our callback; stdout stays clean for --json
     trainer.remove_callback(ProgressCallback)
@@ -374,10 +374,10 @@ def _train(config: TrainConfig, args: Any, model: Any, processor: Any, task: str
     dist.barrier()
     history = [r for r in trainer.state.log_history if "eval_accuracy" in r]
     launch = {"world_size": trainer.args.world_size, "backend": trainer.args.ddp_backend,
-              "fsdp": bool(trainer.is_fsdp_enabled), "deepspeed": bool(trainer.is_deepspeed_enabled)}  # fmt: skip
+              "fsdp": bool(trainer.is_fsdp_enabled), "deepspeed": bool(trainer.is_deepspeed_enabled)}
     device = next(trainer.model.parameters()).device
     if device.type == "cuda":  # every rank's peak, as the main process records it
         launch["peak_gpu_mib"] = dist.gather(round(torch.cuda.max_memory_allocated(device) / 2**20))
     return TrainResult(run=config.name, folder=str(folder), adapter=str(folder / "adapter"), best=callback.best,
                        steps=trainer.state.global_step, train_loss=output.training_loss, history=history,
-                       wall_s=0.0, launch=launch)  # fmt: skip
+                       wall_s=0.0, launch=launch)

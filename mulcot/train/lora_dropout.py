@@ -61,7 +61,7 @@ def fuse_lora_dropout(model: Any) -> int:
             lora_a = module.lora_A[name]
             variants = getattr(module, "lora_variant", {}) or {}
             if (not isinstance(dropout, nn.Dropout) or dropout.p <= 0 or name in variants
-                    or type(lora_a) is not nn.Linear or lora_a.bias is not None):  # fmt: skip
+                    or type(lora_a) is not nn.Linear or lora_a.bias is not None):
                 continue
             lora_a.mulcot_dropout = float(dropout.p)
             lora_a.forward = types.MethodType(_dropout_linear_forward, lora_a)

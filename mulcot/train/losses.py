@@ -47,7 +47,7 @@ def task_means(values: torch.Tensor, tasks: torch.Tensor) -> dict[int, torch.Ten
 
 
 def multitask_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, task_ids: torch.Tensor,
-                   w_cls: float, w_rea: float) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+                   w_cls: float, w_rea: float) -> tuple[torch.Tensor, dict[str, float]]:
     """L = λ_cls·CE_cls + λ_rea·CE_rea over one batch that holds both tasks' sequences (logits at ``mask``)."""
     parts = task_means(target_ce(logits, labels, mask), position_tasks(mask, task_ids))
     loss = w_cls * parts[TASK_CLS] + w_rea * parts[TASK_REA]
@@ -67,7 +67,7 @@ def kl_full(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: flo
 
 
 def kl_topk(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
-            tau: float) -> torch.Tensor:  # fmt: skip
+            tau: float) -> torch.Tensor:
     """KL over the assistant's cached top-k ids per position, both sides renormalised over those k ids:
     p_a,k = softmax(log p_a[ids] / τ), p_s,k = softmax(z_s[ids] / τ), KL = Σ_k p_a,k (log p_a,k − log p_s,k).
     (Shifting log-probs by a constant does not change a softmax, so τ=1 log-probs serve every τ.) With k equal
@@ -95,5 +95,5 @@ def distill_loss(
         soft = soft * tau * tau
     loss = (1 - lam) * hard + lam * soft
     parts = {"ce_cls": ce_parts[TASK_CLS], "ce_rea": ce_parts[TASK_REA], "kl_cls": kl_parts[TASK_CLS],
-             "kl_rea": kl_parts[TASK_REA]}  # fmt: skip
+             "kl_rea": kl_parts[TASK_REA]}
     return loss, {k: float(v.detach()) for k, v in parts.items()}

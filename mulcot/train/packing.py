@@ -33,14 +33,14 @@ PACKABLE_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
 def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                cu_seq_lens_q: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:  # fmt: skip
+                cu_seq_lens_q: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """Causal SDPA on each packed sequence ([1, heads, tokens, dim] in, [1, tokens, heads, dim] out); without
     ``cu_seq_lens_q`` it is transformers' SDPA attention."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if cu_seq_lens_q is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)  # fmt: skip
+                                      **kwargs)
     if query.shape[0] != 1:
         raise ValueError("packed attention expects one row (batch size 1)")
     gqa = query.shape[1] != key.shape[1]
@@ -49,7 +49,7 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
     for s, e in zip(bounds[:-1], bounds[1:], strict=True):
         q, k, v = query[:, :, s:e], key[:, :, s:e], value[:, :, s:e]
         outs.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True,
-                                                   enable_gqa=gqa))  # fmt: skip
+                                                   enable_gqa=gqa))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -114,4 +114,4 @@ def pack(batch: dict[str, Any]) -> dict[str, Any]:
         "task_ids": tasks[keep][None],
         "position_ids": torch.cat([torch.arange(int(n)) for n in lengths])[None],
         "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest,
-    }  # fmt: skip
+    }

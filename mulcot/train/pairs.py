@@ -82,7 +82,7 @@ class PairSet:
             "dataset": self.dataset, "split": self.split, "sources": list(self.sources), "pairs": len(self.pairs),
             "samples": len({p.sample_id for p in self.pairs}), "counts": self.counts(),
             "reasons": dict(Counter(p.reason for p in self.pairs)),
-        }  # fmt: skip
+        }
 
     def prompt(self, pair: Pair) -> str:
         """The pair's prompt text (P_cot for its sample; the image travels separately)."""
@@ -117,7 +117,7 @@ def _contradicted(chosen: dict[str, Any], rejected: dict[str, Any]) -> bool:
 def _sample_pairs(rows: list[dict[str, Any]], sources: tuple[str, ...]) -> list[tuple[str, str, dict, dict]]:
     """(source, reason, chosen, rejected) for one sample's chains."""
     chosen = [r for r in rows if r["chosen_set"] and _output(r)
-              and (r["rating"] is None or r["rating"] >= MIN_CHOSEN_RATING)]  # fmt: skip
+              and (r["rating"] is None or r["rating"] >= MIN_CHOSEN_RATING)]
     if not chosen:
         return []
     out: list[tuple[str, str, dict, dict]] = []
@@ -134,19 +134,19 @@ def _sample_pairs(rows: list[dict[str, Any]], sources: tuple[str, ...]) -> list[
         for good in (c for c in chosen if c["rating"] is not None):
             for bad in rated:
                 if (bad["id"] != good["id"] and good["rating"] - bad["rating"] >= RATING_GAP
-                        and (good["id"], bad["id"]) not in made and _output(good) != _output(bad)):  # fmt: skip
+                        and (good["id"], bad["id"]) not in made and _output(good) != _output(bad)):
                     out.append(("ratings", "rated", good, bad))
     return out
 
 
 def build_pairs(store: Store, dataset: str, split: str = "train",
-                sources: tuple[str, ...] | str = PAIR_SOURCES) -> PairSet:  # fmt: skip
+                sources: tuple[str, ...] | str = PAIR_SOURCES) -> PairSet:
     """The preference pairs of one (training) split of ``dataset`` from ``sources`` (see the module docstring)."""
     ds = store.require_dataset(dataset)
     sources = parse_sources(sources)
     if split.lower() in EVAL_SPLITS:
         raise MulcotError(f"preference pairs come from training data only: '{split}' is an evaluation split and its "
-                          "chains must not train anything (use --split train)")  # fmt: skip
+                          "chains must not train anything (use --split train)")
     if split not in store.splits(dataset):
         raise MulcotError(f"dataset '{dataset}' has no split '{split}' (splits: {', '.join(store.splits(dataset))})")
     by_sample: dict[int, list[dict[str, Any]]] = {}
@@ -158,7 +158,7 @@ def build_pairs(store: Store, dataset: str, split: str = "train",
             assert good["sample_id"] == bad["sample_id"] == sample_id and good["split"] == bad["split"] == split
             result.pairs.append(Pair(sample_id=sample_id, key=good["key"], split=split, gold=good["gold"],
                                      source=source, reason=reason, chosen_id=good["id"], chosen=_output(good),
-                                     rejected_id=bad["id"], rejected=_output(bad)))  # fmt: skip
+                                     rejected_id=bad["id"], rejected=_output(bad)))
     if result.pairs:
         wanted = {p.sample_id for p in result.pairs}
         result.samples = {s["id"]: s for s in store.samples(dataset, split) if s["id"] in wanted}
@@ -173,7 +173,7 @@ def _trl_record(pairs: PairSet, p: Pair) -> dict[str, Any]:
         "rejected": [{"role": "assistant", "content": p.rejected}],
         "images": [image] if image else [],
         "sample": p.key, "source": p.source, "reason": p.reason,
-    }  # fmt: skip
+    }
 
 
 def _llamafactory_record(pairs: PairSet, p: Pair) -> dict[str, Any]:

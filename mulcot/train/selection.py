@@ -13,7 +13,7 @@ def selection_score(accuracy: float, f1: float) -> float:
 
 
 def dev_evaluator(processor: Any, task: str, items: list[Any], *, batch_size: int, max_new_tokens: int,
-                  max_pixels: int, synced_gpus: bool = False) -> Callable[[Any], dict[str, float]]:  # fmt: skip
+                  max_pixels: int, synced_gpus: bool = False) -> Callable[[Any], dict[str, float]]:
     """A function model -> dev metrics from the label prompt (greedy ``"Prediction"`` answers).
 
     Under a launcher each rank answers its share of the dev samples and the answers are gathered, so every rank
@@ -25,7 +25,7 @@ def dev_evaluator(processor: Any, task: str, items: list[Any], *, batch_size: in
 
     gold = [it.label for it in items]
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, max_pixels=max_pixels,
-                           synced_gpus=synced_gpus)  # fmt: skip
+                           synced_gpus=synced_gpus)
 
     def evaluate(model: Any) -> dict[str, float]:
         answers = gather_sharded(items, lambda share: generate(model, processor, share, "label", task, cfg))

@@ -42,7 +42,7 @@ class DistillTrainer(MultiTaskTrainer):
         self.soft_labels = soft_labels
 
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:  # fmt: skip
+                     num_items_in_batch: Any = None) -> Any:
         w_cls, w_rea = self.task_weights
         cfg = self.soft_labels.config
         f = self.forward_targets(model, inputs, self.tasks)
@@ -50,7 +50,7 @@ class DistillTrainer(MultiTaskTrainer):
         ce = target_ce(f["logits"], f["labels"], f["mask"])
         kl = self.soft_labels.kl(inputs, self.tasks, f["batch"], f["logits"], f["mask"])
         loss, parts = distill_loss(task_means(ce, tasks), task_means(kl, tasks), w_cls, w_rea, cfg.lam, cfg.tau,
-                                   cfg.tau_squared)  # fmt: skip
+                                   cfg.tau_squared)
         self.record(parts)
         return (loss, None) if return_outputs else loss
 
@@ -81,7 +81,7 @@ def check_backbones(config: DistillConfig, ref: RunRef) -> None:
 
 
 def distill(store: Store, config: DistillConfig, *, resume: bool = False,
-            progress: Progress | None = None) -> TrainResult:  # fmt: skip
+            progress: Progress | None = None) -> TrainResult:
     """Train the student on D_all with the hard and soft losses (the same run machinery as train-assistant)."""
     source = source_class(config.soft_labels)
     source.check_settings(config)
@@ -109,7 +109,7 @@ def distill(store: Store, config: DistillConfig, *, resume: bool = False,
         return {"soft_labels": soft}
 
     result = fit(store, config, kind="distill", items=items, trainer_class=DistillTrainer, settings=settings,
-                 extras=extras, resume=resume, progress=progress)  # fmt: skip
+                 extras=extras, resume=resume, progress=progress)
     if soft.stats is not None and dist.is_main():  # what this invocation's scoring did (runs show)
         metrics = (store.get_run(config.name) or {}).get("metrics") or {}
         store.update_run(config.name, metrics={**metrics, f"soft_labels_{soft.mode}": soft.stats})

@@ -534,4 +534,4 @@ class ChainBrowser(App[None]):
         self.chain_index = index
         self._render_detail()
         self.notify(f"rated chain #{reasoning_id}: faithfulness {result['faithfulness']}, "
-                    f"usefulness {result['usefulness']}")  # fmt: skip
+                    f"usefulness {result['usefulness']}")

@@ -110,7 +110,7 @@ def render_chain(chain: dict[str, Any], gold: str | None, chains: list[dict[str,
         (f" · prompt {chain['prompt_version']}" if chain.get("prompt_version") else "", "dim"),
         (f" · run {chain['run_id']}" if chain.get("run_id") else "", "dim"),
         (f" · chain #{chain['id']}", "dim"),
-    )  # fmt: skip
+    )
     parts.append(head)
     attempts = chain["attempts"]
     n = len(attempts)
@@ -140,7 +140,7 @@ def render_chain(chain: dict[str, Any], gold: str | None, chains: list[dict[str,
                     f" {a['error'] or a['parse_status'] or ''}",
                     (f"  {_tokens(a['tokens_in'], a['tokens_out'])} · {_money(a['cost_usd'])}", "dim"),
                 )
-            )  # fmt: skip
+            )
     if chain.get("error"):
         parts.append(Text.assemble(("error ", "bold yellow"), chain["error"]))
     ratings = chain.get("ratings") or []
@@ -194,7 +194,7 @@ def _prediction_line(chain: dict[str, Any], gold: str | None, chains: list[dict[
             if c is not chain and c.get("prediction") and chain.get("prediction")
             and c["prediction"] != chain["prediction"] and chain_outcome(c, gold) != "failed"
         }
-    )  # fmt: skip
+    )
     if others:
         line.append("  ⚠ " + "; ".join(others), "magenta")
     return line

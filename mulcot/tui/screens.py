@@ -93,7 +93,7 @@ class RatingScreen(ModalScreen[dict[str, Any] | None]):
                     (c["model"] or "", "dim"), f"\nsample {self.sample['dataset']} · {self.sample['key']}",
                 ),
                 classes="dialog-title",
-            )  # fmt: skip
+            )
             yield Static(Text(RATING_KEYS, style="dim"), id="rating-keys")
             yield Label("Faithfulness: does it follow from the post and the image? (1–5)")
             yield RadioSet(*(RadioButton(str(n), id=f"faith-{n}") for n in range(1, 6)), id="faithfulness")

@@ -301,7 +301,7 @@ class SampleTable(ScrollView, can_focus=True):
     def _header(self, width: int, base: Style) -> Strip:
         style = base + self._styles["header"]
         names = {"dataset": "dataset", "key": "id", "split": "split", "gold": "gold",
-                 "marks": " ".join(s[0].upper() for s in MARK_SOURCES), "aspect": "aspect", "text": "text"}  # fmt: skip
+                 "marks": " ".join(s[0].upper() for s in MARK_SOURCES), "aspect": "aspect", "text": "text"}
         segments = [Segment(_fit(names[col], w - 1) + " " if col != "text" else _fit(names[col], w), style)
-                    for col, w in self._columns(width) if w > 0]  # fmt: skip
+                    for col, w in self._columns(width) if w > 0]
         return Strip(segments).adjust_cell_length(width, style)

@@ -123,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
             if parts == ["files"]:
                 purpose = parse_qs(urlparse(self.path).query).get("purpose", [None])[0]
                 items = [{k: v for k, v in f.items() if k != "data"} for f in st.files.values()
-                         if purpose in (None, f["purpose"])]  # fmt: skip
+                         if purpose in (None, f["purpose"])]
                 return self._send(200, {"object": "list", "data": items, "has_more": False})
             if len(parts) == 2 and parts[0] == "files" and parts[1] in st.files:
                 meta = {k: v for k, v in st.files[parts[1]].items() if k != "data"}
@@ -139,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
                 page = items[:limit]
                 return self._send(200, {"object": "list", "data": page, "has_more": len(items) > limit,
                                         "first_id": page[0]["id"] if page else None,
-                                        "last_id": page[-1]["id"] if page else None})  # fmt: skip
+                                        "last_id": page[-1]["id"] if page else None})
             if len(parts) == 2 and parts[0] == "batches" and parts[1] in st.batches:
                 return self._send(200, self._advance(st.batches[parts[1]]))
         self._error(404, f"no route {self.path}")
@@ -161,7 +161,7 @@ class _Handler(BaseHTTPRequestHandler):
             file_id = st.new_id("file")
             st.files[file_id] = {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
                                  "filename": filename or "upload.jsonl", "purpose": "batch", "status": "processed",
-                                 "data": data}  # fmt: skip
+                                 "data": data}
             meta = {k: v for k, v in st.files[file_id].items() if k != "data"}
         self._send(200, meta)
 
@@ -183,7 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "input_file_id": req["input_file_id"], "completion_window": "24h", "status": "validating",
                 "output_file_id": None, "error_file_id": None, "created_at": int(time.time()),
                 "metadata": req.get("metadata"), "request_counts": {"total": 0, "completed": 0, "failed": 0},
-            }  # fmt: skip
+            }
             st.batches[batch_id] = batch
         self._send(200, batch)
 
@@ -249,12 +249,12 @@ class _Handler(BaseHTTPRequestHandler):
             if reply.status == 200:
                 body = completion(line["body"], reply.text or "", st.new_id("chatcmpl"))
                 out.append({"id": st.new_id("batch_req"), "custom_id": line["custom_id"], "error": None,
-                            "response": {"status_code": 200, "request_id": rid, "body": body}})  # fmt: skip
+                            "response": {"status_code": 200, "request_id": rid, "body": body}})
             else:
                 err.append({"id": st.new_id("batch_req"), "custom_id": line["custom_id"], "error": None,
                             "response": {"status_code": reply.status, "request_id": rid,
                                          "body": {"error": {"message": f"scripted HTTP {reply.status}",
-                                                            "type": "server_error"}}}})  # fmt: skip
+                                                            "type": "server_error"}}}})
         rng = random.Random(batch["id"])
         if plan.shuffle:
             rng.shuffle(out)
@@ -267,7 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
                 data = ("\n".join(items) + "\n").encode()
                 st.files[file_id] = {"id": file_id, "object": "file", "bytes": len(data), "purpose": "batch_output",
                                      "created_at": int(time.time()), "filename": f"{batch['id']}_{kind}.jsonl",
-                                     "status": "processed", "data": data}  # fmt: skip
+                                     "status": "processed", "data": data}
                 batch[f"{kind}_file_id"] = file_id
         batch["request_counts"]["completed"] = len(out)
         batch["request_counts"]["failed"] = len(err)
@@ -285,7 +285,7 @@ class BatchServer(BackgroundServer):
     the order they are created, then ``default``."""
 
     def __init__(self, responder: Responder, *, plans: list[BatchPlan] | None = None,
-                 default: BatchPlan | None = None, port: int = 0):  # fmt: skip
+                 default: BatchPlan | None = None, port: int = 0):
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.state = _State(responder, list(plans or []), default or BatchPlan())
         self._thread: threading.Thread | None = None

@@ -52,7 +52,7 @@ class SoftLabelSource:
     mode = ""
 
     def __init__(self, store: Store, config: DistillConfig, ref: RunRef, items: list[TrainItem],
-                 progress: Progress | None, assistant_sha256: str = ""):  # fmt: skip
+                 progress: Progress | None, assistant_sha256: str = ""):
         self.store, self.config, self.ref, self.items, self.progress = store, config, ref, items, progress
         # a cache is keyed by where its soft labels come from: another assistant or k computes them again
         self.source = cache_source(config.soft_labels, assistant_sha256, config.top_k)
@@ -73,7 +73,7 @@ class SoftLabelSource:
         raise NotImplementedError
 
     def kl(self, items: list[TrainItem], tasks: tuple[int, ...], batch: dict[str, Any], student_logits: Any,
-           mask: Any) -> Any:  # fmt: skip
+           mask: Any) -> Any:
         """KL(p_a ‖ p_s) per target position ([N], the rows of ``student_logits`` = the True positions of ``mask``)."""
         raise NotImplementedError
 
@@ -95,7 +95,7 @@ class TopKSource(SoftLabelSource):
     cache: Any = None
 
     def kl(self, items: list[TrainItem], tasks: tuple[int, ...], batch: dict[str, Any], student_logits: Any,
-           mask: Any) -> Any:  # fmt: skip
+           mask: Any) -> Any:
         import torch
 
         from mulcot.train.losses import kl_topk

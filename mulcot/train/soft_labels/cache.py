@@ -50,7 +50,7 @@ class SoftLabelCache:
 
 def build_soft_label_cache(store: Store, run_id: str, folder: Path, compute: Compute, items: list[TrainItem],
                            progress: Progress | None = None, source: str | None = None
-                           ) -> tuple[SoftLabelCache, int]:  # fmt: skip
+                           ) -> tuple[SoftLabelCache, int]:
     """Store top-k log-probs per target position of every training sequence, computed by ``compute`` (the resident
     assistant: :func:`assistant_top_k`; a server: :class:`mulcot.train.soft_labels.server.ServerScorer`).
     Resumable: sequences already indexed from the same ``source`` (:func:`cache_source`) are skipped, those from
@@ -95,7 +95,7 @@ def assistant_top_k(assistant: Any, collator: Any, top_k: int, batch_size: int =
 
 
 def _top_k(assistant: Any, collator: Any, jobs: list[tuple[TrainItem, int]], top_k: int,
-           batch_size: int) -> list[tuple[str, Any, Any]]:  # fmt: skip
+           batch_size: int) -> list[tuple[str, Any, Any]]:
     """(key, top-k ids, top-k log-probs) per job, in the jobs' order."""
     import torch
 
@@ -118,14 +118,14 @@ def _top_k(assistant: Any, collator: Any, jobs: list[tuple[TrainItem, int]], top
             top = torch.log_softmax(logits, dim=-1).topk(min(top_k, logits.size(-1)), dim=-1)
             counts = mask.sum(dim=1).tolist()
             for i, item, ids, values in zip(picked, group, top.indices.split(counts), top.values.split(counts),
-                                            strict=True):  # fmt: skip
+                                            strict=True):
                 out[i] = (item_key(item, task), ids.to(torch.int32).cpu().contiguous(),
-                          values.to(torch.float32).cpu().contiguous())  # fmt: skip
+                          values.to(torch.float32).cpu().contiguous())
     return [out[i] for i in range(len(jobs))]
 
 
 def _write_shard(store: Store, run_id: str, folder: Path, results: list[tuple[str, Any, Any]],
-                 source: str | None) -> None:  # fmt: skip
+                 source: str | None) -> None:
     from safetensors.torch import save_file
 
     tensors: dict[str, Any] = {}
@@ -150,5 +150,5 @@ class CachedSource(TopKSource):
         assistant = self.load_assistant(student_processor)
         compute = assistant_top_k(assistant, collator, self.config.top_k)
         self.cache, _ = build_soft_label_cache(self.store, self.config.name, folder / "soft_labels", compute,
-                                               self.items, self.progress, self.source)  # fmt: skip
+                                               self.items, self.progress, self.source)
         del assistant, compute

@@ -20,7 +20,7 @@ class OnlineSource(SoftLabelSource):
         self.assistant = self.load_assistant(student_processor)
 
     def kl(self, items: list[TrainItem], tasks: tuple[int, ...], batch: dict[str, Any], student_logits: Any,
-           mask: Any) -> Any:  # fmt: skip
+           mask: Any) -> Any:
         import torch
 
         from mulcot.train.losses import kl_full

@@ -95,7 +95,7 @@ class PieceIds:
         byte_of = {c: b for b, c in bytes_to_unicode().items()}
         # control tokens: special ones, and those llama.cpp's converter takes for special by their look (<|…|>)
         special = {i for i, t in tokenizer.added_tokens_decoder.items()
-                   if t.special or (t.content.startswith("<|") and t.content.endswith("|>"))}  # fmt: skip
+                   if t.special or (t.content.startswith("<|") and t.content.endswith("|>"))}
         added = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
         self.piece: dict[int, str] = {}
         for tok, i in tokenizer.get_vocab().items():
@@ -137,7 +137,7 @@ def sequence(collator: Any, item: TrainItem, task: int, key: str) -> Sequence:
 
 
 def top_k_rows(kind: str, logprobs: dict[str, Any], seq: Sequence, top_k: int, pieces: PieceIds | None,
-               tokens_in: int, stats: ScoreStats) -> tuple[Any, Any]:  # fmt: skip
+               tokens_in: int, stats: ScoreStats) -> tuple[Any, Any]:
     """The cache rows of one scored sequence: ([positions, k] ids int32, [positions, k] log-probs float32)."""
     import torch
 
@@ -202,7 +202,7 @@ def top_k_rows(kind: str, logprobs: dict[str, Any], seq: Sequence, top_k: int, p
 def _token_id(text: str, key: str) -> int:
     if not text.startswith(ID_PREFIX):
         raise ServerScoreError(f"{key}: the server keyed its log-probs by text ('{text}'), not by token id: it "
-                               "ignores return_tokens_as_token_ids (vLLM ≥ 0.6 needed)")  # fmt: skip
+                               "ignores return_tokens_as_token_ids (vLLM ≥ 0.6 needed)")
     return int(text[len(ID_PREFIX) :])
 
 
@@ -211,7 +211,7 @@ def _differs(seq: Sequence, got: list, expected: list | None = None) -> str:
     at = next((j for j, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
     return (f"{seq.key}: the server tokenized the sequence otherwise than the student's tokenizer (token {at}: "
             f"{got[at] if at < len(got) else 'end'!r} vs {want[at] if at < len(want) else 'end'!r}): serve the "
-            "assistant with the student's tokenizer (the same family)")  # fmt: skip
+            "assistant with the student's tokenizer (the same family)")
 
 
 class ServerScorer:
@@ -220,7 +220,7 @@ class ServerScorer:
     :func:`mulcot.train.soft_labels.cache.build_soft_label_cache`."""
 
     def __init__(self, config: ServerConfig, collator: Any, tokenizer: Any, top_k: int,
-                 progress: Progress | None = None):  # fmt: skip
+                 progress: Progress | None = None):
         self.config, self.collator, self.top_k, self.progress = config, collator, top_k, progress
         self.kind = server_kind(check_server(config), config)
         self.pieces = PieceIds(tokenizer) if self.kind == LLAMA_CPP_PYTHON else None
@@ -247,7 +247,7 @@ class ServerScorer:
             seq = seqs[job.tag]
             try:
                 ids, lps = top_k_rows(self.kind, scored.logprobs, seq, self.top_k, self.pieces, scored.tokens_in,
-                                      self.stats)  # fmt: skip
+                                      self.stats)
             except ServerScoreError as err:
                 self.refused = self.refused or err
                 return
@@ -256,10 +256,10 @@ class ServerScorer:
             self.stats.count_usage(scored.http_retries, scored.tokens_in)
 
         todo = [Job(sample_id=item.sample_id, prompt=seqs[j].text, max_tokens=1, tag=j, name=seqs[j].key)
-                for j, (item, _) in enumerate(jobs)]  # fmt: skip
+                for j, (item, _) in enumerate(jobs)]
         try:
             summary = generate(self.config, todo, on_answer, request=request, stage="soft_labels",
-                               stop=lambda: self.refused is not None)  # fmt: skip
+                               stop=lambda: self.refused is not None)
         except ServerError as err:
             self.dead = err
         else:
@@ -283,7 +283,7 @@ class ServerScorer:
         if self.kind == VLLM and "logprob" in why.lower():
             why += "; vLLM caps k at its --max-logprobs (default 20): restart it with --max-logprobs K or lower --top-k"
         raise MulcotError(f"{missing} training sequences have no soft labels from the server ({why}); the scored "
-                          "ones are cached: fix it and rerun distill with --resume to score the rest")  # fmt: skip
+                          "ones are cached: fix it and rerun distill with --resume to score the rest")
 
     def write_stats(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -305,13 +305,13 @@ class ServerSource(TopKSource):
 
         if not config.server or not config.served_model:
             raise MulcotError("--soft-labels server needs --server URL and --served-model NAME (the assistant as the "
-                              "server serves it)")  # fmt: skip
+                              "server serves it)")
         if not config.server.startswith(("http://", "https://")):
             raise MulcotError(f"--server must be an http(s) URL such as http://127.0.0.1:8000/v1, not "
                               f"'{config.server}'")
         if found := url_secrets(config.server):
             raise MulcotError(f"--server must not carry credentials (it has {' and '.join(found)}; they would be "
-                              "stored with the run): put the key in MULCOT_SERVER_KEY")  # fmt: skip
+                              "stored with the run): put the key in MULCOT_SERVER_KEY")
 
     @classmethod
     def check_items(cls, config: DistillConfig, items: list[TrainItem]) -> None:
@@ -342,11 +342,11 @@ class ServerSource(TopKSource):
             raise MulcotError(f"cannot read the assistant's tokenizer ({self.ref.base_model}): {err}") from None
         check_tokenizers(processor.tokenizer, student_processor.tokenizer, self.ref.base_model, self.config.model)
         text_collator = MultiTaskCollator(student_processor, collator.task, max_pixels=collator.max_pixels,
-                                          text_only=True)  # fmt: skip
+                                          text_only=True)
         scorer = ServerScorer(self.config.server_config(), text_collator, student_processor.tokenizer,
-                              self.config.top_k, self.progress)  # fmt: skip
+                              self.config.top_k, self.progress)
         self.cache, missing = build_soft_label_cache(self.store, self.config.name, folder / "soft_labels", scorer,
-                                                     self.items, self.progress, self.source)  # fmt: skip
+                                                     self.items, self.progress, self.source)
         if dist.is_main():
             scorer.write_stats(folder / "soft_labels")
         self.stats = scorer.stats.as_dict()
