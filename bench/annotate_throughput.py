@@ -80,7 +80,7 @@ def main() -> None:
                 wall = time.perf_counter() - start
                 assert summary.predicted == n, summary
                 rows.append({"concurrency": level, "samples": n, "wall_s": round(wall, 2),
-                             "samples_per_s": round(n / wall, 2)})  # fmt: skip
+                             "samples_per_s": round(n / wall, 2)})
         finally:
             server.terminate()
         base = rows[0]["samples_per_s"]
@@ -96,7 +96,7 @@ def main() -> None:
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r["concurrency"]), f"{r['wall_s']:.1f}", f"{r['samples_per_s']:.2f}",
-                      f"{r['speedup']:.2f}×", f"{r['ideal']:.0f}×")  # fmt: skip
+                      f"{r['speedup']:.2f}×", f"{r['ideal']:.0f}×")
     Console().print(table)
 
 

@@ -85,7 +85,7 @@ def steps(work: Path, mode: str, n_steps: int, batch: int) -> dict:
 
     args = TrainingArguments(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, label_names=[])
     trainer = DistillTrainer(model=student, args=args, task_weights=(0.2, 0.8), single_pass=True, collator=collator,
-                             soft_labels=hook)  # fmt: skip
+                             soft_labels=hook)
 
     def step(chunk) -> float:
         loss = trainer.compute_loss(student, chunk)  # the product's own distillation loss
@@ -103,7 +103,7 @@ def steps(work: Path, mode: str, n_steps: int, batch: int) -> dict:
     if hook.assistant is not None:
         params["assistant_m"] = round(sum(p.numel() for p in hook.assistant.parameters()) / 1e6, 1)
     return {"mode": mode, "samples_per_s": round(n_steps * batch / wall, 3),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), **params}  # fmt: skip
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), **params}
 
 
 def main() -> None:
@@ -134,7 +134,7 @@ def main() -> None:
 
     def run(what: str) -> dict:
         cmd = [sys.executable, __file__, "--steps", str(args.steps), "--batch", str(args.batch), "--top-k",
-               str(args.top_k), "--worker", what, str(work)]  # fmt: skip
+               str(args.top_k), "--worker", what, str(work)]
         return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
 
     cache = run("cache") if not (work / "soft_labels").exists() else {"cache_s": None, "cache_mb": None}
@@ -142,7 +142,7 @@ def main() -> None:
     rows[0]["mode"] = "cached top-k"
     ratio = rows[0]["peak_rss_mb"] / rows[1]["peak_rss_mb"]
     result = {"rows": rows, "cache": cache, "cached_over_online_peak": round(ratio, 3), "top_k": args.top_k,
-              "batch": args.batch, "steps": args.steps}  # fmt: skip
+              "batch": args.batch, "steps": args.steps}
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -154,11 +154,11 @@ def main() -> None:
         table.add_column(col, justify="left" if col == "soft labels" else "right")
     for r in rows:
         table.add_row(r["mode"], f"{r['student_m']}M", f"{r.get('assistant_m', '-')}M" if "assistant_m" in r else "-",
-                      f"{r['samples_per_s']:.3f}", f"{r['peak_rss_mb']} MB")  # fmt: skip
+                      f"{r['samples_per_s']:.3f}", f"{r['peak_rss_mb']} MB")
     console = Console()
     console.print(table)
     console.print(f"cached / online peak RSS = {ratio:.2f} (goal ≤ 0.6); cache build {cache['cache_s']} s, "
-                  f"{cache['cache_mb']} MB on disk")  # fmt: skip
+                  f"{cache['cache_mb']} MB on disk")
 
 
 if __name__ == "__main__":

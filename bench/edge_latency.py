@@ -56,9 +56,9 @@ SIZES: dict[str, dict[str, Any]] = {
                    "patch_size": 14, "hidden_act": "silu", "tokens_per_second": 2},
     },
     "tiny": {"family": "qwen2.5-vl", "label": "tiny Qwen2.5-VL (smoke test)", "text": {}, "vision": {}},
-}  # fmt: skip
+}
 COPY_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "processor_config.json",
-              "preprocessor_config.json", "generation_config.json")  # fmt: skip
+              "preprocessor_config.json", "generation_config.json")
 
 
 # ------------------------------------------------------------------------------------------------ children
@@ -109,7 +109,7 @@ def child_build(size: str, out: str, text_layers: int | None) -> dict[str, Any]:
     for name in COPY_FILES:
         shutil.copy(tiny / name, tmp / "model" / name)
     (tmp / "model" / "bench.json").write_text(json.dumps({"size": size, "params": params,
-                                                          "text_layers": text_layers}))  # fmt: skip
+                                                          "text_layers": text_layers}))
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp / "model", dest)
@@ -141,7 +141,7 @@ def child_llama(gguf: str, mmproj: str, tokens: int, threads: int, ctx: int, mma
     image = load_image(image_path, max_pixels=SIDE * SIDE)
     t0 = time.perf_counter()
     backend = GGUFBackend(gguf, mmproj, PredictConfig(max_tokens=tokens, n_threads=threads, ctx=ctx, mmap=mmap,
-                                                      ignore_eos=True))  # fmt: skip
+                                                      ignore_eos=True))
     load = time.perf_counter() - t0
     inner, marks = backend.llm.generate, []
 
@@ -157,7 +157,7 @@ def child_llama(gguf: str, mmproj: str, tokens: int, threads: int, ctx: int, mma
     cpu = time.process_time() - cpu0
     backend.close()
     return {"load_s": load, "first_token_s": gen.first_token_s, "latency_s": gen.latency_s, "tokens": gen.tokens_out,
-            "cpu_s": cpu, "first_token_cpu_s": marks[0] - cpu0 if marks else None}  # fmt: skip
+            "cpu_s": cpu, "first_token_cpu_s": marks[0] - cpu0 if marks else None}
 
 
 def child_hf(model_dir: str, dtype: str, tokens: int, threads: int) -> dict[str, Any]:
@@ -194,14 +194,14 @@ def child_hf(model_dir: str, dtype: str, tokens: int, threads: int) -> dict[str,
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                             temperature=None, top_p=None, top_k=None, streamer=clock)  # fmt: skip
+                             temperature=None, top_p=None, top_k=None, streamer=clock)
     latency = time.perf_counter() - start
     cpu = time.process_time() - cpu0
     n = out.shape[1] - inputs["input_ids"].shape[1]
     first = clock.calls[1] - start if len(clock.calls) > 1 else None  # calls[0] is the prompt
     first_cpu = clock.cpu[1] - cpu0 if len(clock.cpu) > 1 else None
     return {"load_s": load, "first_token_s": first, "latency_s": latency, "tokens": int(n), "cpu_s": cpu,
-            "first_token_cpu_s": first_cpu}  # fmt: skip
+            "first_token_cpu_s": first_cpu}
 
 
 # -------------------------------------------------------------------------------------------------- parent
@@ -218,7 +218,7 @@ def _spawn(args: list[str], timeout: float) -> tuple[dict[str, Any] | None, floa
     """Run this script as a child; returns its JSON result, its peak RSS (bytes) and its stderr tail."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, str(HERE), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env)  # fmt: skip
+                            env=env)
     deadline = time.time() + timeout
     import threading
 
@@ -281,16 +281,16 @@ def prepare(size: str, work: Path, quants: list[str], text_layers: int | None, q
     t0 = time.time()
     result = export(ExportConfig(source=str(model_dir), out=str(work / tag / "gguf"), quants=tuple(q), name=tag),
                     progress=lambda e: _say(f"[{tag}]   {e.get('step')}: {e.kind} {e.message}", quiet)
-                    if e.status in ("done", "skipped") else None)  # fmt: skip
+                    if e.status in ("done", "skipped") else None)
     _say(f"[{tag}] export ready in {time.time() - t0:.0f} s", quiet)
     files = {"f16": result.text_gguf, **result.quantized}
     return {"tag": tag, "model_dir": str(model_dir), "params": meta["params"], "mmproj": result.mmproj_gguf,
             "gguf": {k: v for k, v in files.items() if k in quants}, "export_steps": [s.__dict__ for s in result.steps],
-            "sizes": {k: Path(v).stat().st_size for k, v in files.items()}}  # fmt: skip
+            "sizes": {k: Path(v).stat().st_size for k, v in files.items()}}
 
 
 def measure(size: str, prep: dict[str, Any], quants: list[str], hf: list[str], tokens: int, threads: int,
-            ctx: int, mmap: str, quiet: bool) -> list[dict[str, Any]]:  # fmt: skip
+            ctx: int, mmap: str, quiet: bool) -> list[dict[str, Any]]:
     """Each configuration in its own process. ``mmap``: on (every GGUF mapped, llama.cpp's default), off (read into
     memory, ``mulcot predict``'s default), or both (every GGUF mapped, and Q4_K_M once more read)."""
     rows: list[dict[str, Any]] = []
@@ -300,15 +300,15 @@ def measure(size: str, prep: dict[str, Any], quants: list[str], hf: list[str], t
         llama.append(("q4_k_m", False))
     plan = [("llama.cpp", q, mapped,
              ["_llama", prep["gguf"][q], prep["mmproj"], str(tokens), str(threads), str(ctx), "1" if mapped else "0"],
-             prep["sizes"][q] + Path(prep["mmproj"]).stat().st_size) for q, mapped in llama]  # fmt: skip
+             prep["sizes"][q] + Path(prep["mmproj"]).stat().st_size) for q, mapped in llama]
     plan += [("transformers", d, None, ["_hf", prep["model_dir"], d, str(tokens), str(threads)],
-              params * (4 if d == "fp32" else 2)) for d in hf]  # fmt: skip
+              params * (4 if d == "fp32" else 2)) for d in hf]
     for runtime, kind, mapped, args, weight_bytes in plan:
         name = f"{runtime} {kind}" + {True: " (mapped)", False: " (read)", None: ""}[mapped]
         need = weight_bytes * 1.1 + 1.5e9
         free = _mem_available()
         row: dict[str, Any] = {"size": prep["tag"], "runtime": runtime, "type": kind, "mmap": mapped,
-                               "weights_gb": weight_bytes / 1e9}  # fmt: skip
+                               "weights_gb": weight_bytes / 1e9}
         if need > free:
             row["skipped"] = f"needs ~{need / 1e9:.1f} GB, {free / 1e9:.1f} GB available"
             _say(f"[{prep['tag']}] {name}: skipped ({row['skipped']})", quiet)
@@ -332,7 +332,7 @@ def measure(size: str, prep: dict[str, Any], quants: list[str], hf: list[str], t
         ok = decode_cpu > 0 and result["tokens"] > 1
         row["decode_tok_cpu_s"] = (result["tokens"] - 1) / decode_cpu if ok else None
         _say(f"[{prep['tag']}] {name}: {result['latency_s']:.1f} s, {row['e2e_tok_s']:.2f} tok/s, "
-             f"peak RSS {row['peak_rss_gb']:.2f} GB", quiet)  # fmt: skip
+             f"peak RSS {row['peak_rss_gb']:.2f} GB", quiet)
         rows.append(row)
     base = next((r for r in rows if r["runtime"] == "transformers" and r["type"] == "fp32" and "latency_s" in r), None)
     for r in rows:
@@ -359,7 +359,7 @@ def goal(rows: list[dict[str, Any]], threads: int) -> dict[str, Any] | None:
 
 def machine() -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
+                if line.startswith("model name")), platform.processor())
     flags = set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("flags"):
@@ -376,7 +376,7 @@ def machine() -> dict[str, Any]:
             versions[dist] = None
     load = os.getloadavg()
     return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd, "mem_total_gb": _mem_total() / 1e9,
-            "load_avg_at_end": [round(x, 2) for x in load], "versions": versions}  # fmt: skip
+            "load_avg_at_end": [round(x, 2) for x in load], "versions": versions}
 
 
 def _mem_total() -> int:
@@ -397,10 +397,10 @@ def render(report: dict[str, Any]) -> None:
         layers = f", {info['text_layers']} LM layers" if info.get("text_layers") else ""
         table = Table(title=f"{spec['label']}{layers} — random weights, {info['params'] / 1e9:.2f} B params; one "
                             f"{SIDE}x{SIDE} image, {report['tokens']} tokens (EOS ignored), {report['threads']} "
-                            f"threads, ctx {report.get('ctx')}, {m['cpu']}")  # fmt: skip
+                            f"threads, ctx {report.get('ctx')}, {m['cpu']}")
         for col in ("runtime", "type", "GGUF", "load s", "1st token s", "latency s", "CPU s", "decode tok/s",
                     "decode tok/CPU-s", "peak RSS GB", "speed vs fp32", "speed vs fp32 (CPU)", "memory vs fp32",
-                    "load avg"):  # fmt: skip
+                    "load avg"):
             table.add_column(col, justify="left" if col in ("runtime", "type") else "right")
         for r in info["results"]:
             if "skipped" in r:
@@ -417,7 +417,7 @@ def render(report: dict[str, Any]) -> None:
                           f(r.get("speedup_vs_fp32"), ".2f") + ("x" if "speedup_vs_fp32" in r else ""),
                           f(r.get("cpu_speedup_vs_fp32"), ".2f") + ("x" if "cpu_speedup_vs_fp32" in r else ""),
                           f(r.get("memory_vs_fp32"), ".2f"),
-                          f"{r.get('load_avg_before', '-')}→{r.get('load_avg_after', '-')}")  # fmt: skip
+                          f"{r.get('load_avg_before', '-')}→{r.get('load_avg_after', '-')}")
         console.print(table)
         g = info.get("goal")
         if g:
@@ -425,11 +425,11 @@ def render(report: dict[str, Any]) -> None:
             how = {True: ", GGUF mapped", False: ", GGUF read"}.get(g.get("mmap"), "")
             console.print(f"Goal (Q4_K_M ≥ {GOAL_SPEED:.0f}x faster and ≤ {GOAL_MEMORY:.2f} of the memory of "
                           f"transformers fp32): {verdict} — {g['speedup']:.2f}x ({g['basis']}{how}), "
-                          f"{g['memory']:.2f} of the memory")  # fmt: skip
+                          f"{g['memory']:.2f} of the memory")
     for size, err in report.get("errors", {}).items():
         console.print(f"[red]{size}: not measured: {err}[/]")
     console.print("Wall-clock figures count time lost to other processes on the machine (load avg column); CPU "
-                  "time does not, and with --threads 1 it equals the wall time on an idle core.")  # fmt: skip
+                  "time does not, and with --threads 1 it equals the wall time on an idle core.")
 
 
 def main() -> None:
@@ -458,7 +458,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ["BENCH_WORK"] = str(args.work)
     report: dict[str, Any] = {"tokens": args.tokens, "threads": args.threads, "ctx": args.ctx, "mmap": args.mmap,
-                              "image": f"{SIDE}x{SIDE}", "sizes": {}, "errors": {}}  # fmt: skip
+                              "image": f"{SIDE}x{SIDE}", "sizes": {}, "errors": {}}
     partial = args.work / f"report-{time.strftime('%Y%m%d-%H%M%S')}.json"
     for size in sizes:
         try:
@@ -469,7 +469,7 @@ def main() -> None:
             continue
         rows = measure(size, prep, quants, hf, args.tokens, args.threads, args.ctx, args.mmap, args.quiet)
         info = {"size": size, "params": prep["params"], "text_layers": args.text_layers, "gguf_bytes": prep["sizes"],
-                "results": rows}  # fmt: skip
+                "results": rows}
         info["goal"] = goal(rows, args.threads)
         report["sizes"][prep["tag"]] = info
         partial.write_text(json.dumps(report, indent=2))  # what is measured so far survives an interruption

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 chains, shuffled, corpus=args.corpus, nltk_data_dir=args.nltk_data, embedding_cache=cache_dir
             )
             cache_runs.append({"run": label, "scoring_wall_s": time.perf_counter() - t,
-                               "sim_s": scores.score_seconds.get("sim"), **(scores.sim_cache or {})})  # fmt: skip
+                               "sim_s": scores.score_seconds.get("sim"), **(scores.sim_cache or {})})
         wall = cache_runs[-1]["scoring_wall_s"]
     else:
         t = time.perf_counter()
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             cache_table.add_column(col, justify="left" if col == "run" else "right")
         for r in cache_runs:
             cache_table.add_row(r["run"], f"{r['scoring_wall_s']:.2f}", f"{r['sim_s']:.2f}", str(r.get("cached")),
-                                str(r.get("embedded")))  # fmt: skip
+                                str(r.get("embedded")))
         console.print(cache_table)
 
     if args.json:

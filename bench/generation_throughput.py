@@ -87,12 +87,12 @@ class Server(ServerProcess):
         if native and binary:
             self.kind = f"llama-server, {slots} slot" + ("s" if slots > 1 else "")
             args = [binary, "-m", gguf, "--mmproj", mmproj, "--alias", "bench", "--parallel", str(slots),
-                    "-c", str(ctx * slots), "-t", str(threads)]  # fmt: skip
+                    "-c", str(ctx * slots), "-t", str(threads)]
         else:
             self.kind = "llama-cpp-python server, 1 slot" + (f", {slots} in flight" if slots > 1 else "")
             args = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--clip_model_path", mmproj,
                     "--chat_format", "mtmd", "--model_alias", "bench", "--n_ctx", str(ctx), "--n_threads",
-                    str(threads), "--n_threads_batch", str(threads)]  # fmt: skip
+                    str(threads), "--n_threads_batch", str(threads)]
         super().__init__(args)
 
 
@@ -106,7 +106,7 @@ def measure(prep: dict[str, Any], work: Path, n: int, tokens: int, threads: int,
     rows = []
     config = dict(max_tokens=tokens, n_threads=threads, max_pixels=224 * 224)
     plan = [("in-process transformers", "batch 1", 1), ("in-process transformers", "batch 8", 8),
-            ("llama-cpp-python server", "1 slot", 1), ("llama-cpp-python server", "4 in flight", 4)]  # fmt: skip
+            ("llama-cpp-python server", "1 slot", 1), ("llama-cpp-python server", "4 in flight", 4)]
     if shutil.which("llama-server"):
         plan += [("llama-server", "1 slot", 1), ("llama-server", "4 slots", 4)]
     for i, (path, mode, width) in enumerate(plan):
@@ -122,7 +122,7 @@ def measure(prep: dict[str, Any], work: Path, n: int, tokens: int, threads: int,
                 server = Server(prep["gguf"], prep["mmproj"], width, threads, ctx=4096, native=path == "llama-server")
                 mode = server.kind
                 backend = ServerBackend(ServerConfig(url=server.url, served_model="bench", concurrency=width),
-                                        PredictConfig(**config))  # fmt: skip
+                                        PredictConfig(**config))
             _say(f"{path}, {mode}: {n} posts x {tokens} tokens", quiet)
             first = store.samples("bench", split)[0]  # warm up (first image encode, lazy init) outside the timing
             predict_post(backend, Post(text=first["text"], aspect=first["aspect"], image=first["image_path"]))
@@ -133,7 +133,7 @@ def measure(prep: dict[str, Any], work: Path, n: int, tokens: int, threads: int,
             generated = sum(r["tokens_out"] or 0 for r in rows_)
             rows.append({"path": path, "mode": mode, "width": width, "posts": summary.predicted, "wall_s": wall,
                          "samples_per_s": summary.predicted / wall, "tokens_out": generated,
-                         "tokens_per_s": generated / wall})  # fmt: skip
+                         "tokens_per_s": generated / wall})
             backend.close()
         finally:
             if server is not None:
@@ -162,17 +162,17 @@ def main() -> None:
     rows = measure(prep, work, args.n, args.tokens, args.threads, args.json)
     report = {"size": args.size, "params": prep["params"], "n": args.n, "tokens": args.tokens,
               "threads": args.threads, "rows": rows,
-              "goal_server_vs_batch1": max(r["speedup"] for r in rows if r["path"].startswith("llama"))}  # fmt: skip
+              "goal_server_vs_batch1": max(r["speedup"] for r in rows if r["path"].startswith("llama"))}
     if args.json:
         print(json.dumps(report, indent=2))
         return
     table = Table(title=f"{args.size} Qwen2.5-VL ({prep['params'] / 1e6:.1f}M), {args.n} posts, <= {args.tokens} "
-                  f"tokens, {args.threads} threads")  # fmt: skip
+                  f"tokens, {args.threads} threads")
     for col in ("path", "mode", "wall", "samples/s", "tokens/s", "vs batch 1"):
         table.add_column(col, justify="left" if col in ("path", "mode") else "right")
     for r in rows:
         table.add_row(r["path"], r["mode"], f"{r['wall_s']:.1f} s", f"{r['samples_per_s']:.3f}",
-                      f"{r['tokens_per_s']:.1f}", f"{r['speedup']:.2f}x")  # fmt: skip
+                      f"{r['tokens_per_s']:.1f}", f"{r['speedup']:.2f}x")
     Console().print(table)
 
 

@@ -54,7 +54,7 @@ def one(n: int, model: Path, db: Path, work: Path, args: argparse.Namespace) -> 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "-m", "mulcot",
            "train-assistant", "s", "--model", str(model), "--db", str(db), "--runs-dir", str(work / "runs"),
            "--name", name, "--epochs", "1", "--max-train-items", str(items), "--no-dev", "--batch-size",
-           str(args.batch), "--grad-accum", "1", "--save-steps", str(10**6), "--json"]  # fmt: skip
+           str(args.batch), "--grad-accum", "1", "--save-steps", str(10**6), "--json"]
     if args.deepspeed:
         cmd += ["--deepspeed", args.deepspeed]
     if args.gradient_checkpointing:
@@ -72,7 +72,7 @@ def one(n: int, model: Path, db: Path, work: Path, args: argparse.Namespace) -> 
     return {"gpus": n, "steps": len(steps), "batch_per_gpu": args.batch, "step_s": round(step_s, 3),
             "samples_per_s": round(args.batch * n / step_s, 3),
             "peak_gpu_gib_per_rank": [round(p / 1024, 2) for p in peaks] if peaks else None,
-            "sharding": "ZeRO-2" if args.deepspeed else "DDP"}  # fmt: skip
+            "sharding": "ZeRO-2" if args.deepspeed else "DDP"}
 
 
 def main() -> None:
@@ -110,7 +110,7 @@ def main() -> None:
     for r in rows:
         peaks = r["peak_gpu_gib_per_rank"]
         table.add_row(str(r["gpus"]), f"{r['step_s']:.2f}", f"{r['samples_per_s']:.2f}", f"{r['speedup_vs_1']:.2f}×",
-                      ", ".join(f"{p:.1f}" for p in peaks) if peaks else "-")  # fmt: skip
+                      ", ".join(f"{p:.1f}" for p in peaks) if peaks else "-")
     Console().print(table)
 
 

@@ -52,7 +52,7 @@ def train(store: Any, smol: Path, args: argparse.Namespace) -> str:
     weights = (1.0, 0.0) if args.label_only else (0.8, 0.2)
     config = TrainConfig(dataset=DATASET, model=str(smol), name="smol-label", runs_dir=str(args.work / "runs"),
                          split="train", dev_split=None, task_weights=weights, batch_size=2, grad_accum=2, lr=1e-3,
-                         epochs=args.epochs, warmup_steps=5, lora_dropout=0.05, seed=args.seed)  # fmt: skip
+                         epochs=args.epochs, warmup_steps=5, lora_dropout=0.05, seed=args.seed)
     log(f"training SmolLM2 on {args.train} posts (λ_cls, λ_rea = {weights})")
     result = train_assistant(store, config)
     log(f"trained: {result.steps} optimizer steps in {result.wall_s:.0f} s")
@@ -81,7 +81,7 @@ def measure(backend: Any, posts: list[Any], gold: list[str], task: str, block: i
                 generated += [parse_output("label", answers[i])["prediction"] for i in range(len(chunk))]
             seconds[way] += time.perf_counter() - t0
         log(f"{begin + len(chunk)}/{len(posts)} posts: choice {seconds['choice']:.1f} s, generate "
-            f"{seconds['generate']:.1f} s")  # fmt: skip
+            f"{seconds['generate']:.1f} s")
     parsed = [i for i, g in enumerate(generated) if g is not None]
     agree = sum(chosen[i] == generated[i] for i in parsed)
     n = len(posts)
@@ -89,7 +89,7 @@ def measure(backend: Any, posts: list[Any], gold: list[str], task: str, block: i
     for way, preds in (("choice", chosen), ("generate", generated)):
         m = classification_metrics(gold, preds)
         out[way] = {"wall_s": round(seconds[way], 2), "posts_per_s": round(n / seconds[way], 3),
-                    "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}  # fmt: skip
+                    "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
     out["speedup"] = round(seconds["generate"] / seconds["choice"], 2)
     out["generated_parsed"] = len(parsed)
     out["agreement_where_parsed"] = agree / len(parsed) if parsed else None
@@ -99,13 +99,13 @@ def measure(backend: Any, posts: list[Any], gold: list[str], task: str, block: i
 
 def table(result: dict[str, Any]) -> str:
     lines = ["| backend | posts | choice s | generate s | speed-up | parsed | agreement (parsed) | acc choice "
-             "| acc generate |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+             "| acc generate |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in result["rows"].items():
         agreement = r["agreement_where_parsed"]
         lines.append(f"| {name} | {r['posts']} | {r['choice']['wall_s']:.1f} | {r['generate']['wall_s']:.1f} | "
                      f"{r['speedup']:.2f}× | {r['generated_parsed']} | "
                      f"{'—' if agreement is None else f'{100 * agreement:.1f} %'} | "
-                     f"{100 * r['choice']['accuracy']:.1f} | {100 * r['generate']['accuracy']:.1f} |")  # fmt: skip
+                     f"{100 * r['choice']['accuracy']:.1f} | {100 * r['generate']['accuracy']:.1f} |")
     return "\n".join(lines)
 
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     store = Store.open(args.work / "mulcot.db")
     if fresh:
         prepare(store, args.work, argparse.Namespace(data=args.data, seed=args.seed, dev=args.posts, train=args.train,
-                                                     heldout=2, short_chains=True))  # fmt: skip
+                                                     heldout=2, short_chains=True))
     smol = cached_dir()
     run = train(store, smol, args)
     samples = [s for s in store.samples(DATASET, "dev") if s["label"]][: args.posts]
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"run": run, "threads": args.threads, "batch_size": args.batch_size,
                               "label_tokens": args.label_tokens, "rows": {},
                               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                          "load_at_start": os.getloadavg()}}  # fmt: skip
+                                          "load_at_start": os.getloadavg()}}
     config = PredictConfig(batch_size=args.batch_size, label_max_tokens=args.label_tokens, n_threads=args.threads)
     with open_backend("hf", model=run, config=config, store=store) as backend:
         result["rows"]["transformers fp32"] = measure(backend, posts, gold, task, args.block)
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     head = result["rows"]["transformers fp32"]
     ok = head["speedup"] >= TARGET_SPEEDUP and (head["agreement_where_parsed"] or 0) >= TARGET_AGREEMENT
     log(f"done in {result['wall_s']:.0f} s: speed-up {head['speedup']}× (target {TARGET_SPEEDUP}×), agreement "
-        f"{head['agreement_where_parsed']} (target {TARGET_AGREEMENT}) — {'met' if ok else 'NOT met'}")  # fmt: skip
+        f"{head['agreement_where_parsed']} (target {TARGET_AGREEMENT}) — {'met' if ok else 'NOT met'}")
     return 0
 
 

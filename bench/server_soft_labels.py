@@ -37,7 +37,7 @@ def log(message: str) -> None:
 def serve(gguf: str, threads: int) -> ServerProcess:
     """llama-cpp-python's server on ``gguf`` as ``asst`` (its default logits_all gives prompt log-probs)."""
     return ServerProcess([sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", "asst", "--n_ctx",
-                          "2048", "--n_threads", str(threads), "--n_threads_batch", str(threads)])  # fmt: skip
+                          "2048", "--n_threads", str(threads), "--n_threads_batch", str(threads)])
 
 
 def compare(here: Any, served: Any) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def main() -> None:
     model = str(cached_dir())
     runs = args.work / "runs"
     common = dict(dataset=DATASET, model=model, runs_dir=str(runs), dev_split=None, allow_text_only=True, epochs=1,
-                  batch_size=2, grad_accum=1, lr=1e-3, max_train_items=args.items)  # fmt: skip
+                  batch_size=2, grad_accum=1, lr=1e-3, max_train_items=args.items)
     done = store.get_run("asst")
     if done is None or done["status"] != "done":
         log("training the SmolLM2 assistant (one epoch over the chains)")
@@ -103,7 +103,7 @@ def main() -> None:
         url = server.url
         log(f"distill --soft-labels server through {url}")
         cfg = DistillConfig(name="stud", assistant=asst_folder, soft_labels="server", server=url, served_model="asst",
-                            top_k=args.top_k, server_concurrency=1, **common)  # fmt: skip
+                            top_k=args.top_k, server_concurrency=1, **common)
         result = distill(store, cfg, resume=store.get_run("stud") is not None)
     stats = json.loads((Path(result.folder) / "soft_labels" / "server.json").read_text())
     served = SoftLabelCache(Path(result.folder) / "soft_labels", store.soft_label_index("stud"))
@@ -125,7 +125,7 @@ def main() -> None:
         "server_s_per_sequence": round(stats["wall_s"] / max(1, stats["sequences"]), 2),
         "resident_s_per_sequence": round(resident_s / max(1, len(here.index)), 2),
         "tokens_in_per_sequence": round(stats["tokens_in"] / max(1, stats["sequences"]), 1),
-    }  # fmt: skip
+    }
     from rich.console import Console
     from rich.table import Table
 

@@ -107,13 +107,13 @@ def prepare(work: Path, n: int, model_dir: Path) -> dict[str, Any]:
     with Store.open(work / "scratch.db") as scratch:  # which chains are in D_t (prediction = gold)
         if not scratch.list_datasets():
             import_dataset(scratch, "mulcot-json", DATA / "mulcot-rd" / "t15-test.json", name="all", split="train",
-                           no_images=True)  # fmt: skip
+                           no_images=True)
         samples = {s["id"]: s for s in scratch.samples("all", "train")}
         in_dt = {samples[c["sample_id"]]["key"] for c in scratch.teacher_set("all", "train")}
     tok = AutoTokenizer.from_pretrained(model_dir)
     by_key = {str(item["id"]): item for item in raw}
     picked = sorted((key for key in in_dt if key in by_key),
-                    key=lambda k: (len(tok(by_key[k]["cot"]).input_ids), k))[:n]  # fmt: skip
+                    key=lambda k: (len(tok(by_key[k]["cot"]).input_ids), k))[:n]
     chains_file = data / "chains.json"
     chains_file.write_text(json.dumps([by_key[k] for k in picked]), encoding="utf-8")
     db = work / "bench.db"
@@ -133,7 +133,7 @@ def prepare(work: Path, n: int, model_dir: Path) -> dict[str, Any]:
     both.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
     chain = data / "t15s_chain.json"
     chain.write_text(json.dumps([r for r in records if not r["conversations"][1]["value"].startswith('"Prediction"')],
-                                ensure_ascii=False), encoding="utf-8")  # fmt: skip
+                                ensure_ascii=False), encoding="utf-8")
     from mulcot.datasets.writers import write_dataset_info
 
     write_dataset_info(chain)
@@ -141,7 +141,7 @@ def prepare(work: Path, n: int, model_dir: Path) -> dict[str, Any]:
     lengths = sorted(len(tok(by_key[k]["cot"]).input_ids) for k in picked)
     return {"posts": n, "chain_tokens_min": lengths[0], "chain_tokens_max": lengths[-1],
             "chain_tokens_mean": round(statistics.mean(lengths), 1), "sharegpt_records": len(records),
-            "sharegpt_chain_records": len(json.loads(chain.read_text()))}  # fmt: skip
+            "sharegpt_chain_records": len(json.loads(chain.read_text()))}
 
 
 PROBE = "The sentiment of this post toward the aspect is"
@@ -184,9 +184,9 @@ def check_same_model(model_dir: Path, lf_dir: Path, python: str) -> dict[str, An
     """Both venvs read the same model: the probe's token ids and last logits, here and in LLaMA-Factory's venv."""
     env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"}
     theirs = subprocess.run([python, "-c", _PROBE_CODE, str(lf_dir), PROBE], capture_output=True, text=True,
-                            env=env, timeout=600)  # fmt: skip
+                            env=env, timeout=600)
     ours = subprocess.run([sys.executable, "-c", _PROBE_CODE, str(model_dir), PROBE], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)  # fmt: skip
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     for done in (theirs, ours):
         if done.returncode != 0 or "RESULT " not in done.stdout:
             raise SystemExit(f"the model probe failed:\n{done.stderr[-2000:]}")
@@ -206,7 +206,7 @@ def model_shape(model_dir: Path) -> dict[str, int]:
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     return {"layers": config["num_hidden_layers"], "hidden": config["hidden_size"], "heads": heads,
             "kv_heads": config.get("num_key_value_heads", heads), "head_dim": head_dim,
-            "inter": config["intermediate_size"], "vocab": config["vocab_size"]}  # fmt: skip
+            "inter": config["intermediate_size"], "vocab": config["vocab_size"]}
 
 
 def useful_flops(seqs: list[tuple[int, int]], shape: dict[str, int], rank: int) -> float:
@@ -267,7 +267,7 @@ def mulcot_worker(spec: dict[str, Any]) -> dict[str, Any]:
             seqs = [[e - s, int((out["labels"][0, s:e] != -100).sum())] for s, e in spans]
         else:
             seqs = [[int(m.sum()), int((lab != -100).sum())] for m, lab in zip(out["attention_mask"], out["labels"],
-                                                                                   strict=True)]  # fmt: skip
+                                                                                   strict=True)]
         batches.append({"seqs": seqs, "padded": int(out["input_ids"].numel())})
         return out
 
@@ -305,17 +305,17 @@ def mulcot_worker(spec: dict[str, Any]) -> dict[str, Any]:
                          epochs=spec["epochs"], lr=LR, lora_r=LORA["r"], lora_alpha=LORA["alpha"],
                          lora_dropout=spec.get("dropout", LORA["dropout"]), lora_targets="all",
                          packing=spec["packing"], seed=SEED, save_steps=10**6, device="cpu", dtype="fp32",
-                         gradient_checkpointing=spec.get("gradient_checkpointing", False))  # fmt: skip
+                         gradient_checkpointing=spec.get("gradient_checkpointing", False))
     with Store.open(spec["db"]) as store:
         train_assistant(store, config, progress=progress)
     return {**clock, "batches": batches, "threads": torch.get_num_threads(), "dtype": "torch.float32"}
 
 
 def run_worker(kind: str, spec: dict[str, Any], threads: int, python: str | None = None,
-               env: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+               env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one row in a subprocess with ``threads`` threads (and ``env``); its result and peak RSS (MB)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", **(env or {})}  # fmt: skip
+           "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     if kind == "mulcot":
         env["PYTHONPATH"] = str(ROOT)
         spec_file = Path(spec["runs"]) / f"{spec['name']}.spec.json"
@@ -352,7 +352,7 @@ def lf_spec(model_dir: Path, data: Path, name: str, batch: int, epochs: float, o
         "num_train_epochs": epochs, "lr_scheduler_type": "constant", "warmup_steps": 0, "seed": SEED,
         "logging_steps": 1, "save_strategy": "no", "report_to": "none", "plot_loss": False, "flash_attn": "sdpa",
         "dataloader_num_workers": 0, "bf16": False, "fp16": False,
-    }  # fmt: skip
+    }
 
 
 # ------------------------------------------------------------------------------------------------ measurements
@@ -380,7 +380,7 @@ def summarise(raw: dict[str, Any], shape: dict[str, int], peak: float) -> dict[s
         "peak_rss_mb": raw["peak_rss_mb"], "loss_last": losses[-1] if losses else None,
         "loss_last8": round(statistics.mean(losses[-8:]), 4) if losses else None, "losses": losses,
         "first_step_s": round(ends[0], 3),
-    }  # fmt: skip
+    }
 
 
 def equal_loss(model_dir: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -392,12 +392,12 @@ def equal_loss(model_dir: Path, work: Path, args: argparse.Namespace) -> dict[st
         name = f"equal-loss-{'packed' if packing else 'padded'}"
         spec = {"model": str(model_dir), "name": name, "runs": str(work / "runs"), "db": str(work / "bench.db"),
                 "weights": (0.2, 0.8), "packing": packing, "before": not packing, "batch": args.batch, "dropout": 0.0,
-                "epochs": steps * args.batch / args.n}  # fmt: skip
+                "epochs": steps * args.batch / args.n}
         losses[name] = run_worker("mulcot", spec, args.threads)["losses"][:steps]
     a, b = losses["equal-loss-packed"], losses["equal-loss-padded"]
     diff = max(abs(x - y) for x, y in zip(a, b, strict=True))
     return {"steps": steps, "lora_dropout": 0.0, "max_abs_diff": diff, "ok": len(a) == steps and diff <= EQUAL_LOSS_TOL,
-            "mulcot": a, "mulcot_padded": b}  # fmt: skip
+            "mulcot": a, "mulcot_padded": b}
 
 
 def lf_python() -> str | None:
@@ -408,7 +408,7 @@ def lf_python() -> str | None:
 def table(result: dict[str, Any]) -> str:
     rows = result["rows"]
     head = ("row", "threads", "seqs/step", "tokens/step", "pad %", "s/step", "tokens/s", "GFLOP/s", "% peak",
-            "peak RSS MB", "loss (last 8)")  # fmt: skip
+            "peak RSS MB", "loss (last 8)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
         if "error" in r:
@@ -417,7 +417,7 @@ def table(result: dict[str, Any]) -> str:
             continue
         lines.append(f"| {name} | {r['threads']} | {r['seqs_per_step']} | {r['tokens_per_step']:.0f} | "
                      f"{r['padding_pct']} | {r['s_per_step']:.2f} | {r['tokens_per_s']:.0f} | {r['gflop_per_s']:.1f} | "
-                     f"{r['pct_of_gemm_peak']:.0f} | {r['peak_rss_mb']} | {r['loss_last8']} |")  # fmt: skip
+                     f"{r['pct_of_gemm_peak']:.0f} | {r['peak_rss_mb']} | {r['loss_last8']} |")
     peaks = ", ".join(f"{t} thread{'s' if int(t) > 1 else ''}: {v:.0f} GFLOP/s" for t, v in result["gemm_peak"].items())
     lines.append("")
     lines.append(f"fp32 GEMM peak (torch.mm 2048²): {peaks}.")
@@ -426,9 +426,9 @@ def table(result: dict[str, Any]) -> str:
         verdict = "within" if eq["ok"] else "NOT within"
         lines.append(f"Equal loss (first {EQUAL_LOSS_STEPS} steps, mulcot vs mulcot-padded, seed {SEED}, LoRA dropout "
                      f"0): max |Δ| {eq['max_abs_diff']:.1e} ({verdict} {EQUAL_LOSS_TOL}); with dropout 0.05 (the rows "
-                     f"above) {eq['with_dropout']['max_abs_diff']:.1e}.")  # fmt: skip
+                     f"above) {eq['with_dropout']['max_abs_diff']:.1e}.")
     for label, key in (("samples/s vs mulcot-padded", "speedup_vs_padded"),
-                       ("tokens/s vs lf-chain+label", "vs_lf_chain_label")):  # fmt: skip
+                       ("tokens/s vs lf-chain+label", "vs_lf_chain_label")):
         if key in result:
             lines.append(f"mulcot {label}: {result[key]:.2f}×.")
     return "\n".join(lines)
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"data": data, "model": shape, "threads": args.threads, "batch": args.batch,
                               "epochs": args.epochs, "gemm_peak": peaks, "rows": {},
                               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                                          "python": platform.python_version()}}  # fmt: skip
+                                          "python": platform.python_version()}}
     runs = work / "runs"
     for folder in (runs, work / "lf"):  # run folders of an earlier invocation
         shutil.rmtree(folder, ignore_errors=True)
@@ -486,13 +486,13 @@ def main(argv: list[str] | None = None) -> int:
                 spec = {"model": str(model_dir), "name": name.replace("@", "-"), "runs": str(runs),
                         "db": str(work / "bench.db"), "weights": row["weights"], "packing": row["packing"],
                         "batch": args.batch, "epochs": args.epochs, "before": row.get("before", False),
-                        "gradient_checkpointing": row.get("gradient_checkpointing", False)}  # fmt: skip
+                        "gradient_checkpointing": row.get("gradient_checkpointing", False)}
                 raw = run_worker("mulcot", spec, threads, env=row.get("env"))
             else:
                 if python is None:
                     raise RuntimeError("no LLaMA-Factory venv (make llamafactory, or MULCOT_LLAMAFACTORY_PYTHON)")
                 spec = lf_spec(lf_dir, work / "data", f"t15s_{row['data']}", args.batch * row["batch_factor"],
-                               args.epochs, work / "lf" / name)  # fmt: skip
+                               args.epochs, work / "lf" / name)
                 if row.get("disable_gradient_checkpointing"):
                     spec["disable_gradient_checkpointing"] = True
                 raw = run_worker("llamafactory", spec, threads, python)
@@ -508,13 +508,13 @@ def main(argv: list[str] | None = None) -> int:
                 summary[key] = raw[key]
         result["rows"][name] = summary
         log(f"{name}: {summary['s_per_step']} s/step, {summary['tokens_per_s']} tokens/s, "
-            f"{summary['pct_of_gemm_peak']} % of peak, {summary['peak_rss_mb']} MB")  # fmt: skip
+            f"{summary['pct_of_gemm_peak']} % of peak, {summary['peak_rss_mb']} MB")
     got = result["rows"]
     if "losses" in got.get("mulcot", {}) and "losses" in got.get("mulcot-padded", {}):
         result["equal_loss"] = equal_loss(model_dir, work, args)
         a, b = got["mulcot"]["losses"][:EQUAL_LOSS_STEPS], got["mulcot-padded"]["losses"][:EQUAL_LOSS_STEPS]
         result["equal_loss"]["with_dropout"] = {"max_abs_diff": max(abs(x - y) for x, y in zip(a, b, strict=True)),
-                                                "mulcot": a, "mulcot_padded": b}  # fmt: skip
+                                                "mulcot": a, "mulcot_padded": b}
         result["speedup_vs_padded"] = round(got["mulcot-padded"]["s_per_step"] / got["mulcot"]["s_per_step"], 2)
     if "tokens_per_s" in got.get("mulcot", {}) and "tokens_per_s" in got.get("lf-chain+label", {}):
         result["vs_lf_chain_label"] = round(got["mulcot"]["tokens_per_s"] / got["lf-chain+label"]["tokens_per_s"], 2)

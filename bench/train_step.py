@@ -51,7 +51,7 @@ def worker(size: str, mode: str, steps: int, batch: int, processor_dir: str) -> 
 
     args = TrainingArguments(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, label_names=[])
     trainer = trainer_cls(model=model, args=args, task_weights=(0.2, 0.8), single_pass=mode == "one-pass",
-                          collator=collator)  # fmt: skip
+                          collator=collator)
 
     def step(chunk) -> float:
         loss = trainer.compute_loss(model, chunk)  # the product's own loss code
@@ -70,7 +70,7 @@ def worker(size: str, mode: str, steps: int, batch: int, processor_dir: str) -> 
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"size": size, "mode": mode, "params_m": round(params / 1e6, 1), "steps": steps, "batch": batch,
-            "samples_per_s": round(steps * batch / wall, 3), "peak_rss_mb": round(peak), "losses": losses}  # fmt: skip
+            "samples_per_s": round(steps * batch / wall, 3), "peak_rss_mb": round(peak), "losses": losses}
 
 
 def main() -> None:
@@ -97,7 +97,7 @@ def main() -> None:
                 [sys.executable, __file__, "--batch", str(args.batch), "--worker", size, mode, str(args.steps),
                  processor_dir],
                 capture_output=True, text=True, check=True,
-            )  # fmt: skip
+            )
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     for r in rows:
         other = next(x for x in rows if x["size"] == r["size"] and x["mode"] == "one-pass")
@@ -115,7 +115,7 @@ def main() -> None:
     for r in rows:
         table.add_row(r["size"], f"{r['params_m']}M", r["mode"], f"{r['samples_per_s']:.3f}",
                       f"{r['speedup_vs_one_pass']:.2f}×", f"{r['peak_rss_mb']} MB",
-                      f"{r['max_loss_diff_vs_one_pass']:.1e}")  # fmt: skip
+                      f"{r['max_loss_diff_vs_one_pass']:.1e}")
     Console().print(table)
 
 

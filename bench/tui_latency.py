@@ -54,7 +54,7 @@ def generate(path: Path, n_samples: int, seed: int = 0) -> dict[str, Any]:
     splits = ["train"] * 8 + ["dev", "test"]
     with store.transaction():
         store.upsert_dataset("bench", task="masc", format="jsonl", source="generated", images_root=None,
-                             has_images=False)  # fmt: skip
+                             has_images=False)
         rows = []
         for i in range(n_samples):
             aspect = rng.choice(ASPECTS)
@@ -64,7 +64,7 @@ def generate(path: Path, n_samples: int, seed: int = 0) -> dict[str, Any]:
                 "split": splits[i % 10], "key": str(i), "text": " ".join(words), "aspect": aspect,
                 "label": rng.choice(LABELS), "image_name": None, "image_path": None, "image_sha256": None,
                 "has_image": False,
-            })  # fmt: skip
+            })
         ids = store.upsert_samples("bench", rows).ids
     gold = {ids[(r["split"], r["key"])]: r["label"] for r in rows}
     rare = set(rng.sample(sorted(gold), 25))
@@ -85,7 +85,7 @@ def generate(path: Path, n_samples: int, seed: int = 0) -> dict[str, Any]:
                     "prediction": None if failed else pred, "parse_status": "none" if failed else "full",
                     "valid": not failed, "attempt": 1, "final": True, "origin": "bench",
                     "error": "output missing Prediction" if failed else None,
-                }  # fmt: skip
+                }
                 if source == "teacher":
                     row.update(tokens_in=812, tokens_out=240, cost_usd=0.0011, latency_s=2.4)
                 yield row
@@ -177,7 +177,7 @@ async def _drive(db: Path, runs: int) -> dict[str, Any]:
                 query_times.append(q1 - q0)
                 count_times.append(time.perf_counter() - q1)
             results[name] = {"ms": _median_ms(times), "page_query_ms": _median_ms(query_times),
-                             "count_ms": _median_ms(count_times), "matches": count}  # fmt: skip
+                             "count_ms": _median_ms(count_times), "matches": count}
         # Moving: one row down; then a jump to the end (a page fetched from the end) and a page up (keyset).
         for name, keys in (
             ("next row (j)", ("j",)),
@@ -198,7 +198,7 @@ async def _drive(db: Path, runs: int) -> dict[str, Any]:
                 await pilot.press(*keys)
                 times.append(await painted(pilot, stamps, t0))
             results[name] = {"ms": _median_ms(times), "page_query_ms": None, "count_ms": None,
-                             "matches": table.row_count}  # fmt: skip
+                             "matches": table.row_count}
     return results
 
 
