@@ -53,7 +53,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
-POSTS_DIR = ROOT / "bench" / "results" / "learning"
 DATASET = "t15"
 LABELS = ("positive", "neutral", "negative")
 TUNE, REPORT = "tune", "report"
@@ -184,7 +183,7 @@ def expand_with(store: Any, assistant: str, args: argparse.Namespace, result: di
     return result["expand"]
 
 
-def score(store: Any, model: str | Path, run_id: str) -> dict[str, list[dict[str, Any]]]:
+def score(store: Any, model: str | Path, run_id: str, limit: int | None = None) -> dict[str, list[dict[str, Any]]]:
     """The label head by forced choice on the tuning and report posts (``predict --dataset --label
     --label-scoring choice``); per split, one row per post: key, gold, prediction, the three probabilities."""
     from mulcot.generation import PredictConfig, open_backend
@@ -195,7 +194,7 @@ def score(store: Any, model: str | Path, run_id: str) -> dict[str, list[dict[str
         for split in (TUNE, REPORT):
             began = time.perf_counter()
             predict_dataset(store, backend, DATASET, split, prompts=("label",), label_scoring="choice",
-                            run_id=f"{run_id}-{split}", progress=progress)
+                            run_id=f"{run_id}-{split}", limit=limit, progress=progress)
             rows = [r for r in store.reasonings(dataset=DATASET, split=split, source=backend.source, stage="label",
                                                 final_only=True) if r["model"] == backend.name]
             keys = {s["id"]: s["key"] for s in store.samples(DATASET, split)}
@@ -207,10 +206,11 @@ def score(store: Any, model: str | Path, run_id: str) -> dict[str, list[dict[str
     return out
 
 
-def constant(store: Any, label: str) -> dict[str, list[dict[str, Any]]]:
+def constant(store: Any, label: str, limit: int | None = None) -> dict[str, list[dict[str, Any]]]:
     """A model that always answers ``label`` (probability 1)."""
     return {split: [{"key": s["key"], "sample_id": s["id"], "gold": s["label"], "prediction": label,
-                     **{f"p_{lab}": float(lab == label) for lab in LABELS}} for s in store.samples(DATASET, split)]
+                     **{f"p_{lab}": float(lab == label) for lab in LABELS}}
+                    for s in store.samples(DATASET, split)[:limit]]
             for split in (TUNE, REPORT)}
 
 
@@ -235,9 +235,14 @@ def metrics_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def save_posts(name: str, posts: dict[str, list[dict[str, Any]]]) -> Path:
-    POSTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = POSTS_DIR / f"{name}.csv"
+def posts_dir(results: Path) -> Path:
+    """Where the per-post files of a results file go: a folder named after it (``learning.json`` → ``learning/``)."""
+    return results.parent / results.stem
+
+
+def save_posts(folder: Path, name: str, posts: dict[str, list[dict[str, Any]]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["split", "post_id", "gold", "prediction", *(f"p_{lab}" for lab in LABELS)])
@@ -248,9 +253,9 @@ def save_posts(name: str, posts: dict[str, list[dict[str, Any]]]) -> Path:
     return path
 
 
-def load_posts(name: str) -> dict[str, list[dict[str, Any]]]:
+def load_posts(folder: Path, name: str) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
-    with (POSTS_DIR / f"{name}.csv").open(encoding="utf-8") as fh:
+    with (folder / f"{name}.csv").open(encoding="utf-8") as fh:
         for r in csv.DictReader(fh):
             out.setdefault(r["split"], []).append({"key": r["post_id"], "gold": r["gold"],
                                                    "prediction": r["prediction"] or None,
@@ -259,11 +264,11 @@ def load_posts(name: str) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def compare(a: str, b: str, store: Any, split: str = REPORT) -> dict[str, Any]:
+def compare(folder: Path, a: str, b: str, store: Any, split: str = REPORT) -> dict[str, Any]:
     """B against A on the same posts: exact McNemar, tweet-clustered paired bootstrap, agreement."""
     from mulcot.metrics.paired import paired_comparison, post_clusters
 
-    pa, pb = ({r["key"]: r for r in load_posts(x)[split]} for x in (a, b))
+    pa, pb = ({r["key"]: r for r in load_posts(folder, x)[split]} for x in (a, b))
     keys = sorted(set(pa) & set(pb))
     samples = {s["key"]: s for s in store.samples(DATASET, split)}
     cluster = post_clusters(samples[k] for k in keys)
@@ -272,7 +277,7 @@ def compare(a: str, b: str, store: Any, split: str = REPORT) -> dict[str, Any]:
                              n_boot=2000, seed=0)
 
 
-def report(store: Any, result: dict[str, Any]) -> dict[str, Any]:
+def report(store: Any, result: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Per-seed McNemar against the majority, mean ± sd over seeds, and the paired comparisons of the paper's
     claims (seed by seed, on the report set)."""
     arms = result["arms"]
@@ -280,7 +285,7 @@ def report(store: Any, result: dict[str, Any]) -> dict[str, Any]:
     stats: dict[str, Any] = {"vs_majority": {}, "by_kind": {}, "claims": {}}
     for name in arms:
         if majority and name != majority:
-            stats["vs_majority"][name] = compare(majority, name, store)
+            stats["vs_majority"][name] = compare(folder, majority, name, store)
     kinds: dict[str, list[dict[str, Any]]] = {}
     for row in arms.values():
         kinds.setdefault(row["kind"], []).append(row)
@@ -304,7 +309,7 @@ def report(store: Any, result: dict[str, Any]) -> dict[str, Any]:
         pairs = [(a[s], b[s]) for s in sorted(set(a) & set(b))]
         if not pairs and a and b and kb.startswith("student"):
             pairs = [(a[min(a)], b[s]) for s in sorted(b)]
-        stats["claims"][claim] = [{"a": x, "b": y, **compare(x, y, store)} for x, y in pairs]
+        stats["claims"][claim] = [{"a": x, "b": y, **compare(folder, x, y, store)} for x, y in pairs]
     return stats
 
 
@@ -335,7 +340,8 @@ def table(result: dict[str, Any]) -> str:
         rec = "/".join(pct(r["recall"].get(lab)) for lab in LABELS)
         p = (stats.get("vs_majority", {}).get(name) or {}).get("mcnemar", {}).get("p_value")
         train = f"{row['train_s'] / 60:.0f} min" if row.get("train_s") else "—"
-        out.append(f"| {TITLES.get(row['kind'], row['kind'])} | {row.get('seed', '—')} | {pct(r['accuracy'])} | "
+        seed = "—" if row.get("seed") is None else row["seed"]
+        out.append(f"| {TITLES.get(row['kind'], row['kind'])} | {seed} | {pct(r['accuracy'])} | "
                    f"{pct(r['macro_f1'])} | {pct(r.get('balanced_accuracy'))} | {rec} | {pct(r.get('auroc'))} | "
                    f"{pct(r.get('ece'))} | {'—' if p is None else f'{p:.2g}'} | {pct(row[TUNE]['accuracy'])} | "
                    f"{train} |")
@@ -382,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--seed", type=int, default=0, help="data order and expansion seed")
     ap.add_argument("--json", type=Path, required=True, help="the results file")
+    ap.add_argument("--score-limit", type=int, default=None, help="smoke tests only: score the first N posts")
     args = ap.parse_args(argv)
 
     import torch
@@ -426,23 +433,25 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {"kind": kind, "seed": seed if "@" in spec else None}
         if kind == "majority":
             label = Counter(s["label"] for s in store.samples(DATASET, "train")).most_common(1)[0][0]
-            posts, row["label"] = constant(store, label), label
+            posts, row["label"] = constant(store, label, args.score_limit), label
         elif kind == "zero-shot":
-            posts = score(store, smol, "bench-zero-shot")
+            posts = score(store, smol, "bench-zero-shot", args.score_limit)
         elif kind in WEIGHTS or kind in ("student-soft", "student-hard"):
             run, trained = train_arm(store, smol, kind, seed, args, result)
             row.update(run=run, **trained)
-            posts = score(store, args.work / "runs" / run, f"bench-{run}")
+            posts = score(store, args.work / "runs" / run, f"bench-{run}", args.score_limit)
         else:
             ap.error(f"unknown arm '{kind}'")
-        row["posts_file"] = str(save_posts(name.replace("@", "-s"), posts).relative_to(ROOT))
+        saved = save_posts(posts_dir(args.json), name.replace("@", "-s"), posts)
+        row["posts_file"] = str(saved.relative_to(ROOT) if saved.is_relative_to(ROOT) else saved)
         row.update({split: metrics_of(posts[split]) for split in (TUNE, REPORT)})
         result["arms"][name] = row
         log(f"{name}: tune acc {pct(row[TUNE]['accuracy'])}, report acc {pct(row[REPORT]['accuracy'])} "
             f"m-F1 {pct(row[REPORT]['macro_f1'])}")
         save()
-    result["stats"] = report(store, {**result, "arms": {n.replace("@", "-s"): r for n, r in result["arms"].items()}})
-    result["table"] = table({**result, "arms": {n.replace("@", "-s"): r for n, r in result["arms"].items()}})
+    by_file = {n.replace("@", "-s"): r for n, r in result["arms"].items()}
+    result["stats"] = report(store, {**result, "arms": by_file}, posts_dir(args.json))
+    result["table"] = table({**result, "arms": by_file})
     save()
     print(result["table"])
     return 0
