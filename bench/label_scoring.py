@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning import DATA, DATASET, log, prepare  # noqa: E402
+from learning import DATA, DATASET, REPORT, TUNE, log, prepare  # noqa: E402
 
 TARGET_SPEEDUP, TARGET_AGREEMENT = 3.0, 0.95
 
@@ -143,11 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     fresh = not (args.work / "mulcot.db").exists()
     store = Store.open(args.work / "mulcot.db")
     if fresh:
-        prepare(store, args.work, argparse.Namespace(data=args.data, seed=args.seed, dev=args.posts, train=args.train,
-                                                     heldout=2, short_chains=True))
+        prepare(store, args.work, argparse.Namespace(data=args.data, seed=args.seed, train=args.train, heldout=2))
     smol = cached_dir()
     run = train(store, smol, args)
-    samples = [s for s in store.samples(DATASET, "dev") if s["label"]][: args.posts]
+    # the dev posts, as learning.py splits them (tuning set, then report set)
+    samples = [s for split in (TUNE, REPORT) for s in store.samples(DATASET, split) if s["label"]][: args.posts]
     posts = [Post(text=s["text"], aspect=s["aspect"]) for s in samples]
     gold = [s["label"] for s in samples]
     task = store.require_dataset(DATASET)["task"]
