@@ -125,3 +125,35 @@ def test_reliability_diagram(tmp_path):
     out = plot_reliability([("label prompt (n=5)", m)], tmp_path / "reliability.png", title="tiny")
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 200
+
+
+def test_label_bias_recovers_a_shifted_cut_off():
+    """Posts drawn from a known model, scored by a copy of it with its labels shifted (neutral +1.5, negative −1):
+    the fit on half the posts finds offsets that undo the shift, and the other half's log loss and accuracy
+    improve."""
+    from mulcot.metrics.calibration import apply_label_bias, fit_label_bias
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 3)) * 2.0
+    true = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    gold = [LABELS[rng.choice(3, p=row)] for row in true]
+    shifted = np.exp(logits + [0.0, 1.5, -1.0])
+    shifted /= shifted.sum(axis=1, keepdims=True)
+    fit = fit_label_bias(gold[:2000], shifted[:2000])
+    assert fit["bias"][P] == 0.0
+    assert fit["bias"][U] == pytest.approx(-1.5, abs=0.25) and fit["bias"][N] == pytest.approx(1.0, abs=0.25)
+    assert fit["temperature"] == pytest.approx(1.0, abs=0.15) and fit["nll_after"] < fit["nll_before"]
+    fixed = apply_label_bias(shifted[2000:], fit)
+    before, after = probability_metrics(gold[2000:], shifted[2000:]), probability_metrics(gold[2000:], fixed)
+    assert after["nll"] < before["nll"] and after["accuracy"] > before["accuracy"]
+    assert all(sum(row.values()) == pytest.approx(1.0) for row in fixed)
+
+
+def test_label_bias_is_bounded_and_keeps_a_constant_model():
+    """A label missing from the tuning posts gets a bounded offset; a 0/1 model stays usable (no log of 0)."""
+    from mulcot.metrics.calibration import apply_label_bias, fit_label_bias
+
+    fit = fit_label_bias([U, U, P], [(0.0, 1.0, 0.0)] * 3)
+    assert -10.0 <= fit["bias"][N] <= 10.0 and 0.05 <= fit["temperature"] <= 20.0
+    assert math.isfinite(fit["nll_after"]) and fit["nll_after"] <= fit["nll_before"]
+    assert all(math.isfinite(v) for row in apply_label_bias([(0.0, 1.0, 0.0)], fit) for v in row.values())
