@@ -356,6 +356,11 @@ def report(store: Any, result: dict[str, Any], folder: Path) -> dict[str, Any]:
             if not pairs and a and b and kb.startswith("student"):
                 pairs = [(a[min(a)], b[s]) for s in sorted(b)]
             part["claims"][claim] = [{"a": x, "b": y, **compare(folder, x, y, store, rows=rows)} for x, y in pairs]
+        # not one of the paper's claims, but what a user asks first: does the student keep its assistant's level?
+        pairs = [(row["assistant"].removeprefix("smol-"), name) for name, row in arms.items()
+                 if row["kind"].startswith("student") and row.get("assistant", "").removeprefix("smol-") in arms]
+        part["claims"]["student vs its assistant (same size here)"] = [
+            {"a": x, "b": y, **compare(folder, x, y, store, rows=rows)} for x, y in pairs]
         stats[rule] = part
     return stats
 
