@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from rich.console import Console
 
 import mulcot.cli.run as run_cli
-from mulcot.cli.eval import paper_table
+from mulcot.cli.eval_report import paper_table
 
 HEADERS = ("Model", "Acc", "Sim", "METEOR", "BLEU", "ROUGE-L", "Dist-1", "Dist-2", "Cons.")
 LONG = "runs/twitter2015-qwen2.5-vl-3b-student-distilled-tau2"

@@ -47,6 +47,8 @@ class EvalConfig(Validated):
     metrics: list[str] | None = None  # reasoning metrics (default all)
     limit: int | None = field_(None, "Only the first N labelled samples of the split.", min=1)
     max_new_tokens: int = field_(512, "Token limit of a generated chain.", min=1)
+    max_chains: int | None = field_(None, "Model mode: generate chains for the first N posts only (0: none); the "
+                                    "label head still answers every post.", min=0)
     label_max_new_tokens: int = field_(16, "Token limit of a label answer.", min=1)
     batch_size: int = field_(8, "Samples per generation batch.", min=1)
     max_pixels: int | None = None  # default: the training default (280*280)
@@ -60,6 +62,8 @@ class EvalConfig(Validated):
     write_files: bool = True
     server: ServerConfig | None = None  # model mode: generate through an OpenAI-compatible server
     per_post: str | None = None  # also write the per-post predictions to this .csv or .jsonl file
+    majority_from: str | None = field_("train", "Split whose most frequent gold label is the majority baseline the "
+                                       "result is compared with ('none': no baseline).")
     label_scoring: str = field_("choice", "How the label head answers: choice (forced choice: the three answers' "
                                 "log-probabilities, the most probable taken) or generate (generated and parsed).",
                                 choices=("choice", "generate"))
@@ -67,6 +71,9 @@ class EvalConfig(Validated):
     def check(self) -> None:
         if (self.model is None) == (self.source is None):
             raise ConfigError("name what to evaluate: --model RUN_OR_FOLDER or --source teacher|assistant|student|RUN")
+        if self.max_chains is not None and self.model is None:
+            raise ConfigError("--max-chains limits the chains a model generates: give --model RUN (stored chains "
+                              "are scored as they are)")
         if self.server is not None and self.model is None:
             raise ConfigError("--server generates with a model: give --model RUN (stored chains need no server)")
 

@@ -132,9 +132,10 @@ def generate_missing(store: Store, subject: Subject, config: EvalConfig, task: s
         version = get_prompt(prompt, task).version
         stages[prompt] = (stage, version)
         have = stored_outputs(store, config.dataset, config.split, subject, stage, version, config.label_scoring)
-        todo = [it for it in items if it.sample_id not in have]
+        wanted = items[: config.max_chains] if stage == STAGE_EVAL and config.max_chains is not None else items
+        todo = [it for it in wanted if it.sample_id not in have]
         name = "chains" if stage == STAGE_EVAL else "labels"
-        counts[f"{name}_generated"], counts[f"{name}_reused"] = len(todo), len(items) - len(todo)
+        counts[f"{name}_generated"], counts[f"{name}_reused"] = len(todo), len(wanted) - len(todo)
         if stage == STAGE_LABEL and config.label_scoring == "choice":
             choices = todo
             continue

@@ -60,7 +60,8 @@ def write_outputs(result: EvalResult, folder: str | os.PathLike[str]) -> dict[st
         if result.metrics.get("label")
         else []
     )
-    heads.append((f"chain Prediction (n={result.metrics['chain']['n']})", result.metrics["chain"]))
+    if result.metrics.get("chain"):
+        heads.append((f"chain Prediction (n={result.metrics['chain']['n']})", result.metrics["chain"]))
     title = f"{result.subject.name} on {result.dataset}/{result.split}"
     plot_confusion(heads, out / "confusion.png", title=title)
     if probs:

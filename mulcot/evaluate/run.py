@@ -17,6 +17,10 @@ When every label answer carries label probabilities (forced-choice scoring: ``fi
 ``label`` rows), ``metrics["probabilities"]`` holds AUROC, ECE with its reliability bins, log loss and Brier
 (:func:`mulcot.metrics.calibration.probability_metrics`); else it is None.
 
+Every result also carries ``metrics["uncertainty"]`` (:mod:`mulcot.evaluate.baseline`): its accuracy and macro-F1
+with tweet-clustered bootstrap intervals, and the majority baseline (the training split's most frequent label) on
+the same posts compared post by post.
+
 Each result is stored (:meth:`Store.add_eval_result`) with its per-post predictions (``eval_posts``: gold, the
 headline's prediction, the chain's and the label head's, the probabilities) and written to a folder as
 ``result.json``, ``per_sample.jsonl``, ``confusion.png`` and, with probabilities, ``reliability.png``
@@ -36,6 +40,7 @@ from mulcot.core.chains import release_chain
 from mulcot.core.labels import LABELS
 from mulcot.core.prompts import get_prompt
 from mulcot.errors import MulcotError, NotFoundError
+from mulcot.evaluate.baseline import uncertainty
 from mulcot.evaluate.config import EvalConfig, EvalResult
 from mulcot.evaluate.generate import generate_missing, stored_outputs, tokenizer_of
 from mulcot.evaluate.posts import check_per_post_path, per_post_rows, write_per_post
@@ -170,7 +175,8 @@ def gather(store: Store, config: EvalConfig, task: str, gold_by_id: dict[int, st
         outputs = {stage: stored_outputs(store, config.dataset, config.split, subject, stage,
                                          get_prompt(prompt, task).version, config.label_scoring)
                    for prompt, stage in (("cot", STAGE_EVAL), ("label", STAGE_LABEL))}
-        chains = {sid: r for sid, r in outputs[STAGE_EVAL].items() if sid in gold_by_id}
+        chain_ids = set(list(gold_by_id)[: config.max_chains]) if config.max_chains is not None else gold_by_id
+        chains = {sid: r for sid, r in outputs[STAGE_EVAL].items() if sid in chain_ids}
         label_rows = {sid: r for sid, r in outputs[STAGE_LABEL].items() if sid in gold_by_id}
         return Gathered(subject, chains, label_rows, {"generated": generated})
     assert config.source is not None
@@ -191,20 +197,21 @@ def gather(store: Store, config: EvalConfig, task: str, gold_by_id: dict[int, st
 
 
 def classify(task: str, ids: list[int], gold_by_id: dict[int, str], got: Gathered) -> dict[str, Any]:
-    """Classification metrics of the chains' own Prediction and of the label head, their consistency, and the
-    headline (the label head when every sample has an answer, else the chain)."""
+    """Classification metrics of the chains' own Prediction and of the label head, their consistency (on the posts
+    with both), and the headline (the label head when every sample has an answer, else the chain; ``ids`` are then
+    the posts with a chain)."""
     chains, label_rows = got.chains, got.label_rows
     metrics: dict[str, Any] = {"task": task, "f1_reported": _f1_name(task)}
-    metrics["chain"] = classification_metrics([gold_by_id[i] for i in ids], [chains[i]["prediction"] for i in ids])
+    chain_ids = [i for i in ids if i in chains]
+    metrics["chain"] = classification_metrics([gold_by_id[i] for i in chain_ids],
+                                              [chains[i]["prediction"] for i in chain_ids]) if chain_ids else None
     label_ids = [i for i in ids if i in label_rows]
-    if label_ids:
-        metrics["label"] = classification_metrics([gold_by_id[i] for i in label_ids],
-                                                  [label_rows[i]["prediction"] for i in label_ids])
-        metrics["consistency"] = consistency([chains[i]["prediction"] for i in label_ids],
-                                             [label_rows[i]["prediction"] for i in label_ids])
-    else:
-        metrics["label"] = metrics["consistency"] = None
-    metrics["consistency_n"] = len(label_ids)
+    metrics["label"] = classification_metrics([gold_by_id[i] for i in label_ids],
+                                              [label_rows[i]["prediction"] for i in label_ids]) if label_ids else None
+    both = [i for i in label_ids if i in chains]
+    metrics["consistency"] = consistency([chains[i]["prediction"] for i in both],
+                                         [label_rows[i]["prediction"] for i in both]) if both else None
+    metrics["consistency_n"] = len(both)
     head = "label" if label_ids and len(label_ids) == len(ids) else "chain"
     # label probabilities (forced-choice scoring) when every label answer carries them
     got.probs = probs = label_probabilities([label_rows[i] for i in label_ids]) if label_ids else None
@@ -213,7 +220,7 @@ def classify(task: str, ids: list[int], gold_by_id: dict[int, str], got: Gathere
     )
     # chains kept by a release (imported or replayed): their Predictions were correct zero-shot or written given
     # the gold label, so their accuracy measures no model; the row says so wherever it is shown
-    metrics["gold_conditioned"] = head == "chain" and all(release_chain(chains[i]) for i in ids)
+    metrics["gold_conditioned"] = head == "chain" and all(release_chain(chains[i]) for i in chain_ids)
     metrics["headline"] = {
         "from": head,
         "accuracy": metrics[head]["accuracy"],
@@ -250,6 +257,9 @@ def score_reasoning(config: EvalConfig, ids: list[int], chains: dict[int, dict[s
     texts = {i: _text(chains[i], canonical=False) for i in ids}
     reasoning: dict[str, Any] = {"refs": refs_name, "pairs": len(paired), "missing_refs": len(ids) - len(paired),
                                  "subject_text": "raw output", "reference_text": "canonical text"}
+    if not ids:  # --max-chains 0: the label head only
+        reasoning.update(metrics=[], means={}, corpus={}, unavailable={}, headline={}, note="no chains generated")
+        return reasoning, {}
     per_pair: dict[str, dict[int, float]] = {}
     common = dict(sim_model=config.sim_model, corpus=config.corpus, nltk_data_dir=config.nltk_data_dir,
                   embedding_cache=True if config.embedding_cache else None)
@@ -298,9 +308,9 @@ def per_sample_rows(ids: list[int], samples: dict[int, dict[str, Any]], got: Gat
     """One row per scored sample: gold, the chain's and the label head's predictions, the reference, the metrics."""
     out = []
     for i in ids:
-        chain, label = got.chains[i], got.label_rows.get(i)
-        row = {"sample_id": i, "key": samples[i]["key"], "gold": samples[i]["label"], "chain_id": chain["id"],
-               "chain_stage": chain["stage"], "chain_prediction": chain["prediction"],
+        chain, label = got.chains.get(i) or {}, got.label_rows.get(i)
+        row = {"sample_id": i, "key": samples[i]["key"], "gold": samples[i]["label"], "chain_id": chain.get("id"),
+               "chain_stage": chain.get("stage"), "chain_prediction": chain.get("prediction"),
                "label_id": label["id"] if label else None, "label_prediction": label["prediction"] if label else None,
                "label_probabilities": (got.probs or {}).get(i),
                "ref_id": ref_rows[i]["id"] if i in ref_rows else None}
@@ -315,12 +325,12 @@ def post_rows(ids: list[int], samples: dict[int, dict[str, Any]], got: Gathered,
     chain's and the label head's, and the label probabilities when there are some."""
     out = []
     for i in ids:
-        chain, label = got.chains[i], got.label_rows.get(i)
+        chain, label = got.chains.get(i) or {}, got.label_rows.get(i)
         p = (got.probs or {}).get(i) or {}
         out.append({
             "sample_id": i, "key": samples[i]["key"], "gold": samples[i]["label"],
-            "prediction": (label if head == "label" and label else chain)["prediction"],
-            "chain_prediction": chain["prediction"], "chain_id": chain["id"],
+            "prediction": (label if head == "label" and label else chain).get("prediction"),
+            "chain_prediction": chain.get("prediction"), "chain_id": chain.get("id"),
             "label_prediction": label["prediction"] if label else None, "label_id": label["id"] if label else None,
             **{f"p_{lab}": p.get(lab) for lab in LABELS},
         })
@@ -342,21 +352,28 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
 
     got = gather(store, config, task, gold_by_id, progress)
     subject = got.subject
-    if not got.chains:
+    with_chain = [s["id"] for s in labelled if s["id"] in got.chains]
+    ids = with_chain
+    if config.max_chains is not None:  # model mode, chains for the first N posts only: every label answer counts
+        answered = [s["id"] for s in labelled if s["id"] in got.label_rows]
+        ids = answered if len(answered) == len(labelled) else with_chain
+    if not ids:
         raise MulcotError(f"no chains to evaluate for {subject.name} in {config.dataset}/{config.split}")
-    ids = [s["id"] for s in labelled if s["id"] in got.chains]
     metrics = classify(task, ids, gold_by_id, got)
     label_ids = [i for i in ids if i in got.label_rows]
     metrics["coverage"] = {
         "samples": len(samples), "unlabelled_skipped": len(samples) - sum(1 for s in samples if s["label"]),
-        "limit": config.limit, "considered": len(gold_by_id), "evaluated": len(ids),
-        "without_chain": len(gold_by_id) - len(ids), "without_label_answer": len(ids) - len(label_ids),
+        "limit": config.limit, "considered": len(gold_by_id), "evaluated": len(ids), "max_chains": config.max_chains,
+        "without_chain": len(gold_by_id) - len(with_chain), "without_label_answer": len(ids) - len(label_ids),
     }
     metrics.update(got.provenance)
     refs_name, ref_rows = reference_rows(store, config, subject, gold_by_id)
-    metrics["reasoning"], per_pair = score_reasoning(config, ids, got.chains, refs_name, ref_rows, progress)
+    metrics["reasoning"], per_pair = score_reasoning(config, with_chain, got.chains, refs_name, ref_rows, progress)
     metrics["ratings"] = human_ratings(store, config.dataset, config.split, subject.source)
 
+    posts = post_rows(ids, by_id, got, metrics["headline"]["from"])
+    metrics["uncertainty"] = uncertainty(store, config.dataset, config.split, posts,
+                                         majority_from=config.majority_from)
     public = config.public()
     public["prompt_versions"] = {"cot": get_prompt("cot", task).version, "label": get_prompt("label", task).version}
     public["subject"] = subject.public()
@@ -365,7 +382,6 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
     result = EvalResult(id=None, dataset=config.dataset, split=config.split, task=task, subject=subject, n=len(ids),
                         metrics=metrics, config=public,
                         per_sample=per_sample_rows(ids, by_id, got, ref_rows, per_pair))
-    posts = post_rows(ids, by_id, got, metrics["headline"]["from"])
     result.id = store.add_eval_result(dataset=config.dataset, split=config.split, metrics=metrics, n=len(ids),
                                       source=subject.source, model=subject.model, run_id=subject.run_id,
                                       config=public, posts=posts)

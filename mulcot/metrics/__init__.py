@@ -20,7 +20,7 @@ Each module's docstring gives its metrics' exact definitions.
 
 from mulcot.metrics.calibration import expected_calibration_error, probability_metrics
 from mulcot.metrics.classification import INVALID_PREDICTION, classification_metrics, consistency
-from mulcot.metrics.paired import agreement, mcnemar_exact, paired_bootstrap, paired_comparison
+from mulcot.metrics.paired import agreement, mcnemar_exact, paired_bootstrap, paired_comparison, score_intervals
 from mulcot.metrics.reasoning import (
     CORPUS_METRICS,
     REASONING_METRICS,
@@ -69,6 +69,7 @@ __all__ = [
     "normalize_metric_names",
     "paired_bootstrap",
     "paired_comparison",
+    "score_intervals",
     "probability_metrics",
     "reasoning_metrics",
     "rouge_l_f",

@@ -8,6 +8,7 @@
   resampling whole clusters with replacement (posts sharing one tweet — several aspects of it — are drawn together,
   since their answers are not independent), both models scored on the same draw; seeded, so a rerun gives the
   same interval.
+- :func:`score_intervals`: one model's accuracy and macro-F1 with the same bootstrap's intervals.
 - :func:`agreement`: the share of posts where both predictions are the same valid label.
 - :func:`post_clusters`: which posts share one tweet (the bootstrap's clusters), from store samples.
 
@@ -227,6 +228,20 @@ def paired_comparison(gold: Sequence[object], pred_a: Sequence[object], pred_b: 
     boot = paired_bootstrap(gold, pred_a, pred_b, clusters=clusters, n_boot=n_boot, seed=seed, confidence=confidence)
     return {"n": boot.n, "clusters": boot.clusters, "agreement": agreement(pred_a, pred_b),
             "mcnemar": mcnemar_exact(gold, pred_a, pred_b).to_dict(), "bootstrap": boot.to_dict()}
+
+
+def score_intervals(gold: Sequence[object], pred: Sequence[object], *, clusters: Sequence[Hashable] | None = None,
+                    n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+    """One model's accuracy and macro-F1 with their cluster-bootstrap percentile intervals (the same draws and
+    clusters as :func:`paired_bootstrap`): ``{"n", "clusters", "n_boot", "seed", "confidence", "accuracy":
+    Interval, "macro_f1": Interval}`` as a dict (each interval's ``diff`` is the observed score).
+
+    It is the paired bootstrap against a model that never answers (accuracy and every F1 exactly 0 on every draw),
+    so the two intervals agree with ``eval compare`` by construction."""
+    boot = paired_bootstrap(gold, [None] * len(pred), pred, clusters=clusters, n_boot=n_boot, seed=seed,
+                            confidence=confidence)
+    return {"n": boot.n, "clusters": boot.clusters, "n_boot": n_boot, "seed": seed, "confidence": confidence,
+            "accuracy": boot.accuracy.to_dict(), "macro_f1": boot.macro_f1.to_dict()}
 
 
 def post_clusters(samples: Iterable[dict[str, Any]]) -> dict[int, int]:
