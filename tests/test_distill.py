@@ -113,6 +113,18 @@ def test_lambda_zero_is_sft_and_cached_equals_online(demo_store, compact_model, 
     assert losses["cache"] != losses["sft"]
 
 
+def test_lambda_zero_computes_no_soft_labels(demo_store, compact_model, tmp_path, assistant):
+    """λ 0 trains on the hard loss alone (the same loss, test above), so nothing is asked of the assistant: no cache
+    folder, no soft-label index."""
+    cfg = _dcfg(compact_model, tmp_path, name="hard", lam=0.0, max_train_items=4, epochs=1)
+    result = distill(demo_store, cfg)
+    assert result.steps == 2 and not (Path(result.folder) / "soft_labels").exists()
+    assert demo_store.soft_label_index("hard") == {}
+    run = demo_store.get_run("hard")
+    assert run["kind"] == "distill" and run["status"] == "done"
+    assert not any(k.startswith("soft_labels_") for k in (run["metrics"] or {}))
+
+
 def test_soft_labels_only_at_target_positions(demo_store, compact_model, tmp_path, assistant):
     model, processor, _ = load_model(compact_model())
     collator = MultiTaskCollator(processor, "masc", max_pixels=56 * 56)

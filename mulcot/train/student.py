@@ -82,9 +82,15 @@ def check_backbones(config: DistillConfig, ref: RunRef) -> None:
 
 def distill(store: Store, config: DistillConfig, *, resume: bool = False,
             progress: Progress | None = None) -> TrainResult:
-    """Train the student on D_all with the hard and soft losses (the same run machinery as train-assistant)."""
+    """Train the student on D_all with the hard and soft losses (the same run machinery as train-assistant).
+
+    With λ = 0 the soft term weighs nothing: no soft labels are computed (no cache, no resident assistant, no
+    server) and the step is the assistant's multi-task step on D_all — the same loss (tests/test_distill.py), packed
+    where the backbone allows."""
+    hard_only = config.lam == 0
     source = source_class(config.soft_labels)
-    source.check_settings(config)
+    if not hard_only:
+        source.check_settings(config)
     config = with_runs_dir(config, store.runs_dir)
     dist.setup(config.device)
 
@@ -97,11 +103,15 @@ def distill(store: Store, config: DistillConfig, *, resume: bool = False,
         items = distill_items(store, config, ref)
         if config.max_train_items:  # (fit takes the same first N) soft labels only for what is trained on
             items = items[: config.max_train_items]
-        source.check_items(config, items)
+        if not hard_only:
+            source.check_items(config, items)
         return ref, items, settings
 
     # every rank checks before any records the run; a refusal is one error, the same on every rank
     ref, items, settings = dist.everywhere(prepare)
+    if hard_only:
+        return fit(store, config, kind="distill", items=items, trainer_class=MultiTaskTrainer, settings=settings,
+                   resume=resume, progress=progress)
     soft = source(store, config, ref, items, progress, assistant_sha256=settings["assistant_sha256"])
 
     def extras(processor: Any, collator: Any, folder: Any) -> dict[str, Any]:
