@@ -164,11 +164,9 @@ def demo(
         recipe.teacher.model = "gpt-4o-mini"
         recipe.teacher.budget_usd = 1.0
     say = console.print if not as_json else (lambda *a, **k: None)
-    if real_weights:
-        say("[bold]mulcot demo --real-weights[/]: the MulCoT-RD pipeline on 460 real Twitter-2015 posts (embedded, "
-            "text only: 128 train, 32 dev, 300 test)")
-    else:
-        say("[bold]mulcot demo[/]: the MulCoT-RD pipeline on 60 real Twitter-2015 posts (embedded, with images)")
+    say("[bold]mulcot demo --real-weights[/]: the MulCoT-RD pipeline on 460 real Twitter-2015 posts (embedded, text "
+        "only: 128 train, 32 dev, 300 test)" if real_weights else
+        "[bold]mulcot demo[/]: the MulCoT-RD pipeline on 60 real Twitter-2015 posts (embedded, with images)")
     if recipe.teacher.replay:
         say("[yellow]Teacher: REPLAYED[/] — the MulCoT-RD authors' Qwen2.5-VL-72B chains for these posts are served by "
             "a local OpenAI-compatible server on 127.0.0.1; no model is called (pass --real-teacher with "

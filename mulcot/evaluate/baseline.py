@@ -37,10 +37,12 @@ def majority_label(store: Store, dataset: str, split: str) -> tuple[str | None, 
 
 
 def uncertainty(store: Store, dataset: str, split: str, posts: Sequence[dict[str, Any]], *,
-                majority_from: str | None = "train", n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+                majority_from: str | None = "train", n_boot: int = 2000, seed: int = 0,
+                samples: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The intervals of the posts' predictions and the majority comparison (see the module doc); ``posts`` are the
-    result's per-post rows (``sample_id``, ``gold``, ``prediction``)."""
-    clusters = post_clusters(store.samples(dataset, split))
+    result's per-post rows (``sample_id``, ``gold``, ``prediction``); ``samples``: the split's samples when the
+    caller has them already (the tweet clusters come from them)."""
+    clusters = post_clusters(samples if samples is not None else store.samples(dataset, split))
     gold = [p["gold"] for p in posts]
     pred = [p["prediction"] for p in posts]
     ids = [clusters.get(p["sample_id"], f"sample {p['sample_id']}") for p in posts]

@@ -175,7 +175,9 @@ def gather(store: Store, config: EvalConfig, task: str, gold_by_id: dict[int, st
         outputs = {stage: stored_outputs(store, config.dataset, config.split, subject, stage,
                                          get_prompt(prompt, task).version, config.label_scoring)
                    for prompt, stage in (("cot", STAGE_EVAL), ("label", STAGE_LABEL))}
-        chain_ids = set(list(gold_by_id)[: config.max_chains]) if config.max_chains is not None else gold_by_id
+        # the posts generate_missing asks for chains (the same first N items), so the two never disagree
+        chain_ids = {it.sample_id for it in items[: config.max_chains]} if config.max_chains is not None \
+            else gold_by_id
         chains = {sid: r for sid, r in outputs[STAGE_EVAL].items() if sid in chain_ids}
         label_rows = {sid: r for sid, r in outputs[STAGE_LABEL].items() if sid in gold_by_id}
         return Gathered(subject, chains, label_rows, {"generated": generated})
@@ -373,7 +375,7 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
 
     posts = post_rows(ids, by_id, got, metrics["headline"]["from"])
     metrics["uncertainty"] = uncertainty(store, config.dataset, config.split, posts,
-                                         majority_from=config.majority_from)
+                                         majority_from=config.majority_from, samples=samples)
     public = config.public()
     public["prompt_versions"] = {"cot": get_prompt("cot", task).version, "label": get_prompt("label", task).version}
     public["subject"] = subject.public()
