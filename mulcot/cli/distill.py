@@ -67,8 +67,9 @@ def expand(
 @config_options(DistillConfig)
 def distill(
     dataset: Annotated[str, typer.Argument(help="Dataset with teacher chains (and the assistant's expansion).")],
-    assistant: Annotated[str, typer.Option(help="The trained assistant: runs/NAME, an adapter folder or a run name.")],
     student: Annotated[str, typer.Option(help="Student base model: hub id (Qwen/Qwen2.5-VL-3B-Instruct) or folder.")],
+    assistant: Annotated[str, typer.Option(help="The trained assistant: runs/NAME, an adapter folder or a run name "
+                                           "(leave out only with --lam 0 --no-expanded: D_t, hard labels).")] = "",
     name: Annotated[str | None, typer.Option(help="Run name (default: student-DATASET).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last checkpoint.")] = False,
     db: DbOption = None,

@@ -29,7 +29,7 @@ from mulcot.cli.common import (
     progress_bar,
     server_options,
 )
-from mulcot.cli.eval_report import paper_table, print_paired, show_detail
+from mulcot.cli.eval_report import paper_table, print_paired, print_probes, show_detail
 from mulcot.cli.tables import HEADERS
 from mulcot.errors import MulcotError
 from mulcot.events import Event
@@ -137,6 +137,9 @@ def run(
                                                "probabilities) or generate (generated, parsed).")] = "choice",
     majority_from: Annotated[str, typer.Option(help="Split whose most frequent label is the majority baseline the "
                                                "result is compared with (none: no baseline).")] = "train",
+    probe: Annotated[str | None, typer.Option(
+        "--probe", help="Modality probes, comma-separated: image-blank, image-swap, text-drop (or all): the label "
+        "head asked again with one input changed, compared post by post.", show_default=False)] = None,
     server: Any = None,
     db: DbOption = None,
     as_json: JsonOption = False,
@@ -155,6 +158,7 @@ def run(
         embedding_cache=not no_cache, out=str(out) if out else None, runs_dir=str(runs_dir) if runs_dir else None,
         server=server,
         per_post=str(per_post) if per_post else None, label_scoring=label_scoring, majority_from=majority_from,
+        probes=probe.split(",") if probe is not None else None,
     )
     bar, progress = _progress_bar(as_json)
     with bar:
@@ -167,6 +171,8 @@ def run(
     title = f"{escape(result.subject.name)} on {escape(dataset)}/{escape(split)} (n={result.n})"
     console.print(paper_table([data], title))
     show_detail(data)
+    if result.probes:
+        print_probes(result.subject.name, result.id, result.probes)
     for kind, path in result.files.items():
         console.print(f"{kind}: {escape(path)}", highlight=False)
     console.print(f"stored as evaluation result #{result.id} (compare with: mulcot eval compare {result.id} …)",

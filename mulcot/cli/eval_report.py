@@ -79,11 +79,39 @@ def print_paired(rows: list[dict[str, Any]], pairs: list[dict[str, Any] | None])
         )
 
 
+def print_probes(name: str, intact_id: int | None, probes: list[dict[str, Any]]) -> None:
+    """Each modality probe against the intact evaluation: its accuracy and macro-F1, their differences with
+    paired intervals, McNemar p, the share of answers that changed and how far the probabilities moved."""
+    from mulcot.evaluate.probes import PROBES
+
+    table = Table(title=f"modality probes: {escape(name)}, label head, against the intact inputs (#{intact_id})",
+                  title_justify="left")
+    for col in ("probe", "n", "Acc", "ΔAcc [95% CI]", "Δm-F1 [95% CI]", "McNemar p", "changed", "p shift"):
+        table.add_column(col, justify="left" if col == "probe" else "right")
+    for p in probes:
+        boot, mc = p["comparison"]["bootstrap"], p["comparison"]["mcnemar"]
+        shift = "-" if p.get("probability_shift") is None else f"{p['probability_shift']:.3f}"
+        table.add_row(f"#{p['id']} {p['name']}", str(p["n"]), pct(p["accuracy"]),
+                      f"{100 * boot['accuracy']['diff']:+.2f} {ci_text(boot['accuracy'])}",
+                      f"{100 * boot['macro_f1']['diff']:+.2f} {ci_text(boot['macro_f1'])}",
+                      f"{mc['p_value']:.3g}", pct(p["changed"]), shift)
+    table.caption = "\n".join([
+        *(f"{k}: {v}." for k, v in PROBES.items() if any(p["name"] == k for p in probes)),
+        "Δ = probe − intact, × 100, over the same posts; CI: paired bootstrap resampling whole tweets. changed: "
+        "posts whose answer changed (%); p shift: mean total-variation distance of the label probabilities.",
+    ])
+    table.caption_justify = "left"
+    console.print(table)
+
+
 def display_name(result: dict[str, Any], with_ids: bool) -> str:
     subject = (result.get("config") or {}).get("subject") or result.get("subject") or {}
     name = subject.get("name") or result.get("run_id") or result.get("source") or result.get("model") or "?"
     source = result.get("source")
     label = name if not source or source == name else f"{name} ({source})"
+    probe = (result.get("config") or {}).get("probe")
+    if probe:
+        label += f"@{probe}"
     if not with_ids:
         return label
     # the row's id only: the names, whole and pasteable, follow the table (describe_result), one line each, instead

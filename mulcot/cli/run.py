@@ -69,6 +69,12 @@ def _interval_lines(rows: list[dict[str, Any]]) -> list[str]:
         if row.get("baseline"):
             lines.append(escape(f"{row['subject']}: {row['note']}"))
             continue
+        if row.get("probe"):
+            pr, acc = row["probe"], row["probe"]["accuracy"]
+            lines.append(escape(f"{row['subject']}: − {pr['of']} {100 * acc['diff']:+.1f} [{100 * acc['low']:+.1f}, "
+                                f"{100 * acc['high']:+.1f}], answers changed on {100 * pr['changed']:.1f}% "
+                                f"(n = {pr['n']}, McNemar p = {pr['mcnemar_p']:.2g})"))
+            continue
         ci, vs = row.get("accuracy_ci"), row.get("vs_majority")
         if not ci:
             continue
@@ -117,14 +123,19 @@ def run(
     recipe: Annotated[str, typer.Argument(help="Recipe TOML file (see recipes/), or @tiny-cpu for the bundled one.")],
     start: Annotated[str | None, typer.Option("--from", help="First stage to run.")] = None,
     stop: Annotated[str | None, typer.Option("--to", help="Last stage to run.")] = None,
+    ablation: Annotated[str | None, typer.Option(
+        help="One row of the paper's Table 6: no-image, no-text, no-cot or no-assistant (runs named "
+        "RECIPE-ABLATION).", show_default=False)] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run a recipe: import → annotate → train-assistant → expand → distill → eval → export (resumable)."""
     from mulcot.pipeline import run_recipe
-    from mulcot.pipeline.recipes import load_recipe
+    from mulcot.pipeline.recipes import ablate, load_recipe
 
     r = load_recipe(recipe)
+    if ablation is not None:
+        r = ablate(r, ablation)
     store = open_store(db)
     view = _View(as_json)
     with view.bar:

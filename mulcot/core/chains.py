@@ -17,10 +17,22 @@ from __future__ import annotations
 from typing import Any
 
 from mulcot.core.reasoning import format_prediction, parse_reasoning
-from mulcot.store.reasonings import EVAL, EXPAND, EXPLAIN, LABEL, OUTCOMES, PREDICT, SOURCES, STAGES
+from mulcot.store.reasonings import (
+    ANSWERS,
+    EVAL,
+    EXPAND,
+    EXPLAIN,
+    LABEL,
+    OUTCOMES,
+    PREDICT,
+    PROBE,
+    SOURCES,
+    STAGES,
+)
 
 __all__ = [
-    "EVAL", "EXPAND", "EXPLAIN", "LABEL", "OUTCOMES", "PREDICT", "SOURCES", "STAGES", "arc_accepts", "arc_error",
+    "ANSWERS", "EVAL", "EXPAND", "EXPLAIN", "LABEL", "OUTCOMES", "PREDICT", "PROBE", "SOURCES", "STAGES",
+    "arc_accepts", "arc_error",
     "chain_row", "choice_fields", "parse_output", "release_chain",
 ]
 
@@ -35,7 +47,7 @@ def parse_output(stage: str, output: str | None) -> dict[str, Any]:
     ``valid``. A ``label`` answer keeps only its label (``fields = {"Prediction": label}``); every other stage is
     parsed into the five fields."""
     parsed = parse_reasoning(output)
-    if stage == LABEL:
+    if stage in ANSWERS:
         label = parsed.prediction
         text = format_prediction(label) if label else output
         fields = {"Prediction": label} if label else {}

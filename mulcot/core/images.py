@@ -55,6 +55,32 @@ def load_image(source: str | os.PathLike[str] | IO[bytes], max_pixels: int | Non
     return im
 
 
+BLANK_GREY = (128, 128, 128)
+
+
+def blank_like(source: str | os.PathLike[str], folder: str | os.PathLike[str]) -> Path:
+    """A blank (mid-grey) PNG of the same size as the image at ``source``, in ``folder`` (one file per size, made
+    once): what a modality probe shows a vision model instead of the post's image, so the number of image tokens
+    stays the same and only the content is gone."""
+    from PIL import Image
+
+    path = Path(source).expanduser()
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except FileNotFoundError as err:
+        raise NotFoundError(f"image not found: {path}") from err
+    except OSError as err:
+        raise DataError(f"cannot read the image ({err})", file=str(path)) from err
+    out = Path(folder) / f"blank-{w}x{h}.png"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        Image.new("RGB", (w, h), BLANK_GREY).save(tmp, format="PNG")
+        os.replace(tmp, out)
+    return out
+
+
 def png_bytes(image: Any) -> bytes:
     """A PIL image as PNG bytes (lossless: the pixels stay exactly as given)."""
     buf = io.BytesIO()

@@ -10,7 +10,7 @@ business (:mod:`mulcot.train.collator`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mulcot.core.prompts import PromptTemplate, image_as_text
@@ -68,6 +68,33 @@ def sample_item(sample: dict[str, Any], chain: str | None = None, chain_id: int 
         image_path=sample["image_path"] if sample["has_image"] else None, chain=chain, chain_id=chain_id,
         caption=meta.get("caption") if isinstance(meta, dict) else None,
     )
+
+
+#: What a model is shown of each post (``TrainConfig.inputs``; the paper's Table 6 ablations): everything, the text
+#: alone ("w/o Img": no image and no caption) or the image alone ("w/o Txt": the aspect stands in for the text).
+INPUTS = ("all", "no-image", "no-text")
+
+
+def mask_items(items: list[TrainItem], inputs: str) -> list[TrainItem]:
+    """``items`` as a model trained with ``inputs`` (:data:`INPUTS`) is shown them, in training and afterwards."""
+    if inputs == "no-image":
+        return [without_image(it) for it in items]
+    if inputs == "no-text":
+        return [without_text(it) for it in items]
+    if inputs != "all":
+        raise MulcotError(f"unknown inputs {inputs!r}: use {', '.join(INPUTS)}")
+    return items
+
+
+def without_image(item: TrainItem) -> TrainItem:
+    """The item with no image and no caption: the text (and aspect) alone."""
+    return replace(item, image_path=None, caption=None)
+
+
+def without_text(item: TrainItem) -> TrainItem:
+    """The item with the post's text removed: the image (or caption) and, for an aspect-level post, the aspect
+    alone in the text's place (the prompt needs a sentence naming it); a whole-post item gets an empty text."""
+    return replace(item, text=item.aspect or "")
 
 
 def is_text_only(processor: Any) -> bool:

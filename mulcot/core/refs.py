@@ -52,6 +52,7 @@ class RunRef:
     folder: Path | None  # the run folder holding adapter/ (None: an adapter folder outside any run)
     adapter: Path
     base_model: str
+    inputs: str = "all"  # what the run was trained on (TrainConfig.inputs): expand and eval show it the same
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -103,8 +104,9 @@ def resolve_run(store: Store | None, ref: str | os.PathLike[str], runs_dir: str 
             or _json(adapter / "adapter_config.json").get("base_model_name_or_path"))
     if not base:
         raise NotFoundError(f"{adapter} does not say which base model it adapts (base_model_name_or_path)")
+    inputs = meta.get("inputs") or ((run or {}).get("config") or {}).get("inputs") or "all"
     return RunRef(run_id=str(run_id), kind=run["kind"] if run else None, folder=folder, adapter=adapter,
-                  base_model=str(base))
+                  base_model=str(base), inputs=str(inputs))
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mulcot.core.settings import ConfigError, Validated, field_
+from mulcot.errors import MulcotError
 from mulcot.evaluate.select import Subject
 from mulcot.generation.server import ServerConfig
 
@@ -31,6 +33,28 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "written given the gold label, the teacher's wrong answers left out, so Acc and F1 measure no model; the "
     "chains serve as references",
 }
+
+
+# the modality probes (mulcot.evaluate.probes): what each changes in a post
+PROBES: dict[str, str] = {
+    "image-blank": "the image replaced by a blank grey one of the same size (a text-only backbone: no caption)",
+    "image-swap": "the image (and caption) of another post, a fixed derangement (seed 0)",
+    "text-drop": "the post's text removed: the image (or caption) and the aspect only",
+}
+
+
+def parse_probes(value: str | Sequence[str] | None) -> list[str] | None:
+    """Probe names from a comma list (or a list); ``all`` is every probe; unknown names are one line."""
+    if value is None:
+        return None
+    names = [x.strip() for x in (value.split(",") if isinstance(value, str) else value) if x.strip()]
+    if names == ["all"]:
+        return list(PROBES)
+    unknown = [n for n in names if n not in PROBES]
+    if unknown or not names:
+        raise MulcotError(f"unknown probe {', '.join(repr(n) for n in unknown) or '(none given)'}: use "
+                          f"{', '.join(PROBES)} (comma-separated) or all")
+    return list(dict.fromkeys(names))
 
 
 @dataclass
@@ -68,7 +92,14 @@ class EvalConfig(Validated):
                                 "log-probabilities, the most probable taken) or generate (generated and parsed).",
                                 choices=("choice", "generate"))
 
+    probes: list[str] | None = None  # modality probes (mulcot.evaluate.probes), model mode only
+
     def check(self) -> None:
+        if self.probes is not None:
+            self.probes = parse_probes(self.probes)
+            if self.model is None:
+                raise ConfigError("--probe changes what a model is shown: give --model RUN (stored chains cannot be "
+                                  "asked again)")
         if (self.model is None) == (self.source is None):
             raise ConfigError("name what to evaluate: --model RUN_OR_FOLDER or --source teacher|assistant|student|RUN")
         if self.max_chains is not None and self.model is None:
@@ -98,6 +129,7 @@ class EvalResult:
     files: dict[str, str] = field(default_factory=dict)
     per_sample: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
+    probes: list[dict[str, Any]] = field(default_factory=list)  # each probe's result id and comparison
 
     def to_dict(self, *, per_sample: bool = False) -> dict[str, Any]:
         out = {
@@ -106,6 +138,8 @@ class EvalResult:
             "run_id": self.subject.run_id, "n": self.n, "metrics": self.metrics, "config": self.config,
             "files": self.files, "wall_s": round(self.wall_s, 3), "definitions": METRIC_DEFINITIONS,
         }
+        if self.probes:
+            out["probes"] = self.probes
         if per_sample:
             out["per_sample"] = self.per_sample
         return out

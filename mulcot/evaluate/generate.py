@@ -139,7 +139,7 @@ def generate_missing(store: Store, subject: Subject, config: EvalConfig, task: s
         if stage == STAGE_LABEL and config.label_scoring == "choice":
             choices = todo
             continue
-        requests += [Request(post=_post(it), prompt=prompt, task=task, tag=it.sample_id,
+        requests += [Request(post=post_of(it), prompt=prompt, task=task, tag=it.sample_id,
                              name=f"sample {it.sample_id} ({prompt})") for it in todo]
     if not requests and not choices:
         return counts
@@ -148,26 +148,27 @@ def generate_missing(store: Store, subject: Subject, config: EvalConfig, task: s
         if backend.text_only:  # a text-only backbone reads the caption, never the image
             for r in requests:
                 r.post.image = None
-        posts = [_post(it, text_only=backend.text_only) for it in choices]
+        posts = [post_of(it, text_only=backend.text_only) for it in choices]
         problem = backend.cannot_score_labels(posts) if choices else None
         if problem:
             raise LabelScoringError(problem)
         if choices:
             score_choices(store, backend, subject, config, task, choices, posts, progress)
-        summary = backend.run(requests, _storer(store, subject, config, stages, len(requests), progress),
+        summary = backend.run(requests, answer_storer(store, subject, config, stages, len(requests), progress),
                               stage="eval")
     if backend.kind == "server":
         counts["served"] = summary.as_dict()
     return counts
 
 
-def _post(item: TrainItem, *, text_only: bool = False) -> Post:
+def post_of(item: TrainItem, *, text_only: bool = False) -> Post:
     return Post(text=item.text, aspect=item.aspect, image=None if text_only else item.image_path, caption=item.caption)
 
 
-def _storer(store: Store, subject: Subject, config: EvalConfig, stages: dict[str, tuple[str, str]], total: int,
-            progress: Progress | None) -> Callable[[Request, Generated], None]:
-    """Stores each generated answer as it comes."""
+def answer_storer(store: Store, subject: Subject, config: EvalConfig, stages: dict[str, tuple[str, str]], total: int,
+                  progress: Progress | None, *,
+                  origins: dict[int, str] | None = None) -> Callable[[Request, Generated], None]:
+    """Stores each generated answer as it comes (``origin``: per sample from ``origins``, else :func:`origin`)."""
     where = origin(subject)
     numbers = {prompt: attempts(store, config, subject, stage, version) for prompt, (stage, version) in stages.items()}
     done = 0
@@ -177,7 +178,8 @@ def _storer(store: Store, subject: Subject, config: EvalConfig, stages: dict[str
         stage, version = stages[request.prompt]
         store.add_reasoning(**chain_row(
             sample_id=request.tag, source=subject.source or "model", model=subject.model, stage=stage,
-            output=gen.text, run_id=subject.run_id, prompt_version=version, origin=where,
+            output=gen.text, run_id=subject.run_id, prompt_version=version,
+            origin=(origins or {}).get(request.tag, where),
             attempt=numbers[request.prompt].get(request.tag, 1), tokens_in=gen.tokens_in, tokens_out=gen.tokens_out,
             latency_s=round(gen.latency_s, 4),
         ))
@@ -188,11 +190,13 @@ def _storer(store: Store, subject: Subject, config: EvalConfig, stages: dict[str
 
 
 def score_choices(store: Store, backend: Backend, subject: Subject, config: EvalConfig, task: str,
-                  items: list[TrainItem], posts: list[Post], progress: Progress | None) -> None:
-    """Forced-choice label answers for ``items`` (their ``posts``), a chunk at a time, each chunk stored at once."""
+                  items: list[TrainItem], posts: list[Post], progress: Progress | None, *,
+                  stage: str = STAGE_LABEL, origins: dict[int, str] | None = None) -> None:
+    """Forced-choice label answers for ``items`` (their ``posts``), a chunk at a time, each chunk stored at once
+    (as ``stage``; ``origin`` per sample from ``origins``, else a label answer's)."""
     where = origin(subject, "choice")
     version = get_prompt("label", task).version
-    numbers = attempts(store, config, subject, STAGE_LABEL, version)
+    numbers = attempts(store, config, subject, stage, version)
     server = getattr(backend, "server", None)
     step = max(8, 8 * backend.batch_size(), 4 * server.concurrency if server is not None else 0)
     for begin in range(0, len(items), step):
@@ -203,8 +207,9 @@ def score_choices(store: Store, backend: Backend, subject: Subject, config: Eval
         for c in scored:
             sid = items[begin + c.sample_id].sample_id
             rows.append(chain_row(sample_id=sid, source=subject.source or "model", model=subject.model,
-                                  stage=STAGE_LABEL, output=format_prediction(c.prediction), run_id=subject.run_id,
-                                  prompt_version=version, origin=where, attempt=numbers.get(sid, 1), latency_s=each,
+                                  stage=stage, output=format_prediction(c.prediction), run_id=subject.run_id,
+                                  prompt_version=version, origin=(origins or {}).get(sid, where),
+                                  attempt=numbers.get(sid, 1), latency_s=each,
                                   extra_fields=choice_fields(c)))
         store.add_reasonings(rows)
         emit(progress, "eval", message="label choices", done=begin + len(scored), total=len(items))

@@ -8,6 +8,7 @@ with label probabilities, ``reliability.png`` (:func:`plot_reliability`);
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -166,6 +167,11 @@ def _row_dict(row: dict[str, Any]) -> dict[str, Any]:
                                 "created_at") if k in row}
 
 
+def samples_digest(ids: Sequence[int]) -> str:
+    """Which posts a result scored, as a short digest of their sample ids (``config["samples_sha256"]``)."""
+    return hashlib.sha256(",".join(map(str, sorted(ids))).encode()).hexdigest()[:16]
+
+
 def posts_key(row: dict[str, Any]) -> tuple:
     """What a result was scored on: dataset, split, n and (results stored since it was recorded) a digest of the
     sample ids. Results with different keys are not comparable side by side."""
@@ -178,6 +184,9 @@ def describe_result(row: dict[str, Any]) -> str:
     name = subject.get("name") or row.get("run_id") or row.get("source") or row.get("model") or "?"
     source = row.get("source")
     label = name if not source or source == name else f"{name} ({source})"
+    probe = (row.get("config") or {}).get("probe")
+    if probe:
+        label += f" [probe {probe}]"
     return f"#{row['id']} {label} · {row['dataset']}/{row['split']} · n={row['n']}"
 
 
@@ -189,7 +198,8 @@ def list_results(store: Store, *, dataset: str | None = None, split: str | None 
 def compare_results(store: Store, specs: Sequence[str], *, dataset: str | None = None,
                     split: str | None = None) -> list[dict[str, Any]]:
     """Stored evaluation results for each spec, in order: an eval result id (``12`` or ``#12``), else a result of a
-    run id, else of a source name, else of a model (optionally within one dataset / split). A name means the latest
+    run id, else of a source name, else of a model (optionally within one dataset / split); ``NAME@PROBE`` is a
+    modality probe's result of that name (``RUN@image-swap``), a plain name never one. A name means the latest
     of its results scored on the same posts as the results named by id (else its latest); each such row says which
     it took in ``picked``. Whether results on different posts compare is :func:`mulcot.evaluate.posts.paired_results`'
     business (post by post over the posts both scored)."""
@@ -220,9 +230,12 @@ def compare_results(store: Store, specs: Sequence[str], *, dataset: str | None =
         if resolved[i] is not None:
             continue
         text = spec.strip()
+        # NAME@PROBE: its modality probe's result (mulcot.evaluate.probes); a plain name never means a probe's
+        name, _, probe = text.rpartition("@") if "@" in text else (text, "", None)
+        candidates = [r for r in scoped if (r.get("config") or {}).get("probe") == (probe or None)]
         matches: list[dict[str, Any]] = []
         for col in ("run_id", "source", "model"):
-            matches = [r for r in scoped if r.get(col) == text]
+            matches = [r for r in candidates if r.get(col) == name]
             if matches:
                 break
         if not matches:

@@ -29,7 +29,6 @@ headline's prediction, the chain's and the label head's, the probabilities) and 
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -44,7 +43,7 @@ from mulcot.evaluate.baseline import uncertainty
 from mulcot.evaluate.config import EvalConfig, EvalResult
 from mulcot.evaluate.generate import generate_missing, stored_outputs, tokenizer_of
 from mulcot.evaluate.posts import check_per_post_path, per_post_rows, write_per_post
-from mulcot.evaluate.report import paper_row, write_outputs
+from mulcot.evaluate.report import paper_row, samples_digest, write_outputs
 from mulcot.evaluate.select import (
     STAGE_EVAL,
     STAGE_LABEL,
@@ -166,11 +165,12 @@ def gather(store: Store, config: EvalConfig, task: str, gold_by_id: dict[int, st
            progress: Progress | None) -> Gathered:
     """Model mode: the model's chains and label answers, generated where missing; source mode: one stored model's
     chains (:func:`choose_group`) and their label answers."""
-    from mulcot.core.inputs import sample_items
+    from mulcot.core.inputs import mask_items, sample_items
 
     if config.model is not None:
         subject = resolve_model(store, config.model, config.runs_dir)
-        items = [it for it in sample_items(store, config.dataset, config.split) if it.sample_id in gold_by_id]
+        items = [it for it in mask_items(sample_items(store, config.dataset, config.split), subject.inputs)
+                 if it.sample_id in gold_by_id]
         generated = generate_missing(store, subject, config, task, items, progress)
         outputs = {stage: stored_outputs(store, config.dataset, config.split, subject, stage,
                                          get_prompt(prompt, task).version, config.label_scoring)
@@ -380,13 +380,17 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
     public["prompt_versions"] = {"cot": get_prompt("cot", task).version, "label": get_prompt("label", task).version}
     public["subject"] = subject.public()
     # which posts were scored: results on other posts do not compare (mulcot eval compare refuses them)
-    public["samples_sha256"] = hashlib.sha256(",".join(map(str, sorted(ids))).encode()).hexdigest()[:16]
+    public["samples_sha256"] = samples_digest(ids)
     result = EvalResult(id=None, dataset=config.dataset, split=config.split, task=task, subject=subject, n=len(ids),
                         metrics=metrics, config=public,
                         per_sample=per_sample_rows(ids, by_id, got, ref_rows, per_pair))
     result.id = store.add_eval_result(dataset=config.dataset, split=config.split, metrics=metrics, n=len(ids),
                                       source=subject.source, model=subject.model, run_id=subject.run_id,
                                       config=public, posts=posts)
+    if config.probes:
+        from mulcot.evaluate.probes import run_probes
+
+        result.probes = run_probes(store, config, subject, task, posts, samples, result.id, progress)
     result.wall_s = time.perf_counter() - began
     if config.per_post is not None:
         path = write_per_post(per_post_rows(result.to_dict(), posts), config.per_post)

@@ -89,7 +89,7 @@ class ExpandSummary:
 
 def expand(store: Store, config: ExpandConfig, progress: Progress | None = None) -> ExpandSummary:
     """Generate ``n`` sampled chains per training sample with the assistant; returns the summary."""
-    from mulcot.core.inputs import sample_items
+    from mulcot.core.inputs import mask_items, sample_items
 
     start = time.perf_counter()
     ds = store.require_dataset(config.dataset)
@@ -97,7 +97,7 @@ def expand(store: Store, config: ExpandConfig, progress: Progress | None = None)
         raise MulcotError(f"dataset '{config.dataset}' has no train split")
     ref = resolve_run(store, config.assistant)
     cot = get_prompt("cot", ds["task"])
-    items = sample_items(store, config.dataset, "train")
+    items = mask_items(sample_items(store, config.dataset, "train"), ref.inputs)  # as the assistant was trained
     if config.limit is not None:
         items = items[: config.limit]
     done = store.chain_counts(config.dataset, "train", source="assistant", stage=EXPAND, run_id=ref.run_id,

@@ -21,6 +21,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from mulcot.core.settings import config_fields, default_of, field_problem
 from mulcot.errors import MulcotError
+from mulcot.evaluate.config import PROBES
 from mulcot.expand.run import ExpandConfig
 from mulcot.train.config import DistillConfig, PreferenceConfig, TrainConfig
 
@@ -34,6 +35,15 @@ METRICS = ("sim", "meteor", "bleu", "rouge_l", "distinct_1", "distinct_2")
 QUANTS = ("q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k")
 EVAL_SUBJECTS = ("teacher", "assistant", "student")
 PIPELINE_STAGES = ("import", "annotate", "train-assistant", "expand", "distill", "dpo", "eval", "export")
+# the paper's Table 6, one recipe switch per row (top-level ``ablation = "..."`` or ``mulcot run --ablation``)
+ABLATIONS: dict[str, str] = {
+    "none": "the full method",
+    "no-image": "w/o Img: every model is shown the text alone (no image, no caption) in training, expansion and eval",
+    "no-text": "w/o Txt: every model is shown the image (or its caption) and the aspect, not the post's text",
+    "no-cot": "w/o CoT: assistant and student trained on the label alone (task weights 1, 0), no expansion, no "
+              "chains evaluated",
+    "no-assistant": "w/o Asst: no assistant is trained; the student learns from D_t alone with hard labels (λ 0)",
+}
 
 
 class RecipeError(MulcotError):
@@ -107,6 +117,7 @@ class EvalSection:
     label_scoring: str = "choice"  # the label head: choice (forced choice) or generate
     subjects: list[str] = field(default_factory=lambda: list(EVAL_SUBJECTS))  # what is evaluated (when it exists)
     majority_from: str = "train"  # the split whose most frequent label is the majority baseline ("none": no row)
+    probes: list[str] = field(default_factory=list)  # modality probes of the assistant and student (eval --probe)
 
 
 @dataclass
@@ -130,6 +141,7 @@ class Recipe:
     dpo: DpoSection = field(default_factory=DpoSection)  # type: ignore[valid-type]
     eval: EvalSection = field(default_factory=EvalSection)
     export: ExportSection = field(default_factory=ExportSection)
+    ablation: str = "none"  # one of ABLATIONS: applied by ablate() when the recipe is read
     source: str = field(default="", metadata={"internal": True})
 
     def as_dict(self) -> dict[str, Any]:
@@ -151,8 +163,9 @@ class Recipe:
             "export": ("export",),
         }
         data = self.as_dict()
-        # eval keys added later hash only when set, so that existing recipes keep their hashes (no rerun)
-        data["eval"] = {k: v for k, v in data["eval"].items() if _LATER_EVAL_KEYS.get(k, object()) != v}
+        # keys added later hash only when set, so that existing recipes keep their hashes (no rerun)
+        for section, later in _LATER_KEYS.items():
+            data[section] = {k: v for k, v in data[section].items() if later.get(k, object()) != v}
         parts: list[Any] = []
         for s in PIPELINE_STAGES[: PIPELINE_STAGES.index(stage) + 1]:
             if s == "dpo" and not self.dpo.enabled:
@@ -161,11 +174,15 @@ class Recipe:
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-_LATER_EVAL_KEYS: dict[str, Any] = {"max_chains": None, "subjects": list(EVAL_SUBJECTS), "majority_from": "train"}
+_LATER_KEYS: dict[str, dict[str, Any]] = {
+    "eval": {"max_chains": None, "subjects": list(EVAL_SUBJECTS), "majority_from": "train", "probes": []},
+    "training": {"inputs": "all"},
+}
 
 # checks of the sections that are not derived from a config (those carry ``choices`` / ``min`` in their metadata)
-_ALLOWED = {"dataset.format": FORMATS, "eval.label_scoring": ("choice", "generate")}
-_ALLOWED_ITEMS = {"eval.metrics": METRICS, "export.quant": QUANTS, "eval.subjects": EVAL_SUBJECTS}
+_ALLOWED = {"dataset.format": FORMATS, "eval.label_scoring": ("choice", "generate"), "ablation": tuple(ABLATIONS)}
+_ALLOWED_ITEMS = {"eval.metrics": METRICS, "export.quant": QUANTS, "eval.subjects": EVAL_SUBJECTS,
+                  "eval.probes": tuple(PROBES)}
 _POSITIVE = {"teacher.concurrency", "expand.n"}
 
 
@@ -267,7 +284,35 @@ def parse_recipe(text: str, file: str = "<recipe>") -> Recipe:
     recipe = _build(Recipe, data, file, "")
     recipe.source = file
     _validate(recipe, file)
-    return recipe
+    wanted, recipe.ablation = recipe.ablation, "none"
+    return ablate(recipe, wanted)
+
+
+def ablate(recipe: Recipe, ablation: str) -> Recipe:
+    """The recipe as one row of the paper's Table 6 (:data:`ABLATIONS`): a copy named ``NAME-ABLATION`` (its own
+    runs and stage records) with the sections the ablation changes."""
+    if ablation not in ABLATIONS:
+        raise RecipeError(f"{recipe.source or '<recipe>'}: ablation {ablation!r} is not one of "
+                          f"{', '.join(ABLATIONS)}")
+    if ablation in ("none", recipe.ablation):
+        return recipe
+    if recipe.ablation != "none":
+        raise RecipeError(f"{recipe.source or '<recipe>'}: the recipe is already the '{recipe.ablation}' ablation; "
+                          "one ablation at a time")
+    r = dataclasses.replace(recipe, name=f"{recipe.name}-{ablation}", ablation=ablation,
+                            training=dataclasses.replace(recipe.training), expand=dataclasses.replace(recipe.expand),
+                            student=dataclasses.replace(recipe.student), eval=dataclasses.replace(recipe.eval))
+    if ablation in ("no-image", "no-text"):
+        r.training.inputs = ablation
+    elif ablation == "no-cot":
+        r.training.task_weights = [1.0, 0.0]
+        r.expand.skip = True
+        r.eval.max_chains = 0
+    elif ablation == "no-assistant":
+        r.expand.skip = True
+        r.student.lam = 0.0
+        r.eval.subjects = [s for s in r.eval.subjects if s != "assistant"]
+    return r
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -204,7 +204,8 @@ class Pipeline:
 
         e = self.recipe.expand
         if e.skip:
-            return {"note": "expand.skip: the student learns from D_t only"}
+            why = f"ablation {self.recipe.ablation}" if self.recipe.ablation != "none" else "expand.skip"
+            return {"note": f"{why}: the student learns from D_t only"}
         knobs = {f.name: getattr(e, f.name) for f in config_fields(ExpandConfig, section="expand")}
         cfg = ExpandConfig(dataset=self.recipe.dataset.name, assistant=self.run_name("train-assistant"), **knobs,
                            max_pixels=self.recipe.training.max_pixels, device=self.recipe.training.device,
@@ -217,7 +218,8 @@ class Pipeline:
         from mulcot.train import DistillConfig, distill
 
         st = self.recipe.student
-        cfg = self._train_config(DistillConfig, "distill", st, assistant=self.run_name("train-assistant"),
+        assistant = "" if self.recipe.ablation == "no-assistant" else self.run_name("train-assistant")
+        cfg = self._train_config(DistillConfig, "distill", st, assistant=assistant,
                                  include_expanded=not self.recipe.expand.skip)
         done = self.store.get_run(cfg.name)
         if done is not None and done["status"] == "done":
@@ -280,7 +282,7 @@ class Pipeline:
             if label == "teacher" and not self.store.reasonings(dataset=d.name, split=ev.split, source="teacher",
                                                                 final_only=True):
                 continue  # the teacher annotates train only; a release may carry test chains
-            chains = {"max_chains": ev.max_chains} if "model" in subject else {}
+            chains = {"max_chains": ev.max_chains, "probes": list(ev.probes) or None} if "model" in subject else {}
             cfg = EvalConfig(dataset=d.name, split=ev.split, metrics=list(ev.metrics), limit=ev.limit, **chains,
                              max_new_tokens=ev.max_new_tokens, max_pixels=self.recipe.training.max_pixels,
                              device=self.recipe.training.device, runs_dir=str(self.runs_dir),
@@ -291,6 +293,13 @@ class Pipeline:
                 majority = _majority_row(result.metrics)
             self.metrics.append(row)
             out[label] = row
+            for p in result.probes:  # each modality probe under its model's row
+                f1 = p["macro_f1"] if result.metrics.get("f1_reported") == "macro_f1" else None
+                boot = p["comparison"]["bootstrap"]
+                self.metrics.append({"subject": f"{label}@{p['name']}", "accuracy": p["accuracy"], "f1": f1,
+                                     "probe": {"of": label, "name": p["name"], "changed": p["changed"],
+                                               "accuracy": boot["accuracy"], "n": p["n"],
+                                               "mcnemar_p": p["comparison"]["mcnemar"]["p_value"]}})
             if result.files.get("json"):
                 self.files[f"eval {label}"] = result.files["json"]
         if majority is not None:  # the baseline every row is compared with, on the same posts
@@ -354,6 +363,8 @@ class Pipeline:
         for stage in PIPELINE_STAGES[first : last + 1]:
             if stage == "dpo" and not self.recipe.dpo.enabled:
                 continue  # an optional stage a recipe without [dpo] enabled does not have
+            if stage == "train-assistant" and self.recipe.ablation == "no-assistant":
+                continue  # w/o Asst: no assistant at all
             outcomes.append(self._stage(stage))
         return PipelineResult(
             recipe=self.recipe.name, stages=outcomes, files=self.files, metrics=self.metrics, cost_usd=self.cost,

@@ -31,9 +31,11 @@ REASONING_COLUMNS = (
 # who wrote a chain (other names, e.g. student-gguf, are allowed and sort after these)
 SOURCES = ("teacher", "assistant", "student")
 # why it was written: stage 1 (predict, explain), stage 3 (expand), and evaluation (eval: a chain from P_cot;
-# label: an answer to P_label)
-PREDICT, EXPLAIN, EXPAND, EVAL, LABEL = "predict", "explain", "expand", "eval", "label"
-STAGES = (PREDICT, EXPLAIN, EXPAND, EVAL, LABEL)  # chain stages (the pipeline's are recipes.PIPELINE_STAGES)
+# label: an answer to P_label; probe: an answer to P_label about a changed post, a modality probe's, which probe in
+# its origin)
+PREDICT, EXPLAIN, EXPAND, EVAL, LABEL, PROBE = "predict", "explain", "expand", "eval", "label", "probe"
+STAGES = (PREDICT, EXPLAIN, EXPAND, EVAL, LABEL, PROBE)  # chain stages (the pipeline's are recipes.PIPELINE_STAGES)
+ANSWERS = (LABEL, PROBE)  # stages whose rows are label answers, not chains: never a subject, reference or pair
 OUTCOMES = ("correct", "wrong", "failed")
 
 # The SQL of the chain concepts, over ``reasonings r JOIN samples s ON s.id = r.sample_id``.
@@ -230,7 +232,7 @@ class ChainsMixin(Connection):
             FROM {_JOIN}
             LEFT JOIN (SELECT reasoning_id, AVG((faithfulness + usefulness) / 2.0) AS rating, COUNT(*) AS n
                        FROM ratings GROUP BY reasoning_id) t ON t.reasoning_id = r.id
-            WHERE s.dataset = ? AND s.split = ? AND r.stage != '{LABEL}'
+            WHERE s.dataset = ? AND s.split = ? AND r.stage NOT IN ({', '.join(f"'{a}'" for a in ANSWERS)})
             ORDER BY r.sample_id, r.id
         """
         return list(self.db.query(sql, [dataset, split]))

@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import SchedulerType, Trainer
 
-from mulcot.core.inputs import teacher_items
+from mulcot.core.inputs import mask_items, teacher_items
 from mulcot.store import Store
 from mulcot.train import distributed as dist
 from mulcot.train.collator import TASK_CLS, TASK_REA
@@ -140,8 +140,9 @@ def train_assistant(store: Store, config: TrainConfig, *, resume: bool = False, 
         check_settings(store, config, resume, settings)
         store.require_dataset(config.dataset)
         if items is not None:
-            return items
-        return teacher_items(store, config.dataset, config.split, allow_text_only=allow_text_only(store, config))
+            return mask_items(items, config.inputs)
+        return mask_items(teacher_items(store, config.dataset, config.split,
+                                        allow_text_only=allow_text_only(store, config)), config.inputs)
 
     # every rank checks before any records the run; a refusal is one error, the same on every rank
     items = dist.everywhere(prepare)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mulcot.core.images import DEFAULT_MAX_PIXELS
+from mulcot.core.inputs import INPUTS
 from mulcot.core.settings import ConfigError, Validated
 from mulcot.core.settings import field_ as _f
 from mulcot.errors import MulcotError
@@ -92,6 +93,9 @@ class TrainConfig(Validated):
                         "environment variables apply); log.jsonl and curves.png are always written.",
                         section="training", choices=REPORT_TO)
     max_train_items: int | None = _f(None, "Use only the first N chains.", section="training", min=1)
+    inputs: str = _f("all", "What the model sees of a post: all, no-image (text only, no caption: the paper's w/o "
+                     "Img) or no-text (image and aspect: w/o Txt); eval and expand show the run the same.",
+                     section="training", choices=INPUTS)
     max_dev_samples: int | None = _f(None, "Evaluate on the first N dev samples.", section="training", min=1)
     save_steps: int | None = _f(None, "Checkpoint every N optimizer steps (default: each epoch).", section="training")
     dev_batch_size: int = _f(8, "Dev samples per generation batch.", section="training", min=1)
@@ -119,7 +123,8 @@ class TrainConfig(Validated):
 class DistillConfig(TrainConfig):
     """A student run: the training settings plus the assistant and the distillation knobs."""
 
-    assistant: str = _f("", "The trained assistant: runs/NAME, an adapter folder or a run name.", cli=False)
+    assistant: str = _f("", "The trained assistant: runs/NAME, an adapter folder or a run name (none: λ 0 on D_t "
+                        "only, the paper's w/o Asst).", cli=False)
     lam: float = _f(0.3, "λ: weight of the soft (KL) loss against the hard (CE) loss.", section="student",
                     min=0, max=1)
     tau: float = _f(2.0, "τ: softmax temperature of the soft labels.", section="student", above=0)
@@ -144,6 +149,9 @@ class DistillConfig(TrainConfig):
         from mulcot.core.keys import url_secrets
 
         super().check()
+        if not self.assistant and (self.lam > 0 or self.include_expanded):
+            raise ConfigError("name the trained assistant (--assistant RUN): it gives the soft labels and D_a; "
+                              "without one, train on D_t with hard labels only (--lam 0 --no-expanded)")
         if self.soft_labels != "server":
             if self.server or self.served_model:
                 raise ConfigError("--server/--served-model are for --soft-labels server (the assistant's server)")

@@ -111,7 +111,7 @@ def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], train
 
     Under torchrun / accelerate launch every rank calls this; the Trainer trains data-parallel (DDP, DeepSpeed or
     FSDP as configured) and only the main process writes the store, the run folder and the progress."""
-    from mulcot.core.inputs import image_input, is_text_only, sample_items
+    from mulcot.core.inputs import image_input, is_text_only, mask_items, sample_items
     from mulcot.models import load_model
 
     start = time.perf_counter()
@@ -129,7 +129,8 @@ def fit(store: Store, config: TrainConfig, *, kind: str, items: list[Any], train
             if config.dev_split not in store.splits(config.dataset):
                 raise MulcotError(f"dataset '{config.dataset}' has no split '{config.dev_split}' for dev "
                                   "evaluation (pass --dev-split NAME, or --no-dev)")
-            dev_items = sample_items(store, config.dataset, config.dev_split)[: config.max_dev_samples or None]
+            dev_items = mask_items(sample_items(store, config.dataset, config.dev_split), config.inputs)
+            dev_items = dev_items[: config.max_dev_samples or None]
         device = train_device(config)
         # before the weights are read: with DeepSpeed ZeRO-3 the arguments make from_pretrained load them sharded
         args = training_arguments(config, device, len(items), bool(dev_items))
@@ -354,7 +355,7 @@ def _train(config: TrainConfig, args: Any, model: Any, processor: Any, task: str
 
     def save_best(metrics: dict) -> None:  # every rank: a sharded model's weights are gathered to save them
         save_trained_adapter(trainer, processor, folder / "best",
-                             {"best": metrics, "run": config.name, "base": config.model})
+                             {"best": metrics, "run": config.name, "base": config.model, "inputs": config.inputs})
 
     callback = RunCallback(folder, progress, save_best, best)
     trainer = trainer_class(model=model, args=args, train_dataset=items, eval_dataset=dev_items or None,

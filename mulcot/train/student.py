@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mulcot.core.inputs import TrainItem, sample_item, teacher_items
+from mulcot.core.inputs import TrainItem, mask_items, sample_item, teacher_items
 from mulcot.core.refs import RunRef, adapter_digest, resolve_run
 from mulcot.errors import MulcotError
 from mulcot.store import Store
@@ -55,14 +55,14 @@ class DistillTrainer(MultiTaskTrainer):
         return (loss, None) if return_outputs else loss
 
 
-def distill_items(store: Store, config: DistillConfig, ref: RunRef) -> list[TrainItem]:
-    """D_all = D_t ∪ D_a as training items (one per chain)."""
+def distill_items(store: Store, config: DistillConfig, ref: RunRef | None) -> list[TrainItem]:
+    """D_all = D_t ∪ D_a as training items (one per chain; D_t alone without an assistant)."""
     items = teacher_items(store, config.dataset, config.split, allow_text_only=allow_text_only(store, config))
-    if config.include_expanded:
+    if config.include_expanded and ref is not None:
         samples = {s["id"]: s for s in store.samples(config.dataset, config.split)}
         for c in store.assistant_set(config.dataset, config.split, ref.run_id):
             items.append(sample_item(samples[c["sample_id"]], c["text"], c["id"]))
-    return items
+    return mask_items(items, config.inputs)
 
 
 def check_backbones(config: DistillConfig, ref: RunRef) -> None:
@@ -94,12 +94,13 @@ def distill(store: Store, config: DistillConfig, *, resume: bool = False,
     config = with_runs_dir(config, store.runs_dir)
     dist.setup(config.device)
 
-    def prepare() -> tuple[RunRef, list[TrainItem], dict[str, Any]]:
+    def prepare() -> tuple[RunRef | None, list[TrainItem], dict[str, Any]]:
         check_request(store, config, resume)
-        ref = resolve_run(store, config.assistant, config.runs_dir)
-        settings = deciding_settings(config, assistant_sha256=adapter_digest(ref.adapter))
+        ref = resolve_run(store, config.assistant, config.runs_dir) if config.assistant else None  # None: w/o Asst
+        settings = deciding_settings(config, **({"assistant_sha256": adapter_digest(ref.adapter)} if ref else {}))
         check_settings(store, config, resume, settings)
-        check_backbones(config, ref)
+        if ref is not None:
+            check_backbones(config, ref)
         items = distill_items(store, config, ref)
         if config.max_train_items:  # (fit takes the same first N) soft labels only for what is trained on
             items = items[: config.max_train_items]
@@ -112,6 +113,7 @@ def distill(store: Store, config: DistillConfig, *, resume: bool = False,
     if hard_only:
         return fit(store, config, kind="distill", items=items, trainer_class=MultiTaskTrainer, settings=settings,
                    resume=resume, progress=progress)
+    assert ref is not None  # DistillConfig refuses λ > 0 without an assistant
     soft = source(store, config, ref, items, progress, assistant_sha256=settings["assistant_sha256"])
 
     def extras(processor: Any, collator: Any, folder: Any) -> dict[str, Any]:
