@@ -174,3 +174,34 @@ def test_cli_probe_table_and_bad_input(sample_store, tiny_text_model, tmp_path):
     assert dump(db) == before
     out = _run(*common, "--probe", "text-drop").output
     assert "modality probes" in out and "text-drop" in out and "ΔAcc" in out
+
+
+def test_an_api_model_is_probed_through_its_endpoint(demo_store, tmp_path):
+    """The teacher's question (does its labelling depend on the image?) through an OpenAI-compatible endpoint: a
+    scripted server whose answer follows the image it is sent changes its answers when the images are swapped."""
+    import hashlib
+
+    from mulcot.annotate.chat_server import ChatServer, Reply, prompt_text
+    from mulcot.core.labels import LABELS
+    from mulcot.generation.server import ServerConfig
+
+    seen: list[bool] = []
+
+    def by_image(body):
+        content = body["messages"][-1]["content"]
+        urls = [p["image_url"]["url"] for p in content if isinstance(p, dict) and p.get("type") == "image_url"]
+        seen.append(bool(urls))
+        assert "Prediction" in prompt_text(body)
+        label = LABELS[int(hashlib.sha256(urls[0].encode()).hexdigest(), 16) % 3] if urls else "neutral"
+        return Reply(text=f'"Prediction": "{label}"')
+
+    with ChatServer(by_image, model="gpt-4o-mini") as server:
+        cfg = EvalConfig(dataset="twitter2015-sample", split="test", model="gpt-4o-mini", label_scoring="generate",
+                         max_chains=0, limit=8, majority_from="none", write_files=False,
+                         runs_dir=str(tmp_path / "runs"), probes=["image-swap", "text-drop"],
+                         server=ServerConfig(url=server.base_url, served_model="gpt-4o-mini", backoff_s=0.01))
+        result = evaluate(demo_store, cfg)
+    probes = {p["name"]: p for p in result.probes}
+    assert all(seen) and len(seen) == 3 * 8  # intact, swap, text-drop: each post sent with an image
+    assert probes["image-swap"]["changed"] > 0 and probes["image-swap"]["probability_shift"] is None
+    assert probes["text-drop"]["changed"] == 0  # this "model" reads only the image

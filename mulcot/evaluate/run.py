@@ -134,7 +134,7 @@ def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = No
 
         owner = check_server(config.server).get(config.server.served_model, "")
         assert config.model is not None
-        served_subject = resolve_model(store, config.model, config.runs_dir)
+        served_subject = resolve_model(store, config.model, config.runs_dir, served=True)
         problem = dialect_problem(owner, tokenizer_of(served_subject)) if config.label_scoring == "choice" else None
         if problem:  # refused before the run is recorded: the store stays as it was
             raise LabelScoringError(problem)
@@ -168,7 +168,7 @@ def gather(store: Store, config: EvalConfig, task: str, gold_by_id: dict[int, st
     from mulcot.core.inputs import mask_items, sample_items
 
     if config.model is not None:
-        subject = resolve_model(store, config.model, config.runs_dir)
+        subject = resolve_model(store, config.model, config.runs_dir, served=config.server is not None)
         items = [it for it in mask_items(sample_items(store, config.dataset, config.split), subject.inputs)
                  if it.sample_id in gold_by_id]
         generated = generate_missing(store, subject, config, task, items, progress)

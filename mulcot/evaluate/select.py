@@ -95,10 +95,12 @@ def _gguf_subject(path: Path) -> Subject:
                    adapter_sha256=digest, gguf=str(path))
 
 
-def resolve_model(store: Store, spec: str, runs_dir: str | os.PathLike[str] = "runs") -> Subject:
+def resolve_model(store: Store, spec: str, runs_dir: str | os.PathLike[str] = "runs", *,
+                  served: bool = False) -> Subject:
     """What ``--model SPEC`` names (:func:`mulcot.core.refs.resolve`): a run (its folder, its adapter folder or its
     name, in the store or under ``runs_dir``), a model folder (``config.json``), an export folder or GGUF file
-    (llama.cpp) or else a hub id."""
+    (llama.cpp) or else a hub id — or, ``served`` through a server, any model name the server serves (an API model
+    such as the teacher: nothing is loaded here, so nothing is looked up)."""
     ref = resolve(store, spec, runs_dir, allow=("run", "adapter", "model", "hub", "export", "gguf"),
                   what="model to evaluate")
     if ref.run is not None:
@@ -108,6 +110,8 @@ def resolve_model(store: Store, spec: str, runs_dir: str | os.PathLike[str] = "r
         return _gguf_subject(ref.path)
     from mulcot.models import model_family
 
+    if served and ref.kind == "hub":
+        return Subject(kind="model", name=spec, source="model", model=spec)
     model_family(ref.model)  # refuses what is not a supported model (a hub id: fetched or found in the cache)
     if ref.kind == "model":
         assert ref.path is not None
