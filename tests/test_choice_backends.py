@@ -381,3 +381,19 @@ def test_choice_and_generate_agree_on_a_trained_smollm2(store, tmp_path):
     assert len(parsed) >= 24, f"only {len(parsed)} of 30 generated answers parse: the model did not learn the format"
     assert agree / len(parsed) >= 0.95, (agree, len(parsed))
     assert chosen.metrics["probabilities"] is not None and generated.metrics["probabilities"] is None
+
+
+@pytest.mark.slow
+def test_modality_probes_through_a_gguf_with_its_projector(demo_store, tmp_path, exported):  # noqa: F811
+    """`eval --model EXPORT --probe`: llama.cpp with the vision projector sees the blank image and the swapped one
+    (the probabilities move), and the text-drop probe reaches it too."""
+    from mulcot.evaluate import EvalConfig, evaluate
+
+    result = exported("qwen2.5-vl")
+    res = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, model=str(Path(result.text_gguf).parent), limit=4,
+                                          max_chains=0, max_pixels=56 * 56, majority_from="none", write_files=False,
+                                          runs_dir=str(tmp_path / "runs"), probes=["image-blank", "image-swap",
+                                                                                   "text-drop"]))
+    assert res.subject.source == "student-gguf"
+    for p in res.probes:
+        assert p["n"] == 4 and p["inputs_changed"] == 4 and p["probability_shift"] > 1e-4, p["name"]

@@ -58,11 +58,6 @@ __all__ = ["PROBES", "parse_probes", "perturb", "run_probes", "swap_donors"]
 SWAP_SEED = 0
 
 
-def probe_of(row: dict[str, Any]) -> str | None:
-    """The probe a stored evaluation result is (None: an ordinary evaluation)."""
-    return (row.get("config") or {}).get("probe")
-
-
 def _image_key(item: TrainItem) -> tuple[str | None, str | None]:
     return item.image_path, (item.caption or "").strip() or None
 
