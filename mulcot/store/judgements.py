@@ -19,6 +19,13 @@ RUBRIC, LEAKAGE = "rubric", "leakage"
 # the gold label) apart, then the other sources by name
 GROUP = (f"CASE WHEN r.source = 'teacher' AND r.stage = '{PREDICT}' THEN 'stage1'"
          f" WHEN r.source = 'teacher' AND r.stage = '{EXPLAIN}' THEN 'stage2' ELSE r.source END")
+# the browser's judge filter: a chain's rubric verdict, by its mean (good at 3.5, as mulcot.judge.report counts it)
+JUDGE_BANDS = {
+    "high": f"j.status = '{JUDGED}' AND j.mean >= 3.5",
+    "mid": f"j.status = '{JUDGED}' AND j.mean >= 2.5 AND j.mean < 3.5",
+    "low": f"j.status = '{JUDGED}' AND j.mean < 2.5",
+    "failed": f"j.status = '{FAILED}'",
+}
 JUDGEMENT_COLUMNS = (
     "reasoning_id", "kind", "rubric_version", "judge_model", "status", "scores", "reasons", "mean", "label",
     "leaked", "error", "attempts", "http_retries", "tokens_in", "tokens_out", "cost_usd", "latency_s", "run_id",
