@@ -19,9 +19,9 @@ from mulcot.cli import app
 from mulcot.core.chains import chain_row
 from mulcot.core.client import TeacherConfig
 from mulcot.core.reasoning import Reasoning
+from mulcot.core.rubric import RUBRIC_VERSION, AnswerError, parse_leakage, parse_rubric
 from mulcot.judge import CRITERIA, JudgeConfig, judge_report, run_judge
-from mulcot.judge.report import GOOD_AT, agreement
-from mulcot.judge.rubric import RUBRIC_VERSION, AnswerError, parse_leakage, parse_rubric
+from mulcot.metrics.judge import GOOD_AT, agreement
 from mulcot.store import Store
 from mulcot.train.pairs import build_pairs
 from tests.conftest import dump
@@ -69,7 +69,8 @@ class Judge:
 
     def __call__(self, body: dict) -> Reply:
         prompt = prompt_text(body)
-        case = re.search(r"case=(\S+?)\.", prompt).group(1)
+        found = re.search(r"case=(\S+?)\.", prompt)
+        case = found.group(1) if found else "-"
         with self.lock:
             n = self.calls[case]
             self.calls[case] += 1
@@ -316,3 +317,29 @@ def test_tui_shows_and_filters_by_judge_score(sample_store, tmp_path):
 
     asyncio.run(go())
     assert first == sample_ids[0] and len(ids["stage1"]) == 6
+
+
+def test_eval_summarises_the_verdicts_on_the_chains_it_evaluates(demo_store, tmp_path):
+    from mulcot.evaluate import EvalConfig, evaluate
+    from mulcot.sample import SAMPLE_NAME
+
+    with ChatServer(Judge()) as server:
+        cfg = _cfg(server, split="test", source="teacher")
+        cfg.dataset = SAMPLE_NAME
+        summary = run_judge(demo_store, cfg)
+        cfg.split = "train"  # verdicts on other chains do not count toward the test split's result
+        cfg.limit = 3
+        run_judge(demo_store, cfg)
+    chains = demo_store.reasonings(dataset=SAMPLE_NAME, split="test", source="teacher", final_only=True)
+    for c, (f, u) in zip(chains, [(5, 5), (2, 1), (4, 4)], strict=False):
+        demo_store.add_rating(c["id"], faithfulness=f, usefulness=u)
+    result = evaluate(demo_store, EvalConfig(dataset=SAMPLE_NAME, source="teacher", runs_dir=str(tmp_path / "r")))
+    judge = result.metrics["judge"]
+    assert sum(r["judged"] for r in judge["rubric"]) == summary.judged == result.n == len(chains)
+    assert all(r["mean"] == 4 for r in judge["rubric"]) and judge["agreement"][0]["n"] == 3
+    assert judge["agreement"][0]["spearman"] is None  # the judge gave every chain 4: no ranking to compare
+    db = demo_store.path
+    out = CliRunner().invoke(app, ["eval", "run", SAMPLE_NAME, "--source", "teacher", "--db", str(db),
+                                   "--runs-dir", str(tmp_path / "r2")])
+    assert out.exit_code == 0, out.output
+    assert "judge rubric" in out.output and "agreement of judge-m with people's ratings on 3 chains" in out.output

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -22,9 +21,10 @@ from mulcot.cli.common import (
     progress_bar,
     usage_text,
 )
+from mulcot.cli.eval_report import print_judge
 from mulcot.core.client import DEFAULT_KEY_ENV, TeacherConfig, TeacherUnreachable
 from mulcot.errors import MulcotError
-from mulcot.judge import CRITERIA, JudgeConfig, JudgeSummary, judge_report, run_judge
+from mulcot.judge import JudgeConfig, JudgeSummary, judge_report, run_judge
 from mulcot.judge.run import SOURCES
 
 
@@ -91,7 +91,7 @@ def judge(
         print_json({"summary": summary.as_dict(), "report": result})
         return
     _print_summary(summary, dataset)
-    _print_report(result)
+    print_judge(result)
 
 
 def _print_summary(s: JudgeSummary, dataset: str) -> None:
@@ -117,40 +117,9 @@ def _print_summary(s: JudgeSummary, dataset: str) -> None:
                           "again when you run the same command[/]")
 
 
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
-
-
-def _print_report(result: dict[str, Any]) -> None:
-    if result["rubric"]:
-        table = Table(title="judge rubric (mean 1-5)", box=box.SIMPLE_HEAD, pad_edge=False)
-        table.add_column("judge", overflow="fold", min_width=8)
-        table.add_column("chains", no_wrap=True)
-        for col in ("n", "fail", *CRITERIA, "mean"):
-            table.add_column(col, justify="right", no_wrap=True)
-        for r in result["rubric"]:  # (the cost of each group is in --json)
-            table.add_row(escape(r["judge"]), r["group"], str(r["judged"]), str(r["failed"]),
-                          *(_fmt(r[c]) for c in CRITERIA), _fmt(r["mean"]))
-        console.print(table)
-    if result["leakage"]:
-        table = Table(title="label leakage (gold label named from the chain alone)",
-                      box=box.SIMPLE_HEAD, pad_edge=False)
-        for col in ("judge", "chains", "n", "fail", "leaked", "rate"):
-            table.add_column(col, justify="left" if col in ("judge", "chains") else "right")
-        for r in result["leakage"]:
-            table.add_row(escape(r["judge"]), r["group"], str(r["judged"]), str(r["failed"]), str(r["leaked"]),
-                          "-" if r["rate"] is None else f"{100 * r['rate']:.1f} %")
-        console.print(table)
-    for r in result["agreement"]:
-        console.print(f"agreement of {escape(r['judge'])} with people's ratings on {r['n']} chains: Spearman ρ "
-                      f"{_fmt(r['spearman'])}, Cohen's κ (good at ≥ {r['good_at']:g}) {_fmt(r['kappa'])}")
-    if not (result["rubric"] or result["leakage"]):
-        console.print("no verdicts yet: run mulcot judge DATASET --judge MODEL")
-
-
 def _report(store: Any, dataset: str, split: str | None, judge_model: str | None, as_json: bool) -> None:
     result = judge_report(store, dataset, split=split, judge_model=judge_model)
     if as_json:
         print_json(result)
         return
-    _print_report(result)
+    print_judge(result)

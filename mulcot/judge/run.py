@@ -29,10 +29,7 @@ from mulcot.core.client import (
 )
 from mulcot.core.images import jpeg_data_url
 from mulcot.core.refs import check_name
-from mulcot.core.settings import ConfigError, Validated, field_
-from mulcot.errors import MulcotError
-from mulcot.events import Progress, emit
-from mulcot.judge.rubric import (
+from mulcot.core.rubric import (
     LEAKAGE_VERSION,
     RUBRIC_VERSION,
     AnswerError,
@@ -41,6 +38,9 @@ from mulcot.judge.rubric import (
     parse_rubric,
     rubric_prompt,
 )
+from mulcot.core.settings import ConfigError, Validated, field_
+from mulcot.errors import MulcotError
+from mulcot.events import Progress, emit
 from mulcot.store import Store
 from mulcot.store.judgements import FAILED, JUDGED, LEAKAGE, RUBRIC
 from mulcot.store.runs import RunRecord

@@ -112,12 +112,16 @@ class JudgementsMixin(Connection):
             r["group"] = r.pop("grp")
         return rows
 
-    def rated_judgements(self, *, dataset: str | None = None, split: str | None = None) -> list[dict[str, Any]]:
+    def rated_judgements(self, *, dataset: str | None = None, split: str | None = None,
+                         reasoning_ids: list[int] | None = None) -> list[dict[str, Any]]:
         """Per judged chain that people rated too, per judge model and rubric version: the judge's ``mean`` and the
         people's ``rating`` (the mean over its ratings of (faithfulness + usefulness) / 2) and ``ratings`` (how
-        many)."""
+        many); ``reasoning_ids`` keeps those chains only."""
         where, params = equals(("s.dataset", dataset), ("s.split", split))
         where.append(f"j.kind = '{RUBRIC}' AND j.status = '{JUDGED}'")
+        if reasoning_ids is not None:
+            where.append(f"j.reasoning_id IN ({', '.join('?' for _ in reasoning_ids)})" if reasoning_ids else "0")
+            params += reasoning_ids
         sql = (
             "SELECT j.reasoning_id, j.judge_model, j.rubric_version, j.mean, t.rating, t.n AS ratings"
             " FROM judgements j JOIN reasonings r ON r.id = j.reasoning_id JOIN samples s ON s.id = r.sample_id"

@@ -14,7 +14,7 @@ from rich.style import Style
 from rich.text import Text
 
 from mulcot.core.reasoning import FIELDS
-from mulcot.judge.rubric import CRITERIA
+from mulcot.core.rubric import CRITERIA
 from mulcot.tui.state import OUTCOME_MARK
 
 FIELD_TITLES = {f: f.replace("_", " ") for f in FIELDS}

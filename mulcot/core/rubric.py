@@ -1,4 +1,4 @@
-"""The judge's rubric and prompts, versioned, and the parsing of its answers.
+"""The rationale judge's rubric and prompts (``mulcot judge``), versioned, and the parsing of its answers.
 
 The rubric (:data:`CRITERIA`) scores one chain on four criteria, each an integer 1-5 with a one-line reason:
 
