@@ -55,7 +55,9 @@ def judge(
     timeout: Annotated[float, typer.Option(help="Seconds per request before it is retried.")] = 120.0,
     http_retries: Annotated[int, typer.Option(help="Retries of a request on 429/5xx/timeouts.")] = 5,
     max_tokens: Annotated[int, typer.Option(help="Completion token limit per request.")] = 600,
-    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (endpoint default if unset).")] = 0.0,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling temperature (0: the judge's most likely answer).")
+    ] = 0.0,
     run: Annotated[str | None, typer.Option(help="Run id (default: judge-DATASET-KIND-MODEL).")] = None,
     report: Annotated[
         bool, typer.Option("--report", help="Summarise the stored verdicts (rubric, leakage, agreement with "
@@ -66,8 +68,9 @@ def judge(
 ) -> None:
     """Have an LLM judge score the chains of a dataset on the rubric (1-5 per criterion, with a reason).
 
-    With --leakage, it names the label from the chain alone instead. Verdicts are stored per chain; a rerun
-    judges what failed and skips what is judged. --report summarises them, with agreement with TUI ratings."""
+    With --leakage, it names each chain's label from the chain alone instead.
+    Verdicts are stored per chain; a rerun judges what failed and skips what is judged.
+    --report summarises them, with the judge's agreement with TUI ratings."""
     if report:
         _report(open_store(db, readonly=True), dataset, split, judge_model, as_json)
         return
