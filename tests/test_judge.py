@@ -270,7 +270,8 @@ def test_cli_bad_input_changes_nothing(tmp_path):
                        (["t15", "--judge", "m"], "no chains to judge in t15"),
                        (["t15", "--judge", "m", "--source", "humans"], "--source 'humans' is not one of"),
                        (["t15", "--judge", "m", "--split", "val2"], "has no split 'val2'"),
-                       (["t15"], "--judge MODEL is required")):
+                       (["t15"], "--judge MODEL is required"),
+                       (["t15", "--judge", "m", "--price", "cheap"], "--price 'cheap' is not 'INPUT,OUTPUT'")):
         r = CliRunner().invoke(app, ["judge", *args, "--base-url", url, "--db", str(db)])
         assert r.exit_code != 0 and said in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert dump(db) == before

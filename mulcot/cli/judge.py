@@ -9,7 +9,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mulcot.cli.annotate import _price
 from mulcot.cli.common import (
     DbOption,
     JsonOption,
@@ -17,6 +16,7 @@ from mulcot.cli.common import (
     err_console,
     follow,
     open_store,
+    parse_price,
     print_json,
     progress_bar,
     usage_text,
@@ -78,7 +78,7 @@ def judge(
         raise MulcotError("--judge MODEL is required (the model name at the endpoint, e.g. gpt-4o)")
     endpoint = TeacherConfig(model=judge_model, base_url=base_url, key_env=api_key_env, timeout_s=timeout,
                              http_retries=http_retries, temperature=temperature, max_tokens=max_tokens,
-                             price=_price(price))
+                             price=parse_price(price))
     cfg = JudgeConfig(dataset=dataset, judge=endpoint, kind="leakage" if leakage else "rubric", source=source,
                       split=split, concurrency=concurrency, max_retries=max_retries, budget_usd=budget_usd,
                       limit=limit, image=not no_image, run_id=run)
