@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("mulcot.models",)),
     ("generation", ("mulcot.generation",)),
     ("stages", ("mulcot.datasets", "mulcot.annotate", "mulcot.train", "mulcot.expand", "mulcot.evaluate",
-                "mulcot.export", "mulcot.predict")),
+                "mulcot.judge", "mulcot.export", "mulcot.predict")),
     ("pipeline", ("mulcot.pipeline",)),
     ("tui", ("mulcot.tui",)),
     ("cli", ("mulcot.cli", "mulcot.__main__")),

@@ -246,7 +246,7 @@ def test_browse_sample_groups_retries(demo_db):
         assert retried["fields"]["Prediction"] == detail["sample"]["label"]
         assert s.browse_choices() == {"sources": ["teacher", "assistant", "student"],
                                       "stages": ["predict", "explain", "expand"],
-                                      "runs": ["annot-1", "eval-1", "expand-1"]}
+                                      "runs": ["annot-1", "eval-1", "expand-1"], "judge": []}
         tree = s.browse_tree()
         assert [(d["name"], d["samples"]) for d in tree] == [(SAMPLE_NAME, 60)]
         assert [(sp["split"], sp["samples"]) for sp in tree[0]["splits"]] == [("train", 36), ("dev", 12), ("test", 12)]

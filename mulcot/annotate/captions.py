@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mulcot.core.client import Budget, BudgetReached, Teacher, TeacherConfig, TeacherError, Usage
+from mulcot.core.client import Budget, BudgetReached, Teacher, TeacherConfig, TeacherError, Usage, model_slug
 from mulcot.core.images import jpeg_data_url
 from mulcot.core.prompts import caption_prompt
 from mulcot.core.refs import check_name
@@ -89,10 +89,6 @@ def clean_caption(text: str) -> str:
     return line[:MAX_CAPTION_CHARS].rstrip()
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text.split("/")[-1])
-
-
 class Captioner:
     """One caption job against one store and one teacher."""
 
@@ -116,7 +112,7 @@ class Captioner:
         self.progress = progress
         if config.run_id is not None:
             check_name(config.run_id, "run id", "--run")
-        self.run_id = config.run_id or f"captions-{config.dataset}-{_slug(config.teacher.model)}"
+        self.run_id = config.run_id or f"captions-{config.dataset}-{model_slug(config.teacher.model)}"
         self.summary = CaptionSummary(run_id=self.run_id, cost_known=self.teacher.price is not None)
         self.budget = Budget(config.budget_usd)
         self._stop = False

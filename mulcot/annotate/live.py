@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mulcot.core.chains import EXPLAIN, PREDICT, arc_accepts, arc_error, chain_row
-from mulcot.core.client import Budget, BudgetReached, Teacher, TeacherConfig, TeacherError, Usage
+from mulcot.core.client import UNREACHABLE_STOP, Budget, BudgetReached, Teacher, TeacherConfig, TeacherError, Usage
+from mulcot.core.client import model_slug as _slug
 from mulcot.core.images import jpeg_data_url
 from mulcot.core.prompts import get_prompt
 from mulcot.core.refs import check_name
@@ -36,7 +37,6 @@ from mulcot.store.runs import RunRecord
 
 PASSES = (PREDICT, EXPLAIN)  # the teacher's two passes (chain stages)
 WRITE_TRIES = 10  # busy timeouts an answer already paid for waits for a locked store
-UNREACHABLE_STOP = 3  # this many requests in a row without any answer (each after its HTTP retries) stop a run
 
 
 @dataclass
@@ -343,7 +343,3 @@ def annotate(store: Store, config: AnnotateConfig, progress: Progress | None = N
 def needs_explanation(pred_final: dict[str, Any], gold: str | None) -> bool:
     """Stage 2's rule: a sample goes to P_exp when its final P_pre chain is invalid or predicts another label."""
     return not pred_final["valid"] or pred_final["prediction"] != gold
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text.split("/")[-1])

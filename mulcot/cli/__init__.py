@@ -8,7 +8,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from mulcot import __version__
-from mulcot.cli import annotate, data, distill, export, models, predict, run, train, tui
+from mulcot.cli import annotate, data, distill, export, judge, models, predict, run, train, tui
 from mulcot.cli import eval as eval_cli
 from mulcot.cli.common import err_console
 from mulcot.errors import MulcotError
@@ -57,6 +57,7 @@ app.command("expand")(distill.expand)
 app.command("distill")(distill.distill)
 app.command("dpo")(train.dpo)
 app.add_typer(eval_cli.app, name="eval")
+app.command("judge")(judge.judge)
 app.command("export")(export.export)
 app.command("predict")(predict.predict)
 app.command("run")(run.run)

@@ -21,6 +21,7 @@ from mulcot.cli.common import (
     err_console,
     follow,
     open_store,
+    parse_price,
     print_json,
     progress_bar,
     usage_text,
@@ -29,16 +30,6 @@ from mulcot.core.client import DEFAULT_KEY_ENV, TeacherConfig, TeacherUnreachabl
 from mulcot.errors import MulcotError
 
 CAPTION_MAX_TOKENS = 100  # one sentence
-
-
-def _price(value: str | None, flag: str = "--price") -> tuple[float, float] | None:
-    if value is None:
-        return None
-    try:
-        a, b = (float(x) for x in value.split(","))
-        return a, b
-    except ValueError:
-        raise MulcotError(f"{flag} '{value}' is not 'INPUT,OUTPUT' USD per 1M tokens, e.g. 0.15,0.60") from None
 
 
 def annotate(
@@ -138,7 +129,7 @@ def annotate(
     teacher_cfg = TeacherConfig(model=teacher, base_url=base_url, key_env=api_key_env, timeout_s=timeout,
                                 http_retries=http_retries, temperature=temperature,
                                 max_tokens=max_tokens or (CAPTION_MAX_TOKENS if captions else 1024),
-                                json_mode=json_mode, image_max_side=image_max_side, price=_price(price))
+                                json_mode=json_mode, image_max_side=image_max_side, price=parse_price(price))
     if captions:
         _captions(store, dataset, teacher_cfg, split, concurrency, budget_usd, limit, run, as_json)
         return
@@ -150,7 +141,7 @@ def annotate(
         progress = follow(bar, f"annotating {dataset}/{split}",
                           lambda e: (f"{e.message} · " if e.message else "") + usage_text(e.summary))
         if batch or batch_file or ingest:
-            bcfg = BatchConfig(price=_price(batch_price, "--batch-price"), max_requests=batch_max_requests,
+            bcfg = BatchConfig(price=parse_price(batch_price, "--batch-price"), max_requests=batch_max_requests,
                                max_bytes=int(batch_max_mb * 1e6), poll_s=poll_s, wait=not no_wait,
                                runs_dir=str(runs_dir) if runs_dir else None)
             summary = annotate_batch(store, cfg, bcfg, batch_file=batch_file, ingest=ingest, progress=progress)

@@ -114,6 +114,19 @@ def usage_text(summary: Any) -> str:
     return f"{summary.requests} req · {summary.tokens_in + summary.tokens_out} tok · {cost}"
 
 
+def parse_price(value: str | None, flag: str = "--price") -> tuple[float, float] | None:
+    """A ``--price`` value: 'INPUT,OUTPUT' USD per 1M tokens (annotate, judge); None stays None."""
+    from mulcot.errors import MulcotError
+
+    if value is None:
+        return None
+    try:
+        a, b = (float(x) for x in value.split(","))
+        return a, b
+    except ValueError:
+        raise MulcotError(f"{flag} '{value}' is not 'INPUT,OUTPUT' USD per 1M tokens, e.g. 0.15,0.60") from None
+
+
 def print_json(data: Any) -> None:
     """JSON to stdout, untouched by rich markup."""
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))

@@ -211,7 +211,8 @@ def pairs(
     name: Annotated[str, typer.Argument(help="Dataset name.")],
     split: Annotated[str, typer.Option(help="Training split (dev/test chains never become pairs).")] = "train",
     sources: Annotated[str, typer.Option("--from", help="Where rejected chains come from: teacher, assistant, "
-                                         "student, ratings (comma-separated).")] = "teacher,assistant,student,ratings",
+                                         "student, ratings, judge (comma-separated; judge: chains an LLM judge "
+                                         "scored lower, see mulcot judge).")] = "teacher,assistant,student,ratings",
     fmt: Annotated[str | None, typer.Option("--format", help="Write the pairs: trl (JSONL) or llamafactory "
                                             "(ranking ShareGPT JSON).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file for --format (default: stdout).")] = None,

@@ -1,10 +1,11 @@
 """How ``mulcot eval`` shows results: the paper's table, the classification detail, the intervals and the majority
-comparison, and the paired comparison of ``eval compare``."""
+comparison, the paired comparison of ``eval compare``, and an LLM judge's verdicts (``eval``, ``judge --report``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -213,3 +214,38 @@ def show_detail(result: dict[str, Any]) -> None:
                        str(r.get("chains")), f"{r.get('faithfulness') or 0:.2f}",
                        f"{r.get('usefulness') or 0:.2f}")
         console.print(rt)
+    if m.get("judge"):
+        print_judge(m["judge"])
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def print_judge(result: dict[str, Any]) -> None:
+    """An LLM judge's verdicts summarised (:func:`mulcot.metrics.judge.judge_summary`): rubric means per chain
+    group, leakage rates, agreement with people's ratings (``mulcot judge --report``, ``mulcot eval``)."""
+    if result["rubric"]:
+        table = Table(title="judge rubric (mean 1-5)", box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("judge", overflow="fold", min_width=8)
+        table.add_column("chains", no_wrap=True)
+        for col in ("n", "fail", *result["criteria"], "mean"):
+            table.add_column(col, justify="right", no_wrap=True)
+        for r in result["rubric"]:  # (the cost of each group is in --json)
+            table.add_row(escape(r["judge"]), r["group"], str(r["judged"]), str(r["failed"]),
+                          *(_fmt(r[c]) for c in result["criteria"]), _fmt(r["mean"]))
+        console.print(table)
+    if result["leakage"]:
+        table = Table(title="label leakage (gold label named from the chain alone)",
+                      box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("judge", "chains", "n", "fail", "leaked", "rate"):
+            table.add_column(col, justify="left" if col in ("judge", "chains") else "right")
+        for r in result["leakage"]:
+            table.add_row(escape(r["judge"]), r["group"], str(r["judged"]), str(r["failed"]), str(r["leaked"]),
+                          "-" if r["rate"] is None else f"{100 * r['rate']:.1f} %")
+        console.print(table)
+    for r in result["agreement"]:
+        console.print(f"agreement of {escape(r['judge'])} with people's ratings on {r['n']} chains: Spearman ρ "
+                      f"{_fmt(r['spearman'])}, Cohen's κ (good at ≥ {r['good_at']:g}) {_fmt(r['kappa'])}")
+    if not (result["rubric"] or result["leakage"]):
+        console.print("no verdicts yet: run mulcot judge DATASET --judge MODEL")

@@ -35,6 +35,16 @@ PRICES: dict[str, tuple[float, float]] = {
 }
 
 
+# this many requests in a row without any answer (each after its HTTP retries) stop a run (annotate, judge)
+UNREACHABLE_STOP = 3
+
+
+def model_slug(model: str) -> str:
+    """A model name as part of a run id: its last path part, other characters than letters, digits, '.', '_', '-'
+    replaced by '-'."""
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in model.split("/")[-1])
+
+
 class Usage:
     """The usage counters a summary keeps — answered requests' HTTP retries, tokens and cost — for the dataclasses
     that declare them (annotate, captions, served generation, server scoring); a counter a summary does not declare

@@ -21,6 +21,10 @@ Every result also carries ``metrics["uncertainty"]`` (:mod:`mulcot.evaluate.base
 with tweet-clustered bootstrap intervals, and the majority baseline (the training split's most frequent label) on
 the same posts compared post by post.
 
+Where an LLM judge (``mulcot judge``) has given verdicts on the evaluated chains, ``metrics["judge"]`` summarises
+them (:func:`mulcot.metrics.judge.judge_summary`: rubric means, leakage rate, agreement with people's ratings);
+else it is None.
+
 Each result is stored (:meth:`Store.add_eval_result`) with its per-post predictions (``eval_posts``: gold, the
 headline's prediction, the chain's and the label head's, the probabilities) and written to a folder as
 ``result.json``, ``per_sample.jsonl``, ``confusion.png`` and, with probabilities, ``reliability.png``
@@ -66,6 +70,7 @@ from mulcot.metrics import (
     reasoning_metrics,
 )
 from mulcot.metrics.calibration import probability_metrics
+from mulcot.metrics.judge import judge_summary
 from mulcot.store import Store
 
 
@@ -78,6 +83,15 @@ def human_ratings(store: Store, dataset: str, split: str, source: str | None) ->
         return None
     rows = summary(dataset=dataset, split=split)
     return [dict(r) for r in rows if source is None or r.get("source") == source]
+
+
+def judge_verdicts(store: Store, chain_ids: list[int]) -> dict[str, Any] | None:
+    """What an LLM judge (``mulcot judge``) said of the evaluated chains — rubric means, leakage rate, agreement with
+    people's ratings (:func:`mulcot.metrics.judge.judge_summary`) — or None when it judged none of them."""
+    rows = store.judgements(reasoning_ids=chain_ids)
+    if not rows:
+        return None
+    return judge_summary(rows, store.rated_judgements(reasoning_ids=chain_ids))
 
 
 def label_probabilities(rows: list[dict[str, Any]]) -> dict[int, dict[str, float]] | None:
@@ -372,6 +386,7 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
     refs_name, ref_rows = reference_rows(store, config, subject, gold_by_id)
     metrics["reasoning"], per_pair = score_reasoning(config, with_chain, got.chains, refs_name, ref_rows, progress)
     metrics["ratings"] = human_ratings(store, config.dataset, config.split, subject.source)
+    metrics["judge"] = judge_verdicts(store, [got.chains[i]["id"] for i in with_chain if got.chains[i].get("id")])
 
     posts = post_rows(ids, by_id, got, metrics["headline"]["from"])
     metrics["uncertainty"] = uncertainty(store, config.dataset, config.split, posts,

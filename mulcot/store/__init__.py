@@ -10,7 +10,8 @@ SQL. One module per group of tables:
   ``run_jobs``: one writer per run (a claim with pid, host and heartbeat; job claims when writers share a run);
 - :mod:`~mulcot.store.results` — ``eval_results``;
 - :mod:`~mulcot.store.browse` — the TUI's read model and ``ratings``;
-- :mod:`~mulcot.store.batches` — ``batches``: annotation requests sent as batches or written to batch files.
+- :mod:`~mulcot.store.batches` — ``batches``: annotation requests sent as batches or written to batch files;
+- :mod:`~mulcot.store.judgements` — ``judgements``: an LLM judge's rubric scores and leakage guesses per chain.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from mulcot.store.batches import BatchesMixin
 from mulcot.store.browse import BrowseMixin
 from mulcot.store.connection import DEFAULT_DB, default_db_path, now
+from mulcot.store.judgements import JudgementsMixin
 from mulcot.store.migrations import MIGRATIONS
 from mulcot.store.reasonings import REASONING_COLUMNS, ChainsMixin
 from mulcot.store.results import ResultsMixin
@@ -25,7 +27,8 @@ from mulcot.store.runs import RunRecord, RunsMixin
 from mulcot.store.samples import SAMPLE_CONTENT, SamplesMixin, UpsertCounts
 
 
-class Store(SamplesMixin, ChainsMixin, RunsMixin, ResultsMixin, BrowseMixin, BatchesMixin):
+class Store(SamplesMixin, ChainsMixin, RunsMixin, ResultsMixin, BrowseMixin, BatchesMixin,
+            JudgementsMixin):
     """A project store. Open with :meth:`Store.open`; safe to share between threads (one lock for writes)."""
 
 

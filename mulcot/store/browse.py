@@ -9,6 +9,7 @@ from typing import Any
 
 from mulcot.errors import NotFoundError, StoreError
 from mulcot.store.connection import Connection, equals, from_json, now
+from mulcot.store.judgements import JUDGE_BANDS, RUBRIC
 from mulcot.store.reasonings import FINAL, OUTCOME, OUTCOMES, SOURCES, STAGES, is_final
 
 
@@ -118,11 +119,13 @@ class BrowseMixin(Connection):
         stage: str | None = None,
         outcome: str | None = None,
         run_id: str | None = None,
+        judge: str | None = None,
         search: str | None = None,
     ) -> tuple[str, str, list[Any]]:
         """FROM and WHERE clauses over ``samples s`` and the column that orders the rows by sample id. A search
         joins the full-text index and is driven by it (its rowids come in sample-id order). Chain filters
-        (source, run, stage, predicted label, outcome) select the samples that have one final chain meeting them."""
+        (source, run, stage, predicted label, outcome, judge score band) select the samples that have one final chain
+        meeting them."""
         tables, where, params = "samples s", [], []
         if search is not None and search.strip():
             query = parse_search(search)
@@ -149,6 +152,11 @@ class BrowseMixin(Connection):
                 raise StoreError(f"unknown outcome '{outcome}': use {', '.join(OUTCOMES)}")
             chain.append(f"({OUTCOME}) = ?")
             params.append(outcome)
+        if judge is not None:
+            if judge not in JUDGE_BANDS:
+                raise StoreError(f"unknown judge score band '{judge}': use {', '.join(JUDGE_BANDS)}")
+            chain.append(f"EXISTS (SELECT 1 FROM judgements j WHERE j.reasoning_id = r.id AND j.kind = '{RUBRIC}'"
+                         f" AND {JUDGE_BANDS[judge]})")
         if chain:
             where.append(
                 f"EXISTS (SELECT 1 FROM reasonings r WHERE r.sample_id = s.id AND {FINAL}"
@@ -188,7 +196,8 @@ class BrowseMixin(Connection):
         ]
 
     def browse_choices(self) -> dict[str, list[str]]:
-        """The values the chain filters can take in this store: sources, stages and run ids (all in use)."""
+        """The values the chain filters can take in this store: sources, stages and run ids (all in use), and the
+        judge score bands when a judge has scored chains (else none)."""
 
         def distinct(col: str) -> set[str]:  # a loose index scan: one index seek per distinct value
             return {
@@ -205,10 +214,12 @@ class BrowseMixin(Connection):
         def ordered(values: set[str], first: tuple[str, ...]) -> list[str]:
             return [v for v in first if v in values] + sorted(values - set(first))
 
+        judged = self.db.execute(f"SELECT 1 FROM judgements WHERE kind = '{RUBRIC}' LIMIT 1").fetchone()
         return {
             "sources": ordered(sources, self.SOURCE_ORDER),
             "stages": ordered(stages, self.STAGE_ORDER),
             "runs": sorted(runs),
+            "judge": list(JUDGE_BANDS) if judged else [],
         }
 
     def browse_count(self, **filters: Any) -> int:
@@ -231,7 +242,8 @@ class BrowseMixin(Connection):
         the sample has no gold label) and that chain's prediction.
 
         Filters: dataset, split, gold (label), predicted (label), source, run_id, stage, outcome (correct, wrong,
-        failed) and search (free text over text, aspect and chains; any input is safe). Paging: ``offset`` rows
+        failed), judge (a rubric score band of :data:`~mulcot.store.judgements.JUDGE_BANDS`) and search (free
+        text over text, aspect and chains; any input is safe). Paging: ``offset`` rows
         after the start, or keyset — rows after ``after_id`` / the ``limit`` rows before ``before_id`` — or, with
         ``from_end``, the page ending ``offset`` rows before the last match (cheap near the end).
         """
@@ -288,8 +300,9 @@ class BrowseMixin(Connection):
     def browse_sample(self, sample_id: int) -> dict[str, Any]:
         """One sample with its chains: each final chain (or, for an unfinished retry sequence, its last attempt)
         with ``fields`` parsed, ``attempts`` (every attempt of that sequence, this one last: attempt, valid,
-        parse status, prediction, error, tokens, cost, latency), totals over the attempts, and its ``ratings``.
-        Chains are ordered teacher, assistant, student (then others), predict, explain, expand."""
+        parse status, prediction, error, tokens, cost, latency), totals over the attempts, its ``ratings`` and its
+        ``judgements`` (an LLM judge's verdicts; ``scores`` and ``reasons`` decoded). Chains are ordered teacher,
+        assistant, student (then others), predict, explain, expand."""
         sample = self.get_sample(sample_id)
         rows = list(self.db.query(f"SELECT r.*, {OUTCOME} AS outcome FROM reasonings r JOIN samples s"
                                   " ON s.id = r.sample_id WHERE r.sample_id = ? ORDER BY r.id", [sample_id]))
@@ -314,8 +327,16 @@ class BrowseMixin(Connection):
                 f"SELECT * FROM ratings WHERE reasoning_id IN ({', '.join('?' for _ in ids)}) ORDER BY id", ids
             ):
                 ratings.setdefault(r["reasoning_id"], []).append(r)
+        verdicts: dict[int, list[dict[str, Any]]] = {}
+        if ids:
+            for r in self.db.query(
+                f"SELECT * FROM judgements WHERE reasoning_id IN ({', '.join('?' for _ in ids)}) ORDER BY id", ids
+            ):
+                r["scores"], r["reasons"] = from_json(r["scores"]) or {}, from_json(r["reasons"]) or {}
+                verdicts.setdefault(r["reasoning_id"], []).append(r)
         for c in chains:
             c["ratings"] = ratings.get(c["id"], [])
+            c["judgements"] = verdicts.get(c["id"], [])
         src_rank = {s: i for i, s in enumerate(self.SOURCE_ORDER)}
         stage_rank = {s: i for i, s in enumerate(self.STAGE_ORDER)}
         chains.sort(key=lambda c: (src_rank.get(c["source"], 9), c["source"], stage_rank.get(c["stage"], 9), c["id"]))

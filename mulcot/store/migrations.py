@@ -313,3 +313,38 @@ def m010_settings(db: sqlite_utils.Database) -> None:
     which assistant (adapter digest, mode, k) a cached soft label came from (a cache is reused for that one only)."""
     db.execute("ALTER TABLE runs ADD COLUMN settings_hash TEXT")
     db.execute("ALTER TABLE soft_labels ADD COLUMN source TEXT")
+
+
+@migration
+def m011_judgements(db: sqlite_utils.Database) -> None:
+    """An LLM judge's verdicts on chains (``mulcot judge``): per chain, kind (``rubric``: scores 1-5 with a reason per
+    criterion; ``leakage``: the label the judge reads from the chain alone), rubric version and judge model, one row
+    — ``judged``, or ``failed`` with its error (a rerun judges it again in place) — with tokens, cost and latency."""
+    db.execute(
+        """
+        CREATE TABLE judgements (
+          id INTEGER PRIMARY KEY,
+          reasoning_id INTEGER NOT NULL REFERENCES reasonings (id) ON DELETE CASCADE,
+          kind TEXT NOT NULL,
+          rubric_version TEXT NOT NULL,
+          judge_model TEXT NOT NULL,
+          status TEXT NOT NULL,
+          scores TEXT,
+          reasons TEXT,
+          mean REAL,
+          label TEXT,
+          leaked INTEGER,
+          error TEXT,
+          attempts INTEGER,
+          http_retries INTEGER,
+          tokens_in INTEGER,
+          tokens_out INTEGER,
+          cost_usd REAL,
+          latency_s REAL,
+          run_id TEXT,
+          created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE UNIQUE INDEX idx_judgements_one ON judgements (reasoning_id, kind, rubric_version, judge_model)")
+    db.execute("CREATE INDEX idx_judgements_mean ON judgements (kind, mean)")

@@ -13,7 +13,10 @@ every assistant and student is trained and evaluated on, and both chains are ans
   - ``assistant``: the assistant's wrong or failed chains (rejected expansions, evaluation chains);
   - ``student``: the student's wrong or failed chains;
   - ``ratings``: any chain of the sample that a person rated at least :data:`RATING_GAP` points below a chosen
-    chain (a rating's score is the mean of faithfulness and usefulness, averaged over its ratings).
+    chain (a rating's score is the mean of faithfulness and usefulness, averaged over its ratings);
+  - ``judge``: any chain of the sample that an LLM judge (``mulcot judge``) scored at least :data:`JUDGE_GAP`
+    points below a chosen chain (a chain's judge score is its rubric mean, averaged over judges); with this source a
+    chain the judge scored below :data:`MIN_CHOSEN_JUDGE` is not chosen.
 
 Each wrong or failed chain is paired once, with the sample's chosen chains taken in turn (so no chosen chain is
 repeated more than needed); a pair a person contradicts (both rated, the rejected one higher) is not made.
@@ -35,10 +38,13 @@ from mulcot.core.prompts import get_prompt
 from mulcot.errors import MulcotError
 from mulcot.store import Store
 
-PAIR_SOURCES = ("teacher", "assistant", "student", "ratings")
+PAIR_SOURCES = ("teacher", "assistant", "student", "ratings", "judge")
+DEFAULT_SOURCES = PAIR_SOURCES[:4]  # the judge's pairs are asked for by name (--from ...,judge)
 EVAL_SPLITS = ("dev", "test", "val", "valid", "validation")
 RATING_GAP = 2.0  # a rated chain is rejected against a chosen one rated at least this much higher
 MIN_CHOSEN_RATING = 3.0  # a chain a person rated below this is never chosen
+JUDGE_GAP = 1.5  # a judged chain is rejected against a chosen one the judge scored at least this much higher
+MIN_CHOSEN_JUDGE = 3.0  # with the judge source, a chain the judge scored below this is not chosen
 PAIR_FORMATS = ("trl", "llamafactory")
 
 
@@ -50,8 +56,8 @@ class Pair:
     key: str
     split: str
     gold: str
-    source: str  # teacher | assistant | student (who wrote the rejected chain) | ratings
-    reason: str  # wrong | failed | rated
+    source: str  # teacher | assistant | student (who wrote the rejected chain) | ratings | judge
+    reason: str  # wrong | failed | rated | judged
     chosen_id: int
     chosen: str
     rejected_id: int
@@ -117,7 +123,8 @@ def _contradicted(chosen: dict[str, Any], rejected: dict[str, Any]) -> bool:
 def _sample_pairs(rows: list[dict[str, Any]], sources: tuple[str, ...]) -> list[tuple[str, str, dict, dict]]:
     """(source, reason, chosen, rejected) for one sample's chains."""
     chosen = [r for r in rows if r["chosen_set"] and _output(r)
-              and (r["rating"] is None or r["rating"] >= MIN_CHOSEN_RATING)]
+              and (r["rating"] is None or r["rating"] >= MIN_CHOSEN_RATING)
+              and ("judge" not in sources or r["judge"] is None or r["judge"] >= MIN_CHOSEN_JUDGE)]
     if not chosen:
         return []
     out: list[tuple[str, str, dict, dict]] = []
@@ -136,11 +143,29 @@ def _sample_pairs(rows: list[dict[str, Any]], sources: tuple[str, ...]) -> list[
                 if (bad["id"] != good["id"] and good["rating"] - bad["rating"] >= RATING_GAP
                         and (good["id"], bad["id"]) not in made and _output(good) != _output(bad)):
                     out.append(("ratings", "rated", good, bad))
+    if "judge" in sources:
+        out += _judged_pairs(rows, chosen, {(g["id"], b["id"]) for _, _, g, b in out})
+    return out
+
+
+def _judged_pairs(rows: list[dict[str, Any]], chosen: list[dict[str, Any]],
+                  made: set[tuple[int, int]]) -> list[tuple[str, str, dict, dict]]:
+    """(judge, judged, chosen, rejected): a chain the judge scored at least :data:`JUDGE_GAP` below a chosen one
+    (not one a person contradicts)."""
+    out = []
+    judged = [r for r in rows if r["judge"] is not None and _output(r)]
+    for good in (c for c in chosen if c["judge"] is not None):
+        for bad in judged:
+            if (bad["id"] != good["id"] and good["judge"] - bad["judge"] >= JUDGE_GAP
+                    and (good["id"], bad["id"]) not in made and not _contradicted(good, bad)
+                    and _output(good) != _output(bad)):
+                out.append(("judge", "judged", good, bad))
+                made.add((good["id"], bad["id"]))
     return out
 
 
 def build_pairs(store: Store, dataset: str, split: str = "train",
-                sources: tuple[str, ...] | str = PAIR_SOURCES) -> PairSet:
+                sources: tuple[str, ...] | str = DEFAULT_SOURCES) -> PairSet:
     """The preference pairs of one (training) split of ``dataset`` from ``sources`` (see the module docstring)."""
     ds = store.require_dataset(dataset)
     sources = parse_sources(sources)
@@ -150,7 +175,10 @@ def build_pairs(store: Store, dataset: str, split: str = "train",
     if split not in store.splits(dataset):
         raise MulcotError(f"dataset '{dataset}' has no split '{split}' (splits: {', '.join(store.splits(dataset))})")
     by_sample: dict[int, list[dict[str, Any]]] = {}
-    for row in store.pair_candidates(dataset, split):
+    rows = store.pair_candidates(dataset, split)
+    judged = store.judge_means([r["id"] for r in rows]) if "judge" in sources else {}
+    for row in rows:
+        row["judge"] = judged.get(row["id"])
         by_sample.setdefault(row["sample_id"], []).append(row)
     result = PairSet(dataset=dataset, split=split, task=ds["task"], sources=sources)
     for sample_id, rows in by_sample.items():

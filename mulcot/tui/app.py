@@ -37,6 +37,7 @@ from mulcot.tui.screens import HelpScreen, RatingScreen
 from mulcot.tui.state import RUN_PREFIX, Filters
 from mulcot.tui.table import SampleTable
 
+JUDGE_SHOWN = {"high": "high ≥3.5", "mid": "mid", "low": "low <2.5", "failed": "failed"}  # judge score bands
 FILTERS = (("gold", "gold"), ("predicted", "pred"), ("source", "source"), ("stage", "stage"), ("outcome", "result"))
 SMALL_STORE = 20_000  # up to this many samples, counts are made at once instead of in the background
 SEARCH_DELAY_S = 0.3
@@ -227,9 +228,12 @@ class ChainBrowser(App[None]):
             "source": [(s, s) for s in choices["sources"]] + [(f"run {r}", RUN_PREFIX + r) for r in choices["runs"]],
             "stage": [(s, s) for s in choices["stages"]],
             "outcome": [(o, o) for o in Store.BROWSE_OUTCOMES],
+            "judge": [(JUDGE_SHOWN.get(band, band), band) for band in choices["judge"]],
         }
         panel = self.query_one(FilterPanel)
-        for name, _ in FILTERS:
+        if choices["judge"]:  # a judge has scored chains here: filter by its score band
+            panel.add_filter("judge", "judge")
+        for name in panel.names:
             panel.set_options(name, options[name])
             panel.set_value(name, getattr(self.filters, name))
 
@@ -423,7 +427,7 @@ class ChainBrowser(App[None]):
         base = Filters(dataset=self.filters.dataset, split=self.filters.split) if reset else self.filters
         new = base.with_(**changes)
         panel = self.query_one(FilterPanel)
-        for name, _ in FILTERS:
+        for name in panel.names:
             panel.set_value(name, getattr(new, name))
         search = self.query_one("#search", Input)
         if search.value != new.search:

@@ -14,6 +14,7 @@ from rich.style import Style
 from rich.text import Text
 
 from mulcot.core.reasoning import FIELDS
+from mulcot.core.rubric import CRITERIA
 from mulcot.tui.state import OUTCOME_MARK
 
 FIELD_TITLES = {f: f.replace("_", " ") for f in FIELDS}
@@ -157,6 +158,7 @@ def render_chain(chain: dict[str, Any], gold: str | None, chains: list[dict[str,
         parts.append(line)
     else:
         parts.append(Text("not rated yet (r to rate)", style="dim"))
+    parts += [render_judgement(j) for j in chain.get("judgements") or []]
 
     fields = chain.get("fields") or {}
     if not fields and chain.get("raw"):
@@ -173,6 +175,26 @@ def render_chain(chain: dict[str, Any], gold: str | None, chains: list[dict[str,
         else:
             parts.append(Text("(missing)", style="dim italic"))
     return Group(*parts)
+
+
+def render_judgement(j: dict[str, Any]) -> Text:
+    """An LLM judge's verdict on a chain (``mulcot judge``): its rubric scores with their reasons, or the label it
+    read from the chain alone (leakage), or why it failed."""
+    line = Text.assemble(("judged ", "magenta"), (j["judge_model"], "bold"), (f" · {j['kind']} {j['rubric_version']}",
+                                                                              "dim"))
+    if j["status"] != "judged":
+        line.append(f" · failed: {j['error'] or '?'}", "yellow")
+    elif j["kind"] == "leakage":
+        line.append(f" · names {j['label']} from the chain alone")
+        if j["leaked"] is not None:
+            line.append(" (the gold label: leaked)" if j["leaked"] else " (not the gold label)",
+                        "bold red" if j["leaked"] else "green")
+    else:
+        line.append(f" · mean {j['mean']:.2f}", "bold")
+        for name in sorted(j["scores"], key=lambda n: (list(CRITERIA).index(n) if n in CRITERIA else 9, n)):
+            score, reason = j["scores"][name], j["reasons"].get(name)
+            line.append(f"\n  {name} {score}/5" + (f" — {reason}" if reason else ""))
+    return line
 
 
 def _prediction_line(chain: dict[str, Any], gold: str | None, chains: list[dict[str, Any]]) -> Text:

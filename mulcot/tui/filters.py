@@ -49,6 +49,15 @@ class FilterPanel(Widget, can_focus=True):
         self.options: dict[str, list[tuple[str, str | None]]] = {name: [(ANY, None)] for name in self.names}
         self.values: dict[str, str | None] = {name: None for name in self.names}
 
+    def add_filter(self, name: str, label: str) -> None:
+        """One more filter row, last (a filter only some stores can use, e.g. the judge's score)."""
+        if name not in self.labels:
+            self.names.append(name)
+            self.labels[name] = label
+            self.options[name] = [(ANY, None)]
+            self.values[name] = None
+            self.refresh(layout=True)
+
     def set_options(self, name: str, options: list[tuple[str, str]]) -> None:
         """The values of one filter as (shown, value) pairs; a current value no longer offered becomes any."""
         self.options[name] = [(ANY, None), *options]

@@ -23,6 +23,7 @@ class Filters:
     source: str | None = None
     stage: str | None = None
     outcome: str | None = None
+    judge: str | None = None  # a judge score band (high, mid, low, failed)
     search: str = ""
 
     def store_filters(self) -> dict[str, Any]:
@@ -40,7 +41,7 @@ class Filters:
     def describe(self) -> str:
         """A short description of the active filters (empty when none)."""
         parts = []
-        for name in ("gold", "predicted", "source", "stage", "outcome"):
+        for name in ("gold", "predicted", "source", "stage", "outcome", "judge"):
             value = getattr(self, name)
             if value is not None:
                 parts.append(f"{name} {value}")
