@@ -205,3 +205,16 @@ def test_an_api_model_is_probed_through_its_endpoint(demo_store, tmp_path):
     assert all(seen) and len(seen) == 3 * 8  # intact, swap, text-drop: each post sent with an image
     assert probes["image-swap"]["changed"] > 0 and probes["image-swap"]["probability_shift"] is None
     assert probes["text-drop"]["changed"] == 0  # this "model" reads only the image
+
+
+def test_a_probe_is_a_row_of_the_recipe_table_with_its_difference():
+    from mulcot.cli.run import _interval_lines
+    from mulcot.evaluate.probes import recipe_row
+
+    probe = {"name": "image-swap", "accuracy": 0.6, "macro_f1": 0.5, "changed": 0.25, "n": 40,
+             "comparison": {"bootstrap": {"accuracy": {"diff": -0.05, "low": -0.1, "high": 0.0}},
+                            "mcnemar": {"p_value": 0.12}}}
+    row = recipe_row("student", probe, {"f1_reported": "macro_f1"})
+    assert (row["subject"], row["accuracy"], row["f1"]) == ("student@image-swap", 0.6, 0.5)
+    (line,) = _interval_lines([row])[:1]
+    assert line.startswith("student@image-swap: − student -5.0 [-10.0, +0.0], answers changed on 25.0%")

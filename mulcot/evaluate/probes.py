@@ -53,7 +53,7 @@ from mulcot.store.reasonings import PROBE
 if TYPE_CHECKING:
     from mulcot.evaluate.config import EvalConfig
 
-__all__ = ["PROBES", "parse_probes", "perturb", "run_probes", "swap_donors"]
+__all__ = ["PROBES", "parse_probes", "perturb", "recipe_row", "run_probes", "swap_donors"]
 
 SWAP_SEED = 0
 
@@ -278,3 +278,13 @@ def run_probes(store: Store, config: EvalConfig, subject: Subject, task: str, po
         out.append({"id": rid, **metrics["probe"], "accuracy": metrics["label"]["accuracy"],
                     "macro_f1": metrics["label"]["macro_f1"]})
     return out
+
+
+def recipe_row(label: str, probe: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """A probe of the ``label`` model (an entry of :func:`run_probes`) as a row of ``mulcot run``'s table, with its
+    difference from the model's own row."""
+    f1 = probe["macro_f1"] if metrics.get("f1_reported") == "macro_f1" else None
+    return {"subject": f"{label}@{probe['name']}", "accuracy": probe["accuracy"], "f1": f1,
+            "probe": {"of": label, "name": probe["name"], "changed": probe["changed"], "n": probe["n"],
+                      "accuracy": probe["comparison"]["bootstrap"]["accuracy"],
+                      "mcnemar_p": probe["comparison"]["mcnemar"]["p_value"]}}

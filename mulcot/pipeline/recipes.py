@@ -144,6 +144,12 @@ class Recipe:
     ablation: str = "none"  # one of ABLATIONS: applied by ablate() when the recipe is read
     source: str = field(default="", metadata={"internal": True})
 
+    def has_stage(self, stage: str) -> bool:
+        """Whether the pipeline has ``stage``: not ``dpo`` without [dpo] enabled, not ``train-assistant`` in the
+        no-assistant ablation."""
+        return not ((stage == "dpo" and not self.dpo.enabled) or
+                    (stage == "train-assistant" and self.ablation == "no-assistant"))
+
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data.pop("source")

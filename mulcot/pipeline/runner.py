@@ -204,8 +204,8 @@ class Pipeline:
 
         e = self.recipe.expand
         if e.skip:
-            why = f"ablation {self.recipe.ablation}" if self.recipe.ablation != "none" else "expand.skip"
-            return {"note": f"{why}: the student learns from D_t only"}
+            return {"note": f"{'expand.skip' if self.recipe.ablation == 'none' else 'ablation ' + self.recipe.ablation}"
+                            ": the student learns from D_t only"}
         knobs = {f.name: getattr(e, f.name) for f in config_fields(ExpandConfig, section="expand")}
         cfg = ExpandConfig(dataset=self.recipe.dataset.name, assistant=self.run_name("train-assistant"), **knobs,
                            max_pixels=self.recipe.training.max_pixels, device=self.recipe.training.device,
@@ -268,6 +268,7 @@ class Pipeline:
 
     def stage_eval(self) -> dict[str, Any]:
         from mulcot.evaluate import EvalConfig, evaluate
+        from mulcot.evaluate.probes import recipe_row
 
         ev, d = self.recipe.eval, self.recipe.dataset
         out: dict[str, Any] = {}
@@ -293,13 +294,7 @@ class Pipeline:
                 majority = _majority_row(result.metrics)
             self.metrics.append(row)
             out[label] = row
-            for p in result.probes:  # each modality probe under its model's row
-                f1 = p["macro_f1"] if result.metrics.get("f1_reported") == "macro_f1" else None
-                boot = p["comparison"]["bootstrap"]
-                self.metrics.append({"subject": f"{label}@{p['name']}", "accuracy": p["accuracy"], "f1": f1,
-                                     "probe": {"of": label, "name": p["name"], "changed": p["changed"],
-                                               "accuracy": boot["accuracy"], "n": p["n"],
-                                               "mcnemar_p": p["comparison"]["mcnemar"]["p_value"]}})
+            self.metrics.extend(recipe_row(label, p, result.metrics) for p in result.probes)  # under its model
             if result.files.get("json"):
                 self.files[f"eval {label}"] = result.files["json"]
         if majority is not None:  # the baseline every row is compared with, on the same posts
@@ -361,10 +356,8 @@ class Pipeline:
         begin = time.perf_counter()
         outcomes = []
         for stage in PIPELINE_STAGES[first : last + 1]:
-            if stage == "dpo" and not self.recipe.dpo.enabled:
-                continue  # an optional stage a recipe without [dpo] enabled does not have
-            if stage == "train-assistant" and self.recipe.ablation == "no-assistant":
-                continue  # w/o Asst: no assistant at all
+            if not self.recipe.has_stage(stage):
+                continue
             outcomes.append(self._stage(stage))
         return PipelineResult(
             recipe=self.recipe.name, stages=outcomes, files=self.files, metrics=self.metrics, cost_usd=self.cost,
