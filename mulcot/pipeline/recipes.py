@@ -22,7 +22,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from mulcot.core.settings import config_fields, default_of, field_problem
 from mulcot.errors import MulcotError
 from mulcot.expand.run import ExpandConfig
-from mulcot.train.config import DistillConfig, PreferenceConfig, TrainConfig
+from mulcot.train.config import DistillConfig, PreferenceConfig, RLConfig, TrainConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,7 +33,8 @@ FORMATS = ("twitter-tsv", "mvsa-raw", "clmlf-json", "mulcot-json", "jsonl")
 METRICS = ("sim", "meteor", "bleu", "rouge_l", "distinct_1", "distinct_2")
 QUANTS = ("q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k")
 EVAL_SUBJECTS = ("teacher", "assistant", "student")
-PIPELINE_STAGES = ("import", "annotate", "train-assistant", "expand", "distill", "dpo", "eval", "export")
+PIPELINE_STAGES = ("import", "annotate", "train-assistant", "expand", "distill", "dpo", "grpo", "eval", "export")
+OPTIONAL_STAGES = ("dpo", "grpo")  # only in a recipe whose section says enabled = true
 
 
 class RecipeError(MulcotError):
@@ -91,6 +92,8 @@ StudentSection = _section("StudentSection", DistillConfig, "student", base=Model
 TrainingSection = _section("TrainingSection", TrainConfig, "training")
 # [dpo]: optional preference optimisation of the student (mulcot dpo) before eval and export
 DpoSection = _section("DpoSection", PreferenceConfig, "dpo", own=(("enabled", bool, field(default=False)),))
+# [grpo]: optional reinforcement learning of the student (mulcot grpo) after distill (and dpo), before eval and export
+GrpoSection = _section("GrpoSection", RLConfig, "grpo", own=(("enabled", bool, field(default=False)),))
 
 
 # [expand]: the expansion's knobs (ExpandConfig's section "expand") and whether to skip the stage
@@ -128,6 +131,7 @@ class Recipe:
     training: TrainingSection = field(default_factory=TrainingSection)
     expand: ExpandSection = field(default_factory=ExpandSection)  # type: ignore[valid-type]
     dpo: DpoSection = field(default_factory=DpoSection)  # type: ignore[valid-type]
+    grpo: GrpoSection = field(default_factory=GrpoSection)  # type: ignore[valid-type]
     eval: EvalSection = field(default_factory=EvalSection)
     export: ExportSection = field(default_factory=ExportSection)
     source: str = field(default="", metadata={"internal": True})
@@ -147,6 +151,7 @@ class Recipe:
             "expand": ("expand",),
             "distill": ("student",),
             "dpo": ("dpo",),
+            "grpo": ("grpo",),
             "eval": ("eval",),
             "export": ("export",),
         }
@@ -155,10 +160,15 @@ class Recipe:
         data["eval"] = {k: v for k, v in data["eval"].items() if _LATER_EVAL_KEYS.get(k, object()) != v}
         parts: list[Any] = []
         for s in PIPELINE_STAGES[: PIPELINE_STAGES.index(stage) + 1]:
-            if s == "dpo" and not self.dpo.enabled:
-                continue  # a recipe without DPO keeps the hashes it had before the stage existed
+            if s in OPTIONAL_STAGES and not self.enabled(s):
+                continue  # a recipe without DPO (GRPO) keeps the hashes it had before the stage existed
             parts.extend(data[k] for k in needs[s])
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+    def enabled(self, stage: str) -> bool:
+        """Whether the pipeline runs ``stage``: always, except an optional stage whose section is not enabled."""
+        return stage not in OPTIONAL_STAGES or bool(getattr(self, stage).enabled)
 
 
 _LATER_EVAL_KEYS: dict[str, Any] = {"max_chains": None, "subjects": list(EVAL_SUBJECTS), "majority_from": "train"}
