@@ -238,3 +238,13 @@ def test_grpo_launches_under_torchrun_as_its_own_command():
     argv = launch_command(cfg, db="x.db", processes=2)
     assert argv[argv.index("mulcot") + 1 : argv.index("mulcot") + 4] == ["grpo", "d", "--model"]
     assert "--group-size" in argv and argv[argv.index("--group-size") + 1] == "6"
+
+
+def test_distill_on_policy_is_refused_in_one_line_with_the_reason(tmp_path):
+    db = tmp_path / "m.db"
+    r = CliRunner().invoke(app, ["distill", SAMPLE_NAME, "--assistant", "a", "--student", "s", "--on-policy", "--db",
+                                 str(db)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    line = r.output.strip()
+    assert len(line.splitlines()) == 1 and "--on-policy is not available" in line and "mulcot grpo" in line
+    assert not db.exists()  # refused before the store is opened

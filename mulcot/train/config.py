@@ -165,6 +165,19 @@ class DistillConfig(TrainConfig):
                             text_only=True)
 
 
+# ``distill --on-policy``: refused, and why (README, "Beyond the paper"). TRL 1.16's on-policy trainers cannot be the
+# mode the issue asks for — the student's own samples scored by the assistant *mixed by a λ* with mulcot's multi-task
+# supervised loss: ``DistillationTrainer`` is on-policy only (prompts in, no supervised part), and ``GKDTrainer``
+# mixes by λ per batch but its supervised part is a JSD on SFT-format sequences, its forward passes carry only
+# input_ids (a Qwen-VL student would distil without its images) and it needs the assistant resident for full logits
+# (no cached top-k). Making either do the multi-task mix means mulcot's own generation loop inside a trainer.
+ON_POLICY_REFUSAL = (
+    "--on-policy is not available: TRL's on-policy trainers cannot mix the student's own samples with the multi-task "
+    "supervised loss by a λ (DistillationTrainer is on-policy only; GKDTrainer drops the images and needs the "
+    "assistant resident): distil with the default soft labels (--soft-labels cache|online|server), then train the "
+    "student on its own samples with `mulcot grpo`"
+)
+
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")  # TRL's DPOConfig.loss_type
 
