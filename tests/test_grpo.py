@@ -248,3 +248,23 @@ def test_distill_on_policy_is_refused_in_one_line_with_the_reason(tmp_path):
     line = r.output.strip()
     assert len(line.splitlines()) == 1 and "--on-policy is not available" in line and "mulcot grpo" in line
     assert not db.exists()  # refused before the store is opened
+
+
+@pytest.mark.slow
+def test_grpo_under_two_processes_is_one_run(started):
+    """torchrun, 2 ranks (gloo): each rank samples its own groups; one run record, one log line per step, one
+    adapter, the label heads scored once (by the main process)."""
+    from test_distributed import _run
+
+    store, root = started
+    r = _run("grpo", SAMPLE_NAME, "--model", "asst", "--db", str(store.path), "--runs-dir", str(root / "runs"),
+             "--steps", "2", "--group-size", "2", "--max-new-tokens", "16", "--max-prompts", "4", "--name", "two",
+             "--json")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count('"run"') == 1  # printed once, by the main process
+    out = json.loads(r.stdout)
+    assert out["steps"] == 2 and out["launch"]["world_size"] == 2 and out["launch"]["backend"] == "gloo"
+    assert [x["step"] for x in _log(root / "runs" / "two")] == [1, 2]
+    run = store.get_run("two")
+    assert run["status"] == "done" and run["config"]["world_size"] == 2 and run["config"]["prompts_per_step"] == 2
+    assert (root / "runs" / "two" / "adapter" / "adapter_config.json").is_file()
