@@ -268,3 +268,14 @@ def test_grpo_under_two_processes_is_one_run(started):
     run = store.get_run("two")
     assert run["status"] == "done" and run["config"]["world_size"] == 2 and run["config"]["prompts_per_step"] == 2
     assert (root / "runs" / "two" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_grpo_result_table_shows_rewards(capsys):
+    from mulcot.cli.train import print_result
+
+    print_result({"run": "rl", "adapter": "runs/rl/adapter", "steps": 8, "train_loss": 0.01, "wall_s": 3.0,
+                  "best": {"step": 8, "epoch": 1.0, "reward": 1.25, "kl": 0.5, "rewards/label_correct/mean": 0.75,
+                           "rewards/fields_parse/mean": 0.5}})
+    out = capsys.readouterr().out
+    assert "reward (weighted sum)" in out and "1.2500" in out and "label_correct 0.750" in out
+    assert "KL to the start" in out and "dev accuracy" not in out
