@@ -23,8 +23,9 @@ from mulcot.cli.config_options import config_options
 from mulcot.cli.train import train
 from mulcot.core.labels import LABELS
 from mulcot.core.refs import check_name
+from mulcot.errors import MulcotError
 from mulcot.expand import ExpandConfig
-from mulcot.train.config import DistillConfig
+from mulcot.train.config import ON_POLICY_REFUSAL, DistillConfig
 
 
 @config_options(ExpandConfig)
@@ -72,11 +73,16 @@ def distill(
                                            "(leave out only with --lam 0 --no-expanded: D_t, hard labels).")] = "",
     name: Annotated[str | None, typer.Option(help="Run name (default: student-DATASET).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last checkpoint.")] = False,
+    on_policy: Annotated[bool, typer.Option("--on-policy", help="Not available (it says why): the student's own "
+                                            "samples scored by the assistant; use `mulcot grpo` after distilling.")
+                         ] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
     options: dict[str, Any] | None = None,
 ) -> None:
     """Train the student on D_all = D_t ∪ D_a: L = (1−λ)·(hard CE) + λ·(KL to the assistant at target positions)."""
+    if on_policy:
+        raise MulcotError(ON_POLICY_REFUSAL)
     cfg = DistillConfig(dataset=dataset, model=student, name=check_name(name or f"student-{dataset}"),
                         assistant=assistant, **(options or {}))
     # (the settings are checked as the config is built: before the training stack is imported, which takes seconds)

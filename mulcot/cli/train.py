@@ -13,7 +13,7 @@ from mulcot.cli.common import DbOption, JsonOption, console, open_store, print_j
 from mulcot.cli.config_options import config_options
 from mulcot.core.refs import check_name
 from mulcot.events import Event
-from mulcot.train.config import PreferenceConfig, TrainConfig
+from mulcot.train.config import PreferenceConfig, RLConfig, TrainConfig
 
 
 def training_progress(as_json: bool) -> tuple[Progress, Any]:
@@ -100,6 +100,12 @@ def print_result(summary: dict[str, Any]) -> None:
         rows[3:6] = [("last step", best.get("step", "-")),
                      ("reward margin (chosen − rejected)", f"{best['rewards/margins']:.4f}"),
                      ("pairs ranked right (reward accuracy)", f"{best.get('rewards/accuracies', 0):.4f}")]
+    if "reward" in best:  # a GRPO run: its last step's rewards instead of dev figures
+        parts = [f"{k.split('/')[1]} {v:.3f}" for k, v in best.items() if k.startswith("rewards/")]
+        rows[3:6] = [("last step", best.get("step", "-")),
+                     ("reward (weighted sum)", f"{best['reward']:.4f}"),
+                     ("components", ", ".join(parts) or "-"),
+                     ("KL to the start", f"{best['kl']:.4f}" if best.get("kl") is not None else "-")]
     launch = summary.get("launch") or {}
     if launch.get("world_size", 1) > 1:
         how = "FSDP" if launch.get("fsdp") else "DeepSpeed" if launch.get("deepspeed") else "DDP"
@@ -125,5 +131,24 @@ def dpo(
     config = PreferenceConfig(dataset=dataset, model=model, name=check_name(name or f"dpo-{dataset}"),
                               **(options or {}))
     from mulcot.train.dpo import dpo as run
+
+    train(run, config, resume=resume, db=db, as_json=as_json)
+
+
+@config_options(RLConfig)
+def grpo(
+    dataset: Annotated[str, typer.Argument(help="Dataset whose labelled training posts are the prompts.")],
+    model: Annotated[str, typer.Option(help="The trained assistant or student to start from: run name, runs/NAME "
+                                       "or an adapter folder.")],
+    name: Annotated[str | None, typer.Option(help="Run name (folder runs/NAME); default: grpo-DATASET.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last checkpoint.")] = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+    options: dict[str, Any] | None = None,
+) -> None:
+    """GRPO of a trained run's LoRA adapter on its own sampled chains (P_cot on training posts), through TRL;
+    rewards: label correct, five fields parse, Prediction agrees with the label head; KL to the starting adapter."""
+    config = RLConfig(dataset=dataset, model=model, name=check_name(name or f"grpo-{dataset}"), **(options or {}))
+    from mulcot.train.grpo import grpo as run
 
     train(run, config, resume=resume, db=db, as_json=as_json)

@@ -67,3 +67,28 @@ def _majority(store: Store, dataset: str, split: str, gold: list[Any], pred: lis
     return {"label": label, "from_split": source, "counts": counts, "accuracy": scores["accuracy"],
             "macro_f1": scores["macro_f1"], "weighted_f1": scores["weighted_f1"],
             "vs_model": paired_comparison(gold, answers, pred, clusters=clusters, n_boot=n_boot, seed=seed)}
+
+
+def against_majority(metrics: dict[str, Any]) -> dict[str, Any]:
+    """For a row of ``mulcot run``'s table: a result's 95 % intervals and its paired comparison with the majority
+    baseline."""
+    u = metrics.get("uncertainty") or {}
+    out: dict[str, Any] = {}
+    if u.get("intervals"):
+        iv = u["intervals"]
+        out["accuracy_ci"] = [iv["accuracy"]["low"], iv["accuracy"]["high"]]
+        out["macro_f1_ci"] = [iv["macro_f1"]["low"], iv["macro_f1"]["high"]]
+    vs = (u.get("majority") or {}).get("vs_model")
+    if vs:
+        boot = vs["bootstrap"]
+        out["vs_majority"] = {"n": vs["n"], "accuracy": boot["accuracy"], "macro_f1": boot["macro_f1"],
+                              "mcnemar_p": vs["mcnemar"]["p_value"]}
+    return out
+
+
+def majority_row(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The majority baseline as a row of the recipe's table (its F1 the one the task reports)."""
+    maj = metrics["uncertainty"]["majority"]
+    f1 = maj["macro_f1"] if metrics.get("f1_reported") == "macro_f1" else maj["weighted_f1"]
+    return {"subject": f"majority ({maj['label']})", "accuracy": maj["accuracy"], "f1": f1, "baseline": True,
+            "note": f"'{maj['label']}' for every post: the most frequent label of {maj['from_split']}"}

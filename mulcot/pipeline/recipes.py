@@ -23,7 +23,7 @@ from mulcot.core.settings import config_fields, default_of, field_problem
 from mulcot.errors import MulcotError
 from mulcot.evaluate.config import PROBES
 from mulcot.expand.run import ExpandConfig
-from mulcot.train.config import DistillConfig, PreferenceConfig, TrainConfig
+from mulcot.train.config import DistillConfig, PreferenceConfig, RLConfig, TrainConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,7 +34,8 @@ FORMATS = ("twitter-tsv", "mvsa-raw", "clmlf-json", "mulcot-json", "jsonl")
 METRICS = ("sim", "meteor", "bleu", "rouge_l", "distinct_1", "distinct_2")
 QUANTS = ("q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k")
 EVAL_SUBJECTS = ("teacher", "assistant", "student")
-PIPELINE_STAGES = ("import", "annotate", "train-assistant", "expand", "distill", "dpo", "eval", "export")
+PIPELINE_STAGES = ("import", "annotate", "train-assistant", "expand", "distill", "dpo", "grpo", "eval", "export")
+OPTIONAL_STAGES = ("dpo", "grpo")  # only in a recipe whose section says enabled = true
 # the paper's Table 6, one recipe switch per row (top-level ``ablation = "..."`` or ``mulcot run --ablation``)
 ABLATIONS: dict[str, str] = {
     "none": "the full method",
@@ -101,6 +102,8 @@ StudentSection = _section("StudentSection", DistillConfig, "student", base=Model
 TrainingSection = _section("TrainingSection", TrainConfig, "training")
 # [dpo]: optional preference optimisation of the student (mulcot dpo) before eval and export
 DpoSection = _section("DpoSection", PreferenceConfig, "dpo", own=(("enabled", bool, field(default=False)),))
+# [grpo]: optional reinforcement learning of the student (mulcot grpo) after distill (and dpo), before eval and export
+GrpoSection = _section("GrpoSection", RLConfig, "grpo", own=(("enabled", bool, field(default=False)),))
 
 
 # [expand]: the expansion's knobs (ExpandConfig's section "expand") and whether to skip the stage
@@ -139,16 +142,11 @@ class Recipe:
     training: TrainingSection = field(default_factory=TrainingSection)
     expand: ExpandSection = field(default_factory=ExpandSection)  # type: ignore[valid-type]
     dpo: DpoSection = field(default_factory=DpoSection)  # type: ignore[valid-type]
+    grpo: GrpoSection = field(default_factory=GrpoSection)  # type: ignore[valid-type]
     eval: EvalSection = field(default_factory=EvalSection)
     export: ExportSection = field(default_factory=ExportSection)
     ablation: str = "none"  # one of ABLATIONS: applied by ablate() when the recipe is read
     source: str = field(default="", metadata={"internal": True})
-
-    def has_stage(self, stage: str) -> bool:
-        """Whether the pipeline has ``stage``: not ``dpo`` without [dpo] enabled, not ``train-assistant`` in the
-        no-assistant ablation."""
-        return not ((stage == "dpo" and not self.dpo.enabled) or
-                    (stage == "train-assistant" and self.ablation == "no-assistant"))
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -165,6 +163,7 @@ class Recipe:
             "expand": ("expand",),
             "distill": ("student",),
             "dpo": ("dpo",),
+            "grpo": ("grpo",),
             "eval": ("eval",),
             "export": ("export",),
         }
@@ -174,10 +173,18 @@ class Recipe:
             data[section] = {k: v for k, v in data[section].items() if later.get(k, object()) != v}
         parts: list[Any] = []
         for s in PIPELINE_STAGES[: PIPELINE_STAGES.index(stage) + 1]:
-            if s == "dpo" and not self.dpo.enabled:
-                continue  # a recipe without DPO keeps the hashes it had before the stage existed
+            if s in OPTIONAL_STAGES and not self.enabled(s):
+                continue  # a recipe without DPO (GRPO) keeps the hashes it had before the stage existed
             parts.extend(data[k] for k in needs[s])
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+    def enabled(self, stage: str) -> bool:
+        """Whether the pipeline runs ``stage``: always, except an optional stage whose section is not enabled, and
+        ``train-assistant`` in the no-assistant ablation."""
+        if stage == "train-assistant":
+            return self.ablation != "no-assistant"
+        return stage not in OPTIONAL_STAGES or bool(getattr(self, stage).enabled)
 
 
 _LATER_KEYS: dict[str, dict[str, Any]] = {

@@ -1,5 +1,5 @@
-"""``mulcot run``: a recipe's whole pipeline, import → annotate → train-assistant → expand → distill → (dpo) → eval →
-export.
+"""``mulcot run``: a recipe's whole pipeline, import → annotate → train-assistant → expand → distill → (dpo) → (grpo)
+→ eval → export.
 
 Each stage is recorded in the store as a run ``<recipe>:<stage>`` with the hash of what decides its result
 (:meth:`Recipe.stage_hash`); a stage already done with the same hash is skipped. Every stage is itself resumable
@@ -16,7 +16,7 @@ from typing import Any
 
 from mulcot.errors import MulcotError
 from mulcot.events import DONE, INFO, SKIPPED, START, Progress, emit
-from mulcot.pipeline.recipes import PIPELINE_STAGES, Recipe
+from mulcot.pipeline.recipes import OPTIONAL_STAGES, PIPELINE_STAGES, Recipe
 from mulcot.store import Store
 
 Report = Progress  # run events (stage "run": start / done / skipped / info) and each stage's own events
@@ -231,43 +231,54 @@ class Pipeline:
         self.files["student adapter"] = result.adapter
         return {"run": result.run, "best": _best(result.best), "steps": result.steps}
 
-    def _dpo_config(self) -> Any:
-        """The DPO run's ``PreferenceConfig``: [dpo]'s knobs and [training]'s shared ones, on the distilled student."""
+    def _tuning_config(self, stage: str) -> Any:
+        """The run config of an optional tuning stage ([dpo]: ``PreferenceConfig``, [grpo]: ``RLConfig``): its
+        section's knobs and [training]'s shared ones, on the student the stage before it left (GRPO after DPO)."""
         from mulcot.core.settings import config_fields
-        from mulcot.train.config import PreferenceConfig
+        from mulcot.train.config import PreferenceConfig, RLConfig
 
-        p, d = self.recipe.dpo, self.recipe.dataset
-        knobs = {f.name: getattr(p, f.name) for f in config_fields(PreferenceConfig, section="dpo")}
-        knobs |= {f.name: getattr(self.recipe.training, f.name)
-                  for f in config_fields(PreferenceConfig, section="training")}
-        return PreferenceConfig(dataset=d.name, model=self.run_name("distill"), name=self.run_name("dpo"),
-                                split=d.train_split, runs_dir=str(self.runs_dir), **knobs)
+        cls = {"dpo": PreferenceConfig, "grpo": RLConfig}[stage]
+        section, d = getattr(self.recipe, stage), self.recipe.dataset
+        knobs = {f.name: getattr(section, f.name) for f in config_fields(cls, section=stage)}
+        knobs |= {f.name: getattr(self.recipe.training, f.name) for f in config_fields(cls, section="training")}
+        start = "dpo" if stage == "grpo" and self.recipe.dpo.enabled else "distill"
+        return cls(dataset=d.name, model=self.run_name(start), name=self.run_name(stage), split=d.train_split,
+                   runs_dir=str(self.runs_dir), **knobs)
 
-    def stage_dpo(self) -> dict[str, Any]:
+    def _dpo_config(self) -> Any:
+        return self._tuning_config("dpo")
+
+    def _tune(self, stage: str) -> dict[str, Any]:
+        """An optional tuning stage (DPO or GRPO of the student), its run reused when done."""
         from mulcot.train.dpo import dpo
+        from mulcot.train.grpo import grpo
 
-        if not self.recipe.dpo.enabled:
-            return {"note": "dpo.enabled is false: the student is not preference-optimised"}
-        cfg = self._dpo_config()
+        if not self.recipe.enabled(stage):
+            what = "preference-optimised" if stage == "dpo" else "trained by GRPO"
+            return {"note": f"{stage}.enabled is false: the student is not {what}"}
+        cfg = self._tuning_config(stage)
+        what = f"student {stage.upper()} adapter"
         done = self.store.get_run(cfg.name)
         if done is not None and done["status"] == "done":
-            self.files["student DPO adapter"] = str(self.store.run_folder(done) / "adapter")  # type: ignore[operator]
+            self.files[what] = str(self.store.run_folder(done) / "adapter")  # type: ignore[operator]
             return {"run": cfg.name, "last": (done["metrics"] or {}).get("last")}
         processes = self.recipe.training.processes
         if processes > 1:
-            launched = self._launched(cfg, "student DPO adapter", processes)
+            launched = self._launched(cfg, what, processes)
             launched["last"] = launched.pop("best")
             return launched
-        result = dpo(self.store, cfg, resume=self._resume(cfg.name), progress=self.report)
-        self.files["student DPO adapter"] = result.adapter
+        result = {"dpo": dpo, "grpo": grpo}[stage](self.store, cfg, resume=self._resume(cfg.name),
+                                                   progress=self.report)
+        self.files[what] = result.adapter
         return {"run": result.run, "last": result.best, "steps": result.steps}
 
     def final_student(self) -> str:
-        """The run that eval and export take as the student: the DPO run when [dpo] is enabled."""
-        return self.run_name("dpo" if self.recipe.dpo.enabled else "distill")
+        """The run that eval and export take as the student: the last enabled of distill, [dpo], [grpo]."""
+        return self.run_name(next((s for s in ("grpo", "dpo") if self.recipe.enabled(s)), "distill"))
 
     def stage_eval(self) -> dict[str, Any]:
         from mulcot.evaluate import EvalConfig, evaluate
+        from mulcot.evaluate.baseline import against_majority, majority_row
         from mulcot.evaluate.probes import recipe_row
 
         ev, d = self.recipe.eval, self.recipe.dataset
@@ -275,10 +286,9 @@ class Pipeline:
         majority: dict[str, Any] | None = None
         subjects = [("teacher", {"source": "teacher"}), ("assistant", {"model": self.run_name("train-assistant")}),
                     ("student", {"model": self.run_name("distill")})]
-        if self.recipe.dpo.enabled:
-            subjects.append(("student-dpo", {"model": self.run_name("dpo")}))
+        subjects += [(f"student-{s}", {"model": self.run_name(s)}) for s in ("dpo", "grpo") if self.recipe.enabled(s)]
         subjects = [(label, subject) for label, subject in subjects
-                    if label in ev.subjects or (label == "student-dpo" and "student" in ev.subjects)]
+                    if label in ev.subjects or (label.startswith("student-") and "student" in ev.subjects)]
         for label, subject in subjects:
             if label == "teacher" and not self.store.reasonings(dataset=d.name, split=ev.split, source="teacher",
                                                                 final_only=True):
@@ -289,9 +299,9 @@ class Pipeline:
                              device=self.recipe.training.device, runs_dir=str(self.runs_dir),
                              label_scoring=ev.label_scoring, majority_from=ev.majority_from, **subject)
             result = evaluate(self.store, cfg)
-            row = {"subject": label, **_headline(result.to_dict()), **_against_majority(result.metrics)}
+            row = {"subject": label, **_headline(result.to_dict()), **against_majority(result.metrics)}
             if majority is None and "label" in (result.metrics["uncertainty"]["majority"]):
-                majority = _majority_row(result.metrics)
+                majority = majority_row(result.metrics)
             self.metrics.append(row)
             out[label] = row
             self.metrics.extend(recipe_row(label, p, result.metrics) for p in result.probes)  # under its model
@@ -356,8 +366,8 @@ class Pipeline:
         begin = time.perf_counter()
         outcomes = []
         for stage in PIPELINE_STAGES[first : last + 1]:
-            if not self.recipe.has_stage(stage):
-                continue
+            if not self.recipe.enabled(stage):
+                continue  # an optional stage ([dpo], [grpo]) the recipe does not enable, or no assistant (ablation)
             outcomes.append(self._stage(stage))
         return PipelineResult(
             recipe=self.recipe.name, stages=outcomes, files=self.files, metrics=self.metrics, cost_usd=self.cost,
@@ -378,7 +388,8 @@ class Pipeline:
         start = time.perf_counter()
         with self.store.run(ledger, kind="pipeline", dataset=self.recipe.dataset.name, recipe_hash=digest,
                             config={"recipe": self.recipe.as_dict(), "stage": stage}) as run:
-            summary = getattr(self, "stage_" + stage.replace("-", "_"))()
+            tuning = stage in OPTIONAL_STAGES
+            summary = self._tune(stage) if tuning else getattr(self, "stage_" + stage.replace("-", "_"))()
             seconds = time.perf_counter() - start
             run.metrics = {"summary": _jsonable(summary), "seconds": seconds, "files": dict(self.files)}
         emit(self.report, "run", DONE, message=stage, seconds=seconds, summary=summary)
@@ -406,30 +417,6 @@ def _headline(result: dict[str, Any]) -> dict[str, Any]:
 
     row = paper_row(result)
     return {k: v for k, v in row.items() if k not in ("from", "f1_name")}
-
-
-def _against_majority(metrics: dict[str, Any]) -> dict[str, Any]:
-    """A row's 95 % intervals and its paired comparison with the majority baseline (mulcot.evaluate.baseline)."""
-    u = metrics.get("uncertainty") or {}
-    out: dict[str, Any] = {}
-    if u.get("intervals"):
-        iv = u["intervals"]
-        out["accuracy_ci"] = [iv["accuracy"]["low"], iv["accuracy"]["high"]]
-        out["macro_f1_ci"] = [iv["macro_f1"]["low"], iv["macro_f1"]["high"]]
-    vs = (u.get("majority") or {}).get("vs_model")
-    if vs:
-        boot = vs["bootstrap"]
-        out["vs_majority"] = {"n": vs["n"], "accuracy": boot["accuracy"], "macro_f1": boot["macro_f1"],
-                              "mcnemar_p": vs["mcnemar"]["p_value"]}
-    return out
-
-
-def _majority_row(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The majority baseline as a row of the recipe's table (its F1 the one the task reports)."""
-    maj = metrics["uncertainty"]["majority"]
-    f1 = maj["macro_f1"] if metrics.get("f1_reported") == "macro_f1" else maj["weighted_f1"]
-    return {"subject": f"majority ({maj['label']})", "accuracy": maj["accuracy"], "f1": f1, "baseline": True,
-            "note": f"'{maj['label']}' for every post: the most frequent label of {maj['from_split']}"}
 
 
 def _jsonable(value: Any) -> Any:

@@ -11,6 +11,8 @@
 - :mod:`~mulcot.train.soft_labels` — the assistant's top-k cache or the resident assistant;
 - :mod:`~mulcot.train.dpo` — ``dpo``, preference optimisation of a trained run through TRL's ``DPOTrainer``
   (import it from there: the module has the same name);
+- :mod:`~mulcot.train.rewards` and :mod:`~mulcot.train.grpo` — the GRPO rewards (pure functions) and ``grpo``,
+  reinforcement learning of a trained run on its own sampled chains through TRL's ``GRPOTrainer``;
 - :mod:`~mulcot.train.loop` — the run both stages share (record, LoRA, ``TrainingArguments``, best adapter);
 - :mod:`~mulcot.train.schedule` — the learning rate: linear warm-up, then halving on a dev plateau;
 - :mod:`~mulcot.train.lora_dropout` — LoRA dropout that keeps a one-byte mask for the backward pass;
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mulcot.train.config import DistillConfig, PreferenceConfig, TrainConfig
+from mulcot.train.config import DistillConfig, PreferenceConfig, RLConfig, TrainConfig
 
 _LAZY = {
     "train_assistant": "mulcot.train.assistant",
@@ -33,7 +35,7 @@ _LAZY = {
     "TrainResult": "mulcot.train.loop",
 }
 
-__all__ = ["DistillConfig", "PreferenceConfig", "TrainConfig", *_LAZY]
+__all__ = ["DistillConfig", "PreferenceConfig", "RLConfig", "TrainConfig", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -27,6 +27,8 @@ class RunCallback(TrainerCallback):
         self.started = time.perf_counter()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            trim_log(self.folder / "log.jsonl", state.global_step)
         emit(self.progress, "train", "begin", done=state.global_step, total=state.max_steps)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
@@ -55,6 +57,19 @@ class RunCallback(TrainerCallback):
         emit(self.progress, "train", "eval", epoch=state.epoch, metrics=metrics, best=self.best)
 
 
+def trim_log(log: Path, step: int) -> None:
+    """Drop the lines of steps after ``step`` from a run's log: a run resumed from its checkpoint at ``step`` redoes
+    the steps a kill cut off after it (logged, never saved), and each step should be logged once."""
+    if not log.is_file():
+        return
+    lines = log.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        tmp = log.with_name(log.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(log)
+
+
 def route_trackers(trainer: Any, folder: Path) -> None:
     """Point the Trainer's own TensorBoard integration (added by ``report_to``) at ``folder/tensorboard`` rather
     than under the checkpoints, unless ``TENSORBOARD_LOGGING_DIR`` says where; other trackers keep their own
@@ -67,8 +82,8 @@ def route_trackers(trainer: Any, folder: Path) -> None:
 
 
 def plot_curves(folder: Path) -> Path | None:
-    """Loss per step and dev accuracy per epoch (a DPO run: chosen/rejected rewards and their margin per step) as
-    ``curves.png``."""
+    """Loss per step and dev accuracy per epoch (a DPO run: chosen/rejected rewards and their margin per step; a GRPO
+    run: each reward component, the total reward and the KL per step) as ``curves.png``."""
     log = folder / "log.jsonl"
     if not log.exists():
         return None
@@ -90,7 +105,19 @@ def plot_curves(folder: Path) -> Path | None:
     a.set_title("training loss")
     a.legend()
     rewards = [r for r in train if "rewards/margins" in r]  # a DPO run: its implicit rewards per step
-    if rewards:
+    components = sorted({k for r in train for k in r if k.startswith("rewards/") and k.endswith("/mean")})
+    if components:  # a GRPO run: each reward component's mean per step, their weighted sum, and the KL
+        for key in ("reward", *components):
+            b.plot([r["step"] for r in train if r.get(key) is not None],
+                   [r[key] for r in train if r.get(key) is not None], label=key.split("/")[1] if "/" in key else key)
+        if any(r.get("kl") is not None for r in train):
+            a.plot([r["step"] for r in train if r.get("kl") is not None],
+                   [r["kl"] for r in train if r.get("kl") is not None], label="kl")
+            a.legend()
+        b.legend()
+        b.set_xlabel("step")
+        b.set_title("GRPO rewards (mean over the completions)")
+    elif rewards:
         for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
             b.plot([r["step"] for r in rewards], [r[key] for r in rewards], label=key.split("/")[1])
         b.axhline(0.0, color="grey", linewidth=0.5)

@@ -1,12 +1,12 @@
 """The training runs' settings: pure dataclasses, importable without torch (TRL's ``*Config`` shape).
 
 Each field is declared once, with its help text and its checks (:mod:`mulcot.core.settings`), and everything else is
-derived from it: the command-line flags of ``train-assistant``, ``distill`` and ``dpo``
+derived from it: the command-line flags of ``train-assistant``, ``distill``, ``dpo`` and ``grpo``
 (:func:`mulcot.cli.config_options.config_options`), the recipe sections ``[training]``, ``[assistant]``,
-``[student]`` and ``[dpo]`` (:mod:`mulcot.pipeline.recipes`), what ``mulcot run`` passes to the trainers
+``[student]``, ``[dpo]`` and ``[grpo]`` (:mod:`mulcot.pipeline.recipes`), what ``mulcot run`` passes to the trainers
 (:mod:`mulcot.pipeline`), and the validation on construction (a library caller gets the CLI's one-line error).
 Sections: ``training`` (shared by the training stages), ``model`` (per model: [assistant] and [student]),
-``student`` (distillation only), ``dpo``.
+``student`` (distillation only), ``dpo``, ``grpo``.
 """
 
 from __future__ import annotations
@@ -173,6 +173,19 @@ class DistillConfig(TrainConfig):
                             text_only=True)
 
 
+# ``distill --on-policy``: refused, and why (README, "Beyond the paper"). TRL 1.16's on-policy trainers cannot be the
+# mode the issue asks for — the student's own samples scored by the assistant *mixed by a λ* with mulcot's multi-task
+# supervised loss: ``DistillationTrainer`` is on-policy only (prompts in, no supervised part), and ``GKDTrainer``
+# mixes by λ per batch but its supervised part is a JSD on SFT-format sequences, its forward passes carry only
+# input_ids (a Qwen-VL student would distil without its images) and it needs the assistant resident for full logits
+# (no cached top-k). Making either do the multi-task mix means mulcot's own generation loop inside a trainer.
+ON_POLICY_REFUSAL = (
+    "--on-policy is not available: TRL's on-policy trainers cannot mix the student's own samples with the multi-task "
+    "supervised loss by a λ (DistillationTrainer is on-policy only; GKDTrainer drops the images and needs the "
+    "assistant resident): distil with the default soft labels (--soft-labels cache|online|server), then train the "
+    "student on its own samples with `mulcot grpo`"
+)
+
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")  # TRL's DPOConfig.loss_type
 
@@ -222,7 +235,73 @@ class PreferenceConfig(Validated):
         return Path(self.runs_dir or "runs") / self.name
 
 
-AnyConfig = TrainConfig | PreferenceConfig
+def parse_reward_weights(value: str | tuple | list) -> tuple[float, float, float]:
+    """``"1,0.5,0.5"`` (or a triple) -> the weights of :data:`mulcot.train.rewards.REWARDS`, in that order."""
+    try:
+        weights = tuple(float(x) for x in (value.split(",") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        weights = ()
+    if len(weights) != 3:
+        raise MulcotError(f"--reward-weights '{value}' is not 'LABEL,FORMAT,AGREEMENT', e.g. 1,0.5,0.5")
+    return weights  # type: ignore[return-value]
+
+
+@dataclass
+class RLConfig(Validated):
+    """A GRPO run (``mulcot grpo``): reinforcement learning of a trained assistant's or student's LoRA adapter on
+    its own sampled chains (P_cot on training posts), through TRL's ``GRPOTrainer``, with the rewards of
+    :mod:`mulcot.train.rewards`. The adapter keeps its own LoRA settings; the KL reference is the starting adapter.
+    Named ``RLConfig`` so as not to shadow TRL's ``GRPOConfig``, which :mod:`mulcot.train.grpo` builds from it."""
+
+    dataset: str = _f(help="Dataset whose labelled training posts are the prompts.", cli=False)
+    model: str = _f(help="The trained run to start from: a run name, runs/NAME or an adapter folder.", cli=False)
+    name: str = _f(help="Run name (folder runs/NAME).", cli=False)
+    split: str = _f("train", "Split of the prompts (a training split: its gold labels are rewards).")
+    group_size: int = _f(4, "Completions sampled per prompt (GRPO's group; advantages are relative within it).",
+                         section="grpo", min=2)
+    beta: float = _f(0.04, "β: weight of the KL to the starting adapter (0: no reference, no KL).", section="grpo",
+                     min=0)
+    temperature: float = _f(1.0, "Sampling temperature of the completions.", section="grpo", above=0)
+    max_new_tokens: int = _f(192, "Token limit of a sampled chain.", section="grpo", min=1)
+    reward_weights: tuple[float, float, float] = _f(
+        (1.0, 0.5, 0.5), "Weights of the rewards label_correct,fields_parse,agrees_with_label_head.",
+        section="grpo", parse=parse_reward_weights)
+    lr: float = _f(1e-5, "AdamW learning rate.", section="grpo", above=0)
+    batch_size: int = _f(1, "Prompts per micro-batch (each sampled --group-size times).", section="grpo", min=1)
+    grad_accum: int = _f(1, "Gradient accumulation steps (prompts per optimizer step: batch × accumulation).",
+                         section="grpo", min=1)
+    epochs: float = _f(1, "Epochs over the prompts (--steps overrides).", section="grpo", above=0)
+    steps: int | None = _f(None, "Optimizer steps in all (default: --epochs over the prompts).", section="grpo",
+                           min=1)
+    max_prompts: int | None = _f(None, "Use only the first N training posts.", section="grpo", min=1)
+    warmup_steps: int = _f(0, "Linear lr warm-up, in optimizer steps (then linear decay).", section="grpo", min=0)
+    max_pixels: int = _f(DEFAULT_MAX_PIXELS, "Images are downsized to at most this many pixels.",
+                         section="training", min=1)
+    device: str | None = _f(None, "cuda, cuda:1, mps or cpu (default: best available).", section="training")
+    dtype: str | None = _f(None, "bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU).", section="training")
+    gradient_checkpointing: bool = _f(False, "Trade compute for memory.", section="training")
+    seed: int = _f(42, "Random seed.", section="training")
+    save_steps: int | None = _f(None, "Checkpoint every N optimizer steps (default: each epoch).", section="training")
+    report_to: str = _f("none", "Also log to tensorboard (runs/NAME/tensorboard), wandb or mlflow (their usual "
+                        "environment variables apply); log.jsonl and curves.png are always written.",
+                        section="training", choices=REPORT_TO)
+    runs_dir: str | None = _f(None, "Where run folders go (default: runs/ beside the database).")
+
+    def check(self) -> None:
+        self.reward_weights = parse_reward_weights(self.reward_weights)  # "1,0.5,0.5" or a list, as from a recipe
+        if len(tuple(self.reward_weights)) != 3 or min(self.reward_weights) < 0 or sum(self.reward_weights) <= 0:
+            raise ConfigError("--reward-weights must be three non-negative numbers, not all 0, e.g. 1,0.5,0.5")
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def folder(self) -> Path:
+        """The run folder, ``runs_dir/name`` (see :attr:`TrainConfig.folder`)."""
+        return Path(self.runs_dir or "runs") / self.name
+
+
+AnyConfig = TrainConfig | PreferenceConfig | RLConfig
 
 # What does not change what a run learns (where and how fast it runs, how it reports and checkpoints, the spelling
 # of a starting adapter, which its digest stands for): a resume may change these, and nothing else.

@@ -12,9 +12,9 @@ from typing import Any
 
 from mulcot.core.settings import config_fields, default_of
 from mulcot.errors import MulcotError
-from mulcot.train.config import DistillConfig, PreferenceConfig, TrainConfig
+from mulcot.train.config import DistillConfig, PreferenceConfig, RLConfig, TrainConfig
 
-Config = TrainConfig | PreferenceConfig
+Config = TrainConfig | PreferenceConfig | RLConfig
 
 
 def config_argv(config: Config) -> list[str]:
@@ -42,13 +42,15 @@ def config_argv(config: Config) -> list[str]:
 
 def launch_command(config: Config, *, db: str | Path, resume: bool = False,
                    processes: int | None = None) -> list[str]:
-    """``python -m torch.distributed.run --nproc_per_node N -m mulcot train-assistant|distill|dpo …`` for ``config``
-    (N: ``processes``, else the config's own)."""
+    """``python -m torch.distributed.run --nproc_per_node N -m mulcot train-assistant|distill|dpo|grpo …`` for
+    ``config`` (N: ``processes``, else the config's own)."""
     n = processes or getattr(config, "processes", 1)
     if isinstance(config, DistillConfig):
         stage = ["distill", config.dataset, "--student", config.model, "--assistant", config.assistant]
     elif isinstance(config, PreferenceConfig):
         stage = ["dpo", config.dataset, "--model", config.model]
+    elif isinstance(config, RLConfig):
+        stage = ["grpo", config.dataset, "--model", config.model]
     else:
         stage = ["train-assistant", config.dataset, "--model", config.model]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "-m", "mulcot", *stage,
