@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import shutil
 import sqlite3
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                "start": START, "comparison": compare(store, before, after), "last_step": result.best,
                "timings_s": {k: round(v, 1) for k, v in timings.items()},
                "wall_s": round(time.perf_counter() - began, 1),
-               "machine": "2 CPU cores shared with two other engineers' jobs (timings are upper bounds)"}
+               "machine": {"cpus": os.cpu_count(), "load_average_1_5_15_at_end": list(os.getloadavg())}}
     args.json.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     c = summary["comparison"]
     print(f"label head accuracy on {c['n_label']} tuning posts: {c['accuracy_before']:.3f} -> "
