@@ -2,7 +2,7 @@
 # One-time set-up of WordNet 3.0 for nltk's METEOR, offline (no nltk downloader):
 #   1. apt-get install -y wordnet-base wordnet-sense-index   (only when /usr/share/wordnet is missing)
 #   2. copy /usr/share/wordnet/* (copies, not links: nltk refuses links) into $TARGET/corpora/wordnet/
-#      and write the `lexnames` file nltk needs (see mulcot/wordnet.py).
+#      and write the `lexnames` file nltk needs (see mulcot/metrics/wordnet.py).
 # Usage: scripts/setup-wordnet.sh [TARGET]
 #   TARGET defaults to the first entry of $NLTK_DATA, else ~/.cache/mulcot/nltk_data.
 #   PYTHON selects the interpreter (default: .venv/bin/python beside this script's repo, else python3).
@@ -34,7 +34,7 @@ fi
 import sys
 import time
 
-from mulcot.wordnet import ensure_wordnet, install_wordnet_from_debian
+from mulcot.metrics.wordnet import ensure_wordnet, install_wordnet_from_debian
 
 target = sys.argv[1] or None
 wn_dir = install_wordnet_from_debian(target)

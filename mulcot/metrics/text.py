@@ -8,7 +8,7 @@
   identical results and ~30x faster (:func:`rouge_l_f`). Where the package raises (a side with no sentence,
   e.g. ``""`` or ``"..."``), the score is 0.0.
 - METEOR: ``nltk.translate.meteor_score.meteor_score([tb.tokenize(ref.lower())], tb.tokenize(pred.lower()))``
-  with nltk's ``TreebankWordTokenizer`` and WordNet 3.0 (see :mod:`mulcot.wordnet`); WordNet look-ups and
+  with nltk's ``TreebankWordTokenizer`` and WordNet 3.0 (see :mod:`mulcot.metrics.wordnet`); WordNet look-ups and
   stems are memoised, which changes speed only.
 - Distinct-n (n = 1, 2): per generated text, unique n-grams / total n-grams of its Treebank tokens
   (lowercased); a text with fewer than n tokens scores 0; the mean over texts. Corpus option: all n-grams
@@ -204,7 +204,7 @@ def _memo_wordnet(reader: Any) -> _MemoWordNet:
 def meteor(pred_tokens: Sequence[str], ref_tokens: Sequence[str], wordnet: Any) -> float:
     """nltk's ``meteor_score([ref_tokens], pred_tokens)`` (defaults alpha 0.9, beta 3, gamma 0.5, Porter
     stems, WordNet synonyms) on tokens from :func:`tokenize`; ``wordnet`` is a reader from
-    :func:`mulcot.wordnet.ensure_wordnet`."""
+    :func:`mulcot.metrics.wordnet.ensure_wordnet`."""
     from nltk.translate.meteor_score import meteor_score
 
     return float(

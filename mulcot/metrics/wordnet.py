@@ -4,7 +4,7 @@ nltk's METEOR uses WordNet synonyms. nltk normally downloads WordNet from the in
 packages carry the same WordNet 3.0 database. One-time set-up (what ``scripts/setup-wordnet.sh`` does)::
 
     apt-get install -y wordnet-base wordnet-sense-index
-    python -c "from mulcot.wordnet import install_wordnet_from_debian as f; print(f())"
+    python -c "from mulcot.metrics.wordnet import install_wordnet_from_debian as f; print(f())"
 
 :func:`install_wordnet_from_debian` copies (nltk refuses symlinks) ``/usr/share/wordnet/*`` into ``<nltk data
 dir>/corpora/wordnet/`` and writes the ``lexnames`` file nltk also needs, which Debian omits: it is generated
@@ -57,7 +57,7 @@ REQUIRED_FILES = (
 
 SETUP_COMMAND = (
     "apt-get install -y wordnet-base wordnet-sense-index && python -c "
-    "'from mulcot.wordnet import install_wordnet_from_debian as f; f()' (or run scripts/setup-wordnet.sh)"
+    "'from mulcot.metrics.wordnet import install_wordnet_from_debian as f; f()' (or run scripts/setup-wordnet.sh)"
 )
 
 # WordNet 3.0 lexicographer files: number, name (category = the name's prefix). Same as lexnames(5WN).

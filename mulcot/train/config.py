@@ -264,7 +264,7 @@ class RLConfig(Validated):
     temperature: float = _f(1.0, "Sampling temperature of the completions.", section="grpo", above=0)
     max_new_tokens: int = _f(192, "Token limit of a sampled chain.", section="grpo", min=1)
     reward_weights: tuple[float, float, float] = _f(
-        (1.0, 0.5, 0.5), "Weights of the rewards label_correct,fields_parse,agrees_with_label_head.",
+        (1.0, 0.5, 0.5), "Weights of the three rewards: label correct, fields parse, agrees with the label head.",
         section="grpo", parse=parse_reward_weights)
     lr: float = _f(1e-5, "AdamW learning rate.", section="grpo", above=0)
     batch_size: int = _f(1, "Prompts per micro-batch (each sampled --group-size times).", section="grpo", min=1)
