@@ -60,29 +60,26 @@ def preference_rows(pairs: PairSet, *, text_only: bool, max_pixels: int) -> list
     return rows
 
 
-def dpo_arguments(config: PreferenceConfig, model: Any, n_pairs: int, vision_lora: bool = False) -> Any:
-    """TRL's ``DPOConfig`` for a run: AdamW with linear decay, a checkpoint per epoch (or ``save_steps``), a log
-    line per step, mixed precision only on a GPU; under a launcher DDP over NCCL (GPU) or gloo (CPU), searching for
-    unused weights only when the adapter has LoRA on the vision tower (unused in a step without images)."""
+def trl_arguments(cls: type, config: Any, model: Any, n_rows: int, vision_lora: bool = False, **own: Any) -> Any:
+    """A TRL trainer's config (``cls``: ``DPOConfig``, ``GRPOConfig``) for a run, with what every mulcot TRL run
+    shares: AdamW with linear decay after ``warmup_steps``, a checkpoint per epoch of ``n_rows`` rows (or
+    ``save_steps``), a log line per step, the run's tracker, mixed precision only on a GPU; under a launcher DDP over
+    NCCL (GPU) or gloo (CPU), searching for unused weights only when the adapter has LoRA on the vision tower (unused
+    in a step without images). ``own`` adds the trainer's own settings."""
     import torch
-    from trl import DPOConfig
 
     from mulcot.train import distributed as dist
 
     device = str(next(model.parameters()).device)
     dtype = next(model.parameters()).dtype
     world = dist.world_size()
-    steps_per_epoch = max(1, math.ceil(n_pairs / (config.batch_size * config.grad_accum * world)))
+    steps_per_epoch = max(1, math.ceil(n_rows / (config.batch_size * config.grad_accum * world)))
     launch: dict[str, Any] = {}
     if world > 1:
         launch = {"ddp_backend": "nccl" if device.startswith("cuda") else "gloo",
                   "ddp_find_unused_parameters": vision_lora}
-    return DPOConfig(
+    return cls(
         output_dir=str(config.folder / "checkpoints"),
-        beta=config.beta,
-        loss_type=[config.loss],
-        max_length=config.max_length,  # None: truncating a Qwen-VL prompt would cut its image tokens
-        per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
         num_train_epochs=config.epochs,
         learning_rate=config.lr,
@@ -103,7 +100,17 @@ def dpo_arguments(config: PreferenceConfig, model: Any, n_pairs: int, vision_lor
         bf16=device.startswith("cuda") and dtype == torch.bfloat16,
         fp16=device.startswith("cuda") and dtype == torch.float16,
         **launch,
+        **own,
     )
+
+
+def dpo_arguments(config: PreferenceConfig, model: Any, n_pairs: int, vision_lora: bool = False) -> Any:
+    """TRL's ``DPOConfig`` for a run (:func:`trl_arguments`): β, the loss, no truncation by default."""
+    from trl import DPOConfig
+
+    return trl_arguments(DPOConfig, config, model, n_pairs, vision_lora, beta=config.beta, loss_type=[config.loss],
+                         max_length=config.max_length,  # None: truncating a Qwen-VL prompt would cut its image tokens
+                         per_device_train_batch_size=config.batch_size)
 
 
 def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,

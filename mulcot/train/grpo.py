@@ -20,7 +20,6 @@ lengths) and ``curves.png``. The trained adapter lands in ``runs/<name>/adapter/
 from __future__ import annotations
 
 import json
-import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -34,7 +33,7 @@ from mulcot.store import Store
 from mulcot.store.runs import RunRecord
 from mulcot.train.checkpoints import last_complete_checkpoint, save_adapter
 from mulcot.train.config import RLConfig, deciding_settings, settings_hash, with_runs_dir
-from mulcot.train.dpo import REF_ADAPTER, _quiet_datasets
+from mulcot.train.dpo import REF_ADAPTER, _quiet_datasets, trl_arguments
 from mulcot.train.loop import RESUME_HINT, TrainResult, _oom_message, check_request, check_settings
 from mulcot.train.pairs import EVAL_SPLITS
 from mulcot.train.rewards import FUNCTIONS, REWARDS
@@ -80,54 +79,16 @@ def prompt_rows(items: list[Any], task: str, label_heads: dict[int, str], *, tex
 
 
 def grpo_arguments(config: RLConfig, model: Any, n_prompts: int, vision_lora: bool = False) -> Any:
-    """TRL's ``GRPOConfig`` for a run: ``batch_size`` prompts × ``group_size`` completions per micro-batch, one
-    generation per optimizer step, AdamW with linear decay, dropout off, a checkpoint per epoch (or ``save_steps``),
-    a log line per step, mixed precision only on a GPU, DDP under a launcher (as :func:`mulcot.train.dpo.
-    dpo_arguments`)."""
-    import torch
+    """TRL's ``GRPOConfig`` for a run (:func:`mulcot.train.dpo.trl_arguments`): ``batch_size`` prompts ×
+    ``group_size`` completions per micro-batch, dropout off, at most ``steps`` optimizer steps."""
     from trl import GRPOConfig
 
-    from mulcot.train import distributed as dist
-
-    device = str(next(model.parameters()).device)
-    dtype = next(model.parameters()).dtype
-    world = dist.world_size()
-    steps_per_epoch = max(1, math.ceil(n_prompts / (config.batch_size * config.grad_accum * world)))
-    launch: dict[str, Any] = {}
-    if world > 1:
-        launch = {"ddp_backend": "nccl" if device.startswith("cuda") else "gloo",
-                  "ddp_find_unused_parameters": vision_lora}
-    return GRPOConfig(
-        output_dir=str(config.folder / "checkpoints"),
-        num_generations=config.group_size,
-        per_device_train_batch_size=config.batch_size * config.group_size,
-        gradient_accumulation_steps=config.grad_accum,
-        beta=config.beta,
-        temperature=config.temperature,
-        max_completion_length=config.max_new_tokens,
-        reward_weights=list(config.reward_weights),
-        disable_dropout=True,  # the first step's policy is then exactly its reference: KL 0
-        num_train_epochs=config.epochs,
-        max_steps=config.steps or -1,
-        learning_rate=config.lr,
-        lr_scheduler_type="linear",
-        warmup_steps=config.warmup_steps,
-        optim="adamw_torch",
-        activation_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing=None,  # TRL defaults the old name to True, which transformers 5 warns about
-        save_strategy="steps",
-        save_steps=config.save_steps or steps_per_epoch,
-        save_total_limit=2,
-        logging_steps=1,
-        report_to=[] if config.report_to == "none" else [config.report_to],
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=config.seed,
-        use_cpu=device == "cpu",
-        bf16=device.startswith("cuda") and dtype == torch.bfloat16,
-        fp16=device.startswith("cuda") and dtype == torch.float16,
-        **launch,
-    )
+    return trl_arguments(GRPOConfig, config, model, n_prompts, vision_lora, num_generations=config.group_size,
+                         per_device_train_batch_size=config.batch_size * config.group_size, beta=config.beta,
+                         temperature=config.temperature, max_completion_length=config.max_new_tokens,
+                         reward_weights=list(config.reward_weights),
+                         disable_dropout=True,  # the first step's policy is then exactly its reference: KL 0
+                         max_steps=config.steps or -1)
 
 
 def grpo(store: Store, config: RLConfig, *, resume: bool = False, progress: Progress | None = None) -> TrainResult:
