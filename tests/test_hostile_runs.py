@@ -775,14 +775,14 @@ def test_sigterm_interrupts_a_run_and_a_rerun_resumes_it(tmp_path):
 SAVER = """
 import json, sys, time
 from pathlib import Path
-from mulcot.train.checkpoints import swap_into_place, _fresh_tmp
+from mulcot.train.checkpoints import swap_into_place, _fresh_tmp, write_meta
 folder = Path(sys.argv[1])
 for i in range(1, 10**6):
     tmp = _fresh_tmp(folder / "best")
     tmp.mkdir()
     (tmp / "adapter_config.json").write_text("{}")
     (tmp / "adapter_model.safetensors").write_bytes(bytes(4096))
-    (tmp / "mulcot.json").write_text(json.dumps({"best": {"eval_select": i, "epoch": i}}))
+    write_meta(tmp, {"best": {"eval_select": i, "epoch": i}})
     swap_into_place(tmp, folder / "best")
     print(i, flush=True)
 """
@@ -851,3 +851,25 @@ def test_sigterm_during_training_then_resume_keeps_the_best_epoch(demo_store, co
     best = json.loads(resumed.stdout)["best"]
     evals = [json.loads(x) for x in log.read_text().splitlines() if '"eval_select"' in x]
     assert len(evals) >= 2 and best["eval_select"] == max(e["eval_select"] for e in evals)
+
+
+def test_a_first_save_killed_while_writing_its_metadata_is_not_taken_for_an_adapter(tmp_path, monkeypatch):
+    """A kill while ``mulcot.json`` is being written (here: before its rename) leaves no ``mulcot.json`` at all, so a
+    half-written first save is never promoted to ``best/`` and resume starts clean instead of reading an empty file."""
+    from mulcot.train import checkpoints
+    from mulcot.train.checkpoints import _fresh_tmp, resume_best, write_meta
+
+    tmp = _fresh_tmp(tmp_path / "best")
+    tmp.mkdir()
+    (tmp / "adapter_config.json").write_text("{}")
+    (tmp / "adapter_model.safetensors").write_bytes(bytes(16))
+
+    def killed(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_meta(tmp, {"best": {"eval_select": 1}})
+    monkeypatch.undo()
+    assert not (tmp / "mulcot.json").exists()
+    assert resume_best(tmp_path) is None and not (tmp_path / "best").exists()

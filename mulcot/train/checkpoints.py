@@ -40,6 +40,14 @@ def _aside(dest: Path, what: str) -> Path:
     return dest.with_name(f"{dest.name}.{what}")
 
 
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    """``mulcot.json`` written whole or not at all (a ``.part`` renamed into place): the last file of a save, so
+    that its presence means the adapter is complete."""
+    part = folder / "mulcot.json.part"
+    part.write_text(json.dumps(meta, indent=2, default=str))
+    os.replace(part, folder / "mulcot.json")
+
+
 def is_complete_adapter(path: Path) -> bool:
     """A whole saved adapter: its config, its weights and ``mulcot.json`` (written last)."""
     return (
@@ -97,7 +105,7 @@ def save_adapter(model: Any, processor: Any, dest: Path, meta: dict[str, Any]) -
     tmp = _fresh_tmp(dest)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    (tmp / "mulcot.json").write_text(json.dumps(meta, indent=2, default=str))
+    write_meta(tmp, meta)
     swap_into_place(tmp, dest)
 
 
@@ -115,7 +123,7 @@ def save_trained_adapter(trainer: Any, processor: Any, dest: Path, meta: dict[st
     if main:
         (tmp / "training_args.bin").unlink(missing_ok=True)
         processor.save_pretrained(tmp)
-        (tmp / "mulcot.json").write_text(json.dumps(meta, indent=2, default=str))
+        write_meta(tmp, meta)
         swap_into_place(tmp, dest)
     dist.barrier()
 
