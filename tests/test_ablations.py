@@ -91,6 +91,58 @@ def test_a_no_image_run_is_shown_no_image_in_training_and_in_eval(demo_store, co
     assert probes["image-blank"]["inputs_changed"] == 0 and probes["image-blank"]["probability_shift"] < 1e-6
     assert probes["text-drop"]["inputs_changed"] == 4 and probes["text-drop"]["probability_shift"] > 1e-4
 
+    # predict shows it posts the same way: the image a user passes is not shown to it, and the CLI says so
+    from mulcot.generation import Post, open_backend
+    from mulcot.generation.base import PredictConfig
+    from mulcot.predict import predict_dataset, predict_post
+
+    sample = next(s for s in demo_store.samples(SAMPLE_NAME, "test") if s["has_image"])
+    backend = open_backend("hf", model="blind", store=demo_store, config=PredictConfig(max_pixels=56 * 56))
+    assert backend.inputs == "no-image"
+    with_image = Post(text=sample["text"], aspect=sample["aspect"], image=sample["image_path"], caption="a crowd")
+    (seen,) = predict_post(backend, with_image, prompts=("label",), label_scoring="choice")
+    (text_alone,) = predict_post(backend, Post(text=sample["text"], aspect=sample["aspect"]), prompts=("label",),
+                                 label_scoring="choice")
+    assert seen.fields == text_alone.fields
+    summary = predict_dataset(demo_store, backend, SAMPLE_NAME, "test", limit=2, prompts=("label",),
+                              label_scoring="choice")
+    assert summary.extra_prompts["label"] == 2
+    assert demo_store.get_run(summary.run_id)["config"]["inputs"] == "no-image"
+    result = CliRunner().invoke(app, ["predict", "--backend", "hf", "--model", "blind", "--db", str(demo_store.path),
+                                      "--text", sample["text"], "--aspect", sample["aspect"] or "", "--image",
+                                      sample["image_path"], "--max-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert "trained with --inputs no-image: the post's image is not shown to it" in " ".join(result.output.split())
+
+
+def test_an_ablated_run_is_followed_by_what_starts_from_it(demo_store, tmp_path):
+    """An export of an ablated run records its inputs for predict and eval; DPO rows of it are masked the same."""
+    from mulcot.core.gguf import MANIFEST, MANIFEST_FORMAT
+    from mulcot.core.refs import trained_inputs
+    from mulcot.train.dpo import preference_rows
+    from mulcot.train.pairs import Pair, PairSet
+
+    export = tmp_path / "export"
+    (export / "hf").mkdir(parents=True)
+    (export / "student-f16.gguf").write_bytes(b"GGUF")
+    assert trained_inputs(export / "student-f16.gguf") == "all"  # no manifest: nothing says otherwise
+    (export / MANIFEST).write_text(json.dumps({"format": MANIFEST_FORMAT, "inputs": "no-text"}))
+    assert {trained_inputs(p) for p in (export, export / "hf", export / "student-f16.gguf")} == {"no-text"}
+    (export / MANIFEST).write_text(json.dumps({"format": "someone-else/1", "inputs": "no-text"}))
+    assert trained_inputs(export) == "all"
+
+    sample = next(s for s in demo_store.samples(SAMPLE_NAME, "train") if s["has_image"])
+    sample = {**sample, "meta": {"caption": "a crowd"}}
+    pair = Pair(sample_id=sample["id"], key=sample["key"], split="train", gold=sample["label"], source="student",
+                reason="wrong", chosen_id=1, chosen="a", rejected_id=2, rejected="b")
+    pairs = PairSet(dataset=SAMPLE_NAME, split="train", task="masc", sources=("student",), pairs=[pair],
+                    samples={sample["id"]: sample})
+    rows = {inputs: preference_rows(pairs, text_only=text_only, max_pixels=56 * 56, inputs=inputs)[0]
+            for inputs, text_only in (("all", False), ("no-image", False), ("no-text", True))}
+    assert len(rows["all"]["images"]) == 1 and rows["no-image"]["images"] == []
+    assert "a crowd" in rows["no-text"]["prompt"][0]["content"]
+    assert sample["text"] not in rows["no-text"]["prompt"][0]["content"]
+
 
 def test_a_student_without_an_assistant_learns_d_t_with_hard_labels(demo_store, compact_model, tmp_path):
     from mulcot.train.student import distill

@@ -26,7 +26,7 @@ from mulcot.cli.config_options import config_options
 from mulcot.core.refs import check_name
 from mulcot.errors import MulcotError
 from mulcot.events import Event
-from mulcot.generation.base import PredictConfig
+from mulcot.generation.base import Post, PredictConfig
 
 _LABEL_STYLE = {"positive": "bold green", "neutral": "bold yellow", "negative": "bold red"}
 
@@ -79,7 +79,7 @@ def predict(
     reasoning (Text_analysis, Image_analysis, Conflict_resolution, Final_conclusion, Prediction) and the label.
     Batch mode stores every chain (source student-gguf, stage eval) for `mulcot eval`, and resumes. With --server
     --served-model the student answers from an OpenAI-compatible server (source student-server)."""
-    from mulcot.generation import Post, open_backend
+    from mulcot.generation import open_backend
     from mulcot.predict import predict_dataset, predict_post
 
     if (text is None) == (dataset is None):
@@ -113,6 +113,11 @@ def predict(
                     results = predict_post(runner, post, prompts=prompts, label_scoring=label_scoring)
                 out = {"backend": runner.kind, "model": runner.name, "predictions": [r.as_dict() for r in results],
                        "label": results[0].prediction}
+                if runner.inputs != "all":
+                    out["inputs"] = runner.inputs
+                    if not as_json and _hidden(post, runner.inputs):
+                        err_console.print(f"[dim]{escape(runner.name)} was trained with --inputs {runner.inputs}: "
+                                          f"the post's {_hidden(post, runner.inputs)} is not shown to it[/]")
                 if label:
                     out["label_prompt"] = results[1].prediction
                 if as_json:
@@ -135,6 +140,13 @@ def predict(
         print_json(summary.as_dict())
         return
     print_summary(summary.as_dict())
+
+
+def _hidden(post: Post, inputs: str) -> str:
+    """What of ``post`` a model trained with ``inputs`` is not shown ("" when nothing the user gave is hidden)."""
+    if inputs == "no-image":
+        return " and ".join(w for w, v in (("image", post.image), ("caption", post.caption)) if v)
+    return "text" if inputs == "no-text" and post.text else ""
 
 
 def _last_prediction(event: Event) -> str:

@@ -200,6 +200,7 @@ class ExportSource:
     adapter: Path | None = None
     run_id: str | None = None
     task: str | None = None
+    inputs: str = "all"  # what the run was trained on (TrainConfig.inputs): the export records it for its users
 
 
 def resolve_source(source: str | os.PathLike[str], store: Any = None, *, base_model: str | None = None) -> ExportSource:
@@ -217,4 +218,17 @@ def resolve_source(source: str | os.PathLike[str], store: Any = None, *, base_mo
             task = ds["task"] if ds else None
     assert ref.path is not None
     return ExportSource(kind=ref.kind, path=ref.path, base_model=base_model or ref.run.base_model,
-                        adapter=ref.run.adapter, run_id=ref.run.run_id, task=task)
+                        adapter=ref.run.adapter, run_id=ref.run.run_id, task=task, inputs=ref.run.inputs)
+
+
+def trained_inputs(path: str | os.PathLike[str]) -> str:
+    """What the model at ``path`` was trained to see (``TrainConfig.inputs``): an adapter folder's ``mulcot.json``,
+    or the export manifest of a GGUF file, an export folder or its merged ``hf/`` folder; ``all`` when none says."""
+    from mulcot.core.gguf import MANIFEST, MANIFEST_FORMAT
+
+    p = Path(path).expanduser()
+    folder = p if p.is_dir() else p.parent
+    said = [_json(folder / "mulcot.json")]
+    manifests = (_json(folder / MANIFEST), _json(folder.parent / MANIFEST))
+    said += [m for m in manifests if m.get("format") == MANIFEST_FORMAT]
+    return next((str(m["inputs"]) for m in said if m.get("inputs")), "all")

@@ -85,14 +85,14 @@ def _gguf_subject(path: Path) -> Subject:
     """An export folder (its default GGUF) or a text GGUF file: chains from llama.cpp, source ``student-gguf``,
     reused only for the same file (its sha256, from the export's manifest when it lists the file)."""
     from mulcot.core.gguf import read_manifest
-    from mulcot.core.refs import sha256_file
+    from mulcot.core.refs import sha256_file, trained_inputs
     from mulcot.generation.gguf import find_gguf
 
     text, _ = find_gguf(path)
     listed = {f.get("path"): f.get("sha256") for f in (read_manifest(text.parent) or {}).get("files", [])}
     digest = listed.get(text.name) or sha256_file(text)
     return Subject(kind="model", name=text.name, source=SOURCE_GGUF, model=text.name, folder=str(text.parent),
-                   adapter_sha256=digest, gguf=str(path))
+                   adapter_sha256=digest, gguf=str(path), inputs=trained_inputs(text))
 
 
 def resolve_model(store: Store, spec: str, runs_dir: str | os.PathLike[str] = "runs", *,

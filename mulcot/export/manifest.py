@@ -123,6 +123,7 @@ def write_manifest(out: Path, result: ExportResult, source: ExportSource, config
             "task": source.task,
         },
         "base_model": source.base_model,
+        "inputs": source.inputs,  # what the model was trained to see: predict and eval show its posts the same way
         "hf_dir": os.path.relpath(hf_dir, out) if hf_dir.resolve().parent == out.resolve() else str(hf_dir),
         "outtype": config.outtype if config.gguf else None,
         "quant_types": list(quants),

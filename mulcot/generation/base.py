@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from mulcot.core.client import Usage
@@ -148,6 +148,7 @@ class Backend:
     source: str = ""
     name: str = ""
     text_only: bool = False
+    inputs: str = "all"  # what the model was trained to see (TrainConfig.inputs); see :meth:`shown`
     config: PredictConfig
 
     @classmethod
@@ -159,6 +160,16 @@ class Backend:
     @property
     def has_vision(self) -> bool:
         return not self.text_only
+
+    def shown(self, post: Post) -> Post:
+        """``post`` as this model was trained to see posts (``inputs``, as :func:`mulcot.core.inputs.mask_items`
+        shows training items): without its image and caption (``no-image``), or with the aspect in place of its
+        text (``no-text``)."""
+        if self.inputs == "no-image":
+            return replace(post, image=None, caption=None)
+        if self.inputs == "no-text":
+            return replace(post, text=post.aspect or "")
+        return post
 
     def generate(self, posts: Sequence[Post], prompt: str, task: str) -> list[Generated]:
         """One answer per post with the ``prompt`` template (``cot`` or ``label``) of ``task``, in order."""

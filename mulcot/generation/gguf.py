@@ -72,6 +72,9 @@ class GGUFBackend(Backend):
         if self.mmproj_path is not None:
             check_gguf(self.mmproj_path, "mmproj")
         self.name = self.model_path.name
+        from mulcot.core.refs import trained_inputs
+
+        self.inputs = trained_inputs(self.model_path)  # an export of an ablated run says what it was trained on
         try:
             import llama_cpp
             from llama_cpp.llama_chat_format import MTMDChatHandler

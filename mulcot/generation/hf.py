@@ -109,7 +109,7 @@ class HFBackend(Backend):
 
     def __init__(self, model: str | os.PathLike[str], config: PredictConfig | None = None, store: Any = None, *,
                  adapter: str | os.PathLike[str] | None = None):
-        from mulcot.core.refs import resolve_source
+        from mulcot.core.refs import resolve_source, trained_inputs
         from mulcot.models import load_model, load_with_adapter
         from mulcot.models.loading import is_text_family
 
@@ -120,6 +120,7 @@ class HFBackend(Backend):
                                                            load_in_4bit=cfg.load_in_4bit)
             self.model = load_with_adapter(base, adapter)
             self.name = Path(adapter).name
+            self.inputs = trained_inputs(adapter)
         else:
             source = resolve_source(model, store)
             if source.kind == "model":
@@ -128,11 +129,13 @@ class HFBackend(Backend):
                 self.name = source.path.resolve().name
                 if self.name == "hf":  # an export's hf/ folder: name it after the export
                     self.name = f"{source.path.resolve().parent.name}-hf"
+                self.inputs = trained_inputs(source.path)
             else:
                 base, self.processor, self.family = load_model(source.base_model, device=cfg.device, dtype=cfg.dtype,
                                                                load_in_4bit=cfg.load_in_4bit)
                 self.model = load_with_adapter(base, source.adapter)
                 self.name = source.run_id or Path(model).name
+                self.inputs = source.inputs
         self.text_only = is_text_family(self.family)
 
     @classmethod

@@ -13,7 +13,6 @@ probabilities (origin ``predict-choice``, kept apart from generated answers as e
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -79,6 +78,7 @@ def predict_post(backend: Backend, post: Post, *, task: str | None = None, promp
     generated or, with ``label_scoring="choice"``, by forced choice). ``task`` defaults to ``masc`` when the post
     has an aspect, else ``msa``."""
     _check_prompts(prompts)
+    post = backend.shown(post)  # a model trained without images (or text) is shown its posts so
     _check_scoring(backend, label_scoring, prompts, [post])
     task = task or ("masc" if post.aspect else "msa")
     if task == "masc" and not post.aspect:
@@ -182,10 +182,9 @@ def predict_dataset(
     todo = _todo(store, backend, dataset, split, samples, prompts, task, source, choice)
     summary.skipped_done = len(samples) - len(todo[prompts[0]])
     text_only = backend.text_only  # a text-only backbone reads captions, never images
-    config = {"backend": backend.kind, "model": backend.name, "split": split, "prompts": list(prompts),
-              "label_scoring": label_scoring if "label" in prompts else None, "limit": limit,
-              **{k: v for k, v in asdict(backend.config).items() if k not in ("device",)}}
-    post = functools.partial(_post, text_only=text_only)
+    config = _run_config(backend, split, prompts, label_scoring, limit)
+    def post(s: dict[str, Any]) -> Post:
+        return backend.shown(_post(s, text_only=text_only))
 
     _check_scoring(backend, label_scoring, prompts, [post(s) for s in todo.get("label", [])])
     requests = [Request(post=post(s), prompt=p, task=task, tag=s["id"], name=f"sample {s['key']} ({p})")
@@ -243,6 +242,17 @@ def predict_dataset(
     return summary
 
 
+def _run_config(backend: Backend, split: str, prompts: Sequence[str], label_scoring: str,
+                limit: int | None) -> dict[str, Any]:
+    """What a predict run records of how it was made."""
+    config = {"backend": backend.kind, "model": backend.name, "split": split, "prompts": list(prompts),
+              "label_scoring": label_scoring if "label" in prompts else None, "limit": limit,
+              **{k: v for k, v in asdict(backend.config).items() if k not in ("device",)}}
+    if backend.inputs != "all":  # an ablated run: its posts are shown as it was trained on them
+        config["inputs"] = backend.inputs
+    return config
+
+
 def _post(s: dict[str, Any], *, text_only: bool) -> Post:
     """A stored sample as a post (a text-only backbone reads its caption, never its image)."""
     return Post(text=s["text"], aspect=s["aspect"], image=s["image_path"] if s["has_image"] and not text_only else None,
@@ -297,7 +307,7 @@ def _todo(store: Any, backend: Backend, dataset: str, split: str, samples: list[
         progress = store.chain_progress(dataset, split, source=source, model=backend.name, stage=PROMPT_STAGES[p],
                                         prompt_version=version)
         todo[p] = [s for s in samples if (progress.get(s["id"]) or {}).get("final") is None]
-    text_only = backend.text_only
+    text_only = backend.text_only or backend.inputs == "no-image"  # a run trained without images is shown none
     needs_vision = not text_only and any(s["has_image"] for p in prompts for s in todo[p])
     if needs_vision and not backend.has_vision:
         raise ModelError(

@@ -24,7 +24,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from mulcot.core.prompts import get_prompt
-from mulcot.core.refs import adapter_digest, resolve_run
+from mulcot.core.refs import RunRef, adapter_digest, resolve_run
 from mulcot.errors import ModelError, MulcotError
 from mulcot.events import Progress
 from mulcot.store import Store
@@ -38,17 +38,18 @@ REF_ADAPTER = "ref"  # the name TRL gives the frozen copy of the starting adapte
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 
-def preference_rows(pairs: PairSet, *, text_only: bool, max_pixels: int) -> list[dict[str, Any]]:
+def preference_rows(pairs: PairSet, *, text_only: bool, max_pixels: int, inputs: str = "all") -> list[dict[str, Any]]:
     """TRL's conversational preference rows: the pair's P_cot prompt (for a text-only backbone the image becomes its
     caption, as in training), the chosen and rejected chains as assistant turns, and for a Qwen-VL backbone the
-    sample's image (downsized to ``max_pixels``) in ``images``."""
+    sample's image (downsized to ``max_pixels``) in ``images``. The posts are shown as the starting run was trained
+    on them (``inputs``: without images, or without text)."""
     from mulcot.core.images import load_image
-    from mulcot.core.inputs import render_prompt, sample_item
+    from mulcot.core.inputs import mask_items, render_prompt, sample_item
 
     template = get_prompt("cot", pairs.task)
     rows = []
     for p in pairs.pairs:
-        item = sample_item(pairs.samples[p.sample_id])
+        item = mask_items([sample_item(pairs.samples[p.sample_id])], inputs)[0]
         row: dict[str, Any] = {
             "prompt": [{"role": "user", "content": render_prompt(template, item, text_only)}],
             "chosen": [{"role": "assistant", "content": p.chosen}],
@@ -168,7 +169,8 @@ def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
     model, processor, family = dist.everywhere(load)
     text_only = is_text_only(processor)
     recorded = {**config.public(), **settings, "family": family, "base_model": ref.base_model, "start_run": ref.run_id,
-                "start_adapter": str(ref.adapter), "pairs": pairs.summary(), "world_size": dist.world_size(),
+                "start_adapter": str(ref.adapter), "inputs": ref.inputs, "pairs": pairs.summary(),
+                "world_size": dist.world_size(),
                 "effective_batch": config.batch_size * config.grad_accum * dist.world_size()}
     if main:
         folder.mkdir(parents=True, exist_ok=True)
@@ -181,8 +183,7 @@ def dpo(store: Store, config: PreferenceConfig, *, resume: bool = False,
     )
     with record as run:
         try:
-            result = _train(config, model, processor, pairs, text_only, ref.base_model, ref.run_id, ref.adapter,
-                            resume, progress)
+            result = _train(config, model, processor, pairs, text_only, ref, resume, progress)
         except Exception as exc:
             message = _oom_message(exc, config)  # type: ignore[arg-type]
             if message:
@@ -224,8 +225,8 @@ def _keep_pairs(pairs: PairSet, path: Any, resume: bool) -> list[tuple[int, int]
     return [(p.chosen_id, p.rejected_id) for p in pairs.pairs]
 
 
-def _train(config: PreferenceConfig, model: Any, processor: Any, pairs: PairSet, text_only: bool, base_model: str,
-           start_run: str, start_adapter: Any, resume: bool, progress: Progress | None) -> TrainResult:
+def _train(config: PreferenceConfig, model: Any, processor: Any, pairs: PairSet, text_only: bool, ref: RunRef,
+           resume: bool, progress: Progress | None) -> TrainResult:
     import torch
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -236,10 +237,10 @@ def _train(config: PreferenceConfig, model: Any, processor: Any, pairs: PairSet,
 
     torch.manual_seed(config.seed)
     folder = config.folder
-    rows = preference_rows(pairs, text_only=text_only, max_pixels=config.max_pixels)
+    rows = preference_rows(pairs, text_only=text_only, max_pixels=config.max_pixels, inputs=ref.inputs)
     from mulcot.generation.server import vision_lora_tensors
 
-    args = dpo_arguments(config, model, len(rows), vision_lora=vision_lora_tensors(start_adapter) > 0)
+    args = dpo_arguments(config, model, len(rows), vision_lora=vision_lora_tensors(ref.adapter) > 0)
     callback = RunCallback(folder, progress, lambda metrics: None, None)  # no dev evaluation: no best epoch
     with _quiet_datasets():  # TRL tokenizes a text-only dataset with datasets' map, which draws a bar on stderr
         trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
@@ -260,7 +261,8 @@ def _train(config: PreferenceConfig, model: Any, processor: Any, pairs: PairSet,
     last = {"step": trainer.state.global_step, "epoch": trainer.state.epoch,
             **{k: logged[-1][k] for k in REWARD_KEYS if logged and k in logged[-1]}}
     if dist.is_main():  # DDP: every rank holds the same whole adapter
-        meta = {"run": config.name, "base": base_model, "from": start_run, "kind": "dpo", "last": last}
+        meta = {"run": config.name, "base": ref.base_model, "from": ref.run_id, "kind": "dpo", "last": last,
+                "inputs": ref.inputs}
         save_adapter(policy, processor, folder / "adapter", meta)
         plot_curves(folder)
     dist.barrier()

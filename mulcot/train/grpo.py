@@ -99,7 +99,7 @@ def grpo(store: Store, config: RLConfig, *, resume: bool = False, progress: Prog
     Under torchrun / accelerate launch every rank calls this and the Trainer trains data-parallel (DDP): each rank
     loads the model on its own device, the prompts and label heads are the main process's (``prompts.json``), and
     only the main process writes the store, the run folder and the progress."""
-    from mulcot.core.inputs import is_text_only
+    from mulcot.core.inputs import is_text_only, mask_items
     from mulcot.models import load_model
     from mulcot.models.loading import load_with_adapter, model_family
     from mulcot.train import distributed as dist
@@ -119,7 +119,7 @@ def grpo(store: Store, config: RLConfig, *, resume: bool = False, progress: Prog
         settings = deciding_settings(config, leave_out=("model",), start_sha256=adapter_digest(ref.adapter))
         check_settings(store, config, resume, settings)
         items, task = prompt_items(store, config.dataset, config.split, config.max_prompts)
-        return ref, items, task, settings, family
+        return ref, mask_items(items, ref.inputs), task, settings, family  # shown as the run was trained on them
 
     ref, items, task, settings, family = dist.everywhere(prepare)
 
@@ -134,7 +134,8 @@ def grpo(store: Store, config: RLConfig, *, resume: bool = False, progress: Prog
                                               resume))
     items = [i for i in items if i.sample_id in heads]
     recorded = {**config.public(), **settings, "family": family, "base_model": ref.base_model, "start_run": ref.run_id,
-                "start_adapter": str(ref.adapter), "prompts": len(items), "rewards": list(REWARDS),
+                "start_adapter": str(ref.adapter), "inputs": ref.inputs, "prompts": len(items),
+                "rewards": list(REWARDS),
                 "world_size": dist.world_size(),
                 "prompts_per_step": config.batch_size * config.grad_accum * dist.world_size()}
     if main:
@@ -218,7 +219,8 @@ def _train(config: RLConfig, model: Any, processor: Any, rows: list[dict[str, An
     last = {"step": trainer.state.global_step, "epoch": trainer.state.epoch,
             **{k: logged[-1][k] for k in REWARD_KEYS if logged and logged[-1].get(k) is not None}}
     if dist.is_main():  # DDP: every rank holds the same whole adapter
-        meta = {"run": config.name, "base": ref.base_model, "from": ref.run_id, "kind": "grpo", "last": last}
+        meta = {"run": config.name, "base": ref.base_model, "from": ref.run_id, "kind": "grpo", "last": last,
+                "inputs": ref.inputs}
         save_adapter(policy, processor, folder / "adapter", meta)
         plot_curves(folder)
     dist.barrier()
