@@ -140,6 +140,9 @@ def run(
     probe: Annotated[str | None, typer.Option(
         "--probe", help="Modality probes, comma-separated: image-blank, image-swap, text-drop (or all): the label "
         "head asked again with one input changed, compared post by post.", show_default=False)] = None,
+    calibrate_on: Annotated[str | None, typer.Option(
+        "--calibrate-on", help="A tuning split: fit the label head's bias and temperature on its posts (forced "
+        "choice) and report the recalibrated head beside the raw one.", show_default=False)] = None,
     server: Any = None,
     db: DbOption = None,
     as_json: JsonOption = False,
@@ -158,7 +161,7 @@ def run(
         embedding_cache=not no_cache, out=str(out) if out else None, runs_dir=str(runs_dir) if runs_dir else None,
         server=server,
         per_post=str(per_post) if per_post else None, label_scoring=label_scoring, majority_from=majority_from,
-        probes=probe.split(",") if probe is not None else None,
+        probes=probe.split(",") if probe is not None else None, calibrate_on=calibrate_on,
     )
     bar, progress = _progress_bar(as_json)
     with bar:

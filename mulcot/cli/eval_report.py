@@ -142,6 +142,28 @@ def uncertainty_lines(u: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def recalibrated_lines(r: dict[str, Any] | None) -> list[str]:
+    """The label head recalibrated on a tuning split (``eval --calibrate-on``): the fit, its scores with their
+    intervals, and its paired comparisons with the raw label head and the majority answer."""
+    if not r:
+        return []
+    bias = ", ".join(f"{escape(lab)} {b:+.2f}" for lab, b in r["bias"].items())
+    iv = r["intervals"]
+    lines = [f"recalibrated on {escape(r['on'])} (bias-corrected temperature scaling, n={r['n_fit']}: T "
+             f"{r['temperature']:.2f}, offsets {bias}; tuning log loss {r['fit_nll_before']:.3f} → "
+             f"{r['fit_nll_after']:.3f}): Acc {pct(iv['accuracy']['diff'])} [{pct(iv['accuracy']['low'])}, "
+             f"{pct(iv['accuracy']['high'])}], m-F1 {pct(iv['macro_f1']['diff'])} [{pct(iv['macro_f1']['low'])}, "
+             f"{pct(iv['macro_f1']['high'])}], ECE {r['probabilities']['ece']:.3f}"]
+    for key, what in (("vs_label_head", "the raw label head"), ("vs_majority", "majority")):
+        pair = r.get(key)
+        if pair:
+            boot, mc = pair["bootstrap"], pair["mcnemar"]
+            lines.append(f"recalibrated − {what}: Acc {100 * boot['accuracy']['diff']:+.2f} "
+                         f"{ci_text(boot['accuracy'])}, m-F1 {100 * boot['macro_f1']['diff']:+.2f} "
+                         f"{ci_text(boot['macro_f1'])}; exact McNemar p = {mc['p_value']:.3g}")
+    return lines
+
+
 def show_detail(result: dict[str, Any]) -> None:
     m = result["metrics"]
     table = Table(title="classification (gold labels)", title_justify="left")
@@ -162,6 +184,8 @@ def show_detail(result: dict[str, Any]) -> None:
     if recalls:
         console.print(f"recall (positive / neutral / negative): {'; '.join(recalls)}", highlight=False)
     for line in uncertainty_lines(m.get("uncertainty")):
+        console.print(line, highlight=False)
+    for line in recalibrated_lines(m.get("recalibrated")):
         console.print(line, highlight=False)
     probs = m.get("probabilities")
     if probs:

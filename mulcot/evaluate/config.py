@@ -93,6 +93,8 @@ class EvalConfig(Validated):
                                 choices=("choice", "generate"))
 
     probes: list[str] | None = None  # modality probes (mulcot.evaluate.probes), model mode only
+    calibrate_on: str | None = field_(None, "Model mode, forced choice: recalibrate the label head on this split's "
+                                      "posts (bias-corrected temperature scaling) and report it beside the raw one.")
 
     def check(self) -> None:
         if self.probes is not None:
@@ -105,6 +107,9 @@ class EvalConfig(Validated):
         if self.max_chains is not None and self.model is None:
             raise ConfigError("--max-chains limits the chains a model generates: give --model RUN (stored chains "
                               "are scored as they are)")
+        if self.calibrate_on is not None and (self.model is None or self.label_scoring != "choice"):
+            raise ConfigError("--calibrate-on fits the label head's probabilities: give --model RUN with "
+                              "--label-scoring choice")
         if self.server is not None and self.model is None:
             raise ConfigError("--server generates with a model: give --model RUN (stored chains need no server)")
 

@@ -139,6 +139,10 @@ def evaluate(store: Store, config: EvalConfig, *, progress: Progress | None = No
     splits = store.splits(config.dataset)
     if config.split not in splits:
         raise NotFoundError(f"dataset '{config.dataset}' has no split '{config.split}' (splits: {', '.join(splits)})")
+    if config.calibrate_on is not None:  # refused before the run is recorded: the store stays as it was
+        from mulcot.evaluate.recalibrate import check_calibration_split
+
+        check_calibration_split(store, config)
     record = config.public()
     if config.server is not None:
         from mulcot.events import emit
@@ -391,6 +395,14 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
     posts = post_rows(ids, by_id, got, metrics["headline"]["from"])
     metrics["uncertainty"] = uncertainty(store, config.dataset, config.split, posts,
                                          majority_from=config.majority_from, samples=samples)
+    if config.calibrate_on is not None:
+        from mulcot.evaluate.recalibrate import recalibrate, tuning_config
+
+        gold_fit = {s["id"]: s["label"] for s in store.samples(config.dataset, config.calibrate_on) if s["label"]}
+        tuning = gather(store, tuning_config(config), task, gold_fit, progress)
+        fit_probs = label_probabilities(list(tuning.label_rows.values())) if tuning.label_rows else None
+        metrics["recalibrated"], recalibrated = recalibrate(store, config, posts, got.probs, gold_fit, fit_probs,
+                                                            metrics["uncertainty"].get("majority"))
     public = config.public()
     public["prompt_versions"] = {"cot": get_prompt("cot", task).version, "label": get_prompt("label", task).version}
     public["subject"] = subject.public()
@@ -399,6 +411,9 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
     result = EvalResult(id=None, dataset=config.dataset, split=config.split, task=task, subject=subject, n=len(ids),
                         metrics=metrics, config=public,
                         per_sample=per_sample_rows(ids, by_id, got, ref_rows, per_pair))
+    if config.calibrate_on is not None:
+        for row in result.per_sample:
+            row.update(recalibrated[row["sample_id"]])
     result.id = store.add_eval_result(dataset=config.dataset, split=config.split, metrics=metrics, n=len(ids),
                                       source=subject.source, model=subject.model, run_id=subject.run_id,
                                       config=public, posts=posts)
