@@ -65,6 +65,27 @@ def test_the_fit_comes_from_the_tuning_split_and_is_applied_unchanged(demo_store
     assert again.metrics["recalibrated"]["temperature"] == pytest.approx(r["temperature"])
     assert again.metrics["generated"]["labels_generated"] == 0
 
+    # as a row of `mulcot run`'s table, beside the model's own
+    from mulcot.evaluate.recalibrate import recalibrated_row
+
+    row = recalibrated_row("student", res.metrics)
+    assert row["subject"] == "student recalibrated on dev" and row["accuracy"] == r["label"]["accuracy"]
+    assert row["vs_majority"]["mcnemar_p"] == r["vs_majority"]["mcnemar"]["p_value"]
+
+
+def test_a_recipe_asks_for_it_and_keeps_its_hashes_without_it():
+    from pathlib import Path
+
+    from mulcot.pipeline.recipes import load_recipe, parse_recipe
+
+    base = load_recipe("@tiny-cpu")
+    text = Path(base.source).read_text()
+    assert base.eval.calibrate_on is None
+    with_it = parse_recipe(text.replace("[eval]", '[eval]\ncalibrate_on = "dev"', 1), "r.toml")
+    assert with_it.eval.calibrate_on == "dev"
+    assert with_it.stage_hash("distill") == base.stage_hash("distill")
+    assert with_it.stage_hash("eval") != base.stage_hash("eval")
+
 
 def test_the_cli_shows_it_and_refuses_what_cannot_be_recalibrated(demo_store, compact_model, tmp_path):
     from mulcot.cli import app

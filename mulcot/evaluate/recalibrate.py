@@ -91,3 +91,22 @@ def recalibrate(store: Store, config: EvalConfig, posts: list[dict[str, Any]],
     per_post = {i: {"recalibrated_prediction": p, "recalibrated_probabilities": q}
                 for i, p, q in zip(ids, pred, fixed, strict=True)}
     return out, per_post
+
+
+def recalibrated_row(label: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The ``label`` model's recalibrated label head as a row of ``mulcot run``'s table, with its interval and its
+    comparison with the majority answer (the shape of :func:`mulcot.evaluate.baseline.against_majority`)."""
+    r = metrics["recalibrated"]
+    scores, iv = r["label"], r["intervals"]
+    row: dict[str, Any] = {
+        "subject": f"{label} recalibrated on {r['on']}", "accuracy": scores["accuracy"],
+        "f1": scores["macro_f1"] if metrics.get("f1_reported") == "macro_f1" else scores["weighted_f1"],
+        "accuracy_ci": [iv["accuracy"]["low"], iv["accuracy"]["high"]],
+        "macro_f1_ci": [iv["macro_f1"]["low"], iv["macro_f1"]["high"]],
+    }
+    vs = r.get("vs_majority")
+    if vs:
+        boot = vs["bootstrap"]
+        row["vs_majority"] = {"n": vs["n"], "accuracy": boot["accuracy"], "macro_f1": boot["macro_f1"],
+                              "mcnemar_p": vs["mcnemar"]["p_value"]}
+    return row

@@ -121,6 +121,7 @@ class EvalSection:
     subjects: list[str] = field(default_factory=lambda: list(EVAL_SUBJECTS))  # what is evaluated (when it exists)
     majority_from: str = "train"  # the split whose most frequent label is the majority baseline ("none": no row)
     probes: list[str] = field(default_factory=list)  # modality probes of the assistant and student (eval --probe)
+    calibrate_on: str | None = None  # a tuning split: each model's label head also recalibrated on it (a row each)
 
 
 @dataclass
@@ -188,7 +189,8 @@ class Recipe:
 
 
 _LATER_KEYS: dict[str, dict[str, Any]] = {
-    "eval": {"max_chains": None, "subjects": list(EVAL_SUBJECTS), "majority_from": "train", "probes": []},
+    "eval": {"max_chains": None, "subjects": list(EVAL_SUBJECTS), "majority_from": "train", "probes": [],
+             "calibrate_on": None},
     "training": {"inputs": "all"},
 }
 

@@ -280,6 +280,7 @@ class Pipeline:
         from mulcot.evaluate import EvalConfig, evaluate
         from mulcot.evaluate.baseline import against_majority, majority_row
         from mulcot.evaluate.probes import recipe_row
+        from mulcot.evaluate.recalibrate import recalibrated_row
 
         ev, d = self.recipe.eval, self.recipe.dataset
         out: dict[str, Any] = {}
@@ -293,7 +294,8 @@ class Pipeline:
             if label == "teacher" and not self.store.reasonings(dataset=d.name, split=ev.split, source="teacher",
                                                                 final_only=True):
                 continue  # the teacher annotates train only; a release may carry test chains
-            chains = {"max_chains": ev.max_chains, "probes": list(ev.probes) or None} if "model" in subject else {}
+            chains = {"max_chains": ev.max_chains, "probes": list(ev.probes) or None,
+                      "calibrate_on": ev.calibrate_on} if "model" in subject else {}
             cfg = EvalConfig(dataset=d.name, split=ev.split, metrics=list(ev.metrics), limit=ev.limit, **chains,
                              max_new_tokens=ev.max_new_tokens, max_pixels=self.recipe.training.max_pixels,
                              device=self.recipe.training.device, runs_dir=str(self.runs_dir),
@@ -304,6 +306,8 @@ class Pipeline:
                 majority = majority_row(result.metrics)
             self.metrics.append(row)
             out[label] = row
+            if result.metrics.get("recalibrated"):
+                self.metrics.append(recalibrated_row(label, result.metrics))
             self.metrics.extend(recipe_row(label, p, result.metrics) for p in result.probes)  # under its model
             if result.files.get("json"):
                 self.files[f"eval {label}"] = result.files["json"]
