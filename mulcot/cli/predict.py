@@ -115,9 +115,10 @@ def predict(
                        "label": results[0].prediction}
                 if runner.inputs != "all":
                     out["inputs"] = runner.inputs
-                    if not as_json and _hidden(post, runner.inputs):
+                    hidden = _hidden(post, runner.inputs)
+                    if hidden and not as_json:
                         err_console.print(f"[dim]{escape(runner.name)} was trained with --inputs {runner.inputs}: "
-                                          f"the post's {_hidden(post, runner.inputs)} is not shown to it[/]")
+                                          f"the post's {hidden} is not shown to it[/]")
                 if label:
                     out["label_prompt"] = results[1].prediction
                 if as_json:

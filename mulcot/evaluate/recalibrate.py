@@ -50,14 +50,15 @@ def tuning_config(config: EvalConfig) -> EvalConfig:
                    per_post=None)
 
 
-def recalibrate(store: Store, config: EvalConfig, posts: list[dict[str, Any]],
+def recalibrate(config: EvalConfig, posts: list[dict[str, Any]],
                 probs: dict[int, dict[str, float]] | None, gold_fit: dict[int, str],
-                fit_probs: dict[int, dict[str, float]] | None,
-                majority: dict[str, Any] | None) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+                fit_probs: dict[int, dict[str, float]] | None, majority: dict[str, Any] | None,
+                samples: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
     """The ``recalibrated`` block (see the module doc) for the evaluated ``posts`` (per-post rows with ``sample_id``,
     ``gold`` and ``label_prediction``) whose label probabilities are ``probs``, fitted on the calibration split's
     gold labels ``gold_fit`` and label probabilities ``fit_probs`` (None: its answers carry none); and per sample id
-    its recalibrated prediction and probabilities. ``majority`` is the result's majority block."""
+    its recalibrated prediction and probabilities. ``majority`` is the result's majority block; ``samples`` the
+    evaluated split's samples (their tweets are the bootstrap's clusters)."""
     split = config.calibrate_on
     assert split is not None
     if not probs or any(p["sample_id"] not in probs for p in posts):
@@ -74,7 +75,7 @@ def recalibrate(store: Store, config: EvalConfig, posts: list[dict[str, Any]],
     raw = [p["label_prediction"] for p in posts]
     fixed = apply_label_bias([probs[i] for i in ids], fit)
     pred = [max(LABELS, key=q.__getitem__) for q in fixed]
-    clusters_of = post_clusters(store.samples(config.dataset, config.split))
+    clusters_of = post_clusters(samples)
     clusters = [clusters_of.get(i, f"sample {i}") for i in ids]
     out: dict[str, Any] = {
         "on": split, "method": fit["method"], "n_fit": fit["n"], "temperature": fit["temperature"],

@@ -401,8 +401,8 @@ def _evaluate(store: Store, config: EvalConfig, progress: Progress | None) -> Ev
         gold_fit = {s["id"]: s["label"] for s in store.samples(config.dataset, config.calibrate_on) if s["label"]}
         tuning = gather(store, tuning_config(config), task, gold_fit, progress)
         fit_probs = label_probabilities(list(tuning.label_rows.values())) if tuning.label_rows else None
-        metrics["recalibrated"], recalibrated = recalibrate(store, config, posts, got.probs, gold_fit, fit_probs,
-                                                            metrics["uncertainty"].get("majority"))
+        metrics["recalibrated"], recalibrated = recalibrate(config, posts, got.probs, gold_fit, fit_probs,
+                                                            metrics["uncertainty"].get("majority"), samples)
     public = config.public()
     public["prompt_versions"] = {"cot": get_prompt("cot", task).version, "label": get_prompt("label", task).version}
     public["subject"] = subject.public()
